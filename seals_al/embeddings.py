@@ -1,0 +1,249 @@
+"""The embeddings format (DESIGN section 3) and its reader.
+
+A store is a directory::
+
+    manifest.json        format, model, dim, count, normalized, shards with row counts and sha256
+    ids.parquet          id (external string id) and row_id (global int64), in storage order
+    shard-00000.npy ...  float32 [rows, dim], memory-mapped on read
+
+Row ids are global and stable: the faiss index and the candidate pool are keyed by them, never by
+a position inside a shard. A store is written into a temporary sibling directory and published
+with one ``os.replace``, so a reader never sees half a store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seals_al.errors import SealsError
+
+FORMAT = "seals-embeddings/1"
+MANIFEST = "manifest.json"
+ID_TABLE = "ids.parquet"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a store holds; written as manifest.json."""
+
+    model: str
+    dim: int
+    count: int
+    normalized: bool
+    shards: tuple[dict, ...]
+    extra: dict
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "model": self.model,
+            "dim": self.dim,
+            "count": self.count,
+            "normalized": self.normalized,
+            "dtype": "float32",
+            "id_table": ID_TABLE,
+            "shards": list(self.shards),
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+
+def l2_normalize(vectors: np.ndarray, ids: Sequence[str] | None = None, source: str = "") -> np.ndarray:
+    """Return float32 unit rows; a NaN, infinite or all-zero row is an error naming its id."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    bad = ~np.isfinite(vectors).all(axis=1)
+    norms = np.linalg.norm(vectors, axis=1)
+    bad |= norms == 0
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        what = f"id {ids[row]!r}" if ids is not None else f"row {row}"
+        kind = "is all zeros" if np.isfinite(vectors[row]).all() else "has NaN or infinite values"
+        raise SealsError(f"{source}: embedding of {what} {kind}")
+    return vectors / norms[:, None]
+
+
+def write_store(
+    out_dir: str | Path,
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    *,
+    model: str,
+    normalized: bool,
+    row_ids: np.ndarray | None = None,
+    shard_rows: int = 1_000_000,
+    extra: dict | None = None,
+) -> EmbeddingStore:
+    """Write a store atomically and return it opened.
+
+    Args:
+        out_dir: the store directory; replaced whole if it exists.
+        ids: external string ids, one per vector row.
+        vectors: float32-convertible array [n, dim].
+        model: name of the model that produced the vectors.
+        normalized: whether rows are L2-normalized (cosine = inner product).
+        row_ids: global int64 row ids (default 0..n-1); unique, any order.
+        shard_rows: maximum rows per shard file.
+        extra: free-form provenance recorded in the manifest.
+
+    Returns:
+        The written store, opened for reading.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != len(ids):
+        raise SealsError(
+            f"{out_dir}: {len(ids)} ids but vectors of shape {vectors.shape}; expected ({len(ids)}, dim)"
+        )
+    row_ids = np.arange(len(ids), dtype=np.int64) if row_ids is None else np.asarray(row_ids, np.int64)
+    if len(np.unique(row_ids)) != len(row_ids) or len(row_ids) != len(ids):
+        raise SealsError(f"{out_dir}: row ids must be unique, one per vector")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        shards = []
+        for n, start in enumerate(range(0, max(len(ids), 1), shard_rows)):
+            block = np.ascontiguousarray(vectors[start : start + shard_rows])
+            name = f"shard-{n:05d}.npy"
+            np.save(tmp / name, block, allow_pickle=False)
+            shards.append({"path": name, "rows": int(block.shape[0]), "sha256": _sha256(tmp / name)})
+        _write_id_table(tmp / ID_TABLE, ids, row_ids)
+        manifest = Manifest(model, int(vectors.shape[1]), len(ids), normalized, tuple(shards), extra or {})
+        (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return EmbeddingStore.open(out_dir)
+
+
+def _write_id_table(path: Path, ids: Sequence[str], row_ids: np.ndarray) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": pa.array(list(ids), pa.string()), "row_id": pa.array(row_ids, pa.int64())})
+    pq.write_table(table, path)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class EmbeddingStore:
+    """Read access to a store by global row id; shards stay memory-mapped, never copied whole."""
+
+    def __init__(
+        self, path: Path, manifest: dict, ids: list[str], row_ids: np.ndarray, shards: list[np.ndarray]
+    ):
+        self.path = path
+        self.manifest = manifest
+        self.ids = ids
+        self.row_ids = row_ids
+        self.dim = int(manifest["dim"])
+        self._shards = shards
+        self._offsets = np.cumsum([0] + [s.shape[0] for s in shards])
+        self._order = np.argsort(row_ids, kind="stable")
+        self._sorted = row_ids[self._order]
+        self._by_external: dict[str, int] | None = None
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = False) -> EmbeddingStore:
+        """Open a store; with verify=True, also check every shard's sha256 against the manifest."""
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise SealsError(f"{path}: not an embeddings store (no {MANIFEST})")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as e:
+            raise SealsError(f"{manifest_path}: invalid JSON: {e.msg}") from e
+        if manifest.get("format") != FORMAT:
+            raise SealsError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path / manifest.get("id_table", ID_TABLE))
+        ids = table.column("id").to_pylist()
+        row_ids = table.column("row_id").to_numpy().astype(np.int64)
+        shards = []
+        for shard in manifest["shards"]:
+            if verify and _sha256(path / shard["path"]) != shard["sha256"]:
+                raise SealsError(f"{path / shard['path']}: checksum does not match the manifest")
+            array = np.load(path / shard["path"], mmap_mode="r", allow_pickle=False)
+            if array.dtype != np.float32 or array.ndim != 2 or array.shape[1] != manifest["dim"]:
+                raise SealsError(
+                    f"{path / shard['path']}: expected float32 [rows, {manifest['dim']}], "
+                    f"found {array.dtype} {array.shape}"
+                )
+            shards.append(array)
+        if sum(s.shape[0] for s in shards) != len(ids) or len(ids) != manifest["count"]:
+            raise SealsError(f"{path}: shard rows, id table and manifest count disagree")
+        return cls(path, manifest, ids, row_ids, shards)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def model(self) -> str:
+        return str(self.manifest["model"])
+
+    def positions(self, row_ids: np.ndarray) -> np.ndarray:
+        """Storage positions of global row ids; an unknown row id is an error."""
+        row_ids = np.asarray(row_ids, dtype=np.int64)
+        at = np.searchsorted(self._sorted, row_ids)
+        at_clipped = np.minimum(at, len(self._sorted) - 1)
+        unknown = self._sorted[at_clipped] != row_ids
+        if unknown.any():
+            raise SealsError(f"{self.path}: unknown row id {int(row_ids[np.flatnonzero(unknown)[0]])}")
+        return self._order[at_clipped]
+
+    def row_ids_of(self, external_ids: Sequence[str]) -> np.ndarray:
+        """Global row ids of external ids; an unknown id is an error naming it."""
+        if self._by_external is None:
+            self._by_external = {e: int(r) for e, r in zip(self.ids, self.row_ids, strict=True)}
+        out = np.empty(len(external_ids), dtype=np.int64)
+        for i, e in enumerate(external_ids):
+            if e not in self._by_external:
+                raise SealsError(f"{self.path}: unknown id {e!r}")
+            out[i] = self._by_external[e]
+        return out
+
+    def external_ids(self, row_ids: np.ndarray) -> list[str]:
+        """External string ids of global row ids."""
+        return [self.ids[p] for p in self.positions(row_ids)]
+
+    def vectors(self, row_ids: np.ndarray) -> np.ndarray:
+        """Gather the vectors of global row ids into a new float32 array, in the order asked."""
+        return self.vectors_at(self.positions(row_ids))
+
+    def vectors_at(self, positions: np.ndarray) -> np.ndarray:
+        """Gather vectors by storage position (0..len-1)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        if len(self._shards) == 1:
+            order = np.argsort(positions, kind="stable")  # sequential reads from the memory map
+            out[order] = self._shards[0][positions[order]]
+            return out
+        shard_of = np.searchsorted(self._offsets, positions, side="right") - 1
+        for s in np.unique(shard_of):
+            mask = shard_of == s
+            out[mask] = self._shards[s][positions[mask] - self._offsets[s]]
+        return out
+
+    def iter_chunks(self, chunk_rows: int = 65_536) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (start position, float32 view) blocks in storage order; no full copy in memory."""
+        for s, shard in enumerate(self._shards):
+            for start in range(0, shard.shape[0], chunk_rows):
+                yield int(self._offsets[s]) + start, shard[start : start + chunk_rows]

@@ -1,0 +1,148 @@
+"""The faiss kNN index over the unlabeled set U, keyed by global int64 row ids.
+
+Small free functions in the style of faiss.contrib: build, and search returning (D, I).
+Vectors are unit-norm and the metric is inner product, so D holds cosine similarities.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from seals_al.embeddings import EmbeddingStore
+from seals_al.errors import SealsError
+
+DEFAULT_FACTORY = "Flat"
+
+
+def build_index(
+    store: EmbeddingStore,
+    row_ids: np.ndarray,
+    factory: str = DEFAULT_FACTORY,
+    *,
+    train_size: int = 100_000,
+    seed: int = 0,
+    chunk_rows: int = 100_000,
+    progress: bool = True,
+) -> faiss.Index:
+    """Build an index over the given rows of a store, keyed by their global row ids.
+
+    Args:
+        store: where the vectors come from.
+        row_ids: the global ids of the rows to index (U); any order, gaps allowed.
+        factory: a faiss index_factory string: "Flat", "IVF{n},Flat", "IVF{n},PQ{m}", "HNSW{M}", ...
+        train_size: how many rows (sampled with ``seed``) train an index that needs training.
+        seed: the sampling seed.
+        chunk_rows: rows added per call, so vectors are gathered a chunk at a time.
+        progress: show a progress bar while adding.
+
+    Returns:
+        An IndexIDMap2 whose search returns global row ids.
+    """
+    row_ids = np.asarray(row_ids, dtype=np.int64)
+    if len(row_ids) == 0:
+        raise SealsError("cannot build an index over zero rows")
+    try:
+        inner = faiss.index_factory(store.dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise SealsError(f"invalid faiss factory string {factory!r}: {e}") from e
+    index = faiss.IndexIDMap2(inner)
+    if not index.is_trained:
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(len(row_ids), size=min(train_size, len(row_ids)), replace=False))
+        index.train(store.vectors(row_ids[sample]))
+    with tqdm(total=len(row_ids), desc=f"index {factory}", unit="vec", disable=not progress) as bar:
+        for start in range(0, len(row_ids), chunk_rows):
+            ids = row_ids[start : start + chunk_rows]
+            index.add_with_ids(store.vectors(ids), ids)
+            bar.update(len(ids))
+    return index
+
+
+def set_search_parameters(index: faiss.Index, **params: float) -> None:
+    """Set search-time parameters such as nprobe (IVF) or efSearch (HNSW) through the IDMap."""
+    space = faiss.ParameterSpace()
+    for name, value in params.items():
+        space.set_index_parameter(index, name, value)
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int, query_ids: np.ndarray | None = None):
+    """k nearest neighbours of each query row, excluding the query's own id.
+
+    Args:
+        index: an index returned by :func:`build_index`.
+        queries: float32 [n, dim].
+        k: neighbours wanted per query.
+        query_ids: the global id of each query (if it is in the index); that id is dropped from
+            its own list, whatever position the search puts it at (duplicates may tie with it).
+
+    Returns:
+        (D, I): float32 similarities and int64 global ids, [n, k], best first. Rows with fewer
+        than k neighbours are padded with D = -inf and I = -1.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim != 2 or queries.shape[1] != index.d:
+        raise SealsError(f"query vectors have shape {queries.shape}; the index expects dimension {index.d}")
+    extra = 0 if query_ids is None else 1
+    D, I = _search(index, queries, k + extra)
+    D[I < 0] = -np.inf  # faiss pads missing neighbours with -FLT_MAX, a finite number
+    if query_ids is None:
+        return D, I
+    if len(queries) == 1:  # the per-pick path of selection: keep it lean
+        keep = np.flatnonzero(I[0] != query_ids[0])[:k]
+        if len(keep) == k:
+            return D[:, keep], I[:, keep]
+    keep = np.asarray(query_ids, dtype=np.int64)[:, None] != I
+    # Keep the first k entries of each row that are not the query itself.
+    keep &= np.cumsum(keep, axis=1) <= k
+    out_D = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    out_I = np.full((len(queries), k), -1, dtype=np.int64)
+    rows, cols = np.nonzero(keep)
+    slot = np.cumsum(keep, axis=1)[rows, cols] - 1
+    out_D[rows, slot] = D[rows, cols]
+    out_I[rows, slot] = I[rows, cols]
+    return out_D, out_I
+
+
+# Below this many queries one OpenMP thread answers faster than several (measured: a single query
+# on an 18k x 384 flat index takes 0.99 ms with one thread, 2.38 ms with two).
+SINGLE_THREAD_BELOW = 8
+
+
+def _search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(queries) >= SINGLE_THREAD_BELOW:
+        return index.search(queries, k)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return index.search(queries, k)
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def neighbour_density(D: np.ndarray) -> np.ndarray:
+    """Mean cosine similarity of each query to its neighbours (padding ignored), for information density."""
+    valid = np.isfinite(D)
+    total = np.where(valid, D, 0.0).sum(axis=1)
+    return (total / np.maximum(valid.sum(axis=1), 1)).astype(np.float32)
+
+
+def knn_density(
+    index: faiss.Index,
+    store: EmbeddingStore,
+    row_ids: np.ndarray,
+    k: int,
+    *,
+    chunk_rows: int = 4096,
+    progress: bool = True,
+) -> np.ndarray:
+    """Density of every given row from the kNN graph: one batched search per chunk, no all-pairs pass."""
+    out = np.empty(len(row_ids), dtype=np.float32)
+    with tqdm(total=len(row_ids), desc="kNN density", unit="vec", disable=not progress) as bar:
+        for start in range(0, len(row_ids), chunk_rows):
+            ids = row_ids[start : start + chunk_rows]
+            D, _ = search(index, store.vectors(ids), k, ids)
+            out[start : start + len(ids)] = neighbour_density(D)
+            bar.update(len(ids))
+    return out

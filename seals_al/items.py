@@ -1,0 +1,136 @@
+"""Reading item tables (CSV, JSONL, Parquet) into columns of strings, with errors that name the
+file, the line and the field."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from seals_al.errors import SealsError
+
+Columns = dict[str, list[str]]
+
+
+def read_items(path: str | Path, columns: Sequence[str], id_column: str) -> Columns:
+    """Read the named columns of an item table.
+
+    Args:
+        path: a .csv, .jsonl (or .json lines) or .parquet file.
+        columns: the columns the caller needs; each must exist.
+        id_column: the column holding the external string id; ids must be non-empty and unique.
+
+    Returns:
+        A mapping from column name to the column's values as strings, in file order.
+
+    Raises:
+        SealsError: the file is missing, empty or malformed, a column is missing, or an id is
+            empty or repeated; the message names the file and, where there is one, the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SealsError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise SealsError(f"{path}: the file is empty")
+    wanted = list(dict.fromkeys([id_column, *columns]))
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        table = _read_csv(path, wanted)
+    elif suffix in (".jsonl", ".ndjson"):
+        table = _read_jsonl(path, wanted)
+    elif suffix == ".parquet":
+        table = _read_parquet(path, wanted)
+    else:
+        raise SealsError(f"{path}: unsupported item file type {suffix!r} (use .csv, .jsonl or .parquet)")
+    if not table[id_column]:
+        raise SealsError(f"{path}: the file has a header but no rows")
+    _check_ids(path, id_column, table[id_column])
+    return table
+
+
+def _missing(path: Path, wanted: Sequence[str], present: Sequence[str]) -> None:
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        raise SealsError(
+            f"{path}: missing column(s) {', '.join(map(repr, missing))}; "
+            f"the file has {', '.join(map(repr, present))}"
+        )
+
+
+def _read_csv(path: Path, wanted: Sequence[str]) -> Columns:
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header:
+                raise SealsError(f"{path}: the file is empty")
+            _missing(path, wanted, header)
+            pos = {c: header.index(c) for c in wanted}
+            table: Columns = {c: [] for c in wanted}
+            for row in reader:
+                if len(row) != len(header):
+                    raise SealsError(
+                        f"{path}, line {reader.line_num}: expected {len(header)} fields, found {len(row)}"
+                    )
+                for c, i in pos.items():
+                    table[c].append(row[i])
+    except UnicodeDecodeError as e:
+        raise SealsError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+    except csv.Error as e:
+        raise SealsError(f"{path}: malformed CSV: {e}") from e
+    return table
+
+
+def _read_jsonl(path: Path, wanted: Sequence[str]) -> Columns:
+    table: Columns = {c: [] for c in wanted}
+    try:
+        with path.open(encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise SealsError(f"{path}, line {line_no}: invalid JSON: {e.msg}") from e
+                if not isinstance(record, dict):
+                    raise SealsError(f"{path}, line {line_no}: expected a JSON object")
+                for c in wanted:
+                    if c not in record or record[c] is None:
+                        raise SealsError(f"{path}, line {line_no}: missing field {c!r}")
+                    table[c].append(str(record[c]))
+    except UnicodeDecodeError as e:
+        raise SealsError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+    return table
+
+
+def _read_parquet(path: Path, wanted: Sequence[str]) -> Columns:
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+        _missing(path, wanted, schema.names)
+        arrow = pq.read_table(path, columns=list(wanted))
+    except (OSError, ValueError) as e:
+        raise SealsError(f"{path}: cannot read Parquet: {e}") from e
+    table: Columns = {}
+    for c in wanted:
+        values = arrow.column(c).to_pylist()
+        for row, v in enumerate(values):
+            if v is None:
+                raise SealsError(f"{path}, row {row}: null in column {c!r}")
+        table[c] = [str(v) for v in values]
+    return table
+
+
+def _check_ids(path: Path, id_column: str, ids: Sequence[str]) -> None:
+    seen: dict[str, int] = {}
+    for row, item_id in enumerate(ids, start=1):
+        if not item_id.strip():
+            raise SealsError(f"{path}, data row {row}: empty {id_column!r}")
+        if item_id in seen:
+            raise SealsError(
+                f"{path}, data row {row}: duplicate {id_column!r} {item_id!r} "
+                f"(first at data row {seen[item_id]})"
+            )
+        seen[item_id] = row

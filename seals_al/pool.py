@@ -1,0 +1,253 @@
+"""The SEALS candidate pool, maintained incrementally.
+
+Invariant: with E the expanded set (every labeled or selected example),
+``P = union over x in E of kNN(x), minus E``, where kNN(x) is x's k nearest neighbours in the
+index, x itself excluded. Each example is queried once, when it enters E; nothing is recomputed
+from scratch. Pool members' vectors are cached in memory so that rescoring P each round touches
+only P, never U. With ``with_density`` (information density) each member's own kNN density is
+queried once when it joins and cached.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from seals_al.embeddings import EmbeddingStore
+from seals_al.errors import SealsError
+from seals_al.index import neighbour_density, search
+
+NO_SOURCE = -1
+
+
+@dataclass(frozen=True)
+class Arrivals:
+    """Members that joined the pool in one expansion (parallel arrays)."""
+
+    ids: np.ndarray
+    reached_from: np.ndarray
+    vectors: np.ndarray
+    density: np.ndarray | None
+
+
+class CandidatePool:
+    """The candidate pool P over a faiss index keyed by global row ids."""
+
+    def __init__(self, index: faiss.Index, store: EmbeddingStore, k: int, *, with_density: bool = False):
+        if k < 1:
+            raise SealsError(f"k must be at least 1, got {k}")
+        self.index = index
+        self.store = store
+        self.k = k
+        self.with_density = with_density
+        self.expanded: set[int] = set()
+        self.queries = 0  # kNN queries made so far (expansions + density look-ups)
+        self._slot: dict[int, int] = {}
+        self._n = 0
+        self._ids = np.empty(0, np.int64)
+        self._from = np.empty(0, np.int64)
+        self._density = np.empty(0, np.float32)
+        self._alive = np.empty(0, bool)
+        self._vectors = _Blocks(store.dim)
+
+    # -- reading -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    def __contains__(self, row_id: int) -> bool:
+        return row_id in self._slot
+
+    def reached_from(self, row_id: int) -> int:
+        """The expanded example whose neighbour list first brought ``row_id`` into the pool."""
+        return int(self._from[self._slot[row_id]])
+
+    def members(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(ids, vectors, density) of the current members, in order of arrival (copies)."""
+        self._compact()
+        n = self._n
+        density = self._density[:n].copy() if self.with_density else None
+        return self._ids[:n].copy(), self._vectors.rows(np.arange(n)), density
+
+    def slots(self) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None, np.ndarray]:
+        """(ids, vector blocks, density, alive) views of every slot, removed members included.
+
+        Scoring every slot block by block and masking is cheaper than copying the members out
+        each round; the buffers are compacted once removed members pass a quarter of them.
+        """
+        if self._n and len(self._slot) < 0.75 * self._n:
+            self._compact()
+        n = self._n
+        density = self._density[:n] if self.with_density else None
+        return self._ids[:n], self._vectors.blocks(n), density, self._alive[:n]
+
+    # -- updating ------------------------------------------------------------------------
+    def expand(self, row_ids: Iterable[int]) -> Arrivals:
+        """Move examples into the expanded set and add their neighbours to the pool.
+
+        Each given example leaves the pool (if it was there); examples already expanded are
+        skipped, so calling this again with the same labels makes no query.
+
+        Returns:
+            The members that joined, with the example that brought each one in.
+        """
+        fresh = [int(r) for r in dict.fromkeys(int(r) for r in row_ids) if int(r) not in self.expanded]
+        if not fresh:
+            return self._empty_arrivals()
+        queries = np.asarray(fresh, dtype=np.int64)
+        cached = [self._slot.get(r) for r in fresh]
+        if all(c is not None for c in cached):  # pool members: their vectors are here already
+            vectors = self._vectors.rows(np.asarray(cached))
+        else:
+            vectors = self.store.vectors(queries)
+        _, neighbours = search(self.index, vectors, self.k, queries)
+        self.queries += len(fresh)
+        for r in fresh:
+            self.expanded.add(r)
+            slot = self._slot.pop(r, None)
+            if slot is not None:
+                self._alive[slot] = False
+        new_ids: list[int] = []
+        new_from: list[int] = []
+        seen: set[int] = set()
+        for source, row in zip(fresh, neighbours.tolist(), strict=True):
+            for n in row:
+                if n < 0 or n in self._slot or n in self.expanded or n in seen:
+                    continue
+                seen.add(n)
+                new_ids.append(n)
+                new_from.append(source)
+        if not new_ids:
+            return self._empty_arrivals()
+        ids = np.asarray(new_ids, dtype=np.int64)
+        vectors = self.store.vectors(ids)
+        density = None
+        if self.with_density:
+            D, _ = search(self.index, vectors, self.k, ids)
+            self.queries += len(ids)
+            density = neighbour_density(D)
+        arrivals = Arrivals(ids, np.asarray(new_from, dtype=np.int64), vectors, density)
+        self._append(arrivals)
+        return arrivals
+
+    def _empty_arrivals(self) -> Arrivals:
+        empty = np.empty(0, np.int64)
+        density = np.empty(0, np.float32) if self.with_density else None
+        return Arrivals(empty, empty, np.empty((0, self.store.dim), np.float32), density)
+
+    def _append(self, a: Arrivals) -> None:
+        need = self._n + len(a.ids)
+        if need > len(self._ids):
+            cap = max(need, 2 * len(self._ids), 1024)
+            self._ids = _grow(self._ids, cap)
+            self._from = _grow(self._from, cap)
+            self._density = _grow(self._density, cap)
+            self._alive = _grow(self._alive, cap)
+        s, e = self._n, need
+        self._ids[s:e] = a.ids
+        self._from[s:e] = a.reached_from
+        if a.density is not None:
+            self._density[s:e] = a.density
+        self._vectors.write(s, a.vectors)
+        self._alive[s:e] = True
+        for offset, r in enumerate(a.ids.tolist()):
+            self._slot[r] = s + offset
+        self._n = e
+
+    def _compact(self) -> None:
+        n = self._n
+        if len(self._slot) == n:
+            return
+        keep = np.flatnonzero(self._alive[:n])
+        for name in ("_ids", "_from", "_density", "_alive"):
+            array = getattr(self, name)
+            array[: len(keep)] = array[keep]
+        self._vectors.keep(keep)
+        self._n = len(keep)
+        self._slot = {r: i for i, r in enumerate(self._ids[: self._n].tolist())}
+
+    # -- persistence (no pickle: plain arrays and JSON) ------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the pool state (expanded set, members, sources, densities) as .npz + JSON."""
+        self._compact()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        n = self._n
+        np.savez(
+            path / "pool.npz",
+            expanded=np.fromiter(sorted(self.expanded), dtype=np.int64, count=len(self.expanded)),
+            ids=self._ids[:n],
+            reached_from=self._from[:n],
+            density=self._density[:n],
+        )
+        meta = {"k": self.k, "with_density": self.with_density, "queries": self.queries, "size": n}
+        (path / "pool.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path, index: faiss.Index, store: EmbeddingStore) -> CandidatePool:
+        """Read a saved pool; member vectors are gathered again from the store."""
+        path = Path(path)
+        meta = json.loads((path / "pool.json").read_text())
+        with np.load(path / "pool.npz", allow_pickle=False) as data:
+            pool = cls(index, store, int(meta["k"]), with_density=bool(meta["with_density"]))
+            pool.expanded = set(data["expanded"].tolist())
+            ids = data["ids"]
+            density = data["density"] if pool.with_density else None
+            pool._append(Arrivals(ids, data["reached_from"], store.vectors(ids), density))
+        pool.queries = int(meta["queries"])
+        return pool
+
+
+class _Blocks:
+    """A growable float32 matrix kept in fixed-size blocks: appending never copies old rows."""
+
+    ROWS = 8192
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self._blocks: list[np.ndarray] = []
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        done = 0
+        while done < len(rows):
+            at = start + done
+            b, offset = divmod(at, self.ROWS)
+            while b >= len(self._blocks):
+                self._blocks.append(np.empty((self.ROWS, self.dim), np.float32))
+            take = min(self.ROWS - offset, len(rows) - done)
+            self._blocks[b][offset : offset + take] = rows[done : done + take]
+            done += take
+
+    def rows(self, slots: np.ndarray) -> np.ndarray:
+        slots = np.asarray(slots, dtype=np.int64)
+        if len(slots) == 1:
+            b, offset = divmod(int(slots[0]), self.ROWS)
+            return self._blocks[b][offset : offset + 1].copy()
+        out = np.empty((len(slots), self.dim), np.float32)
+        block_of = slots // self.ROWS
+        for b in np.unique(block_of):
+            mask = block_of == b
+            out[mask] = self._blocks[b][slots[mask] - b * self.ROWS]
+        return out
+
+    def blocks(self, n: int) -> list[np.ndarray]:
+        """Views of the first n rows, block by block."""
+        full, rest = divmod(n, self.ROWS)
+        views = self._blocks[:full]
+        return [*views, self._blocks[full][:rest]] if rest else list(views)
+
+    def keep(self, slots: np.ndarray) -> None:
+        """Keep only the given rows, in order (compaction)."""
+        kept = self.rows(slots) if len(slots) else np.empty((0, self.dim), np.float32)
+        self._blocks = []
+        self.write(0, kept)
+
+
+def _grow(array: np.ndarray, cap: int) -> np.ndarray:
+    out = np.empty((cap, *array.shape[1:]), dtype=array.dtype)
+    out[: len(array)] = array
+    return out

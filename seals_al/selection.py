@@ -1,0 +1,194 @@
+"""Batch selection, in SEALS mode (over the candidate pool) and global mode (over U minus L).
+
+SEALS (DESIGN section 1, step 3): repeat b times: take x* = argmax over P of phi(x), move it into
+the batch, add kNN(x*) to P. Existing members are scored once per round and sorted; members that
+arrive during the batch go into a small buffer; each pick compares the two bests. Per round this costs
+|P| scores, one sort and b kNN queries, with no pass over U.
+
+Global (the paper's baseline): the model is fixed within a round, so the greedy argmax b times is
+the top b of U minus L, computed chunk by chunk from the memory-mapped store.
+
+Both order candidates by (score descending, seeded tie-break key ascending), so with k >= |U|
+the two modes select the same batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from seals_al.embeddings import EmbeddingStore
+from seals_al.errors import PoolExhaustedError, SealsError
+from seals_al.pool import CandidatePool
+from seals_al.strategies import Strategy, random_keys, tiebreak_keys
+from seals_al.train import LinearModel
+
+_NO_KEYS = np.empty(0)
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One selected example, with why it was picked."""
+
+    row_id: int
+    score: float
+    rank: int
+    pool_size_before: int
+    reached_from: int | None  # None in global mode
+
+
+@dataclass(frozen=True)
+class Selection:
+    picks: list[Pick]
+    scored: int  # examples scored this round
+    exhausted: bool  # the pool ran out before b picks
+
+
+def select_seals(
+    pool: CandidatePool,
+    model: LinearModel,
+    strategy: Strategy,
+    batch_size: int,
+    *,
+    seed: int,
+    round_index: int,
+) -> Selection:
+    """Select a batch from the candidate pool, growing the pool with each pick's neighbours.
+
+    Raises:
+        PoolExhaustedError: the pool is empty before the first pick.
+    """
+    if batch_size < 1:
+        raise SealsError(f"batch size must be at least 1, got {batch_size}")
+    if len(pool) == 0:
+        raise PoolExhaustedError("the candidate pool is empty: every neighbour of the labeled set is labeled")
+    ids, blocks, density, alive = pool.slots()
+    live = np.flatnonzero(alive)
+    ids = ids[live]  # a copy: the pool reuses its buffers as it grows
+    proba = np.concatenate([model.predict_proba(block) for block in blocks])[live]
+    keys = random_keys(ids, seed, round_index) if strategy.is_random else _NO_KEYS
+    scores = strategy.scores(proba, None if density is None else density[live], keys)
+    ties = tiebreak_keys(ids, seed, round_index)
+    order = np.lexsort((ties, -scores))
+    scored = len(ids)
+    # Members arriving during the batch: at most k per pick, so the buffer never grows.
+    capacity = batch_size * pool.k
+    new_scores = np.full(capacity, -np.inf)
+    new_ties = np.zeros(capacity)
+    new_ids = np.zeros(capacity, dtype=np.int64)
+    n_new = 0
+    picks: list[Pick] = []
+    cursor = 0
+    while len(picks) < batch_size:
+        while cursor < len(order) and int(ids[order[cursor]]) not in pool:
+            cursor += 1
+        best: tuple[float, float, int] | None = None
+        if cursor < len(order):
+            at = order[cursor]
+            best = (float(scores[at]), float(ties[at]), int(ids[at]))
+        slot = _best_arrival(new_scores[:n_new], new_ties[:n_new])
+        if slot is not None and (best is None or _beats(new_scores[slot], new_ties[slot], best)):
+            best = (float(new_scores[slot]), float(new_ties[slot]), int(new_ids[slot]))
+            new_scores[slot] = -np.inf
+        if best is None:
+            return Selection(picks, scored, exhausted=True)
+        score, _, row_id = best
+        picks.append(Pick(row_id, score, len(picks), len(pool), pool.reached_from(row_id)))
+        new = pool.expand([row_id])
+        m = len(new.ids)
+        if m:
+            keys = _NO_KEYS
+            if strategy.is_random:
+                # Every member left has a key below the one just picked; drawing arrivals from
+                # the same range keeps each pick uniform over the pool as it is at that moment.
+                keys = random_keys(new.ids, seed, round_index) * score
+            new_scores[n_new : n_new + m] = strategy.scores(
+                model.predict_proba(new.vectors), new.density, keys
+            )
+            new_ties[n_new : n_new + m] = tiebreak_keys(new.ids, seed, round_index)
+            new_ids[n_new : n_new + m] = new.ids
+            n_new += m
+            scored += m
+    return Selection(picks, scored, exhausted=False)
+
+
+def _best_arrival(scores: np.ndarray, ties: np.ndarray) -> int | None:
+    """Index of the highest score (lowest tie key among equals), or None if none is left."""
+    if len(scores) == 0:
+        return None
+    at = int(np.argmax(scores))
+    if scores[at] == -np.inf:
+        return None
+    equal = np.flatnonzero(scores == scores[at])
+    return at if len(equal) == 1 else int(equal[np.argmin(ties[equal])])
+
+
+def _beats(score: float, tie: float, other: tuple[float, float, int]) -> bool:
+    return score > other[0] or (score == other[0] and tie < other[1])
+
+
+def select_global(
+    store: EmbeddingStore,
+    selectable: np.ndarray,
+    model: LinearModel,
+    strategy: Strategy,
+    batch_size: int,
+    *,
+    seed: int,
+    round_index: int,
+    density: np.ndarray | None = None,
+    chunk_rows: int = 65_536,
+) -> Selection:
+    """Select the top batch over every selectable row of the store, a chunk at a time.
+
+    Args:
+        store: the embeddings (memory-mapped; never copied whole).
+        selectable: bool per storage position: in U and not labeled (or selected).
+        model: the current classifier.
+        strategy: the scoring function.
+        batch_size: b.
+        seed: tie-break and random seed.
+        round_index: the round (keys differ per round).
+        density: kNN density per storage position (information density only).
+        chunk_rows: rows scored per block.
+
+    Raises:
+        PoolExhaustedError: nothing is selectable.
+    """
+    if batch_size < 1:
+        raise SealsError(f"batch size must be at least 1, got {batch_size}")
+    total = int(selectable.sum())
+    if total == 0:
+        raise PoolExhaustedError("nothing left to select: every example of U is labeled")
+    if strategy.needs_density and density is None:
+        raise SealsError("information density in global mode needs the kNN density of U")
+    best_scores = np.empty(0)
+    best_ties = np.empty(0)
+    best_pos = np.empty(0, np.int64)
+    for start, block in store.iter_chunks(chunk_rows):
+        mask = selectable[start : start + len(block)]
+        if not mask.any():
+            continue
+        positions = start + np.flatnonzero(mask)
+        row_ids = store.row_ids[positions]
+        proba = model.predict_proba(block)[mask]
+        block_density = density[positions] if density is not None else None
+        keys = random_keys(row_ids, seed, round_index) if strategy.is_random else np.empty(0)
+        scores = strategy.scores(proba, block_density, keys)
+        # Keep everything tied with the b-th best so the tie-break decides, not position.
+        if len(scores) > batch_size:
+            cut = np.partition(scores, len(scores) - batch_size)[len(scores) - batch_size]
+            keep = np.flatnonzero(scores >= cut)
+            scores, positions, row_ids = scores[keep], positions[keep], row_ids[keep]
+        ties = tiebreak_keys(row_ids, seed, round_index)
+        all_scores = np.concatenate([best_scores, scores])
+        all_ties = np.concatenate([best_ties, ties])
+        all_pos = np.concatenate([best_pos, positions])
+        top = np.lexsort((all_ties, -all_scores))[:batch_size]
+        best_scores, best_ties, best_pos = all_scores[top], all_ties[top], all_pos[top]
+    picks = [
+        Pick(int(store.row_ids[p]), float(s), rank, total - rank, None)
+        for rank, (p, s) in enumerate(zip(best_pos, best_scores, strict=True))
+    ]
+    return Selection(picks, total, exhausted=len(picks) < batch_size)

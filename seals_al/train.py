@@ -1,0 +1,71 @@
+"""Training and evaluation: logistic regression (class_weight="balanced"), kept as plain
+coefficients so it can be saved as JSON and applied to millions of rows without sklearn overhead."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.special import expit
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
+
+from seals_al.errors import SealsError
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    """P(positive | x) = sigmoid(x . coef + intercept)."""
+
+    coef: np.ndarray
+    intercept: float
+    _coef32: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_coef32", np.asarray(self.coef, dtype=np.float32))
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float32) @ self._coef32 + np.float32(self.intercept)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Probability of the positive class per row (float64, numerically stable sigmoid)."""
+        return expit(self.decision_function(x).astype(np.float64))
+
+    def to_json(self) -> dict:
+        return {
+            "kind": "logistic",
+            "coef": self.coef.astype(float).tolist(),
+            "intercept": float(self.intercept),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> LinearModel:
+        return cls(np.asarray(data["coef"], dtype=np.float64), float(data["intercept"]))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, *, C: float = 1.0, seed: int = 0) -> LinearModel:
+    """Fit a balanced logistic regression on labeled embeddings.
+
+    Args:
+        x: float32 [n, dim].
+        y: 0/1 labels [n]; both classes must be present.
+        C: inverse regularization strength.
+        seed: solver seed.
+
+    Returns:
+        The fitted model as coefficients.
+    """
+    y = np.asarray(y).astype(int)
+    if len(np.unique(y)) < 2:
+        raise SealsError(f"cannot train: the labeled set has only class {int(y[0]) if len(y) else '-'}")
+    clf = LogisticRegression(C=C, class_weight="balanced", max_iter=2000, random_state=seed)
+    clf.fit(x, y)
+    return LinearModel(clf.coef_[0].astype(np.float64), float(clf.intercept_[0]))
+
+
+def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision of scores against 0/1 truth (sklearn's definition)."""
+    y_true = np.asarray(y_true).astype(int)
+    if y_true.sum() == 0:
+        raise SealsError("average precision is undefined: the evaluation set has no positives")
+    return float(average_precision_score(y_true, scores))

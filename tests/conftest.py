@@ -1,0 +1,80 @@
+"""Shared fixtures: synthetic clustered embeddings with non-contiguous, shuffled global row ids,
+and a small CLINC150 slice embedded once per session with the real model."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seals_al.embeddings import EmbeddingStore, write_store
+from seals_al.index import build_index
+
+ROOT = Path(__file__).resolve().parents[1]
+CLINC = ROOT / "data" / "clinc150" / "clinc150.csv"
+SLICE_INTENTS = ("report_fraud", "transfer", "timer", "pay_bill", "translate")
+
+
+def clustered_vectors(n: int, dim: int, clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around random centres; returns (vectors, cluster of each row)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    cluster = rng.integers(0, clusters, size=n)
+    x = centres[cluster] + rng.normal(scale=0.35, size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), cluster
+
+
+def shuffled_row_ids(n: int, seed: int) -> np.ndarray:
+    """Non-contiguous ids with gaps, in shuffled order (never equal to positions)."""
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(50 * n, size=n, replace=False)) + 1_000_000
+    return rng.permutation(ids).astype(np.int64)
+
+
+class Synthetic:
+    def __init__(self, tmp: Path, n: int = 1500, dim: int = 16, clusters: int = 30, seed: int = 0):
+        self.vectors, self.cluster = clustered_vectors(n, dim, clusters, seed)
+        self.row_ids = shuffled_row_ids(n, seed + 1)
+        self.store: EmbeddingStore = write_store(
+            tmp / "store",
+            [f"item-{r}" for r in self.row_ids],
+            self.vectors,
+            model="synthetic",
+            normalized=True,
+            row_ids=self.row_ids,
+            shard_rows=400,
+        )
+        self.index = build_index(self.store, self.row_ids, "Flat", progress=False)
+
+    def exact_knn(self, row_id: int, k: int) -> list[int]:
+        """Brute-force k nearest neighbours in float64, the query itself excluded."""
+        at = int(np.flatnonzero(self.row_ids == row_id)[0])
+        sims = self.vectors.astype(np.float64) @ self.vectors[at].astype(np.float64)
+        sims[at] = -np.inf
+        return self.row_ids[np.argsort(-sims, kind="stable")[:k]].tolist()
+
+
+@pytest.fixture
+def synthetic(tmp_path: Path) -> Synthetic:
+    return Synthetic(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def clinc_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All rows of a few CLINC150 intents (750 rows) as a CSV."""
+    path = tmp_path_factory.mktemp("clinc") / "slice.csv"
+    with CLINC.open(newline="") as src, path.open("w", newline="") as dst:
+        reader = csv.DictReader(src)
+        writer = csv.DictWriter(dst, fieldnames=reader.fieldnames)
+        writer.writeheader()
+        writer.writerows(row for row in reader if row["label"] in SLICE_INTENTS)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One embedding cache for the session, so the slice is embedded by the real model once."""
+    return tmp_path_factory.mktemp("cache")

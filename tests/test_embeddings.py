@@ -1,0 +1,181 @@
+"""The embeddings store format, item tables, the real text encoder, its cache, and imports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from seals_al.embed import MiniLMEncoder, embed_texts, import_embeddings
+from seals_al.embeddings import EmbeddingStore, l2_normalize, write_store
+from seals_al.errors import SealsError
+from seals_al.items import read_items
+
+from .conftest import shuffled_row_ids
+
+
+def test_store_round_trip_by_global_row_id_across_shards(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1000, 12)).astype(np.float32)
+    row_ids = shuffled_row_ids(1000, 3)
+    ids = [f"x{i}" for i in range(1000)]
+    store = write_store(tmp_path / "s", ids, x, model="m", normalized=False, row_ids=row_ids, shard_rows=300)
+    assert [s["rows"] for s in store.manifest["shards"]] == [300, 300, 300, 100]
+    pick = rng.permutation(1000)[:250]
+    np.testing.assert_array_equal(store.vectors(row_ids[pick]), x[pick])
+    np.testing.assert_array_equal(store.row_ids_of([ids[i] for i in pick]), row_ids[pick])
+    assert store.external_ids(row_ids[pick[:3]]) == [ids[i] for i in pick[:3]]
+    blocks = list(store.iter_chunks(128))
+    np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), x)
+    assert [start for start, _ in blocks][:4] == [0, 128, 256, 300]
+    assert EmbeddingStore.open(tmp_path / "s", verify=True).dim == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"], "no temporary directory left behind"
+
+
+def test_store_detects_corruption_and_unknown_ids(tmp_path):
+    store = write_store(tmp_path / "s", ["a", "b"], np.eye(2, dtype=np.float32), model="m", normalized=True)
+    with pytest.raises(SealsError, match="unknown id 'zz'"):
+        store.row_ids_of(["a", "zz"])
+    shard = tmp_path / "s" / "shard-00000.npy"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(SealsError, match="checksum does not match"):
+        EmbeddingStore.open(tmp_path / "s", verify=True)
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(SealsError, match="format 'other'"):
+        EmbeddingStore.open(tmp_path / "s")
+    with pytest.raises(SealsError, match="not an embeddings store"):
+        EmbeddingStore.open(tmp_path)
+
+
+def test_normalize_rejects_nan_and_zero_rows_by_id():
+    x = np.ones((3, 4), np.float32)
+    np.testing.assert_allclose(np.linalg.norm(l2_normalize(x), axis=1), 1, rtol=1e-6)
+    x[1, 2] = np.nan
+    with pytest.raises(SealsError, match="embedding of id 'b' has NaN"):
+        l2_normalize(x, ["a", "b", "c"], "vecs.npy")
+    x[1] = 0
+    with pytest.raises(SealsError, match=r"vecs\.npy: embedding of id 'b' is all zeros"):
+        l2_normalize(x, ["a", "b", "c"], "vecs.npy")
+
+
+def test_read_items_csv_jsonl_parquet(tmp_path):
+    rows = [{"id": "a", "text": "hello, world", "label": "x"}, {"id": "b", "text": "bye", "label": "y"}]
+    csv_path = tmp_path / "items.csv"
+    csv_path.write_text('id,text,label\na,"hello, world",x\nb,bye,y\n')
+    jsonl_path = tmp_path / "items.jsonl"
+    jsonl_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parquet_path = tmp_path / "items.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet_path)
+    for path in (csv_path, jsonl_path, parquet_path):
+        table = read_items(path, ["text", "label"], "id")
+        assert table == {"id": ["a", "b"], "text": ["hello, world", "bye"], "label": ["x", "y"]}, path.name
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.csv", "", "the file is empty"),
+        ("header.csv", "id,text,label\n", "has a header but no rows"),
+        ("nolabel.csv", "id,text\na,hi\n", "missing column(s) 'label'; the file has 'id', 'text'"),
+        ("short.csv", "id,text,label\na,hi,x\nb,oops\n", "line 3: expected 3 fields, found 2"),
+        (
+            "dup.csv",
+            "id,text,label\na,hi,x\na,ho,y\n",
+            "data row 2: duplicate 'id' 'a' (first at data row 1)",
+        ),
+        ("blank.csv", "id,text,label\n ,hi,x\n", "data row 1: empty 'id'"),
+        ("bad.jsonl", '{"id": "a", "text": "t", "label": "x"}\n{"id": "b", \n', "line 2: invalid JSON"),
+        ("field.jsonl", '{"id": "a", "text": "t"}\n', "line 1: missing field 'label'"),
+        ("items.txt", "whatever", "unsupported item file type '.txt'"),
+    ],
+)
+def test_read_items_errors_name_file_and_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(SealsError) as error:
+        read_items(path, ["text", "label"], "id")
+    assert str(error.value).startswith(str(path))
+    assert message in str(error.value)
+
+
+def test_read_items_rejects_bad_encoding(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("id,text,label\na,caf\xe9,x\n".encode("latin-1"))
+    with pytest.raises(SealsError, match="not valid UTF-8"):
+        read_items(path, ["text", "label"], "id")
+
+
+TEXTS = ["how do i report a stolen card", "set a timer for ten minutes", "transfer $50 to savings"]
+
+
+def test_real_encoder_output_is_stored_and_cached(tmp_path):
+    class CountingEncoder(MiniLMEncoder):
+        calls = 0
+
+        def encode(self, texts):
+            CountingEncoder.calls += 1
+            return super().encode(texts)
+
+    encoder = CountingEncoder()
+    ids = ["r1", "r2", "r3"]
+    store = embed_texts(ids, TEXTS, encoder=encoder, cache_dir=tmp_path, progress=False)
+    expected = encoder.load().encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(store.vectors(store.row_ids_of(ids)), expected, atol=1e-5)
+    assert store.dim == 384
+    assert store.model == "sentence-transformers/all-MiniLM-L6-v2"
+    np.testing.assert_allclose(np.linalg.norm(store.vectors(store.row_ids_of(ids)), axis=1), 1, atol=1e-5)
+    calls = CountingEncoder.calls
+    again = embed_texts(ids, TEXTS, encoder=encoder, cache_dir=tmp_path, progress=False)
+    assert CountingEncoder.calls == calls, "a second run with the same data must not re-embed"
+    assert again.path == store.path
+    changed = embed_texts(
+        ids, [*TEXTS[:2], "a different text"], encoder=encoder, cache_dir=tmp_path, progress=False
+    )
+    assert changed.path != store.path
+    assert CountingEncoder.calls == calls + 1
+    with pytest.raises(SealsError, match="empty text for id 'r2'"):
+        embed_texts(ids, [TEXTS[0], "  ", TEXTS[2]], encoder=encoder, cache_dir=tmp_path, progress=False)
+
+
+def test_import_precomputed_npy_and_parquet(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 6)).astype(np.float32)
+    ids = ["a", "b", "c", "d"]
+    np.save(tmp_path / "e.npy", x)
+    from_npy = import_embeddings(tmp_path / "e.npy", ids, cache_dir=tmp_path / "cache")
+    expected = x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(from_npy.vectors(from_npy.row_ids_of(ids)), expected, rtol=1e-6)
+    order = [2, 0, 3, 1]  # the Parquet file lists items in another order: joined on id
+    pq.write_table(
+        pa.table({"id": [ids[i] for i in order], "vec": [x[i].tolist() for i in order]}),
+        tmp_path / "e.parquet",
+    )
+    from_parquet = import_embeddings(tmp_path / "e.parquet", ids, cache_dir=tmp_path / "cache", column="vec")
+    np.testing.assert_allclose(from_parquet.vectors(from_parquet.row_ids_of(ids)), expected, rtol=1e-6)
+    assert import_embeddings(from_npy.path, ids).path == from_npy.path
+
+
+def test_import_errors(tmp_path):
+    ids = ["a", "b", "c"]
+    np.save(tmp_path / "rows.npy", np.ones((2, 4), np.float32))
+    with pytest.raises(SealsError, match=r"shape \(2, 4\), expected \(3, dim\)"):
+        import_embeddings(tmp_path / "rows.npy", ids, cache_dir=tmp_path)
+    nan = np.ones((3, 4), np.float32)
+    nan[2, 0] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    with pytest.raises(SealsError, match=r"nan\.npy: embedding of id 'c' has NaN"):
+        import_embeddings(tmp_path / "nan.npy", ids, cache_dir=tmp_path)
+    pq.write_table(pa.table({"id": ids, "vec": [[1.0, 2.0], [1.0], [3.0, 1.0]]}), tmp_path / "ragged.parquet")
+    with pytest.raises(SealsError, match="differing lengths"):
+        import_embeddings(tmp_path / "ragged.parquet", ids, cache_dir=tmp_path, column="vec")
+    with pytest.raises(SealsError, match="missing column 'embedding'"):
+        import_embeddings(tmp_path / "ragged.parquet", ids, cache_dir=tmp_path)
+    pq.write_table(pa.table({"id": ids[:2], "embedding": [[1.0, 2.0], [1.0, 0.0]]}), tmp_path / "few.parquet")
+    with pytest.raises(SealsError, match="no embedding for id 'c'"):
+        import_embeddings(tmp_path / "few.parquet", ids, cache_dir=tmp_path)
+    assert not (tmp_path / "embeddings").exists(), "a rejected import must write nothing"

@@ -1,0 +1,166 @@
+"""The candidate pool against a brute-force reference, over several rounds, with shuffled ids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seals_al.errors import PoolExhaustedError, SealsError
+from seals_al.pool import CandidatePool, _Blocks
+from seals_al.selection import select_seals
+from seals_al.strategies import get_strategy, random_keys, tiebreak_keys
+from seals_al.train import fit_logistic
+
+K = 12
+B = 15
+
+
+def reference_pool(synthetic, expanded: list[int], k: int) -> set[int]:
+    """P = union of exact kNN(x) for x in E, minus E."""
+    pool: set[int] = set()
+    for x in expanded:
+        pool.update(synthetic.exact_knn(x, k))
+    return pool - set(expanded)
+
+
+def seed_rows(synthetic, n_pos: int = 3, n_neg: int = 20, seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    positive = synthetic.row_ids[synthetic.cluster == 0]
+    negative = synthetic.row_ids[synthetic.cluster != 0]
+    return [
+        int(r)
+        for r in [*rng.choice(positive, n_pos, replace=False), *rng.choice(negative, n_neg, replace=False)]
+    ]
+
+
+def test_pool_matches_brute_force_over_rounds(synthetic):
+    labeled = seed_rows(synthetic)
+    pool = CandidatePool(synthetic.index, synthetic.store, K)
+    pool.expand(labeled)
+    assert set(pool.members()[0].tolist()) == reference_pool(synthetic, labeled, K)
+    strategy = get_strategy("maxent")
+    truth = {int(r): int(c == 0) for r, c in zip(synthetic.row_ids, synthetic.cluster, strict=True)}
+    for r in range(4):
+        model = fit_logistic(synthetic.store.vectors(np.asarray(labeled)), [truth[x] for x in labeled])
+        selection = select_seals(pool, model, strategy, B, seed=7, round_index=r)
+        picked = [p.row_id for p in selection.picks]
+        assert len(picked) == B
+        labeled += picked
+        members = set(pool.members()[0].tolist())
+        assert members == reference_pool(synthetic, labeled, K), f"round {r}"
+        assert not members & set(labeled), "a labeled or selected example is in the pool"
+        assert pool.expanded == set(labeled)
+
+
+def test_each_pick_is_the_argmax_of_the_pool_at_that_moment(synthetic):
+    """A naive greedy loop (rescore everything, exact kNN) picks the same sequence."""
+    labeled = seed_rows(synthetic, seed=3)
+    truth = {int(r): int(c == 0) for r, c in zip(synthetic.row_ids, synthetic.cluster, strict=True)}
+    model = fit_logistic(synthetic.store.vectors(np.asarray(labeled)), [truth[x] for x in labeled])
+    for name in ("maxent", "mlp", "id", "random"):
+        strategy = get_strategy(name)
+        pool = CandidatePool(synthetic.index, synthetic.store, K, with_density=strategy.needs_density)
+        pool.expand(labeled)
+        got = select_seals(pool, model, strategy, B, seed=11, round_index=2)
+
+        expanded = list(labeled)
+        naive_pool = reference_pool(synthetic, expanded, K)
+        expected = []
+        key_scale: dict[int, float] = dict.fromkeys(naive_pool, 1.0)
+        for _ in range(B):
+            ids = np.asarray(sorted(naive_pool), dtype=np.int64)
+            x = synthetic.store.vectors(ids)
+            density = None
+            if strategy.needs_density:
+                density = np.asarray(
+                    [
+                        np.mean(x[i] @ synthetic.store.vectors(np.asarray(synthetic.exact_knn(int(r), K))).T)
+                        for i, r in enumerate(ids)
+                    ]
+                )
+            keys = random_keys(ids, 11, 2) * np.asarray([key_scale[int(r)] for r in ids])
+            scores = strategy.scores(model.predict_proba(x), density, keys)
+            best = int(np.lexsort((tiebreak_keys(ids, 11, 2), -scores))[0])
+            choice = int(ids[best])
+            last_key = float(scores[best])
+            expected.append(choice)
+            expanded.append(choice)
+            new = reference_pool(synthetic, expanded, K)
+            for r in new - naive_pool:
+                key_scale[r] = last_key  # random: arrivals drawn below the last picked key
+            naive_pool = new
+        assert [p.row_id for p in got.picks] == expected, name
+        sources = [p.reached_from for p in got.picks]
+        assert all(s in set(expected) | set(labeled) for s in sources), name
+
+
+def test_expand_is_incremental_and_idempotent(synthetic):
+    labeled = seed_rows(synthetic)
+    pool = CandidatePool(synthetic.index, synthetic.store, K)
+    pool.expand(labeled)
+    queries = pool.queries
+    assert queries == len(labeled)
+    arrivals = pool.expand(labeled)
+    assert len(arrivals.ids) == 0
+    assert pool.queries == queries, "re-expanding labeled examples must not query again"
+    extra = int(pool.members()[0][0])
+    pool.expand([extra])
+    assert pool.queries == queries + 1
+    assert extra not in pool
+
+
+def test_save_and_load_resume_with_no_new_queries(synthetic, tmp_path):
+    labeled = seed_rows(synthetic)
+    pool = CandidatePool(synthetic.index, synthetic.store, K, with_density=True)
+    pool.expand(labeled)
+    pool.save(tmp_path / "pool")
+    loaded = CandidatePool.load(tmp_path / "pool", synthetic.index, synthetic.store)
+    ids, vectors, density = pool.members()
+    ids2, vectors2, density2 = loaded.members()
+    np.testing.assert_array_equal(ids, ids2)
+    np.testing.assert_array_equal(vectors, vectors2)
+    np.testing.assert_array_equal(density, density2)
+    assert loaded.expanded == pool.expanded
+    queries = loaded.queries
+    loaded.expand(labeled)
+    assert loaded.queries == queries
+    assert loaded.reached_from(int(ids[0])) == pool.reached_from(int(ids[0]))
+
+
+def test_exhausted_pool_is_an_explicit_error(synthetic):
+    pool = CandidatePool(synthetic.index, synthetic.store, 2)
+    model = fit_logistic(synthetic.vectors[:40], (synthetic.cluster[:40] == synthetic.cluster[0]).astype(int))
+    with pytest.raises(PoolExhaustedError, match="pool is empty"):
+        select_seals(pool, model, get_strategy("maxent"), 5, seed=0, round_index=0)
+    with pytest.raises(SealsError, match="k must be at least 1"):
+        CandidatePool(synthetic.index, synthetic.store, 0)
+
+
+def test_pool_running_out_mid_batch_returns_a_short_batch(synthetic):
+    """With k=1 and one labeled example the pool holds one neighbour chain at a time."""
+    pool = CandidatePool(synthetic.index, synthetic.store, 1)
+    start = int(synthetic.row_ids[0])
+    pool.expand([start])
+    model = fit_logistic(synthetic.vectors[:40], (synthetic.cluster[:40] == synthetic.cluster[0]).astype(int))
+    selection = select_seals(pool, model, get_strategy("mlp"), 10_000, seed=0, round_index=0)
+    assert selection.exhausted
+    assert 1 <= len(selection.picks) < len(synthetic.row_ids)
+    assert len(pool) == 0
+
+
+def test_block_storage_across_many_blocks_and_compaction(synthetic, monkeypatch):
+    """Tiny blocks make every write, gather and compaction cross block boundaries."""
+    monkeypatch.setattr(_Blocks, "ROWS", 7)
+    labeled = seed_rows(synthetic)
+    pool = CandidatePool(synthetic.index, synthetic.store, K)
+    pool.expand(labeled)
+    truth = {int(r): int(c == 0) for r, c in zip(synthetic.row_ids, synthetic.cluster, strict=True)}
+    for r in range(3):
+        model = fit_logistic(synthetic.store.vectors(np.asarray(labeled)), [truth[x] for x in labeled])
+        labeled += [
+            p.row_id
+            for p in select_seals(pool, model, get_strategy("maxent"), 40, seed=1, round_index=r).picks
+        ]
+        ids, vectors, _ = pool.members()
+        np.testing.assert_array_equal(vectors, synthetic.store.vectors(ids))
+        assert set(ids.tolist()) == reference_pool(synthetic, labeled, K)

@@ -1,0 +1,244 @@
+"""`seals-al simulate` end to end on a CLINC150 slice with the real model, and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seals_al.cli import main
+
+ROUNDS, BATCH = 3, 20
+SUMMARY_KEYS = {
+    "round",
+    "labeled",
+    "positives_found",
+    "positives_total",
+    "recall",
+    "pool_size",
+    "pool_fraction",
+    "selection_seconds",
+    "average_precision",
+}
+
+
+def simulate(clinc_slice, cache_dir, out, *extra: str) -> int:
+    return main(
+        [
+            "simulate",
+            "--data",
+            str(clinc_slice),
+            "--concept",
+            "report_fraud",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(cache_dir),
+            "--rounds",
+            str(ROUNDS),
+            "--batch-size",
+            str(BATCH),
+            "--k",
+            "10",
+            *extra,
+        ]
+    )
+
+
+def read_selected(out: Path) -> list[list[dict]]:
+    return [
+        [
+            json.loads(line)
+            for line in (out / "rounds" / f"{r:03d}" / "selected.jsonl").read_text().splitlines()
+        ]
+        for r in range(ROUNDS)
+    ]
+
+
+@pytest.mark.parametrize("strategy", ["maxent", "id", "mlp", "random"])
+def test_seals_simulation_writes_summary_audit_and_plot(clinc_slice, cache_dir, tmp_path, strategy):
+    out = tmp_path / "run"
+    assert simulate(clinc_slice, cache_dir, out, "--strategy", strategy) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["concept"] == "report_fraud"
+    assert summary["config"]["strategy"] == strategy
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == list(range(ROUNDS + 1))
+    assert all(set(r) >= SUMMARY_KEYS for r in rounds)
+    assert [r["labeled"] for r in rounds] == [100 + BATCH * r for r in range(ROUNDS + 1)]
+    assert rounds[-1]["selection_seconds"] is None
+
+    selected = read_selected(out)
+    all_ids = [s["id"] for batch in selected for s in batch]
+    assert len(all_ids) == len(set(all_ids)) == ROUNDS * BATCH, "an example was selected twice"
+    positives = 5
+    for r, batch in enumerate(selected):
+        assert [s["rank"] for s in batch] == list(range(BATCH))
+        assert all(s["strategy"] == strategy and s["round"] == r for s in batch)
+        assert all(s["reached_from"] is not None for s in batch)
+        assert all(rounds[r]["pool_size"] >= s["pool_size_before"] - BATCH * 10 for s in batch)
+        positives += sum(s["label"] for s in batch)
+        assert rounds[r + 1]["positives_found"] == positives
+    assert rounds[-1]["recall"] == pytest.approx(positives / rounds[0]["positives_total"])
+    for r in rounds:
+        assert 0 < r["pool_fraction"] <= 1
+        assert 0 <= r["average_precision"] <= 1
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reached_from_is_an_example_labeled_or_selected_before(clinc_slice, cache_dir, tmp_path):
+    out = tmp_path / "run"
+    assert simulate(clinc_slice, cache_dir, out, "--strategy", "mlp") == 0
+    earlier: set[str] = set()
+    for batch in read_selected(out):
+        for s in batch:
+            assert s["reached_from"] != s["id"]
+        sources = {s["reached_from"] for s in batch}
+        in_batch = {s["id"] for s in batch}
+        # sources are seeds (unknown here), earlier picks, or earlier picks of this batch
+        assert not (sources & in_batch) - {
+            s["reached_from"] for s in batch if s["reached_from"] in earlier | in_batch
+        }
+        earlier |= in_batch
+
+
+def test_mlp_finds_positives_and_global_matches_quality(clinc_slice, cache_dir, tmp_path):
+    assert simulate(clinc_slice, cache_dir, tmp_path / "seals", "--strategy", "mlp") == 0
+    assert simulate(clinc_slice, cache_dir, tmp_path / "global", "--strategy", "mlp", "--mode", "global") == 0
+    seals = json.loads((tmp_path / "seals" / "summary.json").read_text())["rounds"]
+    glob = json.loads((tmp_path / "global" / "summary.json").read_text())["rounds"]
+    # 120 positives of 600 in U: active search should find far more than the 5 seeds
+    assert seals[-1]["positives_found"] >= 40
+    assert glob[-1]["pool_size"] == 600 - glob[-1]["labeled"]
+    assert abs(seals[-1]["average_precision"] - glob[-1]["average_precision"]) < 0.05
+    assert (
+        main(["compare", str(tmp_path / "seals"), str(tmp_path / "global"), "--out", str(tmp_path / "c.png")])
+        == 0
+    )
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_same_seed_same_selections(clinc_slice, cache_dir, tmp_path):
+    for name in ("a", "b"):
+        assert simulate(clinc_slice, cache_dir, tmp_path / name, "--strategy", "maxent", "--seed", "3") == 0
+    assert simulate(clinc_slice, cache_dir, tmp_path / "c", "--strategy", "maxent", "--seed", "4") == 0
+    a, b, c = (read_selected(tmp_path / n) for n in "abc")
+    assert a == b
+    assert [s["id"] for s in a[0]] != [s["id"] for s in c[0]]
+
+
+def test_precomputed_npy_embeddings(clinc_slice, cache_dir, tmp_path):
+    from seals_al.embed import embed_texts
+    from seals_al.items import read_items
+
+    items = read_items(clinc_slice, ["text"], "id")
+    store = embed_texts(items["id"], items["text"], cache_dir=cache_dir, progress=False)
+    np.save(tmp_path / "vectors.npy", store.vectors(store.row_ids_of(items["id"])))
+    assert (
+        simulate(clinc_slice, cache_dir, tmp_path / "npy", "--embeddings", str(tmp_path / "vectors.npy")) == 0
+    )
+    assert simulate(clinc_slice, cache_dir, tmp_path / "model") == 0
+    # Import re-normalizes (float rounding only), so compare ids exactly and scores closely.
+    npy, model = read_selected(tmp_path / "npy"), read_selected(tmp_path / "model")
+    assert [[s["id"] for s in b] for b in npy] == [[s["id"] for s in b] for b in model]
+    np.testing.assert_allclose(
+        [s["score"] for b in npy for s in b], [s["score"] for b in model for s in b], rtol=1e-4
+    )
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("unknown_concept", "unknown concept 'no_such_intent' in column 'label'; known: pay_bill"),
+        ("missing_column", "missing column(s) 'split'"),
+        ("too_few_positives", "has 120 positives outside the 'test' split; the seed set needs 500"),
+        ("empty_file", "the file is empty"),
+        ("no_eval_rows", "no rows with split='holdout' to evaluate on"),
+        ("bad_factory", "invalid faiss factory string 'IVFx'"),
+        ("non_empty_out", "is not empty and holds no earlier simulation"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_line_error(clinc_slice, cache_dir, tmp_path, capsys, case, message):
+    data, extra, out = clinc_slice, [], tmp_path / "out"
+    concept = "report_fraud"
+    if case == "unknown_concept":
+        concept = "no_such_intent"
+    elif case == "missing_column":
+        data = write_csv(tmp_path / "nosplit.csv", "id,text,label\na,hello,x\n")
+    elif case == "too_few_positives":
+        extra = ["--seed-positives", "500"]
+    elif case == "empty_file":
+        data = write_csv(tmp_path / "empty.csv", "")
+    elif case == "no_eval_rows":
+        extra = ["--eval-split", "holdout"]
+    elif case == "bad_factory":
+        extra = ["--index-factory", "IVFx"]
+    elif case == "non_empty_out":
+        out.mkdir()
+        (out / "precious.txt").write_text("keep me")
+    code = main(
+        [
+            "simulate",
+            "--data",
+            str(data),
+            "--concept",
+            concept,
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(cache_dir),
+            "--rounds",
+            "1",
+            *extra,
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: "), err
+    assert err.count("\n") == 1, "validation must fail before any work: " + err
+    assert message in err
+    if case == "non_empty_out":
+        assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+    else:
+        assert not out.exists(), "a rejected run must write nothing"
+
+
+def test_console_script_exit_codes(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    exe = Path(sys.executable).parent / "seals-al"
+    ok = subprocess.run([str(exe), "--version"], capture_output=True, text=True, env=env, check=False)
+    assert ok.returncode == 0
+    assert ok.stdout.startswith("seals-al ")
+    bad = subprocess.run(
+        [
+            str(exe),
+            "simulate",
+            "--data",
+            str(tmp_path / "missing.csv"),
+            "--concept",
+            "x",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == f"error: {tmp_path / 'missing.csv'}: no such file"
+    unknown_flag = subprocess.run(
+        [str(exe), "simulate", "--dta", "x"], capture_output=True, text=True, env=env, check=False
+    )
+    assert unknown_flag.returncode == 2
+    assert "unrecognized arguments: --dta" in unknown_flag.stderr or "required" in unknown_flag.stderr
