@@ -42,6 +42,12 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embeddings", help="precomputed embeddings: a store dir, .npy (item order) or .parquet")
     p.add_argument("--embeddings-column", default="embedding", help="vector column of a .parquet")
     p.add_argument("--index-factory", default="Flat", help="faiss index_factory string")
+    p.add_argument(
+        "--no-knn-graph",
+        dest="knn_graph",
+        action="store_false",
+        help="query the index at every pick instead of precomputing the neighbour lists of U once",
+    )
     p.add_argument("--cache-dir", help="embedding cache (default $SEALS_CACHE_DIR or ~/.cache/seals-al)")
     p.set_defaults(handler=_simulate)
 
@@ -66,6 +72,7 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
         embeddings_column=args.embeddings_column,
         index_factory=args.index_factory,
         cache_dir=args.cache_dir,
+        knn_graph=args.knn_graph,
     )
     sim = SimulationConfig(
         concept=args.concept,

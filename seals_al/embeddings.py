@@ -155,13 +155,24 @@ class EmbeddingStore:
         self.dim = int(manifest["dim"])
         self._shards = shards
         self._offsets = np.cumsum([0] + [s.shape[0] for s in shards])
+        # Row ids 0..n-1 in storage order (what embedding produces): a row id is its position.
+        self._dense = bool(
+            len(row_ids) and row_ids[0] == 0 and np.array_equal(row_ids, np.arange(len(row_ids)))
+        )
         self._order = np.argsort(row_ids, kind="stable")
         self._sorted = row_ids[self._order]
         self._by_external: dict[str, int] | None = None
 
     @classmethod
-    def open(cls, path: str | Path, verify: bool = False) -> EmbeddingStore:
-        """Open a store; with verify=True, also check every shard's sha256 against the manifest."""
+    def open(cls, path: str | Path, verify: bool = False, in_memory: bool = False) -> EmbeddingStore:
+        """Open a store.
+
+        Args:
+            path: the store directory.
+            verify: also check every shard's sha256 against the manifest.
+            in_memory: read the shards into RAM instead of memory-mapping them; for sets that fit,
+                where the OS might evict a map's cold pages and make random reads slow.
+        """
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
@@ -181,7 +192,10 @@ class EmbeddingStore:
         for shard in manifest["shards"]:
             if verify and _sha256(path / shard["path"]) != shard["sha256"]:
                 raise SealsError(f"{path / shard['path']}: checksum does not match the manifest")
-            array = np.load(path / shard["path"], mmap_mode="r", allow_pickle=False)
+            # A plain ndarray view of the memory map: same pages, without np.memmap's per-access cost.
+            array = np.load(
+                path / shard["path"], mmap_mode=None if in_memory else "r", allow_pickle=False
+            ).view(np.ndarray)
             if array.dtype != np.float32 or array.ndim != 2 or array.shape[1] != manifest["dim"]:
                 raise SealsError(
                     f"{path / shard['path']}: expected float32 [rows, {manifest['dim']}], "
@@ -202,6 +216,11 @@ class EmbeddingStore:
     def positions(self, row_ids: np.ndarray) -> np.ndarray:
         """Storage positions of global row ids; an unknown row id is an error."""
         row_ids = np.asarray(row_ids, dtype=np.int64)
+        if self._dense:
+            bad = (row_ids < 0) | (row_ids >= len(self.row_ids))
+            if bad.any():
+                raise SealsError(f"{self.path}: unknown row id {int(row_ids[np.flatnonzero(bad)[0]])}")
+            return row_ids
         at = np.searchsorted(self._sorted, row_ids)
         at_clipped = np.minimum(at, len(self._sorted) - 1)
         unknown = self._sorted[at_clipped] != row_ids

@@ -1,10 +1,26 @@
-"""The faiss kNN index over the unlabeled set U, keyed by global int64 row ids.
+"""The faiss kNN index over the unlabeled set U, keyed by global int64 row ids, and the
+precomputed neighbour graph built from it.
 
 Small free functions in the style of faiss.contrib: build, and search returning (D, I).
 Vectors are unit-norm and the metric is inner product, so D holds cosine similarities.
+
+The candidate pool asks a *neighbour source* for neighbour lists: either the live index
+(:class:`IndexNeighbours`, one faiss query per pick) or a :class:`NeighbourGraph`, the k
+neighbours of every row of U computed once with batched queries and memory-mapped. Both return
+the same lists for the same index; the graph turns each pick's query into an O(1) read, which is
+the amortization of DESIGN section 1 (one kNN structure over U shared by all rounds and concepts).
 """
 
 from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
 
 import faiss
 import numpy as np
@@ -146,3 +162,150 @@ def knn_density(
             out[start : start + len(ids)] = neighbour_density(D)
             bar.update(len(ids))
     return out
+
+
+VectorsOf = Callable[[], np.ndarray]
+
+
+class Neighbours(Protocol):
+    """A source of neighbour lists keyed by global row id."""
+
+    def knn(self, row_ids: np.ndarray, k: int, vectors: VectorsOf) -> tuple[np.ndarray, np.ndarray]:
+        """(D, I) of the k neighbours of each row, itself excluded; ``vectors`` gives the rows'
+        vectors when the source needs them."""
+        ...
+
+
+class IndexNeighbours:
+    """Neighbour lists from live faiss queries."""
+
+    def __init__(self, index: faiss.Index):
+        self.index = index
+
+    def knn(self, row_ids: np.ndarray, k: int, vectors: VectorsOf) -> tuple[np.ndarray, np.ndarray]:
+        return search(self.index, vectors(), k, row_ids)
+
+
+GRAPH_FORMAT = "seals-knn-graph/1"
+
+
+class NeighbourGraph:
+    """The k neighbours (ids and similarities) of every row of U, memory-mapped, rows sorted by id."""
+
+    def __init__(self, path: Path, manifest: dict, row_ids: np.ndarray, ids: np.ndarray, sims: np.ndarray):
+        self.path = path
+        self.manifest = manifest
+        self.k = int(manifest["k"])
+        self._row_ids = row_ids
+        self._ids = ids
+        self._sims = sims
+
+    @classmethod
+    def open(cls, path: str | Path, in_memory: bool = False) -> NeighbourGraph:
+        """Open a graph, memory-mapped (default) or read into RAM."""
+        path = Path(path)
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise SealsError(f"{path}: not a neighbour graph (no manifest.json)")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != GRAPH_FORMAT:
+            raise SealsError(f"{manifest_path}: format {manifest.get('format')!r}, expected {GRAPH_FORMAT!r}")
+
+        def load(name: str) -> np.ndarray:
+            return np.load(path / name, mmap_mode=None if in_memory else "r", allow_pickle=False).view(
+                np.ndarray
+            )
+
+        return cls(path, manifest, load("row_ids.npy"), load("neighbours.npy"), load("similarities.npy"))
+
+    def __len__(self) -> int:
+        return len(self._row_ids)
+
+    def knn(
+        self, row_ids: np.ndarray, k: int, vectors: VectorsOf | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if k > self.k:
+            raise SealsError(f"{self.path}: the graph holds {self.k} neighbours per row; {k} were asked for")
+        row_ids = np.asarray(row_ids, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._row_ids, row_ids), len(self._row_ids) - 1)
+        missing = self._row_ids[at] != row_ids
+        if missing.any():
+            raise SealsError(
+                f"{self.path}: row id {int(row_ids[np.flatnonzero(missing)[0]])} is not in the graph"
+            )
+        return self._sims[at, :k], self._ids[at, :k]
+
+
+def build_neighbour_graph(
+    index: faiss.Index,
+    store: EmbeddingStore,
+    row_ids: np.ndarray,
+    k: int,
+    out_dir: str | Path,
+    *,
+    chunk_rows: int = 4096,
+    progress: bool = True,
+) -> NeighbourGraph:
+    """Query the index once for every row and write the neighbour lists (atomic directory publish).
+
+    Args:
+        index: the index over U.
+        store: the rows' vectors.
+        row_ids: the rows to cover (normally U).
+        k: neighbours per row, the query itself excluded.
+        out_dir: the graph directory; replaced whole if it exists.
+        chunk_rows: rows per batched query.
+        progress: show a progress bar.
+
+    Returns:
+        The graph, opened (memory-mapped).
+    """
+    started = time.perf_counter()
+    row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        np.save(tmp / "row_ids.npy", row_ids)
+        ids = np.lib.format.open_memmap(
+            tmp / "neighbours.npy", mode="w+", dtype=np.int64, shape=(len(row_ids), k)
+        )
+        sims = np.lib.format.open_memmap(
+            tmp / "similarities.npy", mode="w+", dtype=np.float32, shape=ids.shape
+        )
+        with tqdm(total=len(row_ids), desc=f"kNN graph k={k}", unit="row", disable=not progress) as bar:
+            for start in range(0, len(row_ids), chunk_rows):
+                rows = row_ids[start : start + chunk_rows]
+                D, I = search(index, store.vectors(rows), k, rows)
+                sims[start : start + len(rows)] = D
+                ids[start : start + len(rows)] = I
+                bar.update(len(rows))
+        ids.flush()
+        sims.flush()
+        del ids, sims
+        manifest = {
+            "format": GRAPH_FORMAT,
+            "k": k,
+            "count": len(row_ids),
+            "index": _describe(index),
+            "store": str(store.path),
+            "build_seconds": time.perf_counter() - started,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return NeighbourGraph.open(out_dir)
+
+
+def _describe(index: faiss.Index) -> str:
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    return f"{type(inner).__name__} ntotal={index.ntotal} d={index.d}"
+
+
+def as_neighbours(source: faiss.Index | Neighbours) -> Neighbours:
+    """Accept a faiss index (queried live) or any neighbour source such as a graph."""
+    return IndexNeighbours(source) if isinstance(source, faiss.Index) else source

@@ -20,7 +20,7 @@ import numpy as np
 
 from seals_al.embeddings import EmbeddingStore
 from seals_al.errors import SealsError
-from seals_al.index import neighbour_density, search
+from seals_al.index import Neighbours, as_neighbours, neighbour_density
 
 NO_SOURCE = -1
 
@@ -36,12 +36,19 @@ class Arrivals:
 
 
 class CandidatePool:
-    """The candidate pool P over a faiss index keyed by global row ids."""
+    """The candidate pool P, over a faiss index or a precomputed neighbour graph."""
 
-    def __init__(self, index: faiss.Index, store: EmbeddingStore, k: int, *, with_density: bool = False):
+    def __init__(
+        self,
+        neighbours: faiss.Index | Neighbours,
+        store: EmbeddingStore,
+        k: int,
+        *,
+        with_density: bool = False,
+    ):
         if k < 1:
             raise SealsError(f"k must be at least 1, got {k}")
-        self.index = index
+        self.neighbours = as_neighbours(neighbours)
         self.store = store
         self.k = k
         self.with_density = with_density
@@ -100,11 +107,13 @@ class CandidatePool:
             return self._empty_arrivals()
         queries = np.asarray(fresh, dtype=np.int64)
         cached = [self._slot.get(r) for r in fresh]
-        if all(c is not None for c in cached):  # pool members: their vectors are here already
-            vectors = self._vectors.rows(np.asarray(cached))
-        else:
-            vectors = self.store.vectors(queries)
-        _, neighbours = search(self.index, vectors, self.k, queries)
+
+        def query_vectors() -> np.ndarray:
+            if all(c is not None for c in cached):  # pool members: their vectors are here already
+                return self._vectors.rows(np.asarray(cached))
+            return self.store.vectors(queries)
+
+        _, neighbours = self.neighbours.knn(queries, self.k, query_vectors)
         self.queries += len(fresh)
         for r in fresh:
             self.expanded.add(r)
@@ -127,7 +136,7 @@ class CandidatePool:
         vectors = self.store.vectors(ids)
         density = None
         if self.with_density:
-            D, _ = search(self.index, vectors, self.k, ids)
+            D, _ = self.neighbours.knn(ids, self.k, lambda: vectors)
             self.queries += len(ids)
             density = neighbour_density(D)
         arrivals = Arrivals(ids, np.asarray(new_from, dtype=np.int64), vectors, density)
@@ -188,12 +197,14 @@ class CandidatePool:
         (path / "pool.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path, index: faiss.Index, store: EmbeddingStore) -> CandidatePool:
+    def load(
+        cls, path: str | Path, neighbours: faiss.Index | Neighbours, store: EmbeddingStore
+    ) -> CandidatePool:
         """Read a saved pool; member vectors are gathered again from the store."""
         path = Path(path)
         meta = json.loads((path / "pool.json").read_text())
         with np.load(path / "pool.npz", allow_pickle=False) as data:
-            pool = cls(index, store, int(meta["k"]), with_density=bool(meta["with_density"]))
+            pool = cls(neighbours, store, int(meta["k"]), with_density=bool(meta["with_density"]))
             pool.expanded = set(data["expanded"].tolist())
             ids = data["ids"]
             density = data["density"] if pool.with_density else None

@@ -6,6 +6,7 @@ serves any number of concepts, strategies and modes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -16,10 +17,17 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from seals_al.embed import embed_texts, import_embeddings
+from seals_al.embed import default_cache_dir, embed_texts, import_embeddings
 from seals_al.embeddings import EmbeddingStore
 from seals_al.errors import PoolExhaustedError, SealsError
-from seals_al.index import DEFAULT_FACTORY, build_index, knn_density
+from seals_al.index import (
+    DEFAULT_FACTORY,
+    NeighbourGraph,
+    build_index,
+    build_neighbour_graph,
+    knn_density,
+    neighbour_density,
+)
 from seals_al.items import read_items
 from seals_al.pool import CandidatePool
 from seals_al.selection import Selection, select_global, select_seals
@@ -44,6 +52,7 @@ class DataConfig:
     embeddings_column: str = "embedding"
     index_factory: str = DEFAULT_FACTORY
     cache_dir: str | None = None
+    knn_graph: bool = True  # precompute U's neighbour lists once instead of one query per pick
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,7 @@ class Dataset:
     u_rows: np.ndarray  # global row ids of U
     eval_rows: np.ndarray  # global row ids of the evaluation split (never selectable)
     index: faiss.Index
+    _graphs: dict[int, NeighbourGraph] = field(default_factory=dict)
     _u_density: dict[int, np.ndarray] = field(default_factory=dict)
 
     @classmethod
@@ -167,13 +177,34 @@ class Dataset:
         """1 where the label column equals the concept, else 0."""
         return (self.labels[self.store.positions(rows)] == concept).astype(np.int8)
 
+    def neighbours(self, k: int, progress: bool = True) -> faiss.Index | NeighbourGraph:
+        """Where the pool gets neighbour lists: the graph of U for this k (built once, cached on
+        disk beside the embeddings), or the index itself when the graph is turned off."""
+        if not self.config.knn_graph:
+            return self.index
+        if k not in self._graphs:
+            digest = hashlib.sha256(np.sort(self.u_rows).tobytes())
+            shards = ",".join(s["sha256"] for s in self.store.manifest["shards"])
+            digest.update(f"{shards}\n{self.config.index_factory}\n{k}".encode())
+            path = Path(self.config.cache_dir or default_cache_dir()) / "graphs" / digest.hexdigest()[:24]
+            if (path / "manifest.json").is_file():
+                self._graphs[k] = NeighbourGraph.open(path)
+            else:
+                self._graphs[k] = build_neighbour_graph(
+                    self.index, self.store, self.u_rows, k, path, progress=progress
+                )
+        return self._graphs[k]
+
     def u_density(self, k: int, progress: bool = True) -> np.ndarray:
         """kNN density of every row of U (per storage position; computed once per k)."""
         if k not in self._u_density:
             density = np.full(len(self.store), np.nan, dtype=np.float32)
-            density[self.store.positions(self.u_rows)] = knn_density(
-                self.index, self.store, self.u_rows, k, progress=progress
-            )
+            source = self.neighbours(k, progress)
+            if isinstance(source, NeighbourGraph):
+                values = neighbour_density(source.knn(self.u_rows, k)[0])
+            else:
+                values = knn_density(self.index, self.store, self.u_rows, k, progress=progress)
+            density[self.store.positions(self.u_rows)] = values
             self._u_density[k] = density
         return self._u_density[k]
 
@@ -224,7 +255,9 @@ def simulate(
     selectable = None
     density = None
     if sim.mode == "seals":
-        pool = CandidatePool(dataset.index, store, sim.k, with_density=strategy.needs_density)
+        pool = CandidatePool(
+            dataset.neighbours(sim.k, progress), store, sim.k, with_density=strategy.needs_density
+        )
         pool.expand(labeled)
     else:
         selectable = np.zeros(len(store), dtype=bool)

@@ -7,7 +7,16 @@ import pytest
 
 from seals_al.embeddings import write_store
 from seals_al.errors import SealsError
-from seals_al.index import build_index, knn_density, neighbour_density, search, set_search_parameters
+from seals_al.index import (
+    IndexNeighbours,
+    NeighbourGraph,
+    build_index,
+    build_neighbour_graph,
+    knn_density,
+    neighbour_density,
+    search,
+    set_search_parameters,
+)
 
 
 def test_exact_search_returns_global_ids_without_the_query(synthetic):
@@ -100,3 +109,25 @@ def test_bad_factory_and_wrong_dimension(synthetic):
         search(synthetic.index, np.zeros((1, 15), np.float32), 3)
     with pytest.raises(SealsError, match="unknown row id 42"):
         synthetic.store.vectors(np.asarray([42]))
+
+
+def test_neighbour_graph_equals_live_search(synthetic, tmp_path):
+    graph = build_neighbour_graph(
+        synthetic.index, synthetic.store, synthetic.row_ids, 12, tmp_path / "g", chunk_rows=97, progress=False
+    )
+    assert len(graph) == len(synthetic.row_ids)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g", "store"], "no temporary directory left behind"
+    rows = synthetic.row_ids[::7]
+    D, I = graph.knn(rows, 12)
+    live_D, live_I = IndexNeighbours(synthetic.index).knn(rows, 12, lambda: synthetic.store.vectors(rows))
+    np.testing.assert_array_equal(I, live_I)
+    np.testing.assert_allclose(D, live_D, rtol=1e-6)
+    short_D, short_I = NeighbourGraph.open(tmp_path / "g").knn(rows[:3], 5)
+    np.testing.assert_array_equal(short_I, live_I[:3, :5])
+    np.testing.assert_allclose(short_D, live_D[:3, :5], rtol=1e-6)
+    with pytest.raises(SealsError, match="holds 12 neighbours per row; 13 were asked for"):
+        graph.knn(rows, 13)
+    with pytest.raises(SealsError, match="row id 5 is not in the graph"):
+        graph.knn(np.asarray([5]), 3)
+    with pytest.raises(SealsError, match="not a neighbour graph"):
+        NeighbourGraph.open(tmp_path)

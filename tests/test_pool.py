@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from seals_al.errors import PoolExhaustedError, SealsError
+from seals_al.index import build_neighbour_graph
 from seals_al.pool import CandidatePool, _Blocks
 from seals_al.selection import select_seals
 from seals_al.strategies import get_strategy, random_keys, tiebreak_keys
@@ -164,3 +165,25 @@ def test_block_storage_across_many_blocks_and_compaction(synthetic, monkeypatch)
         ids, vectors, _ = pool.members()
         np.testing.assert_array_equal(vectors, synthetic.store.vectors(ids))
         assert set(ids.tolist()) == reference_pool(synthetic, labeled, K)
+
+
+@pytest.mark.parametrize("name", ["maxent", "id"])
+def test_graph_and_live_index_give_the_same_campaign(synthetic, tmp_path, name):
+    graph = build_neighbour_graph(
+        synthetic.index, synthetic.store, synthetic.row_ids, K, tmp_path / "g", progress=False
+    )
+    strategy = get_strategy(name)
+    truth = {int(r): int(c == 0) for r, c in zip(synthetic.row_ids, synthetic.cluster, strict=True)}
+    runs = []
+    for source in (synthetic.index, graph):
+        labeled = seed_rows(synthetic)
+        pool = CandidatePool(source, synthetic.store, K, with_density=strategy.needs_density)
+        pool.expand(labeled)
+        picks = []
+        for r in range(3):
+            model = fit_logistic(synthetic.store.vectors(np.asarray(labeled)), [truth[x] for x in labeled])
+            selection = select_seals(pool, model, strategy, B, seed=2, round_index=r)
+            picks += [(p.row_id, p.reached_from, p.pool_size_before) for p in selection.picks]
+            labeled += [p.row_id for p in selection.picks]
+        runs.append((picks, pool.queries, set(pool.members()[0].tolist())))
+    assert runs[0] == runs[1]

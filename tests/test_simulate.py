@@ -123,6 +123,14 @@ def test_mlp_finds_positives_and_global_matches_quality(clinc_slice, cache_dir, 
     assert (tmp_path / "c.png").stat().st_size > 10_000
 
 
+def test_neighbour_graph_and_per_pick_queries_select_the_same(clinc_slice, cache_dir, tmp_path):
+    assert simulate(clinc_slice, cache_dir, tmp_path / "graph", "--strategy", "id") == 0
+    assert simulate(clinc_slice, cache_dir, tmp_path / "live", "--strategy", "id", "--no-knn-graph") == 0
+    graph, live = read_selected(tmp_path / "graph"), read_selected(tmp_path / "live")
+    assert [[s["id"] for s in b] for b in graph] == [[s["id"] for s in b] for b in live]
+    assert any((cache_dir / "graphs").iterdir())
+
+
 def test_same_seed_same_selections(clinc_slice, cache_dir, tmp_path):
     for name in ("a", "b"):
         assert simulate(clinc_slice, cache_dir, tmp_path / name, "--strategy", "maxent", "--seed", "3") == 0
