@@ -20,6 +20,7 @@ Writes docs/benchmarks/selection_cost.json and .png and its section of docs/BENC
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import sys
@@ -42,6 +43,7 @@ from seals_al.selection import select_global, select_seals
 from seals_al.strategies import get_strategy
 from seals_al.train import fit_logistic
 
+RESULTS = DOCS / "benchmarks" / "selection_cost.json"
 CLUSTERS = 1000
 RARE = 0.005
 
@@ -142,10 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategies", nargs="+", default=["maxent", "mlp"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="where the synthetic stores go (default: a temp dir)")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="redraw the plot and section from the saved JSON, measure nothing",
+    )
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    if args.render_only:
+        _render(json.loads(RESULTS.read_text()))
+        return 0
 
-    results = {"config": vars(args), "machine": _machine(), "sizes": {}}
+    results = {"config": vars(args), "machine": _machine(), "command": _command(argv), "sizes": {}}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for n in args.sizes:
             store, truth = make_data(n, args.dim, args.seed, Path(tmp))
@@ -189,10 +199,18 @@ def main(argv: list[str] | None = None) -> int:
                     )
             results["sizes"][str(n)] = entry
             del index, graph, store
-    write_json(DOCS / "benchmarks" / "selection_cost.json", results)
-    _plot(results, DOCS / "benchmarks" / "selection_cost.png")
-    update_section("selection_cost", _markdown(results, argv))
+    write_json(RESULTS, results)
+    _render(results)
     return 0
+
+
+def _command(argv: list[str]) -> str:
+    return " ".join(["python benchmarks/selection_cost.py", *argv])
+
+
+def _render(results: dict) -> None:
+    _plot(results, DOCS / "benchmarks" / "selection_cost.png")
+    update_section("selection_cost", _markdown(results))
 
 
 def _machine() -> str:
@@ -207,8 +225,8 @@ def _median_seconds(run: dict) -> float:
     return float(np.median([r["seconds"] for r in run["rounds"]]))
 
 
-def _markdown(results: dict, argv: list[str] | None) -> str:
-    cmd = "python benchmarks/selection_cost.py" + (" " + " ".join(argv) if argv else "")
+def _markdown(results: dict) -> str:
+    cmd = results.get("command", "python benchmarks/selection_cost.py")
     cfg = results["config"]
     lines = [
         "## Selection cost: SEALS vs global",
@@ -275,37 +293,28 @@ def _plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for n, entry in results["sizes"].items():
-        for key, run in entry["runs"].items():
-            style = "--" if key.endswith("global") else "-"
+    sizes = list(results["sizes"])
+    fig, axes = plt.subplots(2, len(sizes), figsize=(6 * len(sizes), 7.5), squeeze=False)
+    colours = {"seals-index": "tab:blue", "seals-graph": "tab:green", "global": "tab:red"}
+    styles = {"maxent": "-", "mlp": "--"}
+    for column, n in enumerate(sizes):
+        ax_t, ax_s = axes[0][column], axes[1][column]
+        for key, run in results["sizes"][n]["runs"].items():
+            strategy, mode = key.split("/")
             labels = [r["labeled_before"] for r in run["rounds"]]
-            ax_t.plot(
-                labels,
-                [1e3 * r["seconds"] for r in run["rounds"]],
-                style,
-                marker="o",
-                ms=3,
-                label=f"{int(n):,} {key}",
-            )
-            ax_s.plot(
-                labels,
-                [100 * r["scored_fraction"] for r in run["rounds"]],
-                style,
-                marker="o",
-                ms=3,
-                label=f"{int(n):,} {key}",
-            )
-    ax_t.set(
-        xlabel="labels before the round",
-        ylabel="selection ms per round",
-        yscale="log",
-        title="Selection time",
-    )
-    ax_s.set(xlabel="labels before the round", ylabel="% of U scored", yscale="log", title="Examples scored")
-    for ax in (ax_t, ax_s):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+            style = {"color": colours[mode], "linestyle": styles.get(strategy, ":"), "marker": "o", "ms": 3}
+            ax_t.plot(labels, [1e3 * r["seconds"] for r in run["rounds"]], label=key, **style)
+            ax_s.plot(labels, [100 * r["scored_fraction"] for r in run["rounds"]], label=key, **style)
+        ax_t.set(title=f"{int(n):,} rows: selection time", ylabel="ms per round", yscale="log")
+        ax_s.set(
+            title=f"{int(n):,} rows: examples scored",
+            ylabel="% of U",
+            yscale="log",
+            xlabel="labels before the round",
+        )
+        for ax in (ax_t, ax_s):
+            ax.grid(alpha=0.3)
+        ax_t.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

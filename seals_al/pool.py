@@ -21,8 +21,7 @@ import numpy as np
 from seals_al.embeddings import EmbeddingStore
 from seals_al.errors import SealsError
 from seals_al.index import Neighbours, as_neighbours, neighbour_density
-
-NO_SOURCE = -1
+from seals_al.storage import atomic_path, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ class CandidatePool:
         Returns:
             The members that joined, with the example that brought each one in.
         """
-        fresh = [int(r) for r in dict.fromkeys(int(r) for r in row_ids) if int(r) not in self.expanded]
+        fresh = [r for r in dict.fromkeys(map(int, row_ids)) if r not in self.expanded]
         if not fresh:
             return self._empty_arrivals()
         queries = np.asarray(fresh, dtype=np.int64)
@@ -181,20 +180,30 @@ class CandidatePool:
 
     # -- persistence (no pickle: plain arrays and JSON) ------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write the pool state (expanded set, members, sources, densities) as .npz + JSON."""
+        """Write the pool state (expanded set, members, sources, densities) as .npz + JSON.
+
+        Each file is replaced atomically; pool.json, written last, names the member count that
+        :meth:`load` checks pool.npz against, so a crash between the two is detected.
+        """
         self._compact()
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         n = self._n
-        np.savez(
-            path / "pool.npz",
-            expanded=np.fromiter(sorted(self.expanded), dtype=np.int64, count=len(self.expanded)),
-            ids=self._ids[:n],
-            reached_from=self._from[:n],
-            density=self._density[:n],
-        )
-        meta = {"k": self.k, "with_density": self.with_density, "queries": self.queries, "size": n}
-        (path / "pool.json").write_text(json.dumps(meta, indent=2) + "\n")
+        with atomic_path(path / "pool.npz") as tmp:
+            np.savez(
+                tmp,
+                expanded=np.fromiter(sorted(self.expanded), dtype=np.int64, count=len(self.expanded)),
+                ids=self._ids[:n],
+                reached_from=self._from[:n],
+                density=self._density[:n],
+            )
+        meta = {
+            "k": self.k,
+            "with_density": self.with_density,
+            "queries": self.queries,
+            "size": n,
+            "expanded": len(self.expanded),
+        }
+        write_json_atomic(path / "pool.json", meta)
 
     @classmethod
     def load(
@@ -205,6 +214,8 @@ class CandidatePool:
         meta = json.loads((path / "pool.json").read_text())
         with np.load(path / "pool.npz", allow_pickle=False) as data:
             pool = cls(neighbours, store, int(meta["k"]), with_density=bool(meta["with_density"]))
+            if len(data["ids"]) != meta["size"] or len(data["expanded"]) != meta["expanded"]:
+                raise SealsError(f"{path}: pool.npz and pool.json disagree (an interrupted save?)")
             pool.expanded = set(data["expanded"].tolist())
             ids = data["ids"]
             density = data["density"] if pool.with_density else None

@@ -187,3 +187,15 @@ def test_graph_and_live_index_give_the_same_campaign(synthetic, tmp_path, name):
             labeled += [p.row_id for p in selection.picks]
         runs.append((picks, pool.queries, set(pool.members()[0].tolist())))
     assert runs[0] == runs[1]
+
+
+def test_load_detects_files_from_different_saves(synthetic, tmp_path):
+    labeled = seed_rows(synthetic)
+    pool = CandidatePool(synthetic.index, synthetic.store, K)
+    pool.expand(labeled[:5])
+    pool.save(tmp_path / "a")
+    pool.expand(labeled[5:])
+    pool.save(tmp_path / "b")
+    (tmp_path / "b" / "pool.json").replace(tmp_path / "a" / "pool.json")  # a crash between the two writes
+    with pytest.raises(SealsError, match=r"pool\.npz and pool\.json disagree"):
+        CandidatePool.load(tmp_path / "a", synthetic.index, synthetic.store)
