@@ -97,7 +97,9 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
     if summary["stopped"]:
         console.print(f"stopped early: {summary['stopped']}")
     out = Path(args.out)
-    console.print(f"summary: {out / 'summary.json'}\nplot:    {out / 'plot.png'}\nrounds:  {out / 'rounds'}/")
+    console.print(
+        f"\nsummary: {out / 'summary.json'}\nplot:    {out / 'plot.png'}\nrounds:  {out / 'rounds'}/"
+    )
     return 0
 
 

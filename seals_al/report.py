@@ -21,6 +21,9 @@ TABLE_COLUMNS = (
 )
 
 
+STRATEGY_COLOURS = {"maxent": "tab:blue", "id": "tab:purple", "mlp": "tab:green", "random": "tab:grey"}
+
+
 def run_label(summary: dict) -> str:
     config = summary["config"]
     return f"{config['strategy']} / {config['mode']}"
@@ -71,18 +74,18 @@ def plot_runs(
     fig, (ax_ap, ax_recall, ax_pool) = plt.subplots(1, 3, figsize=(15, 4.2))
     for summary, label in zip(summaries, labels, strict=True):
         rounds = summary["rounds"]
-        style = "--" if summary["config"].get("mode") == "global" else "-"
+        config = summary["config"]
+        style = {
+            "linestyle": "--" if config.get("mode") == "global" else "-",
+            "color": STRATEGY_COLOURS.get(config.get("strategy")),
+            "marker": "o",
+            "ms": 3,
+            "label": label,
+        }
         n = [r["labeled"] for r in rounds]
-        ax_ap.plot(n, [r["average_precision"] for r in rounds], style, marker="o", ms=3, label=label)
-        ax_recall.plot(n, [r["recall"] for r in rounds], style, marker="o", ms=3, label=label)
-        ax_pool.plot(
-            [r["round"] for r in rounds],
-            [100 * r["pool_fraction"] for r in rounds],
-            style,
-            marker="o",
-            ms=3,
-            label=label,
-        )
+        ax_ap.plot(n, [r["average_precision"] for r in rounds], **style)
+        ax_recall.plot(n, [r["recall"] for r in rounds], **style)
+        ax_pool.plot([r["round"] for r in rounds], [100 * r["pool_fraction"] for r in rounds], **style)
     for name, value in (reference or {}).items():
         ax_ap.axhline(value, color="grey", linestyle=":", label=name)
     ax_ap.set(xlabel="labels", ylabel="average precision (eval split)", title="Model quality")

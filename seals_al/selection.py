@@ -72,8 +72,9 @@ def select_seals(
     ties = tiebreak_keys(ids, seed, round_index)
     order = np.lexsort((ties, -scores))
     scored = len(ids)
-    # Members arriving during the batch: at most k per pick, so the buffer never grows.
-    capacity = batch_size * pool.k
+    # Members arriving during the batch: at most k per pick and at most every row of the store,
+    # so the buffer never grows.
+    capacity = min(batch_size * pool.k, len(pool.store))
     new_scores = np.full(capacity, -np.inf)
     new_ties = np.zeros(capacity)
     new_ids = np.zeros(capacity, dtype=np.int64)
