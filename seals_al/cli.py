@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
+from typing import TypeVar
 
 from rich.console import Console
 from rich.live import Live
@@ -14,6 +16,7 @@ from seals_al.errors import SealsError
 from seals_al.version import __version__
 
 EXIT_USAGE = 2
+T = TypeVar("T")
 
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
@@ -61,30 +64,8 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
             raise SealsError(f"--{name.replace('_', '-')} must be at least 1")
     if args.rounds < 0:
         raise SealsError("--rounds must be 0 or more")
-    data = DataConfig(
-        data=args.data,
-        text_column=args.text_column,
-        label_column=args.label_column,
-        id_column=args.id_column,
-        split_column=args.split_column,
-        eval_split=args.eval_split,
-        embeddings=args.embeddings,
-        embeddings_column=args.embeddings_column,
-        index_factory=args.index_factory,
-        cache_dir=args.cache_dir,
-        knn_graph=args.knn_graph,
-    )
-    sim = SimulationConfig(
-        concept=args.concept,
-        strategy=args.strategy,
-        mode=args.mode,
-        seed_positives=args.seed_positives,
-        seed_negatives=args.seed_negatives,
-        batch_size=args.batch_size,
-        rounds=args.rounds,
-        k=args.k,
-        seed=args.seed,
-    )
+    data = _from_args(DataConfig, args)
+    sim = _from_args(SimulationConfig, args)
     items = Items.load(data)
     items.check(sim)  # fail before the expensive part
     check_out_dir(args.out)
@@ -101,6 +82,11 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
         f"\nsummary: {out / 'summary.json'}\nplot:    {out / 'plot.png'}\nrounds:  {out / 'rounds'}/"
     )
     return 0
+
+
+def _from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """Build a config dataclass from the parsed flags of the same names (others keep defaults)."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from seals_al.errors import SealsError
+from seals_al.storage import atomic_dir
 
 FORMAT = "seals-embeddings/1"
 MANIFEST = "manifest.json"
@@ -104,10 +102,7 @@ def write_store(
     row_ids = np.arange(len(ids), dtype=np.int64) if row_ids is None else np.asarray(row_ids, np.int64)
     if len(np.unique(row_ids)) != len(row_ids) or len(row_ids) != len(ids):
         raise SealsError(f"{out_dir}: row ids must be unique, one per vector")
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         shards = []
         for n, start in enumerate(range(0, max(len(ids), 1), shard_rows)):
             block = np.ascontiguousarray(vectors[start : start + shard_rows])
@@ -117,12 +112,6 @@ def write_store(
         _write_id_table(tmp / ID_TABLE, ids, row_ids)
         manifest = Manifest(model, int(vectors.shape[1]), len(ids), normalized, tuple(shards), extra or {})
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return EmbeddingStore.open(out_dir)
 
 

@@ -14,9 +14,6 @@ the amortization of DESIGN section 1 (one kNN structure over U shared by all rou
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +25,7 @@ from tqdm import tqdm
 
 from seals_al.embeddings import EmbeddingStore
 from seals_al.errors import SealsError
+from seals_al.storage import atomic_dir
 
 DEFAULT_FACTORY = "Flat"
 
@@ -262,17 +260,11 @@ def build_neighbour_graph(
     """
     started = time.perf_counter()
     row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         np.save(tmp / "row_ids.npy", row_ids)
-        ids = np.lib.format.open_memmap(
-            tmp / "neighbours.npy", mode="w+", dtype=np.int64, shape=(len(row_ids), k)
-        )
-        sims = np.lib.format.open_memmap(
-            tmp / "similarities.npy", mode="w+", dtype=np.float32, shape=ids.shape
-        )
+        shape = (len(row_ids), k)
+        ids = np.lib.format.open_memmap(tmp / "neighbours.npy", mode="w+", dtype=np.int64, shape=shape)
+        sims = np.lib.format.open_memmap(tmp / "similarities.npy", mode="w+", dtype=np.float32, shape=shape)
         with tqdm(total=len(row_ids), desc=f"kNN graph k={k}", unit="row", disable=not progress) as bar:
             for start in range(0, len(row_ids), chunk_rows):
                 rows = row_ids[start : start + chunk_rows]
@@ -292,12 +284,6 @@ def build_neighbour_graph(
             "build_seconds": time.perf_counter() - started,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return NeighbourGraph.open(out_dir)
 
 
