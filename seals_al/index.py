@@ -57,11 +57,7 @@ def build_index(
     row_ids = np.asarray(row_ids, dtype=np.int64)
     if len(row_ids) == 0:
         raise SealsError("cannot build an index over zero rows")
-    try:
-        inner = faiss.index_factory(store.dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as e:
-        raise SealsError(f"invalid faiss factory string {factory!r}: {e}") from e
-    index = faiss.IndexIDMap2(inner)
+    index = faiss.IndexIDMap2(check_factory(store.dim, factory))
     if not index.is_trained:
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(len(row_ids), size=min(train_size, len(row_ids)), replace=False))
@@ -72,6 +68,14 @@ def build_index(
             index.add_with_ids(store.vectors(ids), ids)
             bar.update(len(ids))
     return index
+
+
+def check_factory(dim: int, factory: str) -> faiss.Index:
+    """The empty index a factory string makes for this dimension; a bad string is an error."""
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise SealsError(f"invalid faiss factory string {factory!r}: {e}") from e
 
 
 def set_search_parameters(index: faiss.Index, **params: float) -> None:

@@ -25,6 +25,7 @@ from seals_al.index import (
     NeighbourGraph,
     build_index,
     build_neighbour_graph,
+    check_factory,
     knn_density,
     neighbour_density,
 )
@@ -144,7 +145,10 @@ class Items:
 
 @dataclass
 class Dataset:
-    """Items, their embeddings and the index over U (every row outside the evaluation split)."""
+    """Items, their embeddings and the index over U (every row outside the evaluation split).
+
+    The index is built on first use: with a cached neighbour graph a run never needs it.
+    """
 
     config: DataConfig
     items: Items
@@ -152,13 +156,14 @@ class Dataset:
     labels: np.ndarray  # label column per storage position
     u_rows: np.ndarray  # global row ids of U
     eval_rows: np.ndarray  # global row ids of the evaluation split (never selectable)
-    index: faiss.Index
+    progress: bool = True
+    _index: faiss.Index | None = None
     _graphs: dict[int, NeighbourGraph] = field(default_factory=dict)
     _u_density: dict[int, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def prepare(cls, config: DataConfig, items: Items | None = None, progress: bool = True) -> Dataset:
-        """Embed the items (or import their embeddings; both cached) and index U."""
+        """Embed the items (or import their embeddings; both cached); check the index factory."""
         items = items or Items.load(config)
         if items.texts is not None:
             store = embed_texts(items.ids, items.texts, cache_dir=config.cache_dir, progress=progress)
@@ -169,17 +174,24 @@ class Dataset:
         rows = store.row_ids_of(items.ids)
         labels = np.empty(len(store), dtype=object)
         labels[store.positions(rows)] = items.labels
-        u_rows = rows[~items.is_eval]
-        index = build_index(store, u_rows, config.index_factory, progress=progress)
-        return cls(config, items, store, labels, u_rows, rows[items.is_eval], index)
+        check_factory(store.dim, config.index_factory)
+        return cls(config, items, store, labels, rows[~items.is_eval], rows[items.is_eval], progress)
+
+    @property
+    def index(self) -> faiss.Index:
+        if self._index is None:
+            self._index = build_index(
+                self.store, self.u_rows, self.config.index_factory, progress=self.progress
+            )
+        return self._index
 
     def truth(self, concept: str, rows: np.ndarray) -> np.ndarray:
         """1 where the label column equals the concept, else 0."""
         return (self.labels[self.store.positions(rows)] == concept).astype(np.int8)
 
     def neighbours(self, k: int, progress: bool = True) -> faiss.Index | NeighbourGraph:
-        """Where the pool gets neighbour lists: the graph of U for this k (built once, cached on
-        disk beside the embeddings), or the index itself when the graph is turned off."""
+        """Where the pool gets neighbour lists: the graph of U for this k (built once, cached in
+        the cache directory), or the index itself when the graph is turned off."""
         if not self.config.knn_graph:
             return self.index
         if k not in self._graphs:

@@ -250,3 +250,29 @@ def test_console_script_exit_codes(tmp_path):
     )
     assert unknown_flag.returncode == 2
     assert "unrecognized arguments: --dta" in unknown_flag.stderr or "required" in unknown_flag.stderr
+
+
+def test_a_cached_graph_spares_the_index_build(clinc_slice, cache_dir, tmp_path):
+    from seals_al.embed import embed_texts
+    from seals_al.items import read_items
+    from seals_al.simulate import DataConfig, Dataset, SimulationConfig
+    from seals_al.simulate import simulate as run
+
+    items = read_items(clinc_slice, ["text"], "id")
+    store = embed_texts(items["id"], items["text"], cache_dir=cache_dir, progress=False)
+    # A private cache for the graph, so no other test has built it already.
+    config = DataConfig(data=str(clinc_slice), embeddings=str(store.path), cache_dir=str(tmp_path / "cache"))
+    sim = SimulationConfig(concept="timer", rounds=2, batch_size=10, k=10)
+
+    def outcome(summary: dict) -> list[tuple]:
+        return [
+            (r["labeled"], r["positives_found"], r["pool_size"], r["average_precision"])
+            for r in summary["rounds"]
+        ]
+
+    first = Dataset.prepare(config, progress=False)
+    expected = outcome(run(first, sim, progress=False))
+    assert first._index is not None, "the first run builds the index to build the graph"
+    second = Dataset.prepare(config, progress=False)
+    assert outcome(run(second, sim, progress=False)) == expected
+    assert second._index is None, "with the graph cached, no index is built"
