@@ -1,5 +1,17 @@
-"""Writing files so that a reader never sees half of one: temp file in the same directory, then
-os.replace (atomic on POSIX). Local paths only for now; gs:// URIs come with campaign storage."""
+"""Storage by URI: a local folder or ``gs://bucket/prefix``, and atomic local writes.
+
+A :class:`Storage` holds a campaign's files under one root. Keys are relative POSIX paths;
+a key that could leave the root (``..``, an absolute path, a backslash, an empty or hidden part)
+is an error naming the key, so ids and URIs from untrusted files cannot escape the campaign.
+Components starting with a dot are reserved for temporary files.
+
+Writes are atomic: locally a temp file in the same folder, then ``os.replace``; on GCS a single
+object upload, which is all-or-nothing. ``once=True`` makes a write fail if the key exists
+(locally a hard link, which refuses an existing name; on GCS ``if_generation_match=0``).
+
+Why not fsspec: the product needs five operations on two backends, with write-once and exact
+error messages; a small module over google-cloud-storage keeps both in view.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +19,16 @@ import json
 import os
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from seals_al.errors import SealsError
+
+
+class AlreadyExistsError(SealsError):
+    """A write-once key was written already."""
 
 
 @contextmanager
@@ -55,3 +74,182 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def write_json_atomic(path: str | Path, data: object) -> None:
     """Write ``data`` as indented JSON, atomically."""
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def check_key(key: str, root: str) -> str:
+    """Return ``key`` if it is a safe relative POSIX path, else raise naming the key and root."""
+    parts = key.split("/")
+    bad = (
+        not key
+        or "\\" in key
+        or "\x00" in key
+        or key.startswith("/")
+        or any(part in ("", ".", "..") or part.startswith(".") for part in parts)
+    )
+    if bad:
+        raise SealsError(f"{root}: key {key!r} is not a plain relative path inside the campaign")
+    return key
+
+
+class Storage(ABC):
+    """Files under one root URI, addressed by relative keys."""
+
+    uri: str
+
+    @abstractmethod
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; a missing key, or one larger than ``max_bytes``, is an error."""
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes, *, once: bool = False) -> None:
+        """Write atomically; with ``once``, raise :class:`AlreadyExistsError` if the key exists."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys under ``prefix`` (a folder-like key, or "" for all), sorted."""
+
+    def read_text(self, key: str, max_bytes: int | None = None) -> str:
+        data = self.read_bytes(key, max_bytes)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SealsError(f"{self.where(key)}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+
+    def read_json(self, key: str, max_bytes: int | None = None) -> object:
+        try:
+            return json.loads(self.read_text(key, max_bytes))
+        except json.JSONDecodeError as e:
+            raise SealsError(f"{self.where(key)}, line {e.lineno}: invalid JSON: {e.msg}") from e
+
+    def write_text(self, key: str, text: str, *, once: bool = False) -> None:
+        self.write_bytes(key, text.encode("utf-8"), once=once)
+
+    def write_json(self, key: str, data: object, *, once: bool = False) -> None:
+        self.write_text(key, json.dumps(data, indent=2) + "\n", once=once)
+
+    def where(self, key: str) -> str:
+        """The full URI of a key, for messages."""
+        return f"{self.uri.rstrip('/')}/{key}"
+
+    def _too_big(self, key: str, size: int, max_bytes: int | None) -> None:
+        if max_bytes is not None and size > max_bytes:
+            raise SealsError(f"{self.where(key)}: {size:,} bytes, over the limit of {max_bytes:,}")
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        path = self.root / check_key(key, self.uri)
+        # A symlink inside the campaign must not lead outside it.
+        if not path.resolve().is_relative_to(self.root):
+            raise SealsError(f"{self.uri}: key {key!r} leads outside the campaign")
+        return path
+
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        path = self._path(key)
+        if not path.is_file():
+            raise SealsError(f"{self.where(key)}: no such file")
+        self._too_big(key, path.stat().st_size, max_bytes)
+        return path.read_bytes()
+
+    def write_bytes(self, key: str, data: bytes, *, once: bool = False) -> None:
+        path = self._path(key)
+        if not once:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.link(tmp, path)  # refuses an existing name: an atomic create-if-absent
+        except FileExistsError as e:
+            raise AlreadyExistsError(f"{self.where(key)}: already written") from e
+        finally:
+            os.unlink(tmp)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.is_dir():
+            return []
+        keys = []
+        for path in base.rglob("*"):
+            relative = path.relative_to(self.root)
+            if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+                keys.append(PurePosixPath(relative).as_posix())
+        return sorted(keys)
+
+
+class GCSStorage(Storage):
+    """gs://bucket/prefix through google-cloud-storage (STORAGE_EMULATOR_HOST is respected)."""
+
+    def __init__(self, uri: str, client=None):
+        bucket, _, prefix = uri.removeprefix("gs://").partition("/")
+        if not bucket:
+            raise SealsError(f"{uri}: expected gs://bucket/prefix")
+        self.uri = f"gs://{bucket}/{prefix.strip('/')}".rstrip("/")
+        self._prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        self._client = client or _gcs_client()
+        self._bucket = self._client.bucket(bucket)
+
+    def _blob(self, key: str):
+        return self._bucket.blob(self._prefix + check_key(key, self.uri))
+
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        from google.api_core.exceptions import NotFound
+
+        blob = self._bucket.get_blob(self._prefix + check_key(key, self.uri))
+        if blob is None:
+            raise SealsError(f"{self.where(key)}: no such object")
+        self._too_big(key, int(blob.size or 0), max_bytes)
+        try:
+            return blob.download_as_bytes()
+        except NotFound as e:
+            raise SealsError(f"{self.where(key)}: no such object") from e
+
+    def write_bytes(self, key: str, data: bytes, *, once: bool = False) -> None:
+        from google.api_core.exceptions import PreconditionFailed
+
+        try:
+            self._blob(key).upload_from_string(data, if_generation_match=0 if once else None)
+        except PreconditionFailed as e:
+            raise AlreadyExistsError(f"{self.where(key)}: already written") from e
+
+    def exists(self, key: str) -> bool:
+        return self._blob(key).exists()
+
+    def list(self, prefix: str = "") -> list[str]:
+        start = self._prefix + (check_key(prefix, self.uri).rstrip("/") + "/" if prefix else "")
+        names = (blob.name for blob in self._client.list_blobs(self._bucket, prefix=start))
+        return sorted(name[len(self._prefix) :] for name in names)
+
+
+def _gcs_client():
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        project = os.environ.get("GOOGLE_CLOUD_PROJECT", "local")
+        return storage.Client(project=project, credentials=AnonymousCredentials())
+    return storage.Client()
+
+
+def open_storage(uri: str | Path) -> Storage:
+    """A local folder (a path or file:// URI) or gs://bucket/prefix."""
+    text = str(uri)
+    if text.startswith("gs://"):
+        return GCSStorage(text)
+    if "://" in text and not text.startswith("file://"):
+        raise SealsError(f"{text}: unsupported URI scheme (use a local path or gs://bucket/prefix)")
+    return LocalStorage(text.removeprefix("file://"))

@@ -1,10 +1,26 @@
-"""Atomic writes: a failure mid-write leaves the previous file exactly as it was."""
+"""Storage: atomic local writes, and the same contract on a local folder and on GCS (a real
+gcp-storage-emulator server on 127.0.0.1 with the real google-cloud-storage client)."""
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
+
 import pytest
 
-from seals_al.storage import atomic_path, write_json_atomic, write_text_atomic
+from seals_al.errors import SealsError
+from seals_al.storage import (
+    AlreadyExistsError,
+    GCSStorage,
+    LocalStorage,
+    atomic_path,
+    open_storage,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+BUCKET = "seals-test"
 
 
 def crash_mid_write(target):
@@ -22,3 +38,105 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["state.json"]
     write_text_atomic(target, "new")
     assert target.read_text() == "new"
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A gcp-storage-emulator server on a free loopback port, for the whole session."""
+    from gcp_storage_emulator.server import create_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+    server.start()
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+    if previous is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture(params=["local", "gcs"])
+def storage(request, tmp_path):
+    if request.param == "local":
+        return open_storage(tmp_path / "campaign")
+    request.getfixturevalue("gcs_emulator")
+    return open_storage(f"gs://{BUCKET}/campaigns/{uuid.uuid4().hex}")
+
+
+def test_round_trip_list_and_exists(storage):
+    storage.write_text("rounds/000/to_label.jsonl", '{"id": "a"}\n')
+    storage.write_json("config.json", {"concept": "report_fraud"})
+    storage.write_bytes("rounds/001/labels.csv", b"id,label\na,1\n")
+    assert storage.read_text("rounds/000/to_label.jsonl") == '{"id": "a"}\n'
+    assert storage.read_json("config.json") == {"concept": "report_fraud"}
+    assert storage.exists("rounds/001/labels.csv")
+    assert not storage.exists("rounds/002/labels.csv")
+    assert storage.list() == ["config.json", "rounds/000/to_label.jsonl", "rounds/001/labels.csv"]
+    assert storage.list("rounds") == ["rounds/000/to_label.jsonl", "rounds/001/labels.csv"]
+    assert storage.list("rounds/001") == ["rounds/001/labels.csv"]
+    assert storage.list("nothing/here") == []
+    storage.write_text("config.json", "{}")  # an ordinary write replaces
+    assert storage.read_json("config.json") == {}
+
+
+def test_missing_too_big_and_bad_encoding_name_the_object(storage):
+    with pytest.raises(SealsError, match=r"rounds/009/labels\.csv: no such (file|object)"):
+        storage.read_bytes("rounds/009/labels.csv")
+    storage.write_bytes("big.csv", b"x" * 2000)
+    with pytest.raises(SealsError, match=r"big\.csv: 2,000 bytes, over the limit of 1,000"):
+        storage.read_bytes("big.csv", max_bytes=1000)
+    assert len(storage.read_bytes("big.csv", max_bytes=2000)) == 2000
+    storage.write_bytes("latin1.csv", "caf\xe9".encode("latin-1"))
+    with pytest.raises(SealsError, match=r"latin1\.csv: not valid UTF-8"):
+        storage.read_text("latin1.csv")
+    storage.write_text("broken.json", '{"a": 1,\n')
+    with pytest.raises(SealsError, match=r"broken\.json, line 2: invalid JSON"):
+        storage.read_json("broken.json")
+
+
+@pytest.mark.parametrize(
+    "key", ["../outside.json", "/etc/passwd", "rounds/../../x", "a//b", "", "a\\b", ".hidden", "rounds/./x"]
+)
+def test_keys_cannot_leave_the_campaign(storage, key):
+    with pytest.raises(SealsError, match="is not a plain relative path inside the campaign"):
+        storage.write_text(key, "x")
+    with pytest.raises(SealsError, match="is not a plain relative path inside the campaign"):
+        storage.read_bytes(key)
+
+
+def test_write_once_on_a_local_folder(tmp_path):
+    storage = LocalStorage(tmp_path / "c")
+    storage.write_text("rounds/000/done", "ok", once=True)
+    with pytest.raises(AlreadyExistsError, match=r"rounds/000/done: already written"):
+        storage.write_text("rounds/000/done", "again", once=True)
+    assert storage.read_text("rounds/000/done") == "ok"
+    assert sorted(p.name for p in (tmp_path / "c" / "rounds" / "000").iterdir()) == ["done"]
+
+
+def test_local_symlink_out_of_the_campaign_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    root = tmp_path / "campaign"
+    root.mkdir()
+    (root / "link").symlink_to(outside)
+    storage = LocalStorage(root)
+    with pytest.raises(SealsError, match="leads outside the campaign"):
+        storage.read_text("link/secret.txt")
+
+
+def test_open_storage_schemes(tmp_path, gcs_emulator):
+    assert isinstance(open_storage(tmp_path), LocalStorage)
+    assert isinstance(open_storage(f"file://{tmp_path}"), LocalStorage)
+    gcs = open_storage(f"gs://{BUCKET}/a/b/")
+    assert isinstance(gcs, GCSStorage)
+    assert gcs.uri == f"gs://{BUCKET}/a/b"
+    with pytest.raises(SealsError, match="unsupported URI scheme"):
+        open_storage("s3://bucket/prefix")
+    with pytest.raises(SealsError, match="expected gs://bucket/prefix"):
+        open_storage("gs:///prefix")
