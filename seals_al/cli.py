@@ -108,12 +108,86 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _add_campaign_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("init", help="create a campaign from a YAML config")
+    p.add_argument(
+        "config", help="campaign YAML: concept, data, seed_labels, strategy, k, batch_size, budget, ..."
+    )
+    p.add_argument("campaign", help="where the campaign lives: a folder or gs://bucket/prefix")
+    p.set_defaults(handler=_init)
+    p = sub.add_parser("round", help="ingest new labels, retrain, select and publish the next batch")
+    p.add_argument("campaign")
+    p.set_defaults(handler=_round)
+    p = sub.add_parser("status", help="rounds, labels, positives, pool size and what the campaign waits for")
+    p.add_argument("campaign")
+    p.set_defaults(handler=_status)
+    p = sub.add_parser("label", help="label the open batch in the terminal (y / n / skip / undo / quit)")
+    p.add_argument("campaign")
+    p.set_defaults(handler=_label)
+
+
+def _init(args: argparse.Namespace, console: Console) -> int:
+    from seals_al.campaign import CampaignConfig, init
+
+    storage = init(CampaignConfig.from_yaml(args.config), args.campaign)
+    console.print(
+        f"campaign created at {storage.uri}; run `seals-al round {args.campaign}` for the first batch"
+    )
+    return 0
+
+
+def _round(args: argparse.Namespace, console: Console) -> int:
+    from seals_al.campaign import Campaign
+
+    campaign = Campaign(args.campaign)
+    metrics = campaign.round()
+    if metrics is None:
+        console.print(f"nothing new: waiting for {campaign.status()['waiting_for']}", highlight=False)
+        return 0
+    r = metrics["round"]
+    shown = {k: v for k, v in metrics.items() if k not in ("round",)}
+    console.print(
+        f"round {r} committed: "
+        + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()),
+        highlight=False,
+    )
+    base = campaign.storage.where(f"rounds/{r:03d}")
+    console.print(
+        f"batch: {base}/to_label.jsonl (Label Studio: to_label.labelstudio.json)\n"
+        f"drop labels in: {campaign.storage.where(f'inbox/{r:03d}')}/ or run `seals-al label`",
+        highlight=False,
+    )
+    return 0
+
+
+def _status(args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
+    from seals_al.campaign import Campaign
+
+    status = Campaign(args.campaign, progress=False).status()
+    table = Table(show_header=False, title=f"campaign {status['concept']!r}")
+    for key, value in status.items():
+        table.add_row(key.replace("_", " "), "-" if value is None else str(value))
+    console.print(table)
+    return 0
+
+
+def _label(args: argparse.Namespace, console: Console) -> int:
+    from seals_al.campaign import Campaign
+    from seals_al.labeler import run_labeler
+
+    run_labeler(Campaign(args.campaign, progress=False), console)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seals-al", description=__doc__)
     parser.add_argument("--version", action="version", version=f"seals-al {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_simulate(sub)
     _add_compare(sub)
+    _add_campaign_commands(sub)
     return parser
 
 

@@ -13,6 +13,7 @@ the amortization of DESIGN section 1 (one kNN structure over U shared by all rou
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -289,6 +290,26 @@ def build_neighbour_graph(
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return NeighbourGraph.open(out_dir)
+
+
+def cached_neighbour_graph(
+    index: Callable[[], faiss.Index],
+    store: EmbeddingStore,
+    row_ids: np.ndarray,
+    factory: str,
+    k: int,
+    cache_dir: Path,
+    progress: bool = True,
+) -> NeighbourGraph:
+    """The graph of these rows for this store, factory and k: opened from ``cache_dir/graphs`` if
+    an earlier run built it, else built (``index`` is called only then) and cached."""
+    digest = hashlib.sha256(np.sort(np.asarray(row_ids, dtype=np.int64)).tobytes())
+    shards = ",".join(s["sha256"] for s in store.manifest["shards"])
+    digest.update(f"{shards}\n{factory}\n{k}".encode())
+    path = Path(cache_dir) / "graphs" / digest.hexdigest()[:24]
+    if (path / "manifest.json").is_file():
+        return NeighbourGraph.open(path)
+    return build_neighbour_graph(index(), store, row_ids, k, path, progress=progress)
 
 
 def _describe(index: faiss.Index) -> str:

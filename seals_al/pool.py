@@ -10,10 +10,9 @@ queried once when it joins and cached.
 
 from __future__ import annotations
 
-import json
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -21,7 +20,7 @@ import numpy as np
 from seals_al.embeddings import EmbeddingStore
 from seals_al.errors import SealsError
 from seals_al.index import Neighbours, as_neighbours, neighbour_density
-from seals_al.storage import atomic_path, write_json_atomic
+from seals_al.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -179,23 +178,23 @@ class CandidatePool:
         self._slot = {r: i for i, r in enumerate(self._ids[: self._n].tolist())}
 
     # -- persistence (no pickle: plain arrays and JSON) ------------------------------------
-    def save(self, path: str | Path) -> None:
+    def save(self, storage: Storage, prefix: str) -> None:
         """Write the pool state (expanded set, members, sources, densities) as .npz + JSON.
 
-        Each file is replaced atomically; pool.json, written last, names the member count that
-        :meth:`load` checks pool.npz against, so a crash between the two is detected.
+        Each object is written atomically; pool.json, written last, names the counts that
+        :meth:`load` checks pool.npz against, so files from two different saves are detected.
         """
         self._compact()
-        path = Path(path)
         n = self._n
-        with atomic_path(path / "pool.npz") as tmp:
-            np.savez(
-                tmp,
-                expanded=np.fromiter(sorted(self.expanded), dtype=np.int64, count=len(self.expanded)),
-                ids=self._ids[:n],
-                reached_from=self._from[:n],
-                density=self._density[:n],
-            )
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            expanded=np.fromiter(sorted(self.expanded), dtype=np.int64, count=len(self.expanded)),
+            ids=self._ids[:n],
+            reached_from=self._from[:n],
+            density=self._density[:n] if self.with_density else np.empty(0, np.float32),
+        )
+        storage.write_bytes(f"{prefix}/pool.npz", buffer.getvalue())
         meta = {
             "k": self.k,
             "with_density": self.with_density,
@@ -203,19 +202,20 @@ class CandidatePool:
             "size": n,
             "expanded": len(self.expanded),
         }
-        write_json_atomic(path / "pool.json", meta)
+        storage.write_json(f"{prefix}/pool.json", meta)
 
     @classmethod
     def load(
-        cls, path: str | Path, neighbours: faiss.Index | Neighbours, store: EmbeddingStore
+        cls, storage: Storage, prefix: str, neighbours: faiss.Index | Neighbours, store: EmbeddingStore
     ) -> CandidatePool:
-        """Read a saved pool; member vectors are gathered again from the store."""
-        path = Path(path)
-        meta = json.loads((path / "pool.json").read_text())
-        with np.load(path / "pool.npz", allow_pickle=False) as data:
-            pool = cls(neighbours, store, int(meta["k"]), with_density=bool(meta["with_density"]))
+        """Read a saved pool (no pickle); member vectors are gathered again from the store."""
+        meta = storage.read_json(f"{prefix}/pool.json")
+        with np.load(io.BytesIO(storage.read_bytes(f"{prefix}/pool.npz")), allow_pickle=False) as data:
             if len(data["ids"]) != meta["size"] or len(data["expanded"]) != meta["expanded"]:
-                raise SealsError(f"{path}: pool.npz and pool.json disagree (an interrupted save?)")
+                raise SealsError(
+                    f"{storage.where(prefix)}: pool.npz and pool.json disagree (an interrupted save?)"
+                )
+            pool = cls(neighbours, store, int(meta["k"]), with_density=bool(meta["with_density"]))
             pool.expanded = set(data["expanded"].tolist())
             ids = data["ids"]
             density = data["density"] if pool.with_density else None

@@ -6,7 +6,6 @@ serves any number of concepts, strategies and modes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -24,7 +23,7 @@ from seals_al.index import (
     DEFAULT_FACTORY,
     NeighbourGraph,
     build_index,
-    build_neighbour_graph,
+    cached_neighbour_graph,
     check_factory,
     knn_density,
     neighbour_density,
@@ -45,9 +44,9 @@ class DataConfig:
 
     data: str
     text_column: str = "text"
-    label_column: str = "label"
+    label_column: str | None = "label"  # ground truth (None: there is none)
     id_column: str = "id"
-    split_column: str = "split"
+    split_column: str | None = "split"  # None: no evaluation split, every row is in U
     eval_split: str = "test"
     embeddings: str | None = None  # precomputed: a store dir, .npy or .parquet
     embeddings_column: str = "embedding"
@@ -79,29 +78,33 @@ class Items:
     source: str
     ids: list[str]
     texts: list[str] | None
-    labels: np.ndarray  # label per item (object array of str)
+    labels: np.ndarray | None  # ground-truth label per item (object array of str), if any
     is_eval: np.ndarray  # bool per item
-    label_column: str
+    label_column: str | None
     eval_split: str
 
     @classmethod
     def load(cls, config: DataConfig) -> Items:
-        columns = [config.label_column, config.split_column]
+        columns = [c for c in (config.label_column, config.split_column) if c]
         if config.embeddings is None:
             columns.append(config.text_column)
         table = read_items(config.data, columns, config.id_column)
-        split = np.asarray(table[config.split_column], dtype=object)
-        is_eval = split == config.eval_split
-        if not is_eval.any():
-            found = ", ".join(sorted(set(split.tolist()))[:10])
-            raise SealsError(
-                f"{config.data}: no rows with {config.split_column}={config.eval_split!r} to evaluate on "
-                f"(found: {found})"
-            )
-        if is_eval.all():
-            raise SealsError(f"{config.data}: every row is in the evaluation split; nothing to select from")
+        is_eval = np.zeros(len(table[config.id_column]), dtype=bool)
+        if config.split_column:
+            split = np.asarray(table[config.split_column], dtype=object)
+            is_eval = split == config.eval_split
+            if not is_eval.any():
+                found = ", ".join(sorted(set(split.tolist()))[:10])
+                raise SealsError(
+                    f"{config.data}: no rows with {config.split_column}={config.eval_split!r} to evaluate on "
+                    f"(found: {found})"
+                )
+            if is_eval.all():
+                raise SealsError(
+                    f"{config.data}: every row is in the evaluation split; nothing to select from"
+                )
         texts = table[config.text_column] if config.embeddings is None else None
-        labels = np.asarray(table[config.label_column], dtype=object)
+        labels = np.asarray(table[config.label_column], dtype=object) if config.label_column else None
         return cls(
             config.data,
             table[config.id_column],
@@ -117,6 +120,8 @@ class Items:
         get_strategy(sim.strategy)
         if sim.mode not in MODES:
             raise SealsError(f"unknown mode {sim.mode!r}; choose from {', '.join(MODES)}")
+        if self.labels is None:
+            raise SealsError(f"{self.source}: a simulation needs a label column for its oracle")
         positive = self.labels == sim.concept
         if not positive.any():
             known = sorted(set(self.labels.tolist()))
@@ -153,7 +158,7 @@ class Dataset:
     config: DataConfig
     items: Items
     store: EmbeddingStore
-    labels: np.ndarray  # label column per storage position
+    labels: np.ndarray | None  # ground-truth label per storage position, if any
     u_rows: np.ndarray  # global row ids of U
     eval_rows: np.ndarray  # global row ids of the evaluation split (never selectable)
     progress: bool = True
@@ -172,8 +177,10 @@ class Dataset:
                 config.embeddings, items.ids, cache_dir=config.cache_dir, column=config.embeddings_column
             )
         rows = store.row_ids_of(items.ids)
-        labels = np.empty(len(store), dtype=object)
-        labels[store.positions(rows)] = items.labels
+        labels = None
+        if items.labels is not None:
+            labels = np.empty(len(store), dtype=object)
+            labels[store.positions(rows)] = items.labels
         check_factory(store.dim, config.index_factory)
         return cls(config, items, store, labels, rows[~items.is_eval], rows[items.is_eval], progress)
 
@@ -187,6 +194,8 @@ class Dataset:
 
     def truth(self, concept: str, rows: np.ndarray) -> np.ndarray:
         """1 where the label column equals the concept, else 0."""
+        if self.labels is None:
+            raise SealsError(f"{self.config.data}: no ground-truth label column")
         return (self.labels[self.store.positions(rows)] == concept).astype(np.int8)
 
     def neighbours(self, k: int, progress: bool = True) -> faiss.Index | NeighbourGraph:
@@ -195,16 +204,15 @@ class Dataset:
         if not self.config.knn_graph:
             return self.index
         if k not in self._graphs:
-            digest = hashlib.sha256(np.sort(self.u_rows).tobytes())
-            shards = ",".join(s["sha256"] for s in self.store.manifest["shards"])
-            digest.update(f"{shards}\n{self.config.index_factory}\n{k}".encode())
-            path = Path(self.config.cache_dir or default_cache_dir()) / "graphs" / digest.hexdigest()[:24]
-            if (path / "manifest.json").is_file():
-                self._graphs[k] = NeighbourGraph.open(path)
-            else:
-                self._graphs[k] = build_neighbour_graph(
-                    self.index, self.store, self.u_rows, k, path, progress=progress
-                )
+            self._graphs[k] = cached_neighbour_graph(
+                lambda: self.index,
+                self.store,
+                self.u_rows,
+                self.config.index_factory,
+                k,
+                Path(self.config.cache_dir or default_cache_dir()),
+                progress=progress,
+            )
         return self._graphs[k]
 
     def u_density(self, k: int, progress: bool = True) -> np.ndarray:

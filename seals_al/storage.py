@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path, PurePosixPath
 
 from seals_al.errors import SealsError
@@ -111,6 +111,10 @@ class Storage(ABC):
     def list(self, prefix: str = "") -> list[str]:
         """Keys under ``prefix`` (a folder-like key, or "" for all), sorted."""
 
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove a key if it exists."""
+
     def read_text(self, key: str, max_bytes: int | None = None) -> str:
         data = self.read_bytes(key, max_bytes)
         try:
@@ -178,6 +182,9 @@ class LocalStorage(Storage):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
     def list(self, prefix: str = "") -> list[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
@@ -227,6 +234,12 @@ class GCSStorage(Storage):
 
     def exists(self, key: str) -> bool:
         return self._blob(key).exists()
+
+    def delete(self, key: str) -> None:
+        from google.api_core.exceptions import NotFound
+
+        with suppress(NotFound):
+            self._blob(key).delete()
 
     def list(self, prefix: str = "") -> list[str]:
         start = self._prefix + (check_key(prefix, self.uri).rstrip("/") + "/" if prefix else "")

@@ -4,6 +4,8 @@ and a small CLINC150 slice embedded once per session with the real model."""
 from __future__ import annotations
 
 import csv
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from seals_al.index import build_index
 ROOT = Path(__file__).resolve().parents[1]
 CLINC = ROOT / "data" / "clinc150" / "clinc150.csv"
 SLICE_INTENTS = ("report_fraud", "transfer", "timer", "pay_bill", "translate")
+BUCKET = "seals-test"
 
 
 def clustered_vectors(n: int, dim: int, clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,3 +81,23 @@ def clinc_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One embedding cache for the session, so the slice is embedded by the real model once."""
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A gcp-storage-emulator server on a free loopback port, for the whole session."""
+    from gcp_storage_emulator.server import create_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+    server.start()
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+    if previous is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = previous

@@ -9,6 +9,7 @@ from seals_al.errors import PoolExhaustedError, SealsError
 from seals_al.index import build_neighbour_graph
 from seals_al.pool import CandidatePool, _Blocks
 from seals_al.selection import select_seals
+from seals_al.storage import LocalStorage
 from seals_al.strategies import get_strategy, random_keys, tiebreak_keys
 from seals_al.train import fit_logistic
 
@@ -114,8 +115,8 @@ def test_save_and_load_resume_with_no_new_queries(synthetic, tmp_path):
     labeled = seed_rows(synthetic)
     pool = CandidatePool(synthetic.index, synthetic.store, K, with_density=True)
     pool.expand(labeled)
-    pool.save(tmp_path / "pool")
-    loaded = CandidatePool.load(tmp_path / "pool", synthetic.index, synthetic.store)
+    pool.save(LocalStorage(tmp_path), "pool")
+    loaded = CandidatePool.load(LocalStorage(tmp_path), "pool", synthetic.index, synthetic.store)
     ids, vectors, density = pool.members()
     ids2, vectors2, density2 = loaded.members()
     np.testing.assert_array_equal(ids, ids2)
@@ -192,10 +193,11 @@ def test_graph_and_live_index_give_the_same_campaign(synthetic, tmp_path, name):
 def test_load_detects_files_from_different_saves(synthetic, tmp_path):
     labeled = seed_rows(synthetic)
     pool = CandidatePool(synthetic.index, synthetic.store, K)
+    storage = LocalStorage(tmp_path)
     pool.expand(labeled[:5])
-    pool.save(tmp_path / "a")
+    pool.save(storage, "a")
     pool.expand(labeled[5:])
-    pool.save(tmp_path / "b")
+    pool.save(storage, "b")
     (tmp_path / "b" / "pool.json").replace(tmp_path / "a" / "pool.json")  # a crash between the two writes
     with pytest.raises(SealsError, match=r"pool\.npz and pool\.json disagree"):
-        CandidatePool.load(tmp_path / "a", synthetic.index, synthetic.store)
+        CandidatePool.load(storage, "a", synthetic.index, synthetic.store)

@@ -3,8 +3,6 @@ gcp-storage-emulator server on 127.0.0.1 with the real google-cloud-storage clie
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
 
 import pytest
@@ -20,7 +18,7 @@ from seals_al.storage import (
     write_text_atomic,
 )
 
-BUCKET = "seals-test"
+from .conftest import BUCKET
 
 
 def crash_mid_write(target):
@@ -38,26 +36,6 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["state.json"]
     write_text_atomic(target, "new")
     assert target.read_text() == "new"
-
-
-@pytest.fixture(scope="session")
-def gcs_emulator():
-    """A gcp-storage-emulator server on a free loopback port, for the whole session."""
-    from gcp_storage_emulator.server import create_server
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-    server.start()
-    previous = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-    if previous is None:
-        os.environ.pop("STORAGE_EMULATOR_HOST", None)
-    else:
-        os.environ["STORAGE_EMULATOR_HOST"] = previous
 
 
 @pytest.fixture(params=["local", "gcs"])

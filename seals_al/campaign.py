@@ -1,0 +1,458 @@
+"""A SEALS campaign for one concept, living in storage (a local folder or gs://bucket/prefix) and
+advancing one round at a time as people's labels come back.
+
+Layout under the campaign URI::
+
+    campaign.json                 the configuration (written once by init)
+    seed/<file>                   the seed labels as given
+    inbox/NNN/                    where labels for batch NNN are dropped (CSV, JSONL, Label Studio)
+    rounds/NNN/                   written by one `round`, committed by COMMITTED, written last:
+        labeled.jsonl             the labeled set after this round's ingest (a new version per round)
+        relabels.jsonl            label changes recorded this round (id, old, new, source)
+        ingested.json             every label file ingested so far, with its sha256 and report
+        ingested/<file>           raw copies of this round's label files
+        model.json                the classifier (coefficients, no pickle)
+        metrics.json              labeled, positives, pool size and fraction, AP and recall if known
+        to_label.jsonl            the batch: id, text, score, strategy, round, rank, why it was picked
+        to_label.labelstudio.json the batch as Label Studio tasks
+        pool/pool.npz, pool.json  the candidate pool after selection
+    reports/                      rejection reports of label files
+    LOCK                          held while a round runs
+
+A round folder without COMMITTED is an interrupted round: the next `round` recomputes it from the
+last committed round (every step is deterministic), so a crash never corrupts or half-publishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from seals_al.errors import PoolExhaustedError, SealsError
+from seals_al.failpoints import failpoint
+from seals_al.index import DEFAULT_FACTORY
+from seals_al.labels import LabelFileError, check_label_file, label_studio_tasks
+from seals_al.pool import CandidatePool
+from seals_al.selection import Selection, select_global, select_seals
+from seals_al.simulate import MODES, DataConfig, Dataset, Items
+from seals_al.storage import AlreadyExistsError, Storage, check_key, open_storage
+from seals_al.strategies import get_strategy
+from seals_al.train import LinearModel, average_precision, fit_logistic
+
+CONFIG = "campaign.json"
+LOCK = "LOCK"
+MAX_CONFIG_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    """What `seals-al init` reads from YAML."""
+
+    concept: str
+    data: str  # items: a local path (CSV, JSONL or Parquet)
+    seed_labels: str  # a label file (CSV, JSONL or Label Studio JSON) with the seed set
+    id_column: str = "id"
+    text_column: str = "text"
+    embeddings: str | None = None
+    strategy: str = "maxent"
+    mode: str = "seals"
+    k: int = 100
+    batch_size: int = 100
+    budget: int = 1000
+    seed: int = 0
+    index_factory: str = DEFAULT_FACTORY
+    truth_column: str | None = None  # ground truth, for metrics only (never shown to the labeler)
+    split_column: str | None = None
+    eval_split: str = "test"
+    cache_dir: str | None = None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> CampaignConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise SealsError(f"{path}: no such file")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise SealsError(f"{path}: over {MAX_CONFIG_BYTES:,} bytes; not a campaign config")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise SealsError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise SealsError(f"{path}: expected a mapping of settings")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SealsError(
+                f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        missing = [f for f in ("concept", "data", "seed_labels") if not data.get(f)]
+        if missing:
+            raise SealsError(f"{path}: missing setting(s) {', '.join(missing)}")
+        base = path.parent
+        for name in ("data", "seed_labels", "embeddings"):  # relative paths are relative to the YAML
+            if (
+                data.get(name)
+                and not str(data[name]).startswith("gs://")
+                and not Path(data[name]).is_absolute()
+            ):
+                data[name] = str((base / data[name]).resolve())
+        config = cls(**data)
+        config.check(str(path))
+        return config
+
+    def check(self, where: str) -> None:
+        get_strategy(self.strategy)
+        if self.mode not in MODES:
+            raise SealsError(f"{where}: mode {self.mode!r}; choose from {', '.join(MODES)}")
+        for name in ("k", "batch_size", "budget"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise SealsError(f"{where}: {name} must be a positive integer, got {value!r}")
+
+    def data_config(self) -> DataConfig:
+        return DataConfig(
+            data=self.data,
+            text_column=self.text_column,
+            label_column=self.truth_column,
+            id_column=self.id_column,
+            split_column=self.split_column,
+            eval_split=self.eval_split,
+            embeddings=self.embeddings,
+            index_factory=self.index_factory,
+            cache_dir=self.cache_dir,
+        )
+
+
+def init(config: CampaignConfig, uri: str) -> Storage:
+    """Create a campaign: write its configuration and seed labels (once)."""
+    storage = open_storage(uri)
+    if storage.exists(CONFIG):
+        raise SealsError(f"{storage.where(CONFIG)}: a campaign exists here already")
+    seed_path = Path(config.seed_labels)
+    if not seed_path.is_file():
+        raise SealsError(f"{seed_path}: no such seed labels file")
+    items = Items.load(config.data_config())  # fail now on a bad items file, not at round 0
+    seed_name = check_key(seed_path.name, str(seed_path))
+    data = seed_path.read_bytes()
+    u_ids = {i for i, e in zip(items.ids, items.is_eval, strict=True) if not e}
+    seeds = check_label_file(
+        seed_name, data, config.concept, open_batch=u_ids, labeled={}, known=set(items.ids)
+    )
+    if len(set(seeds.new.values())) < 2:
+        raise SealsError(f"{seed_path}: the seed labels need at least one positive and one negative")
+    storage.write_bytes(f"seed/{seed_name}", data)
+    try:
+        storage.write_json(CONFIG, {**asdict(config), "seed_labels": f"seed/{seed_name}"}, once=True)
+    except AlreadyExistsError as e:
+        raise SealsError(f"{storage.where(CONFIG)}: a campaign exists here already") from e
+    return storage
+
+
+@dataclass
+class State:
+    """The last committed round, as read back from storage."""
+
+    round: int  # -1 before round 0
+    labeled: dict[str, dict]  # id -> {"label", "round", "source"}
+    ingested: list[dict]
+    batch: list[dict]
+
+    @property
+    def pending(self) -> list[dict]:
+        return [row for row in self.batch if row["id"] not in self.labeled]
+
+
+class Campaign:
+    def __init__(self, uri: str, progress: bool = True):
+        self.storage = open_storage(uri)
+        if not self.storage.exists(CONFIG):
+            raise SealsError(
+                f"{self.storage.uri}: not a campaign (no {CONFIG}); create one with seals-al init"
+            )
+        raw = self.storage.read_json(CONFIG, MAX_CONFIG_BYTES)
+        raw["seed_labels"] = raw.get("seed_labels", "")
+        self.config = CampaignConfig(**raw)
+        self.progress = progress
+        self._dataset: Dataset | None = None
+
+    # -- reading state --------------------------------------------------------------------------
+    def committed_rounds(self) -> list[int]:
+        return sorted(int(k.split("/")[1]) for k in self.storage.list("rounds") if k.endswith("/COMMITTED"))
+
+    def state(self) -> State:
+        rounds = self.committed_rounds()
+        if not rounds:
+            return State(-1, {}, [], [])
+        r = rounds[-1]
+        labeled = {row["id"]: row for row in self._jsonl(f"rounds/{r:03d}/labeled.jsonl")}
+        ingested = self.storage.read_json(f"rounds/{r:03d}/ingested.json")
+        return State(r, labeled, ingested, self._jsonl(f"rounds/{r:03d}/to_label.jsonl"))
+
+    def _jsonl(self, key: str) -> list[dict]:
+        return [json.loads(line) for line in self.storage.read_text(key).splitlines() if line.strip()]
+
+    def inbox(self, state: State) -> str:
+        return f"inbox/{state.round:03d}"
+
+    def new_label_files(self, state: State) -> list[str]:
+        """Label files in the open round's inbox (or the seed, before round 0) not ingested yet."""
+        done = {(row["file"], row["sha256"]) for row in state.ingested}
+        keys = [self.config.seed_labels] if state.round < 0 else self.storage.list(self.inbox(state))
+        fresh = []
+        for key in keys:
+            digest = _sha256(self.storage.read_bytes(key))
+            if (key, digest) not in done:
+                fresh.append(key)
+        return fresh
+
+    def status(self) -> dict:
+        state = self.state()
+        metrics = self.storage.read_json(f"rounds/{state.round:03d}/metrics.json") if state.round >= 0 else {}
+        interrupted = [
+            k.split("/")[1]
+            for k in self.storage.list("rounds")
+            if k.endswith("/metrics.json") and int(k.split("/")[1]) > state.round
+        ]
+        if state.round < 0:
+            waiting = "round 0: run `seals-al round` to ingest the seed labels and publish the first batch"
+        elif not state.pending and len(state.labeled) >= self.config.budget:
+            waiting = "budget spent: nothing more to label"
+        else:
+            inbox = self.storage.where(self.inbox(state))
+            waiting = f"labels for {len(state.pending)} pending example(s) in {inbox}/"
+        return {
+            "campaign": self.storage.uri,
+            "concept": self.config.concept,
+            "rounds": state.round + 1,
+            "labeled": len(state.labeled),
+            "positives": sum(row["label"] for row in state.labeled.values()),
+            "budget": self.config.budget,
+            "open_batch": len(state.batch),
+            "pending": len(state.pending),
+            "pool_size": metrics.get("pool_size"),
+            "average_precision": metrics.get("average_precision"),
+            "new_label_files": len(self.new_label_files(state)),
+            "interrupted_round": interrupted[0] if interrupted else None,
+            "waiting_for": waiting,
+        }
+
+    # -- advancing --------------------------------------------------------------------------------
+    def dataset(self) -> Dataset:
+        if self._dataset is None:
+            self._dataset = Dataset.prepare(self.config.data_config(), progress=self.progress)
+        return self._dataset
+
+    def round(self) -> dict | None:
+        """Ingest new labels, retrain, evaluate, select and publish the next batch.
+
+        Returns:
+            The new round's metrics, or None when no label came back (nothing is written).
+        """
+        with _Lock(self.storage):
+            state = self.state()
+            files = self.new_label_files(state)
+            if not files and state.round >= 0:
+                return None
+            r = state.round + 1
+            labeled, relabels, ingested, raw = self._ingest(state, files, r)
+            if state.round >= 0 and not raw and not relabels and len(labeled) == len(state.labeled):
+                return None
+            failpoint("after_ingest")
+            return self._advance(state, r, labeled, relabels, ingested, raw)
+
+    def _ingest(self, state: State, files: list[str], r: int):
+        """Validate every new file first; any hard error rejects that file and stops the round."""
+        items = self.dataset().items
+        known = set(items.ids)
+        # Seeds may be any item of U (never of the evaluation split); later labels, the open batch.
+        u_ids = {i for i, e in zip(items.ids, items.is_eval, strict=True) if not e}
+        open_batch = u_ids if state.round < 0 else {row["id"] for row in state.batch}
+        labeled = {i: dict(row) for i, row in state.labeled.items()}
+        relabels, ingested, raw = [], list(state.ingested), {}
+        for key in files:
+            data = self.storage.read_bytes(key)
+            try:
+                result = check_label_file(
+                    key.split("/")[-1],
+                    data,
+                    self.config.concept,
+                    open_batch=open_batch,
+                    labeled={i: row["label"] for i, row in labeled.items()},
+                    known=known,
+                )
+            except LabelFileError as e:
+                report = {"file": key, "rejected": True, "problems": [asdict(p) for p in e.problems]}
+                self.storage.write_json(f"reports/{key.replace('/', '_')}-{_sha256(data)[:12]}.json", report)
+                raise SealsError(f"{self.storage.where(key)}: {str(e).split(': ', 1)[1]}") from e
+            for item_id, label in result.new.items():
+                labeled[item_id] = {"id": item_id, "label": label, "round": r, "source": key}
+            for item_id, (old, new) in result.relabels.items():
+                relabels.append({"id": item_id, "old": old, "new": new, "round": r, "source": key})
+                labeled[item_id] = {"id": item_id, "label": new, "round": r, "source": key}
+            ingested.append({"file": key, "sha256": result.sha256, "round": r, "report": result.report()})
+            raw[key] = data
+        return labeled, relabels, ingested, raw
+
+    def _advance(self, state, r, labeled, relabels, ingested, raw) -> dict:
+        cfg, dataset = self.config, self.dataset()
+        store, strategy = dataset.store, get_strategy(cfg.strategy)
+        ids = sorted(labeled)
+        rows = store.row_ids_of(ids)
+        y = np.asarray([labeled[i]["label"] for i in ids])
+        model = fit_logistic(store.vectors(rows), y, seed=cfg.seed)
+        failpoint("after_train")
+        metrics: dict = {"round": r, "labeled": len(ids), "positives": int(y.sum())}
+        if dataset.labels is not None:
+            truth_u = dataset.truth(cfg.concept, dataset.u_rows)
+            metrics["recall"] = float(y.sum() / max(truth_u.sum(), 1))
+            if len(dataset.eval_rows) and dataset.truth(cfg.concept, dataset.eval_rows).any():
+                scores = model.decision_function(store.vectors(dataset.eval_rows))
+                metrics["average_precision"] = average_precision(
+                    dataset.truth(cfg.concept, dataset.eval_rows), scores
+                )
+
+        # The pool: restored from the last round, expanded with every newly labeled example.
+        pool = None
+        if cfg.mode == "seals":
+            source = dataset.neighbours(cfg.k, self.progress)
+            if state.round >= 0:
+                pool = CandidatePool.load(self.storage, f"rounds/{state.round:03d}/pool", source, store)
+            else:
+                pool = CandidatePool(source, store, cfg.k, with_density=strategy.needs_density)
+            pool.expand(rows.tolist())
+        carried = [dict(row, carried_over=True) for row in state.batch if row["id"] not in labeled]
+        want = max(0, min(cfg.batch_size - len(carried), cfg.budget - len(labeled) - len(carried)))
+        started = time.perf_counter()
+        selection = Selection([], 0, exhausted=False)
+        if want:
+            try:
+                selection = self._select(pool, dataset, model, strategy, want, r, labeled, carried)
+            except PoolExhaustedError as e:
+                metrics["stopped"] = str(e)
+        metrics.update(
+            selection_seconds=time.perf_counter() - started,
+            scored=selection.scored,
+            pool_size=len(pool) if pool is not None else len(dataset.u_rows) - len(labeled),
+        )
+        metrics["pool_fraction"] = metrics["pool_size"] / len(dataset.u_rows)
+        picked = [p.row_id for p in selection.picks]
+        texts = dict(
+            zip(dataset.items.ids, dataset.items.texts or [""] * len(dataset.items.ids), strict=True)
+        )
+        external = store.external_ids(np.asarray(picked, dtype=np.int64)) if picked else []
+        sources = {p.reached_from for p in selection.picks if p.reached_from is not None}
+        source_ids = (
+            dict(
+                zip(
+                    sorted(sources),
+                    store.external_ids(np.asarray(sorted(sources), dtype=np.int64)),
+                    strict=True,
+                )
+            )
+            if sources
+            else {}
+        )
+        batch = carried + [
+            {
+                "id": item,
+                "text": texts.get(item, ""),
+                "score": p.score,
+                "strategy": cfg.strategy,
+                "round": r,
+                "rank": p.rank,
+                "pool_size_before": p.pool_size_before,
+                "reached_from": source_ids.get(p.reached_from) if p.reached_from is not None else None,
+            }
+            for item, p in zip(external, selection.picks, strict=True)
+        ]
+        metrics["batch"] = len(batch)
+        self._publish(r, labeled, relabels, ingested, raw, model, metrics, batch, pool)
+        return metrics
+
+    def _select(self, pool, dataset, model, strategy, want, r, labeled, carried) -> Selection:
+        cfg = self.config
+        if pool is not None:
+            return select_seals(pool, model, strategy, want, seed=cfg.seed, round_index=r)
+        store = dataset.store
+        selectable = np.zeros(len(store), dtype=bool)
+        selectable[store.positions(dataset.u_rows)] = True
+        taken = [*labeled, *(row["id"] for row in carried)]
+        selectable[store.positions(store.row_ids_of(taken))] = False
+        density = dataset.u_density(cfg.k, self.progress) if strategy.needs_density else None
+        return select_global(
+            store, selectable, model, strategy, want, seed=cfg.seed, round_index=r, density=density
+        )
+
+    def _publish(self, r, labeled, relabels, ingested, raw, model, metrics, batch, pool) -> None:
+        """Write the round folder, object by object; COMMITTED last makes it the current round."""
+        base = f"rounds/{r:03d}"
+        st = self.storage
+        st.write_text(
+            f"{base}/labeled.jsonl", "".join(json.dumps(labeled[i]) + "\n" for i in sorted(labeled))
+        )
+        st.write_text(f"{base}/relabels.jsonl", "".join(json.dumps(row) + "\n" for row in relabels))
+        for key, data in raw.items():
+            st.write_bytes(f"{base}/ingested/{key.replace('/', '_')}", data)
+        st.write_json(f"{base}/ingested.json", ingested)
+        st.write_json(f"{base}/model.json", {**model.to_json(), "round": r})
+        failpoint("during_publish")
+        if pool is not None:
+            pool.save(st, f"{base}/pool")
+        st.write_text(f"{base}/to_label.jsonl", "".join(json.dumps(row) + "\n" for row in batch))
+        st.write_json(f"{base}/to_label.labelstudio.json", label_studio_tasks(batch, self.config.concept))
+        st.write_json(f"{base}/metrics.json", metrics)
+        st.write_json(f"{base}/COMMITTED", {"round": r, "committed_at": time.time()})
+
+    def model(self, r: int) -> LinearModel:
+        return LinearModel.from_json(self.storage.read_json(f"rounds/{r:03d}/model.json"))
+
+
+class _Lock:
+    """One round at a time: LOCK is written once; a lock left by a dead process on this host is
+    taken over, a live one makes the second `round` fail clearly."""
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+        self.mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+
+    def __enter__(self) -> _Lock:
+        try:
+            self.storage.write_json(LOCK, self.mine, once=True)
+        except AlreadyExistsError:
+            holder = self.storage.read_json(LOCK)
+            if holder.get("host") == self.mine["host"] and not _alive(int(holder.get("pid", -1))):
+                self.storage.write_json(LOCK, self.mine)  # the holder died mid-round: take over
+            else:
+                raise SealsError(
+                    f"{self.storage.where(LOCK)}: another round is running (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}); try again when it ends"
+                ) from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.storage.read_json(LOCK).get("pid") == self.mine["pid"]:
+            self.storage.delete(LOCK)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,91 @@
+"""The terminal labeler: shows each pending example of the open batch and records a person's
+answer (y / n / skip / undo / quit) into the round's inbox, saving after every answer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.text import Text
+
+from seals_al.campaign import Campaign
+from seals_al.errors import SealsError
+
+KEYS = {"y": "positive", "n": "negative", "s": "skip", "u": "undo", "q": "quit"}
+
+
+def answers_key(campaign: Campaign) -> str:
+    return f"{campaign.inbox(campaign.state())}/terminal.jsonl"
+
+
+def run_labeler(campaign: Campaign, console: Console, ask: Callable[[str], str] | None = None) -> dict:
+    """Label the open batch interactively.
+
+    Args:
+        campaign: the campaign.
+        console: where examples are shown.
+        ask: reads one answer (default: a line from the terminal).
+
+    Returns:
+        Counts: answered (in the inbox file), skipped and pending.
+    """
+    state = campaign.state()
+    if state.round < 0:
+        raise SealsError(f"{campaign.storage.uri}: no batch yet; run `seals-al round` first")
+    key = f"{campaign.inbox(state)}/terminal.jsonl"
+    storage = campaign.storage
+    answers: dict[str, int] = {}
+    if storage.exists(key):
+        for line in storage.read_text(key).splitlines():
+            if line.strip():
+                row = json.loads(line)
+                answers[row["id"]] = row["label"]
+    queue = [row for row in state.pending if row["id"] not in answers]
+    ask = ask or (lambda prompt: console.input(Text(prompt)))
+    history: list[str] = []
+    skipped: set[str] = set()
+    concept = campaign.config.concept
+
+    def save() -> None:
+        storage.write_text(key, "".join(json.dumps({"id": i, "label": v}) + "\n" for i, v in answers.items()))
+
+    at = 0
+    while at < len(queue):
+        row = queue[at]
+        console.print(
+            Panel(
+                row.get("text") or "(no text)",
+                title=f"{at + 1} of {len(queue)} · {row['id']} · round {row['round']}",
+                subtitle=f"{row['strategy']} score {row['score']:.3f}",
+            )
+        )
+        choice = ask(f"Is this {concept!r}? y=yes n=no s=skip u=undo q=quit: ").strip().lower()[:1]
+        if choice in ("y", "n"):
+            answers[row["id"]] = 1 if choice == "y" else 0
+            save()
+            history.append(row["id"])
+            skipped.discard(row["id"])
+            at += 1
+        elif choice == "s":
+            skipped.add(row["id"])
+            at += 1
+        elif choice == "u":
+            if not history:
+                console.print("nothing to undo")
+                continue
+            last = history.pop()
+            del answers[last]
+            save()
+            at = next(i for i, r in enumerate(queue) if r["id"] == last)
+        elif choice == "q":
+            break
+        else:
+            console.print("answer y, n, s, u or q")
+    pending = len([r for r in state.pending if r["id"] not in answers])
+    console.print(
+        f"{len(answers)} answer(s) saved in {storage.where(key)}; {pending} still pending. "
+        "Run `seals-al round` to ingest them."
+    )
+    return {"answered": len(answers), "skipped": len(skipped), "pending": pending}

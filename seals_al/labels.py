@@ -1,0 +1,263 @@
+"""Label files that people bring back: parsing and validation.
+
+Accepted formats, by name: ``.csv`` (columns ``id,label``), ``.jsonl`` (``{"id": ..., "label": ...}``
+per line) and ``.json``, a Label Studio export (a list of tasks whose ``data.seals_id`` names the
+item and whose last non-cancelled annotation holds a ``choices`` result). A label is binary
+(1/0, yes/no, true/false, positive/negative) or the concept's name (positive) or ``not <concept>``
+(negative), case-insensitive.
+
+Policy: a file with any hard error (malformed or truncated line, bad encoding, missing field,
+invalid label, an id that is unknown or not in the open batch, the same id with two labels) is
+rejected whole; :class:`LabelFileError` carries every problem with its line. A valid file may
+label part of the batch; labels for already-labeled ids are relabels, reported, never silent.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+
+from seals_al.errors import SealsError
+
+MAX_LABEL_FILE_BYTES = 16 * 2**20
+POSITIVE = {"1", "true", "yes", "y", "positive", "pos"}
+NEGATIVE = {"0", "false", "no", "n", "negative", "neg"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str  # "line 3" or "task 2"
+    message: str
+
+
+class LabelFileError(SealsError):
+    """A label file rejected whole; ``problems`` lists every hard error found."""
+
+    def __init__(self, name: str, problems: list[Problem]):
+        self.name = name
+        self.problems = problems
+        shown = "; ".join(f"{p.where}: {p.message}" for p in problems[:3])
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        super().__init__(f"{name}: rejected, nothing ingested: {shown}{more}")
+
+
+@dataclass(frozen=True)
+class Answer:
+    item_id: str
+    label: int
+    where: str
+
+
+@dataclass
+class Ingest:
+    """What a valid file contributes, for the report and the labeled set."""
+
+    name: str
+    sha256: str
+    format: str
+    answers: list[Answer]
+    new: dict[str, int] = field(default_factory=dict)
+    relabels: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (old, new)
+    unchanged: int = 0
+    pending_tasks: int = 0  # Label Studio tasks with no annotation yet
+
+    def report(self) -> dict:
+        return {
+            "file": self.name,
+            "sha256": self.sha256,
+            "format": self.format,
+            "answers": len(self.answers),
+            "new": len(self.new),
+            "relabels": [{"id": i, "old": o, "new": n} for i, (o, n) in sorted(self.relabels.items())],
+            "unchanged": self.unchanged,
+            "pending_tasks": self.pending_tasks,
+        }
+
+
+def parse_label(value: object, concept: str) -> int | None:
+    """1, 0, or None when the value is not a label."""
+    text = str(value).strip().lower()
+    if text in POSITIVE or text == concept.lower():
+        return 1
+    if text in NEGATIVE or text == f"not {concept.lower()}" or text == f"not_{concept.lower()}":
+        return 0
+    return None
+
+
+def read_label_file(name: str, data: bytes, concept: str) -> tuple[str, list[Answer], int, list[Problem]]:
+    """Parse a label file: (format, answers, pending Label Studio tasks, problems)."""
+    if not data.strip():
+        return "empty", [], 0, [Problem("file", "empty")]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return "unknown", [], 0, [Problem(f"byte {e.start}", f"not valid UTF-8 ({e.reason})")]
+    lower = name.lower()
+    if lower.endswith(".csv"):
+        return ("csv", *_read_csv(text, concept))
+    if lower.endswith(".jsonl"):
+        return ("jsonl", *_read_jsonl(text, concept))
+    if lower.endswith(".json"):
+        return ("label-studio", *_read_label_studio(text, concept))
+    return (
+        "unknown",
+        [],
+        0,
+        [Problem("file", "unsupported label file type (use .csv, .jsonl or a Label Studio .json)")],
+    )
+
+
+def _answer(
+    item_id: object, value: object, concept: str, where: str, problems: list[Problem]
+) -> Answer | None:
+    if item_id is None or not str(item_id).strip():
+        problems.append(Problem(where, "missing id"))
+        return None
+    label = parse_label(value, concept)
+    if label is None:
+        problems.append(Problem(where, f"invalid label {value!r} for id {item_id!r}"))
+        return None
+    return Answer(str(item_id).strip(), label, where)
+
+
+def _read_csv(text: str, concept: str) -> tuple[list[Answer], int, list[Problem]]:
+    answers, problems = [], []
+    reader = csv.reader(io.StringIO(text))
+    header = [h.strip() for h in next(reader)]
+    if "id" not in header or "label" not in header:
+        return [], 0, [Problem("line 1", f"expected columns id,label; found {','.join(header)}")]
+    at_id, at_label = header.index("id"), header.index("label")
+    try:
+        for row in reader:
+            where = f"line {reader.line_num}"
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                problems.append(Problem(where, f"expected {len(header)} fields, found {len(row)}"))
+                continue
+            answer = _answer(row[at_id], row[at_label], concept, where, problems)
+            if answer:
+                answers.append(answer)
+    except csv.Error as e:
+        problems.append(Problem(f"line {reader.line_num}", f"malformed CSV ({e})"))
+    return answers, 0, problems
+
+
+def _read_jsonl(text: str, concept: str) -> tuple[list[Answer], int, list[Problem]]:
+    answers, problems = [], []
+    lines = text.split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            last = number == len(lines) and not text.endswith("\n")
+            problems.append(
+                Problem(where, "truncated (no end of line)" if last else f"invalid JSON: {e.msg}")
+            )
+            continue
+        if not isinstance(record, dict) or "label" not in record:
+            problems.append(Problem(where, 'expected an object with "id" and "label"'))
+            continue
+        answer = _answer(record.get("id"), record["label"], concept, where, problems)
+        if answer:
+            answers.append(answer)
+    return answers, 0, problems
+
+
+def _read_label_studio(text: str, concept: str) -> tuple[list[Answer], int, list[Problem]]:
+    try:
+        tasks = json.loads(text)
+    except json.JSONDecodeError as e:
+        return [], 0, [Problem(f"line {e.lineno}", f"invalid JSON: {e.msg}")]
+    if not isinstance(tasks, list):
+        return [], 0, [Problem("file", "expected a Label Studio export: a JSON list of tasks")]
+    answers, problems, pending = [], [], 0
+    for number, task in enumerate(tasks, start=1):
+        where = f"task {number}"
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            problems.append(Problem(where, 'expected a task object with "data"'))
+            continue
+        done = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+        if not done:
+            pending += 1
+            continue
+        choices = [r for r in done[-1].get("result") or [] if r.get("type") == "choices"]
+        values = choices[0].get("value", {}).get("choices", []) if choices else []
+        if len(values) != 1:
+            problems.append(Problem(where, "expected one choice in the last annotation"))
+            continue
+        answer = _answer(task["data"].get("seals_id"), values[0], concept, where, problems)
+        if answer:
+            answers.append(answer)
+    return answers, pending, problems
+
+
+def check_label_file(
+    name: str,
+    data: bytes,
+    concept: str,
+    *,
+    open_batch: set[str],
+    labeled: dict[str, int],
+    known: set[str],
+) -> Ingest:
+    """Parse and validate a label file against the campaign; raise :class:`LabelFileError` on any
+    hard error, else return what it adds (new labels and relabels)."""
+    if len(data) > MAX_LABEL_FILE_BYTES:
+        raise LabelFileError(
+            name, [Problem("file", f"{len(data):,} bytes, over the limit of {MAX_LABEL_FILE_BYTES:,}")]
+        )
+    fmt, answers, pending, problems = read_label_file(name, data, concept)
+    seen: dict[str, Answer] = {}
+    for answer in answers:
+        earlier = seen.get(answer.item_id)
+        if earlier is not None and earlier.label != answer.label:
+            problems.append(
+                Problem(
+                    answer.where,
+                    f"id {answer.item_id!r} labeled {earlier.label} at {earlier.where} "
+                    f"and {answer.label} here",
+                )
+            )
+        seen.setdefault(answer.item_id, answer)
+        if answer.item_id not in open_batch and answer.item_id not in labeled:
+            what = (
+                "is not in the open batch" if answer.item_id in known else "is not an item of this campaign"
+            )
+            problems.append(Problem(answer.where, f"id {answer.item_id!r} {what}"))
+    if not answers and not problems and not pending:
+        problems.append(Problem("file", "no labels in the file"))
+    if problems:
+        raise LabelFileError(name, problems)
+    ingest = Ingest(name, hashlib.sha256(data).hexdigest(), fmt, answers, pending_tasks=pending)
+    for item_id, answer in seen.items():
+        old = labeled.get(item_id)
+        if old is None:
+            ingest.new[item_id] = answer.label
+        elif old != answer.label:
+            ingest.relabels[item_id] = (old, answer.label)
+        else:
+            ingest.unchanged += 1
+    return ingest
+
+
+def label_studio_tasks(batch: list[dict], concept: str) -> list[dict]:
+    """The batch as Label Studio tasks (import them with a Choices config: concept / not concept)."""
+    return [
+        {
+            "data": {
+                "text": row.get("text", ""),
+                "seals_id": row["id"],
+                "score": row["score"],
+                "round": row["round"],
+            },
+            "meta": {"concept": concept, "strategy": row["strategy"]},
+        }
+        for row in batch
+    ]

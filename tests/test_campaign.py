@@ -1,0 +1,362 @@
+"""Campaigns with human labels, on a local folder and on GCS (a real emulator server), driven by
+label files, the terminal labeler, crashes and a concurrent second round."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from seals_al.campaign import Campaign, CampaignConfig, init
+from seals_al.cli import main
+from seals_al.errors import SealsError
+
+from .conftest import BUCKET
+
+CONCEPT = "report_fraud"
+BATCH = 10
+EXE = str(Path(sys.executable).parent / "seals-al")
+
+
+def truth_of(clinc_slice: Path) -> dict[str, int]:
+    with clinc_slice.open(newline="") as f:
+        return {row["id"]: int(row["label"] == CONCEPT) for row in csv.DictReader(f)}
+
+
+def write_config(tmp_path: Path, clinc_slice: Path, cache_dir: Path, **extra) -> Path:
+    with clinc_slice.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] != "test"]
+    positives = [r["id"] for r in rows if r["label"] == CONCEPT][:5]
+    negatives = [r["id"] for r in rows if r["label"] != CONCEPT][::5][:95]
+    seeds = tmp_path / "seeds.csv"
+    seeds.write_text(
+        "id,label\n" + "".join(f"{i},1\n" for i in positives) + "".join(f"{i},0\n" for i in negatives)
+    )
+    settings = {
+        "concept": CONCEPT,
+        "data": str(clinc_slice),
+        "seed_labels": "seeds.csv",
+        "strategy": "mlp",
+        "k": 10,
+        "batch_size": BATCH,
+        "budget": 200,
+        "truth_column": "label",
+        "split_column": "split",
+        "cache_dir": str(cache_dir),
+        **extra,
+    }
+    path = tmp_path / "campaign.yaml"
+    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
+    return path
+
+
+@pytest.fixture(params=["local", "gcs"])
+def campaign_uri(request, tmp_path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "campaign")
+    request.getfixturevalue("gcs_emulator")
+    return f"gs://{BUCKET}/campaigns/{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def campaign(tmp_path, clinc_slice, cache_dir) -> Campaign:
+    init(CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir)), str(tmp_path / "c"))
+    return Campaign(str(tmp_path / "c"), progress=False)
+
+
+def open_batch(c: Campaign) -> list[dict]:
+    return c.state().pending
+
+
+def snapshot(c: Campaign) -> dict[str, bytes]:
+    return {k: c.storage.read_bytes(k) for k in c.storage.list() if k != "LOCK"}
+
+
+def test_three_rounds_from_csv_jsonl_and_label_studio(tmp_path, clinc_slice, cache_dir, campaign_uri):
+    truth = truth_of(clinc_slice)
+    init(CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir)), campaign_uri)
+    c = Campaign(campaign_uri, progress=False)
+    assert c.round()["labeled"] == 100
+    st = c.storage
+
+    batch = open_batch(c)
+    assert len(batch) == BATCH
+    st.write_text(
+        "inbox/000/labels.csv", "id,label\n" + "".join(f"{r['id']},{truth[r['id']]}\n" for r in batch)
+    )
+    first = c.round()
+    assert first["round"] == 1
+    assert first["labeled"] == 110
+
+    batch = open_batch(c)
+    words = {1: CONCEPT, 0: "no"}  # the concept's name and plain yes/no both count
+    st.write_text(
+        "inbox/001/a.jsonl",
+        "".join(json.dumps({"id": r["id"], "label": words[truth[r["id"]]]}) + "\n" for r in batch),
+    )
+    assert c.round()["labeled"] == 120
+
+    tasks = st.read_json("rounds/002/to_label.labelstudio.json")
+    assert [t["data"]["seals_id"] for t in tasks] == [r["id"] for r in open_batch(c)]
+    for task in tasks:  # what Label Studio exports once a person has answered
+        choice = CONCEPT if truth[task["data"]["seals_id"]] else f"not {CONCEPT}"
+        task["annotations"] = [
+            {
+                "result": [
+                    {
+                        "type": "choices",
+                        "from_name": "label",
+                        "to_name": "text",
+                        "value": {"choices": [choice]},
+                    }
+                ],
+                "was_cancelled": False,
+            }
+        ]
+    st.write_json("inbox/002/export.json", tasks)
+    third = c.round()
+    assert third["labeled"] == 130
+
+    state = c.state()
+    assert state.round == 3
+    assert third["positives"] == sum(truth[i] for i in state.labeled)
+    assert {row["source"] for row in state.labeled.values()} == {
+        "seed/seeds.csv",
+        "inbox/000/labels.csv",
+        "inbox/001/a.jsonl",
+        "inbox/002/export.json",
+    }
+    for r, name in ((1, "inbox_000_labels.csv"), (2, "inbox_001_a.jsonl"), (3, "inbox_002_export.json")):
+        assert st.exists(f"rounds/{r:03d}/ingested/{name}"), "the raw label file is kept"
+    assert st.read_bytes("inbox/000/labels.csv").startswith(b"id,label\n"), "the inbox is left untouched"
+
+    before = snapshot(c)
+    assert c.round() is None, "no new labels: nothing to do"
+    assert snapshot(c) == before, "a second round with no new labels changes nothing"
+
+
+def test_partial_labels_stay_pending_and_relabels_are_recorded(campaign, clinc_slice):
+    truth = truth_of(clinc_slice)
+    campaign.round()
+    batch = open_batch(campaign)
+    half = batch[:4]
+    campaign.storage.write_text(
+        "inbox/000/part.csv", "id,label\n" + "".join(f"{r['id']},{truth[r['id']]}\n" for r in half)
+    )
+    metrics = campaign.round()
+    assert metrics["labeled"] == 104
+    new_batch = campaign.state().batch
+    carried = [r for r in new_batch if r.get("carried_over")]
+    assert [r["id"] for r in carried] == [r["id"] for r in batch[4:]], "the unlabeled rest stays pending"
+    assert len(new_batch) == BATCH
+
+    seed_id = next(i for i, row in campaign.state().labeled.items() if row["source"] == "seed/seeds.csv")
+    old = campaign.state().labeled[seed_id]["label"]
+    campaign.storage.write_text("inbox/001/fix.jsonl", json.dumps({"id": seed_id, "label": 1 - old}) + "\n")
+    campaign.round()
+    relabels = campaign.storage.read_text("rounds/002/relabels.jsonl").splitlines()
+    assert [json.loads(line) for line in relabels] == [
+        {"id": seed_id, "old": old, "new": 1 - old, "round": 2, "source": "inbox/001/fix.jsonl"}
+    ]
+    assert campaign.state().labeled[seed_id]["label"] == 1 - old
+    history = [json.loads(x) for x in campaign.storage.read_text("rounds/001/labeled.jsonl").splitlines()]
+    assert {r["id"]: r["label"] for r in history}[seed_id] == old, "earlier versions keep the old label"
+
+
+BAD_FILES = [
+    ("unknown.csv", "id,label\nnobody-0001,1\n", "line 2: id 'nobody-0001' is not an item of this campaign"),
+    ("elsewhere.csv", "id,label\n{other},1\n", "is not in the open batch"),
+    (
+        "conflict.csv",
+        "id,label\n{first},1\n{first},0\n",
+        "line 3: id '{first}' labeled 1 at line 2 and 0 here",
+    ),
+    ("invalid.csv", "id,label\n{first},maybe\n", "line 2: invalid label 'maybe'"),
+    ("columns.csv", "item,answer\n{first},1\n", "line 1: expected columns id,label"),
+    ("empty.jsonl", "", "file: empty"),
+    ("truncated.jsonl", '{{"id": "{first}", "label": 1}}\n{{"id": "{second}", "la', "line 2: truncated"),
+    ("latin1.csv", None, "not valid UTF-8"),
+    ("notes.txt", "id,label\n", "unsupported label file type"),
+    ("studio.json", '{{"tasks": []}}', "expected a Label Studio export"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "message"), BAD_FILES)
+def test_bad_label_files_are_rejected_whole(campaign, name, content, message):
+    campaign.round()
+    batch = open_batch(campaign)
+    other = next(
+        i
+        for i in campaign.dataset().items.ids
+        if i not in {r["id"] for r in batch} and i not in campaign.state().labeled and not i.startswith("x")
+    )
+    fill = {"first": batch[0]["id"], "second": batch[1]["id"], "other": other}
+    data = "caf\xe9".encode("latin-1") if content is None else content.format(**fill).encode()
+    key = f"inbox/000/{name}"
+    campaign.storage.write_bytes(key, data)
+    good = "inbox/000/good.csv"  # a valid file beside it is not ingested either: the round stops
+    campaign.storage.write_text(good, f"id,label\n{batch[2]['id']},1\n")
+    before = snapshot(campaign)
+    with pytest.raises(SealsError) as error:
+        campaign.round()
+    assert str(error.value).startswith(campaign.storage.where(key))
+    assert message.format(**fill) in str(error.value)
+    after = snapshot(campaign)
+    assert campaign.state().round == 0, "nothing committed"
+    assert after[key] == data, "the rejected file is kept untouched"
+    reports = [k for k in after if k.startswith("reports/")]
+    assert len(reports) == 1
+    assert json.loads(after[reports[0]])["rejected"] is True
+    assert {k: v for k, v in after.items() if not k.startswith("reports/")} == before
+
+
+def test_config_errors(tmp_path, clinc_slice, cache_dir):
+    good = write_config(tmp_path, clinc_slice, cache_dir)
+    cases = {
+        "unknown": ("concept: x\ndata: d\nseed_labels: s\ncolour: blue\n", "unknown setting(s) colour"),
+        "missing": ("concept: x\n", "missing setting(s) data, seed_labels"),
+        "list": ("- a\n- b\n", "expected a mapping of settings"),
+        "python": ("concept: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
+        "batch": (good.read_text() + "batch_size: 0\n", "batch_size must be a positive integer"),
+    }
+    for name, (text, message) in cases.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text)
+        with pytest.raises(SealsError, match=re.escape(message)):
+            CampaignConfig.from_yaml(path)
+    init(CampaignConfig.from_yaml(good), str(tmp_path / "c"))
+    with pytest.raises(SealsError, match="a campaign exists here already"):
+        init(CampaignConfig.from_yaml(good), str(tmp_path / "c"))
+    with pytest.raises(SealsError, match="not a campaign"):
+        Campaign(str(tmp_path / "nowhere"))
+
+
+def run_cli(*args: str, cache_dir: Path, failpoint: str | None = None, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SEALS_CACHE_DIR": str(cache_dir)}
+    env.pop("SEALS_FAILPOINT", None)
+    if failpoint:
+        env["SEALS_FAILPOINT"] = failpoint
+    return subprocess.Popen(
+        [EXE, *args], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs
+    )
+
+
+def prepared(tmp_path: Path, name: str, clinc_slice: Path, cache_dir: Path) -> Campaign:
+    """A campaign after round 0 with the whole first batch answered in its inbox."""
+    root = tmp_path / name
+    root.mkdir()
+    init(CampaignConfig.from_yaml(write_config(root, clinc_slice, cache_dir)), str(root / "c"))
+    c = Campaign(str(root / "c"), progress=False)
+    c.round()
+    truth = truth_of(clinc_slice)
+    c.storage.write_text(
+        "inbox/000/l.csv", "id,label\n" + "".join(f"{r['id']},{truth[r['id']]}\n" for r in open_batch(c))
+    )
+    return c
+
+
+def round_outcome(c: Campaign, r: int) -> dict:
+    metrics = c.storage.read_json(f"rounds/{r:03d}/metrics.json")
+    metrics.pop("selection_seconds")
+    return {
+        "labeled": c.storage.read_text(f"rounds/{r:03d}/labeled.jsonl"),
+        "batch": c.storage.read_text(f"rounds/{r:03d}/to_label.jsonl"),
+        "model": c.storage.read_text(f"rounds/{r:03d}/model.json"),
+        "pool": c.storage.read_bytes(f"rounds/{r:03d}/pool/pool.npz"),
+        "metrics": metrics,
+    }
+
+
+@pytest.mark.parametrize("point", ["after_ingest", "after_train", "during_publish"])
+def test_a_round_killed_at_each_step_is_finished_by_the_next_run(tmp_path, clinc_slice, cache_dir, point):
+    reference = prepared(tmp_path, "reference", clinc_slice, cache_dir)
+    reference.round()
+    c = prepared(tmp_path, "crashed", clinc_slice, cache_dir)
+    crashed = run_cli("round", str(c.storage.uri), cache_dir=cache_dir, failpoint=point)
+    assert crashed.wait(timeout=120) == 137
+    assert c.state().round == 0, "the killed round is not committed"
+    assert c.storage.exists("LOCK"), "the dead process left its lock"
+    rerun = run_cli("round", str(c.storage.uri), cache_dir=cache_dir)
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    assert "round 1 committed" in out
+    assert round_outcome(c, 1) == round_outcome(reference, 1), "same result as a round that never crashed"
+    labeled = c.state().labeled
+    assert len(labeled) == 110, "no label lost"
+    assert sorted(labeled) == sorted(reference.state().labeled), "nor duplicated or changed"
+    assert not c.storage.exists("LOCK")
+
+
+def test_a_second_concurrent_round_fails_clearly(tmp_path, clinc_slice, cache_dir):
+    c = prepared(tmp_path, "busy", clinc_slice, cache_dir)
+    first = run_cli("round", str(c.storage.uri), cache_dir=cache_dir, failpoint="after_train:sleep")
+    deadline = time.monotonic() + 60
+    while not c.storage.exists("LOCK") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    second = run_cli("round", str(c.storage.uri), cache_dir=cache_dir)
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 2
+    assert "another round is running" in err
+    assert f"pid {first.pid}" in err
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    assert c.state().round == 0
+    third = run_cli("round", str(c.storage.uri), cache_dir=cache_dir)
+    assert third.wait(timeout=120) == 0, third.stderr.read()
+    assert c.state().round == 1
+    assert len(c.state().labeled) == 110
+
+
+def drive(args: list[str], answers: list[str], cache_dir: Path) -> str:
+    """Run a command on a pseudo-terminal, answering each prompt in turn; return what it showed."""
+    controller, terminal = os.openpty()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SEALS_CACHE_DIR": str(cache_dir), "COLUMNS": "100"}
+    process = subprocess.Popen([EXE, *args], stdin=terminal, stdout=terminal, stderr=terminal, env=env)
+    os.close(terminal)
+    shown, pending = b"", list(answers)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+            if pending and re.sub(rb"\x1b\[[0-9;]*m", b"", shown).rstrip().endswith(b"q=quit:"):
+                os.write(controller, (pending.pop(0) + "\n").encode())
+        elif process.poll() is not None:
+            break
+    process.wait(timeout=10)
+    os.close(controller)
+    return shown.decode(errors="replace")
+
+
+def test_terminal_labeler_records_answers_and_resumes(campaign, cache_dir):
+    campaign.round()
+    batch = open_batch(campaign)
+    uri = str(campaign.storage.uri)
+    shown = drive(["label", uri], ["y", "n", "u", "y", "s", "q"], cache_dir)
+    assert batch[0]["text"][:30] in shown
+    assert "1 of 10" in shown
+    answers = [json.loads(x) for x in campaign.storage.read_text("inbox/000/terminal.jsonl").splitlines()]
+    assert answers == [{"id": batch[0]["id"], "label": 1}, {"id": batch[1]["id"], "label": 1}]
+    shown = drive(["label", uri], ["n", "q"], cache_dir)
+    assert "1 of 8" in shown, "a new session starts at the first unanswered example"
+    answers = [json.loads(x) for x in campaign.storage.read_text("inbox/000/terminal.jsonl").splitlines()]
+    assert answers[-1] == {"id": batch[2]["id"], "label": 0}
+    assert len(answers) == 3
+    assert main(["round", uri]) == 0
+    assert len(campaign.state().labeled) == 103
