@@ -57,7 +57,7 @@ class CampaignConfig:
     """What `seals-al init` reads from YAML."""
 
     concept: str
-    data: str  # items: a local path (CSV, JSONL or Parquet)
+    data: str  # items (CSV, JSONL or Parquet): a local path or gs://bucket/path
     seed_labels: str  # a label file (CSV, JSONL or Label Studio JSON) with the seed set
     id_column: str = "id"
     text_column: str = "text"

@@ -31,7 +31,7 @@ from seals_al.index import (
 from seals_al.items import read_items
 from seals_al.pool import CandidatePool
 from seals_al.selection import Selection, select_global, select_seals
-from seals_al.storage import write_json_atomic, write_text_atomic
+from seals_al.storage import local_file, write_json_atomic, write_text_atomic
 from seals_al.strategies import get_strategy
 from seals_al.train import average_precision, fit_logistic
 
@@ -88,7 +88,8 @@ class Items:
         columns = [c for c in (config.label_column, config.split_column) if c]
         if config.embeddings is None:
             columns.append(config.text_column)
-        table = read_items(config.data, columns, config.id_column)
+        path = local_file(config.data, config.cache_dir or default_cache_dir())
+        table = read_items(path, columns, config.id_column)
         is_eval = np.zeros(len(table[config.id_column]), dtype=bool)
         if config.split_column:
             split = np.asarray(table[config.split_column], dtype=object)

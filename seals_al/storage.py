@@ -15,6 +15,7 @@ error messages; a small module over google-cloud-storage keeps both in view.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -256,6 +257,21 @@ def _gcs_client():
         project = os.environ.get("GOOGLE_CLOUD_PROJECT", "local")
         return storage.Client(project=project, credentials=AnonymousCredentials())
     return storage.Client()
+
+
+def local_file(uri: str, cache_dir: str | Path) -> Path:
+    """A local path for a file URI: itself if local, else a copy of the gs:// object in the cache
+    (fetched again each time, so a changed object is seen)."""
+    if not uri.startswith("gs://"):
+        return Path(uri.removeprefix("file://"))
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    if not name or parent == "gs:":
+        raise SealsError(f"{uri}: expected gs://bucket/path/to/file")
+    target = Path(cache_dir) / "downloads" / hashlib.sha256(uri.encode()).hexdigest()[:16] / name
+    data = open_storage(parent).read_bytes(name)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return target
 
 
 def open_storage(uri: str | Path) -> Storage:

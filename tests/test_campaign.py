@@ -20,6 +20,7 @@ import pytest
 from seals_al.campaign import Campaign, CampaignConfig, init
 from seals_al.cli import main
 from seals_al.errors import SealsError
+from seals_al.storage import open_storage
 
 from .conftest import BUCKET
 
@@ -69,9 +70,9 @@ def campaign_uri(request, tmp_path) -> str:
 
 
 @pytest.fixture
-def campaign(tmp_path, clinc_slice, cache_dir) -> Campaign:
-    init(CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir)), str(tmp_path / "c"))
-    return Campaign(str(tmp_path / "c"), progress=False)
+def campaign(tmp_path, clinc_slice, cache_dir, campaign_uri) -> Campaign:
+    init(CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir)), campaign_uri)
+    return Campaign(campaign_uri, progress=False)
 
 
 def open_batch(c: Campaign) -> list[dict]:
@@ -84,7 +85,11 @@ def snapshot(c: Campaign) -> dict[str, bytes]:
 
 def test_three_rounds_from_csv_jsonl_and_label_studio(tmp_path, clinc_slice, cache_dir, campaign_uri):
     truth = truth_of(clinc_slice)
-    init(CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir)), campaign_uri)
+    data = str(clinc_slice)
+    if campaign_uri.startswith("gs://"):  # the items live in the bucket too
+        data = f"{campaign_uri}-items/slice.csv"
+        open_storage(f"{campaign_uri}-items").write_bytes("slice.csv", clinc_slice.read_bytes())
+    init(CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir, data=data)), campaign_uri)
     c = Campaign(campaign_uri, progress=False)
     assert c.round()["labeled"] == 100
     st = c.storage
@@ -251,12 +256,13 @@ def run_cli(*args: str, cache_dir: Path, failpoint: str | None = None, **kwargs)
     )
 
 
-def prepared(tmp_path: Path, name: str, clinc_slice: Path, cache_dir: Path) -> Campaign:
+def prepared(tmp_path: Path, uri: str, name: str, clinc_slice: Path, cache_dir: Path) -> Campaign:
     """A campaign after round 0 with the whole first batch answered in its inbox."""
     root = tmp_path / name
     root.mkdir()
-    init(CampaignConfig.from_yaml(write_config(root, clinc_slice, cache_dir)), str(root / "c"))
-    c = Campaign(str(root / "c"), progress=False)
+    uri = f"{uri}-{name}"
+    init(CampaignConfig.from_yaml(write_config(root, clinc_slice, cache_dir)), uri)
+    c = Campaign(uri, progress=False)
     c.round()
     truth = truth_of(clinc_slice)
     c.storage.write_text(
@@ -278,10 +284,12 @@ def round_outcome(c: Campaign, r: int) -> dict:
 
 
 @pytest.mark.parametrize("point", ["after_ingest", "after_train", "during_publish"])
-def test_a_round_killed_at_each_step_is_finished_by_the_next_run(tmp_path, clinc_slice, cache_dir, point):
-    reference = prepared(tmp_path, "reference", clinc_slice, cache_dir)
+def test_a_round_killed_at_each_step_is_finished_by_the_next_run(
+    tmp_path, clinc_slice, cache_dir, campaign_uri, point
+):
+    reference = prepared(tmp_path, campaign_uri, "reference", clinc_slice, cache_dir)
     reference.round()
-    c = prepared(tmp_path, "crashed", clinc_slice, cache_dir)
+    c = prepared(tmp_path, campaign_uri, "crashed", clinc_slice, cache_dir)
     crashed = run_cli("round", str(c.storage.uri), cache_dir=cache_dir, failpoint=point)
     assert crashed.wait(timeout=120) == 137
     assert c.state().round == 0, "the killed round is not committed"
@@ -298,7 +306,8 @@ def test_a_round_killed_at_each_step_is_finished_by_the_next_run(tmp_path, clinc
 
 
 def test_a_second_concurrent_round_fails_clearly(tmp_path, clinc_slice, cache_dir):
-    c = prepared(tmp_path, "busy", clinc_slice, cache_dir)
+    # Local only: the GCS emulator ignores the write-once precondition that the lock uses there.
+    c = prepared(tmp_path, str(tmp_path / "campaign"), "busy", clinc_slice, cache_dir)
     first = run_cli("round", str(c.storage.uri), cache_dir=cache_dir, failpoint="after_train:sleep")
     deadline = time.monotonic() + 60
     while not c.storage.exists("LOCK") and time.monotonic() < deadline:
@@ -360,3 +369,17 @@ def test_terminal_labeler_records_answers_and_resumes(campaign, cache_dir):
     assert len(answers) == 3
     assert main(["round", uri]) == 0
     assert len(campaign.state().labeled) == 103
+
+
+def test_label_files_over_the_size_limit_are_refused(campaign, monkeypatch):
+    import seals_al.labels
+
+    campaign.round()
+    monkeypatch.setattr(seals_al.labels, "MAX_LABEL_FILE_BYTES", 64)
+    ids = [r["id"] for r in open_batch(campaign)]
+    campaign.storage.write_text("inbox/000/big.csv", "id,label\n" + "".join(f"{i},1\n" for i in ids))
+    with pytest.raises(
+        SealsError, match=r"big\.csv: rejected, nothing ingested: file: \d+ bytes, over the limit of 64"
+    ):
+        campaign.round()
+    assert campaign.state().round == 0
