@@ -177,9 +177,7 @@ class Campaign:
             raise SealsError(
                 f"{self.storage.uri}: not a campaign (no {CONFIG}); create one with seals-al init"
             )
-        raw = self.storage.read_json(CONFIG, MAX_CONFIG_BYTES)
-        raw["seed_labels"] = raw.get("seed_labels", "")
-        self.config = CampaignConfig(**raw)
+        self.config = CampaignConfig(**self.storage.read_json(CONFIG, MAX_CONFIG_BYTES))
         self.progress = progress
         self._dataset: Dataset | None = None
 

@@ -383,3 +383,15 @@ def test_label_files_over_the_size_limit_are_refused(campaign, monkeypatch):
     ):
         campaign.round()
     assert campaign.state().round == 0
+
+
+def test_the_shipped_example_initializes(tmp_path):
+    config = CampaignConfig.from_yaml(
+        Path(__file__).resolve().parents[1] / "examples/report_fraud/campaign.yaml"
+    )
+    assert config.concept == CONCEPT
+    assert Path(config.data).is_file()
+    storage = init(config, str(tmp_path / "c"))
+    seeds = storage.read_text("seed/seeds.csv").splitlines()[1:]
+    assert sum(line.endswith(",1") for line in seeds) == 5
+    assert len(seeds) == 100
