@@ -395,3 +395,21 @@ def test_the_shipped_example_initializes(tmp_path):
     seeds = storage.read_text("seed/seeds.csv").splitlines()[1:]
     assert sum(line.endswith(",1") for line in seeds) == 5
     assert len(seeds) == 100
+
+
+def test_a_spent_budget_publishes_no_more_work(tmp_path, clinc_slice, cache_dir):
+    truth = truth_of(clinc_slice)
+    init(
+        CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir, budget=110)),
+        str(tmp_path / "c"),
+    )
+    c = Campaign(str(tmp_path / "c"), progress=False)
+    c.round()
+    c.storage.write_text(
+        "inbox/000/l.csv", "id,label\n" + "".join(f"{r['id']},{truth[r['id']]}\n" for r in open_batch(c))
+    )
+    assert c.round()["batch"] == 0
+    status = c.status()
+    assert status["labeled"] == 110
+    assert status["waiting_for"] == "budget spent: nothing more to label"
+    assert c.round() is None
