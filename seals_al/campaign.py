@@ -45,7 +45,7 @@ from seals_al.selection import Selection, select_global, select_seals
 from seals_al.simulate import MODES, DataConfig, Dataset, Items
 from seals_al.storage import AlreadyExistsError, Storage, check_key, open_storage
 from seals_al.strategies import get_strategy
-from seals_al.train import LinearModel, average_precision, fit_logistic
+from seals_al.train import average_precision, fit_logistic
 
 CONFIG = "campaign.json"
 LOCK = "LOCK"
@@ -214,11 +214,10 @@ class Campaign:
     def status(self) -> dict:
         state = self.state()
         metrics = self.storage.read_json(f"rounds/{state.round:03d}/metrics.json") if state.round >= 0 else {}
-        interrupted = [
-            k.split("/")[1]
-            for k in self.storage.list("rounds")
-            if k.endswith("/metrics.json") and int(k.split("/")[1]) > state.round
-        ]
+        # Any file of a round past the last committed one: a round that was interrupted.
+        interrupted = sorted(
+            {k.split("/")[1] for k in self.storage.list("rounds") if int(k.split("/")[1]) > state.round}
+        )
         if state.round < 0:
             waiting = "round 0: run `seals-al round` to ingest the seed labels and publish the first batch"
         elif not state.pending and len(state.labeled) >= self.config.budget:
@@ -239,8 +238,15 @@ class Campaign:
             "average_precision": metrics.get("average_precision"),
             "new_label_files": len(self.new_label_files(state)),
             "interrupted_round": interrupted[0] if interrupted else None,
+            "lock": self._lock_holder(),
             "waiting_for": waiting,
         }
+
+    def _lock_holder(self) -> str | None:
+        if not self.storage.exists(LOCK):
+            return None
+        holder = self.storage.read_json(LOCK)
+        return f"pid {holder.get('pid')} on {holder.get('host')}"
 
     # -- advancing --------------------------------------------------------------------------------
     def dataset(self) -> Dataset:
@@ -261,8 +267,8 @@ class Campaign:
                 return None
             r = state.round + 1
             labeled, relabels, ingested, raw = self._ingest(state, files, r)
-            if state.round >= 0 and not raw and not relabels and len(labeled) == len(state.labeled):
-                return None
+            if state.round >= 0 and not relabels and len(labeled) == len(state.labeled):
+                return None  # the new files only repeat labels already known
             failpoint("after_ingest")
             return self._advance(state, r, labeled, relabels, ingested, raw)
 
@@ -289,7 +295,7 @@ class Campaign:
             except LabelFileError as e:
                 report = {"file": key, "rejected": True, "problems": [asdict(p) for p in e.problems]}
                 self.storage.write_json(f"reports/{key.replace('/', '_')}-{_sha256(data)[:12]}.json", report)
-                raise SealsError(f"{self.storage.where(key)}: {str(e).split(': ', 1)[1]}") from e
+                raise SealsError(f"{self.storage.where(key)}: {e.detail}") from e
             for item_id, label in result.new.items():
                 labeled[item_id] = {"id": item_id, "label": label, "round": r, "source": key}
             for item_id, (old, new) in result.relabels.items():
@@ -409,9 +415,6 @@ class Campaign:
         st.write_json(f"{base}/metrics.json", metrics)
         st.write_json(f"{base}/COMMITTED", {"round": r, "committed_at": time.time()})
 
-    def model(self, r: int) -> LinearModel:
-        return LinearModel.from_json(self.storage.read_json(f"rounds/{r:03d}/model.json"))
-
 
 class _Lock:
     """One round at a time: LOCK is written once; a lock left by a dead process on this host is
@@ -436,7 +439,11 @@ class _Lock:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.storage.read_json(LOCK).get("pid") == self.mine["pid"]:
+        try:
+            holder = self.storage.read_json(LOCK)
+        except SealsError:
+            return  # already gone; never mask the round's own outcome
+        if holder.get("pid") == self.mine["pid"] and holder.get("host") == self.mine["host"]:
             self.storage.delete(LOCK)
 
 

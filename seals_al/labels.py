@@ -41,7 +41,8 @@ class LabelFileError(SealsError):
         self.problems = problems
         shown = "; ".join(f"{p.where}: {p.message}" for p in problems[:3])
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        super().__init__(f"{name}: rejected, nothing ingested: {shown}{more}")
+        self.detail = f"rejected, nothing ingested: {shown}{more}"
+        super().__init__(f"{name}: {self.detail}")
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,14 @@ def test_partial_labels_stay_pending_and_relabels_are_recorded(campaign, clinc_s
     assert [r["id"] for r in carried] == [r["id"] for r in batch[4:]], "the unlabeled rest stays pending"
     assert len(new_batch) == BATCH
 
+    campaign.storage.write_text(
+        "inbox/001/again.csv", "id,label\n" + "".join(f"{r['id']},{truth[r['id']]}\n" for r in half)
+    )
+    before = snapshot(campaign)
+    assert campaign.round() is None, "a new file that only repeats known labels changes nothing"
+    assert snapshot(campaign) == before
+    campaign.storage.delete("inbox/001/again.csv")
+
     seed_id = next(i for i, row in campaign.state().labeled.items() if row["source"] == "seed/seeds.csv")
     old = campaign.state().labeled[seed_id]["label"]
     campaign.storage.write_text("inbox/001/fix.jsonl", json.dumps({"id": seed_id, "label": 1 - old}) + "\n")
@@ -293,7 +301,9 @@ def test_a_round_killed_at_each_step_is_finished_by_the_next_run(
     crashed = run_cli("round", str(c.storage.uri), cache_dir=cache_dir, failpoint=point)
     assert crashed.wait(timeout=120) == 137
     assert c.state().round == 0, "the killed round is not committed"
-    assert c.storage.exists("LOCK"), "the dead process left its lock"
+    status = c.status()
+    assert status["lock"] == f"pid {crashed.pid} on {os.uname().nodename}", "the dead process left its lock"
+    assert status["interrupted_round"] == ("001" if point == "during_publish" else None)
     rerun = run_cli("round", str(c.storage.uri), cache_dir=cache_dir)
     out, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err
