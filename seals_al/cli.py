@@ -181,6 +181,64 @@ def _label(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _add_build_index(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "build-index",
+        help="build a faiss index over an embeddings store, with measured recall",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("store", help="an embeddings store directory (manifest.json, ids.parquet, shards)")
+    p.add_argument("out", help="the index directory to write")
+    p.add_argument(
+        "--factory", default="Flat", help="faiss index_factory string, e.g. IVF4096,PQ32 or HNSW32"
+    )
+    p.add_argument("--layout", default="single", choices=["single", "ondisk", "shards"])
+    p.add_argument("--shard-rows", type=int, default=1_000_000, help="rows per shard (ondisk, shards)")
+    p.add_argument("--train-size", type=int, default=100_000, help="rows sampled to train IVF/PQ")
+    p.add_argument("--nprobe", type=int, help="IVF lists probed per query")
+    p.add_argument("--ef-search", type=int, help="HNSW search breadth")
+    p.add_argument("--recall-queries", type=int, default=1000, help="queries for recall@k (0: skip)")
+    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_build_index)
+
+
+def _build_index(args: argparse.Namespace, console: Console) -> int:
+    from seals_al.embeddings import EmbeddingStore
+    from seals_al.index import build_index_dir
+
+    for name in ("shard_rows", "train_size", "k"):
+        if getattr(args, name) < 1:
+            raise SealsError(f"--{name.replace('_', '-')} must be at least 1")
+    params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if v is not None}
+    manifest = build_index_dir(
+        EmbeddingStore.open(args.store),
+        args.out,
+        args.factory,
+        layout=args.layout,
+        shard_rows=args.shard_rows,
+        train_size=args.train_size,
+        search_params=params,
+        recall_queries=args.recall_queries,
+        k=args.k,
+        seed=args.seed,
+    )
+    recall = manifest.get("recall")
+    console.print(
+        f"{manifest['factory']} ({manifest['layout']}) over {manifest['ntotal']:,} vectors in "
+        f"{manifest['build_seconds']:.1f} s"
+        + (
+            f"; recall@{recall['k']} {recall['recall_at_k']:.4f} on {recall['queries']} queries, "
+            f"{recall['query_ms']:.3f} ms/query"
+            if recall
+            else ""
+        )
+        + f"\nmanifest: {Path(args.out) / 'manifest.json'}",
+        highlight=False,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seals-al", description=__doc__)
     parser.add_argument("--version", action="version", version=f"seals-al {__version__}")
@@ -188,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(sub)
     _add_compare(sub)
     _add_campaign_commands(sub)
+    _add_build_index(sub)
     return parser
 
 

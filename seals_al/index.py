@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from seals_al.embeddings import EmbeddingStore
 from seals_al.errors import SealsError
-from seals_al.storage import atomic_dir
+from seals_al.storage import atomic_dir, write_json_atomic
 
 DEFAULT_FACTORY = "Flat"
 
@@ -53,22 +53,48 @@ def build_index(
         progress: show a progress bar while adding.
 
     Returns:
-        An IndexIDMap2 whose search returns global row ids.
+        An index whose search returns global row ids.
     """
     row_ids = np.asarray(row_ids, dtype=np.int64)
     if len(row_ids) == 0:
         raise SealsError("cannot build an index over zero rows")
-    index = faiss.IndexIDMap2(check_factory(store.dim, factory))
-    if not index.is_trained:
-        rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(len(row_ids), size=min(train_size, len(row_ids)), replace=False))
-        index.train(store.vectors(row_ids[sample]))
-    with tqdm(total=len(row_ids), desc=f"index {factory}", unit="vec", disable=not progress) as bar:
+    index = empty_index(store.dim, factory)
+    train(index, store, row_ids, train_size, seed)
+    add_rows(index, store, row_ids, chunk_rows=chunk_rows, progress=progress, desc=f"index {factory}")
+    return index
+
+
+def empty_index(dim: int, factory: str) -> faiss.Index:
+    """An empty index keyed by external ids: IVF indexes keep ids in their inverted lists (so
+    shards can be merged); others are wrapped in an IndexIDMap2."""
+    inner = check_factory(dim, factory)
+    return inner if faiss.try_extract_index_ivf(inner) is not None else faiss.IndexIDMap2(inner)
+
+
+def train(index: faiss.Index, store: EmbeddingStore, row_ids: np.ndarray, train_size: int, seed: int) -> None:
+    """Train on a seeded sample of the rows, if the index needs training."""
+    if index.is_trained:
+        return
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(row_ids), size=min(train_size, len(row_ids)), replace=False))
+    index.train(store.vectors(row_ids[sample]))
+
+
+def add_rows(
+    index: faiss.Index,
+    store: EmbeddingStore,
+    row_ids: np.ndarray,
+    *,
+    chunk_rows: int = 100_000,
+    progress: bool = True,
+    desc: str = "index",
+) -> None:
+    """Add rows a chunk at a time: only one chunk of vectors is in memory at once."""
+    with tqdm(total=len(row_ids), desc=desc, unit="vec", disable=not progress) as bar:
         for start in range(0, len(row_ids), chunk_rows):
             ids = row_ids[start : start + chunk_rows]
             index.add_with_ids(store.vectors(ids), ids)
             bar.update(len(ids))
-    return index
 
 
 def check_factory(dim: int, factory: str) -> faiss.Index:
@@ -320,3 +346,164 @@ def _describe(index: faiss.Index) -> str:
 def as_neighbours(source: faiss.Index | Neighbours) -> Neighbours:
     """Accept a faiss index (queried live) or any neighbour source such as a graph."""
     return IndexNeighbours(source) if isinstance(source, faiss.Index) else source
+
+
+# -- index directories: what `seals-al build-index` writes -----------------------------------------
+INDEX_FORMAT = "seals-index/1"
+LAYOUTS = ("single", "ondisk", "shards")
+
+
+def build_index_dir(
+    store: EmbeddingStore,
+    out_dir: str | Path,
+    factory: str = DEFAULT_FACTORY,
+    *,
+    layout: str = "single",
+    shard_rows: int = 1_000_000,
+    train_size: int = 100_000,
+    search_params: dict[str, int] | None = None,
+    recall_queries: int = 1000,
+    k: int = 100,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Build an index over every row of a store into a directory with a manifest.
+
+    Layouts: ``single`` (one index file); ``ondisk`` (IVF only: one index per shard of rows, their
+    inverted lists merged into ``index.ivfdata`` with faiss.contrib.ondisk and memory-mapped at
+    query time, so the lists never need to fit in RAM); ``shards`` (one index per shard of rows,
+    searched together with faiss.IndexShards, which merges each query's top k). The vectors are
+    read a chunk at a time; IVF is trained once on a seeded sample and every shard reuses it.
+
+    Args:
+        store: the embeddings.
+        out_dir: the index directory (replaced whole if it exists).
+        factory: faiss index_factory string.
+        layout: single, ondisk or shards.
+        shard_rows: rows per shard (ondisk and shards layouts).
+        train_size: rows sampled to train IVF or PQ.
+        search_params: recorded and applied when opened, e.g. {"nprobe": 16} or {"efSearch": 128}.
+        recall_queries: rows sampled as queries to measure recall@k against exact search (0: skip).
+        k: the k of recall@k.
+        seed: sampling seed.
+        progress: show progress bars.
+
+    Returns:
+        The manifest written to ``manifest.json``.
+    """
+    if layout not in LAYOUTS:
+        raise SealsError(f"unknown index layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    search_params = dict(search_params or {})
+    started = time.perf_counter()
+    row_ids = store.row_ids
+    trained = empty_index(store.dim, factory)
+    if layout == "ondisk" and faiss.try_extract_index_ivf(trained) is None:
+        raise SealsError(f"the ondisk layout needs an IVF index; {factory!r} is not one")
+    train(trained, store, row_ids, train_size, seed)
+    with atomic_dir(out_dir) as tmp:
+        files: list[str] = []
+        if layout == "single":
+            add_rows(trained, store, row_ids, progress=progress, desc=f"index {factory}")
+            faiss.write_index(trained, str(tmp / "index.faiss"))
+            files = ["index.faiss"]
+        else:
+            shards = [row_ids[s : s + shard_rows] for s in range(0, len(row_ids), shard_rows)]
+            for n, rows in enumerate(shards):
+                shard = faiss.clone_index(trained)
+                add_rows(shard, store, rows, progress=progress, desc=f"shard {n + 1}/{len(shards)}")
+                faiss.write_index(shard, str(tmp / f"shard-{n:05d}.faiss"))
+                files.append(f"shard-{n:05d}.faiss")
+                del shard
+            if layout == "ondisk":
+                from faiss.contrib.ondisk import merge_ondisk
+
+                merged = faiss.clone_index(trained)
+                merge_ondisk(merged, [str(tmp / f) for f in files], str(tmp / "index.ivfdata"))
+                faiss.write_index(merged, str(tmp / "index.faiss"))
+                for f in files:
+                    (tmp / f).unlink()
+                files = ["index.faiss", "index.ivfdata"]
+        manifest = {
+            "format": INDEX_FORMAT,
+            "factory": factory,
+            "layout": layout,
+            "dim": store.dim,
+            "ntotal": len(row_ids),
+            "metric": "inner_product",
+            "train_size": min(train_size, len(row_ids)),
+            "seed": seed,
+            "search_params": search_params,
+            "files": files,
+            "store": str(store.path),
+            "build_seconds": time.perf_counter() - started,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if recall_queries:
+        index = open_index_dir(out_dir)
+        manifest["recall"] = measure_recall(index, store, k=k, queries=recall_queries, seed=seed)
+        write_json_atomic(Path(out_dir) / "manifest.json", manifest)
+    return manifest
+
+
+def open_index_dir(path: str | Path, mmap: bool = False) -> faiss.Index:
+    """Open an index directory; ``mmap`` keeps single/shard files on disk (the ondisk layout's
+    lists always are). Search parameters from the manifest are applied."""
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise SealsError(f"{path}: not an index directory (no manifest.json)")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != INDEX_FORMAT:
+        raise SealsError(f"{manifest_path}: format {manifest.get('format')!r}, expected {INDEX_FORMAT!r}")
+    flags = faiss.IO_FLAG_MMAP if mmap else 0
+    params = manifest.get("search_params") or {}
+    if manifest["layout"] == "shards":
+        index = faiss.IndexShards(manifest["dim"], False, False)
+        for name in manifest["files"]:
+            part = faiss.read_index(str(path / name), flags)
+            set_search_parameters(part, **params)
+            index.add_shard(part)  # faiss keeps a reference to each part
+        return index
+    if manifest["layout"] == "ondisk":
+        index = faiss.read_index(str(path / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    else:
+        index = faiss.read_index(str(path / "index.faiss"), flags)
+    set_search_parameters(index, **params)
+    return index
+
+
+def exact_knn(
+    store: EmbeddingStore, queries: np.ndarray, query_ids: np.ndarray, k: int, chunk_rows: int = 65_536
+):
+    """Exact (D, I) by brute force over the store, a chunk at a time (no full copy), self excluded."""
+    best_D = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_I = np.full((len(queries), k), -1, dtype=np.int64)
+    for start, block in store.iter_chunks(chunk_rows):
+        sims = queries @ np.asarray(block).T
+        ids = np.broadcast_to(store.row_ids[start : start + len(block)], sims.shape)
+        sims = np.where(ids == query_ids[:, None], -np.inf, sims)
+        D = np.concatenate([best_D, sims], axis=1)
+        I = np.concatenate([best_I, ids], axis=1)
+        top = np.argsort(-D, axis=1, kind="stable")[:, :k]
+        best_D, best_I = np.take_along_axis(D, top, 1), np.take_along_axis(I, top, 1)
+    return best_D, best_I
+
+
+def measure_recall(index: faiss.Index, store: EmbeddingStore, *, k: int, queries: int, seed: int) -> dict:
+    """recall@k of the index against exact search, on rows of the store sampled as queries."""
+    rng = np.random.default_rng(seed + 1)
+    rows = np.sort(rng.choice(store.row_ids, size=min(queries, len(store)), replace=False))
+    vectors = store.vectors(rows)
+    started = time.perf_counter()
+    _, approx = search(index, vectors, k, rows)
+    query_seconds = time.perf_counter() - started
+    _, exact = exact_knn(store, vectors, rows, k)
+    hits = [
+        len(set(a[a >= 0].tolist()) & set(e[e >= 0].tolist())) for a, e in zip(approx, exact, strict=True)
+    ]
+    return {
+        "k": k,
+        "queries": len(rows),
+        "recall_at_k": float(np.mean(hits) / k),
+        "query_ms": 1e3 * query_seconds / len(rows),
+    }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -11,9 +13,11 @@ from seals_al.index import (
     IndexNeighbours,
     NeighbourGraph,
     build_index,
+    build_index_dir,
     build_neighbour_graph,
     knn_density,
     neighbour_density,
+    open_index_dir,
     search,
     set_search_parameters,
 )
@@ -131,3 +135,109 @@ def test_neighbour_graph_equals_live_search(synthetic, tmp_path):
         graph.knn(np.asarray([5]), 3)
     with pytest.raises(SealsError, match="not a neighbour graph"):
         NeighbourGraph.open(tmp_path)
+
+
+LAYOUT_CASES = [
+    ("Flat", "single", {}),
+    ("Flat", "shards", {}),
+    ("IVF16,Flat", "single", {"nprobe": 3}),
+    ("IVF16,Flat", "ondisk", {"nprobe": 3}),
+    ("IVF16,Flat", "shards", {"nprobe": 3}),
+    ("IVF16,PQ4", "single", {"nprobe": 16}),
+    ("HNSW16", "single", {"efSearch": 64}),
+]
+
+
+@pytest.mark.parametrize(("factory", "layout", "params"), LAYOUT_CASES)
+def test_index_dirs_build_open_and_report_recall(synthetic, tmp_path, factory, layout, params):
+    manifest = build_index_dir(
+        synthetic.store,
+        tmp_path / "ix",
+        factory,
+        layout=layout,
+        shard_rows=400,
+        train_size=1500,
+        search_params=params,
+        recall_queries=50,
+        k=10,
+        progress=False,
+    )
+    assert manifest["ntotal"] == len(synthetic.row_ids)
+    assert manifest["search_params"] == params
+    stored = json.loads((tmp_path / "ix" / "manifest.json").read_text())
+    assert stored["recall"] == manifest["recall"]
+    index = open_index_dir(tmp_path / "ix", mmap=True)
+    queries = synthetic.row_ids[:25]
+    _, I = search(index, synthetic.store.vectors(queries), 10, queries)
+    assert set(I.ravel().tolist()) <= set(synthetic.row_ids.tolist()), (
+        "global ids, shuffled and gapped, survive"
+    )
+    # The recall in the manifest is what an independent exact search says about these queries.
+    rng = np.random.default_rng(1)
+    rows = np.sort(rng.choice(synthetic.store.row_ids, size=50, replace=False))
+    _, approx = search(index, synthetic.store.vectors(rows), 10, rows)
+    hits = [
+        len(set(a.tolist()) & set(synthetic.exact_knn(int(r), 10))) for r, a in zip(rows, approx, strict=True)
+    ]
+    assert manifest["recall"]["recall_at_k"] == pytest.approx(np.mean(hits) / 10)
+    if factory == "Flat":
+        assert manifest["recall"]["recall_at_k"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("factory", "layout"), [("Flat", "shards"), ("IVF16,Flat", "shards"), ("IVF16,Flat", "ondisk")]
+)
+def test_sharded_and_ondisk_answer_exactly_like_one_index(synthetic, tmp_path, factory, layout):
+    params = {"nprobe": 3} if factory.startswith("IVF") else {}
+    kwargs = {
+        "shard_rows": 350,
+        "train_size": 1500,
+        "search_params": params,
+        "recall_queries": 0,
+        "progress": False,
+    }
+    build_index_dir(synthetic.store, tmp_path / "one", factory, layout="single", **kwargs)
+    build_index_dir(synthetic.store, tmp_path / "many", factory, layout=layout, **kwargs)
+    one, many = open_index_dir(tmp_path / "one"), open_index_dir(tmp_path / "many")
+    queries = synthetic.row_ids[::11]
+    D1, I1 = search(one, synthetic.store.vectors(queries), 12, queries)
+    D2, I2 = search(many, synthetic.store.vectors(queries), 12, queries)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_allclose(D1, D2, rtol=1e-6)
+
+
+def test_index_dir_errors(synthetic, tmp_path):
+    with pytest.raises(SealsError, match="the ondisk layout needs an IVF index; 'HNSW16' is not one"):
+        build_index_dir(synthetic.store, tmp_path / "x", "HNSW16", layout="ondisk", progress=False)
+    with pytest.raises(SealsError, match="unknown index layout 'tiled'"):
+        build_index_dir(synthetic.store, tmp_path / "x", "Flat", layout="tiled", progress=False)
+    with pytest.raises(SealsError, match="not an index directory"):
+        open_index_dir(tmp_path)
+    assert not (tmp_path / "x").exists()
+
+
+def test_build_index_command(synthetic, tmp_path, capsys):
+    from seals_al.cli import main
+
+    code = main(
+        [
+            "build-index",
+            str(synthetic.store.path),
+            str(tmp_path / "ix"),
+            "--factory",
+            "IVF16,Flat",
+            "--nprobe",
+            "16",
+            "--train-size",
+            "1500",
+            "--recall-queries",
+            "40",
+            "--k",
+            "5",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "IVF16,Flat (single) over 1,500 vectors" in out
+    assert "recall@5 1.0000 on 40 queries" in out
+    assert main(["build-index", str(synthetic.store.path), str(tmp_path / "bad"), "--k", "0"]) == 2
