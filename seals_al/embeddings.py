@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from seals_al.errors import SealsError
-from seals_al.storage import atomic_dir
+from seals_al.storage import atomic_dir, read_manifest
 
 FORMAT = "seals-embeddings/1"
 MANIFEST = "manifest.json"
@@ -163,15 +163,7 @@ class EmbeddingStore:
                 where the OS might evict a map's cold pages and make random reads slow.
         """
         path = Path(path)
-        manifest_path = path / MANIFEST
-        if not manifest_path.is_file():
-            raise SealsError(f"{path}: not an embeddings store (no {MANIFEST})")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as e:
-            raise SealsError(f"{manifest_path}: invalid JSON: {e.msg}") from e
-        if manifest.get("format") != FORMAT:
-            raise SealsError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        manifest = read_manifest(path, FORMAT, "an embeddings store")
         import pyarrow.parquet as pq
 
         table = pq.read_table(path / manifest.get("id_table", ID_TABLE))

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from seals_al.embeddings import EmbeddingStore
 from seals_al.errors import SealsError
-from seals_al.storage import atomic_dir, write_json_atomic
+from seals_al.storage import atomic_dir, read_manifest, write_json_atomic
 
 DEFAULT_FACTORY = "Flat"
 
@@ -233,12 +233,7 @@ class NeighbourGraph:
     def open(cls, path: str | Path, in_memory: bool = False) -> NeighbourGraph:
         """Open a graph, memory-mapped (default) or read into RAM."""
         path = Path(path)
-        manifest_path = path / "manifest.json"
-        if not manifest_path.is_file():
-            raise SealsError(f"{path}: not a neighbour graph (no manifest.json)")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != GRAPH_FORMAT:
-            raise SealsError(f"{manifest_path}: format {manifest.get('format')!r}, expected {GRAPH_FORMAT!r}")
+        manifest = read_manifest(path, GRAPH_FORMAT, "a neighbour graph")
 
         def load(name: str) -> np.ndarray:
             return np.load(path / name, mmap_mode=None if in_memory else "r", allow_pickle=False).view(
@@ -449,12 +444,7 @@ def open_index_dir(path: str | Path, mmap: bool = False) -> faiss.Index:
     """Open an index directory; ``mmap`` keeps single/shard files on disk (the ondisk layout's
     lists always are). Search parameters from the manifest are applied."""
     path = Path(path)
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
-        raise SealsError(f"{path}: not an index directory (no manifest.json)")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != INDEX_FORMAT:
-        raise SealsError(f"{manifest_path}: format {manifest.get('format')!r}, expected {INDEX_FORMAT!r}")
+    manifest = read_manifest(path, INDEX_FORMAT, "an index directory")
     flags = faiss.IO_FLAG_MMAP if mmap else 0
     params = manifest.get("search_params") or {}
     if manifest["layout"] == "shards":

@@ -66,6 +66,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def read_manifest(directory: str | Path, expected_format: str, kind: str) -> dict:
+    """Read ``directory/manifest.json`` and check its format; errors name the file and the kind."""
+    path = Path(directory) / "manifest.json"
+    if not path.is_file():
+        raise SealsError(f"{directory}: not {kind} (no manifest.json)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SealsError(f"{path}: invalid JSON: {e.msg}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise SealsError(f"{path}: format {found!r}, expected {expected_format!r}")
+    return manifest
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically, creating parent directories."""
     with atomic_path(path) as tmp:
