@@ -45,6 +45,7 @@ test: lint
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/label_efficiency.py
 	$(BIN)/python benchmarks/selection_cost.py
+	$(BIN)/python benchmarks/embed_throughput.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .cache .pytest_cache .ruff_cache

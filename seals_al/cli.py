@@ -181,6 +181,30 @@ def _label(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "embed",
+        help="embed items with the Apache Beam pipeline into an embeddings store",
+        description="Runs seals_al.embed_pipeline: --input GLOB --output STORE [--id_column id] "
+        "[--text_column text] [--shard_rows N] [--work_dir DIR] and any Beam option (--runner, "
+        "--direct_num_workers, Dataflow/Flink/Spark flags). Unknown options are an error.",
+    )
+    p.set_defaults(handler=_embed)
+
+
+def _embed(args: argparse.Namespace, console: Console) -> int:
+    from seals_al.embed_pipeline import run
+
+    store = run(args.beam_args)
+    extra = store.manifest.get("extra", {})
+    console.print(
+        f"{extra.get('embedded', 0):,} embedded, {extra.get('dead_letter', 0):,} dead-lettered "
+        f"(see dead_letter.jsonl): {store.path}",
+        highlight=False,
+    )
+    return 0
+
+
 def _add_build_index(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "build-index",
@@ -247,11 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_campaign_commands(sub)
     _add_build_index(sub)
+    _add_embed(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Only `embed` takes options it does not declare: they are Beam's, and the pipeline rejects any
+    # that no Beam options class knows. Every other command parses strictly.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "embed":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.beam_args = extra
     console = Console()
     try:
         return args.handler(args, console)

