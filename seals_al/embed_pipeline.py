@@ -25,7 +25,6 @@ import json
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -35,9 +34,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from seals_al.embed import TEXT_MODEL, TEXT_MODEL_DIM
-from seals_al.embeddings import EmbeddingStore
+from seals_al.embeddings import EmbeddingStore, StoreWriter
 from seals_al.errors import SealsError
-from seals_al.storage import write_text_atomic
 
 DEAD = "dead"
 
@@ -300,8 +298,6 @@ def finalize(
     """
     from apache_beam.io.filesystems import FileSystems
 
-    from seals_al.embeddings import write_store
-
     def matching(pattern: str) -> list[str]:
         return sorted(m.path for m in FileSystems.match([f"{work_dir}/{pattern}"])[0].metadata_list)
 
@@ -309,32 +305,25 @@ def finalize(
         with FileSystems.open(path) as f:
             return f.read()
 
-    ids: list[str] = []
-    blocks: list[np.ndarray] = []
-    for path in matching("part-*.npy"):
-        ids.extend(json.loads(read(path[: -len(".npy")] + ".ids.json")))
-        blocks.append(np.load(io.BytesIO(read(path)), allow_pickle=False))
-    dead = [line for path in matching("dead*.jsonl") for line in read(path).decode().splitlines() if line]
-    if len(set(ids)) != len(ids):
+    parts = matching("part-*.npy")
+    part_ids = [json.loads(read(path[: -len(".npy")] + ".ids.json")) for path in parts]
+    all_ids = [i for ids in part_ids for i in ids]
+    if len(set(all_ids)) != len(all_ids):
         raise SealsError(f"{work_dir}: an id was embedded twice; ids must be unique across the input")
-    vectors = np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
-    rank = {item: r for r, item in enumerate(sorted(ids))}
+    rank = {item: r for r, item in enumerate(sorted(all_ids))}
+    dead = [line for path in matching("dead*.jsonl") for line in read(path).decode().splitlines() if line]
     reasons: dict[str, int] = {}
     for line in dead:
         reason = json.loads(line)["reason"]
         reasons[reason] = reasons.get(reason, 0) + 1
-    store = write_store(
-        output,
-        ids,
-        vectors,
-        model=model,
-        normalized=True,
-        row_ids=np.asarray([rank[i] for i in ids], dtype=np.int64),
-        extra={"embedded": len(ids), "dead_letter": len(dead), "dead_letter_reasons": reasons},
-    )
-    write_text_atomic(Path(output) / "dead_letter.jsonl", "".join(line + "\n" for line in dead))
+    extra = {"embedded": len(all_ids), "dead_letter": len(dead), "dead_letter_reasons": reasons}
+    with StoreWriter(output, dim=dim, model=model, normalized=True, extra=extra) as writer:
+        for path, ids in zip(parts, part_ids, strict=True):  # one part in memory at a time
+            vectors = np.load(io.BytesIO(read(path)), allow_pickle=False)
+            writer.add(ids, vectors, np.asarray([rank[i] for i in ids], dtype=np.int64))
+        writer.add_file("dead_letter.jsonl", "".join(line + "\n" for line in dead).encode())
     FileSystems.delete([work_dir])
-    return store
+    return EmbeddingStore.open(output)
 
 
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> EmbeddingStore:

@@ -79,7 +79,7 @@ def write_store(
     shard_rows: int = 1_000_000,
     extra: dict | None = None,
 ) -> EmbeddingStore:
-    """Write a store atomically and return it opened.
+    """Write a store from arrays in memory, atomically, and return it opened.
 
     Args:
         out_dir: the store directory; replaced whole if it exists.
@@ -100,19 +100,84 @@ def write_store(
             f"{out_dir}: {len(ids)} ids but vectors of shape {vectors.shape}; expected ({len(ids)}, dim)"
         )
     row_ids = np.arange(len(ids), dtype=np.int64) if row_ids is None else np.asarray(row_ids, np.int64)
-    if len(np.unique(row_ids)) != len(row_ids) or len(row_ids) != len(ids):
+    if len(row_ids) != len(ids):
         raise SealsError(f"{out_dir}: row ids must be unique, one per vector")
-    with atomic_dir(out_dir) as tmp:
-        shards = []
-        for n, start in enumerate(range(0, max(len(ids), 1), shard_rows)):
-            block = np.ascontiguousarray(vectors[start : start + shard_rows])
-            name = f"shard-{n:05d}.npy"
-            np.save(tmp / name, block, allow_pickle=False)
-            shards.append({"path": name, "rows": int(block.shape[0]), "sha256": _sha256(tmp / name)})
-        _write_id_table(tmp / ID_TABLE, ids, row_ids)
-        manifest = Manifest(model, int(vectors.shape[1]), len(ids), normalized, tuple(shards), extra or {})
-        (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+    with StoreWriter(
+        out_dir, dim=vectors.shape[1], model=model, normalized=normalized, extra=extra
+    ) as writer:
+        for start in range(0, len(ids), shard_rows):
+            stop = start + shard_rows
+            writer.add(ids[start:stop], vectors[start:stop], row_ids[start:stop])
     return EmbeddingStore.open(out_dir)
+
+
+class StoreWriter:
+    """Write a store shard by shard, so no more than one shard is ever in memory.
+
+    ``with StoreWriter(out, dim=..., model=..., normalized=...) as w: w.add(ids, vectors, row_ids)``;
+    the id table and manifest are written on a clean exit and the directory published at once;
+    on an error nothing is published.
+    """
+
+    def __init__(
+        self, out_dir: str | Path, *, dim: int, model: str, normalized: bool, extra: dict | None = None
+    ):
+        self.out_dir = Path(out_dir)
+        self.dim = dim
+        self.model = model
+        self.normalized = normalized
+        self.extra = dict(extra or {})
+        self._ids: list[str] = []
+        self._row_ids: list[np.ndarray] = []
+        self._shards: list[dict] = []
+
+    def __enter__(self) -> StoreWriter:
+        self._publish = atomic_dir(self.out_dir)
+        self._tmp = self._publish.__enter__()
+        return self
+
+    def add(self, ids: Sequence[str], vectors: np.ndarray, row_ids: np.ndarray | None = None) -> None:
+        """Append one shard."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape != (len(ids), self.dim):
+            raise SealsError(
+                f"{self.out_dir}: a shard of {len(ids)} ids has vectors of shape {vectors.shape}; "
+                f"expected ({len(ids)}, {self.dim})"
+            )
+        if row_ids is None:
+            row_ids = np.arange(len(self._ids), len(self._ids) + len(ids), dtype=np.int64)
+        name = f"shard-{len(self._shards):05d}.npy"
+        np.save(self._tmp / name, vectors, allow_pickle=False)
+        self._shards.append({"path": name, "rows": len(ids), "sha256": _sha256(self._tmp / name)})
+        self._ids.extend(ids)
+        self._row_ids.append(np.asarray(row_ids, dtype=np.int64))
+
+    def add_file(self, name: str, data: bytes) -> None:
+        """Publish another file with the store (a dead-letter list, a report)."""
+        if name in (MANIFEST, ID_TABLE) or name.startswith(("shard-", ".")) or "/" in name:
+            raise SealsError(f"{self.out_dir}: {name!r} is reserved or not a plain file name")
+        (self._tmp / name).write_bytes(data)
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            row_ids = np.concatenate(self._row_ids) if self._row_ids else np.empty(0, np.int64)
+            if len(np.unique(row_ids)) != len(row_ids):
+                error = SealsError(f"{self.out_dir}: row ids must be unique, one per vector")
+                self._publish.__exit__(SealsError, error, None)
+                raise error
+            if not self._shards:  # an empty store still has one (empty) shard
+                np.save(
+                    self._tmp / "shard-00000.npy", np.zeros((0, self.dim), np.float32), allow_pickle=False
+                )
+                self._shards.append(
+                    {"path": "shard-00000.npy", "rows": 0, "sha256": _sha256(self._tmp / "shard-00000.npy")}
+                )
+            _write_id_table(self._tmp / ID_TABLE, self._ids, row_ids)
+            manifest = Manifest(
+                self.model, self.dim, len(self._ids), self.normalized, tuple(self._shards), self.extra
+            )
+            (self._tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+        self._publish.__exit__(kind, value, traceback)
 
 
 def _write_id_table(path: Path, ids: Sequence[str], row_ids: np.ndarray) -> None:

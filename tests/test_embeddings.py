@@ -179,3 +179,33 @@ def test_import_errors(tmp_path):
     with pytest.raises(SealsError, match="no embedding for id 'c'"):
         import_embeddings(tmp_path / "few.parquet", ids, cache_dir=tmp_path)
     assert not (tmp_path / "embeddings").exists(), "a rejected import must write nothing"
+
+
+def test_store_writer_streams_shards_and_publishes_only_on_success(tmp_path):
+    from seals_al.embeddings import StoreWriter
+
+    rng = np.random.default_rng(2)
+    blocks = [rng.normal(size=(n, 5)).astype(np.float32) for n in (4, 0, 3)]
+    with StoreWriter(tmp_path / "s", dim=5, model="m", normalized=False, extra={"note": 1}) as writer:
+        for n, block in enumerate(blocks):
+            writer.add([f"{n}-{i}" for i in range(len(block))], block, np.arange(len(block)) * 10 + n)
+        writer.add_file("dead_letter.jsonl", b'{"id": "x"}\n')
+        assert not (tmp_path / "s").exists(), "nothing is published before the end"
+    store = EmbeddingStore.open(tmp_path / "s", verify=True)
+    assert len(store) == 7
+    assert store.manifest["extra"] == {"note": 1}
+    np.testing.assert_array_equal(
+        store.vectors(np.asarray([0, 10, 20, 30, 2, 12, 22])), np.concatenate(blocks)
+    )
+    assert (tmp_path / "s" / "dead_letter.jsonl").read_bytes() == b'{"id": "x"}\n'
+    with (
+        pytest.raises(SealsError, match=r"shape \(2, 4\)"),
+        StoreWriter(tmp_path / "t", dim=5, model="m", normalized=False) as writer,
+    ):
+        writer.add(["a", "b"], np.zeros((2, 4)))
+    with (
+        pytest.raises(SealsError, match="row ids must be unique"),
+        StoreWriter(tmp_path / "t", dim=5, model="m", normalized=False) as writer,
+    ):
+        writer.add(["a", "b"], np.ones((2, 5)), np.asarray([1, 1]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"], "failed writes leave nothing behind"
