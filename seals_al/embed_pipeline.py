@@ -168,6 +168,23 @@ class ParseItems(beam.DoFn):
         return None
 
 
+class ReadItems(beam.PTransform):
+    """Item files matching a pattern -> tagged outputs "items" ((id, text) pairs) and "dead"."""
+
+    def __init__(self, pattern: str, id_column: str = "id", text_column: str = "text"):
+        super().__init__()
+        self.pattern = pattern
+        self.parse = ParseItems(id_column, text_column)
+
+    def expand(self, pipeline):
+        return (
+            pipeline
+            | "Match" >> fileio.MatchFiles(self.pattern)
+            | "Open" >> fileio.ReadMatches()
+            | "Parse" >> beam.ParDo(self.parse).with_outputs(DEAD, main="items")
+        )
+
+
 def _records(name: str, readable: fileio.ReadableFile) -> Iterator[tuple[str, dict]]:
     lower = name.lower()
     if lower.endswith(".parquet"):
@@ -260,13 +277,7 @@ class EmbedOptions(PipelineOptions):
 
 def build(p: beam.Pipeline, options: EmbedOptions, work_dir: str):
     """Wire the pipeline on ``p``; returns the (parts, dead letters) PCollections."""
-    parsed = (
-        p
-        | "Match" >> fileio.MatchFiles(options.input)
-        | "Open" >> fileio.ReadMatches()
-        | "Parse"
-        >> beam.ParDo(ParseItems(options.id_column, options.text_column)).with_outputs(DEAD, main="items")
-    )
+    parsed = p | "Read" >> ReadItems(options.input, options.id_column, options.text_column)
     dead_inputs = [parsed[DEAD]]
     if options.modality == "image":
         images = parsed.items | "LoadImages" >> beam.ParDo(LoadImage()).with_outputs(DEAD, main="images")

@@ -14,7 +14,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from seals_al.embed import MiniLMEncoder
-from seals_al.embed_pipeline import DEAD, EmbedItems, MiniLMHandler, ParseItems, run
+from seals_al.embed_pipeline import DEAD, EmbedItems, MiniLMHandler, ReadItems, run
 from seals_al.errors import SealsError
 
 TEXTS = {
@@ -75,12 +75,7 @@ def test_parse_items_sends_bad_rows_to_the_dead_letters(tmp_path):
     path = tmp_path / "items.csv"
     path.write_text('id,text\na,"hello, world"\nb,\n,orphan text\nc,"two\nlines"\n')
     with BeamTestPipeline(options=local_options()) as p:
-        parsed = (
-            p
-            | beam.io.fileio.MatchFiles(str(path))
-            | beam.io.fileio.ReadMatches()
-            | beam.ParDo(ParseItems("id", "text")).with_outputs(DEAD, main="items")
-        )
+        parsed = p | ReadItems(str(path))
         assert_that(parsed.items, equal_to([("a", "hello, world"), ("c", "two\nlines")]), label="items")
         assert_that(
             parsed[DEAD] | beam.Map(lambda d: (d["id"], d["where"].split(", ")[-1], d["reason"])),
@@ -188,12 +183,7 @@ def test_invalid_json_lines_are_dead_letters_with_their_reason(tmp_path):
     path = tmp_path / "items.jsonl"
     path.write_text('{"id": "a", "text": "hello"}\n{"id": "b", "text": \n')
     with BeamTestPipeline(options=local_options()) as p:
-        parsed = (
-            p
-            | beam.io.fileio.MatchFiles(str(path))
-            | beam.io.fileio.ReadMatches()
-            | beam.ParDo(ParseItems("id", "text")).with_outputs(DEAD, main="items")
-        )
+        parsed = p | ReadItems(str(path))
         assert_that(parsed.items, equal_to([("a", "hello")]), label="items")
         assert_that(
             parsed[DEAD] | beam.Map(lambda d: (d["where"].split(", ")[-1], d["reason"].split(":")[0])),
