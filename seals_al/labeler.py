@@ -16,10 +16,6 @@ from seals_al.errors import SealsError
 KEYS = {"y": "positive", "n": "negative", "s": "skip", "u": "undo", "q": "quit"}
 
 
-def answers_key(campaign: Campaign) -> str:
-    return f"{campaign.inbox(campaign.state())}/terminal.jsonl"
-
-
 def run_labeler(campaign: Campaign, console: Console, ask: Callable[[str], str] | None = None) -> dict:
     """Label the open batch interactively.
 

@@ -15,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from seals_al.campaign import Campaign, CampaignConfig, init
@@ -423,3 +424,18 @@ def test_a_spent_budget_publishes_no_more_work(tmp_path, clinc_slice, cache_dir)
     assert status["labeled"] == 110
     assert status["waiting_for"] == "budget spent: nothing more to label"
     assert c.round() is None
+
+
+def test_each_rounds_model_json_reproduces_its_predictions(campaign):
+    from seals_al.train import LinearModel, fit_logistic
+
+    campaign.round()
+    saved = LinearModel.from_json(campaign.storage.read_json("rounds/000/model.json"))
+    state = campaign.state()
+    ids = sorted(state.labeled)
+    store = campaign.dataset().store
+    x = store.vectors(store.row_ids_of(ids))
+    labels = np.asarray([state.labeled[i]["label"] for i in ids])
+    refit = fit_logistic(x, labels, seed=campaign.config.seed)
+    np.testing.assert_allclose(saved.coef, refit.coef, rtol=1e-6)
+    np.testing.assert_allclose(saved.predict_proba(x), refit.predict_proba(x), rtol=1e-6)
