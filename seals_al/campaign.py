@@ -200,15 +200,16 @@ class Campaign:
     def inbox(self, state: State) -> str:
         return f"inbox/{state.round:03d}"
 
-    def new_label_files(self, state: State) -> list[str]:
-        """Label files in the open round's inbox (or the seed, before round 0) not ingested yet."""
+    def new_label_files(self, state: State) -> dict[str, bytes]:
+        """Label files in the open round's inbox (or the seed, before round 0) not ingested yet,
+        with their contents (read once: hashed here, parsed by the ingest)."""
         done = {(row["file"], row["sha256"]) for row in state.ingested}
         keys = [self.config.seed_labels] if state.round < 0 else self.storage.list(self.inbox(state))
-        fresh = []
+        fresh = {}
         for key in keys:
-            digest = _sha256(self.storage.read_bytes(key))
-            if (key, digest) not in done:
-                fresh.append(key)
+            data = self.storage.read_bytes(key)
+            if (key, _sha256(data)) not in done:
+                fresh[key] = data
         return fresh
 
     def status(self) -> dict:
@@ -266,13 +267,13 @@ class Campaign:
             if not files and state.round >= 0:
                 return None
             r = state.round + 1
-            labeled, relabels, ingested, raw = self._ingest(state, files, r)
+            labeled, relabels, ingested = self._ingest(state, files, r)
             if state.round >= 0 and not relabels and len(labeled) == len(state.labeled):
                 return None  # the new files only repeat labels already known
             failpoint("after_ingest")
-            return self._advance(state, r, labeled, relabels, ingested, raw)
+            return self._advance(state, r, labeled, relabels, ingested, files)
 
-    def _ingest(self, state: State, files: list[str], r: int):
+    def _ingest(self, state: State, files: dict[str, bytes], r: int):
         """Validate every new file first; any hard error rejects that file and stops the round."""
         items = self.dataset().items
         known = set(items.ids)
@@ -280,9 +281,8 @@ class Campaign:
         u_ids = {i for i, e in zip(items.ids, items.is_eval, strict=True) if not e}
         open_batch = u_ids if state.round < 0 else {row["id"] for row in state.batch}
         labeled = {i: dict(row) for i, row in state.labeled.items()}
-        relabels, ingested, raw = [], list(state.ingested), {}
-        for key in files:
-            data = self.storage.read_bytes(key)
+        relabels, ingested = [], list(state.ingested)
+        for key, data in files.items():
             try:
                 result = check_label_file(
                     key.split("/")[-1],
@@ -302,8 +302,7 @@ class Campaign:
                 relabels.append({"id": item_id, "old": old, "new": new, "round": r, "source": key})
                 labeled[item_id] = {"id": item_id, "label": new, "round": r, "source": key}
             ingested.append({"file": key, "sha256": result.sha256, "round": r, "report": result.report()})
-            raw[key] = data
-        return labeled, relabels, ingested, raw
+        return labeled, relabels, ingested
 
     def _advance(self, state, r, labeled, relabels, ingested, raw) -> dict:
         cfg, dataset = self.config, self.dataset()
