@@ -228,6 +228,9 @@ class NeighbourGraph:
         self._row_ids = row_ids
         self._ids = ids
         self._sims = sims
+        # Rows are sorted and unique, so 0..n-1 end to end means row id == row: no search needed.
+        n = len(row_ids)
+        self._dense = n > 0 and int(row_ids[0]) == 0 and int(row_ids[-1]) == n - 1
 
     @classmethod
     def open(cls, path: str | Path, in_memory: bool = False) -> NeighbourGraph:
@@ -251,8 +254,12 @@ class NeighbourGraph:
         if k > self.k:
             raise SealsError(f"{self.path}: the graph holds {self.k} neighbours per row; {k} were asked for")
         row_ids = np.asarray(row_ids, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self._row_ids, row_ids), len(self._row_ids) - 1)
-        missing = self._row_ids[at] != row_ids
+        if self._dense:
+            at = row_ids
+            missing = (row_ids < 0) | (row_ids >= len(self._row_ids))
+        else:
+            at = np.minimum(np.searchsorted(self._row_ids, row_ids), len(self._row_ids) - 1)
+            missing = self._row_ids[at] != row_ids
         if missing.any():
             raise SealsError(
                 f"{self.path}: row id {int(row_ids[np.flatnonzero(missing)[0]])} is not in the graph"

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from seals_al.embeddings import write_store
+from seals_al.embeddings import EmbeddingStore, write_store
 from seals_al.errors import SealsError
 from seals_al.index import (
     IndexNeighbours,
@@ -135,6 +135,28 @@ def test_neighbour_graph_equals_live_search(synthetic, tmp_path):
         graph.knn(np.asarray([5]), 3)
     with pytest.raises(SealsError, match="not a neighbour graph"):
         NeighbourGraph.open(tmp_path)
+
+
+def test_neighbour_graph_over_dense_row_ids(tmp_path):
+    """Row ids 0..n-1 take the no-search path; it must answer exactly like the searched one."""
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(300, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store = write_store(
+        tmp_path / "store", [f"x{i}" for i in range(300)], vectors, model="t", normalized=True
+    )
+    store = EmbeddingStore.open(store.path)
+    assert list(store.row_ids) == list(range(300))
+    index = build_index(store, store.row_ids, "Flat", progress=False)
+    graph = build_neighbour_graph(index, store, store.row_ids, 6, tmp_path / "g", progress=False)
+    rows = np.asarray([299, 0, 17, 17])
+    D, I = graph.knn(rows, 6)
+    live_D, live_I = IndexNeighbours(index).knn(rows, 6, lambda: store.vectors(rows))
+    np.testing.assert_array_equal(I, live_I)
+    np.testing.assert_allclose(D, live_D, rtol=1e-6)
+    for bad in (300, -1):
+        with pytest.raises(SealsError, match=f"row id {bad} is not in the graph"):
+            graph.knn(np.asarray([3, bad]), 2)
 
 
 LAYOUT_CASES = [
