@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from seals_al.embed import default_cache_dir
 from seals_al.errors import PoolExhaustedError, SealsError
 from seals_al.failpoints import failpoint
 from seals_al.index import DEFAULT_FACTORY
@@ -43,9 +44,9 @@ from seals_al.labels import LabelFileError, check_label_file, label_studio_tasks
 from seals_al.pool import CandidatePool
 from seals_al.selection import Selection, select_global, select_seals
 from seals_al.simulate import MODES, DataConfig, Dataset, Items
-from seals_al.storage import AlreadyExistsError, Storage, check_key, open_storage
+from seals_al.storage import AlreadyExistsError, Storage, check_key, local_file, open_storage
 from seals_al.strategies import get_strategy
-from seals_al.train import average_precision, fit_logistic
+from seals_al.train import LinearModel, average_precision, classification_curves, fit_logistic
 
 CONFIG = "campaign.json"
 LOCK = "LOCK"
@@ -69,6 +70,7 @@ class CampaignConfig:
     budget: int = 1000
     seed: int = 0
     index_factory: str = DEFAULT_FACTORY
+    index: str | None = None  # a directory from seals-al build-index (else built from index_factory)
     truth_column: str | None = None  # ground truth, for metrics only (never shown to the labeler)
     split_column: str | None = None
     eval_split: str = "test"
@@ -97,7 +99,7 @@ class CampaignConfig:
         if missing:
             raise SealsError(f"{path}: missing setting(s) {', '.join(missing)}")
         base = path.parent
-        for name in ("data", "seed_labels", "embeddings"):  # relative paths are relative to the YAML
+        for name in ("data", "seed_labels", "embeddings", "index"):  # relative paths are relative to the YAML
             if (
                 data.get(name)
                 and not str(data[name]).startswith("gs://")
@@ -127,33 +129,140 @@ class CampaignConfig:
             eval_split=self.eval_split,
             embeddings=self.embeddings,
             index_factory=self.index_factory,
+            index=self.index,
             cache_dir=self.cache_dir,
         )
 
 
-def init(config: CampaignConfig, uri: str) -> Storage:
-    """Create a campaign: write its configuration and seed labels (once)."""
+def init(config: CampaignConfig, uri: str, seed_file: tuple[str, bytes] | None = None) -> Storage:
+    """Create a campaign: write its configuration and seed labels (once).
+
+    Args:
+        config: the settings.
+        uri: a local folder or gs://bucket/prefix.
+        seed_file: (name, contents) of the seed labels; default: read ``config.seed_labels``.
+    """
     storage = open_storage(uri)
     if storage.exists(CONFIG):
         raise SealsError(f"{storage.where(CONFIG)}: a campaign exists here already")
-    seed_path = Path(config.seed_labels)
-    if not seed_path.is_file():
-        raise SealsError(f"{seed_path}: no such seed labels file")
+    if seed_file is None:
+        seed_path = Path(config.seed_labels)
+        if not seed_path.is_file():
+            raise SealsError(f"{seed_path}: no such seed labels file")
+        seed_file = (seed_path.name, seed_path.read_bytes())
+    name, data = seed_file
     items = Items.load(config.data_config())  # fail now on a bad items file, not at round 0
-    seed_name = check_key(seed_path.name, str(seed_path))
-    data = seed_path.read_bytes()
+    seed_name = check_key(name, name)
     u_ids = {i for i, e in zip(items.ids, items.is_eval, strict=True) if not e}
     seeds = check_label_file(
         seed_name, data, config.concept, open_batch=u_ids, labeled={}, known=set(items.ids)
     )
     if len(set(seeds.new.values())) < 2:
-        raise SealsError(f"{seed_path}: the seed labels need at least one positive and one negative")
+        raise SealsError(f"{name}: the seed labels need at least one positive and one negative")
     storage.write_bytes(f"seed/{seed_name}", data)
     try:
         storage.write_json(CONFIG, {**asdict(config), "seed_labels": f"seed/{seed_name}"}, once=True)
     except AlreadyExistsError as e:
         raise SealsError(f"{storage.where(CONFIG)}: a campaign exists here already") from e
     return storage
+
+
+def ensure_campaign(config: CampaignConfig, uri: str, seed_file: tuple[str, bytes] | None = None) -> bool:
+    """Create the campaign unless the same one exists (re-runs of a pipeline); a campaign with
+    other settings at ``uri`` is an error, never overwritten.
+
+    Returns:
+        True when it was created now.
+    """
+    storage = open_storage(uri)
+    if not storage.exists(CONFIG):
+        init(config, uri, seed_file)
+        return True
+    stored = storage.read_json(CONFIG, MAX_CONFIG_BYTES)
+    given = asdict(config)
+    differ = sorted(k for k in given if k != "seed_labels" and stored.get(k) != given[k])
+    if differ:
+        shown = "; ".join(f"{k}: {stored.get(k)!r} there, {given[k]!r} given" for k in differ)
+        raise SealsError(f"{storage.where(CONFIG)}: a campaign with other settings exists here ({shown})")
+    return False
+
+
+def campaign_from_parameters(
+    *,
+    campaign_uri: str,
+    concept: str,
+    seed_labels_uri: str = "",
+    folder_per_concept: bool = False,
+    **settings,
+) -> tuple[str, dict]:
+    """Create (or find the same) campaign from flat parameters, as a pipeline step passes them.
+
+    With ``folder_per_concept`` the campaign is ``campaign_uri/<concept>``; empty strings mean
+    "not set"; without ``seed_labels_uri`` the seeds come from ground truth
+    (seed_labels_from_truth).
+
+    Returns:
+        (the campaign URI, its configuration as stored).
+    """
+    uri = (
+        f"{campaign_uri.rstrip('/')}/{check_key(concept, 'concept')}" if folder_per_concept else campaign_uri
+    )
+    renamed = {"items_uri": "data", "embeddings_uri": "embeddings", "index_uri": "index"}
+    values = {renamed.get(k, k): (v if v != "" else None) for k, v in settings.items()}
+    values = {k: v for k, v in values.items() if v is not None}
+    config = CampaignConfig(concept=concept, seed_labels=seed_labels_uri or "seeds.csv", **values)
+    config.check(uri)
+    if seed_labels_uri:
+        cache = config.cache_dir or default_cache_dir()
+        path = local_file(seed_labels_uri, cache)
+        if not path.is_file():
+            raise SealsError(f"{seed_labels_uri}: no such seed labels file")
+        seed_file = (path.name, path.read_bytes())
+    else:
+        seed_file = ("seeds.csv", seed_labels_from_truth(config, seed=config.seed).encode())
+    ensure_campaign(config, uri, seed_file)
+    return uri, open_storage(uri).read_json(CONFIG, MAX_CONFIG_BYTES)
+
+
+class LabelsTimeout(SealsError):
+    """wait_for_labels gave up; the campaign is unchanged."""
+
+
+def seed_labels_from_truth(
+    config: CampaignConfig, positives: int = 5, negatives: int = 95, seed: int = 0
+) -> str:
+    """Simulation: a seed label file (CSV ``id,label``) drawn from the ground-truth column of U,
+    ``positives`` of the concept and ``negatives`` of the rest (the paper's 5 + 95)."""
+    if not config.truth_column:
+        raise SealsError(f"concept {config.concept!r}: seeds from ground truth need truth_column")
+    items = Items.load(config.data_config())
+    labels = np.asarray(items.labels, dtype=object)
+    in_u = ~items.is_eval
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for want, mask, name in (
+        (positives, in_u & (labels == config.concept), "positives"),
+        (negatives, in_u & (labels != config.concept), "negatives"),
+    ):
+        where = np.flatnonzero(mask)
+        if len(where) < want:
+            raise SealsError(
+                f"{config.data}: concept {config.concept!r} has {len(where)} {name} in U; "
+                f"the seed set needs {want}"
+            )
+        chosen += [(items.ids[i], int(name == "positives")) for i in rng.choice(where, want, replace=False)]
+    return "id,label\n" + "".join(f"{i},{y}\n" for i, y in chosen)
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What one ingest staged."""
+
+    round: int  # the round being built
+    new_labels: int  # examples labeled for the first time
+    relabels: int
+    labeled: int  # the labeled set's size after the ingest
+    files: list[str]
 
 
 @dataclass
@@ -249,6 +358,88 @@ class Campaign:
         holder = self.storage.read_json(LOCK)
         return f"pid {holder.get('pid')} on {holder.get('host')}"
 
+    def next_step(self, target_metric: str = "", target_value: float = 0.0) -> tuple[bool, str]:
+        """Whether another round should run after the last committed one, and why (or why not):
+        it stops when the budget is spent, the pool is exhausted, or ``target_metric`` (a key of
+        metrics.json, e.g. average_precision or recall) reached ``target_value``."""
+        state = self.state()
+        if state.round < 0:
+            return True, "round 0 has not run yet"
+        metrics = self.storage.read_json(f"rounds/{state.round:03d}/metrics.json")
+        if metrics.get("stopped"):
+            return False, f"stopped: {metrics['stopped']}"
+        if not state.pending:
+            return False, f"budget spent: {len(state.labeled)} of {self.config.budget} labeled"
+        if target_metric:
+            if target_metric not in metrics:
+                known = ", ".join(sorted(k for k, v in metrics.items() if isinstance(v, int | float)))
+                raise SealsError(f"target metric {target_metric!r} is not in metrics.json; known: {known}")
+            value = metrics[target_metric]
+            if value >= target_value:
+                return False, f"target reached: {target_metric} {value:.4g} >= {target_value:g}"
+        inbox = self.storage.where(self.inbox(state))
+        return True, f"{len(state.pending)} example(s) to label; drop labels in {inbox}/"
+
+    # -- waiting for people (or an oracle) ------------------------------------------------------
+    def wait_for_labels(
+        self, poll_seconds: float, timeout_seconds: float, *, progress: bool | None = None
+    ) -> list[str]:
+        """Poll the open round's inbox until a label file not ingested yet is there.
+
+        Nothing is written, so a timeout leaves the campaign exactly as it was: drop labels in
+        the inbox later and resume (another run, or ``seals-al round``).
+
+        Returns:
+            The keys of the new label files.
+
+        Raises:
+            LabelsTimeout: nothing arrived within ``timeout_seconds``.
+        """
+        if poll_seconds <= 0 or timeout_seconds < 0:
+            raise SealsError(
+                f"poll interval must be positive and timeout non-negative, got {poll_seconds}, "
+                f"{timeout_seconds}"
+            )
+        state = self.state()
+        deadline = time.monotonic() + timeout_seconds
+        inbox = self.storage.where(self.inbox(state))
+        polls = 0
+        while True:
+            fresh = self.new_label_files(state)
+            if fresh:
+                return sorted(fresh)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LabelsTimeout(
+                    f"{inbox}/: no new labels after {timeout_seconds:g} s; the campaign is unchanged "
+                    f"at round {state.round} ({len(state.pending)} example(s) waiting in "
+                    f"{self.storage.where(f'rounds/{state.round:03d}/to_label.jsonl')}). Drop a label "
+                    "file there and run the pipeline again, or `seals-al round`, to resume."
+                )
+            polls += 1
+            if progress if progress is not None else self.progress:
+                print(f"waiting for labels in {inbox}/ (poll {polls}, {remaining:.0f} s left)", flush=True)
+            time.sleep(min(poll_seconds, remaining))
+
+    def oracle_labels(self) -> str | None:
+        """Simulation: label the open batch from the ground-truth column into the inbox.
+
+        Returns:
+            The key written, or None when nothing is pending.
+        """
+        if not self.config.truth_column:
+            raise SealsError(f"{self.storage.where(CONFIG)}: the oracle needs truth_column")
+        state = self.state()
+        if not state.pending:
+            return None
+        dataset = self.dataset()
+        ids = [row["id"] for row in state.pending]
+        truth = dataset.truth(self.config.concept, dataset.store.row_ids_of(ids))
+        key = f"{self.inbox(state)}/oracle.jsonl"
+        rows = [json.dumps({"id": i, "label": int(t)}) + "\n" for i, t in zip(ids, truth, strict=True)]
+        self.storage.write_text(key, "".join(rows))
+        return key
+
     # -- advancing --------------------------------------------------------------------------------
     def dataset(self) -> Dataset:
         if self._dataset is None:
@@ -256,22 +447,168 @@ class Campaign:
         return self._dataset
 
     def round(self) -> dict | None:
-        """Ingest new labels, retrain, evaluate, select and publish the next batch.
+        """One whole round in one process: ingest new labels, train, evaluate, select, publish.
 
         Returns:
             The new round's metrics, or None when no label came back (nothing is written).
         """
         with _Lock(self.storage):
-            state = self.state()
-            files = self.new_label_files(state)
-            if not files and state.round >= 0:
+            if self._ingest_stage() is None:
                 return None
-            r = state.round + 1
-            labeled, relabels, ingested = self._ingest(state, files, r)
-            if state.round >= 0 and not relabels and len(labeled) == len(state.labeled):
-                return None  # the new files only repeat labels already known
             failpoint("after_ingest")
-            return self._advance(state, r, labeled, relabels, ingested, files)
+            self._train_stage()
+            failpoint("after_train")
+            return self._select_stage()
+
+    # The three stages of a round, for orchestrators that run them as separate steps (the KFP
+    # components). Each reads what the previous one wrote under rounds/NNN/ and takes the lock.
+    def ingest(self) -> Ingested | None:
+        """Stage 1: validate and stage the new label files as round r = last committed + 1.
+
+        Returns:
+            What was staged, or None when no new label came back (nothing is written).
+        """
+        with _Lock(self.storage):
+            return self._ingest_stage()
+
+    def train(self) -> dict:
+        """Stage 2: fit the classifier on the staged labeled set and evaluate it."""
+        with _Lock(self.storage):
+            return self._train_stage()
+
+    def select(self) -> dict:
+        """Stage 3: expand the pool, select the batch, publish and commit the round."""
+        with _Lock(self.storage):
+            return self._select_stage()
+
+    def _ingest_stage(self) -> Ingested | None:
+        state = self.state()
+        files = self.new_label_files(state)
+        if not files and state.round >= 0:
+            return None
+        r = state.round + 1
+        labeled, relabels, ingested = self._ingest(state, files, r)
+        if state.round >= 0 and not relabels and len(labeled) == len(state.labeled):
+            return None  # the new files only repeat labels already known
+        base, st = f"rounds/{r:03d}", self.storage
+        st.write_text(
+            f"{base}/labeled.jsonl", "".join(json.dumps(labeled[i]) + "\n" for i in sorted(labeled))
+        )
+        st.write_text(f"{base}/relabels.jsonl", "".join(json.dumps(row) + "\n" for row in relabels))
+        for key, data in files.items():
+            st.write_bytes(f"{base}/ingested/{key.replace('/', '_')}", data)
+        st.write_json(f"{base}/ingested.json", ingested)  # last: the stage is complete
+        new = len(labeled) - len(state.labeled)
+        return Ingested(r, new, len(relabels), len(labeled), sorted(files))
+
+    def _staged(self, stage: str) -> tuple[int, dict[str, dict]]:
+        """The round being built (last committed + 1) and its staged labeled set."""
+        r = self.state().round + 1
+        base = f"rounds/{r:03d}"
+        if not self.storage.exists(f"{base}/ingested.json"):
+            raise SealsError(
+                f"{self.storage.where(base)}: no labels ingested for round {r}; run label ingest "
+                f"before {stage}"
+            )
+        labeled = {row["id"]: row for row in self._jsonl(f"{base}/labeled.jsonl")}
+        return r, labeled
+
+    def _train_stage(self) -> dict:
+        cfg, dataset = self.config, self.dataset()
+        r, labeled = self._staged("train")
+        store = dataset.store
+        ids = sorted(labeled)
+        y = np.asarray([labeled[i]["label"] for i in ids])
+        model = fit_logistic(store.vectors(store.row_ids_of(ids)), y, seed=cfg.seed)
+        evaluation: dict = {"round": r, "labeled": len(ids), "positives": int(y.sum())}
+        if dataset.labels is not None:
+            truth_u = dataset.truth(cfg.concept, dataset.u_rows)
+            evaluation["recall"] = float(y.sum() / max(truth_u.sum(), 1))
+            truth_eval = dataset.truth(cfg.concept, dataset.eval_rows)
+            if len(dataset.eval_rows) and truth_eval.any():
+                scores = model.decision_function(store.vectors(dataset.eval_rows))
+                evaluation["average_precision"] = average_precision(truth_eval, scores)
+                evaluation["classification"] = classification_curves(truth_eval, scores)
+        base = f"rounds/{r:03d}"
+        digest = _sha256(self.storage.read_bytes(f"{base}/labeled.jsonl"))
+        self.storage.write_json(f"{base}/evaluation.json", evaluation)
+        saved = {**model.to_json(), "round": r, "labeled_sha256": digest}
+        self.storage.write_json(f"{base}/model.json", saved)
+        return {k: v for k, v in evaluation.items() if k != "classification"}
+
+    def _select_stage(self) -> dict:
+        cfg, dataset = self.config, self.dataset()
+        state = self.state()
+        r, labeled = self._staged("select")
+        base = f"rounds/{r:03d}"
+        if not self.storage.exists(f"{base}/model.json"):
+            raise SealsError(f"{self.storage.where(base)}: no model trained for round {r}; run train first")
+        saved = self.storage.read_json(f"{base}/model.json")
+        if saved.get("labeled_sha256") != _sha256(self.storage.read_bytes(f"{base}/labeled.jsonl")):
+            raise SealsError(
+                f"{self.storage.where(base)}: labels were ingested again after the model was trained; "
+                "run train again"
+            )
+        model = LinearModel.from_json(saved)
+        store, strategy = dataset.store, get_strategy(cfg.strategy)
+        evaluation = self.storage.read_json(f"{base}/evaluation.json")
+        metrics = {k: v for k, v in evaluation.items() if k != "classification"}
+        # The pool: restored from the last round, expanded with every newly labeled example.
+        pool = None
+        if cfg.mode == "seals":
+            source = dataset.neighbours(cfg.k, self.progress)
+            if state.round >= 0:
+                pool = CandidatePool.load(self.storage, f"rounds/{state.round:03d}/pool", source, store)
+            else:
+                pool = CandidatePool(source, store, cfg.k, with_density=strategy.needs_density)
+            pool.expand(store.row_ids_of(sorted(labeled)).tolist())
+        carried = [dict(row, carried_over=True) for row in state.batch if row["id"] not in labeled]
+        want = max(0, min(cfg.batch_size - len(carried), cfg.budget - len(labeled) - len(carried)))
+        started = time.perf_counter()
+        selection = Selection([], 0, exhausted=False)
+        if want:
+            try:
+                selection = self._select(pool, dataset, model, strategy, want, r, labeled, carried)
+            except PoolExhaustedError as e:
+                metrics["stopped"] = str(e)
+        metrics.update(
+            selection_seconds=time.perf_counter() - started,
+            scored=selection.scored,
+            pool_size=len(pool) if pool is not None else len(dataset.u_rows) - len(labeled),
+        )
+        metrics["pool_fraction"] = metrics["pool_size"] / len(dataset.u_rows)
+        batch = carried + self._batch_rows(selection, r)
+        metrics["batch"] = len(batch)
+        self._publish(r, metrics, batch, pool)
+        return metrics
+
+    def _batch_rows(self, selection: Selection, r: int) -> list[dict]:
+        """The picks as rows for labelers: external id, text, score and why each was picked."""
+        dataset, store = self.dataset(), self.dataset().store
+        picked = [p.row_id for p in selection.picks]
+        texts = dict(
+            zip(dataset.items.ids, dataset.items.texts or [""] * len(dataset.items.ids), strict=True)
+        )
+        external = store.external_ids(np.asarray(picked, dtype=np.int64)) if picked else []
+        sources = sorted({p.reached_from for p in selection.picks if p.reached_from is not None})
+        source_ids = (
+            dict(zip(sources, store.external_ids(np.asarray(sources, dtype=np.int64)), strict=True))
+            if sources
+            else {}
+        )
+        return [
+            {
+                "id": item,
+                "text": texts.get(item, ""),
+                "score": p.score,
+                "strategy": self.config.strategy,
+                "round": r,
+                "rank": p.rank,
+                "pool_size_before": p.pool_size_before,
+                "reached_from": source_ids.get(p.reached_from) if p.reached_from is not None else None,
+            }
+            for item, p in zip(external, selection.picks, strict=True)
+        ]
 
     def _ingest(self, state: State, files: dict[str, bytes], r: int):
         """Validate every new file first; any hard error rejects that file and stops the round."""
@@ -304,82 +641,6 @@ class Campaign:
             ingested.append({"file": key, "sha256": result.sha256, "round": r, "report": result.report()})
         return labeled, relabels, ingested
 
-    def _advance(self, state, r, labeled, relabels, ingested, raw) -> dict:
-        cfg, dataset = self.config, self.dataset()
-        store, strategy = dataset.store, get_strategy(cfg.strategy)
-        ids = sorted(labeled)
-        rows = store.row_ids_of(ids)
-        y = np.asarray([labeled[i]["label"] for i in ids])
-        model = fit_logistic(store.vectors(rows), y, seed=cfg.seed)
-        failpoint("after_train")
-        metrics: dict = {"round": r, "labeled": len(ids), "positives": int(y.sum())}
-        if dataset.labels is not None:
-            truth_u = dataset.truth(cfg.concept, dataset.u_rows)
-            metrics["recall"] = float(y.sum() / max(truth_u.sum(), 1))
-            if len(dataset.eval_rows) and dataset.truth(cfg.concept, dataset.eval_rows).any():
-                scores = model.decision_function(store.vectors(dataset.eval_rows))
-                metrics["average_precision"] = average_precision(
-                    dataset.truth(cfg.concept, dataset.eval_rows), scores
-                )
-
-        # The pool: restored from the last round, expanded with every newly labeled example.
-        pool = None
-        if cfg.mode == "seals":
-            source = dataset.neighbours(cfg.k, self.progress)
-            if state.round >= 0:
-                pool = CandidatePool.load(self.storage, f"rounds/{state.round:03d}/pool", source, store)
-            else:
-                pool = CandidatePool(source, store, cfg.k, with_density=strategy.needs_density)
-            pool.expand(rows.tolist())
-        carried = [dict(row, carried_over=True) for row in state.batch if row["id"] not in labeled]
-        want = max(0, min(cfg.batch_size - len(carried), cfg.budget - len(labeled) - len(carried)))
-        started = time.perf_counter()
-        selection = Selection([], 0, exhausted=False)
-        if want:
-            try:
-                selection = self._select(pool, dataset, model, strategy, want, r, labeled, carried)
-            except PoolExhaustedError as e:
-                metrics["stopped"] = str(e)
-        metrics.update(
-            selection_seconds=time.perf_counter() - started,
-            scored=selection.scored,
-            pool_size=len(pool) if pool is not None else len(dataset.u_rows) - len(labeled),
-        )
-        metrics["pool_fraction"] = metrics["pool_size"] / len(dataset.u_rows)
-        picked = [p.row_id for p in selection.picks]
-        texts = dict(
-            zip(dataset.items.ids, dataset.items.texts or [""] * len(dataset.items.ids), strict=True)
-        )
-        external = store.external_ids(np.asarray(picked, dtype=np.int64)) if picked else []
-        sources = {p.reached_from for p in selection.picks if p.reached_from is not None}
-        source_ids = (
-            dict(
-                zip(
-                    sorted(sources),
-                    store.external_ids(np.asarray(sorted(sources), dtype=np.int64)),
-                    strict=True,
-                )
-            )
-            if sources
-            else {}
-        )
-        batch = carried + [
-            {
-                "id": item,
-                "text": texts.get(item, ""),
-                "score": p.score,
-                "strategy": cfg.strategy,
-                "round": r,
-                "rank": p.rank,
-                "pool_size_before": p.pool_size_before,
-                "reached_from": source_ids.get(p.reached_from) if p.reached_from is not None else None,
-            }
-            for item, p in zip(external, selection.picks, strict=True)
-        ]
-        metrics["batch"] = len(batch)
-        self._publish(r, labeled, relabels, ingested, raw, model, metrics, batch, pool)
-        return metrics
-
     def _select(self, pool, dataset, model, strategy, want, r, labeled, carried) -> Selection:
         cfg = self.config
         if pool is not None:
@@ -394,21 +655,13 @@ class Campaign:
             store, selectable, model, strategy, want, seed=cfg.seed, round_index=r, density=density
         )
 
-    def _publish(self, r, labeled, relabels, ingested, raw, model, metrics, batch, pool) -> None:
-        """Write the round folder, object by object; COMMITTED last makes it the current round."""
+    def _publish(self, r, metrics, batch, pool) -> None:
+        """Write the rest of the round folder, object by object; COMMITTED last makes it current."""
         base = f"rounds/{r:03d}"
         st = self.storage
-        st.write_text(
-            f"{base}/labeled.jsonl", "".join(json.dumps(labeled[i]) + "\n" for i in sorted(labeled))
-        )
-        st.write_text(f"{base}/relabels.jsonl", "".join(json.dumps(row) + "\n" for row in relabels))
-        for key, data in raw.items():
-            st.write_bytes(f"{base}/ingested/{key.replace('/', '_')}", data)
-        st.write_json(f"{base}/ingested.json", ingested)
-        st.write_json(f"{base}/model.json", {**model.to_json(), "round": r})
-        failpoint("during_publish")
         if pool is not None:
             pool.save(st, f"{base}/pool")
+        failpoint("during_publish")
         st.write_text(f"{base}/to_label.jsonl", "".join(json.dumps(row) + "\n" for row in batch))
         st.write_json(f"{base}/to_label.labelstudio.json", label_studio_tasks(batch, self.config.concept))
         st.write_json(f"{base}/metrics.json", metrics)

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -300,7 +302,11 @@ def build(p: beam.Pipeline, options: EmbedOptions, work_dir: str):
 
 
 def finalize(
-    work_dir: str, output: str, model: str = TEXT_MODEL, dim: int = TEXT_MODEL_DIM
+    work_dir: str,
+    output: str,
+    model: str = TEXT_MODEL,
+    dim: int = TEXT_MODEL_DIM,
+    source: dict | None = None,
 ) -> EmbeddingStore:
     """Assemble the workers' parts (local or gs://) into a local store, then remove the parts.
 
@@ -327,6 +333,8 @@ def finalize(
         reason = json.loads(line)["reason"]
         reasons[reason] = reasons.get(reason, 0) + 1
     extra = {"embedded": len(all_ids), "dead_letter": len(dead), "dead_letter_reasons": reasons}
+    if source is not None:
+        extra["source"] = source
     with StoreWriter(output, dim=dim, model=model, normalized=True, extra=extra) as writer:
         for path, ids in zip(parts, part_ids, strict=True):  # one part in memory at a time
             vectors = np.load(io.BytesIO(read(path)), allow_pickle=False)
@@ -345,8 +353,16 @@ def _log_counters(result: beam.runners.runner.PipelineResult) -> None:
         logging.getLogger(__name__).info("%s: %s", counter.key.metric.name, counter.committed)
 
 
-def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> EmbeddingStore:
-    """Run the embedding pipeline and publish the store; Beam options pass through."""
+def run(
+    argv: Sequence[str] | None = None,
+    test_pipeline: beam.Pipeline | None = None,
+    *,
+    source: dict | None = None,
+) -> EmbeddingStore:
+    """Run the embedding pipeline and publish the store; Beam options pass through.
+
+    ``source`` (what the store was made from) is recorded in the manifest; see ensure_embeddings.
+    """
     options = PipelineOptions(argv)
     unknown = sorted(
         set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options())
@@ -366,8 +382,53 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     result.wait_until_finish()
     _log_counters(result)
     if embed.modality == "image":
-        return finalize(work_dir, embed.output, IMAGE_MODEL, IMAGE_MODEL_DIM)
-    return finalize(work_dir, embed.output)
+        return finalize(work_dir, embed.output, IMAGE_MODEL, IMAGE_MODEL_DIM, source)
+    return finalize(work_dir, embed.output, source=source)
+
+
+def ensure_embeddings(
+    items: str,
+    output: str,
+    *,
+    id_column: str = "id",
+    text_column: str = "text",
+    modality: str = "text",
+    beam_args: Sequence[str] = (),
+) -> tuple[EmbeddingStore, bool]:
+    """Embed the items into ``output`` unless a store made from the same file (sha256), columns,
+    modality and model is already there (re-runs of a pipeline skip the work).
+
+    Returns:
+        (the store, whether it was already there).
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    digest = hashlib.sha256()
+    with FileSystems.open(items, compression_type="uncompressed") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    model = IMAGE_MODEL if modality == "image" else TEXT_MODEL
+    source = {
+        "items": items,
+        "sha256": digest.hexdigest(),
+        "id_column": id_column,
+        "text_column": text_column,
+        "modality": modality,
+        "model": model,
+    }
+    if (Path(output) / "manifest.json").is_file():
+        store = EmbeddingStore.open(output)
+        if store.manifest.get("source") == source:
+            return store, True
+    argv = [
+        f"--input={items}",
+        f"--output={output}",
+        f"--id_column={id_column}",
+        f"--text_column={text_column}",
+        f"--modality={modality}",
+        *beam_args,
+    ]
+    return run(argv, source=source), False
 
 
 if __name__ == "__main__":

@@ -360,6 +360,7 @@ def build_index_dir(
     out_dir: str | Path,
     factory: str = DEFAULT_FACTORY,
     *,
+    row_ids: np.ndarray | None = None,
     layout: str = "single",
     shard_rows: int = 1_000_000,
     train_size: int = 100_000,
@@ -381,6 +382,7 @@ def build_index_dir(
         store: the embeddings.
         out_dir: the index directory (replaced whole if it exists).
         factory: faiss index_factory string.
+        row_ids: the rows to index, e.g. U without the evaluation split (default: every row).
         layout: single, ondisk or shards.
         shard_rows: rows per shard (ondisk and shards layouts).
         train_size: rows sampled to train IVF or PQ.
@@ -397,7 +399,7 @@ def build_index_dir(
         raise SealsError(f"unknown index layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     search_params = dict(search_params or {})
     started = time.perf_counter()
-    row_ids = store.row_ids
+    row_ids = store.row_ids if row_ids is None else np.sort(np.asarray(row_ids, dtype=np.int64))
     trained = empty_index(store.dim, factory)
     if layout == "ondisk" and faiss.try_extract_index_ivf(trained) is None:
         raise SealsError(f"the ondisk layout needs an IVF index; {factory!r} is not one")
@@ -437,6 +439,7 @@ def build_index_dir(
             "search_params": search_params,
             "files": files,
             "store": str(store.path),
+            "source": _index_source(store, row_ids, factory, layout, search_params),
             "build_seconds": time.perf_counter() - started,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -445,6 +448,48 @@ def build_index_dir(
         manifest["recall"] = measure_recall(index, store, k=k, queries=recall_queries, seed=seed)
         write_json_atomic(Path(out_dir) / "manifest.json", manifest)
     return manifest
+
+
+def _index_source(
+    store: EmbeddingStore, row_ids: np.ndarray, factory: str, layout: str, params: dict
+) -> dict:
+    """What an index directory was built from: the store's shard checksums and the rows."""
+    shards = ",".join(shard["sha256"] for shard in store.manifest["shards"])
+    return {
+        "store_sha256": hashlib.sha256(shards.encode()).hexdigest(),
+        "rows_sha256": hashlib.sha256(np.sort(row_ids).tobytes()).hexdigest(),
+        "factory": factory,
+        "layout": layout,
+        "search_params": params,
+    }
+
+
+def ensure_index_dir(
+    store: EmbeddingStore, out_dir: str | Path, factory: str = DEFAULT_FACTORY, **options
+) -> tuple[dict, bool]:
+    """Build the index directory unless one from the same store, rows, factory, layout and
+    search parameters is already there (re-runs of a pipeline skip the build).
+
+    Args:
+        store: the embeddings.
+        out_dir: the index directory.
+        factory: faiss index_factory string.
+        **options: as for :func:`build_index_dir`.
+
+    Returns:
+        (the manifest, whether it was already there).
+    """
+    path = Path(out_dir) / "manifest.json"
+    if path.is_file():
+        manifest = json.loads(path.read_text())
+        row_ids = options.get("row_ids")
+        row_ids = store.row_ids if row_ids is None else np.asarray(row_ids, dtype=np.int64)
+        wanted = _index_source(
+            store, row_ids, factory, options.get("layout", "single"), dict(options.get("search_params") or {})
+        )
+        if manifest.get("source") == wanted:
+            return manifest, True
+    return build_index_dir(store, out_dir, factory, **options), False
 
 
 def open_index_dir(path: str | Path, mmap: bool = False) -> faiss.Index:

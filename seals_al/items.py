@@ -49,6 +49,29 @@ def read_items(path: str | Path, columns: Sequence[str], id_column: str) -> Colu
     return table
 
 
+def has_column(path: str | Path, column: str) -> bool:
+    """Whether an item table has a column (the CSV header, the Parquet schema, or the first
+    JSON line's keys); for optional columns such as the text beside precomputed embeddings."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            with path.open(newline="", encoding="utf-8") as f:
+                return column in (next(csv.reader(f), None) or [])
+        if suffix in (".jsonl", ".ndjson"):
+            with path.open(encoding="utf-8") as f:
+                first = next((line for line in f if line.strip()), "")
+            record = json.loads(first) if first else {}
+            return isinstance(record, dict) and column in record
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return column in pq.read_schema(path).names
+    except (OSError, UnicodeDecodeError, csv.Error, json.JSONDecodeError, ValueError):
+        return False  # read_items reports the real problem with the file
+    return False
+
+
 def _missing(path: Path, wanted: Sequence[str], present: Sequence[str]) -> None:
     missing = [c for c in wanted if c not in present]
     if missing:

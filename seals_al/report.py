@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
+
+from seals_al.errors import SealsError
+
+if TYPE_CHECKING:
+    from seals_al.campaign import Campaign
 
 TABLE_COLUMNS = (
     ("round", "round", "{}"),
@@ -102,3 +112,104 @@ def plot_runs(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# -- one round of a campaign: what the pipeline UI shows ---------------------------------------
+ROUND_METRICS = (
+    "labeled",
+    "positives",
+    "recall",
+    "average_precision",
+    "pool_size",
+    "pool_fraction",
+    "selection_seconds",
+    "scored",
+    "batch",
+)
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """Everything the UI artifacts of one committed round are made of."""
+
+    round: int
+    metrics: dict  # the scalars of ROUND_METRICS that the round has
+    classification: dict | None  # ROC points and confusion matrix (train.classification_curves)
+    html: str
+    markdown: str
+
+
+def round_report(campaign: Campaign, r: int | None = None, batch_rows: int = 50) -> RoundReport:
+    """The report of a committed round (default: the last): metrics, curves, an HTML page with
+    plots of the campaign so far and the batch with its scores, and a Markdown summary."""
+    committed = campaign.committed_rounds()
+    if not committed:
+        raise SealsError(f"{campaign.storage.uri}: no committed round to report on")
+    r = committed[-1] if r is None else r
+    if r not in committed:
+        raise SealsError(f"{campaign.storage.uri}: round {r} is not committed")
+    st = campaign.storage
+    history = [st.read_json(f"rounds/{i:03d}/metrics.json") for i in committed if i <= r]
+    metrics = {k: history[-1][k] for k in ROUND_METRICS if history[-1].get(k) is not None}
+    evaluation = st.read_json(f"rounds/{r:03d}/evaluation.json")
+    batch = [json.loads(x) for x in st.read_text(f"rounds/{r:03d}/to_label.jsonl").splitlines() if x]
+    cfg = campaign.config
+    title = f"SEALS campaign {cfg.concept!r}, round {r}"
+    plot = _history_png(history, title)
+    rows = "".join(
+        f"<tr><td>{row.get('rank', '')}</td><td>{html.escape(str(row['id']))}</td>"
+        f"<td>{row.get('score', float('nan')):.4f}</td><td>{html.escape(str(row.get('reached_from')))}</td>"
+        f"<td>{html.escape(str(row.get('text', ''))[:200])}</td></tr>"
+        for row in batch[:batch_rows]
+    )
+    scalars = "".join(f"<tr><th>{k}</th><td>{_fmt(v)}</td></tr>" for k, v in metrics.items())
+    page = (
+        f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
+        f"<h2>{html.escape(title)}</h2><p>{html.escape(st.uri)} &middot; strategy {cfg.strategy}, "
+        f"mode {cfg.mode}, k {cfg.k}, batch {cfg.batch_size}, budget {cfg.budget}</p>"
+        f"<table border='1' cellpadding='3'>{scalars}</table>"
+        f"<img src='data:image/png;base64,{plot}' alt='campaign so far'/>"
+        f"<h3>Batch to label ({len(batch)} examples, first {min(len(batch), batch_rows)})</h3>"
+        "<table border='1' cellpadding='3'><tr><th>rank</th><th>id</th><th>score</th>"
+        f"<th>reached from</th><th>text</th></tr>{rows}</table></body></html>"
+    )
+    lines = [
+        f"## {title}",
+        "",
+        f"Campaign `{st.uri}`; batch in `{st.where(f'rounds/{r:03d}/to_label.jsonl')}`; labels go to "
+        f"`{st.where(f'inbox/{r:03d}')}/`.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *(f"| {k} | {_fmt(v)} |" for k, v in metrics.items()),
+    ]
+    return RoundReport(r, metrics, evaluation.get("classification"), page, "\n".join(lines) + "\n")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _history_png(history: list[dict], title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labeled = [m["labeled"] for m in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(labeled, [m["positives"] for m in history], marker="o")
+    axes[0].set(xlabel="labels", ylabel="positives found")
+    if all("average_precision" in m for m in history):
+        axes[1].plot(labeled, [m["average_precision"] for m in history], marker="o", color="tab:green")
+    axes[1].set(xlabel="labels", ylabel="average precision (eval split)")
+    axes[2].plot(labeled, [100 * m["pool_fraction"] for m in history], marker="o", color="tab:orange")
+    axes[2].set(xlabel="labels", ylabel="pool, % of U")
+    fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()

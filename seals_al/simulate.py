@@ -6,6 +6,7 @@ serves any number of concepts, strategies and modes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -25,10 +26,12 @@ from seals_al.index import (
     build_index,
     cached_neighbour_graph,
     check_factory,
+    ensure_index_dir,
     knn_density,
     neighbour_density,
+    open_index_dir,
 )
-from seals_al.items import read_items
+from seals_al.items import has_column, read_items
 from seals_al.pool import CandidatePool
 from seals_al.selection import Selection, select_global, select_seals
 from seals_al.storage import local_file, write_json_atomic, write_text_atomic
@@ -51,6 +54,7 @@ class DataConfig:
     embeddings: str | None = None  # precomputed: a store dir, .npy or .parquet
     embeddings_column: str = "embedding"
     index_factory: str = DEFAULT_FACTORY
+    index: str | None = None  # a built index directory (seals-al build-index) instead of the factory
     cache_dir: str | None = None
     knn_graph: bool = True  # precompute U's neighbour lists once instead of one query per pick
 
@@ -86,9 +90,11 @@ class Items:
     @classmethod
     def load(cls, config: DataConfig) -> Items:
         columns = [c for c in (config.label_column, config.split_column) if c]
-        if config.embeddings is None:
-            columns.append(config.text_column)
         path = local_file(config.data, config.cache_dir or default_cache_dir())
+        # Texts are embedded unless embeddings are given; then they are read if present, for labelers.
+        with_texts = config.embeddings is None or has_column(path, config.text_column)
+        if with_texts:
+            columns.append(config.text_column)
         table = read_items(path, columns, config.id_column)
         is_eval = np.zeros(len(table[config.id_column]), dtype=bool)
         if config.split_column:
@@ -104,7 +110,7 @@ class Items:
                 raise SealsError(
                     f"{config.data}: every row is in the evaluation split; nothing to select from"
                 )
-        texts = table[config.text_column] if config.embeddings is None else None
+        texts = table[config.text_column] if with_texts else None
         labels = np.asarray(table[config.label_column], dtype=object) if config.label_column else None
         return cls(
             config.data,
@@ -171,7 +177,7 @@ class Dataset:
     def prepare(cls, config: DataConfig, items: Items | None = None, progress: bool = True) -> Dataset:
         """Embed the items (or import their embeddings; both cached); check the index factory."""
         items = items or Items.load(config)
-        if items.texts is not None:
+        if config.embeddings is None:
             store = embed_texts(items.ids, items.texts, cache_dir=config.cache_dir, progress=progress)
         else:
             store = import_embeddings(
@@ -188,10 +194,34 @@ class Dataset:
     @property
     def index(self) -> faiss.Index:
         if self._index is None:
-            self._index = build_index(
-                self.store, self.u_rows, self.config.index_factory, progress=self.progress
-            )
+            if self.config.index:
+                self._index = open_index_dir(self.config.index)
+                if self._index.d != self.store.dim:
+                    raise SealsError(
+                        f"{self.config.index}: index of dimension {self._index.d}, embeddings of "
+                        f"dimension {self.store.dim}"
+                    )
+            else:
+                self._index = build_index(
+                    self.store, self.u_rows, self.config.index_factory, progress=self.progress
+                )
         return self._index
+
+    def _index_key(self) -> str:
+        """What the cached graph depends on besides the rows: the factory, or the built index."""
+        if not self.config.index:
+            return self.config.index_factory
+        manifest = Path(self.config.index) / "manifest.json"
+        if not manifest.is_file():
+            raise SealsError(f"{self.config.index}: not an index directory (no manifest.json)")
+        source = json.loads(manifest.read_text()).get("source", {})
+        u_digest = hashlib.sha256(np.sort(self.u_rows).tobytes()).hexdigest()
+        if source.get("rows_sha256") != u_digest:
+            raise SealsError(
+                f"{self.config.index}: the index was not built over U ({len(self.u_rows):,} rows outside "
+                f"the {self.config.eval_split!r} split); build it over those rows"
+            )
+        return "index " + hashlib.sha256(manifest.read_bytes()).hexdigest()
 
     def truth(self, concept: str, rows: np.ndarray) -> np.ndarray:
         """1 where the label column equals the concept, else 0."""
@@ -209,7 +239,7 @@ class Dataset:
                 lambda: self.index,
                 self.store,
                 self.u_rows,
-                self.config.index_factory,
+                self._index_key(),
                 k,
                 Path(self.config.cache_dir or default_cache_dir()),
                 progress=progress,
@@ -228,6 +258,49 @@ class Dataset:
             density[self.store.positions(self.u_rows)] = values
             self._u_density[k] = density
         return self._u_density[k]
+
+
+def index_over_u(
+    items: str,
+    embeddings: str,
+    out_dir: str,
+    factory: str = DEFAULT_FACTORY,
+    *,
+    id_column: str = "id",
+    split_column: str | None = None,
+    eval_split: str = "test",
+    **options,
+) -> tuple[dict, bool]:
+    """Build (or reuse) the index over U: the items outside the evaluation split, so that no
+    evaluation item is ever a neighbour, hence never selectable.
+
+    Args:
+        items: the item table (local or gs://).
+        embeddings: the store directory.
+        out_dir: the index directory.
+        factory: faiss factory string.
+        id_column: the external id column.
+        split_column: the split column (None: every item is in U).
+        eval_split: the evaluation split.
+        **options: as for :func:`seals_al.index.build_index_dir`.
+
+    Returns:
+        (the manifest, whether an existing index was reused).
+    """
+    config = DataConfig(
+        data=items,
+        label_column=None,
+        id_column=id_column,
+        split_column=split_column,
+        eval_split=eval_split,
+        embeddings=embeddings,
+        index_factory=factory,
+    )
+    loaded = Items.load(config)
+    store = import_embeddings(embeddings, loaded.ids)
+    check_factory(store.dim, factory)
+    rows = store.row_ids_of(loaded.ids)[~loaded.is_eval]
+    return ensure_index_dir(store, out_dir, factory, row_ids=rows, **options)
 
 
 RoundCallback = Callable[[dict], None]

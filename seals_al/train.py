@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, confusion_matrix, roc_curve
 
 from seals_al.errors import SealsError
 
@@ -69,3 +69,29 @@ def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
     if y_true.sum() == 0:
         raise SealsError("average precision is undefined: the evaluation set has no positives")
     return float(average_precision_score(y_true, scores))
+
+
+def classification_curves(y_true: np.ndarray, scores: np.ndarray, max_points: int = 200) -> dict:
+    """The ROC curve (at most ``max_points`` points, ends kept) and the confusion matrix at
+    P(positive) >= 0.5, on the probability scale, as plain lists for JSON and the KFP UI.
+
+    Args:
+        y_true: 0/1 truth [n].
+        scores: decision-function values [n].
+        max_points: the most ROC points kept.
+    """
+    y_true = np.asarray(y_true).astype(int)
+    proba = expit(np.asarray(scores, dtype=np.float64))
+    fpr, tpr, thresholds = roc_curve(y_true, proba)
+    thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is +inf
+    if len(fpr) > max_points:
+        keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
+        fpr, tpr, thresholds = fpr[keep], tpr[keep], thresholds[keep]
+    matrix = confusion_matrix(y_true, (proba >= 0.5).astype(int), labels=[0, 1])
+    return {
+        "fpr": fpr.tolist(),
+        "tpr": tpr.tolist(),
+        "thresholds": thresholds.tolist(),
+        "categories": ["negative", "positive"],
+        "confusion_matrix": matrix.tolist(),
+    }

@@ -1,0 +1,1 @@
+"""Thin Kubeflow Pipelines components over the seals_al core package, one folder per step."""

@@ -1,0 +1,67 @@
+"""build_index: a faiss index over U (the items outside the evaluation split) from a store."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from components._base import seals_component
+
+
+@seals_component
+def build_index(
+    items_uri: str,
+    embeddings_uri: str,
+    index_uri: str,
+    index_metrics: dsl.Output[dsl.Metrics],
+    factory: str = "Flat",
+    nprobe: int = 16,
+    layout: str = "single",
+    train_size: int = 100000,
+    recall_queries: int = 200,
+    id_column: str = "id",
+    split_column: str = "",
+    eval_split: str = "test",
+) -> NamedTuple("Outputs", [("index_uri", str), ("skipped", bool)]):
+    """Build the index (IVF trained on a sample, vectors added shard by shard) unless the same one
+    is already at ``index_uri``; recall@100 against exact search goes to the metrics.
+
+    Args:
+        items_uri: the item table (for the split column).
+        embeddings_uri: the store from embed.
+        index_uri: the index directory to publish.
+        index_metrics: build seconds, vectors, recall@100, query ms.
+        factory: faiss factory string: Flat, IVF{n},Flat, IVF{n},PQ{m}, HNSW{M}.
+        nprobe: IVF lists probed per query (recorded and applied when opened).
+        layout: single, ondisk (IVF lists merged on disk) or shards.
+        train_size: rows sampled to train IVF/PQ.
+        recall_queries: queries to measure recall@100 (0: skip).
+        id_column: the external id column.
+        split_column: the split column ("" when every item is in U).
+        eval_split: the split held out for evaluation (never indexed, never selectable).
+
+    Returns:
+        index_uri, and whether an existing index was reused.
+    """
+    from collections import namedtuple
+
+    from seals_al.simulate import index_over_u
+
+    manifest, skipped = index_over_u(
+        items_uri,
+        embeddings_uri,
+        index_uri,
+        factory,
+        id_column=id_column,
+        split_column=split_column or None,
+        eval_split=eval_split,
+        search_params={"nprobe": nprobe} if "IVF" in factory else {},
+        layout=layout,
+        train_size=train_size,
+        recall_queries=recall_queries,
+    )
+    index_metrics.log_metric("vectors", manifest["ntotal"])
+    index_metrics.log_metric("build_seconds", round(manifest["build_seconds"], 3))
+    if "recall" in manifest:
+        index_metrics.log_metric("recall_at_100", manifest["recall"]["recall_at_k"])
+        index_metrics.log_metric("query_ms", manifest["recall"]["query_ms"])
+    return namedtuple("Outputs", ["index_uri", "skipped"])(index_uri, skipped)

@@ -1,0 +1,52 @@
+"""embed: items (CSV, JSONL or Parquet; local or gs://) to an embeddings store, with Apache Beam."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from components._base import seals_component
+
+
+@seals_component
+def embed(
+    items_uri: str,
+    embeddings_uri: str,
+    store: dsl.Output[dsl.Artifact],
+    id_column: str = "id",
+    text_column: str = "text",
+    modality: str = "text",
+    beam_args: list = [],  # noqa: B006 (KFP reads the default from the signature)
+) -> NamedTuple("Outputs", [("embeddings_uri", str), ("count", int), ("skipped", bool)]):
+    """Embed every item (MiniLM for text, EfficientNet-Lite0 for images) unless the store at
+    ``embeddings_uri`` was already made from the same file and columns.
+
+    Args:
+        items_uri: the item table.
+        embeddings_uri: where the store is published (a directory).
+        store: an artifact describing the store (its manifest); the vectors stay at embeddings_uri.
+        id_column: the external id column.
+        text_column: the text column, or the image URI column for images.
+        modality: text or image.
+        beam_args: Beam pipeline options, e.g. ["--runner=DataflowRunner", "--project=..."].
+
+    Returns:
+        embeddings_uri, the number of vectors, and whether an existing store was reused.
+    """
+    import json
+    from collections import namedtuple
+
+    from seals_al.embed_pipeline import ensure_embeddings
+
+    result, skipped = ensure_embeddings(
+        items_uri,
+        embeddings_uri,
+        id_column=id_column,
+        text_column=text_column,
+        modality=modality,
+        beam_args=[str(a) for a in beam_args],
+    )
+    with open(store.path, "w") as f:
+        json.dump(result.manifest, f, indent=2)
+    store.metadata.update({"uri": embeddings_uri, "count": len(result), "dim": result.dim})
+    outputs = namedtuple("Outputs", ["embeddings_uri", "count", "skipped"])
+    return outputs(embeddings_uri, len(result), skipped)

@@ -1,0 +1,85 @@
+"""init_campaign: create the campaign (configuration and seed labels) unless the same one exists."""
+
+from kfp import dsl
+
+from components._base import seals_component
+
+
+@seals_component
+def init_campaign(
+    campaign_uri: str,
+    items_uri: str,
+    concept: str,
+    embeddings_uri: str,
+    index_uri: str,
+    campaign: dsl.Output[dsl.Artifact],
+    seed_labels_uri: str = "",
+    strategy: str = "maxent",
+    mode: str = "seals",
+    k: int = 100,
+    batch_size: int = 100,
+    budget: int = 1000,
+    seed: int = 0,
+    id_column: str = "id",
+    text_column: str = "text",
+    truth_column: str = "",
+    split_column: str = "",
+    eval_split: str = "test",
+    folder_per_concept: bool = False,
+) -> str:
+    """Write campaign.json and the seed labels at ``campaign_uri`` (or ``campaign_uri/<concept>``
+    with ``folder_per_concept``). Re-running with the same settings is a no-op; other settings are an
+    error. Without ``seed_labels_uri``, seeds are drawn from ``truth_column`` (5 + 95; simulation).
+
+    Args:
+        campaign_uri: a local folder or gs://bucket/prefix.
+        items_uri: the item table.
+        concept: the rare concept searched for.
+        embeddings_uri: the store from embed.
+        index_uri: the index from build_index.
+        campaign: an artifact holding the campaign's configuration (the state lives at the URI).
+        seed_labels_uri: a label file (CSV, JSONL, Label Studio JSON), local or gs://.
+        strategy: maxent, id, mlp or random.
+        mode: seals or global.
+        k: neighbours per labeled example.
+        batch_size: examples per round.
+        budget: labels in all.
+        seed: tie-break and random seed.
+        id_column: the external id column.
+        text_column: the text shown to labelers.
+        truth_column: ground truth for metrics (and the oracle); "" for none.
+        split_column: the split column; "" for none.
+        eval_split: the evaluation split.
+        folder_per_concept: put the campaign in a folder named after the concept.
+
+    Returns:
+        The campaign URI.
+    """
+    import json
+
+    from seals_al.campaign import campaign_from_parameters
+
+    uri, config = campaign_from_parameters(
+        campaign_uri=campaign_uri,
+        items_uri=items_uri,
+        concept=concept,
+        embeddings_uri=embeddings_uri,
+        index_uri=index_uri,
+        seed_labels_uri=seed_labels_uri,
+        strategy=strategy,
+        mode=mode,
+        k=k,
+        batch_size=batch_size,
+        budget=budget,
+        seed=seed,
+        id_column=id_column,
+        text_column=text_column,
+        truth_column=truth_column,
+        split_column=split_column,
+        eval_split=eval_split,
+        folder_per_concept=folder_per_concept,
+    )
+    with open(campaign.path, "w") as f:
+        json.dump(config, f, indent=2)
+    campaign.metadata["uri"] = uri
+    return uri

@@ -1,0 +1,21 @@
+"""oracle_labeler: simulation only; labels the open batch from the ground-truth column."""
+
+from components._base import seals_component
+
+
+@seals_component
+def oracle_labeler(campaign_uri: str) -> str:
+    """Write the open batch's true labels to the round's inbox, as a person would (for demos, CI
+    and label-efficiency studies). Needs the campaign's truth_column.
+
+    Args:
+        campaign_uri: the campaign.
+
+    Returns:
+        Where the labels were written ("" when nothing was pending).
+    """
+    from seals_al.campaign import Campaign
+
+    campaign = Campaign(campaign_uri)
+    key = campaign.oracle_labels()
+    return campaign.storage.where(key) if key else ""

@@ -1,0 +1,52 @@
+"""report: the round's metrics, curves and report as artifacts the pipeline UI renders."""
+
+from kfp import dsl
+
+from components._base import seals_component
+
+
+@seals_component
+def report(
+    campaign_uri: str,
+    metrics: dsl.Output[dsl.Metrics],
+    curves: dsl.Output[dsl.ClassificationMetrics],
+    html_report: dsl.Output[dsl.HTML],
+    summary: dsl.Output[dsl.Markdown],
+    target_metric: str = "",
+    target_value: float = 1.0,
+) -> bool:
+    """Report on the last committed round and decide whether another round should run.
+
+    Args:
+        campaign_uri: the campaign.
+        metrics: labeled, positives, recall (when truth is known), AP, pool size and fraction,
+            selection seconds, scored, batch.
+        curves: ROC and confusion matrix on the evaluation split (when truth is known).
+        html_report: plots of the campaign so far and the batch with its scores.
+        summary: a Markdown summary with where the batch is and where labels go.
+        target_metric: stop once this metric (e.g. average_precision) reaches target_value.
+        target_value: see target_metric.
+
+    Returns:
+        Whether to keep going: budget left, pool not exhausted, target not reached (the reason
+        is printed and in the summary). One return value, not a NamedTuple: kfp.local does not
+        resolve dsl.If conditions on NamedTuple fields.
+    """
+    from seals_al.campaign import Campaign
+    from seals_al.report import round_report
+
+    campaign = Campaign(campaign_uri)
+    result = round_report(campaign)
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    if result.classification is not None:
+        c = result.classification
+        curves.log_roc_curve(c["fpr"], c["tpr"], c["thresholds"])
+        curves.log_confusion_matrix(c["categories"], c["confusion_matrix"])
+    with open(html_report.path, "w") as f:
+        f.write(result.html)
+    keep_going, reason = campaign.next_step(target_metric, target_value)
+    with open(summary.path, "w") as f:
+        f.write(result.markdown + f"\nNext: {reason}\n")
+    print(f"round {result.round}: {reason}")
+    return keep_going

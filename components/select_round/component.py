@@ -1,0 +1,37 @@
+"""select_round: expand the candidate pool, select the batch, publish and commit the round."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from components._base import seals_component
+
+
+@seals_component
+def select_round(
+    campaign_uri: str,
+    batch: dsl.Output[dsl.Dataset],
+) -> NamedTuple("Outputs", [("round", int), ("batch_size", int), ("pool_size", int)]):
+    """Select the next batch (SEALS: from the candidate pool only) and commit the round: the batch
+    with scores and why each was picked goes to rounds/NNN/to_label.jsonl (and a Label Studio
+    task file), the pool state beside it; COMMITTED is written last.
+
+    Args:
+        campaign_uri: the campaign (train must have run for the round).
+        batch: a copy of to_label.jsonl, for the UI.
+
+    Returns:
+        The round, the batch size and the pool size.
+    """
+    from collections import namedtuple
+
+    from seals_al.campaign import Campaign
+
+    campaign = Campaign(campaign_uri)
+    metrics = campaign.select()
+    key = f"rounds/{metrics['round']:03d}/to_label.jsonl"
+    with open(batch.path, "wb") as f:
+        f.write(campaign.storage.read_bytes(key))
+    batch.metadata.update({"uri": campaign.storage.where(key), "rows": metrics["batch"]})
+    outputs = namedtuple("Outputs", ["round", "batch_size", "pool_size"])
+    return outputs(metrics["round"], metrics["batch"], metrics["pool_size"])

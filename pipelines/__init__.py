@@ -1,0 +1,1 @@
+"""SEALS pipelines: wiring only; every step is a component from components/."""

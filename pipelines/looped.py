@@ -1,0 +1,78 @@
+"""The looped pipeline: rounds unrolled at compile time, each waiting for people's labels."""
+
+from kfp import dsl
+
+from components.wait_for_labels.component import wait_for_labels
+from pipelines._rounds import prepare, rounds, start_campaign
+
+MAX_ROUNDS = 10
+
+
+def make_looped(max_rounds: int = MAX_ROUNDS):
+    """The looped pipeline with ``max_rounds`` rounds (a compile-time constant)."""
+
+    @dsl.pipeline(
+        name="seals-looped",
+        description=f"SEALS active learning, up to {max_rounds} rounds; each round publishes a batch "
+        "and waits for labels in the campaign's inbox.",
+    )
+    def seals_looped(
+        items_uri: str,
+        campaign_uri: str,
+        embeddings_uri: str,
+        index_uri: str,
+        concept: str,
+        seed_labels_uri: str,
+        strategy: str = "maxent",
+        mode: str = "seals",
+        k: int = 100,
+        batch_size: int = 100,
+        budget: int = 1000,
+        seed: int = 0,
+        id_column: str = "id",
+        text_column: str = "text",
+        truth_column: str = "",
+        split_column: str = "",
+        eval_split: str = "test",
+        index_factory: str = "Flat",
+        nprobe: int = 16,
+        poll_seconds: float = 60.0,
+        timeout_seconds: float = 86400.0,
+        target_metric: str = "",
+        target_value: float = 1.0,
+    ):
+        index = prepare(
+            items_uri, embeddings_uri, index_uri, id_column, text_column, split_column, eval_split,
+            index_factory, nprobe,
+        )  # fmt: skip
+        campaign_uri = start_campaign(
+            index,
+            campaign_uri=campaign_uri,
+            items_uri=items_uri,
+            concept=concept,
+            embeddings_uri=embeddings_uri,
+            seed_labels_uri=seed_labels_uri,
+            strategy=strategy,
+            mode=mode,
+            k=k,
+            batch_size=batch_size,
+            budget=budget,
+            seed=seed,
+            id_column=id_column,
+            text_column=text_column,
+            truth_column=truth_column,
+            split_column=split_column,
+            eval_split=eval_split,
+        )
+
+        def wait(uri, r):
+            return wait_for_labels(
+                campaign_uri=uri, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds
+            ).set_display_name(f"round {r}: wait for labels")
+
+        rounds(campaign_uri, max_rounds, wait, target_metric, target_value)
+
+    return seals_looped
+
+
+seals_looped = make_looped()

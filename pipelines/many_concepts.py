@@ -1,0 +1,71 @@
+"""Many concepts at once: one embed and one index, then one simulated campaign per concept in a
+dsl.ParallelFor (the paper ran hundreds of concepts over the same index)."""
+
+from kfp import dsl
+
+from pipelines._rounds import prepare, rounds, start_campaign
+from pipelines.simulation import oracle
+
+MAX_ROUNDS = 5
+
+
+def make_many_concepts(max_rounds: int = MAX_ROUNDS, parallelism: int = 4):
+    """The many-concepts pipeline; campaigns go to ``campaign_root/<concept>``."""
+
+    @dsl.pipeline(
+        name="seals-many-concepts",
+        description=f"One simulated SEALS campaign per concept (up to {max_rounds} rounds each), "
+        "sharing one embedding store and one index.",
+    )
+    def seals_many_concepts(
+        items_uri: str,
+        campaign_root: str,
+        embeddings_uri: str,
+        index_uri: str,
+        concepts: list,
+        truth_column: str = "label",
+        split_column: str = "split",
+        eval_split: str = "test",
+        strategy: str = "maxent",
+        mode: str = "seals",
+        k: int = 100,
+        batch_size: int = 100,
+        budget: int = 1000,
+        seed: int = 0,
+        id_column: str = "id",
+        text_column: str = "text",
+        index_factory: str = "Flat",
+        nprobe: int = 16,
+        target_metric: str = "",
+        target_value: float = 1.0,
+    ):
+        index = prepare(
+            items_uri, embeddings_uri, index_uri, id_column, text_column, split_column, eval_split,
+            index_factory, nprobe,
+        )  # fmt: skip
+        with dsl.ParallelFor(concepts, parallelism=parallelism) as concept:
+            campaign = start_campaign(
+                index,
+                campaign_uri=campaign_root,
+                folder_per_concept=True,
+                items_uri=items_uri,
+                concept=concept,
+                embeddings_uri=embeddings_uri,
+                strategy=strategy,
+                mode=mode,
+                k=k,
+                batch_size=batch_size,
+                budget=budget,
+                seed=seed,
+                id_column=id_column,
+                text_column=text_column,
+                truth_column=truth_column,
+                split_column=split_column,
+                eval_split=eval_split,
+            )
+            rounds(campaign, max_rounds, oracle, target_metric, target_value)
+
+    return seals_many_concepts
+
+
+seals_many_concepts = make_many_concepts()

@@ -1,0 +1,15 @@
+"""One round per run: for recurring runs and event triggers; no compute is held while people
+label. Ingest new labels if any; if there were, train, select, publish and report; then end."""
+
+from kfp import dsl
+
+from pipelines._rounds import one_round
+
+
+@dsl.pipeline(
+    name="seals-one-round",
+    description="Advance an existing SEALS campaign by one round if new labels came back; "
+    "a run with no new labels changes nothing.",
+)
+def seals_one_round(campaign_uri: str, target_metric: str = "", target_value: float = 1.0):
+    one_round(campaign_uri, target_metric, target_value, 0, gated=True)

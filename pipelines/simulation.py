@@ -1,0 +1,72 @@
+"""The simulation pipeline: the looped DAG with an oracle labeler instead of the wait."""
+
+from kfp import dsl
+
+from components.oracle_labeler.component import oracle_labeler
+from pipelines._rounds import prepare, rounds, start_campaign
+
+MAX_ROUNDS = 10
+
+
+def oracle(uri, r: int) -> dsl.PipelineTask:
+    return oracle_labeler(campaign_uri=uri).set_display_name(f"round {r}: oracle labels")
+
+
+def make_simulation(max_rounds: int = MAX_ROUNDS):
+    """The simulation pipeline with ``max_rounds`` rounds (a compile-time constant)."""
+
+    @dsl.pipeline(
+        name="seals-simulation",
+        description=f"SEALS simulated from ground truth, up to {max_rounds} rounds: seeds (5 + 95) and "
+        "every batch labeled by an oracle reading the truth column. For demos, CI and studies.",
+    )
+    def seals_simulation(
+        items_uri: str,
+        campaign_uri: str,
+        embeddings_uri: str,
+        index_uri: str,
+        concept: str,
+        truth_column: str = "label",
+        split_column: str = "split",
+        eval_split: str = "test",
+        strategy: str = "maxent",
+        mode: str = "seals",
+        k: int = 100,
+        batch_size: int = 100,
+        budget: int = 1000,
+        seed: int = 0,
+        id_column: str = "id",
+        text_column: str = "text",
+        index_factory: str = "Flat",
+        nprobe: int = 16,
+        target_metric: str = "",
+        target_value: float = 1.0,
+    ):
+        index = prepare(
+            items_uri, embeddings_uri, index_uri, id_column, text_column, split_column, eval_split,
+            index_factory, nprobe,
+        )  # fmt: skip
+        campaign = start_campaign(
+            index,
+            campaign_uri=campaign_uri,
+            items_uri=items_uri,
+            concept=concept,
+            embeddings_uri=embeddings_uri,
+            strategy=strategy,
+            mode=mode,
+            k=k,
+            batch_size=batch_size,
+            budget=budget,
+            seed=seed,
+            id_column=id_column,
+            text_column=text_column,
+            truth_column=truth_column,
+            split_column=split_column,
+            eval_split=eval_split,
+        )
+        rounds(campaign, max_rounds, oracle, target_metric, target_value)
+
+    return seals_simulation
+
+
+seals_simulation = make_simulation()
