@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TypeVar
 
@@ -124,6 +125,83 @@ def _add_campaign_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("label", help="label the open batch in the terminal (y / n / skip / undo / quit)")
     p.add_argument("campaign")
     p.set_defaults(handler=_label)
+    # The stages of a round, one command each: what the Argo template and scripts run.
+    for name, text in (
+        ("ingest", "stage 1 of a round: validate and stage new label files (exit 0 with nothing new)"),
+        ("train", "stage 2: fit and evaluate the classifier on the staged labels"),
+        ("select", "stage 3: select the batch, publish and commit the round"),
+        ("oracle", "simulation: label the open batch from the campaign's truth column"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("campaign")
+        p.set_defaults(handler=_stage, stage=name)
+    p = sub.add_parser("wait", help="poll the open round's inbox until labels arrive (exit 2 on timeout)")
+    p.add_argument("campaign")
+    p.add_argument("--poll-seconds", type=float, default=60.0)
+    p.add_argument("--timeout-seconds", type=float, default=86400.0)
+    p.set_defaults(handler=_wait)
+    p = sub.add_parser(
+        "report", help="the last round's report (HTML, Markdown, metrics) and whether to keep going"
+    )
+    p.add_argument("campaign")
+    p.add_argument("--out", required=True, help="folder for report.html, summary.md, metrics.json")
+    p.add_argument("--target-metric", default="", help="stop once this metric reaches --target-value")
+    p.add_argument("--target-value", type=float, default=1.0)
+    p.set_defaults(handler=_report)
+
+
+def _stage(args: argparse.Namespace, console: Console) -> int:
+    from seals_al.campaign import Campaign
+
+    campaign = Campaign(args.campaign)
+    if args.stage == "ingest":
+        staged = campaign.ingest()
+        console.print(
+            "no new labels: nothing to do"
+            if staged is None
+            else f"round {staged.round}: {staged.new_labels} new label(s), {staged.relabels} relabel(s), "
+            f"{staged.labeled} labeled",
+            highlight=False,
+        )
+    elif args.stage == "train":
+        console.print(f"trained: {campaign.train()}", highlight=False)
+    elif args.stage == "select":
+        metrics = campaign.select()
+        where = campaign.storage.where(f"rounds/{metrics['round']:03d}/to_label.jsonl")
+        console.print(
+            f"round {metrics['round']} committed; batch of {metrics['batch']}: {where}", highlight=False
+        )
+    else:
+        key = campaign.oracle_labels()
+        console.print(f"labels: {campaign.storage.where(key)}" if key else "nothing pending", highlight=False)
+    return 0
+
+
+def _wait(args: argparse.Namespace, console: Console) -> int:
+    from seals_al.campaign import Campaign
+
+    files = Campaign(args.campaign).wait_for_labels(args.poll_seconds, args.timeout_seconds)
+    console.print(f"new label file(s): {', '.join(files)}", highlight=False)
+    return 0
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    from seals_al.campaign import Campaign
+    from seals_al.report import round_report
+    from seals_al.storage import write_json_atomic, write_text_atomic
+
+    campaign = Campaign(args.campaign, progress=False)
+    result = round_report(campaign)
+    keep_going, reason = campaign.next_step(args.target_metric, args.target_value)
+    out = Path(args.out)
+    write_text_atomic(out / "report.html", result.html)
+    write_text_atomic(out / "summary.md", result.markdown + f"\nNext: {reason}\n")
+    write_json_atomic(out / "metrics.json", {**result.metrics, "round": result.round})
+    write_text_atomic(out / "keep_going", json.dumps(keep_going))
+    console.print(f"round {result.round}: {reason}\nreport: {out / 'report.html'}", highlight=False)
+    return 0
 
 
 def _init(args: argparse.Namespace, console: Console) -> int:
@@ -272,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_campaign_commands(sub)
     _add_build_index(sub)
     _add_embed(sub)
+    for plugin in entry_points(group="seals_al.commands"):  # e.g. `compile`, from pipelines/
+        plugin.load()(sub)
     return parser
 
 

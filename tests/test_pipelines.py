@@ -1,0 +1,218 @@
+"""The pipelines, run for real in kfp.local (SubprocessRunner, no mocked KFP): the simulation,
+the looped pipeline with a person (a test thread) dropping labels while wait_for_labels polls,
+its timeout, one round per run, and golden compiled YAML."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from kfp import local
+
+from pipelines.compile import COMPILED, compile_all
+from pipelines.looped import make_looped
+from pipelines.one_round import seals_one_round
+from pipelines.simulation import make_simulation
+from seals_al.campaign import Campaign, campaign_from_parameters
+from seals_al.version import IMAGE, __version__
+
+CONCEPT = "report_fraud"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, clinc_slice) -> dict:
+    """Embeddings and index URIs shared by the module: the first pipeline builds them, the others
+    find them published and skip the work (as a re-run on a cluster does)."""
+    root = tmp_path_factory.mktemp("built")
+    return {
+        "items_uri": str(clinc_slice),
+        "embeddings_uri": str(root / "embeddings"),
+        "index_uri": str(root / "index"),
+    }
+
+
+@pytest.fixture
+def kfp_local(tmp_path, monkeypatch, cache_dir) -> Path:
+    monkeypatch.setenv("SEALS_CACHE_DIR", str(cache_dir))
+    root = tmp_path / "pipeline-root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    return root
+
+
+def reports(root: Path) -> dict[int, dict]:
+    """Round -> the report task's executor output (what the KFP UI renders)."""
+    found = {}
+    for path in root.glob("*/report*/executor_output.json"):
+        output = json.loads(path.read_text())
+        summary = Path(output["artifacts"]["summary"]["artifacts"][0]["uri"]).read_text()
+        r = int(re.search(r"round (\d+)", summary).group(1))
+        found[r] = output
+    return found
+
+
+def test_simulation_pipeline_runs_three_rounds_with_artifacts(tmp_path, built, kfp_local):
+    campaign_uri = str(tmp_path / "campaign")
+    make_simulation(3)(**built, campaign_uri=campaign_uri, concept=CONCEPT, batch_size=20, budget=500)
+    campaign = Campaign(campaign_uri, progress=False)
+    assert campaign.committed_rounds() == [0, 1, 2]
+    assert len(campaign.state().labeled) == 140
+    found = reports(kfp_local)
+    assert sorted(found) == [0, 1, 2]
+    for r, output in found.items():
+        metrics = campaign.storage.read_json(f"rounds/{r:03d}/metrics.json")
+        logged = output["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+        for key in ("labeled", "positives", "recall", "average_precision", "pool_size", "pool_fraction"):
+            assert logged[key] == pytest.approx(metrics[key]), (r, key)
+        assert logged["labeled"] == 100 + 20 * r
+        curves = output["artifacts"]["curves"]["artifacts"][0]["metadata"]
+        matrix = [row["row"] for row in curves["confusionMatrix"]["rows"]]
+        assert sum(map(sum, matrix)) == 150, "the confusion matrix covers the 150 evaluation rows"
+        assert curves["confidenceMetrics"], "an ROC curve"
+        html = Path(output["artifacts"]["html_report"]["artifacts"][0]["uri"]).read_text()
+        batch = campaign.storage.read_text(f"rounds/{r:03d}/to_label.jsonl").splitlines()
+        assert "data:image/png;base64," in html
+        assert json.loads(batch[0])["id"] in html, "the report shows the batch"
+        assert output["parameterValues"]["Output"] is True
+    # Every round's own artifacts: the batch as a Dataset, and the campaign files.
+    batches = sorted(kfp_local.glob("*/select-round*/batch"))
+    assert len(batches) == 3
+    assert sorted(p.read_text() for p in batches) == sorted(
+        campaign.storage.read_text(f"rounds/{r:03d}/to_label.jsonl") for r in range(3)
+    )
+
+
+def test_simulation_stops_when_the_budget_is_spent(tmp_path, built, kfp_local):
+    campaign_uri = str(tmp_path / "campaign")
+    make_simulation(4)(**built, campaign_uri=campaign_uri, concept=CONCEPT, batch_size=20, budget=120)
+    campaign = Campaign(campaign_uri, progress=False)
+    assert campaign.committed_rounds() == [0, 1], "round 1 spent the budget; dsl.If stopped there"
+    assert campaign.next_step() == (False, "budget spent: 120 of 120 labeled")
+
+
+def looped_args(built: dict, campaign_uri: str, poll: float, timeout: float) -> dict:
+    """A person's campaign: seed labels from a file (5 positives, 95 negatives of the slice)."""
+    seeds = Path(campaign_uri).parent / "seeds.csv"
+    with open(built["items_uri"], newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row["split"] != "test"]
+    positives = [row["id"] for row in rows if row["label"] == CONCEPT][:5]
+    negatives = [row["id"] for row in rows if row["label"] != CONCEPT][:95]
+    seeds.write_text(
+        "id,label\n" + "".join(f"{i},yes\n" for i in positives) + "".join(f"{i},no\n" for i in negatives)
+    )
+    return dict(
+        **built,
+        campaign_uri=campaign_uri,
+        concept=CONCEPT,
+        seed_labels_uri=str(seeds),
+        truth_column="label",
+        split_column="split",
+        batch_size=20,
+        budget=500,
+        poll_seconds=float(poll),
+        timeout_seconds=float(timeout),
+    )
+
+
+def test_looped_pipeline_continues_when_labels_are_dropped_while_it_waits(tmp_path, built, kfp_local):
+    campaign_uri = str(tmp_path / "campaign")
+    dropped: list[str] = []
+
+    def person() -> None:
+        """Waits for the first batch, lets the sensor poll a few times, then drops labels."""
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if (Path(campaign_uri) / "rounds" / "000" / "COMMITTED").exists():
+                time.sleep(3)  # wait_for_labels is polling meanwhile
+                dropped.append(Campaign(campaign_uri, progress=False).oracle_labels())
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=person, daemon=True)
+    thread.start()
+    make_looped(2)(**looped_args(built, campaign_uri, poll=0.5, timeout=120))
+    thread.join(timeout=10)
+    assert dropped == ["inbox/000/oracle.jsonl"]
+    campaign = Campaign(campaign_uri, progress=False)
+    assert campaign.committed_rounds() == [0, 1], "the run went on into round 1 after the labels came"
+    assert len(campaign.state().labeled) == 120
+
+
+def test_looped_pipeline_times_out_clearly_and_the_campaign_resumes(tmp_path, built, kfp_local, capfd):
+    campaign_uri = str(tmp_path / "campaign")
+    with pytest.raises(RuntimeError):
+        make_looped(2)(**looped_args(built, campaign_uri, poll=0.5, timeout=2))
+    out, err = capfd.readouterr()
+    assert f"{campaign_uri}/inbox/000/: no new labels after 2 s; the campaign is unchanged at round 0" in (
+        out + err
+    )
+    campaign = Campaign(campaign_uri, progress=False)
+    assert campaign.committed_rounds() == [0]
+    status = campaign.status()
+    assert status["pending"] == 20
+    assert status["lock"] is None
+    assert status["interrupted_round"] is None
+    # Resume later: labels arrive, one round per run picks the campaign up.
+    campaign.oracle_labels()
+    seals_one_round(campaign_uri=campaign_uri)
+    assert Campaign(campaign_uri, progress=False).committed_rounds() == [0, 1]
+
+
+def test_one_round_per_run_advances_one_round_per_labels_and_is_idempotent(tmp_path, built, kfp_local):
+    from seals_al.simulate import index_over_u
+
+    index_over_u(built["items_uri"], built["embeddings_uri"], built["index_uri"], split_column="split")
+    campaign_uri, _ = campaign_from_parameters(
+        campaign_uri=str(tmp_path / "campaign"),
+        concept=CONCEPT,
+        items_uri=built["items_uri"],
+        embeddings_uri=built["embeddings_uri"],
+        index_uri=built["index_uri"],
+        truth_column="label",
+        split_column="split",
+        batch_size=20,
+    )
+    campaign = Campaign(campaign_uri, progress=False)
+
+    def snapshot() -> dict[str, bytes]:
+        return {k: campaign.storage.read_bytes(k) for k in campaign.storage.list("")}
+
+    seals_one_round(campaign_uri=campaign_uri)  # round 0 from the seeds
+    assert campaign.committed_rounds() == [0]
+    before = snapshot()
+    seals_one_round(campaign_uri=campaign_uri)  # no new labels
+    assert snapshot() == before, "a run with no new labels changes nothing"
+    campaign.oracle_labels()
+    seals_one_round(campaign_uri=campaign_uri)
+    assert campaign.committed_rounds() == [0, 1]
+    assert len(campaign.state().labeled) == 120
+    campaign.oracle_labels()
+    seals_one_round(campaign_uri=campaign_uri)
+    assert campaign.committed_rounds() == [0, 1, 2], "exactly one round per run with labels"
+
+
+def normalized(text: str) -> str:
+    """Golden files ignore the SDK version and the image tag (checked on their own below)."""
+    text = re.sub(r"sdkVersion: kfp-[0-9.]+", "sdkVersion: kfp-X", text)
+    return text.replace(IMAGE, "IMAGE")
+
+
+def test_compiled_pipelines_match_the_golden_files(tmp_path):
+    written = compile_all(tmp_path)
+    assert sorted(p.name for p in written) == sorted(p.name for p in COMPILED.glob("*.yaml"))
+    for path in written:
+        golden = COMPILED / path.name
+        assert normalized(path.read_text()) == normalized(golden.read_text()), (
+            f"{path.name} changed: run `seals-al compile` and review the diff"
+        )
+
+
+def test_every_component_runs_the_one_image_tagged_with_the_version():
+    assert IMAGE.endswith(f":{__version__}")
+    for golden in COMPILED.glob("*.yaml"):
+        images = set(re.findall(r"image: (\S+)", golden.read_text()))
+        assert images == {IMAGE}, golden.name
