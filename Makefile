@@ -12,7 +12,7 @@ DEMO_CONCEPT ?= report_fraud
 DEMO_STRATEGY ?= mlp
 DEMO_OUT := demo-output
 
-.PHONY: demo test lint format benchmarks clean
+.PHONY: demo test lint format benchmarks clean image manifests
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,3 +49,14 @@ benchmarks: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .cache .pytest_cache .ruff_cache
+
+# The container image (needs Docker; not available on the build machine). Tag = package version.
+IMAGE = $(shell $(BIN)/python -c 'from seals_al.version import IMAGE; print(IMAGE)')
+image: $(STAMP)
+	docker build -f images/Dockerfile -t $(IMAGE) \
+		--build-arg VERSION=$$($(BIN)/python -c 'from seals_al.version import __version__; print(__version__)') .
+
+# Regenerate what is generated from code: compiled pipelines and the Argo template.
+manifests: $(STAMP)
+	$(BIN)/seals-al compile
+	$(BIN)/seals-al argo-template

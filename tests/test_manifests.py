@@ -1,0 +1,114 @@
+"""Cluster manifests, checked offline: the kustomize bases render with kubectl, RBAC is least
+privilege, the Argo template is generated, valid against Argo's JSON Schema, suspends between
+rounds and runs the package's image; the recurring run matches the KFP client's API."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import kfp
+import pytest
+import yaml
+
+from pipelines.argo import TEMPLATE, write_template
+from pipelines.schedule import recurring_run_request
+from seals_al.errors import SealsError
+from seals_al.version import IMAGE
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((Path(__file__).parent / "schemas" / "argo-workflows-v4.1-schema.json").read_text())
+
+
+def kustomize(path: Path) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl renders kustomize bases offline; it is on the machine image"
+    out = subprocess.run([kubectl, "kustomize", str(path)], check=True, capture_output=True, text=True)
+    return list(yaml.safe_load_all(out.stdout))
+
+
+def by_kind(docs: list[dict]) -> dict[str, dict]:
+    return {d["kind"]: d for d in docs}
+
+
+def test_the_argo_template_is_the_generated_one(tmp_path):
+    fresh = write_template(tmp_path / "t.yaml")
+    assert fresh.read_text() == TEMPLATE.read_text(), "run `seals-al argo-template` and commit the result"
+
+
+def test_the_argo_template_is_valid_and_suspends_between_rounds():
+    template = yaml.safe_load(TEMPLATE.read_text())
+    jsonschema.validate(template, SCHEMA)
+    templates = {t["name"]: t for t in template["spec"]["templates"]}
+    assert templates["wait-for-labels"]["suspend"] == {}
+    steps = [group[0] for group in templates["round"]["steps"]]
+    names = [s["name"] for s in steps]
+    assert names == ["ingest", "train", "select", "report", "wait-for-labels", "next-round"]
+    wait, next_round = steps[4], steps[5]
+    assert wait["template"] == "wait-for-labels", "a real suspend step between two rounds"
+    assert next_round["template"] == "round", "the next round comes after the suspend"
+    assert wait["when"] == next_round["when"]
+    assert "keep-going" in wait["when"]
+    images = {t["container"]["image"] for t in templates.values() if "container" in t}
+    assert images == {IMAGE}, "the same image (and tag) as the KFP components"
+    commands = {tuple(t["container"]["command"]) for t in templates.values() if "container" in t}
+    assert commands == {("seals-al",)}
+
+
+def test_a_broken_template_fails_the_schema():
+    template = yaml.safe_load(TEMPLATE.read_text())
+    template["spec"]["templates"][0]["container"]["args"] = "not a list"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(template, SCHEMA)
+
+
+def test_kustomize_bases_render_with_least_privilege():
+    base = by_kind(kustomize(ROOT / "manifests" / "base"))
+    assert set(base) == {"Namespace", "ServiceAccount", "Role", "RoleBinding", "ConfigMap"}
+    rules = base["Role"]["rules"]
+    for rule in rules:
+        for field in ("verbs", "resources", "apiGroups"):
+            assert "*" not in rule[field], field
+        assert not set(rule["verbs"]) & {"delete", "deletecollection", "escalate", "bind", "impersonate"}
+    assert rules == [
+        {"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"], "verbs": ["create", "patch"]}
+    ]
+    binding = base["RoleBinding"]
+    assert binding["roleRef"]["name"] == base["Role"]["metadata"]["name"]
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": base["ServiceAccount"]["metadata"]["name"],
+            "namespace": "seals-al",
+        }
+    ]
+    argo = by_kind(kustomize(ROOT / "manifests" / "argo"))
+    template = argo["WorkflowTemplate"]
+    assert template["metadata"]["namespace"] == "seals-al"
+    assert template["spec"]["serviceAccountName"] == base["ServiceAccount"]["metadata"]["name"]
+    env_from = template["spec"]["templates"][0]["container"]["envFrom"][0]["configMapRef"]["name"]
+    assert env_from == base["ConfigMap"]["metadata"]["name"], "the config map is referenced by name"
+
+
+def test_the_recurring_run_matches_the_kfp_client_and_the_pipeline():
+    request = recurring_run_request(ROOT / "manifests" / "recurring-run" / "one-round.yaml")
+    inspect.signature(kfp.Client.create_recurring_run).bind(None, experiment_id="e", **request)
+    assert Path(request["pipeline_package_path"]) == ROOT / "pipelines" / "compiled" / "seals_one_round.yaml"
+    spec = yaml.safe_load(Path(request["pipeline_package_path"]).read_text())
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    required = {name for name, p in inputs.items() if not p.get("isOptional")}
+    assert required <= set(request["params"]) <= set(inputs)
+    assert request["max_concurrency"] == 1
+
+
+def test_a_bad_recurring_run_definition_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "job_name: x\npipeline_package_path: nowhere.yaml\ncron_expression: '* * * * *'\nparams: {}\n"
+    )
+    with pytest.raises(SealsError, match="six fields"):
+        recurring_run_request(bad)
