@@ -12,7 +12,7 @@ DEMO_CONCEPT ?= report_fraud
 DEMO_STRATEGY ?= mlp
 DEMO_OUT := demo-output
 
-.PHONY: demo test lint format benchmarks clean image manifests
+.PHONY: demo demo-compare test lint format benchmarks clean image manifests
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,15 +21,21 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# The simulation pipeline on CLINC150 through kfp.local: embed (Beam), index, then rounds of
+# label ingest, train, select and report, with an oracle labeler; prints each round's metrics and
+# where its artifacts are. Re-running reuses the embeddings and index.
 demo: $(STAMP)
+	rm -rf $(DEMO_OUT)/kfp/campaigns $(DEMO_OUT)/kfp/pipeline-root
+	$(BIN)/seals-al run-local --items $(DATA) --concept $(DEMO_CONCEPT) --strategy $(DEMO_STRATEGY) \
+		--rounds 5 --batch-size 100 --out $(DEMO_OUT)/kfp
+
+# SEALS vs global selection side by side, without KFP (seals-al simulate).
+demo-compare: $(STAMP)
 	$(BIN)/seals-al simulate --data $(DATA) --concept $(DEMO_CONCEPT) --strategy $(DEMO_STRATEGY) \
 		--mode seals --rounds 9 --out $(DEMO_OUT)/seals
 	$(BIN)/seals-al simulate --data $(DATA) --concept $(DEMO_CONCEPT) --strategy $(DEMO_STRATEGY) \
 		--mode global --rounds 9 --out $(DEMO_OUT)/global
 	$(BIN)/seals-al compare $(DEMO_OUT)/seals $(DEMO_OUT)/global --out $(DEMO_OUT)/seals-vs-global.png
-	@echo "Summaries: $(DEMO_OUT)/seals/summary.json $(DEMO_OUT)/global/summary.json"
-	@echo "Per-round selections: $(DEMO_OUT)/seals/rounds/NNN/selected.jsonl"
-	@echo "Side-by-side plot: $(DEMO_OUT)/seals-vs-global.png"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seals_al.campaign import Campaign, CampaignConfig, init
+from seals_al.campaign import Campaign, CampaignConfig, ensure_campaign, init
 from seals_al.cli import main
 from seals_al.errors import SealsError
 from seals_al.storage import open_storage
@@ -439,3 +439,75 @@ def test_each_rounds_model_json_reproduces_its_predictions(campaign):
     refit = fit_logistic(x, labels, seed=campaign.config.seed)
     np.testing.assert_allclose(saved.coef, refit.coef, rtol=1e-6)
     np.testing.assert_allclose(saved.predict_proba(x), refit.predict_proba(x), rtol=1e-6)
+
+
+def test_the_stage_commands_equal_a_whole_round(tmp_path, clinc_slice, cache_dir, capsys):
+    """`seals-al ingest`, `train`, `select` (what the Argo template runs) commit the same round as
+    `seals-al round`; `report` writes the UI files; `wait` and a stage run out of order fail clearly."""
+    reference = prepared(tmp_path, str(tmp_path / "c"), "reference", clinc_slice, cache_dir)
+    reference.round()
+    c = prepared(tmp_path, str(tmp_path / "c"), "staged", clinc_slice, cache_dir)
+    uri = str(c.storage.uri)
+    assert main(["train", uri]) == 2
+    assert "no labels ingested for round 1; run label ingest before train" in capsys.readouterr().err
+    assert main(["wait", uri, "--poll-seconds", "0.05", "--timeout-seconds", "5"]) == 0
+    for stage in ("ingest", "train"):
+        assert main([stage, uri]) == 0
+    assert c.state().round == 0, "nothing is committed before select"
+    assert c.status()["interrupted_round"] == "001"
+    assert main(["select", uri]) == 0
+    assert round_outcome(c, 1) == round_outcome(reference, 1)
+    assert main(["report", uri, "--out", str(tmp_path / "report")]) == 0
+    report = tmp_path / "report"
+    assert json.loads((report / "keep_going").read_text()) is True
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["labeled"] == 110
+    assert metrics["round"] == 1
+    assert "<img src='data:image/png;base64," in (report / "report.html").read_text()
+    assert "| labeled | 110 |" in (report / "summary.md").read_text()
+    capsys.readouterr()
+    assert main(["wait", uri, "--poll-seconds", "0.05", "--timeout-seconds", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "inbox/001/: no new labels after 0.2 s; the campaign is unchanged at round 1" in err
+    assert main(["ingest", uri]) == 0
+    assert "no new labels: nothing to do" in capsys.readouterr().out
+    assert c.state().round == 1
+
+
+def test_select_refuses_a_model_trained_on_other_labels(tmp_path, clinc_slice, cache_dir):
+    c = prepared(tmp_path, str(tmp_path / "c"), "stale", clinc_slice, cache_dir)
+    c.storage.delete("inbox/000/l.csv")
+    batch = open_batch(c)
+    truth = truth_of(clinc_slice)
+    c.storage.write_text("inbox/000/a.csv", "id,label\n" + f"{batch[0]['id']},{truth[batch[0]['id']]}\n")
+    assert c.ingest().labeled == 101
+    c.train()
+    c.storage.write_text("inbox/000/b.csv", "id,label\n" + f"{batch[1]['id']},{truth[batch[1]['id']]}\n")
+    assert c.ingest().labeled == 102, "the staged round is recomputed with the new file"
+    with pytest.raises(SealsError, match="labels were ingested again after the model was trained"):
+        c.select()
+    c.train()
+    assert c.select()["labeled"] == 102
+
+
+def test_an_existing_campaign_is_reused_only_with_the_same_settings(tmp_path, clinc_slice, cache_dir):
+    config = CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir))
+    uri = str(tmp_path / "campaign")
+    assert ensure_campaign(config, uri) is True
+    assert ensure_campaign(config, uri) is False, "a re-run with the same settings is a no-op"
+    other = CampaignConfig(**{**config.__dict__, "k": 20, "budget": 300})
+    with pytest.raises(SealsError, match=r"other settings exists here \(budget: 200 there, 300 given; k: 10"):
+        ensure_campaign(other, uri)
+
+
+def test_next_step_stops_at_the_target_metric(tmp_path, clinc_slice, cache_dir):
+    c = prepared(tmp_path, str(tmp_path / "c"), "target", clinc_slice, cache_dir)
+    assert c.next_step() == (
+        True,
+        f"{BATCH} example(s) to label; drop labels in {c.storage.where('inbox/000')}/",
+    )
+    keep_going, reason = c.next_step("average_precision", 0.5)
+    assert not keep_going
+    assert reason.startswith("target reached: average_precision ")
+    with pytest.raises(SealsError, match=r"target metric 'f1' is not in metrics\.json; known: "):
+        c.next_step("f1", 0.5)
