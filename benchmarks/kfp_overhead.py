@@ -17,6 +17,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -51,11 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["SEALS_CACHE_DIR"] = str(Path(tmp) / "cache")
         # Untimed: build the embeddings store and the index (and warm the model) once.
-        run_simulation(str(DATA), Path(tmp) / "warm", args.concept, rounds=1)
-        out = Path(tmp) / "timed"
-        out.mkdir()
-        for name in ("embeddings", "index"):
-            os.symlink(Path(tmp) / "warm" / name, out / name)
+        out = Path(tmp) / "run"
+        run_simulation(str(DATA), out, args.concept, rounds=1)
+        for name in ("campaigns", "pipeline-root"):  # keep the embeddings and the index
+            shutil.rmtree(out / name)
         started = time.perf_counter()
         run_simulation(str(DATA), out, args.concept, rounds=args.rounds)
         kfp_total = time.perf_counter() - started

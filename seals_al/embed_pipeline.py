@@ -418,7 +418,7 @@ def ensure_embeddings(
     }
     if (Path(output) / "manifest.json").is_file():
         store = EmbeddingStore.open(output)
-        if store.manifest.get("source") == source:
+        if store.manifest.get("extra", {}).get("source") == source:
             return store, True
     argv = [
         f"--input={items}",

@@ -3,6 +3,7 @@ and a whole run on the in-process runner."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from seals_al.embed import MiniLMEncoder
-from seals_al.embed_pipeline import DEAD, EmbedItems, MiniLMHandler, ReadItems, run
+from seals_al.embed_pipeline import DEAD, EmbedItems, MiniLMHandler, ReadItems, ensure_embeddings, run
 from seals_al.errors import SealsError
 
 TEXTS = {
@@ -105,6 +106,24 @@ def test_whole_run_writes_a_store_with_stable_row_ids(tmp_path):
     assert [(d["id"], d["reason"]) for d in dead] == [("e", "empty 'text'")]
     assert not (tmp_path / "store.parts").exists(), "the workers' parts are removed"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "store"]
+
+
+def test_ensure_embeddings_reuses_a_store_made_from_the_same_items(tmp_path):
+    items = tmp_path / "items.csv"
+    items.write_text(f"id,text\na,{TEXTS['a']}\nb,{TEXTS['b']}\n")
+    out = str(tmp_path / "store")
+    first, reused = ensure_embeddings(str(items), out)
+    assert not reused
+    assert first.manifest["extra"]["source"]["sha256"] == hashlib.sha256(items.read_bytes()).hexdigest()
+    published = (tmp_path / "store" / "manifest.json").stat().st_mtime_ns
+    again, reused = ensure_embeddings(str(items), out)
+    assert reused, "same file, columns and model: nothing recomputed"
+    assert (tmp_path / "store" / "manifest.json").stat().st_mtime_ns == published
+    assert sorted(again.ids) == ["a", "b"]
+    items.write_text(f"id,text\na,{TEXTS['a']}\nc,{TEXTS['c']}\n")
+    changed, reused = ensure_embeddings(str(items), out)
+    assert not reused, "the items changed: embedded again"
+    assert sorted(changed.ids) == ["a", "c"]
 
 
 def test_unknown_options_are_an_error_not_silently_dropped(tmp_path):

@@ -6,12 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from seals_al.cli import main
+from seals_al.errors import SealsError
+from seals_al.simulate import DataConfig, Dataset
 
 ROUNDS, BATCH = 3, 20
 SUMMARY_KEYS = {
@@ -276,3 +279,48 @@ def test_a_cached_graph_spares_the_index_build(clinc_slice, cache_dir, tmp_path)
     second = Dataset.prepare(config, progress=False)
     assert outcome(run(second, sim, progress=False)) == expected
     assert second._index is None, "with the graph cached, no index is built"
+
+
+def test_a_built_index_must_cover_exactly_u(tmp_path):
+    """index_over_u leaves the evaluation split out (so it is never a neighbour) and is reused
+    when nothing changed; an index over other rows is refused by name; texts beside given
+    embeddings are read for the labelers."""
+    from seals_al.embeddings import write_store
+    from seals_al.index import build_index_dir
+    from seals_al.simulate import index_over_u
+
+    rng = np.random.default_rng(0)
+    ids = [f"item-{i}" for i in range(120)]
+    vectors = rng.normal(size=(120, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store = write_store(tmp_path / "store", ids, vectors, model="t", normalized=True)
+    items = tmp_path / "items.csv"
+    items.write_text(
+        "id,text,split\n"
+        + "".join(f"{i},text {i},{'test' if n % 4 == 0 else 'train'}\n" for n, i in enumerate(ids))
+    )
+    manifest, reused = index_over_u(
+        str(items), str(store.path), str(tmp_path / "ix"), "Flat", split_column="split"
+    )
+    assert (manifest["ntotal"], reused) == (90, False)
+    assert index_over_u(str(items), str(store.path), str(tmp_path / "ix"), "Flat", split_column="split")[1]
+    config = DataConfig(
+        data=str(items),
+        label_column=None,
+        split_column="split",
+        embeddings=str(store.path),
+        index=str(tmp_path / "ix"),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    dataset = Dataset.prepare(config, progress=False)
+    assert dataset.items.texts[1] == "text item-1"
+    _, neighbours = dataset.neighbours(5, progress=False).knn(dataset.u_rows[:10], 5)
+    assert not set(neighbours.ravel().tolist()) & set(dataset.eval_rows.tolist()), (
+        "no evaluation row is a neighbour"
+    )
+    build_index_dir(store, tmp_path / "all", "Flat", recall_queries=0, progress=False)
+    everything = Dataset.prepare(replace(config, index=str(tmp_path / "all")), progress=False)
+    with pytest.raises(
+        SealsError, match=r"all: the index was not built over U \(90 rows outside the 'test' split\)"
+    ):
+        everything.neighbours(5, progress=False)
