@@ -52,6 +52,8 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/label_efficiency.py
 	$(BIN)/python benchmarks/selection_cost.py
 	$(BIN)/python benchmarks/embed_throughput.py
+	$(BIN)/python benchmarks/kfp_overhead.py
+	$(BIN)/python benchmarks/index_scale.py --workdir /tmp  # about 25 minutes, 25 GB of disk
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .cache .pytest_cache .ruff_cache
