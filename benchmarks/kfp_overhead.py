@@ -53,11 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SEALS_CACHE_DIR"] = str(Path(tmp) / "cache")
         # Untimed: build the embeddings store and the index (and warm the model) once.
         out = Path(tmp) / "run"
-        run_simulation(str(DATA), out, args.concept, rounds=1)
+        run_simulation(str(DATA), out, args.concept, rounds=1, log=Path(tmp) / "warm.log")
         for name in ("campaigns", "pipeline-root"):  # keep the embeddings and the index
             shutil.rmtree(out / name)
         started = time.perf_counter()
-        run_simulation(str(DATA), out, args.concept, rounds=args.rounds)
+        run_simulation(str(DATA), out, args.concept, rounds=args.rounds, log=Path(tmp) / "timed.log")
         kfp_total = time.perf_counter() - started
         kfp_rounds = pipeline_round_seconds(out / "pipeline-root")
 

@@ -5,9 +5,15 @@ A plugin command (entry point group ``seals_al.commands``), so the core never im
 """
 
 import argparse
+import contextlib
 import json
+import os
+import sys
+import threading
 import time
 from pathlib import Path
+
+from tqdm import tqdm
 
 
 def run_simulation(
@@ -20,8 +26,13 @@ def run_simulation(
     budget: int = 100_000,
     strategy: str = "maxent",
     index_factory: str = "Flat",
+    log: str | Path | None = None,
 ) -> dict:
-    """Run the simulation pipeline locally; returns {"seconds", "campaign", "pipeline_root"}."""
+    """Run the simulation pipeline locally; returns {"seconds", "campaign", "pipeline_root"}.
+
+    With ``log``, kfp.local's verbose task output goes to that file and a progress bar counts
+    the finished tasks instead.
+    """
     from kfp import local
 
     from pipelines.simulation import make_simulation
@@ -29,8 +40,8 @@ def run_simulation(
     out = Path(out).resolve()
     root = out / "pipeline-root"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    started = time.perf_counter()
-    make_simulation(rounds)(
+    pipeline = make_simulation(rounds)
+    arguments = dict(
         items_uri=str(Path(items_uri).resolve()),
         campaign_uri=str(out / "campaigns" / concept),
         embeddings_uri=str(out / "embeddings"),
@@ -41,11 +52,69 @@ def run_simulation(
         budget=budget,
         index_factory=index_factory,
     )
+    started = time.perf_counter()
+    if log is None:
+        pipeline(**arguments)
+    else:
+        # embed, build_index, init_campaign, then 4 tasks in round 0 and 5 in each later round.
+        with _quiet(Path(log)) as terminal, _TaskProgress(root, 3 + 4 + 5 * (rounds - 1), terminal):
+            pipeline(**arguments)
     return {
         "seconds": time.perf_counter() - started,
         "campaign": str(out / "campaigns" / concept),
         "pipeline_root": str(root),
     }
+
+
+@contextlib.contextmanager
+def _quiet(log: Path):
+    """Send this process's stdout and stderr (and the task subprocesses') to ``log``; yields a
+    stream on the real terminal."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    terminal = os.fdopen(os.dup(2), "w")
+    try:
+        with log.open("w") as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            yield terminal
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        terminal.close()
+
+
+class _TaskProgress:
+    """A progress bar of finished pipeline tasks (their executor_output.json files)."""
+
+    def __init__(self, root: Path, total: int, stream):
+        self.root, self.total, self.stream = root, total, stream
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self._seen = set(self.root.glob("*/*/executor_output.json"))
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        with tqdm(total=self.total, desc="pipeline tasks", unit="task", file=self.stream) as bar:
+            while not self._stop.wait(0.5):
+                done = set(self.root.glob("*/*/executor_output.json")) - self._seen
+                bar.update(len(done) - bar.n)
+                latest = max(done, key=lambda p: p.stat().st_mtime, default=None)
+                if latest is not None:
+                    bar.set_postfix_str(latest.parent.name)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -77,25 +146,34 @@ def _run_local(args: argparse.Namespace, console) -> int:
         batch_size=args.batch_size,
         budget=args.budget,
         strategy=args.strategy,
+        log=Path(args.out) / "pipeline.log",
     )
     campaign = Campaign(result["campaign"], progress=False)
     table = Table(title=f"simulation pipeline (kfp.local): {args.concept!r}, {args.strategy}")
-    columns = ("labeled", "positives", "recall", "average_precision", "pool_size", "pool_fraction")
-    for name in ("round", *columns):
-        table.add_column(name, justify="right")
+    columns = {
+        "labeled": "labels",
+        "positives": "positives",
+        "recall": "recall",
+        "average_precision": "AP",
+        "pool_size": "pool",
+        "pool_fraction": "pool/U",
+        "selection_seconds": "select s",
+    }
+    for header in ("round", *columns.values()):
+        table.add_column(header, justify="right")
     for r in campaign.committed_rounds():
         m = campaign.storage.read_json(f"rounds/{r:03d}/metrics.json")
         table.add_row(str(r), *(f"{m[c]:.3f}" if isinstance(m[c], float) else f"{m[c]:,}" for c in columns))
     console.print(table)
     run = sorted(Path(result["pipeline_root"]).iterdir())[-1]
-    console.print(f"pipeline run: {run} ({result['seconds']:.0f} s)", highlight=False)
-    for task in sorted(run.glob("report*"), key=lambda p: (len(p.name), p.name)):
+    print(f"pipeline run ({result['seconds']:.0f} s; task logs in {args.out}/pipeline.log):")
+    print(f"  {run}")
+    print("each round's artifacts there (Metrics, ClassificationMetrics, HTML, Markdown; the batch):")
+    reports = sorted(run.glob("report*"), key=lambda p: (len(p.name), p.name))
+    batches = sorted(run.glob("select-round*"), key=lambda p: (len(p.name), p.name))
+    for r, (task, batch) in enumerate(zip(reports, batches, strict=True)):
         output = json.loads((task / "executor_output.json").read_text())
-        uris = {name: a["artifacts"][0]["uri"] for name, a in output["artifacts"].items()}
-        console.print(
-            f"  {task.name}: " + ", ".join(f"{k} {v}" for k, v in sorted(uris.items())), highlight=False
-        )
-    console.print(
-        f"campaign (readable outside KFP: seals-al status {result['campaign']}): {result['campaign']}"
-    )
+        print(f"  round {r}: {task.name}/{{{','.join(sorted(output['artifacts']))}}}  {batch.name}/batch")
+    print(f"campaign state, readable outside KFP (`seals-al status {result['campaign']}`):")
+    print(f"  {result['campaign']}/rounds/NNN/")
     return 0
