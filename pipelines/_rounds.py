@@ -35,9 +35,18 @@ def prepare(
     ).set_caching_options(False)
 
 
-def start_campaign(index: dsl.PipelineTask, **settings):
-    """init_campaign over the index just built; returns the campaign URI every round reads."""
-    task = init_campaign(index_uri=index.outputs["index_uri"], **settings).set_caching_options(False)
+def start_campaign(index: dsl.PipelineTask, parameters: dict, **overrides):
+    """init_campaign over the index just built; returns the campaign URI every round reads.
+
+    Args:
+        index: the build_index task.
+        parameters: the pipeline's parameters (its ``locals()``); those init_campaign takes are
+            passed on by name, so the pipelines do not repeat the list.
+        **overrides: arguments that differ from a same-named pipeline parameter.
+    """
+    names = set(init_campaign.component_spec.inputs) - {"index_uri"}
+    arguments = {k: v for k, v in parameters.items() if k in names} | overrides
+    task = init_campaign(index_uri=index.outputs["index_uri"], **arguments).set_caching_options(False)
     return task.outputs["Output"]
 
 

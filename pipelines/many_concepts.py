@@ -44,25 +44,7 @@ def make_many_concepts(max_rounds: int = MAX_ROUNDS, parallelism: int = 4):
             index_factory, nprobe,
         )  # fmt: skip
         with dsl.ParallelFor(concepts, parallelism=parallelism) as concept:
-            campaign = start_campaign(
-                index,
-                campaign_uri=campaign_root,
-                folder_per_concept=True,
-                items_uri=items_uri,
-                concept=concept,
-                embeddings_uri=embeddings_uri,
-                strategy=strategy,
-                mode=mode,
-                k=k,
-                batch_size=batch_size,
-                budget=budget,
-                seed=seed,
-                id_column=id_column,
-                text_column=text_column,
-                truth_column=truth_column,
-                split_column=split_column,
-                eval_split=eval_split,
-            )
+            campaign = start_campaign(index, locals(), campaign_uri=campaign_root, folder_per_concept=True)
             rounds(campaign, max_rounds, oracle, target_metric, target_value)
 
     return seals_many_concepts

@@ -46,24 +46,7 @@ def make_simulation(max_rounds: int = MAX_ROUNDS):
             items_uri, embeddings_uri, index_uri, id_column, text_column, split_column, eval_split,
             index_factory, nprobe,
         )  # fmt: skip
-        campaign = start_campaign(
-            index,
-            campaign_uri=campaign_uri,
-            items_uri=items_uri,
-            concept=concept,
-            embeddings_uri=embeddings_uri,
-            strategy=strategy,
-            mode=mode,
-            k=k,
-            batch_size=batch_size,
-            budget=budget,
-            seed=seed,
-            id_column=id_column,
-            text_column=text_column,
-            truth_column=truth_column,
-            split_column=split_column,
-            eval_split=eval_split,
-        )
+        campaign = start_campaign(index, locals())
         rounds(campaign, max_rounds, oracle, target_metric, target_value)
 
     return seals_simulation
