@@ -36,18 +36,19 @@ def prepare(
 
 
 def start_campaign(index: dsl.PipelineTask, parameters: dict, **overrides):
-    """init_campaign over the index just built; returns the campaign URI every round reads.
+    """init_campaign after the index is built; returns the campaign URI every round reads.
 
     Args:
-        index: the build_index task.
+        index: the build_index task (it publishes at the pipeline's ``index_uri``).
         parameters: the pipeline's parameters (its ``locals()``); those init_campaign takes are
             passed on by name, so the pipelines do not repeat the list.
         **overrides: arguments that differ from a same-named pipeline parameter.
     """
-    names = set(init_campaign.component_spec.inputs) - {"index_uri"}
+    # index_uri is the pipeline parameter, ordered by .after(index), not index.outputs[...]:
+    # kfp.local (2.17.3) resolves a NamedTuple output passed into a ParallelFor to the loop item.
+    names = set(init_campaign.component_spec.inputs)
     arguments = {k: v for k, v in parameters.items() if k in names} | overrides
-    task = init_campaign(index_uri=index.outputs["index_uri"], **arguments).set_caching_options(False)
-    return task.outputs["Output"]
+    return init_campaign(**arguments).after(index).set_caching_options(False).outputs["Output"]
 
 
 def one_round(
