@@ -212,16 +212,18 @@ def campaign_from_parameters(
     values = {k: v for k, v in values.items() if v is not None}
     config = CampaignConfig(concept=concept, seed_labels=seed_labels_uri or "seeds.csv", **values)
     config.check(uri)
-    if seed_labels_uri:
-        cache = config.cache_dir or default_cache_dir()
-        path = local_file(seed_labels_uri, cache)
-        if not path.is_file():
-            raise SealsError(f"{seed_labels_uri}: no such seed labels file")
-        seed_file = (path.name, path.read_bytes())
-    else:
-        seed_file = ("seeds.csv", seed_labels_from_truth(config, seed=config.seed).encode())
+    storage = open_storage(uri)
+    seed_file = None  # only read (or drawn) when the campaign is created
+    if not storage.exists(CONFIG):
+        if seed_labels_uri:
+            path = local_file(seed_labels_uri, config.cache_dir or default_cache_dir())
+            if not path.is_file():
+                raise SealsError(f"{seed_labels_uri}: no such seed labels file")
+            seed_file = (path.name, path.read_bytes())
+        else:
+            seed_file = ("seeds.csv", seed_labels_from_truth(config, seed=config.seed).encode())
     ensure_campaign(config, uri, seed_file)
-    return uri, open_storage(uri).read_json(CONFIG, MAX_CONFIG_BYTES)
+    return uri, storage.read_json(CONFIG, MAX_CONFIG_BYTES)
 
 
 class LabelsTimeout(SealsError):

@@ -192,15 +192,13 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     from seals_al.report import round_report
     from seals_al.storage import write_json_atomic, write_text_atomic
 
-    campaign = Campaign(args.campaign, progress=False)
-    result = round_report(campaign)
-    keep_going, reason = campaign.next_step(args.target_metric, args.target_value)
+    result = round_report(Campaign(args.campaign, progress=False), args.target_metric, args.target_value)
     out = Path(args.out)
     write_text_atomic(out / "report.html", result.html)
-    write_text_atomic(out / "summary.md", result.markdown + f"\nNext: {reason}\n")
+    write_text_atomic(out / "summary.md", result.markdown)
     write_json_atomic(out / "metrics.json", {**result.metrics, "round": result.round})
-    write_text_atomic(out / "keep_going", json.dumps(keep_going))
-    console.print(f"round {result.round}: {reason}\nreport: {out / 'report.html'}", highlight=False)
+    write_text_atomic(out / "keep_going", json.dumps(result.keep_going))
+    console.print(f"round {result.round}: {result.reason}\nreport: {out / 'report.html'}", highlight=False)
     return 0
 
 

@@ -331,10 +331,8 @@ def cached_neighbour_graph(
 ) -> NeighbourGraph:
     """The graph of these rows for this store, factory and k: opened from ``cache_dir/graphs`` if
     an earlier run built it, else built (``index`` is called only then) and cached."""
-    digest = hashlib.sha256(np.sort(np.asarray(row_ids, dtype=np.int64)).tobytes())
-    shards = ",".join(s["sha256"] for s in store.manifest["shards"])
-    digest.update(f"{shards}\n{factory}\n{k}".encode())
-    path = Path(cache_dir) / "graphs" / digest.hexdigest()[:24]
+    key = f"{rows_digest(row_ids)}\n{store_digest(store)}\n{factory}\n{k}"
+    path = Path(cache_dir) / "graphs" / hashlib.sha256(key.encode()).hexdigest()[:24]
     if (path / "manifest.json").is_file():
         return NeighbourGraph.open(path)
     return build_neighbour_graph(index(), store, row_ids, k, path, progress=progress)
@@ -450,14 +448,23 @@ def build_index_dir(
     return manifest
 
 
+def rows_digest(row_ids: np.ndarray) -> str:
+    """sha256 of a set of row ids (order does not matter)."""
+    return hashlib.sha256(np.sort(np.asarray(row_ids, dtype=np.int64)).tobytes()).hexdigest()
+
+
+def store_digest(store: EmbeddingStore) -> str:
+    """sha256 over the checksums of a store's shards: changes whenever any vector does."""
+    return hashlib.sha256(",".join(s["sha256"] for s in store.manifest["shards"]).encode()).hexdigest()
+
+
 def _index_source(
     store: EmbeddingStore, row_ids: np.ndarray, factory: str, layout: str, params: dict
 ) -> dict:
     """What an index directory was built from: the store's shard checksums and the rows."""
-    shards = ",".join(shard["sha256"] for shard in store.manifest["shards"])
     return {
-        "store_sha256": hashlib.sha256(shards.encode()).hexdigest(),
-        "rows_sha256": hashlib.sha256(np.sort(row_ids).tobytes()).hexdigest(),
+        "store_sha256": store_digest(store),
+        "rows_sha256": rows_digest(row_ids),
         "factory": factory,
         "layout": layout,
         "search_params": params,

@@ -137,19 +137,22 @@ class RoundReport:
     classification: dict | None  # ROC points and confusion matrix (train.classification_curves)
     html: str
     markdown: str
+    keep_going: bool  # whether another round should run (Campaign.next_step)
+    reason: str
 
 
-def round_report(campaign: Campaign, r: int | None = None, batch_rows: int = 50) -> RoundReport:
-    """The report of a committed round (default: the last): metrics, curves, an HTML page with
-    plots of the campaign so far and the batch with its scores, and a Markdown summary."""
+def round_report(
+    campaign: Campaign, target_metric: str = "", target_value: float = 1.0, batch_rows: int = 50
+) -> RoundReport:
+    """The report of the last committed round: metrics, curves, an HTML page with plots of the
+    campaign so far and the batch with its scores, a Markdown summary, and whether to go on
+    (budget left, pool not exhausted, ``target_metric`` below ``target_value``)."""
     committed = campaign.committed_rounds()
     if not committed:
         raise SealsError(f"{campaign.storage.uri}: no committed round to report on")
-    r = committed[-1] if r is None else r
-    if r not in committed:
-        raise SealsError(f"{campaign.storage.uri}: round {r} is not committed")
+    r = committed[-1]
     st = campaign.storage
-    history = [st.read_json(f"rounds/{i:03d}/metrics.json") for i in committed if i <= r]
+    history = [st.read_json(f"rounds/{i:03d}/metrics.json") for i in committed]
     metrics = {k: history[-1][k] for k in ROUND_METRICS if history[-1].get(k) is not None}
     evaluation = st.read_json(f"rounds/{r:03d}/evaluation.json")
     batch = [json.loads(x) for x in st.read_text(f"rounds/{r:03d}/to_label.jsonl").splitlines() if x]
@@ -183,7 +186,10 @@ def round_report(campaign: Campaign, r: int | None = None, batch_rows: int = 50)
         "|---|---|",
         *(f"| {k} | {_fmt(v)} |" for k, v in metrics.items()),
     ]
-    return RoundReport(r, metrics, evaluation.get("classification"), page, "\n".join(lines) + "\n")
+    keep_going, reason = campaign.next_step(target_metric, target_value)
+    lines += ["", f"Next: {reason}"]
+    markdown = "\n".join(lines) + "\n"
+    return RoundReport(r, metrics, evaluation.get("classification"), page, markdown, keep_going, reason)
 
 
 def _fmt(value) -> str:

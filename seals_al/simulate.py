@@ -30,6 +30,7 @@ from seals_al.index import (
     knn_density,
     neighbour_density,
     open_index_dir,
+    rows_digest,
 )
 from seals_al.items import has_column, read_items
 from seals_al.pool import CandidatePool
@@ -215,8 +216,7 @@ class Dataset:
         if not manifest.is_file():
             raise SealsError(f"{self.config.index}: not an index directory (no manifest.json)")
         source = json.loads(manifest.read_text()).get("source", {})
-        u_digest = hashlib.sha256(np.sort(self.u_rows).tobytes()).hexdigest()
-        if source.get("rows_sha256") != u_digest:
+        if source.get("rows_sha256") != rows_digest(self.u_rows):
             raise SealsError(
                 f"{self.config.index}: the index was not built over U ({len(self.u_rows):,} rows outside "
                 f"the {self.config.eval_split!r} split); build it over those rows"

@@ -35,8 +35,7 @@ def report(
     from seals_al.campaign import Campaign
     from seals_al.report import round_report
 
-    campaign = Campaign(campaign_uri)
-    result = round_report(campaign)
+    result = round_report(Campaign(campaign_uri), target_metric, target_value)
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)
     if result.classification is not None:
@@ -45,8 +44,7 @@ def report(
         curves.log_confusion_matrix(c["categories"], c["confusion_matrix"])
     with open(html_report.path, "w") as f:
         f.write(result.html)
-    keep_going, reason = campaign.next_step(target_metric, target_value)
     with open(summary.path, "w") as f:
-        f.write(result.markdown + f"\nNext: {reason}\n")
-    print(f"round {result.round}: {reason}")
-    return keep_going
+        f.write(result.markdown)
+    print(f"round {result.round}: {result.reason}")
+    return result.keep_going
