@@ -157,6 +157,27 @@ def test_neighbour_graph_over_dense_row_ids(tmp_path):
     for bad in (300, -1):
         with pytest.raises(SealsError, match=f"row id {bad} is not in the graph"):
             graph.knn(np.asarray([3, bad]), 2)
+    assert np.load(tmp_path / "g" / "neighbours.npy", mmap_mode="r").dtype == np.int32, "ids fit in int32"
+
+
+def test_neighbour_graph_keeps_int64_ids_when_row_ids_need_them(tmp_path):
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(50, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    row_ids = np.arange(50, dtype=np.int64) * 2**28  # the largest is over 2**31
+    store = write_store(
+        tmp_path / "store", [f"x{i}" for i in range(50)], vectors, model="t", normalized=True, row_ids=row_ids
+    )
+    index = build_index(store, store.row_ids, "Flat", progress=False)
+    graph = NeighbourGraph.open(
+        build_neighbour_graph(index, store, store.row_ids, 5, tmp_path / "g", progress=False).path,
+        in_memory=True,
+    )
+    assert np.load(tmp_path / "g" / "neighbours.npy", mmap_mode="r").dtype == np.int64
+    D, I = graph.knn(row_ids[[49, 3]], 5)
+    live_D, live_I = IndexNeighbours(index).knn(row_ids[[49, 3]], 5, lambda: store.vectors(row_ids[[49, 3]]))
+    np.testing.assert_array_equal(I, live_I)
+    np.testing.assert_allclose(D, live_D, rtol=1e-6)
 
 
 LAYOUT_CASES = [
