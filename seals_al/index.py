@@ -204,6 +204,10 @@ class Neighbours(Protocol):
         vectors when the source needs them."""
         ...
 
+    def ids(self, row_ids: np.ndarray, k: int, vectors: VectorsOf) -> np.ndarray:
+        """I alone (a source may skip reading the similarities)."""
+        ...
+
 
 class IndexNeighbours:
     """Neighbour lists from live faiss queries."""
@@ -213,6 +217,9 @@ class IndexNeighbours:
 
     def knn(self, row_ids: np.ndarray, k: int, vectors: VectorsOf) -> tuple[np.ndarray, np.ndarray]:
         return search(self.index, vectors(), k, row_ids)
+
+    def ids(self, row_ids: np.ndarray, k: int, vectors: VectorsOf) -> np.ndarray:
+        return self.knn(row_ids, k, vectors)[1]
 
 
 GRAPH_FORMAT = "seals-knn-graph/1"
@@ -258,6 +265,15 @@ class NeighbourGraph:
     def knn(
         self, row_ids: np.ndarray, k: int, vectors: VectorsOf | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        at = self._rows(row_ids, k)
+        return self._sims[at, :k], self._ids[at, :k]
+
+    def ids(self, row_ids: np.ndarray, k: int, vectors: VectorsOf | None = None) -> np.ndarray:
+        """Only the neighbour ids: the similarities (memory-mapped) are not read."""
+        return self._ids[self._rows(row_ids, k), :k]
+
+    def _rows(self, row_ids: np.ndarray, k: int) -> np.ndarray:
+        """Where the given rows are in the graph; an unknown row or a k over the graph's is an error."""
         if k > self.k:
             raise SealsError(f"{self.path}: the graph holds {self.k} neighbours per row; {k} were asked for")
         row_ids = np.asarray(row_ids, dtype=np.int64)
@@ -271,7 +287,7 @@ class NeighbourGraph:
             raise SealsError(
                 f"{self.path}: row id {int(row_ids[np.flatnonzero(missing)[0]])} is not in the graph"
             )
-        return self._sims[at, :k], self._ids[at, :k]
+        return at
 
 
 def build_neighbour_graph(

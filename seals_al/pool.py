@@ -111,7 +111,7 @@ class CandidatePool:
                 return self._vectors.rows(np.asarray(cached))
             return self.store.vectors(queries)
 
-        _, neighbours = self.neighbours.knn(queries, self.k, query_vectors)
+        neighbours = self.neighbours.ids(queries, self.k, query_vectors)
         self.queries += len(fresh)
         for r in fresh:
             self.expanded.add(r)
