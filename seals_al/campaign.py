@@ -306,7 +306,7 @@ class Campaign:
         return State(r, labeled, ingested, self._jsonl(f"rounds/{r:03d}/to_label.jsonl"))
 
     def _jsonl(self, key: str) -> list[dict]:
-        return [json.loads(line) for line in self.storage.read_text(key).splitlines() if line.strip()]
+        return _jsonl_rows(self.storage.read_text(key))
 
     def inbox(self, state: State) -> str:
         return f"inbox/{state.round:03d}"
@@ -503,21 +503,23 @@ class Campaign:
         new = len(labeled) - len(state.labeled)
         return Ingested(r, new, len(relabels), len(labeled), sorted(files))
 
-    def _staged(self, stage: str) -> tuple[int, dict[str, dict]]:
-        """The round being built (last committed + 1) and its staged labeled set."""
-        r = self.state().round + 1
+    def _staged(self, stage: str, state: State) -> tuple[int, dict[str, dict], str]:
+        """The round being built (last committed + 1), its staged labeled set and that file's
+        sha256 (read once, so the model is tied to exactly what it was fit on)."""
+        r = state.round + 1
         base = f"rounds/{r:03d}"
         if not self.storage.exists(f"{base}/ingested.json"):
             raise SealsError(
                 f"{self.storage.where(base)}: no labels ingested for round {r}; run label ingest "
                 f"before {stage}"
             )
-        labeled = {row["id"]: row for row in self._jsonl(f"{base}/labeled.jsonl")}
-        return r, labeled
+        data = self.storage.read_bytes(f"{base}/labeled.jsonl")
+        labeled = {row["id"]: row for row in _jsonl_rows(data.decode())}
+        return r, labeled, _sha256(data)
 
     def _train_stage(self) -> dict:
         cfg, dataset = self.config, self.dataset()
-        r, labeled = self._staged("train")
+        r, labeled, digest = self._staged("train", self.state())
         store = dataset.store
         ids = sorted(labeled)
         y = np.asarray([labeled[i]["label"] for i in ids])
@@ -532,7 +534,6 @@ class Campaign:
                 evaluation["average_precision"] = average_precision(truth_eval, scores)
                 evaluation["classification"] = classification_curves(truth_eval, scores)
         base = f"rounds/{r:03d}"
-        digest = _sha256(self.storage.read_bytes(f"{base}/labeled.jsonl"))
         self.storage.write_json(f"{base}/evaluation.json", evaluation)
         saved = {**model.to_json(), "round": r, "labeled_sha256": digest}
         self.storage.write_json(f"{base}/model.json", saved)
@@ -541,12 +542,12 @@ class Campaign:
     def _select_stage(self) -> dict:
         cfg, dataset = self.config, self.dataset()
         state = self.state()
-        r, labeled = self._staged("select")
+        r, labeled, digest = self._staged("select", state)
         base = f"rounds/{r:03d}"
         if not self.storage.exists(f"{base}/model.json"):
             raise SealsError(f"{self.storage.where(base)}: no model trained for round {r}; run train first")
         saved = self.storage.read_json(f"{base}/model.json")
-        if saved.get("labeled_sha256") != _sha256(self.storage.read_bytes(f"{base}/labeled.jsonl")):
+        if saved.get("labeled_sha256") != digest:
             raise SealsError(
                 f"{self.storage.where(base)}: labels were ingested again after the model was trained; "
                 "run train again"
@@ -711,6 +712,10 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _jsonl_rows(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _sha256(data: bytes) -> str:
