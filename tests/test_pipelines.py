@@ -29,14 +29,21 @@ CONCEPT = "report_fraud"
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, clinc_slice) -> dict:
-    """Embeddings and index URIs shared by the module: the first pipeline builds them, the others
-    find them published and skip the work (as a re-run on a cluster does)."""
+    """Embeddings and index over U, published once for the module (Beam and faiss, for real), so
+    that every test's pipeline finds them and skips the work, as a re-run on a cluster does, and
+    no test depends on another having run first."""
+    from seals_al.embed_pipeline import ensure_embeddings
+    from seals_al.simulate import index_over_u
+
     root = tmp_path_factory.mktemp("built")
-    return {
+    uris = {
         "items_uri": str(clinc_slice),
         "embeddings_uri": str(root / "embeddings"),
         "index_uri": str(root / "index"),
     }
+    ensure_embeddings(uris["items_uri"], uris["embeddings_uri"])
+    index_over_u(uris["items_uri"], uris["embeddings_uri"], uris["index_uri"], split_column="split")
+    return uris
 
 
 @pytest.fixture
@@ -81,6 +88,9 @@ def test_simulation_pipeline_runs_three_rounds_with_artifacts(tmp_path, built, k
         assert "data:image/png;base64," in html
         assert json.loads(batch[0])["id"] in html, "the report shows the batch"
         assert output["parameterValues"]["Output"] is True
+    for task in ("embed", "build-index"):
+        (output,) = kfp_local.glob(f"*/{task}/executor_output.json")
+        assert json.loads(output.read_text())["parameterValues"]["skipped"] is True, f"{task} reused"
     # Every round's own artifacts: the batch as a Dataset, and the campaign files.
     batches = sorted(kfp_local.glob("*/select-round*/batch"))
     assert len(batches) == 3
@@ -186,9 +196,6 @@ def test_looped_pipeline_times_out_clearly_and_the_campaign_resumes(tmp_path, bu
 
 
 def test_one_round_per_run_advances_one_round_per_labels_and_is_idempotent(tmp_path, built, kfp_local):
-    from seals_al.simulate import index_over_u
-
-    index_over_u(built["items_uri"], built["embeddings_uri"], built["index_uri"], split_column="split")
     campaign_uri, _ = campaign_from_parameters(
         campaign_uri=str(tmp_path / "campaign"),
         concept=CONCEPT,
