@@ -180,6 +180,13 @@ class StoreWriter:
         self._publish.__exit__(kind, value, traceback)
 
 
+def first_out_of_range(row_ids: np.ndarray, n: int) -> int | None:
+    """The first of ``row_ids`` outside 0..n-1, or None (two reductions when all are in range)."""
+    if row_ids.size == 0 or (row_ids.min() >= 0 and row_ids.max() < n):
+        return None
+    return int(row_ids[np.flatnonzero((row_ids < 0) | (row_ids >= n))[0]])
+
+
 def _write_id_table(path: Path, ids: Sequence[str], row_ids: np.ndarray) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -197,10 +204,16 @@ def _sha256(path: Path) -> str:
 
 
 class EmbeddingStore:
-    """Read access to a store by global row id; shards stay memory-mapped, never copied whole."""
+    """Read access to a store by global row id; shards stay memory-mapped unless opened in_memory."""
 
     def __init__(
-        self, path: Path, manifest: dict, ids: list[str], row_ids: np.ndarray, shards: list[np.ndarray]
+        self,
+        path: Path,
+        manifest: dict,
+        ids: list[str],
+        row_ids: np.ndarray,
+        shards: list[np.ndarray],
+        mapped: bool = True,
     ):
         self.path = path
         self.manifest = manifest
@@ -208,6 +221,7 @@ class EmbeddingStore:
         self.row_ids = row_ids
         self.dim = int(manifest["dim"])
         self._shards = shards
+        self._mapped = mapped
         self._offsets = np.cumsum([0] + [s.shape[0] for s in shards])
         # Row ids 0..n-1 in storage order (what embedding produces): a row id is its position.
         self._dense = bool(
@@ -239,9 +253,7 @@ class EmbeddingStore:
             if verify and _sha256(path / shard["path"]) != shard["sha256"]:
                 raise SealsError(f"{path / shard['path']}: checksum does not match the manifest")
             # A plain ndarray view of the memory map: same pages, without np.memmap's per-access cost.
-            array = np.load(
-                path / shard["path"], mmap_mode=None if in_memory else "r", allow_pickle=False
-            ).view(np.ndarray)
+            array = np.load(path / shard["path"], mmap_mode="r", allow_pickle=False).view(np.ndarray)
             if array.dtype != np.float32 or array.ndim != 2 or array.shape[1] != manifest["dim"]:
                 raise SealsError(
                     f"{path / shard['path']}: expected float32 [rows, {manifest['dim']}], "
@@ -250,7 +262,14 @@ class EmbeddingStore:
             shards.append(array)
         if sum(s.shape[0] for s in shards) != len(ids) or len(ids) != manifest["count"]:
             raise SealsError(f"{path}: shard rows, id table and manifest count disagree")
-        return cls(path, manifest, ids, row_ids, shards)
+        if in_memory:  # one contiguous array: a gather is a single fancy index, whatever the shards
+            whole = np.empty((len(ids), manifest["dim"]), np.float32)
+            start = 0
+            for array in shards:
+                whole[start : start + len(array)] = array
+                start += len(array)
+            shards = [whole]
+        return cls(path, manifest, ids, row_ids, shards, mapped=not in_memory)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -263,9 +282,9 @@ class EmbeddingStore:
         """Storage positions of global row ids; an unknown row id is an error."""
         row_ids = np.asarray(row_ids, dtype=np.int64)
         if self._dense:
-            bad = (row_ids < 0) | (row_ids >= len(self.row_ids))
-            if bad.any():
-                raise SealsError(f"{self.path}: unknown row id {int(row_ids[np.flatnonzero(bad)[0]])}")
+            bad = first_out_of_range(row_ids, len(self.row_ids))
+            if bad is not None:
+                raise SealsError(f"{self.path}: unknown row id {bad}")
             return row_ids
         at = np.searchsorted(self._sorted, row_ids)
         at_clipped = np.minimum(at, len(self._sorted) - 1)
@@ -296,6 +315,8 @@ class EmbeddingStore:
     def vectors_at(self, positions: np.ndarray) -> np.ndarray:
         """Gather vectors by storage position (0..len-1)."""
         positions = np.asarray(positions, dtype=np.int64)
+        if not self._mapped:  # in RAM: one array, one fancy index
+            return self._shards[0][positions]
         out = np.empty((len(positions), self.dim), dtype=np.float32)
         if len(self._shards) == 1:
             order = np.argsort(positions, kind="stable")  # sequential reads from the memory map

@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from seals_al.embeddings import EmbeddingStore
+from seals_al.embeddings import EmbeddingStore, first_out_of_range
 from seals_al.errors import SealsError
 from seals_al.storage import atomic_dir, read_manifest, write_json_atomic
 
@@ -270,7 +270,8 @@ class NeighbourGraph:
 
     def ids(self, row_ids: np.ndarray, k: int, vectors: VectorsOf | None = None) -> np.ndarray:
         """Only the neighbour ids: the similarities (memory-mapped) are not read."""
-        return self._ids[self._rows(row_ids, k), :k]
+        at = self._rows(row_ids, k)
+        return self._ids[at] if k == self.k else self._ids[at, :k]
 
     def _rows(self, row_ids: np.ndarray, k: int) -> np.ndarray:
         """Where the given rows are in the graph; an unknown row or a k over the graph's is an error."""
@@ -278,11 +279,12 @@ class NeighbourGraph:
             raise SealsError(f"{self.path}: the graph holds {self.k} neighbours per row; {k} were asked for")
         row_ids = np.asarray(row_ids, dtype=np.int64)
         if self._dense:
-            at = row_ids
-            missing = (row_ids < 0) | (row_ids >= len(self._row_ids))
-        else:
-            at = np.minimum(np.searchsorted(self._row_ids, row_ids), len(self._row_ids) - 1)
-            missing = self._row_ids[at] != row_ids
+            bad = first_out_of_range(row_ids, len(self._row_ids))
+            if bad is not None:
+                raise SealsError(f"{self.path}: row id {bad} is not in the graph")
+            return row_ids
+        at = np.minimum(np.searchsorted(self._row_ids, row_ids), len(self._row_ids) - 1)
+        missing = self._row_ids[at] != row_ids
         if missing.any():
             raise SealsError(
                 f"{self.path}: row id {int(row_ids[np.flatnonzero(missing)[0]])} is not in the graph"

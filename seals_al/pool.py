@@ -100,13 +100,14 @@ class CandidatePool:
         Returns:
             The members that joined, with the example that brought each one in.
         """
-        fresh = [r for r in dict.fromkeys(map(int, row_ids)) if r not in self.expanded]
+        expanded, slot = self.expanded, self._slot
+        fresh = [r for r in dict.fromkeys(map(int, row_ids)) if r not in expanded]
         if not fresh:
             return self._empty_arrivals()
         queries = np.asarray(fresh, dtype=np.int64)
-        cached = [self._slot.get(r) for r in fresh]
 
         def query_vectors() -> np.ndarray:
+            cached = [slot.get(r) for r in fresh]
             if all(c is not None for c in cached):  # pool members: their vectors are here already
                 return self._vectors.rows(np.asarray(cached))
             return self.store.vectors(queries)
@@ -114,30 +115,28 @@ class CandidatePool:
         neighbours = self.neighbours.ids(queries, self.k, query_vectors)
         self.queries += len(fresh)
         for r in fresh:
-            self.expanded.add(r)
-            slot = self._slot.pop(r, None)
-            if slot is not None:
-                self._alive[slot] = False
-        new_ids: list[int] = []
-        new_from: list[int] = []
-        seen: set[int] = set()
+            expanded.add(r)
+            at = slot.pop(r, None)
+            if at is not None:
+                self._alive[at] = False
+        # Each new member, with the first expanded example (in the order given) that reached it.
+        source_of: dict[int, int] = {}
         for source, row in zip(fresh, neighbours.tolist(), strict=True):
-            for n in row:
-                if n < 0 or n in self._slot or n in self.expanded or n in seen:
-                    continue
-                seen.add(n)
-                new_ids.append(n)
-                new_from.append(source)
-        if not new_ids:
+            new = [n for n in row if n not in slot and n not in expanded and n >= 0]
+            if source_of:
+                new = [n for n in new if n not in source_of]
+            source_of.update(dict.fromkeys(new, source))
+        if not source_of:
             return self._empty_arrivals()
-        ids = np.asarray(new_ids, dtype=np.int64)
+        ids = np.fromiter(source_of, dtype=np.int64, count=len(source_of))
         vectors = self.store.vectors(ids)
         density = None
         if self.with_density:
             D, _ = self.neighbours.knn(ids, self.k, lambda: vectors)
             self.queries += len(ids)
             density = neighbour_density(D)
-        arrivals = Arrivals(ids, np.asarray(new_from, dtype=np.int64), vectors, density)
+        reached_from = np.fromiter(source_of.values(), dtype=np.int64, count=len(ids))
+        arrivals = Arrivals(ids, reached_from, vectors, density)
         self._append(arrivals)
         return arrivals
 
@@ -161,8 +160,7 @@ class CandidatePool:
             self._density[s:e] = a.density
         self._vectors.write(s, a.vectors)
         self._alive[s:e] = True
-        for offset, r in enumerate(a.ids.tolist()):
-            self._slot[r] = s + offset
+        self._slot.update(zip(a.ids.tolist(), range(s, e), strict=True))
         self._n = e
 
     def _compact(self) -> None:
@@ -234,6 +232,10 @@ class _Blocks:
         self._blocks: list[np.ndarray] = []
 
     def write(self, start: int, rows: np.ndarray) -> None:
+        b, offset = divmod(start, self.ROWS)
+        if b < len(self._blocks) and offset + len(rows) <= self.ROWS:  # within one existing block
+            self._blocks[b][offset : offset + len(rows)] = rows
+            return
         done = 0
         while done < len(rows):
             at = start + done

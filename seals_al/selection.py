@@ -1,9 +1,12 @@
 """Batch selection, in SEALS mode (over the candidate pool) and global mode (over U minus L).
 
 SEALS (DESIGN section 1, step 3): repeat b times: take x* = argmax over P of phi(x), move it into
-the batch, add kNN(x*) to P. Existing members are scored once per round and sorted; members that
-arrive during the batch go into a small buffer; each pick compares the two bests. Per round this costs
-|P| scores, one sort and b kNN queries, with no pass over U.
+the batch, add kNN(x*) to P. Existing members are scored once per round; members leave P only when
+picked, so only the b best of them (and any tied with the b-th) are ever reached, and only those are
+ordered. Members that arrive during the batch go into a small buffer; each pick compares the two
+bests. Per round this costs |P| scores, a partition, b kNN look-ups and the arrivals' scores, with no
+pass over U. Seeded tie-break keys are computed for the top b and, among arrivals, only when scores
+tie, which a fitted model's continuous scores rarely do.
 
 Global (the paper's baseline): the model is fixed within a round, so the greedy argmax b times is
 the top b of U minus L, computed chunk by chunk from the memory-mapped store.
@@ -14,6 +17,7 @@ the two modes select the same batch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,32 +73,34 @@ def select_seals(
     proba = np.concatenate([model.predict_proba(block) for block in blocks])[live]
     keys = random_keys(ids, seed, round_index) if strategy.is_random else _NO_KEYS
     scores = strategy.scores(proba, None if density is None else density[live], keys)
-    ties = tiebreak_keys(ids, seed, round_index)
-    order = np.lexsort((ties, -scores))
     scored = len(ids)
+    # Members leave the pool only when picked, so at most b of them are ever reached: order the
+    # top b (and everything tied with the b-th), not the whole pool.
+    top = _top(scores, batch_size)
+    ties = tiebreak_keys(ids[top], seed, round_index)
+    at = np.lexsort((ties, -scores[top]))
+    order_ids, order_scores, order_ties = ids[top][at].tolist(), scores[top][at].tolist(), ties[at].tolist()
     # Members arriving during the batch: at most k per pick and at most every row of the store,
-    # so the buffer never grows.
+    # so the buffer never grows. Their tie keys are computed only when a tie needs one.
     capacity = min(batch_size * pool.k, len(pool.store))
     new_scores = np.full(capacity, -np.inf)
-    new_ties = np.zeros(capacity)
     new_ids = np.zeros(capacity, dtype=np.int64)
     n_new = 0
     picks: list[Pick] = []
     cursor = 0
     while len(picks) < batch_size:
-        while cursor < len(order) and int(ids[order[cursor]]) not in pool:
-            cursor += 1
         best: tuple[float, float, int] | None = None
-        if cursor < len(order):
-            at = order[cursor]
-            best = (float(scores[at]), float(ties[at]), int(ids[at]))
-        slot = _best_arrival(new_scores[:n_new], new_ties[:n_new])
-        if slot is not None and (best is None or _beats(new_scores[slot], new_ties[slot], best)):
-            best = (float(new_scores[slot]), float(new_ties[slot]), int(new_ids[slot]))
-            new_scores[slot] = -np.inf
+        if cursor < len(order_ids):
+            best = (order_scores[cursor], order_ties[cursor], order_ids[cursor])
+        arrival = _best_arrival(new_scores[:n_new], new_ids[:n_new], seed, round_index)
+        if arrival is not None and (best is None or _beats(arrival, best, seed, round_index)):
+            best = arrival
+            new_scores[arrival[3]] = -np.inf
+        elif best is not None:
+            cursor += 1
         if best is None:
             return Selection(picks, scored, exhausted=True)
-        score, _, row_id = best
+        score, row_id = best[0], best[2]
         picks.append(Pick(row_id, score, len(picks), len(pool), pool.reached_from(row_id)))
         new = pool.expand([row_id])
         m = len(new.ids)
@@ -107,26 +113,51 @@ def select_seals(
             new_scores[n_new : n_new + m] = strategy.scores(
                 model.predict_proba(new.vectors), new.density, keys
             )
-            new_ties[n_new : n_new + m] = tiebreak_keys(new.ids, seed, round_index)
             new_ids[n_new : n_new + m] = new.ids
             n_new += m
             scored += m
     return Selection(picks, scored, exhausted=False)
 
 
-def _best_arrival(scores: np.ndarray, ties: np.ndarray) -> int | None:
-    """Index of the highest score (lowest tie key among equals), or None if none is left."""
+def _top(scores: np.ndarray, b: int) -> np.ndarray:
+    """Positions of the b highest scores and of every score tied with the b-th (unordered)."""
+    if len(scores) <= b:
+        return np.arange(len(scores))
+    cut = np.partition(scores, len(scores) - b)[len(scores) - b]
+    return np.flatnonzero(scores >= cut)
+
+
+def _best_arrival(
+    scores: np.ndarray, ids: np.ndarray, seed: int, round_index: int
+) -> tuple[float, float, int, int] | None:
+    """(score, tie key, row id, slot) of the best arrival left, or None if none is left.
+
+    The tie key is NaN unless several arrivals share the best score.
+    """
     if len(scores) == 0:
         return None
     at = int(np.argmax(scores))
-    if scores[at] == -np.inf:
+    score = float(scores[at])
+    if score == -np.inf:
         return None
-    equal = np.flatnonzero(scores == scores[at])
-    return at if len(equal) == 1 else int(equal[np.argmin(ties[equal])])
+    equal = np.flatnonzero(scores == score)
+    if len(equal) == 1:
+        return score, np.nan, int(ids[at]), at
+    ties = tiebreak_keys(ids[equal], seed, round_index)
+    at = int(equal[np.argmin(ties)])
+    return score, float(ties.min()), int(ids[at]), at
 
 
-def _beats(score: float, tie: float, other: tuple[float, float, int]) -> bool:
-    return score > other[0] or (score == other[0] and tie < other[1])
+def _beats(
+    arrival: tuple[float, float, int, int], member: tuple[float, float, int], seed: int, r: int
+) -> bool:
+    """Whether an arrival goes before a member: higher score, or the lower tie key at equal scores."""
+    if arrival[0] != member[0]:
+        return arrival[0] > member[0]
+    tie = arrival[1]
+    if math.isnan(tie):
+        tie = float(tiebreak_keys(np.asarray([arrival[2]]), seed, r)[0])
+    return tie < member[1]
 
 
 def select_global(
@@ -178,10 +209,8 @@ def select_global(
         keys = random_keys(row_ids, seed, round_index) if strategy.is_random else np.empty(0)
         scores = strategy.scores(proba, block_density, keys)
         # Keep everything tied with the b-th best so the tie-break decides, not position.
-        if len(scores) > batch_size:
-            cut = np.partition(scores, len(scores) - batch_size)[len(scores) - batch_size]
-            keep = np.flatnonzero(scores >= cut)
-            scores, positions, row_ids = scores[keep], positions[keep], row_ids[keep]
+        keep = _top(scores, batch_size)
+        scores, positions, row_ids = scores[keep], positions[keep], row_ids[keep]
         ties = tiebreak_keys(row_ids, seed, round_index)
         all_scores = np.concatenate([best_scores, scores])
         all_ties = np.concatenate([best_ties, ties])

@@ -32,7 +32,22 @@ def test_store_round_trip_by_global_row_id_across_shards(tmp_path):
     np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), x)
     assert [start for start, _ in blocks][:4] == [0, 128, 256, 300]
     assert EmbeddingStore.open(tmp_path / "s", verify=True).dim == 12
+    # In RAM the four shards become one array: the same vectors, by id and in chunks.
+    ram = EmbeddingStore.open(tmp_path / "s", in_memory=True)
+    np.testing.assert_array_equal(ram.vectors(row_ids[pick]), x[pick])
+    np.testing.assert_array_equal(np.concatenate([b for _, b in ram.iter_chunks(128)]), x)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"], "no temporary directory left behind"
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_dense_store_rejects_row_ids_out_of_range(tmp_path, in_memory):
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    write_store(tmp_path / "s", [f"x{i}" for i in range(10)], x, model="m", normalized=False, shard_rows=3)
+    store = EmbeddingStore.open(tmp_path / "s", in_memory=in_memory)
+    np.testing.assert_array_equal(store.vectors(np.array([9, 0, 4])), x[[9, 0, 4]])
+    for bad in (10, -1):
+        with pytest.raises(SealsError, match=f"unknown row id {bad}$"):
+            store.vectors(np.array([3, bad, 5]))
 
 
 def test_store_detects_corruption_and_unknown_ids(tmp_path):

@@ -11,7 +11,7 @@ from seals_al.pool import CandidatePool, _Blocks
 from seals_al.selection import select_seals
 from seals_al.storage import LocalStorage
 from seals_al.strategies import get_strategy, random_keys, tiebreak_keys
-from seals_al.train import fit_logistic
+from seals_al.train import LinearModel, fit_logistic
 
 K = 12
 B = 15
@@ -54,11 +54,24 @@ def test_pool_matches_brute_force_over_rounds(synthetic):
         assert pool.expanded == set(labeled)
 
 
-def test_each_pick_is_the_argmax_of_the_pool_at_that_moment(synthetic):
-    """A naive greedy loop (rescore everything, exact kNN) picks the same sequence."""
-    labeled = seed_rows(synthetic, seed=3)
+def _model(synthetic, labeled: list[int], kind: str) -> LinearModel:
+    """A fitted model, or one built to tie: "flat" scores every example the same, and "coarse"
+    saturates, so most members and arrivals share a score of exactly 0 or 1."""
+    if kind == "flat":
+        return LinearModel(np.zeros(synthetic.store.dim), 0.0)
     truth = {int(r): int(c == 0) for r, c in zip(synthetic.row_ids, synthetic.cluster, strict=True)}
     model = fit_logistic(synthetic.store.vectors(np.asarray(labeled)), [truth[x] for x in labeled])
+    if kind == "coarse":
+        return LinearModel(model.coef * 1e4, model.intercept * 1e4)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["fitted", "flat", "coarse"])
+def test_each_pick_is_the_argmax_of_the_pool_at_that_moment(synthetic, kind):
+    """A naive greedy loop (rescore everything, exact kNN, full sort) picks the same sequence,
+    including when most scores tie and the seeded key decides."""
+    labeled = seed_rows(synthetic, seed=3)
+    model = _model(synthetic, labeled, kind)
     for name in ("maxent", "mlp", "id", "random"):
         strategy = get_strategy(name)
         pool = CandidatePool(synthetic.index, synthetic.store, K, with_density=strategy.needs_density)
