@@ -9,8 +9,9 @@
 3. With that 10M index, one selection round SEALS vs global, 5 rounds of 100 from 5 + 95 seeds:
    SEALS querying the index at every pick, and SEALS reading the neighbour graph of U built once
    from that index. The store's vectors and the graph's neighbour lists are in RAM for selection
-   (every mode reads the same in-memory store). The same at 100k x 128 for the growth of SEALS'
-   round time.
+   (every mode reads the same in-memory store). Each round is timed three times from the same
+   state, fastest kept, for every mode (selection_cost.run_mode). The same at 100k x 128 for the
+   growth of SEALS' round time.
 
 Writes docs/benchmarks/index_scale.json and its section of docs/BENCHMARKS.md.
 
@@ -255,7 +256,9 @@ def _markdown(r: dict) -> str:
         f"Neighbour graph of U (k = 100, from that index; int32 ids): built in "
         f"{sel['graph_build_seconds']:.0f} s, {sel['graph_mb']:,.0f} MB on disk. For selection, the "
         "store's vectors and the graph's neighbour lists are read into RAM; every mode uses that "
-        "same in-memory store.",
+        "same in-memory store. Each round's selection is timed three times from the same state, "
+        f"fastest kept, in every mode; the table gives the median over the {r['config']['rounds']} "
+        "rounds.",
         "",
         "| selection (maxent, 600 labels, median ms per round) | seals, faiss query per pick "
         "| seals, neighbour graph | global | global / seals (query) | global / seals (graph) "
