@@ -136,15 +136,15 @@ def _best_arrival(
     """
     if len(scores) == 0:
         return None
-    at = int(np.argmax(scores))
+    at = int(scores.argmax())  # array methods: np.argmax's dispatch costs more than a small argmax
     score = float(scores[at])
     if score == -np.inf:
         return None
-    equal = np.flatnonzero(scores == score)
+    equal = (scores == score).nonzero()[0]
     if len(equal) == 1:
         return score, np.nan, int(ids[at]), at
     ties = tiebreak_keys(ids[equal], seed, round_index)
-    at = int(equal[np.argmin(ties)])
+    at = int(equal[ties.argmin()])
     return score, float(ties.min()), int(ids[at]), at
 
 

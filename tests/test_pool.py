@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from seals_al.errors import PoolExhaustedError, SealsError
-from seals_al.index import build_neighbour_graph
+from seals_al.index import as_neighbours, build_index, build_neighbour_graph, set_search_parameters
 from seals_al.pool import CandidatePool, _Blocks
 from seals_al.selection import select_seals
 from seals_al.storage import LocalStorage
@@ -214,3 +214,29 @@ def test_load_detects_files_from_different_saves(synthetic, tmp_path):
     (tmp_path / "b" / "pool.json").replace(tmp_path / "a" / "pool.json")  # a crash between the two writes
     with pytest.raises(SealsError, match=r"pool\.npz and pool\.json disagree"):
         CandidatePool.load(storage, "a", synthetic.index, synthetic.store)
+
+
+def test_padded_and_overlapping_neighbour_lists(synthetic):
+    """An IVF index probing one list of 64 (about 23 rows each) returns lists of 40 padded with -1, and the labeled rows'
+    lists overlap: each member joins once, from the first list that reached it, and no -1 joins."""
+    index = build_index(synthetic.store, synthetic.row_ids, "IVF64,Flat", train_size=1500, progress=False)
+    set_search_parameters(index, nprobe=1)
+    labeled = seed_rows(synthetic)
+    I = as_neighbours(index).ids(
+        np.asarray(labeled), 40, lambda: synthetic.store.vectors(np.asarray(labeled))
+    )
+    assert (I == -1).any(), "the test needs padded lists"
+    expected: dict[int, int] = {}
+    for source, row in zip(labeled, I.tolist(), strict=True):
+        for n in row:
+            if n >= 0 and n not in labeled:
+                expected.setdefault(n, source)
+    assert len(expected) < sum(len(set(row) - {-1}) for row in I.tolist()), "the test needs overlaps"
+    pool = CandidatePool(index, synthetic.store, 40)
+    arrivals = pool.expand(labeled)
+    assert dict(zip(arrivals.ids.tolist(), arrivals.reached_from.tolist(), strict=True)) == expected
+    assert list(arrivals.ids) == list(expected), "members are kept in the order they were reached"
+    np.testing.assert_array_equal(arrivals.vectors, synthetic.store.vectors(arrivals.ids))
+    assert len(pool) == len(expected)
+    assert -1 not in pool
+    assert all(pool.reached_from(r) == s for r, s in expected.items())
