@@ -5,7 +5,9 @@ Invariant: with E the expanded set (every labeled or selected example),
 index, x itself excluded. Each example is queried once, when it enters E; nothing is recomputed
 from scratch. Pool members' vectors are cached in memory so that rescoring P each round touches
 only P, never U. With ``with_density`` (information density) each member's own kNN density is
-queried once when it joins and cached.
+queried once when it joins and cached. One flag byte per row of the store marks members and
+expanded rows, so filtering a neighbour list is a single gather; it is the pool's only per-row-of-U
+memory (10 MB at 10M rows), allocated as zero pages.
 """
 
 from __future__ import annotations
