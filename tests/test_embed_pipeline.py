@@ -85,14 +85,22 @@ def test_parse_items_sends_bad_rows_to_the_dead_letters(tmp_path):
         )
 
 
-def test_whole_run_writes_a_store_with_stable_row_ids(tmp_path):
+@pytest.mark.parametrize(
+    "workers",
+    [[], ["--direct_num_workers=2", "--direct_running_mode=multi_threading"]],
+    ids=["one-worker", "two-workers"],
+)
+def test_whole_run_writes_a_store_with_stable_row_ids(tmp_path, workers):
+    """The same store from one in-process worker or two (FnApiRunner's direct_num_workers)."""
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "part-1.jsonl").write_text(
         "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in list(TEXTS.items())[:2])
         + '{"id": "e", "text": ""}\n'
     )
     (tmp_path / "in" / "part-2.csv").write_text(f"id,text\nc,{TEXTS['c']}\n")
-    store = run([f"--input={tmp_path / 'in'}/*", f"--output={tmp_path / 'store'}", "--shard_rows=2"])
+    store = run(
+        [f"--input={tmp_path / 'in'}/*", f"--output={tmp_path / 'store'}", "--shard_rows=2", *workers]
+    )
     assert store.manifest["extra"] == {
         "embedded": 3,
         "dead_letter": 1,

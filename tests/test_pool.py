@@ -217,8 +217,9 @@ def test_load_detects_files_from_different_saves(synthetic, tmp_path):
 
 
 def test_padded_and_overlapping_neighbour_lists(synthetic):
-    """An IVF index probing one list of 64 (about 23 rows each) returns lists of 40 padded with -1, and the labeled rows'
-    lists overlap: each member joins once, from the first list that reached it, and no -1 joins."""
+    """An IVF index probing one list of 64 (about 23 rows each) returns lists of 40 padded with -1,
+    and the labeled rows' lists overlap: each member joins once, from the first list that reached
+    it, and no -1 joins."""
     index = build_index(synthetic.store, synthetic.row_ids, "IVF64,Flat", train_size=1500, progress=False)
     set_search_parameters(index, nprobe=1)
     labeled = seed_rows(synthetic)
