@@ -100,7 +100,7 @@ def run_mode(
 
     def select(model, r, work=None):
         if pool is not None:
-            return select_seals(work or pool, model, strategy, b, seed=seed, round_index=r)
+            return select_seals(pool if work is None else work, model, strategy, b, seed=seed, round_index=r)
         return select_global(store, selectable, model, strategy, b, seed=seed, round_index=r)
 
     def timed(model, r, snapshots: LocalStorage) -> tuple[float, object]:

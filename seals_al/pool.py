@@ -120,14 +120,16 @@ class CandidatePool:
 
         neighbours = self.neighbours.ids(queries, self.k, query_vectors)
         self.queries += len(fresh)
-        outsiders = [r for r in fresh if r not in slot]  # e.g. labeled rows that were never members
-        if outsiders:
-            self._known[self.store.positions(np.asarray(outsiders, dtype=np.int64))] = True
+        outsiders = []  # expanded without having been members, e.g. labeled rows
         for r in fresh:
             expanded.add(r)
             at = slot.pop(r, None)
-            if at is not None:
+            if at is None:
+                outsiders.append(r)
+            else:
                 self._alive[at] = False
+        if outsiders:
+            self._known[self.store.positions(np.asarray(outsiders, dtype=np.int64))] = True
         ids = neighbours.ravel()
         sources = np.repeat(queries, neighbours.shape[1]) if len(fresh) > 1 else None
         if len(ids) and ids.min() < 0:  # faiss pads short lists with -1
@@ -250,10 +252,6 @@ class _Blocks:
         self._blocks: list[np.ndarray] = []
 
     def write(self, start: int, rows: np.ndarray) -> None:
-        b, offset = divmod(start, self.ROWS)
-        if b < len(self._blocks) and offset + len(rows) <= self.ROWS:  # within one existing block
-            self._blocks[b][offset : offset + len(rows)] = rows
-            return
         done = 0
         while done < len(rows):
             at = start + done
