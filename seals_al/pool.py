@@ -131,15 +131,13 @@ class CandidatePool:
         if outsiders:
             self._known[self.store.positions(np.asarray(outsiders, dtype=np.int64))] = True
         ids = neighbours.ravel()
-        sources = np.repeat(queries, neighbours.shape[1]) if len(fresh) > 1 else None
+        sources = np.repeat(queries, neighbours.shape[1])
         if len(ids) and ids.min() < 0:  # faiss pads short lists with -1
             found = ids >= 0
-            ids = ids[found]
-            sources = sources[found] if sources is not None else None
+            ids, sources = ids[found], sources[found]
         positions = self.store.positions(ids)
         new = ~self._known[positions]
-        ids, positions = ids[new], positions[new]
-        sources = sources[new] if sources is not None else np.full(len(ids), fresh[0], np.int64)
+        ids, positions, sources = ids[new], positions[new], sources[new]
         if len(dict.fromkeys(ids.tolist())) < len(ids):
             # Reached by several lists: it joins once, from the first list (in the order given).
             first = np.sort(np.unique(ids, return_index=True)[1])
