@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, update_section
 
-from seals_al.embed import MiniLMEncoder
-from seals_al.embed_pipeline import run
+from seals_al.embed.pipeline import run
+from seals_al.encoder import MiniLMEncoder
 
 DATA = ROOT / "data" / "clinc150" / "clinc150.csv"
 

@@ -28,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DOCS, ROOT, update_section, write_json
 
 from pipelines.local_run import run_simulation
-from seals_al.simulate import DataConfig, Dataset, SimulationConfig, simulate
+from seals_al.dataset import Dataset
+from seals_al.settings import SIMULATION_SPLIT_COLUMN, SIMULATION_TRUTH_COLUMN, DataConfig
+from seals_al.simulate import SimulationConfig, simulate
 
 DATA = ROOT / "data" / "clinc150" / "clinc150.csv"
 RESULTS = DOCS / "benchmarks" / "kfp_overhead.json"
@@ -61,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         kfp_total = time.perf_counter() - started
         kfp_rounds = pipeline_round_seconds(out / "pipeline-root")
 
-        config = DataConfig(data=str(DATA))
+        config = DataConfig(
+            data=str(DATA), truth_column=SIMULATION_TRUTH_COLUMN, split_column=SIMULATION_SPLIT_COLUMN
+        )
         dataset = Dataset.prepare(config, progress=False)
         dataset.neighbours(100, progress=False)  # the graph, as the pipeline's round 0 built it
         stamps: list[float] = []

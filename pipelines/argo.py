@@ -1,6 +1,7 @@
-"""The Argo Workflows variant (DESIGN section 4.3): a WorkflowTemplate whose rounds are separated
-by a real `suspend` step, resumed with `argo resume` once labels are in. Generated with hera; the
-steps run the same image and the same library stages as the KFP components, through the CLI.
+"""The Argo Workflows variant (docs/ARCHITECTURE.md, "Pausing for labels"): a WorkflowTemplate
+whose rounds are separated by a real `suspend` step, resumed with `argo resume` once labels are
+in. Generated with hera; the steps run the same image and the same library stages as the KFP
+components, through the CLI.
 
 `seals-al argo-template` writes manifests/argo/seals-al-rounds.yaml (a plugin command: the core
 package never imports hera).

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from seals_al.settings import DEFAULT_FACTORY, DEFAULT_STRATEGY, STRATEGIES
+
 
 def run_simulation(
     items_uri: str,
@@ -24,8 +26,8 @@ def run_simulation(
     rounds: int,
     batch_size: int = 100,
     budget: int = 100_000,
-    strategy: str = "maxent",
-    index_factory: str = "Flat",
+    strategy: str = DEFAULT_STRATEGY,
+    index_factory: str = DEFAULT_FACTORY,
     log: str | Path | None = None,
 ) -> dict:
     """Run the simulation pipeline locally; returns {"seconds", "campaign", "pipeline_root"}.
@@ -128,15 +130,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=5, help="max_rounds, unrolled at compile time")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--budget", type=int, default=100_000)
-    p.add_argument("--strategy", default="maxent", choices=["maxent", "id", "mlp", "random"])
+    p.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=STRATEGIES)
     p.add_argument("--out", required=True, help="folder for the store, index, campaign and run")
     p.set_defaults(handler=_run_local)
 
 
 def _run_local(args: argparse.Namespace, console) -> int:
-    from rich.table import Table
-
     from seals_al.campaign import Campaign
+    from seals_al.report import add_round_row, round_table
 
     result = run_simulation(
         args.items,
@@ -149,21 +150,9 @@ def _run_local(args: argparse.Namespace, console) -> int:
         log=Path(args.out) / "pipeline.log",
     )
     campaign = Campaign(result["campaign"], progress=False)
-    table = Table(title=f"simulation pipeline (kfp.local): {args.concept!r}, {args.strategy}")
-    columns = {
-        "labeled": "labels",
-        "positives": "positives",
-        "recall": "recall",
-        "average_precision": "AP",
-        "pool_size": "pool",
-        "pool_fraction": "pool/U",
-        "selection_seconds": "select s",
-    }
-    for header in ("round", *columns.values()):
-        table.add_column(header, justify="right")
+    table = round_table(f"simulation pipeline (kfp.local): {args.concept!r}, {args.strategy}")
     for r in campaign.committed_rounds():
-        m = campaign.storage.read_json(f"rounds/{r:03d}/metrics.json")
-        table.add_row(str(r), *(f"{m[c]:.3f}" if isinstance(m[c], float) else f"{m[c]:,}" for c in columns))
+        add_round_row(table, campaign.storage.read_json(campaign.keys(r).metrics))
     console.print(table)
     run = sorted(Path(result["pipeline_root"]).iterdir())[-1]
     print(f"pipeline run ({result['seconds']:.0f} s; task logs in {args.out}/pipeline.log):")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TypeVar
@@ -13,10 +12,27 @@ from typing import TypeVar
 from rich.console import Console
 from rich.live import Live
 
-from seals_al.errors import SealsError
+from seals_al.errors import EXIT_USAGE, SealsError
+from seals_al.settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EVAL_SPLIT,
+    DEFAULT_FACTORY,
+    DEFAULT_K,
+    DEFAULT_MODE,
+    DEFAULT_STRATEGY,
+    LAYOUTS,
+    MODES,
+    SEED_NEGATIVES,
+    SEED_POSITIVES,
+    SIMULATION_SPLIT_COLUMN,
+    SIMULATION_TRUTH_COLUMN,
+    STRATEGIES,
+    DataConfig,
+    flat_names,
+    from_flat,
+)
 from seals_al.version import __version__
 
-EXIT_USAGE = 2
 T = TypeVar("T")
 
 
@@ -24,28 +40,28 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "simulate",
         help="run a campaign with an oracle labeler (benchmarks, demos)",
-        description="Simulate a SEALS campaign on a labeled CSV: an oracle answers from the label column.",
+        description="Simulate a SEALS campaign on a labeled CSV: an oracle answers from the truth column.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", required=True, help="items: .csv, .jsonl or .parquet")
-    p.add_argument("--concept", required=True, help="the label value that is the positive class")
+    p.add_argument("--concept", required=True, help="the truth value that is the positive class")
     p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
+    p.add_argument("--truth-column", "--label-column", default=SIMULATION_TRUTH_COLUMN, help="ground truth")
     p.add_argument("--id-column", default="id")
-    p.add_argument("--split-column", default="split")
-    p.add_argument("--eval-split", default="test", help="split used for AP; never selectable")
-    p.add_argument("--strategy", default="maxent", choices=["maxent", "id", "mlp", "random"])
-    p.add_argument("--mode", default="seals", choices=["seals", "global"])
-    p.add_argument("--seed-positives", type=int, default=5)
-    p.add_argument("--seed-negatives", type=int, default=95)
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--split-column", default=SIMULATION_SPLIT_COLUMN)
+    p.add_argument("--eval-split", default=DEFAULT_EVAL_SPLIT, help="split used for AP; never selectable")
+    p.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=STRATEGIES)
+    p.add_argument("--mode", default=DEFAULT_MODE, choices=MODES)
+    p.add_argument("--seed-positives", type=int, default=SEED_POSITIVES)
+    p.add_argument("--seed-negatives", type=int, default=SEED_NEGATIVES)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--rounds", type=int, default=9, help="selection rounds after the seed round")
-    p.add_argument("--k", type=int, default=100, help="neighbours per kNN query")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours per kNN query")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--embeddings", help="precomputed embeddings: a store dir, .npy (item order) or .parquet")
     p.add_argument("--embeddings-column", default="embedding", help="vector column of a .parquet")
-    p.add_argument("--index-factory", default="Flat", help="faiss index_factory string")
+    p.add_argument("--index-factory", default=DEFAULT_FACTORY, help="faiss index_factory string")
     p.add_argument(
         "--no-knn-graph",
         dest="knn_graph",
@@ -57,37 +73,43 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
 
 
 def _simulate(args: argparse.Namespace, console: Console) -> int:
-    from seals_al.report import add_round_row, round_table
-    from seals_al.simulate import DataConfig, Dataset, Items, SimulationConfig, check_out_dir, simulate
+    from seals_al.dataset import Dataset
+    from seals_al.items import Items
+    from seals_al.report import add_round_row, plot_runs, round_table
+    from seals_al.simulate import SimulationConfig, check_out_dir, check_simulation, simulate
 
     for name in ("seed_positives", "seed_negatives", "batch_size", "k"):
         if getattr(args, name) < 1:
             raise SealsError(f"--{name.replace('_', '-')} must be at least 1")
     if args.rounds < 0:
         raise SealsError("--rounds must be 0 or more")
-    data = _from_args(DataConfig, args)
-    sim = _from_args(SimulationConfig, args)
+    data = _settings(DataConfig, args)
+    sim = _settings(SimulationConfig, args)
     items = Items.load(data)
-    items.check(sim)  # fail before the expensive part
+    check_simulation(items, sim)  # fail before the expensive part
     check_out_dir(args.out)
     dataset = Dataset.prepare(data, items)
-    table = round_table(f"{sim.concept}: {sim.strategy} / {sim.mode}")
+    table = round_table(f"{sim.concept}: {sim.learning.strategy} / {sim.learning.mode}")
     with Live(table, console=console, auto_refresh=False) as live:
         summary = simulate(
             dataset, sim, args.out, on_round=lambda r: (add_round_row(table, r), live.refresh())
         )
+    out = Path(args.out)
+    plot_runs([summary], out / "plot.png")
     if summary["stopped"]:
         console.print(f"stopped early: {summary['stopped']}")
-    out = Path(args.out)
     console.print(
         f"\nsummary: {out / 'summary.json'}\nplot:    {out / 'plot.png'}\nrounds:  {out / 'rounds'}/"
     )
     return 0
 
 
-def _from_args(cls: type[T], args: argparse.Namespace) -> T:
-    """Build a config dataclass from the parsed flags of the same names (others keep defaults)."""
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+def _settings(cls: type[T], args: argparse.Namespace) -> T:
+    """A settings object from the flags of the same names (a flag is a setting's name, dashed)."""
+    names = flat_names(cls)
+    return from_flat(
+        cls, {n: getattr(args, n) for n in names if hasattr(args, n)}, f"seals-al {args.command}"
+    )
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -167,12 +189,14 @@ def _stage(args: argparse.Namespace, console: Console) -> int:
         console.print(f"trained: {campaign.train()}", highlight=False)
     elif args.stage == "select":
         metrics = campaign.select()
-        where = campaign.storage.where(f"rounds/{metrics['round']:03d}/to_label.jsonl")
+        where = campaign.storage.where(campaign.keys(metrics["round"]).to_label)
         console.print(
             f"round {metrics['round']} committed; batch of {metrics['batch']}: {where}", highlight=False
         )
     else:
-        key = campaign.oracle_labels()
+        from seals_al.oracle import label_open_batch
+
+        key = label_open_batch(campaign)
         console.print(f"labels: {campaign.storage.where(key)}" if key else "nothing pending", highlight=False)
     return 0
 
@@ -227,10 +251,10 @@ def _round(args: argparse.Namespace, console: Console) -> int:
         + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()),
         highlight=False,
     )
-    base = campaign.storage.where(f"rounds/{r:03d}")
+    keys = campaign.keys(r)
     console.print(
-        f"batch: {base}/to_label.jsonl (Label Studio: to_label.labelstudio.json)\n"
-        f"drop labels in: {campaign.storage.where(f'inbox/{r:03d}')}/ or run `seals-al label`",
+        f"batch: {campaign.storage.where(keys.to_label)} (Label Studio: {keys.label_studio})\n"
+        f"drop labels in: {campaign.storage.where(keys.inbox)}/ or run `seals-al label`",
         highlight=False,
     )
     return 0
@@ -269,7 +293,7 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
 
 
 def _embed(args: argparse.Namespace, console: Console) -> int:
-    from seals_al.embed_pipeline import run
+    from seals_al.embed.pipeline import run
 
     store = run(args.beam_args)
     extra = store.manifest.get("extra", {})
@@ -290,22 +314,22 @@ def _add_build_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("store", help="an embeddings store directory (manifest.json, ids.parquet, shards)")
     p.add_argument("out", help="the index directory to write")
     p.add_argument(
-        "--factory", default="Flat", help="faiss index_factory string, e.g. IVF4096,PQ32 or HNSW32"
+        "--factory", default=DEFAULT_FACTORY, help="faiss index_factory string, e.g. IVF4096,PQ32 or HNSW32"
     )
-    p.add_argument("--layout", default="single", choices=["single", "ondisk", "shards"])
+    p.add_argument("--layout", default="single", choices=LAYOUTS)
     p.add_argument("--shard-rows", type=int, default=1_000_000, help="rows per shard (ondisk, shards)")
     p.add_argument("--train-size", type=int, default=100_000, help="rows sampled to train IVF/PQ")
     p.add_argument("--nprobe", type=int, help="IVF lists probed per query")
     p.add_argument("--ef-search", type=int, help="HNSW search breadth")
     p.add_argument("--recall-queries", type=int, default=1000, help="queries for recall@k (0: skip)")
-    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--k", type=int, default=DEFAULT_K, help="the k of recall@k")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_build_index)
 
 
 def _build_index(args: argparse.Namespace, console: Console) -> int:
-    from seals_al.embeddings import EmbeddingStore
-    from seals_al.index import build_index_dir
+    from seals_al.index.directory import build_index_dir
+    from seals_al.store import EmbeddingStore
 
     for name in ("shard_rows", "train_size", "k"):
         if getattr(args, name) < 1:

@@ -1,5 +1,7 @@
 """User-facing errors: the CLI prints them on one line and exits with code 2."""
 
+EXIT_USAGE = 2  # what a command exits with on a SealsError (bad input or state)
+
 
 class SealsError(Exception):
     """Bad input or state that the user can fix (a missing column, an unknown id, a wrong dimension)."""

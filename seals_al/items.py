@@ -1,14 +1,19 @@
-"""Reading item tables (CSV, JSONL, Parquet) into columns of strings, with errors that name the
-file, the line and the field."""
+"""The items: reading item tables (CSV, JSONL, Parquet) into columns of strings, with errors that
+name the file, the line and the field, and :class:`Items`, the validated columns a run needs."""
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from seals_al.errors import SealsError
+from seals_al.settings import DataConfig
+from seals_al.storage import default_cache_dir, local_file
 
 Columns = dict[str, list[str]]
 
@@ -157,3 +162,96 @@ def _check_ids(path: Path, id_column: str, ids: Sequence[str]) -> None:
                 f"(first at data row {seen[item_id]})"
             )
         seen[item_id] = row
+
+
+@dataclass(frozen=True)
+class Items:
+    """The item table's columns that a run needs, in file order, validated before any embedding
+    work: ids, texts (for labelers and the encoder), ground truth (if any) and the evaluation
+    split. U is every item outside the evaluation split."""
+
+    source: str
+    ids: list[str]
+    texts: list[str] | None
+    truth: np.ndarray | None  # the truth column's value per item (object array of str), if any
+    is_eval: np.ndarray  # bool per item
+    truth_column: str | None
+    eval_split: str
+
+    @classmethod
+    def load(cls, config: DataConfig) -> Items:
+        """Read the columns ``config`` names; texts are read when they will be embedded, or when
+        they are there beside given embeddings (for labelers)."""
+        columns = [c for c in (config.truth_column, config.split_column) if c]
+        path = local_file(config.data, config.cache_dir or default_cache_dir())
+        with_texts = config.embeddings is None or has_column(path, config.text_column)
+        if with_texts:
+            columns.append(config.text_column)
+        table = read_items(path, columns, config.id_column)
+        is_eval = np.zeros(len(table[config.id_column]), dtype=bool)
+        if config.split_column:
+            split = np.asarray(table[config.split_column], dtype=object)
+            is_eval = split == config.eval_split
+            if not is_eval.any():
+                found = ", ".join(sorted(set(split.tolist()))[:10])
+                raise SealsError(
+                    f"{config.data}: no rows with {config.split_column}={config.eval_split!r} to evaluate on "
+                    f"(found: {found})"
+                )
+            if is_eval.all():
+                raise SealsError(
+                    f"{config.data}: every row is in the evaluation split; nothing to select from"
+                )
+        texts = table[config.text_column] if with_texts else None
+        truth = np.asarray(table[config.truth_column], dtype=object) if config.truth_column else None
+        return cls(
+            config.data,
+            table[config.id_column],
+            texts,
+            truth,
+            is_eval,
+            config.truth_column,
+            config.eval_split,
+        )
+
+    def u_ids(self) -> set[str]:
+        """The ids of U: every item outside the evaluation split."""
+        return {i for i, e in zip(self.ids, self.is_eval, strict=True) if not e}
+
+    def text_of(self) -> dict[str, str]:
+        """id -> text ("" for every item when the table has no text column)."""
+        return dict(zip(self.ids, self.texts or [""] * len(self.ids), strict=True))
+
+    def truth_of(self, ids: Iterable[str], concept: str) -> list[int]:
+        """1 where the truth column equals the concept, else 0, for the given ids."""
+        if self.truth is None:
+            raise SealsError(f"{self.source}: no ground-truth column")
+        at = {item: n for n, item in enumerate(self.ids)}
+        return [int(self.truth[at[i]] == concept) for i in ids]
+
+    def draw_seeds(self, concept: str, positives: int, negatives: int, seed: int) -> list[tuple[str, int]]:
+        """A seed set drawn from ground truth (simulation): ``positives`` items of U with the
+        concept, then ``negatives`` without, each a seeded draw without replacement.
+
+        Returns:
+            (id, label) pairs, positives first.
+        """
+        if self.truth is None:
+            raise SealsError(f"{self.source}: seeds from ground truth need a truth column")
+        in_u = ~self.is_eval
+        rng = np.random.default_rng(seed)
+        chosen = []
+        for want, mask, name in (
+            (positives, in_u & (self.truth == concept), "positives"),
+            (negatives, in_u & (self.truth != concept), "negatives"),
+        ):
+            where = np.flatnonzero(mask)
+            if len(where) < want:
+                raise SealsError(
+                    f"{self.source}: concept {concept!r} has {len(where)} {name} in U; "
+                    f"the seed set needs {want}"
+                )
+            chosen += [
+                (self.ids[i], int(name == "positives")) for i in rng.choice(where, want, replace=False)
+            ]
+        return chosen

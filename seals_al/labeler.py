@@ -11,9 +11,8 @@ from rich.panel import Panel
 from rich.text import Text
 
 from seals_al.campaign import Campaign
+from seals_al.campaign.layout import terminal_labels
 from seals_al.errors import SealsError
-
-KEYS = {"y": "positive", "n": "negative", "s": "skip", "u": "undo", "q": "quit"}
 
 
 def run_labeler(campaign: Campaign, console: Console, ask: Callable[[str], str] | None = None) -> dict:
@@ -30,7 +29,7 @@ def run_labeler(campaign: Campaign, console: Console, ask: Callable[[str], str] 
     state = campaign.state()
     if state.round < 0:
         raise SealsError(f"{campaign.storage.uri}: no batch yet; run `seals-al round` first")
-    key = f"{campaign.inbox(state)}/terminal.jsonl"
+    key = terminal_labels(state.round)
     storage = campaign.storage
     answers: dict[str, int] = {}
     if storage.exists(key):

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from seals_al.embeddings import EmbeddingStore
 from seals_al.errors import SealsError
-from seals_al.index import Neighbours, as_neighbours, neighbour_density
+from seals_al.index.neighbours import Neighbours, as_neighbours, neighbour_density
 from seals_al.storage import Storage
+from seals_al.store import EmbeddingStore
 
 
 @dataclass(frozen=True)
@@ -76,13 +76,6 @@ class CandidatePool:
     def reached_from(self, row_id: int) -> int:
         """The expanded example whose neighbour list first brought ``row_id`` into the pool."""
         return int(self._from[self._slot[row_id]])
-
-    def members(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(ids, vectors, density) of the current members, in order of arrival (copies)."""
-        self._compact()
-        n = self._n
-        density = self._density[:n].copy() if self.with_density else None
-        return self._ids[:n].copy(), self._vectors.rows(np.arange(n)), density
 
     def slots(self) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None, np.ndarray]:
         """(ids, vector blocks, density, alive) views of every slot, removed members included.

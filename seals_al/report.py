@@ -1,4 +1,6 @@
-"""Reports: plots of campaigns (AP and recall vs labels, pool fraction vs round) and the live table."""
+"""Reports: plots of runs (AP and recall vs labels, pool fraction vs round), the live table of
+round records, and a campaign round's report as the pipeline UI shows it (metrics, curves, an
+HTML page, a Markdown summary)."""
 
 from __future__ import annotations
 
@@ -14,22 +16,10 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from seals_al.errors import SealsError
+from seals_al.record import TABLE_COLUMNS, UI_METRICS, table_cells
 
 if TYPE_CHECKING:
     from seals_al.campaign import Campaign
-
-TABLE_COLUMNS = (
-    ("round", "round", "{}"),
-    ("labeled", "labels", "{:,}"),
-    ("positives_found", "pos", "{:,}"),
-    ("recall", "recall", "{:.3f}"),
-    ("average_precision", "AP", "{:.3f}"),
-    ("pool_size", "pool", "{:,}"),
-    ("pool_fraction", "pool/U", "{:.1%}"),
-    ("scored", "scored", "{:,}"),
-    ("selection_seconds", "sel s", "{:.3f}"),
-)
-
 
 STRATEGY_COLOURS = {"maxent": "tab:blue", "id": "tab:purple", "mlp": "tab:green", "random": "tab:grey"}
 
@@ -40,6 +30,7 @@ def run_label(summary: dict) -> str:
 
 
 def round_table(title: str) -> Table:
+    """The live table of round records (simulate, run-local)."""
     table = Table(title=title)
     for _, header, _ in TABLE_COLUMNS:
         table.add_column(header, justify="right")
@@ -47,9 +38,7 @@ def round_table(title: str) -> Table:
 
 
 def add_round_row(table: Table, record: dict) -> None:
-    table.add_row(
-        *(fmt.format(record[key]) if record[key] is not None else "-" for key, _, fmt in TABLE_COLUMNS)
-    )
+    table.add_row(*table_cells(record))
 
 
 def load_summary(run_dir: str | Path) -> dict:
@@ -115,25 +104,12 @@ def plot_runs(
 
 
 # -- one round of a campaign: what the pipeline UI shows ---------------------------------------
-ROUND_METRICS = (
-    "labeled",
-    "positives",
-    "recall",
-    "average_precision",
-    "pool_size",
-    "pool_fraction",
-    "selection_seconds",
-    "scored",
-    "batch",
-)
-
-
 @dataclass(frozen=True)
 class RoundReport:
     """Everything the UI artifacts of one committed round are made of."""
 
     round: int
-    metrics: dict  # the scalars of ROUND_METRICS that the round has
+    metrics: dict  # the scalars of UI_METRICS that the round has
     classification: dict | None  # ROC points and confusion matrix (train.classification_curves)
     html: str
     markdown: str
@@ -151,12 +127,12 @@ def round_report(
     if not committed:
         raise SealsError(f"{campaign.storage.uri}: no committed round to report on")
     r = committed[-1]
-    st = campaign.storage
-    history = [st.read_json(f"rounds/{i:03d}/metrics.json") for i in committed]
-    metrics = {k: history[-1][k] for k in ROUND_METRICS if history[-1].get(k) is not None}
-    evaluation = st.read_json(f"rounds/{r:03d}/evaluation.json")
-    batch = [json.loads(x) for x in st.read_text(f"rounds/{r:03d}/to_label.jsonl").splitlines() if x]
-    cfg = campaign.config
+    st, keys = campaign.storage, campaign.keys(r)
+    history = [st.read_json(campaign.keys(i).metrics) for i in committed]
+    metrics = {k: history[-1][k] for k in UI_METRICS if history[-1].get(k) is not None}
+    evaluation = st.read_json(keys.evaluation)
+    batch = [json.loads(x) for x in st.read_text(keys.to_label).splitlines() if x]
+    cfg, learning = campaign.config, campaign.config.learning
     title = f"SEALS campaign {cfg.concept!r}, round {r}"
     plot = _history_png(history, title)
     rows = "".join(
@@ -168,8 +144,8 @@ def round_report(
     scalars = "".join(f"<tr><th>{k}</th><td>{_fmt(v)}</td></tr>" for k, v in metrics.items())
     page = (
         f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
-        f"<h2>{html.escape(title)}</h2><p>{html.escape(st.uri)} &middot; strategy {cfg.strategy}, "
-        f"mode {cfg.mode}, k {cfg.k}, batch {cfg.batch_size}, budget {cfg.budget}</p>"
+        f"<h2>{html.escape(title)}</h2><p>{html.escape(st.uri)} &middot; strategy {learning.strategy}, "
+        f"mode {learning.mode}, k {learning.k}, batch {learning.batch_size}, budget {cfg.budget}</p>"
         f"<table border='1' cellpadding='3'>{scalars}</table>"
         f"<img src='data:image/png;base64,{plot}' alt='campaign so far'/>"
         f"<h3>Batch to label ({len(batch)} examples, first {min(len(batch), batch_rows)})</h3>"
@@ -179,8 +155,7 @@ def round_report(
     lines = [
         f"## {title}",
         "",
-        f"Campaign `{st.uri}`; batch in `{st.where(f'rounds/{r:03d}/to_label.jsonl')}`; labels go to "
-        f"`{st.where(f'inbox/{r:03d}')}/`.",
+        f"Campaign `{st.uri}`; batch in `{st.where(keys.to_label)}`; labels go to `{st.where(keys.inbox)}/`.",
         "",
         "| metric | value |",
         "|---|---|",

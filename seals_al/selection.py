@@ -1,6 +1,6 @@
 """Batch selection, in SEALS mode (over the candidate pool) and global mode (over U minus L).
 
-SEALS (DESIGN section 1, step 3): repeat b times: take x* = argmax over P of phi(x), move it into
+SEALS (docs/ARCHITECTURE.md, "A round"): repeat b times: take x* = argmax over P of phi(x), move it into
 the batch, add kNN(x*) to P. Existing members are scored once per round; members leave P only when
 picked, so only the b best of them (and any tied with the b-th) are ever reached, and only those are
 ordered. Members that arrive during the batch go into a small buffer; each pick compares the two
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from seals_al.embeddings import EmbeddingStore
 from seals_al.errors import PoolExhaustedError, SealsError
 from seals_al.pool import CandidatePool
+from seals_al.store import EmbeddingStore
 from seals_al.strategies import Strategy, random_keys, tiebreak_keys
 from seals_al.train import LinearModel
 

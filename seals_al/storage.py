@@ -274,6 +274,12 @@ def _gcs_client():
     return storage.Client()
 
 
+def default_cache_dir() -> Path:
+    """Where derived data is cached (embedded stores, neighbour graphs, downloads):
+    $SEALS_CACHE_DIR, else ~/.cache/seals-al."""
+    return Path(os.environ.get("SEALS_CACHE_DIR", Path.home() / ".cache" / "seals-al"))
+
+
 def local_file(uri: str, cache_dir: str | Path) -> Path:
     """A local path for a file URI: itself if local, else a copy of the gs:// object in the cache
     (fetched again each time, so a changed object is seen)."""

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seals_al.embeddings import EmbeddingStore, write_store
-from seals_al.index import build_index
+from seals_al.index.build import build_index
+from seals_al.store import EmbeddingStore, write_store
 
 ROOT = Path(__file__).resolve().parents[1]
 CLINC = ROOT / "data" / "clinc150" / "clinc150.csv"

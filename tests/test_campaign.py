@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -401,7 +402,7 @@ def test_the_shipped_example_initializes(tmp_path):
         Path(__file__).resolve().parents[1] / "examples/report_fraud/campaign.yaml"
     )
     assert config.concept == CONCEPT
-    assert Path(config.data).is_file()
+    assert Path(config.dataset.data).is_file()
     storage = init(config, str(tmp_path / "c"))
     seeds = storage.read_text("seed/seeds.csv").splitlines()[1:]
     assert sum(line.endswith(",1") for line in seeds) == 5
@@ -436,7 +437,7 @@ def test_each_rounds_model_json_reproduces_its_predictions(campaign):
     store = campaign.dataset().store
     x = store.vectors(store.row_ids_of(ids))
     labels = np.asarray([state.labeled[i]["label"] for i in ids])
-    refit = fit_logistic(x, labels, seed=campaign.config.seed)
+    refit = fit_logistic(x, labels, seed=campaign.config.learning.seed)
     np.testing.assert_allclose(saved.coef, refit.coef, rtol=1e-6)
     np.testing.assert_allclose(saved.predict_proba(x), refit.predict_proba(x), rtol=1e-6)
 
@@ -495,7 +496,7 @@ def test_an_existing_campaign_is_reused_only_with_the_same_settings(tmp_path, cl
     uri = str(tmp_path / "campaign")
     assert ensure_campaign(config, uri) is True
     assert ensure_campaign(config, uri) is False, "a re-run with the same settings is a no-op"
-    other = CampaignConfig(**{**config.__dict__, "k": 20, "budget": 300})
+    other = replace(config, learning=replace(config.learning, k=20), budget=300)
     with pytest.raises(SealsError, match=r"other settings exists here \(budget: 200 there, 300 given; k: 10"):
         ensure_campaign(other, uri)
 

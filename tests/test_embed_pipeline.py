@@ -14,8 +14,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from seals_al.embed import MiniLMEncoder
-from seals_al.embed_pipeline import DEAD, EmbedItems, MiniLMHandler, ReadItems, ensure_embeddings, run
+from seals_al.embed.handlers import MiniLMHandler
+from seals_al.embed.pipeline import ensure_embeddings, run
+from seals_al.embed.transforms import DEAD, EmbedItems, ReadItems
+from seals_al.encoder import MiniLMEncoder
 from seals_al.errors import SealsError
 
 TEXTS = {
@@ -179,7 +181,8 @@ def write_images(folder: Path) -> dict[str, Path]:
 
 
 def test_image_pipeline_with_a_dead_letter_for_an_unreadable_image(tmp_path):
-    from seals_al.embed_pipeline import EfficientNetLiteHandler, image_features, preprocess_image
+    from seals_al.embed.handlers import EfficientNetLiteHandler
+    from seals_al.encoder import image_features, preprocess_image
 
     paths = write_images(tmp_path / "images")
     (tmp_path / "items.csv").write_text("id,uri\n" + "".join(f"{k},{v}\n" for k, v in paths.items()))

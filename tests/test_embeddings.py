@@ -9,10 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from seals_al.embed import MiniLMEncoder, embed_texts, import_embeddings
-from seals_al.embeddings import EmbeddingStore, l2_normalize, write_store
+from seals_al.embed.local import embed_texts, import_embeddings
+from seals_al.encoder import MiniLMEncoder
 from seals_al.errors import SealsError
 from seals_al.items import read_items
+from seals_al.store import EmbeddingStore, l2_normalize, write_store
 
 from .conftest import shuffled_row_ids
 
@@ -197,7 +198,7 @@ def test_import_errors(tmp_path):
 
 
 def test_store_writer_streams_shards_and_publishes_only_on_success(tmp_path):
-    from seals_al.embeddings import StoreWriter
+    from seals_al.store import StoreWriter
 
     rng = np.random.default_rng(2)
     blocks = [rng.normal(size=(n, 5)).astype(np.float32) for n in (4, 0, 3)]

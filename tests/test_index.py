@@ -7,20 +7,17 @@ import json
 import numpy as np
 import pytest
 
-from seals_al.embeddings import EmbeddingStore, write_store
 from seals_al.errors import SealsError
-from seals_al.index import (
+from seals_al.index.build import build_index, search, set_search_parameters
+from seals_al.index.directory import build_index_dir, open_index_dir
+from seals_al.index.neighbours import (
     IndexNeighbours,
     NeighbourGraph,
-    build_index,
-    build_index_dir,
     build_neighbour_graph,
     knn_density,
     neighbour_density,
-    open_index_dir,
-    search,
-    set_search_parameters,
 )
+from seals_al.store import EmbeddingStore, write_store
 
 
 def test_exact_search_returns_global_ids_without_the_query(synthetic):

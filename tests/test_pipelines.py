@@ -21,7 +21,9 @@ from pipelines.looped import make_looped
 from pipelines.many_concepts import make_many_concepts
 from pipelines.one_round import seals_one_round
 from pipelines.simulation import make_simulation
-from seals_al.campaign import Campaign, campaign_from_parameters
+from seals_al.campaign import Campaign, CampaignConfig, ensure_campaign
+from seals_al.oracle import label_open_batch
+from seals_al.settings import DataConfig, RoundConfig
 from seals_al.version import IMAGE, __version__
 
 CONCEPT = "report_fraud"
@@ -32,8 +34,8 @@ def built(tmp_path_factory, clinc_slice) -> dict:
     """Embeddings and index over U, published once for the module (Beam and faiss, for real), so
     that every test's pipeline finds them and skips the work, as a re-run on a cluster does, and
     no test depends on another having run first."""
-    from seals_al.embed_pipeline import ensure_embeddings
-    from seals_al.simulate import index_over_u
+    from seals_al.dataset import index_over_u
+    from seals_al.embed.pipeline import ensure_embeddings
 
     root = tmp_path_factory.mktemp("built")
     uris = {
@@ -115,7 +117,7 @@ def test_many_concepts_run_in_parallel_over_one_embed_and_one_index(tmp_path, bu
     for concept in concepts:
         campaign = Campaign(str(tmp_path / "campaigns" / concept), progress=False)
         assert campaign.config.concept == concept
-        assert (campaign.config.embeddings, campaign.config.index) == (
+        assert (campaign.config.dataset.embeddings, campaign.config.dataset.index) == (
             built["embeddings_uri"],
             built["index_uri"],
         )
@@ -161,7 +163,7 @@ def test_looped_pipeline_continues_when_labels_are_dropped_while_it_waits(tmp_pa
         while time.monotonic() < deadline:
             if (Path(campaign_uri) / "rounds" / "000" / "COMMITTED").exists():
                 time.sleep(3)  # wait_for_labels is polling meanwhile
-                dropped.append(Campaign(campaign_uri, progress=False).oracle_labels())
+                dropped.append(label_open_batch(Campaign(campaign_uri, progress=False)))
                 return
             time.sleep(0.2)
 
@@ -190,22 +192,21 @@ def test_looped_pipeline_times_out_clearly_and_the_campaign_resumes(tmp_path, bu
     assert status["lock"] is None
     assert status["interrupted_round"] is None
     # Resume later: labels arrive, one round per run picks the campaign up.
-    campaign.oracle_labels()
+    label_open_batch(campaign)
     seals_one_round(campaign_uri=campaign_uri)
     assert Campaign(campaign_uri, progress=False).committed_rounds() == [0, 1]
 
 
 def test_one_round_per_run_advances_one_round_per_labels_and_is_idempotent(tmp_path, built, kfp_local):
-    campaign_uri, _ = campaign_from_parameters(
-        campaign_uri=str(tmp_path / "campaign"),
-        concept=CONCEPT,
-        items_uri=built["items_uri"],
-        embeddings_uri=built["embeddings_uri"],
-        index_uri=built["index_uri"],
+    campaign_uri = str(tmp_path / "campaign")
+    data = DataConfig(
+        data=built["items_uri"],
+        embeddings=built["embeddings_uri"],
+        index=built["index_uri"],
         truth_column="label",
         split_column="split",
-        batch_size=20,
     )
+    ensure_campaign(CampaignConfig(CONCEPT, "", data, RoundConfig(batch_size=20)), campaign_uri)
     campaign = Campaign(campaign_uri, progress=False)
 
     def snapshot() -> dict[str, bytes]:
@@ -216,11 +217,11 @@ def test_one_round_per_run_advances_one_round_per_labels_and_is_idempotent(tmp_p
     before = snapshot()
     seals_one_round(campaign_uri=campaign_uri)  # no new labels
     assert snapshot() == before, "a run with no new labels changes nothing"
-    campaign.oracle_labels()
+    label_open_batch(campaign)
     seals_one_round(campaign_uri=campaign_uri)
     assert campaign.committed_rounds() == [0, 1]
     assert len(campaign.state().labeled) == 120
-    campaign.oracle_labels()
+    label_open_batch(campaign)
     seals_one_round(campaign_uri=campaign_uri)
     assert campaign.committed_rounds() == [0, 1, 2], "exactly one round per run with labels"
 

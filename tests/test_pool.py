@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from seals_al.errors import PoolExhaustedError, SealsError
-from seals_al.index import as_neighbours, build_index, build_neighbour_graph, set_search_parameters
+from seals_al.index.build import build_index, set_search_parameters
+from seals_al.index.neighbours import as_neighbours, build_neighbour_graph
 from seals_al.pool import CandidatePool, _Blocks
 from seals_al.selection import select_seals
 from seals_al.storage import LocalStorage
@@ -15,6 +16,14 @@ from seals_al.train import LinearModel, fit_logistic
 
 K = 12
 B = 15
+
+
+def members(pool: CandidatePool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(ids, vectors, density) of the pool's current members, from its slots."""
+    ids, blocks, density, alive = pool.slots()
+    live = np.flatnonzero(alive)
+    vectors = np.concatenate(blocks)[live] if blocks else np.empty((0, pool.store.dim), np.float32)
+    return ids[live], vectors, None if density is None else density[live]
 
 
 def reference_pool(synthetic, expanded: list[int], k: int) -> set[int]:
@@ -39,7 +48,7 @@ def test_pool_matches_brute_force_over_rounds(synthetic):
     labeled = seed_rows(synthetic)
     pool = CandidatePool(synthetic.index, synthetic.store, K)
     pool.expand(labeled)
-    assert set(pool.members()[0].tolist()) == reference_pool(synthetic, labeled, K)
+    assert set(members(pool)[0].tolist()) == reference_pool(synthetic, labeled, K)
     strategy = get_strategy("maxent")
     truth = {int(r): int(c == 0) for r, c in zip(synthetic.row_ids, synthetic.cluster, strict=True)}
     for r in range(4):
@@ -48,9 +57,9 @@ def test_pool_matches_brute_force_over_rounds(synthetic):
         picked = [p.row_id for p in selection.picks]
         assert len(picked) == B
         labeled += picked
-        members = set(pool.members()[0].tolist())
-        assert members == reference_pool(synthetic, labeled, K), f"round {r}"
-        assert not members & set(labeled), "a labeled or selected example is in the pool"
+        current = set(members(pool)[0].tolist())
+        assert current == reference_pool(synthetic, labeled, K), f"round {r}"
+        assert not current & set(labeled), "a labeled or selected example is in the pool"
         assert pool.expanded == set(labeled)
 
 
@@ -118,7 +127,7 @@ def test_expand_is_incremental_and_idempotent(synthetic):
     arrivals = pool.expand(labeled)
     assert len(arrivals.ids) == 0
     assert pool.queries == queries, "re-expanding labeled examples must not query again"
-    extra = int(pool.members()[0][0])
+    extra = int(members(pool)[0][0])
     pool.expand([extra])
     assert pool.queries == queries + 1
     assert extra not in pool
@@ -130,8 +139,8 @@ def test_save_and_load_resume_with_no_new_queries(synthetic, tmp_path):
     pool.expand(labeled)
     pool.save(LocalStorage(tmp_path), "pool")
     loaded = CandidatePool.load(LocalStorage(tmp_path), "pool", synthetic.index, synthetic.store)
-    ids, vectors, density = pool.members()
-    ids2, vectors2, density2 = loaded.members()
+    ids, vectors, density = members(pool)
+    ids2, vectors2, density2 = members(loaded)
     np.testing.assert_array_equal(ids, ids2)
     np.testing.assert_array_equal(vectors, vectors2)
     np.testing.assert_array_equal(density, density2)
@@ -176,7 +185,7 @@ def test_block_storage_across_many_blocks_and_compaction(synthetic, monkeypatch)
             p.row_id
             for p in select_seals(pool, model, get_strategy("maxent"), 40, seed=1, round_index=r).picks
         ]
-        ids, vectors, _ = pool.members()
+        ids, vectors, _ = members(pool)
         np.testing.assert_array_equal(vectors, synthetic.store.vectors(ids))
         assert set(ids.tolist()) == reference_pool(synthetic, labeled, K)
 
@@ -199,7 +208,7 @@ def test_graph_and_live_index_give_the_same_campaign(synthetic, tmp_path, name):
             selection = select_seals(pool, model, strategy, B, seed=2, round_index=r)
             picks += [(p.row_id, p.reached_from, p.pool_size_before) for p in selection.picks]
             labeled += [p.row_id for p in selection.picks]
-        runs.append((picks, pool.queries, set(pool.members()[0].tolist())))
+        runs.append((picks, pool.queries, set(members(pool)[0].tolist())))
     assert runs[0] == runs[1]
 
 

@@ -13,20 +13,23 @@ import numpy as np
 import pytest
 
 from seals_al.cli import main
+from seals_al.dataset import Dataset
 from seals_al.errors import SealsError
-from seals_al.simulate import DataConfig, Dataset
+from seals_al.settings import DataConfig
 
 ROUNDS, BATCH = 3, 20
 SUMMARY_KEYS = {
     "round",
     "labeled",
-    "positives_found",
+    "positives",
     "positives_total",
     "recall",
     "pool_size",
     "pool_fraction",
-    "selection_seconds",
     "average_precision",
+    "scored",
+    "selected",
+    "knn_queries",
 }
 
 
@@ -74,7 +77,9 @@ def test_seals_simulation_writes_summary_audit_and_plot(clinc_slice, cache_dir, 
     assert [r["round"] for r in rounds] == list(range(ROUNDS + 1))
     assert all(set(r) >= SUMMARY_KEYS for r in rounds)
     assert [r["labeled"] for r in rounds] == [100 + BATCH * r for r in range(ROUNDS + 1)]
-    assert rounds[-1]["selection_seconds"] is None
+    assert all(r["selection_seconds"] >= 0 for r in rounds[:-1])
+    assert "selection_seconds" not in rounds[-1], "the last round selects nothing"
+    assert [r["selected"] for r in rounds] == [BATCH] * ROUNDS + [0]
 
     selected = read_selected(out)
     all_ids = [s["id"] for batch in selected for s in batch]
@@ -86,7 +91,7 @@ def test_seals_simulation_writes_summary_audit_and_plot(clinc_slice, cache_dir, 
         assert all(s["reached_from"] is not None for s in batch)
         assert all(rounds[r]["pool_size"] >= s["pool_size_before"] - BATCH * 10 for s in batch)
         positives += sum(s["label"] for s in batch)
-        assert rounds[r + 1]["positives_found"] == positives
+        assert rounds[r + 1]["positives"] == positives
     assert rounds[-1]["recall"] == pytest.approx(positives / rounds[0]["positives_total"])
     for r in rounds:
         assert 0 < r["pool_fraction"] <= 1
@@ -97,17 +102,20 @@ def test_seals_simulation_writes_summary_audit_and_plot(clinc_slice, cache_dir, 
 def test_reached_from_is_an_example_labeled_or_selected_before(clinc_slice, cache_dir, tmp_path):
     out = tmp_path / "run"
     assert simulate(clinc_slice, cache_dir, out, "--strategy", "mlp") == 0
-    earlier: set[str] = set()
-    for batch in read_selected(out):
+    batches = read_selected(out)
+    picked_at = {s["id"]: (r, s["rank"]) for r, batch in enumerate(batches) for s in batch}
+    reached_from_picks = 0
+    for r, batch in enumerate(batches):
         for s in batch:
             assert s["reached_from"] != s["id"]
-        sources = {s["reached_from"] for s in batch}
-        in_batch = {s["id"] for s in batch}
-        # sources are seeds (unknown here), earlier picks, or earlier picks of this batch
-        assert not (sources & in_batch) - {
-            s["reached_from"] for s in batch if s["reached_from"] in earlier | in_batch
-        }
-        earlier |= in_batch
+            source = picked_at.get(s["reached_from"])
+            if source is None:
+                continue  # a seed: labeled before round 0
+            # A pick reaches the pool only through an example expanded before it: a pick of an
+            # earlier round, or one ranked higher in this batch.
+            assert source < (r, s["rank"]), f"{s['id']} reached from {s['reached_from']}, picked later"
+            reached_from_picks += 1
+    assert reached_from_picks > 0, "some picks must come from the neighbours of earlier picks"
 
 
 def test_mlp_finds_positives_and_global_matches_quality(clinc_slice, cache_dir, tmp_path):
@@ -116,7 +124,7 @@ def test_mlp_finds_positives_and_global_matches_quality(clinc_slice, cache_dir, 
     seals = json.loads((tmp_path / "seals" / "summary.json").read_text())["rounds"]
     glob = json.loads((tmp_path / "global" / "summary.json").read_text())["rounds"]
     # 120 positives of 600 in U: active search should find far more than the 5 seeds
-    assert seals[-1]["positives_found"] >= 40
+    assert seals[-1]["positives"] >= 40
     assert glob[-1]["pool_size"] == 600 - glob[-1]["labeled"]
     assert abs(seals[-1]["average_precision"] - glob[-1]["average_precision"]) < 0.05
     assert (
@@ -127,11 +135,23 @@ def test_mlp_finds_positives_and_global_matches_quality(clinc_slice, cache_dir, 
 
 
 def test_neighbour_graph_and_per_pick_queries_select_the_same(clinc_slice, cache_dir, tmp_path):
-    assert simulate(clinc_slice, cache_dir, tmp_path / "graph", "--strategy", "id") == 0
-    assert simulate(clinc_slice, cache_dir, tmp_path / "live", "--strategy", "id", "--no-knn-graph") == 0
-    graph, live = read_selected(tmp_path / "graph"), read_selected(tmp_path / "live")
-    assert [[s["id"] for s in b] for b in graph] == [[s["id"] for s in b] for b in live]
-    assert any((cache_dir / "graphs").iterdir())
+    from seals_al.embed.local import embed_texts
+    from seals_al.items import read_items
+
+    items = read_items(clinc_slice, ["text"], "id")
+    store = embed_texts(items["id"], items["text"], cache_dir=cache_dir, progress=False).path
+
+    def run(name: str, *extra: str) -> list[list[str]]:
+        # A private cache per run (the embeddings are the shared store), so whatever is in it
+        # afterwards this run put there.
+        cache = tmp_path / f"cache-{name}"
+        args = ["--embeddings", str(store), "--cache-dir", str(cache), "--strategy", "id", *extra]
+        assert simulate(clinc_slice, cache_dir, tmp_path / name, *args) == 0
+        return [[s["id"] for s in b] for b in read_selected(tmp_path / name)]
+
+    assert run("graph") == run("live", "--no-knn-graph")
+    assert len(list((tmp_path / "cache-graph" / "graphs").iterdir())) == 1, "the graph run builds one graph"
+    assert not (tmp_path / "cache-live" / "graphs").exists(), "per-pick queries build no graph"
 
 
 def test_same_seed_same_selections(clinc_slice, cache_dir, tmp_path):
@@ -144,7 +164,7 @@ def test_same_seed_same_selections(clinc_slice, cache_dir, tmp_path):
 
 
 def test_precomputed_npy_embeddings(clinc_slice, cache_dir, tmp_path):
-    from seals_al.embed import embed_texts
+    from seals_al.embed.local import embed_texts
     from seals_al.items import read_items
 
     items = read_items(clinc_slice, ["text"], "id")
@@ -248,29 +268,37 @@ def test_console_script_exit_codes(tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip() == f"error: {tmp_path / 'missing.csv'}: no such file"
+    required = ["--data", "d.csv", "--concept", "x", "--out", str(tmp_path / "o")]
     unknown_flag = subprocess.run(
-        [str(exe), "simulate", "--dta", "x"], capture_output=True, text=True, env=env, check=False
+        [str(exe), "simulate", *required, "--dta", "x"], capture_output=True, text=True, env=env, check=False
     )
     assert unknown_flag.returncode == 2
-    assert "unrecognized arguments: --dta" in unknown_flag.stderr or "required" in unknown_flag.stderr
+    assert "unrecognized arguments: --dta x" in unknown_flag.stderr
 
 
 def test_a_cached_graph_spares_the_index_build(clinc_slice, cache_dir, tmp_path):
-    from seals_al.embed import embed_texts
+    from seals_al.dataset import Dataset
+    from seals_al.embed.local import embed_texts
     from seals_al.items import read_items
-    from seals_al.simulate import DataConfig, Dataset, SimulationConfig
+    from seals_al.settings import DataConfig, RoundConfig
+    from seals_al.simulate import SimulationConfig
     from seals_al.simulate import simulate as run
 
     items = read_items(clinc_slice, ["text"], "id")
     store = embed_texts(items["id"], items["text"], cache_dir=cache_dir, progress=False)
     # A private cache for the graph, so no other test has built it already.
-    config = DataConfig(data=str(clinc_slice), embeddings=str(store.path), cache_dir=str(tmp_path / "cache"))
-    sim = SimulationConfig(concept="timer", rounds=2, batch_size=10, k=10)
+    config = DataConfig(
+        data=str(clinc_slice),
+        truth_column="label",
+        split_column="split",
+        embeddings=str(store.path),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    sim = SimulationConfig(concept="timer", learning=RoundConfig(batch_size=10, k=10), rounds=2)
 
     def outcome(summary: dict) -> list[tuple]:
         return [
-            (r["labeled"], r["positives_found"], r["pool_size"], r["average_precision"])
-            for r in summary["rounds"]
+            (r["labeled"], r["positives"], r["pool_size"], r["average_precision"]) for r in summary["rounds"]
         ]
 
     first = Dataset.prepare(config, progress=False)
@@ -285,9 +313,9 @@ def test_a_built_index_must_cover_exactly_u(tmp_path):
     """index_over_u leaves the evaluation split out (so it is never a neighbour) and is reused
     when nothing changed; an index over other rows is refused by name; texts beside given
     embeddings are read for the labelers."""
-    from seals_al.embeddings import write_store
-    from seals_al.index import build_index_dir
-    from seals_al.simulate import index_over_u
+    from seals_al.dataset import index_over_u
+    from seals_al.index.directory import build_index_dir
+    from seals_al.store import write_store
 
     rng = np.random.default_rng(0)
     ids = [f"item-{i}" for i in range(120)]
@@ -306,7 +334,6 @@ def test_a_built_index_must_cover_exactly_u(tmp_path):
     assert index_over_u(str(items), str(store.path), str(tmp_path / "ix"), "Flat", split_column="split")[1]
     config = DataConfig(
         data=str(items),
-        label_column=None,
         split_column="split",
         embeddings=str(store.path),
         index=str(tmp_path / "ix"),

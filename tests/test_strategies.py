@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from seals_al.errors import SealsError
-from seals_al.index import knn_density
+from seals_al.index.neighbours import knn_density
 from seals_al.pool import CandidatePool
 from seals_al.selection import select_global, select_seals
 from seals_al.strategies import binary_entropy, get_strategy, hash_keys, random_keys, tiebreak_keys

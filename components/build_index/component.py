@@ -44,7 +44,7 @@ def build_index(
     """
     from collections import namedtuple
 
-    from seals_al.simulate import index_over_u
+    from seals_al.dataset import index_over_u
 
     manifest, skipped = index_over_u(
         items_uri,

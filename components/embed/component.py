@@ -35,7 +35,7 @@ def embed(
     import json
     from collections import namedtuple
 
-    from seals_al.embed_pipeline import ensure_embeddings
+    from seals_al.embed.pipeline import ensure_embeddings
 
     result, skipped = ensure_embeddings(
         items_uri,

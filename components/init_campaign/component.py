@@ -57,29 +57,29 @@ def init_campaign(
     """
     import json
 
-    from seals_al.campaign import campaign_from_parameters
+    from seals_al.campaign import Campaign, CampaignConfig, ensure_campaign
+    from seals_al.campaign.layout import concept_folder
+    from seals_al.settings import DataConfig, RoundConfig
 
-    uri, config = campaign_from_parameters(
-        campaign_uri=campaign_uri,
-        items_uri=items_uri,
+    config = CampaignConfig(
         concept=concept,
-        embeddings_uri=embeddings_uri,
-        index_uri=index_uri,
-        seed_labels_uri=seed_labels_uri,
-        strategy=strategy,
-        mode=mode,
-        k=k,
-        batch_size=batch_size,
+        seed_labels=seed_labels_uri,
+        dataset=DataConfig(
+            data=items_uri,
+            embeddings=embeddings_uri or None,
+            index=index_uri or None,
+            id_column=id_column,
+            text_column=text_column,
+            truth_column=truth_column or None,
+            split_column=split_column or None,
+            eval_split=eval_split,
+        ),
+        learning=RoundConfig(strategy=strategy, mode=mode, k=k, batch_size=batch_size, seed=seed),
         budget=budget,
-        seed=seed,
-        id_column=id_column,
-        text_column=text_column,
-        truth_column=truth_column,
-        split_column=split_column,
-        eval_split=eval_split,
-        folder_per_concept=folder_per_concept,
     )
+    uri = concept_folder(campaign_uri, concept) if folder_per_concept else campaign_uri
+    ensure_campaign(config, uri)
     with open(campaign.path, "w") as f:
-        json.dump(config, f, indent=2)
+        json.dump(Campaign(uri, progress=False).config.to_json(), f, indent=2)
     campaign.metadata["uri"] = uri
     return uri

@@ -15,7 +15,8 @@ def oracle_labeler(campaign_uri: str) -> str:
         Where the labels were written ("" when nothing was pending).
     """
     from seals_al.campaign import Campaign
+    from seals_al.oracle import label_open_batch
 
     campaign = Campaign(campaign_uri)
-    key = campaign.oracle_labels()
+    key = label_open_batch(campaign)
     return campaign.storage.where(key) if key else ""

@@ -29,7 +29,7 @@ def select_round(
 
     campaign = Campaign(campaign_uri)
     metrics = campaign.select()
-    key = f"rounds/{metrics['round']:03d}/to_label.jsonl"
+    key = campaign.keys(metrics["round"]).to_label
     with open(batch.path, "wb") as f:
         f.write(campaign.storage.read_bytes(key))
     batch.metadata.update({"uri": campaign.storage.where(key), "rows": metrics["batch"]})

@@ -1,4 +1,4 @@
-"""The embeddings format (DESIGN section 3) and its reader.
+"""The embeddings store: its on-disk format, its writers and its reader (docs/ARCHITECTURE.md).
 
 A store is a directory::
 
@@ -180,11 +180,43 @@ class StoreWriter:
         self._publish.__exit__(kind, value, traceback)
 
 
-def first_out_of_range(row_ids: np.ndarray, n: int) -> int | None:
-    """The first of ``row_ids`` outside 0..n-1, or None (two reductions when all are in range)."""
-    if row_ids.size == 0 or (row_ids.min() >= 0 and row_ids.max() < n):
-        return None
-    return int(row_ids[np.flatnonzero((row_ids < 0) | (row_ids >= n))[0]])
+class RowLookup:
+    """Where global row ids sit in an array of unique row ids (a store's id table, a graph's
+    rows): the position itself when the ids are 0..n-1 in order (what embedding produces; two
+    reductions check the range), else a binary search. An id that is not there is an error
+    naming ``where`` and the id. Shared by the store and the neighbour graph."""
+
+    def __init__(self, row_ids: np.ndarray, where: str | Path, unknown: str = "unknown row id {}"):
+        self.where = where
+        self.unknown = unknown
+        self._n = n = len(row_ids)
+        self._order: np.ndarray | None = None  # None: the ids are sorted already (a graph's rows)
+        self._sorted = row_ids
+        if n and np.any(row_ids[1:] < row_ids[:-1]):
+            self._order = np.argsort(row_ids, kind="stable")
+            self._sorted = row_ids[self._order]
+        # Sorted and unique, so 0 first and n-1 last means 0..n-1 throughout: row id == position.
+        self._dense = bool(n and self._order is None and row_ids[0] == 0 and row_ids[-1] == n - 1)
+
+    def __call__(self, row_ids: np.ndarray) -> np.ndarray:
+        """Positions of the given row ids, in the order asked."""
+        row_ids = np.asarray(row_ids, dtype=np.int64)
+        if self._dense:
+            if row_ids.size and (row_ids.min() < 0 or row_ids.max() >= self._n):
+                bad = int(row_ids[np.flatnonzero((row_ids < 0) | (row_ids >= self._n))[0]])
+                raise SealsError(f"{self.where}: {self.unknown.format(bad)}")
+            return row_ids
+        at = np.minimum(np.searchsorted(self._sorted, row_ids), max(self._n - 1, 0))
+        missing = self._sorted[at] != row_ids if self._n else np.ones(len(row_ids), bool)
+        if missing.any():
+            bad = int(row_ids[np.flatnonzero(missing)[0]])
+            raise SealsError(f"{self.where}: {self.unknown.format(bad)}")
+        return at if self._order is None else self._order[at]
+
+
+def rows_digest(row_ids: np.ndarray) -> str:
+    """sha256 of a set of row ids (order does not matter)."""
+    return hashlib.sha256(np.sort(np.asarray(row_ids, dtype=np.int64)).tobytes()).hexdigest()
 
 
 def _write_id_table(path: Path, ids: Sequence[str], row_ids: np.ndarray) -> None:
@@ -223,12 +255,7 @@ class EmbeddingStore:
         self._shards = shards
         self._mapped = mapped
         self._offsets = np.cumsum([0] + [s.shape[0] for s in shards])
-        # Row ids 0..n-1 in storage order (what embedding produces): a row id is its position.
-        self._dense = bool(
-            len(row_ids) and row_ids[0] == 0 and np.array_equal(row_ids, np.arange(len(row_ids)))
-        )
-        self._order = np.argsort(row_ids, kind="stable")
-        self._sorted = row_ids[self._order]
+        self._lookup = RowLookup(row_ids, path)
         self._by_external: dict[str, int] | None = None
 
     @classmethod
@@ -274,24 +301,17 @@ class EmbeddingStore:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def positions(self, row_ids: np.ndarray) -> np.ndarray:
+        """Storage positions of global row ids; an unknown row id is an error naming the store."""
+        return self._lookup(row_ids)
+
     @property
     def model(self) -> str:
         return str(self.manifest["model"])
 
-    def positions(self, row_ids: np.ndarray) -> np.ndarray:
-        """Storage positions of global row ids; an unknown row id is an error."""
-        row_ids = np.asarray(row_ids, dtype=np.int64)
-        if self._dense:
-            bad = first_out_of_range(row_ids, len(self.row_ids))
-            if bad is not None:
-                raise SealsError(f"{self.path}: unknown row id {bad}")
-            return row_ids
-        at = np.searchsorted(self._sorted, row_ids)
-        at_clipped = np.minimum(at, len(self._sorted) - 1)
-        unknown = self._sorted[at_clipped] != row_ids
-        if unknown.any():
-            raise SealsError(f"{self.path}: unknown row id {int(row_ids[np.flatnonzero(unknown)[0]])}")
-        return self._order[at_clipped]
+    def digest(self) -> str:
+        """sha256 over the checksums of the shards: changes whenever any vector does."""
+        return hashlib.sha256(",".join(s["sha256"] for s in self.manifest["shards"]).encode()).hexdigest()
 
     def row_ids_of(self, external_ids: Sequence[str]) -> np.ndarray:
         """Global row ids of external ids; an unknown id is an error naming it."""

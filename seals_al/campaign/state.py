@@ -1,0 +1,177 @@
+"""Reading a campaign's state: the last committed round, the label files not ingested yet,
+status, whether to go on, and waiting for labels. Nothing here writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+
+from seals_al.campaign.config import CampaignConfig
+from seals_al.campaign.layout import ROUNDS, RoundKeys, round_of
+from seals_al.campaign.lease import holder
+from seals_al.errors import SealsError
+from seals_al.storage import Storage
+
+
+class LabelsTimeout(SealsError):
+    """wait_for_labels gave up; the campaign is unchanged."""
+
+
+@dataclass
+class State:
+    """The last committed round, as read back from storage."""
+
+    round: int  # -1 before round 0
+    labeled: dict[str, dict]  # id -> {"label", "round", "source"}
+    ingested: list[dict]
+    batch: list[dict]
+
+    @property
+    def pending(self) -> list[dict]:
+        return [row for row in self.batch if row["id"] not in self.labeled]
+
+
+class StateReader:
+    """What a campaign's storage says about it (the base of :class:`~.stages.Campaign`)."""
+
+    def __init__(self, storage: Storage, config: CampaignConfig):
+        self.storage = storage
+        self.config = config
+
+    @staticmethod
+    def keys(r: int) -> RoundKeys:
+        """The keys of round ``r``."""
+        return RoundKeys(r)
+
+    # -- reading state --------------------------------------------------------------------------
+    def committed_rounds(self) -> list[int]:
+        return sorted(round_of(k) for k in self.storage.list(ROUNDS) if k.endswith("/COMMITTED"))
+
+    def state(self) -> State:
+        rounds = self.committed_rounds()
+        if not rounds:
+            return State(-1, {}, [], [])
+        keys = self.keys(rounds[-1])
+        labeled = {row["id"]: row for row in jsonl_rows(self.storage.read_text(keys.labeled))}
+        ingested = self.storage.read_json(keys.ingested)
+        return State(rounds[-1], labeled, ingested, jsonl_rows(self.storage.read_text(keys.to_label)))
+
+    def inbox(self, state: State) -> str:
+        """Where labels for the open batch are dropped."""
+        return self.keys(state.round).inbox
+
+    def new_label_files(self, state: State) -> dict[str, bytes]:
+        """Label files in the open round's inbox (or the seed, before round 0) not ingested yet,
+        with their contents (read once: hashed here, parsed by the ingest)."""
+        done = {(row["file"], row["sha256"]) for row in state.ingested}
+        keys = [self.config.seed_labels] if state.round < 0 else self.storage.list(self.inbox(state))
+        fresh = {}
+        for key in keys:
+            data = self.storage.read_bytes(key)
+            if (key, sha256(data)) not in done:
+                fresh[key] = data
+        return fresh
+
+    def status(self) -> dict:
+        state = self.state()
+        metrics = self.storage.read_json(self.keys(state.round).metrics) if state.round >= 0 else {}
+        # Any file of a round past the last committed one: a round that was interrupted.
+        interrupted = sorted(
+            {k.split("/")[1] for k in self.storage.list(ROUNDS) if round_of(k) > state.round}
+        )
+        if state.round < 0:
+            waiting = "round 0: run `seals-al round` to ingest the seed labels and publish the first batch"
+        elif not state.pending and len(state.labeled) >= self.config.budget:
+            waiting = "budget spent: nothing more to label"
+        else:
+            inbox = self.storage.where(self.inbox(state))
+            waiting = f"labels for {len(state.pending)} pending example(s) in {inbox}/"
+        return {
+            "campaign": self.storage.uri,
+            "concept": self.config.concept,
+            "rounds": state.round + 1,
+            "labeled": len(state.labeled),
+            "positives": sum(row["label"] for row in state.labeled.values()),
+            "budget": self.config.budget,
+            "open_batch": len(state.batch),
+            "pending": len(state.pending),
+            "pool_size": metrics.get("pool_size"),
+            "average_precision": metrics.get("average_precision"),
+            "new_label_files": len(self.new_label_files(state)),
+            "interrupted_round": interrupted[0] if interrupted else None,
+            "lock": holder(self.storage),
+            "waiting_for": waiting,
+        }
+
+    def next_step(self, target_metric: str = "", target_value: float = 0.0) -> tuple[bool, str]:
+        """Whether another round should run after the last committed one, and why (or why not):
+        it stops when the budget is spent, the pool is exhausted, or ``target_metric`` (a key of
+        metrics.json, e.g. average_precision or recall) reached ``target_value``."""
+        state = self.state()
+        if state.round < 0:
+            return True, "round 0 has not run yet"
+        metrics = self.storage.read_json(self.keys(state.round).metrics)
+        if metrics.get("stopped"):
+            return False, f"stopped: {metrics['stopped']}"
+        if not state.pending:
+            return False, f"budget spent: {len(state.labeled)} of {self.config.budget} labeled"
+        if target_metric:
+            if target_metric not in metrics:
+                known = ", ".join(sorted(k for k, v in metrics.items() if isinstance(v, int | float)))
+                raise SealsError(f"target metric {target_metric!r} is not in metrics.json; known: {known}")
+            value = metrics[target_metric]
+            if value >= target_value:
+                return False, f"target reached: {target_metric} {value:.4g} >= {target_value:g}"
+        inbox = self.storage.where(self.inbox(state))
+        return True, f"{len(state.pending)} example(s) to label; drop labels in {inbox}/"
+
+    # -- waiting for people (or an oracle) ------------------------------------------------------
+    def wait_for_labels(
+        self, poll_seconds: float, timeout_seconds: float, *, progress: bool | None = None
+    ) -> list[str]:
+        """Poll the open round's inbox until a label file not ingested yet is there.
+
+        Nothing is written, so a timeout leaves the campaign exactly as it was: drop labels in
+        the inbox later and resume (another run, or ``seals-al round``).
+
+        Returns:
+            The keys of the new label files.
+
+        Raises:
+            LabelsTimeout: nothing arrived within ``timeout_seconds``.
+        """
+        if poll_seconds <= 0 or timeout_seconds < 0:
+            raise SealsError(
+                f"poll interval must be positive and timeout non-negative, got {poll_seconds}, "
+                f"{timeout_seconds}"
+            )
+        state = self.state()
+        deadline = time.monotonic() + timeout_seconds
+        inbox = self.storage.where(self.inbox(state))
+        polls = 0
+        while True:
+            fresh = self.new_label_files(state)
+            if fresh:
+                return sorted(fresh)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LabelsTimeout(
+                    f"{inbox}/: no new labels after {timeout_seconds:g} s; the campaign is unchanged "
+                    f"at round {state.round} ({len(state.pending)} example(s) waiting in "
+                    f"{self.storage.where(self.keys(state.round).to_label)}). Drop a label "
+                    "file there and run the pipeline again, or `seals-al round`, to resume."
+                )
+            polls += 1
+            if progress if progress is not None else self.progress:
+                print(f"waiting for labels in {inbox}/ (poll {polls}, {remaining:.0f} s left)", flush=True)
+            time.sleep(min(poll_seconds, remaining))
+
+
+def jsonl_rows(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

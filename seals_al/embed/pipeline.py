@@ -1,0 +1,223 @@
+"""The embedding pipeline (Apache Beam): read items, RunInference with the encoder, write the
+embeddings store with a dead-letter file.
+
+    seals-al embed --input 'items-*.csv' --output STORE_DIR [Beam options]
+    python -m seals_al.embed.pipeline --input ... --output ...   (the same, without the CLI)
+
+Locally it runs in-process on the FnApiRunner (never the runner that downloads Prism); on a cluster
+the same pipeline runs with standard Beam options, e.g. ``--runner DataflowRunner --project P
+--region R --temp_location gs://B/tmp --sdk_container_image IMAGE`` or ``--runner FlinkRunner
+--flink_master HOST:8081 --environment_type DOCKER --environment_config IMAGE``.
+
+Items are read a file at a time (CSV with a header, JSONL or Parquet; local or gs://), so many
+input files spread over workers. Each worker loads the model once and embeds batches; items that
+cannot be embedded (empty text, inference errors) go to ``dead_letter.jsonl`` with the reason and
+never fail the job. Workers write shards of vectors; the driver then assigns each item a stable
+row id (its rank in the sorted ids) and publishes the store atomically with a manifest that counts
+embedded and dead-lettered items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from seals_al.embed.handlers import EfficientNetLiteHandler, MiniLMHandler
+from seals_al.embed.transforms import DEAD, EmbedItems, LoadImage, ReadItems, WriteShards
+from seals_al.encoder import IMAGE_MODEL, IMAGE_MODEL_DIM, TEXT_MODEL, TEXT_MODEL_DIM
+from seals_al.errors import EXIT_USAGE, SealsError
+from seals_al.store import EmbeddingStore, StoreWriter
+
+
+class EmbedOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        # Not argparse-required: Beam parses every registered options class for every pipeline.
+        parser.add_argument("--input", help="item files: a path or glob, local or gs:// (required)")
+        parser.add_argument("--output", help="the embeddings store directory to write (required)")
+        parser.add_argument("--modality", default="text", choices=["text", "image"])
+        parser.add_argument("--id_column", default="id")
+        parser.add_argument(
+            "--text_column", default="text", help="the text (text) or image URI (image) column"
+        )
+        parser.add_argument("--shard_rows", type=int, default=100_000, help="vectors per shard file at most")
+        parser.add_argument("--work_dir", help="where workers write parts (default: OUTPUT.parts)")
+
+
+def build(p: beam.Pipeline, options: EmbedOptions, work_dir: str):
+    """Wire the pipeline on ``p``; returns the (parts, dead letters) PCollections."""
+    parsed = p | "Read" >> ReadItems(options.input, options.id_column, options.text_column)
+    dead_inputs = [parsed[DEAD]]
+    if options.modality == "image":
+        images = parsed.items | "LoadImages" >> beam.ParDo(LoadImage()).with_outputs(DEAD, main="images")
+        dead_inputs.append(images[DEAD])
+        embedded = images.images | "Embed" >> EmbedItems(EfficientNetLiteHandler())
+    else:
+        embedded = parsed.items | "Embed" >> EmbedItems(MiniLMHandler())
+    parts = (
+        embedded["embedded"]
+        | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=options.shard_rows)
+        | "WriteShards" >> beam.ParDo(WriteShards(work_dir))
+    )
+    dead = (*dead_inputs, embedded[DEAD]) | "AllDead" >> beam.Flatten()
+    (
+        dead
+        | "DeadJson" >> beam.Map(json.dumps)
+        | "WriteDead" >> beam.io.WriteToText(f"{work_dir}/dead", file_name_suffix=".jsonl")
+    )
+    return parts, dead
+
+
+def finalize(
+    work_dir: str,
+    output: str,
+    model: str = TEXT_MODEL,
+    dim: int = TEXT_MODEL_DIM,
+    source: dict | None = None,
+) -> EmbeddingStore:
+    """Assemble the workers' parts (local or gs://) into a local store, then remove the parts.
+
+    The row id of an item is the rank of its id in sorted order: stable whatever the sharding.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    def matching(pattern: str) -> list[str]:
+        return sorted(m.path for m in FileSystems.match([f"{work_dir}/{pattern}"])[0].metadata_list)
+
+    def read(path: str) -> bytes:
+        with FileSystems.open(path) as f:
+            return f.read()
+
+    parts = matching("part-*.npy")
+    part_ids = [json.loads(read(path[: -len(".npy")] + ".ids.json")) for path in parts]
+    all_ids = [i for ids in part_ids for i in ids]
+    if len(set(all_ids)) != len(all_ids):
+        raise SealsError(f"{work_dir}: an id was embedded twice; ids must be unique across the input")
+    rank = {item: r for r, item in enumerate(sorted(all_ids))}
+    dead = [line for path in matching("dead*.jsonl") for line in read(path).decode().splitlines() if line]
+    reasons: dict[str, int] = {}
+    for line in dead:
+        reason = json.loads(line)["reason"]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    extra = {"embedded": len(all_ids), "dead_letter": len(dead), "dead_letter_reasons": reasons}
+    if source is not None:
+        extra["source"] = source
+    with StoreWriter(output, dim=dim, model=model, normalized=True, extra=extra) as writer:
+        for path, ids in zip(parts, part_ids, strict=True):  # one part in memory at a time
+            vectors = np.load(io.BytesIO(read(path)), allow_pickle=False)
+            writer.add(ids, vectors, np.asarray([rank[i] for i in ids], dtype=np.int64))
+        writer.add_file("dead_letter.jsonl", "".join(line + "\n" for line in dead).encode())
+    FileSystems.delete([work_dir])
+    return EmbeddingStore.open(output)
+
+
+def _log_counters(result: beam.runners.runner.PipelineResult) -> None:
+    """Log the pipeline's counters (the same numbers a runner's UI shows while it runs)."""
+    counters = result.metrics().query(beam.metrics.MetricsFilter().with_namespace("seals"))["counters"]
+    for counter in counters:
+        logging.getLogger(__name__).info("%s: %s", counter.key.metric.name, counter.committed)
+
+
+def run(
+    argv: Sequence[str] | None = None,
+    test_pipeline: beam.Pipeline | None = None,
+    *,
+    source: dict | None = None,
+) -> EmbeddingStore:
+    """Run the embedding pipeline and publish the store; Beam options pass through.
+
+    ``source`` (what the store was made from) is recorded in the manifest; see ensure_embeddings.
+    """
+    options = PipelineOptions(argv)
+    unknown = sorted(
+        set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options())
+    )
+    if unknown:
+        raise SealsError(f"unknown option(s): {', '.join('--' + u for u in unknown)}")
+    embed = options.view_as(EmbedOptions)
+    missing = [f"--{name}" for name in ("input", "output") if not getattr(embed, name)]
+    if missing:
+        raise SealsError(f"missing required option(s): {', '.join(missing)}")
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = "FnApiRunner"
+    work_dir = embed.work_dir or f"{embed.output.rstrip('/')}.parts"
+    p = test_pipeline or beam.Pipeline(options=options)
+    build(p, embed, work_dir)
+    result = p.run()
+    result.wait_until_finish()
+    _log_counters(result)
+    if embed.modality == "image":
+        return finalize(work_dir, embed.output, IMAGE_MODEL, IMAGE_MODEL_DIM, source)
+    return finalize(work_dir, embed.output, source=source)
+
+
+def ensure_embeddings(
+    items: str,
+    output: str,
+    *,
+    id_column: str = "id",
+    text_column: str = "text",
+    modality: str = "text",
+    beam_args: Sequence[str] = (),
+) -> tuple[EmbeddingStore, bool]:
+    """Embed the items into ``output`` unless a store made from the same file (sha256), columns,
+    modality and model is already there (re-runs of a pipeline skip the work).
+
+    Returns:
+        (the store, whether it was already there).
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    digest = hashlib.sha256()
+    with FileSystems.open(items, compression_type="uncompressed") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    model = IMAGE_MODEL if modality == "image" else TEXT_MODEL
+    source = {
+        "items": items,
+        "sha256": digest.hexdigest(),
+        "id_column": id_column,
+        "text_column": text_column,
+        "modality": modality,
+        "model": model,
+    }
+    if (Path(output) / "manifest.json").is_file():
+        store = EmbeddingStore.open(output)
+        if store.manifest.get("extra", {}).get("source") == source:
+            return store, True
+    argv = [
+        f"--input={items}",
+        f"--output={output}",
+        f"--id_column={id_column}",
+        f"--text_column={text_column}",
+        f"--modality={modality}",
+        *beam_args,
+    ]
+    return run(argv, source=source), False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the pipeline from the command line: a bad option or input is one line on stderr and
+    exit code 2, as with ``seals-al``."""
+    logging.basicConfig(level=logging.INFO)
+    try:
+        store = run(sys.argv[1:] if argv is None else argv)
+    except SealsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{store.manifest.get('extra', {}).get('embedded', 0):,} embedded: {store.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Index directories, what ``seals-al build-index`` writes: one index file, IVF lists merged on
+disk, or shards searched together, with a manifest of the build parameters, what the index was
+built from (store and rows digests) and its measured recall."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from seals_al.errors import SealsError
+from seals_al.index.build import add_rows, empty_index, set_search_parameters, train
+from seals_al.index.recall import measure_recall
+from seals_al.settings import DEFAULT_FACTORY, LAYOUTS
+from seals_al.storage import atomic_dir, read_manifest, write_json_atomic
+from seals_al.store import EmbeddingStore, rows_digest
+
+INDEX_FORMAT = "seals-index/1"
+
+
+def build_index_dir(
+    store: EmbeddingStore,
+    out_dir: str | Path,
+    factory: str = DEFAULT_FACTORY,
+    *,
+    row_ids: np.ndarray | None = None,
+    layout: str = "single",
+    shard_rows: int = 1_000_000,
+    train_size: int = 100_000,
+    search_params: dict[str, int] | None = None,
+    recall_queries: int = 1000,
+    k: int = 100,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Build an index over every row of a store into a directory with a manifest.
+
+    Layouts: ``single`` (one index file); ``ondisk`` (IVF only: one index per shard of rows, their
+    inverted lists merged into ``index.ivfdata`` with faiss.contrib.ondisk and memory-mapped at
+    query time, so the lists never need to fit in RAM); ``shards`` (one index per shard of rows,
+    searched together with faiss.IndexShards, which merges each query's top k). The vectors are
+    read a chunk at a time; IVF is trained once on a seeded sample and every shard reuses it.
+
+    Args:
+        store: the embeddings.
+        out_dir: the index directory (replaced whole if it exists).
+        factory: faiss index_factory string.
+        row_ids: the rows to index, e.g. U without the evaluation split (default: every row).
+        layout: single, ondisk or shards.
+        shard_rows: rows per shard (ondisk and shards layouts).
+        train_size: rows sampled to train IVF or PQ.
+        search_params: recorded and applied when opened, e.g. {"nprobe": 16} or {"efSearch": 128}.
+        recall_queries: rows sampled as queries to measure recall@k against exact search (0: skip).
+        k: the k of recall@k.
+        seed: sampling seed.
+        progress: show progress bars.
+
+    Returns:
+        The manifest written to ``manifest.json``.
+    """
+    if layout not in LAYOUTS:
+        raise SealsError(f"unknown index layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    search_params = dict(search_params or {})
+    started = time.perf_counter()
+    row_ids = store.row_ids if row_ids is None else np.sort(np.asarray(row_ids, dtype=np.int64))
+    trained = empty_index(store.dim, factory)
+    if layout == "ondisk" and faiss.try_extract_index_ivf(trained) is None:
+        raise SealsError(f"the ondisk layout needs an IVF index; {factory!r} is not one")
+    train(trained, store, row_ids, train_size, seed)
+    with atomic_dir(out_dir) as tmp:
+        files: list[str] = []
+        if layout == "single":
+            add_rows(trained, store, row_ids, progress=progress, desc=f"index {factory}")
+            faiss.write_index(trained, str(tmp / "index.faiss"))
+            files = ["index.faiss"]
+        else:
+            shards = [row_ids[s : s + shard_rows] for s in range(0, len(row_ids), shard_rows)]
+            for n, rows in enumerate(shards):
+                shard = faiss.clone_index(trained)
+                add_rows(shard, store, rows, progress=progress, desc=f"shard {n + 1}/{len(shards)}")
+                faiss.write_index(shard, str(tmp / f"shard-{n:05d}.faiss"))
+                files.append(f"shard-{n:05d}.faiss")
+                del shard
+            if layout == "ondisk":
+                from faiss.contrib.ondisk import merge_ondisk
+
+                merged = faiss.clone_index(trained)
+                merge_ondisk(merged, [str(tmp / f) for f in files], str(tmp / "index.ivfdata"))
+                faiss.write_index(merged, str(tmp / "index.faiss"))
+                for f in files:
+                    (tmp / f).unlink()
+                files = ["index.faiss", "index.ivfdata"]
+        manifest = {
+            "format": INDEX_FORMAT,
+            "factory": factory,
+            "layout": layout,
+            "dim": store.dim,
+            "ntotal": len(row_ids),
+            "metric": "inner_product",
+            "train_size": min(train_size, len(row_ids)),
+            "seed": seed,
+            "search_params": search_params,
+            "files": files,
+            "store": str(store.path),
+            "source": _index_source(store, row_ids, factory, layout, search_params),
+            "build_seconds": time.perf_counter() - started,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if recall_queries:
+        index = open_index_dir(out_dir)
+        manifest["recall"] = measure_recall(index, store, k=k, queries=recall_queries, seed=seed)
+        write_json_atomic(Path(out_dir) / "manifest.json", manifest)
+    return manifest
+
+
+def _index_source(
+    store: EmbeddingStore, row_ids: np.ndarray, factory: str, layout: str, params: dict
+) -> dict:
+    """What an index directory was built from: the store's shard checksums and the rows."""
+    return {
+        "store_sha256": store.digest(),
+        "rows_sha256": rows_digest(row_ids),
+        "factory": factory,
+        "layout": layout,
+        "search_params": params,
+    }
+
+
+def ensure_index_dir(
+    store: EmbeddingStore, out_dir: str | Path, factory: str = DEFAULT_FACTORY, **options
+) -> tuple[dict, bool]:
+    """Build the index directory unless one from the same store, rows, factory, layout and
+    search parameters is already there (re-runs of a pipeline skip the build).
+
+    Args:
+        store: the embeddings.
+        out_dir: the index directory.
+        factory: faiss index_factory string.
+        **options: as for :func:`build_index_dir`.
+
+    Returns:
+        (the manifest, whether it was already there).
+    """
+    path = Path(out_dir) / "manifest.json"
+    if path.is_file():
+        manifest = json.loads(path.read_text())
+        row_ids = options.get("row_ids")
+        row_ids = store.row_ids if row_ids is None else np.asarray(row_ids, dtype=np.int64)
+        wanted = _index_source(
+            store, row_ids, factory, options.get("layout", "single"), dict(options.get("search_params") or {})
+        )
+        if manifest.get("source") == wanted:
+            return manifest, True
+    return build_index_dir(store, out_dir, factory, **options), False
+
+
+def open_index_dir(path: str | Path, mmap: bool = False) -> faiss.Index:
+    """Open an index directory; ``mmap`` keeps single/shard files on disk (the ondisk layout's
+    lists always are). Search parameters from the manifest are applied."""
+    path = Path(path)
+    manifest = read_manifest(path, INDEX_FORMAT, "an index directory")
+    flags = faiss.IO_FLAG_MMAP if mmap else 0
+    params = manifest.get("search_params") or {}
+    if manifest["layout"] == "shards":
+        index = faiss.IndexShards(manifest["dim"], False, False)
+        for name in manifest["files"]:
+            part = faiss.read_index(str(path / name), flags)
+            set_search_parameters(part, **params)
+            index.add_shard(part)  # faiss keeps a reference to each part
+        return index
+    if manifest["layout"] == "ondisk":
+        index = faiss.read_index(str(path / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    else:
+        index = faiss.read_index(str(path / "index.faiss"), flags)
+    set_search_parameters(index, **params)
+    return index

@@ -1,0 +1,223 @@
+"""Where the candidate pool gets neighbour lists: a *neighbour source*.
+
+Either the live index (:class:`IndexNeighbours`, one faiss query per pick) or a
+:class:`NeighbourGraph`, the k neighbours of every row of U computed once with batched queries and
+memory-mapped. Both return the same lists for the same index; the graph turns each pick's query
+into an O(1) read: one kNN structure over U, amortized over every round and concept. Also here:
+the kNN density that information density weighs entropy with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from seals_al.errors import SealsError
+from seals_al.index.build import search
+from seals_al.storage import atomic_dir, read_manifest
+from seals_al.store import EmbeddingStore, RowLookup, rows_digest
+
+
+def neighbour_density(D: np.ndarray) -> np.ndarray:
+    """Mean cosine similarity of each query to its neighbours (padding ignored), for information density."""
+    valid = np.isfinite(D)
+    total = np.where(valid, D, 0.0).sum(axis=1)
+    return (total / np.maximum(valid.sum(axis=1), 1)).astype(np.float32)
+
+
+def knn_density(
+    index: faiss.Index,
+    store: EmbeddingStore,
+    row_ids: np.ndarray,
+    k: int,
+    *,
+    chunk_rows: int = 4096,
+    progress: bool = True,
+) -> np.ndarray:
+    """Density of every given row from the kNN graph: one batched search per chunk, no all-pairs pass."""
+    out = np.empty(len(row_ids), dtype=np.float32)
+    with tqdm(total=len(row_ids), desc="kNN density", unit="vec", disable=not progress) as bar:
+        for start in range(0, len(row_ids), chunk_rows):
+            ids = row_ids[start : start + chunk_rows]
+            D, _ = search(index, store.vectors(ids), k, ids)
+            out[start : start + len(ids)] = neighbour_density(D)
+            bar.update(len(ids))
+    return out
+
+
+VectorsOf = Callable[[], np.ndarray]
+
+
+class Neighbours(Protocol):
+    """A source of neighbour lists keyed by global row id."""
+
+    def knn(self, row_ids: np.ndarray, k: int, vectors: VectorsOf) -> tuple[np.ndarray, np.ndarray]:
+        """(D, I) of the k neighbours of each row, itself excluded; ``vectors`` gives the rows'
+        vectors when the source needs them."""
+        ...
+
+    def ids(self, row_ids: np.ndarray, k: int, vectors: VectorsOf) -> np.ndarray:
+        """I alone (a source may skip reading the similarities)."""
+        ...
+
+
+class IndexNeighbours:
+    """Neighbour lists from live faiss queries."""
+
+    def __init__(self, index: faiss.Index):
+        self.index = index
+
+    def knn(self, row_ids: np.ndarray, k: int, vectors: VectorsOf) -> tuple[np.ndarray, np.ndarray]:
+        return search(self.index, vectors(), k, row_ids)
+
+    def ids(self, row_ids: np.ndarray, k: int, vectors: VectorsOf) -> np.ndarray:
+        return self.knn(row_ids, k, vectors)[1]
+
+
+GRAPH_FORMAT = "seals-knn-graph/1"
+
+
+class NeighbourGraph:
+    """The k neighbours (ids and similarities) of every row of U, memory-mapped, rows sorted by id."""
+
+    def __init__(self, path: Path, manifest: dict, row_ids: np.ndarray, ids: np.ndarray, sims: np.ndarray):
+        self.path = path
+        self.manifest = manifest
+        self.k = int(manifest["k"])
+        self._row_ids = row_ids
+        self._ids = ids
+        self._sims = sims
+        self._lookup = RowLookup(row_ids, path, "row id {} is not in the graph")
+
+    @classmethod
+    def open(cls, path: str | Path, in_memory: bool = False) -> NeighbourGraph:
+        """Open a graph memory-mapped (default), or with its row ids and neighbour lists read into
+        RAM (``in_memory``); the similarities, needed only for information density, stay mapped."""
+        path = Path(path)
+        manifest = read_manifest(path, GRAPH_FORMAT, "a neighbour graph")
+
+        def load(name: str, into_ram: bool) -> np.ndarray:
+            return np.load(path / name, mmap_mode=None if into_ram else "r", allow_pickle=False).view(
+                np.ndarray
+            )
+
+        return cls(
+            path,
+            manifest,
+            load("row_ids.npy", in_memory),
+            load("neighbours.npy", in_memory),
+            load("similarities.npy", False),
+        )
+
+    def __len__(self) -> int:
+        return len(self._row_ids)
+
+    def knn(
+        self, row_ids: np.ndarray, k: int, vectors: VectorsOf | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        at = self._rows(row_ids, k)
+        return self._sims[at, :k], self._ids[at, :k]
+
+    def ids(self, row_ids: np.ndarray, k: int, vectors: VectorsOf | None = None) -> np.ndarray:
+        """Only the neighbour ids: the similarities (memory-mapped) are not read."""
+        at = self._rows(row_ids, k)
+        return self._ids[at] if k == self.k else self._ids[at, :k]
+
+    def _rows(self, row_ids: np.ndarray, k: int) -> np.ndarray:
+        """Where the given rows are in the graph; an unknown row or a k over the graph's is an error."""
+        if k > self.k:
+            raise SealsError(f"{self.path}: the graph holds {self.k} neighbours per row; {k} were asked for")
+        return self._lookup(row_ids)
+
+
+def build_neighbour_graph(
+    index: faiss.Index,
+    store: EmbeddingStore,
+    row_ids: np.ndarray,
+    k: int,
+    out_dir: str | Path,
+    *,
+    chunk_rows: int = 4096,
+    progress: bool = True,
+) -> NeighbourGraph:
+    """Query the index once for every row and write the neighbour lists (atomic directory publish).
+
+    Args:
+        index: the index over U.
+        store: the rows' vectors.
+        row_ids: the rows to cover (normally U).
+        k: neighbours per row, the query itself excluded.
+        out_dir: the graph directory; replaced whole if it exists.
+        chunk_rows: rows per batched query.
+        progress: show a progress bar.
+
+    Returns:
+        The graph, opened (memory-mapped).
+    """
+    started = time.perf_counter()
+    row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
+    with atomic_dir(out_dir) as tmp:
+        np.save(tmp / "row_ids.npy", row_ids)
+        shape = (len(row_ids), k)
+        # int32 ids when every row id of the store (so every possible neighbour) fits; -1 pads
+        # short lists. Half the size: a 10M x 100 graph's lists fit in 4 GB of RAM.
+        fits = len(store) == 0 or int(store.row_ids.max()) <= np.iinfo(np.int32).max
+        id_type = np.int32 if fits else np.int64
+        ids = np.lib.format.open_memmap(tmp / "neighbours.npy", mode="w+", dtype=id_type, shape=shape)
+        sims = np.lib.format.open_memmap(tmp / "similarities.npy", mode="w+", dtype=np.float32, shape=shape)
+        with tqdm(total=len(row_ids), desc=f"kNN graph k={k}", unit="row", disable=not progress) as bar:
+            for start in range(0, len(row_ids), chunk_rows):
+                rows = row_ids[start : start + chunk_rows]
+                D, I = search(index, store.vectors(rows), k, rows)
+                sims[start : start + len(rows)] = D
+                ids[start : start + len(rows)] = I
+                bar.update(len(rows))
+        ids.flush()
+        sims.flush()
+        del ids, sims
+        manifest = {
+            "format": GRAPH_FORMAT,
+            "k": k,
+            "count": len(row_ids),
+            "index": _describe(index),
+            "store": str(store.path),
+            "build_seconds": time.perf_counter() - started,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return NeighbourGraph.open(out_dir)
+
+
+def cached_neighbour_graph(
+    index: Callable[[], faiss.Index],
+    store: EmbeddingStore,
+    row_ids: np.ndarray,
+    factory: str,
+    k: int,
+    cache_dir: Path,
+    progress: bool = True,
+) -> NeighbourGraph:
+    """The graph of these rows for this store, factory and k: opened from ``cache_dir/graphs`` if
+    an earlier run built it, else built (``index`` is called only then) and cached."""
+    key = f"{rows_digest(row_ids)}\n{store.digest()}\n{factory}\n{k}"
+    path = Path(cache_dir) / "graphs" / hashlib.sha256(key.encode()).hexdigest()[:24]
+    if (path / "manifest.json").is_file():
+        return NeighbourGraph.open(path)
+    return build_neighbour_graph(index(), store, row_ids, k, path, progress=progress)
+
+
+def _describe(index: faiss.Index) -> str:
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    return f"{type(inner).__name__} ntotal={index.ntotal} d={index.d}"
+
+
+def as_neighbours(source: faiss.Index | Neighbours) -> Neighbours:
+    """Accept a faiss index (queried live) or any neighbour source such as a graph."""
+    return IndexNeighbours(source) if isinstance(source, faiss.Index) else source

@@ -1,0 +1,127 @@
+"""Settings and their defaults, in one place (see docs/ARCHITECTURE.md, "One vocabulary").
+
+Every setting has one name, used unchanged in campaign YAML and ``campaign.json``, in the
+simulation's ``summary.json``, as a CLI flag (``--index-factory`` for ``index_factory``) and as a
+KFP parameter. The one exception is the three locations a pipeline passes between steps, which
+KFP spells ``items_uri``, ``embeddings_uri`` and ``index_uri``; the components plumb them into
+``data``, ``embeddings`` and ``index`` by keyword. Components and pipelines write defaults as
+literals (KFP reads them from the signature); a test holds them equal to the ones here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, fields, is_dataclass
+from typing import Any, TypeVar, get_type_hints
+
+from seals_al.errors import SealsError
+
+STRATEGIES = ("maxent", "id", "mlp", "random")  # seals_al.strategies registers exactly these
+MODES = ("seals", "global")
+DEFAULT_STRATEGY = "maxent"
+DEFAULT_MODE = "seals"
+DEFAULT_FACTORY = "Flat"
+LAYOUTS = ("single", "ondisk", "shards")  # index directory layouts (seals_al.index.directory)
+DEFAULT_K = 100  # neighbours per labeled example (the paper's k)
+DEFAULT_BATCH_SIZE = 100  # b
+DEFAULT_BUDGET = 1000
+DEFAULT_EVAL_SPLIT = "test"
+SEED_POSITIVES, SEED_NEGATIVES = 5, 95  # the paper's seed set
+
+# What the simulation commands and pipelines assume of a labeled data set such as CLINC150:
+# ground truth in "label", the evaluation split in "split". Campaigns assume neither.
+SIMULATION_TRUTH_COLUMN = "label"
+SIMULATION_SPLIT_COLUMN = "split"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the items are, which columns mean what, and how U's neighbours are found."""
+
+    data: str  # the item table (CSV, JSONL or Parquet): a local path or gs://bucket/path
+    id_column: str = "id"
+    text_column: str = "text"
+    truth_column: str | None = None  # ground truth, for metrics and the oracle only
+    split_column: str | None = None  # None: no evaluation split, every row is in U
+    eval_split: str = DEFAULT_EVAL_SPLIT
+    embeddings: str | None = None  # precomputed: a store dir, .npy (item order) or .parquet
+    embeddings_column: str = "embedding"  # the vector column of a .parquet
+    index_factory: str = DEFAULT_FACTORY
+    index: str | None = None  # a built index directory (seals-al build-index) instead of the factory
+    cache_dir: str | None = None
+    knn_graph: bool = True  # precompute U's neighbour lists once instead of one query per pick
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """How each round trains and selects (the paper's defaults: b = k = 100, C = 1)."""
+
+    strategy: str = DEFAULT_STRATEGY
+    mode: str = DEFAULT_MODE
+    k: int = DEFAULT_K
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = 0  # tie-breaks, random keys and the solver
+    C: float = 1.0  # inverse regularization of the logistic regression
+
+    def check(self, where: str) -> None:
+        """Reject an unknown strategy or mode, or a count that is not a positive integer."""
+        if self.strategy not in STRATEGIES:
+            raise SealsError(
+                f"{where}: unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}"
+            )
+        if self.mode not in MODES:
+            raise SealsError(f"{where}: unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
+        for name in ("k", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SealsError(f"{where}: {name} must be a positive integer, got {value!r}")
+
+
+T = TypeVar("T")
+
+
+def to_flat(config: Any) -> dict:
+    """A settings dataclass as one flat mapping: nested settings objects are merged in by their
+    own field names (which never collide), so files stay flat and every key is a setting name."""
+    out: dict = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        out.update(to_flat(value) if is_dataclass(value) else {f.name: value})
+    return out
+
+
+def from_flat(cls: type[T], values: dict, where: str) -> T:
+    """The inverse of :func:`to_flat`; an unknown key or a missing required one is an error."""
+    unknown = sorted(set(values) - set(flat_names(cls)))
+    if unknown:
+        raise SealsError(
+            f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(flat_names(cls)))}"
+        )
+    return _build(cls, values, where)
+
+
+def flat_names(cls: type) -> list[str]:
+    """Every flat setting name of a settings dataclass, nested ones included."""
+    nested = _nested(cls)
+    names = []
+    for f in fields(cls):
+        names += flat_names(nested[f.name]) if f.name in nested else [f.name]
+    return names
+
+
+def _nested(cls: type) -> dict[str, type]:
+    """The fields of ``cls`` that are settings dataclasses themselves, with their classes."""
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls) if is_dataclass(hints[f.name])}
+
+
+def _build(cls: type[T], values: dict, where: str) -> T:
+    nested = _nested(cls)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in nested:
+            kwargs[f.name] = _build(nested[f.name], values, where)
+        elif f.name in values:
+            kwargs[f.name] = values[f.name]
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise SealsError(f"{where}: missing setting {f.name}")
+    return cls(**kwargs)
