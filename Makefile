@@ -64,7 +64,8 @@ image: $(STAMP)
 	docker build -f images/Dockerfile -t $(IMAGE) \
 		--build-arg VERSION=$$($(BIN)/python -c 'from seals_al.version import __version__; print(__version__)') .
 
-# Regenerate what is generated from code: compiled pipelines and the Argo template.
+# Regenerate what is generated from code: compiled pipelines, the Argo template, component READMEs.
 manifests: $(STAMP)
 	$(BIN)/seals-al compile
 	$(BIN)/seals-al argo-template
+	$(BIN)/python -m components.readme

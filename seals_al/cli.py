@@ -27,6 +27,8 @@ from seals_al.settings import (
     SIMULATION_SPLIT_COLUMN,
     SIMULATION_TRUTH_COLUMN,
     STRATEGIES,
+    WAIT_POLL_SECONDS,
+    WAIT_TIMEOUT_SECONDS,
     DataConfig,
     flat_names,
     from_flat,
@@ -159,8 +161,8 @@ def _add_campaign_commands(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(handler=_stage, stage=name)
     p = sub.add_parser("wait", help="poll the open round's inbox until labels arrive (exit 2 on timeout)")
     p.add_argument("campaign")
-    p.add_argument("--poll-seconds", type=float, default=60.0)
-    p.add_argument("--timeout-seconds", type=float, default=86400.0)
+    p.add_argument("--poll-seconds", type=float, default=WAIT_POLL_SECONDS)
+    p.add_argument("--timeout-seconds", type=float, default=WAIT_TIMEOUT_SECONDS)
     p.set_defaults(handler=_wait)
     p = sub.add_parser(
         "report", help="the last round's report (HTML, Markdown, metrics) and whether to keep going"

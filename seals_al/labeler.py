@@ -13,6 +13,7 @@ from rich.text import Text
 from seals_al.campaign import Campaign
 from seals_al.campaign.layout import terminal_labels
 from seals_al.errors import SealsError
+from seals_al.storage import Storage
 
 
 def run_labeler(campaign: Campaign, console: Console, ask: Callable[[str], str] | None = None) -> dict:
@@ -31,12 +32,7 @@ def run_labeler(campaign: Campaign, console: Console, ask: Callable[[str], str] 
         raise SealsError(f"{campaign.storage.uri}: no batch yet; run `seals-al round` first")
     key = terminal_labels(state.round)
     storage = campaign.storage
-    answers: dict[str, int] = {}
-    if storage.exists(key):
-        for line in storage.read_text(key).splitlines():
-            if line.strip():
-                row = json.loads(line)
-                answers[row["id"]] = row["label"]
+    answers = _saved_answers(storage, key)
     queue = [row for row in state.pending if row["id"] not in answers]
     ask = ask or (lambda prompt: console.input(Text(prompt)))
     history: list[str] = []
@@ -49,13 +45,7 @@ def run_labeler(campaign: Campaign, console: Console, ask: Callable[[str], str] 
     at = 0
     while at < len(queue):
         row = queue[at]
-        console.print(
-            Panel(
-                row.get("text") or "(no text)",
-                title=f"{at + 1} of {len(queue)} · {row['id']} · round {row['round']}",
-                subtitle=f"{row['strategy']} score {row['score']:.3f}",
-            )
-        )
+        console.print(_panel(row, at, len(queue)))
         choice = ask(f"Is this {concept!r}? y=yes n=no s=skip u=undo q=quit: ").strip().lower()[:1]
         if choice in ("y", "n"):
             answers[row["id"]] = 1 if choice == "y" else 0
@@ -84,3 +74,19 @@ def run_labeler(campaign: Campaign, console: Console, ask: Callable[[str], str] 
         "Run `seals-al round` to ingest them."
     )
     return {"answered": len(answers), "skipped": len(skipped), "pending": pending}
+
+
+def _saved_answers(storage: Storage, key: str) -> dict[str, int]:
+    """The answers an earlier session saved (id -> label), so a labeler resumes where it stopped."""
+    if not storage.exists(key):
+        return {}
+    rows = [json.loads(line) for line in storage.read_text(key).splitlines() if line.strip()]
+    return {row["id"]: row["label"] for row in rows}
+
+
+def _panel(row: dict, at: int, total: int) -> Panel:
+    return Panel(
+        row.get("text") or "(no text)",
+        title=f"{at + 1} of {total} · {row['id']} · round {row['round']}",
+        subtitle=f"{row['strategy']} score {row['score']:.3f}",
+    )

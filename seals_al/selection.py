@@ -60,6 +60,9 @@ def select_seals(
 ) -> Selection:
     """Select a batch from the candidate pool, growing the pool with each pick's neighbours.
 
+    One function on purpose: the per-pick loop is the hot path of a SEALS round (about 60 us a
+    pick at 10M rows), kept on local variables with no calls it does not need.
+
     Raises:
         PoolExhaustedError: the pool is empty before the first pick.
     """

@@ -26,6 +26,8 @@ DEFAULT_BATCH_SIZE = 100  # b
 DEFAULT_BUDGET = 1000
 DEFAULT_EVAL_SPLIT = "test"
 SEED_POSITIVES, SEED_NEGATIVES = 5, 95  # the paper's seed set
+WAIT_POLL_SECONDS = 60.0  # how often a wait for labels looks in the inbox
+WAIT_TIMEOUT_SECONDS = 86_400.0  # and when it gives up
 
 # What the simulation commands and pipelines assume of a labeled data set such as CLINC150:
 # ground truth in "label", the evaluation split in "split". Campaigns assume neither.

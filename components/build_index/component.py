@@ -22,8 +22,10 @@ def build_index(
     split_column: str = "",
     eval_split: str = "test",
 ) -> NamedTuple("Outputs", [("index_uri", str), ("skipped", bool)]):
-    """Build the index (IVF trained on a sample, vectors added shard by shard) unless the same one
-    is already at ``index_uri``; recall@100 against exact search goes to the metrics.
+    """Build the faiss index over U (items outside the evaluation split, so no evaluation item is ever a
+    neighbour): IVF trained on a sample, vectors added shard by shard, optional on-disk merge;
+    recall@100 against exact search is measured and logged. Reuses an index built from the same store,
+    rows, factory and parameters.
 
     Args:
         items_uri: the item table (for the split column).

@@ -17,8 +17,11 @@ def embed(
     modality: str = "text",
     beam_args: list = [],  # noqa: B006 (KFP reads the default from the signature)
 ) -> NamedTuple("Outputs", [("embeddings_uri", str), ("count", int), ("skipped", bool)]):
-    """Embed every item (MiniLM for text, EfficientNet-Lite0 for images) unless the store at
-    ``embeddings_uri`` was already made from the same file and columns.
+    """Embed items into an embeddings store with the Apache Beam pipeline (`seals_al.embed.pipeline`):
+    all-MiniLM-L6-v2 for text, EfficientNet-Lite0 for image URIs, RunInference with batching,
+    L2-normalized float32 shards, an id table and a manifest. Items that fail go to `dead_letter.jsonl`
+    with the reason; the counts are in the manifest. If the store at `embeddings_uri` was made from the
+    same file (sha256), columns, modality and model, nothing is recomputed.
 
     Args:
         items_uri: the item table.

@@ -27,9 +27,9 @@ def init_campaign(
     eval_split: str = "test",
     folder_per_concept: bool = False,
 ) -> str:
-    """Write campaign.json and the seed labels at ``campaign_uri`` (or ``campaign_uri/<concept>``
-    with ``folder_per_concept``). Re-running with the same settings is a no-op; other settings are an
-    error. Without ``seed_labels_uri``, seeds are drawn from ``truth_column`` (5 + 95; simulation).
+    """Create the campaign (configuration + seed labels) at a storage URI, or find the same one there
+    (re-runs are no-ops; other settings are an error, never overwritten). Without `seed_labels_uri`,
+    seeds are drawn from the truth column (5 positives + 95 negatives): simulation.
 
     Args:
         campaign_uri: a local folder or gs://bucket/prefix.

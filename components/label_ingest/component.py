@@ -5,9 +5,11 @@ from components._base import seals_component
 
 @seals_component
 def label_ingest(campaign_uri: str) -> bool:
-    """Ingest every label file not ingested yet (the seeds before round 0, then the open round's
-    inbox). A malformed file is rejected whole with its problems reported under reports/, and the
-    step fails naming the file and line; nothing is staged then.
+    """Stage 1 of a round: validate every label file not ingested yet (the seeds before round 0, then
+    `inbox/NNN/` of the open batch): CSV, JSONL or Label Studio export. A malformed file is rejected
+    whole (problems with their lines under `reports/`) and the step fails naming the file and line;
+    relabels are recorded, never silent. Stages `rounds/NNN/labeled.jsonl`, `relabels.jsonl`,
+    `ingested.json` and raw copies.
 
     Args:
         campaign_uri: the campaign.

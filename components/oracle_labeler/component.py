@@ -5,8 +5,9 @@ from components._base import seals_component
 
 @seals_component
 def oracle_labeler(campaign_uri: str) -> str:
-    """Write the open batch's true labels to the round's inbox, as a person would (for demos, CI
-    and label-efficiency studies). Needs the campaign's truth_column.
+    """Simulation only: writes the open batch's true labels (from the campaign's truth column) to
+    `inbox/NNN/oracle.jsonl`, as a person would. Used by the simulation and many-concepts pipelines,
+    `make demo` and CI.
 
     Args:
         campaign_uri: the campaign.

@@ -15,7 +15,11 @@ def report(
     target_metric: str = "",
     target_value: float = 1.0,
 ) -> bool:
-    """Report on the last committed round and decide whether another round should run.
+    """The round's artifacts for the pipeline UI, and whether to continue: a Metrics artifact (labeled,
+    positives, recall when known, average precision, pool size and fraction, selection seconds, scored,
+    batch), ClassificationMetrics (ROC curve and confusion matrix on the evaluation split), an HTML
+    report (plots of the campaign so far, the batch with scores) and a Markdown summary (where the batch
+    is, where labels go, what happens next).
 
     Args:
         campaign_uri: the campaign.

@@ -12,9 +12,11 @@ def select_round(
     campaign_uri: str,
     batch: dsl.Output[dsl.Dataset],
 ) -> NamedTuple("Outputs", [("round", int), ("batch_size", int), ("pool_size", int)]):
-    """Select the next batch (SEALS: from the candidate pool only) and commit the round: the batch
-    with scores and why each was picked goes to rounds/NNN/to_label.jsonl (and a Label Studio
-    task file), the pool state beside it; COMMITTED is written last.
+    """Stage 3: expand the candidate pool with the newly labeled examples' neighbours, select the batch
+    (SEALS: scoring only the pool; global: all of U), publish `to_label.jsonl` (id, text, score,
+    strategy, rank, why: the labeled example whose neighbours brought it in) and a Label Studio task
+    file, save the pool, and write `COMMITTED` last. A crash before that leaves the previous round
+    current.
 
     Args:
         campaign_uri: the campaign (train must have run for the round).

@@ -9,8 +9,9 @@ from components._base import seals_component
 def train(
     campaign_uri: str,
 ) -> NamedTuple("Outputs", [("round", int), ("labeled", int), ("positives", int)]):
-    """Fit the balanced logistic regression on the round's labeled set; write model.json (plain
-    coefficients, no pickle) and evaluation.json (AP, recall, ROC points, confusion matrix).
+    """Stage 2: fit the balanced logistic regression on the staged labeled set; write `model.json`
+    (plain coefficients, no pickle, with the sha256 of the labels it was fit on) and `evaluation.json`
+    (AP, recall, ROC points, confusion matrix on the evaluation split when truth is known).
 
     Args:
         campaign_uri: the campaign (label_ingest must have staged the round).

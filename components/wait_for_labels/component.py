@@ -5,9 +5,10 @@ from components._base import seals_component
 
 @seals_component
 def wait_for_labels(campaign_uri: str, poll_seconds: float = 60.0, timeout_seconds: float = 86400.0) -> int:
-    """Poll ``inbox/NNN/`` of the open round every ``poll_seconds`` until a label file not
-    ingested yet is there. On timeout the step fails with a message naming the inbox; nothing is
-    written, so the campaign stays valid: drop labels later and resume with another run.
+    """A sensor: polls the open round's `inbox/NNN/` until a label file that was not ingested yet is
+    there. On timeout it fails with a message naming the inbox and the batch; it writes nothing, so the
+    campaign stays valid: drop labels later and resume with another run (or the one-round-per-run
+    pipeline, or `seals-al round`).
 
     Args:
         campaign_uri: the campaign.

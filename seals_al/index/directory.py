@@ -71,28 +71,7 @@ def build_index_dir(
         raise SealsError(f"the ondisk layout needs an IVF index; {factory!r} is not one")
     train(trained, store, row_ids, train_size, seed)
     with atomic_dir(out_dir) as tmp:
-        files: list[str] = []
-        if layout == "single":
-            add_rows(trained, store, row_ids, progress=progress, desc=f"index {factory}")
-            faiss.write_index(trained, str(tmp / "index.faiss"))
-            files = ["index.faiss"]
-        else:
-            shards = [row_ids[s : s + shard_rows] for s in range(0, len(row_ids), shard_rows)]
-            for n, rows in enumerate(shards):
-                shard = faiss.clone_index(trained)
-                add_rows(shard, store, rows, progress=progress, desc=f"shard {n + 1}/{len(shards)}")
-                faiss.write_index(shard, str(tmp / f"shard-{n:05d}.faiss"))
-                files.append(f"shard-{n:05d}.faiss")
-                del shard
-            if layout == "ondisk":
-                from faiss.contrib.ondisk import merge_ondisk
-
-                merged = faiss.clone_index(trained)
-                merge_ondisk(merged, [str(tmp / f) for f in files], str(tmp / "index.ivfdata"))
-                faiss.write_index(merged, str(tmp / "index.faiss"))
-                for f in files:
-                    (tmp / f).unlink()
-                files = ["index.faiss", "index.ivfdata"]
+        files = _write_layout(tmp, trained, store, row_ids, layout, shard_rows, progress, factory)
         manifest = {
             "format": INDEX_FORMAT,
             "factory": factory,
@@ -114,6 +93,45 @@ def build_index_dir(
         manifest["recall"] = measure_recall(index, store, k=k, queries=recall_queries, seed=seed)
         write_json_atomic(Path(out_dir) / "manifest.json", manifest)
     return manifest
+
+
+def _write_layout(
+    out: Path,
+    trained: faiss.Index,
+    store: EmbeddingStore,
+    row_ids: np.ndarray,
+    layout: str,
+    shard_rows: int,
+    progress: bool,
+    factory: str,
+) -> list[str]:
+    """Add the rows to the trained (empty) index and write the layout's files into ``out``.
+
+    Returns:
+        The file names written.
+    """
+    if layout == "single":
+        add_rows(trained, store, row_ids, progress=progress, desc=f"index {factory}")
+        faiss.write_index(trained, str(out / "index.faiss"))
+        return ["index.faiss"]
+    files = []
+    shards = [row_ids[s : s + shard_rows] for s in range(0, len(row_ids), shard_rows)]
+    for n, rows in enumerate(shards):
+        shard = faiss.clone_index(trained)
+        add_rows(shard, store, rows, progress=progress, desc=f"shard {n + 1}/{len(shards)}")
+        faiss.write_index(shard, str(out / f"shard-{n:05d}.faiss"))
+        files.append(f"shard-{n:05d}.faiss")
+        del shard
+    if layout == "shards":
+        return files
+    from faiss.contrib.ondisk import merge_ondisk
+
+    merged = faiss.clone_index(trained)
+    merge_ondisk(merged, [str(out / f) for f in files], str(out / "index.ivfdata"))
+    faiss.write_index(merged, str(out / "index.faiss"))
+    for f in files:
+        (out / f).unlink()
+    return ["index.faiss", "index.ivfdata"]
 
 
 def _index_source(
