@@ -65,6 +65,30 @@ def synthetic(tmp_path: Path) -> Synthetic:
     return Synthetic(tmp_path)
 
 
+@pytest.fixture
+def synthetic_items(tmp_path: Path):
+    """A labeled item table with precomputed embeddings (no model): 600 rows in 12 clusters, the
+    concept "c0" is cluster 0, every fifth row is in the test split. Returns its DataConfig."""
+    from seals_al.settings import DataConfig
+
+    vectors, cluster = clustered_vectors(600, 16, 12, seed=5)
+    np.save(tmp_path / "vectors.npy", vectors)
+    with (tmp_path / "items.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text", "label", "split"])
+        for n, c in enumerate(cluster):
+            writer.writerow(
+                [f"i{n:04d}", f"item <{n}> of cluster {c}", f"c{c}", "test" if n % 5 == 0 else "train"]
+            )
+    return DataConfig(
+        data=str(tmp_path / "items.csv"),
+        embeddings=str(tmp_path / "vectors.npy"),
+        truth_column="label",
+        split_column="split",
+        cache_dir=str(tmp_path / "cache"),
+    )
+
+
 @pytest.fixture(scope="session")
 def clinc_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """All rows of a few CLINC150 intents (750 rows) as a CSV."""

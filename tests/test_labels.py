@@ -1,0 +1,192 @@
+"""Label files on their own: every format, every label spelling, every rejection with its line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from seals_al.labels import (
+    MAX_LABEL_FILE_BYTES,
+    LabelFileError,
+    check_label_file,
+    label_studio_tasks,
+    parse_label,
+    read_label_file,
+)
+
+CONCEPT = "report_fraud"
+OPEN = {"a", "b", "c"}
+KNOWN = OPEN | {"d", "e"}
+
+
+def check(name: str, text: str | bytes, labeled: dict[str, int] | None = None):
+    data = text.encode() if isinstance(text, str) else text
+    return check_label_file(name, data, CONCEPT, open_batch=OPEN, labeled=labeled or {}, known=KNOWN)
+
+
+def problems(name: str, text: str | bytes, labeled: dict[str, int] | None = None) -> list[tuple[str, str]]:
+    with pytest.raises(LabelFileError) as e:
+        check(name, text, labeled)
+    assert e.value.detail.startswith("rejected, nothing ingested: ")
+    return [(p.where, p.message) for p in e.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("value", "label"),
+    [
+        ("1", 1), ("yes", 1), (" True ", 1), ("Y", 1), ("positive", 1), ("pos", 1), ("REPORT_FRAUD", 1),
+        ("0", 0), ("no", 0), ("false", 0), ("N", 0), ("negative", 0), ("neg", 0),
+        ("not report_fraud", 0), ("Not_Report_Fraud", 0),
+        ("2", None), ("maybe", None), ("", None), ("report", None), ("not fraud", None),
+    ],
+)  # fmt: skip
+def test_label_spellings(value, label):
+    assert parse_label(value, CONCEPT) == label
+
+
+def test_csv_jsonl_and_label_studio_give_the_same_answers():
+    csv_file = "id,label\na,1\nb,no\n"
+    jsonl = '{"id": "a", "label": 1}\n{"id": "b", "label": "not report_fraud"}\n'
+    studio = json.dumps(
+        [
+            {
+                "data": {"seals_id": "a"},
+                "annotations": [{"result": [{"type": "choices", "value": {"choices": [CONCEPT]}}]}],
+            },
+            {
+                "data": {"seals_id": "b"},
+                "annotations": [{"result": [{"type": "choices", "value": {"choices": ["0"]}}]}],
+            },
+        ]
+    )
+    for name, text, fmt in (
+        ("l.csv", csv_file, "csv"),
+        ("l.jsonl", jsonl, "jsonl"),
+        ("l.json", studio, "label-studio"),
+    ):
+        result = check(name, text)
+        assert result.format == fmt
+        assert result.new == {"a": 1, "b": 0}, name
+
+
+def test_csv_columns_in_any_order_with_extra_columns_and_blank_lines():
+    result = check("l.csv", "note,label,id\nhello,1,a\n\n,0,b\n")
+    assert result.new == {"a": 1, "b": 0}
+
+
+def test_every_problem_is_reported_with_its_line():
+    found = problems("l.csv", "id,label\na,1\n,1\nb,maybe\nc,1,extra\nzzz,0\nd,1\n")
+    assert found == [
+        ("line 3", "missing id"),
+        ("line 4", "invalid label 'maybe' for id 'b'"),
+        ("line 5", "expected 2 fields, found 3"),
+        ("line 6", "id 'zzz' is not an item of this campaign"),
+        ("line 7", "id 'd' is not in the open batch"),
+    ]
+
+
+def test_csv_without_the_columns_is_rejected_at_line_1():
+    assert problems("l.csv", "item,answer\na,1\n") == [
+        ("line 1", "expected columns id,label; found item,answer")
+    ]
+
+
+def test_jsonl_problems():
+    text = '{"id": "a", "label": 1}\nnot json\n["a", 1]\n{"id": "b"}\n{"id": "c", "lab'
+    assert problems("l.jsonl", text) == [
+        ("line 2", "invalid JSON: Expecting value"),
+        ("line 3", 'expected an object with "id" and "label"'),
+        ("line 4", 'expected an object with "id" and "label"'),
+        ("line 5", "truncated (no end of line)"),
+    ]
+
+
+def test_one_file_that_labels_an_id_twice_differently_is_rejected():
+    assert problems("l.csv", "id,label\na,1\na,0\n") == [("line 3", "id 'a' labeled 1 at line 2 and 0 here")]
+    assert check("l.csv", "id,label\na,1\na,yes\n").new == {"a": 1}, "the same answer twice is fine"
+
+
+def test_relabels_and_unchanged_labels_are_counted_never_silent():
+    result = check("l.csv", "id,label\nd,0\ne,1\na,1\n", labeled={"d": 1, "e": 1})
+    assert result.new == {"a": 1}
+    assert result.relabels == {"d": (1, 0)}
+    assert result.unchanged == 1
+    assert result.report()["relabels"] == [{"id": "d", "old": 1, "new": 0}]
+
+
+def test_label_studio_uses_the_last_annotation_that_was_not_cancelled():
+    def task(item: str, *annotations: tuple[str, bool]) -> dict:
+        return {
+            "data": {"seals_id": item},
+            "annotations": [
+                {"was_cancelled": cancelled, "result": [{"type": "choices", "value": {"choices": [choice]}}]}
+                for choice, cancelled in annotations
+            ],
+        }
+
+    tasks = [
+        task("a", ("1", False), ("0", False)),
+        task("b", ("1", False), ("0", True)),
+        task("c", ("1", True)),
+    ]
+    result = check("l.json", json.dumps(tasks))
+    assert result.new == {"a": 0, "b": 1}
+    assert result.pending_tasks == 1, "a task whose only annotation was cancelled is still pending"
+
+
+def test_label_studio_problems():
+    two_choices = {
+        "data": {"seals_id": "a"},
+        "annotations": [{"result": [{"type": "choices", "value": {"choices": ["1", "0"]}}]}],
+    }
+    assert problems("l.json", json.dumps([two_choices, "task", {"data": 3}])) == [
+        ("task 1", "expected one choice in the last annotation"),
+        ("task 2", 'expected a task object with "data"'),
+        ("task 3", 'expected a task object with "data"'),
+    ]
+    assert problems("l.json", '{"tasks": []}') == [
+        ("file", "expected a Label Studio export: a JSON list of tasks")
+    ]
+    assert problems("l.json", "[\n{") == [
+        ("line 2", "invalid JSON: Expecting property name enclosed in double quotes")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "expected"),
+    [
+        ("l.csv", b"", ("file", "empty")),
+        ("l.csv", b"id,label\n\xff,1\n", ("byte 9", "not valid UTF-8 (invalid start byte)")),
+        (
+            "l.txt",
+            b"a 1\n",
+            ("file", "unsupported label file type (use .csv, .jsonl or a Label Studio .json)"),
+        ),
+        ("l.csv", b"id,label\n", ("file", "no labels in the file")),
+    ],
+)
+def test_files_that_hold_no_labels(name, data, expected):
+    assert problems(name, data) == [expected]
+
+
+def test_an_oversized_file_is_rejected_before_it_is_parsed():
+    data = b"id,label\n" + b"a,1\n" * (MAX_LABEL_FILE_BYTES // 4)
+    assert problems("l.csv", data) == [
+        ("file", f"{len(data):,} bytes, over the limit of {MAX_LABEL_FILE_BYTES:,}")
+    ]
+
+
+def test_read_label_file_counts_pending_label_studio_tasks():
+    fmt, answers, pending, found = read_label_file("l.json", b'[{"data": {"seals_id": "a"}}]', CONCEPT)
+    assert (fmt, answers, pending, found) == ("label-studio", [], 1, [])
+
+
+def test_a_batch_as_label_studio_tasks():
+    batch = [{"id": "a", "text": "t", "score": 0.5, "round": 2, "strategy": "mlp"}]
+    assert label_studio_tasks(batch, CONCEPT) == [
+        {
+            "data": {"text": "t", "seals_id": "a", "score": 0.5, "round": 2},
+            "meta": {"concept": CONCEPT, "strategy": "mlp"},
+        }
+    ]

@@ -1,0 +1,105 @@
+"""Reports on their own: the live table, the run plots, and a campaign round as the UI shows it."""
+
+from __future__ import annotations
+
+import base64
+import html
+
+import pytest
+from rich.console import Console
+
+from seals_al.campaign import Campaign, CampaignConfig, init
+from seals_al.errors import SealsError
+from seals_al.oracle import label_open_batch
+from seals_al.record import TABLE_COLUMNS, UI_METRICS, RoundRecord, table_cells
+from seals_al.report import add_round_row, plot_runs, round_report, round_table
+from seals_al.settings import RoundConfig
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_cells_format_known_values_and_dash_the_rest():
+    record = RoundRecord(round=2, labeled=1200, positives=31, pool_size=4567, pool_fraction=0.0456).to_json()
+    cells = dict(zip((key for key, _, _ in TABLE_COLUMNS), table_cells(record), strict=True))
+    assert cells == {
+        "round": "2",
+        "labeled": "1,200",
+        "positives": "31",
+        "recall": "-",
+        "average_precision": "-",
+        "pool_size": "4,567",
+        "pool_fraction": "4.6%",
+        "scored": "0",
+        "selection_seconds": "-",
+    }
+    table = round_table("t")
+    add_round_row(table, record)
+    console = Console(width=200, record=True)
+    console.print(table)
+    assert "4.6%" in console.export_text()
+
+
+def test_plot_runs_writes_a_png_with_one_line_per_run(tmp_path):
+    def summary(mode: str, ap: float) -> dict:
+        rounds = [
+            RoundRecord(
+                r, 100 + 10 * r, 5 + r, recall=0.1 * r, average_precision=ap, pool_fraction=0.01 * r
+            ).to_json()
+            for r in range(3)
+        ]
+        return {"config": {"concept": "c0", "strategy": "maxent", "mode": mode}, "rounds": rounds}
+
+    path = plot_runs(
+        [summary("seals", 0.8), summary("global", 0.7)], tmp_path / "p" / "plot.png", reference={"full": 0.9}
+    )
+    assert path.read_bytes()[:8] == PNG
+
+
+@pytest.fixture
+def campaign(tmp_path, synthetic_items) -> Campaign:
+    init(
+        CampaignConfig("c0", "", synthetic_items, RoundConfig(k=8, batch_size=10), budget=120),
+        str(tmp_path / "c"),
+    )
+    return Campaign(str(tmp_path / "c"), progress=False)
+
+
+def test_a_round_report_for_the_ui(campaign):
+    with pytest.raises(SealsError, match="no committed round to report on"):
+        round_report(campaign)
+    campaign.round()
+    label_open_batch(campaign)
+    campaign.round()
+    report = round_report(campaign, batch_rows=3)
+    assert report.round == 1
+    assert set(report.metrics) <= set(UI_METRICS)
+    assert report.metrics["labeled"] == 110
+    assert report.metrics["batch"] == 10
+    assert {"fpr", "tpr", "thresholds", "confusion_matrix"} <= set(report.classification)
+    # The HTML: the campaign's plots inline, the first rows of the batch, texts escaped.
+    png = report.html.split("data:image/png;base64,")[1].split("'")[0]
+    assert base64.b64decode(png)[:8] == PNG
+    assert report.html.count("<tr><td>") == 3
+    batch = campaign.state().batch
+    assert html.escape(batch[0]["text"]) in report.html
+    assert "<" + batch[0]["text"].split("<")[1] not in report.html, "item texts are escaped"
+    assert "| labeled | 110 |" in report.markdown
+    assert campaign.storage.where("inbox/001") in report.markdown
+    assert (report.keep_going, report.reason) == (
+        False,
+        "budget spent: 120 of 120 labeled",
+    ) or report.keep_going
+
+
+def test_the_report_stops_at_the_budget_and_at_a_target(campaign):
+    campaign.round()
+    assert round_report(campaign).keep_going
+    stop = round_report(campaign, target_metric="average_precision", target_value=0.0)
+    assert not stop.keep_going
+    assert stop.reason.startswith("target reached: average_precision ")
+    label_open_batch(campaign)
+    campaign.round()
+    label_open_batch(campaign)
+    campaign.round()
+    spent = round_report(campaign)
+    assert (spent.keep_going, spent.reason) == (False, "budget spent: 120 of 120 labeled")
