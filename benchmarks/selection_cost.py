@@ -242,10 +242,6 @@ def _machine() -> str:
     return f"{platform.machine()}, {faiss.omp_get_max_threads()} threads, Python {platform.python_version()}"
 
 
-def _mean_seconds(run: dict) -> float:
-    return float(np.mean([r["seconds"] for r in run["rounds"]]))
-
-
 def _median_seconds(run: dict) -> float:
     return float(np.median([r["seconds"] for r in run["rounds"]]))
 
