@@ -42,7 +42,7 @@ def mean_summary(summaries: list[dict]) -> dict:
     for records in zip(*(s["rounds"] for s in summaries), strict=True):
         row = {"round": records[0]["round"]}
         for name in FIELDS:
-            values = [r[name] for r in records if r[name] is not None]
+            values = [r[name] for r in records if r.get(name) is not None]
             row[name] = float(np.mean(values)) if values else None
         rounds.append(row)
     return {"config": dict(summaries[0]["config"], concept="mean"), "rounds": rounds}

@@ -16,6 +16,7 @@ own order and get back the same objects:
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,29 +44,32 @@ class Evaluation:
     positives_total: int | None = None
 
 
-class Candidates:
+class Candidates(ABC):
     """What can still be selected. ``exclude`` takes rows out for good (labeled, or out for
     labeling); ``select`` picks a batch. The SEALS pool is saved with a round and restored by the
     next; global candidates are rebuilt from the rows taken."""
 
     restored = False  # True: rows taken before are excluded already (a restored pool)
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
 
     @property
     def queries(self) -> int:
         """kNN look-ups made so far."""
         return 0
 
-    def exclude(self, row_ids: np.ndarray) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def exclude(self, row_ids: np.ndarray) -> None: ...
 
-    def select(self, model: LinearModel, strategy: Strategy, want: int, *, seed: int, r: int) -> Selection:
-        raise NotImplementedError
+    @abstractmethod
+    def select(
+        self, model: LinearModel, strategy: Strategy, want: int, *, seed: int, r: int
+    ) -> Selection: ...
 
+    @abstractmethod
     def save(self, storage: Storage, prefix: str) -> None:
-        """Nothing to save by default: global candidates follow from the rows taken."""
+        """Keep what the next round restores."""
 
 
 class SealsCandidates(Candidates):
@@ -122,6 +126,9 @@ class GlobalCandidates(Candidates):
         )
         self.exclude(np.asarray([p.row_id for p in selection.picks], dtype=np.int64))
         return selection
+
+    def save(self, storage: Storage, prefix: str) -> None:
+        """Nothing to keep: global candidates follow from the rows taken."""
 
 
 @dataclass(frozen=True)
