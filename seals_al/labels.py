@@ -53,8 +53,8 @@ class Answer:
 
 
 @dataclass
-class Ingest:
-    """What a valid file contributes, for the report and the labeled set."""
+class CheckedLabels:
+    """What a valid label file contributes: its answers, new labels and relabels, and its report."""
 
     name: str
     sha256: str
@@ -207,7 +207,7 @@ def check_label_file(
     open_batch: set[str],
     labeled: dict[str, int],
     known: set[str],
-) -> Ingest:
+) -> CheckedLabels:
     """Parse and validate a label file against the campaign; raise :class:`LabelFileError` on any
     hard error, else return what it adds (new labels and relabels)."""
     if len(data) > MAX_LABEL_FILE_BYTES:
@@ -236,16 +236,16 @@ def check_label_file(
         problems.append(Problem("file", "no labels in the file"))
     if problems:
         raise LabelFileError(name, problems)
-    ingest = Ingest(name, hashlib.sha256(data).hexdigest(), fmt, answers, pending_tasks=pending)
+    checked = CheckedLabels(name, hashlib.sha256(data).hexdigest(), fmt, answers, pending_tasks=pending)
     for item_id, answer in seen.items():
         old = labeled.get(item_id)
         if old is None:
-            ingest.new[item_id] = answer.label
+            checked.new[item_id] = answer.label
         elif old != answer.label:
-            ingest.relabels[item_id] = (old, answer.label)
+            checked.relabels[item_id] = (old, answer.label)
         else:
-            ingest.unchanged += 1
-    return ingest
+            checked.unchanged += 1
+    return checked
 
 
 def label_studio_tasks(batch: list[dict], concept: str) -> list[dict]:

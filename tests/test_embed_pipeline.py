@@ -15,7 +15,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from seals_al.embed.handlers import MiniLMHandler
-from seals_al.embed.pipeline import ensure_embeddings, run
+from seals_al.embed.pipeline import ensure_embeddings, main, run
 from seals_al.embed.transforms import DEAD, EmbedItems, ReadItems
 from seals_al.encoder import MiniLMEncoder
 from seals_al.errors import SealsError
@@ -142,9 +142,12 @@ def test_unknown_options_are_an_error_not_silently_dropped(tmp_path):
     assert not Path(tmp_path / "o").exists()
 
 
-def test_input_and_output_are_required():
+def test_input_and_output_are_required(capsys):
     with pytest.raises(SealsError, match="missing required option"):
         run(["--input=x.csv"])
+    # `python -m seals_al.embed.pipeline` answers as the CLI does: one line, exit code 2.
+    assert main(["--input=x.csv"]) == 2
+    assert capsys.readouterr().err == "error: missing required option(s): --output\n"
 
 
 def test_embed_command(tmp_path, capsys):
