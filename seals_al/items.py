@@ -228,30 +228,3 @@ class Items:
             raise SealsError(f"{self.source}: no ground-truth column")
         at = {item: n for n, item in enumerate(self.ids)}
         return [int(self.truth[at[i]] == concept) for i in ids]
-
-    def draw_seeds(self, concept: str, positives: int, negatives: int, seed: int) -> list[tuple[str, int]]:
-        """A seed set drawn from ground truth (simulation): ``positives`` items of U with the
-        concept, then ``negatives`` without, each a seeded draw without replacement.
-
-        Returns:
-            (id, label) pairs, positives first.
-        """
-        if self.truth is None:
-            raise SealsError(f"{self.source}: seeds from ground truth need a truth column")
-        in_u = ~self.is_eval
-        rng = np.random.default_rng(seed)
-        chosen = []
-        for want, mask, name in (
-            (positives, in_u & (self.truth == concept), "positives"),
-            (negatives, in_u & (self.truth != concept), "negatives"),
-        ):
-            where = np.flatnonzero(mask)
-            if len(where) < want:
-                raise SealsError(
-                    f"{self.source}: concept {concept!r} has {len(where)} {name} in U; "
-                    f"the seed set needs {want}"
-                )
-            chosen += [
-                (self.ids[i], int(name == "positives")) for i in rng.choice(where, want, replace=False)
-            ]
-        return chosen

@@ -1,14 +1,28 @@
-"""The simulated labeler of a campaign: answers the open batch from the ground-truth column, as a
-person would, into the round's inbox (demos, CI, label-efficiency studies). ``seals-al simulate``
-needs no labeler: its oracle answers in memory (:mod:`seals_al.simulate`)."""
+"""The simulated labeler of a campaign: seeds drawn from the ground-truth column, and answers to
+the open batch written into the round's inbox as a person would (demos, CI, label-efficiency
+studies). ``seals-al simulate`` needs no labeler: its oracle answers in memory
+(:mod:`seals_al.simulate`)."""
 
 from __future__ import annotations
 
 import json
 
-from seals_al.campaign import Campaign
+from seals_al.campaign import Campaign, CampaignConfig
 from seals_al.campaign.layout import CONFIG, oracle_labels
 from seals_al.errors import SealsError
+from seals_al.items import Items
+from seals_al.settings import SEED_NEGATIVES, SEED_POSITIVES
+from seals_al.simulate import draw_seeds
+
+
+def seed_file_from_truth(config: CampaignConfig) -> tuple[str, bytes]:
+    """A seed label file (CSV ``id,label``) of the paper's 5 positives + 95 negatives, drawn from
+    the truth column of U with the campaign's seed: what a simulated campaign starts from."""
+    if not config.dataset.truth_column:
+        raise SealsError(f"concept {config.concept!r}: seeds from ground truth need truth_column")
+    items = Items.load(config.dataset)
+    seeds = draw_seeds(items, config.concept, SEED_POSITIVES, SEED_NEGATIVES, config.learning.seed)
+    return "seeds.csv", ("id,label\n" + "".join(f"{i},{y}\n" for i, y in seeds)).encode()
 
 
 def label_open_batch(campaign: Campaign) -> str | None:

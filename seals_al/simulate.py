@@ -67,6 +67,34 @@ def check_simulation(items: Items, sim: SimulationConfig) -> None:
         )
 
 
+def draw_seeds(
+    items: Items, concept: str, positives: int, negatives: int, seed: int
+) -> list[tuple[str, int]]:
+    """A seed set drawn from ground truth: ``positives`` items of U with the concept, then
+    ``negatives`` without, each a seeded draw without replacement (the paper's 5 + 95). A
+    simulation and a simulated campaign with the same seed draw the same seeds.
+
+    Returns:
+        (id, label) pairs, positives first.
+    """
+    if items.truth is None:
+        raise SealsError(f"{items.source}: seeds from ground truth need a truth column")
+    in_u = ~items.is_eval
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for want, mask, name in (
+        (positives, in_u & (items.truth == concept), "positives"),
+        (negatives, in_u & (items.truth != concept), "negatives"),
+    ):
+        where = np.flatnonzero(mask)
+        if len(where) < want:
+            raise SealsError(
+                f"{items.source}: concept {concept!r} has {len(where)} {name} in U; the seed set needs {want}"
+            )
+        chosen += [(items.ids[i], int(name == "positives")) for i in rng.choice(where, want, replace=False)]
+    return chosen
+
+
 def simulate(
     dataset: Dataset,
     sim: SimulationConfig,
@@ -92,7 +120,7 @@ def simulate(
     check_simulation(dataset.items, sim)
     engine = RoundEngine(dataset, sim.learning, sim.concept, progress)
     out = _prepare_out_dir(out_dir) if out_dir is not None else None
-    seeds = dataset.items.draw_seeds(sim.concept, sim.seed_positives, sim.seed_negatives, sim.learning.seed)
+    seeds = draw_seeds(dataset.items, sim.concept, sim.seed_positives, sim.seed_negatives, sim.learning.seed)
     labeled = dataset.store.row_ids_of([item for item, _ in seeds]).tolist()
     answers = [label for _, label in seeds]
     candidates = engine.candidates()

@@ -22,7 +22,7 @@ from pipelines.many_concepts import make_many_concepts
 from pipelines.one_round import seals_one_round
 from pipelines.simulation import make_simulation
 from seals_al.campaign import Campaign, CampaignConfig, ensure_campaign
-from seals_al.oracle import label_open_batch
+from seals_al.oracle import label_open_batch, seed_file_from_truth
 from seals_al.settings import DataConfig, RoundConfig
 from seals_al.version import IMAGE, __version__
 
@@ -206,7 +206,8 @@ def test_one_round_per_run_advances_one_round_per_labels_and_is_idempotent(tmp_p
         truth_column="label",
         split_column="split",
     )
-    ensure_campaign(CampaignConfig(CONCEPT, "", data, RoundConfig(batch_size=20)), campaign_uri)
+    config = CampaignConfig(CONCEPT, "", data, RoundConfig(batch_size=20))
+    ensure_campaign(config, campaign_uri, lambda: seed_file_from_truth(config))
     campaign = Campaign(campaign_uri, progress=False)
 
     def snapshot() -> dict[str, bytes]:

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from seals_al.campaign import Campaign, CampaignConfig, init
 from seals_al.errors import SealsError
-from seals_al.oracle import label_open_batch
+from seals_al.oracle import label_open_batch, seed_file_from_truth
 from seals_al.record import TABLE_COLUMNS, UI_METRICS, RoundRecord, table_cells
 from seals_al.report import add_round_row, plot_runs, round_report, round_table
 from seals_al.settings import RoundConfig
@@ -57,10 +57,8 @@ def test_plot_runs_writes_a_png_with_one_line_per_run(tmp_path):
 
 @pytest.fixture
 def campaign(tmp_path, synthetic_items) -> Campaign:
-    init(
-        CampaignConfig("c0", "", synthetic_items, RoundConfig(k=8, batch_size=10), budget=120),
-        str(tmp_path / "c"),
-    )
+    config = CampaignConfig("c0", "", synthetic_items, RoundConfig(k=8, batch_size=10), budget=120)
+    init(config, str(tmp_path / "c"), seed_file_from_truth(config))
     return Campaign(str(tmp_path / "c"), progress=False)
 
 

@@ -9,11 +9,11 @@ import pytest
 
 from seals_al.campaign import Campaign, CampaignConfig, init
 from seals_al.dataset import Dataset
-from seals_al.oracle import label_open_batch
+from seals_al.oracle import label_open_batch, seed_file_from_truth
 from seals_al.record import RoundRecord
 from seals_al.round import GlobalCandidates, RoundEngine, SealsCandidates
 from seals_al.settings import RoundConfig
-from seals_al.simulate import SimulationConfig, simulate
+from seals_al.simulate import SimulationConfig, draw_seeds, simulate
 
 U = 480  # rows outside the test split
 
@@ -28,7 +28,7 @@ def selected(dataset: Dataset, **learning) -> list[list[int]]:
 def simulate_picks(dataset: Dataset, sim: SimulationConfig) -> list[list[int]]:
     """The rows each round picked, read back through the engine's own records and candidates."""
     engine = RoundEngine(dataset, sim.learning, sim.concept, progress=False)
-    seeds = dataset.items.draw_seeds(sim.concept, sim.seed_positives, sim.seed_negatives, sim.learning.seed)
+    seeds = draw_seeds(dataset.items, sim.concept, sim.seed_positives, sim.seed_negatives, sim.learning.seed)
     labeled = dataset.store.row_ids_of([i for i, _ in seeds]).tolist()
     y = [label for _, label in seeds]
     candidates = engine.candidates()
@@ -121,7 +121,8 @@ def test_simulation_and_campaign_write_the_same_record(tmp_path, synthetic_items
     dataset = Dataset.prepare(synthetic_items, progress=False)
     sim = SimulationConfig(concept="c0", learning=RoundConfig(k=8, batch_size=10), rounds=1)
     summary = simulate(dataset, sim, progress=False)
-    init(CampaignConfig("c0", "", synthetic_items, RoundConfig(k=8, batch_size=10)), str(tmp_path / "c"))
+    config = CampaignConfig("c0", "", synthetic_items, RoundConfig(k=8, batch_size=10))
+    init(config, str(tmp_path / "c"), seed_file_from_truth(config))
     campaign = Campaign(str(tmp_path / "c"), progress=False)
     first = campaign.round()
     label_open_batch(campaign)

@@ -59,6 +59,7 @@ def init_campaign(
 
     from seals_al.campaign import Campaign, CampaignConfig, ensure_campaign
     from seals_al.campaign.layout import concept_folder
+    from seals_al.oracle import seed_file_from_truth
     from seals_al.settings import DataConfig, RoundConfig
 
     config = CampaignConfig(
@@ -78,7 +79,7 @@ def init_campaign(
         budget=budget,
     )
     uri = concept_folder(campaign_uri, concept) if folder_per_concept else campaign_uri
-    ensure_campaign(config, uri)
+    ensure_campaign(config, uri, None if seed_labels_uri else lambda: seed_file_from_truth(config))
     with open(campaign.path, "w") as f:
         json.dump(Campaign(uri, progress=False).config.to_json(), f, indent=2)
     campaign.metadata["uri"] = uri

@@ -7,6 +7,7 @@ how rounds learn); in YAML and in ``campaign.json`` it is one flat mapping of se
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +19,6 @@ from seals_al.items import Items
 from seals_al.labels import check_label_file
 from seals_al.settings import (
     DEFAULT_BUDGET,
-    SEED_NEGATIVES,
-    SEED_POSITIVES,
     DataConfig,
     RoundConfig,
     flat_names,
@@ -44,8 +43,8 @@ class CampaignConfig:
     """What ``seals-al init`` reads from YAML and a campaign keeps in campaign.json."""
 
     concept: str
-    # A label file (CSV, JSONL or Label Studio JSON; local or gs://) with the seed set; "" draws
-    # the paper's 5 + 95 from the truth column (simulation).
+    # A label file (CSV, JSONL or Label Studio JSON; local or gs://) with the seed set. A
+    # simulated campaign may leave it "" and draw its seeds from truth (seals_al.oracle).
     seed_labels: str
     dataset: DataConfig
     learning: RoundConfig = field(default_factory=RoundConfig)
@@ -101,7 +100,7 @@ def init(config: CampaignConfig, uri: str, seed_file: tuple[str, bytes] | None =
     Args:
         config: the settings.
         uri: a local folder or gs://bucket/prefix.
-        seed_file: (name, contents) of the seed labels; default: :func:`seed_file` of the config.
+        seed_file: (name, contents) of the seed labels; default: the file ``config.seed_labels``.
 
     Returns:
         The campaign's storage.
@@ -110,7 +109,7 @@ def init(config: CampaignConfig, uri: str, seed_file: tuple[str, bytes] | None =
     if storage.exists(CONFIG):
         raise SealsError(f"{storage.where(CONFIG)}: a campaign exists here already")
     items = Items.load(config.dataset)  # fail now on a bad items file, not at round 0
-    name, data = seed_file or read_seed_file(config, items)
+    name, data = seed_file or read_seed_file(config)
     seed_name = check_key(name, name)
     seeds = check_label_file(
         seed_name, data, config.concept, open_batch=items.u_ids(), labeled={}, known=set(items.ids)
@@ -125,10 +124,17 @@ def init(config: CampaignConfig, uri: str, seed_file: tuple[str, bytes] | None =
     return storage
 
 
-def ensure_campaign(config: CampaignConfig, uri: str) -> bool:
+def ensure_campaign(
+    config: CampaignConfig, uri: str, seed_file: Callable[[], tuple[str, bytes]] | None = None
+) -> bool:
     """Create the campaign unless the same one exists (re-runs of a pipeline); a campaign with
-    other settings at ``uri`` is an error, never overwritten. The seeds are read (or drawn) only
-    when the campaign is created.
+    other settings at ``uri`` is an error, never overwritten.
+
+    Args:
+        config: the settings.
+        uri: a local folder or gs://bucket/prefix.
+        seed_file: gives (name, contents) of the seed labels, called only when the campaign is
+            created; default: the file ``config.seed_labels``.
 
     Returns:
         True when it was created now.
@@ -136,7 +142,7 @@ def ensure_campaign(config: CampaignConfig, uri: str) -> bool:
     config.check(uri)
     storage = open_storage(uri)
     if not storage.exists(CONFIG):
-        init(config, uri)
+        init(config, uri, seed_file() if seed_file else None)
         return True
     stored = CampaignConfig.from_json(
         storage.read_json(CONFIG, MAX_CONFIG_BYTES), storage.where(CONFIG)
@@ -149,15 +155,11 @@ def ensure_campaign(config: CampaignConfig, uri: str) -> bool:
     return False
 
 
-def read_seed_file(config: CampaignConfig, items: Items) -> tuple[str, bytes]:
-    """(name, contents) of the seed labels: the file ``seed_labels`` names (local or gs://), or,
-    when it is empty, a CSV of the paper's 5 + 95 drawn from the truth column (simulation)."""
-    if config.seed_labels:
-        path = local_file(config.seed_labels, config.dataset.cache_dir or default_cache_dir())
-        if not path.is_file():
-            raise SealsError(f"{config.seed_labels}: no such seed labels file")
-        return path.name, path.read_bytes()
-    if not config.dataset.truth_column:
-        raise SealsError(f"concept {config.concept!r}: seeds from ground truth need truth_column")
-    seeds = items.draw_seeds(config.concept, SEED_POSITIVES, SEED_NEGATIVES, config.learning.seed)
-    return "seeds.csv", ("id,label\n" + "".join(f"{i},{y}\n" for i, y in seeds)).encode()
+def read_seed_file(config: CampaignConfig) -> tuple[str, bytes]:
+    """(name, contents) of the seed label file that ``seed_labels`` names (local or gs://)."""
+    if not config.seed_labels:
+        raise SealsError(f"concept {config.concept!r}: no seed labels given (seed_labels)")
+    path = local_file(config.seed_labels, config.dataset.cache_dir or default_cache_dir())
+    if not path.is_file():
+        raise SealsError(f"{config.seed_labels}: no such seed labels file")
+    return path.name, path.read_bytes()
