@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from seals_al.settings import DEFAULT_FACTORY, DEFAULT_STRATEGY, STRATEGIES
+from seals_al.settings import DEFAULT_BATCH_SIZE, DEFAULT_FACTORY, DEFAULT_STRATEGY, STRATEGIES
 
 
 def run_simulation(
@@ -24,7 +24,7 @@ def run_simulation(
     concept: str,
     *,
     rounds: int,
-    batch_size: int = 100,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     budget: int = 100_000,
     strategy: str = DEFAULT_STRATEGY,
     index_factory: str = DEFAULT_FACTORY,
@@ -128,7 +128,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--items", required=True, help="items with id, text, label and split columns")
     p.add_argument("--concept", required=True)
     p.add_argument("--rounds", type=int, default=5, help="max_rounds, unrolled at compile time")
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--budget", type=int, default=100_000)
     p.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=STRATEGIES)
     p.add_argument("--out", required=True, help="folder for the store, index, campaign and run")

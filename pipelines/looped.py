@@ -4,6 +4,17 @@ from kfp import dsl
 
 from components.wait_for_labels.component import wait_for_labels
 from pipelines._rounds import prepare, rounds, start_campaign
+from seals_al.settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BUDGET,
+    DEFAULT_EVAL_SPLIT,
+    DEFAULT_FACTORY,
+    DEFAULT_K,
+    DEFAULT_MODE,
+    DEFAULT_STRATEGY,
+    WAIT_POLL_SECONDS,
+    WAIT_TIMEOUT_SECONDS,
+)
 
 MAX_ROUNDS = 10
 
@@ -23,21 +34,21 @@ def make_looped(max_rounds: int = MAX_ROUNDS):
         index_uri: str,
         concept: str,
         seed_labels_uri: str,
-        strategy: str = "maxent",
-        mode: str = "seals",
-        k: int = 100,
-        batch_size: int = 100,
-        budget: int = 1000,
+        strategy: str = DEFAULT_STRATEGY,
+        mode: str = DEFAULT_MODE,
+        k: int = DEFAULT_K,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        budget: int = DEFAULT_BUDGET,
         seed: int = 0,
         id_column: str = "id",
         text_column: str = "text",
         truth_column: str = "",
         split_column: str = "",
-        eval_split: str = "test",
-        index_factory: str = "Flat",
+        eval_split: str = DEFAULT_EVAL_SPLIT,
+        index_factory: str = DEFAULT_FACTORY,
         nprobe: int = 16,
-        poll_seconds: float = 60.0,
-        timeout_seconds: float = 86400.0,
+        poll_seconds: float = WAIT_POLL_SECONDS,
+        timeout_seconds: float = WAIT_TIMEOUT_SECONDS,
         target_metric: str = "",
         target_value: float = 1.0,
     ):

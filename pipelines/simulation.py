@@ -4,6 +4,17 @@ from kfp import dsl
 
 from components.oracle_labeler.component import oracle_labeler
 from pipelines._rounds import prepare, rounds, start_campaign
+from seals_al.settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BUDGET,
+    DEFAULT_EVAL_SPLIT,
+    DEFAULT_FACTORY,
+    DEFAULT_K,
+    DEFAULT_MODE,
+    DEFAULT_STRATEGY,
+    SIMULATION_SPLIT_COLUMN,
+    SIMULATION_TRUTH_COLUMN,
+)
 
 MAX_ROUNDS = 10
 
@@ -26,18 +37,18 @@ def make_simulation(max_rounds: int = MAX_ROUNDS):
         embeddings_uri: str,
         index_uri: str,
         concept: str,
-        truth_column: str = "label",
-        split_column: str = "split",
-        eval_split: str = "test",
-        strategy: str = "maxent",
-        mode: str = "seals",
-        k: int = 100,
-        batch_size: int = 100,
-        budget: int = 1000,
+        truth_column: str = SIMULATION_TRUTH_COLUMN,
+        split_column: str = SIMULATION_SPLIT_COLUMN,
+        eval_split: str = DEFAULT_EVAL_SPLIT,
+        strategy: str = DEFAULT_STRATEGY,
+        mode: str = DEFAULT_MODE,
+        k: int = DEFAULT_K,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        budget: int = DEFAULT_BUDGET,
         seed: int = 0,
         id_column: str = "id",
         text_column: str = "text",
-        index_factory: str = "Flat",
+        index_factory: str = DEFAULT_FACTORY,
         nprobe: int = 16,
         target_metric: str = "",
         target_value: float = 1.0,

@@ -7,9 +7,9 @@ own order and get back the same objects:
 
 - :meth:`RoundEngine.train` -> a :class:`~seals_al.train.LinearModel`;
 - :meth:`RoundEngine.evaluate` -> an :class:`Evaluation` (AP on the evaluation split, recall);
-- :meth:`RoundEngine.select` -> a :class:`~seals_al.selection.Selection` from :class:`Candidates`,
-  which hold what is selectable across rounds: the SEALS candidate pool, or U minus the labeled
-  set and the open batch in global mode;
+- :meth:`RoundEngine.select` -> a :class:`SelectionOutcome` (the batch and what it cost) from
+  :class:`Candidates`, which hold what is selectable across rounds: the SEALS candidate pool, or U
+  minus the labeled set and the open batch in global mode;
 - :meth:`RoundEngine.record` -> the :class:`~seals_al.record.RoundRecord` of the round.
 """
 

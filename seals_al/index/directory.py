@@ -14,7 +14,7 @@ import numpy as np
 from seals_al.errors import SealsError
 from seals_al.index.build import add_rows, empty_index, set_search_parameters, train
 from seals_al.index.recall import measure_recall
-from seals_al.settings import DEFAULT_FACTORY, LAYOUTS
+from seals_al.settings import DEFAULT_FACTORY, DEFAULT_K, LAYOUTS
 from seals_al.storage import atomic_dir, read_manifest, write_json_atomic
 from seals_al.store import EmbeddingStore, rows_digest
 
@@ -32,7 +32,7 @@ def build_index_dir(
     train_size: int = 100_000,
     search_params: dict[str, int] | None = None,
     recall_queries: int = 1000,
-    k: int = 100,
+    k: int = DEFAULT_K,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
