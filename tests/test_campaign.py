@@ -501,6 +501,27 @@ def test_an_existing_campaign_is_reused_only_with_the_same_settings(tmp_path, cl
         ensure_campaign(other, uri)
 
 
+def test_a_campaign_written_before_newer_settings_existed_still_opens(tmp_path, clinc_slice, cache_dir):
+    """campaign.json from before C, knn_graph and embeddings_column were settings: those take
+    their defaults, the campaign opens and advances, and the same settings are still the same."""
+    config = CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir))
+    uri = str(tmp_path / "campaign")
+    storage = init(config, uri)
+    old = {
+        k: v
+        for k, v in storage.read_json("campaign.json").items()
+        if k not in ("C", "knn_graph", "embeddings_column")
+    }
+    storage.write_json("campaign.json", old)
+    campaign = Campaign(uri, progress=False)
+    assert (campaign.config.learning.C, campaign.config.dataset.knn_graph) == (1.0, True)
+    assert ensure_campaign(config, uri) is False
+    assert campaign.round()["labeled"] == 100
+    storage.write_json("campaign.json", {**old, "colour": "red"})
+    with pytest.raises(SealsError, match=r"campaign.json: unknown setting\(s\) colour"):
+        Campaign(uri, progress=False)
+
+
 def test_next_step_stops_at_the_target_metric(tmp_path, clinc_slice, cache_dir):
     c = prepared(tmp_path, str(tmp_path / "c"), "target", clinc_slice, cache_dir)
     assert c.next_step() == (
