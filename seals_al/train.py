@@ -1,5 +1,9 @@
 """Training and evaluation: logistic regression (class_weight="balanced"), kept as plain
-coefficients so it can be saved as JSON and applied to millions of rows without sklearn overhead."""
+coefficients so it can be saved as JSON and applied to millions of rows without sklearn overhead.
+
+scikit-learn is imported only by the functions that fit or evaluate: it takes over a second to
+import, and the stages that only apply a model (select, and every stage that merely reads a
+campaign) should not pay for it."""
 
 from __future__ import annotations
 
@@ -7,8 +11,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.special import expit
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score, confusion_matrix, roc_curve
 
 from seals_al.errors import SealsError
 
@@ -55,6 +57,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, C: float = 1.0, seed: int = 0)
     Returns:
         The fitted model as coefficients.
     """
+    from sklearn.linear_model import LogisticRegression
+
     y = np.asarray(y).astype(int)
     if len(np.unique(y)) < 2:
         raise SealsError(f"cannot train: the labeled set has only class {int(y[0]) if len(y) else '-'}")
@@ -65,6 +69,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, C: float = 1.0, seed: int = 0)
 
 def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
     """Average precision of scores against 0/1 truth (sklearn's definition)."""
+    from sklearn.metrics import average_precision_score
+
     y_true = np.asarray(y_true).astype(int)
     if y_true.sum() == 0:
         raise SealsError("average precision is undefined: the evaluation set has no positives")
@@ -80,6 +86,8 @@ def classification_curves(y_true: np.ndarray, scores: np.ndarray, max_points: in
         scores: decision-function values [n].
         max_points: the most ROC points kept.
     """
+    from sklearn.metrics import confusion_matrix, roc_curve
+
     y_true = np.asarray(y_true).astype(int)
     proba = expit(np.asarray(scores, dtype=np.float64))
     fpr, tpr, thresholds = roc_curve(y_true, proba)

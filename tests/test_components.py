@@ -4,6 +4,8 @@ are generated from their docstrings, and each component is a thin wrapper over s
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -103,3 +105,29 @@ def test_a_component_body_is_plumbing_over_the_core(name):
     assert modules <= {"seals_al", "collections", "json"}, modules
     body = function.body[1:]  # after the docstring
     assert body[-1].end_lineno - body[0].lineno < 40
+
+
+def test_the_core_never_imports_kfp_components_or_pipelines():
+    """seals_al is the layer below components/ and pipelines/: no module of it imports them or kfp."""
+    core = Path(readme.COMPONENTS).parent / "seals_al"
+    offenders = []
+    for path in sorted(core.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [
+                f"{path.name}: {n}" for n in names if n.split(".")[0] in ("kfp", "components", "pipelines")
+            ]
+    assert offenders == []
+
+
+def test_stages_that_do_not_fit_do_not_import_scikit_learn():
+    """Importing the campaign, report, oracle and CLI (what every stage process does) loads neither
+    kfp nor scikit-learn, which takes over a second to import; only fitting and evaluating do."""
+    code = (
+        "import sys\n"
+        "import seals_al.campaign, seals_al.cli, seals_al.oracle, seals_al.report, seals_al.round\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'kfp', 'sklearn'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
