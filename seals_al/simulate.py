@@ -163,10 +163,43 @@ def full_supervision_ap(dataset: Dataset, concept: str, C: float = 1.0, seed: in
 
 
 def check_out_dir(out_dir: str | Path) -> None:
-    """An output directory is new, empty, or an earlier simulation's (which is replaced)."""
+    """An output directory is new, empty, or an earlier simulation's, which is replaced: it may hold
+    nothing but what :func:`simulate` writes (summary.json, plot.png, rounds/NNN/selected.jsonl,
+    and the temporary files of their atomic writes). Anything else there, a campaign for one, is
+    refused and left as it was."""
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "summary.json").exists())):
-        raise SealsError(f"{out}: exists, is not empty and holds no earlier simulation; choose another --out")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SealsError(f"{out}: exists and is not a folder; choose another --out")
+    foreign = next((p for p in out.rglob("*") if not _written_by_simulate(p.relative_to(out).parts, p)), None)
+    if foreign is not None:
+        raise SealsError(
+            f"{out}: exists, is not empty and holds no earlier simulation ({foreign.relative_to(out)} "
+            "is not a simulation's output); choose another --out"
+        )
+
+
+def _written_by_simulate(parts: tuple[str, ...], path: Path) -> bool:
+    """Whether ``path`` (``parts`` under the output folder) is one of simulate's outputs."""
+
+    def file_named(name: str, ours: str) -> bool:  # the file, or a leftover of its atomic write
+        return path.is_file() and (name == ours or name.startswith(f".{ours}."))
+
+    if parts == ("rounds",) or (len(parts) == 2 and parts[0] == "rounds" and _round_folder(parts[1])):
+        return path.is_dir()
+    if len(parts) == 1:
+        return file_named(parts[0], "summary.json") or file_named(parts[0], "plot.png")
+    return (
+        len(parts) == 3
+        and parts[0] == "rounds"
+        and _round_folder(parts[1])
+        and file_named(parts[2], "selected.jsonl")
+    )
+
+
+def _round_folder(name: str) -> bool:
+    return len(name) == 3 and name.isdigit()
 
 
 def _prepare_out_dir(out_dir: str | Path) -> Path:

@@ -244,6 +244,27 @@ def test_bad_inputs_exit_2_with_one_line_error(clinc_slice, cache_dir, tmp_path,
         assert not out.exists(), "a rejected run must write nothing"
 
 
+def test_simulate_never_replaces_what_it_did_not_write(clinc_slice, cache_dir, tmp_path, capsys):
+    """An earlier simulation's folder is replaced; a campaign folder that happens to hold a
+    summary.json, or a folder with any other file, is refused with nothing deleted."""
+    earlier = tmp_path / "earlier"
+    assert simulate(clinc_slice, cache_dir, earlier) == 0
+    (earlier / "rounds" / "002" / ".selected.jsonl.x1y2.jsonl").write_text("left by a kill -9")
+    assert simulate(clinc_slice, cache_dir, earlier, "--seed", "1") == 0, "an earlier simulation is replaced"
+
+    campaign = tmp_path / "campaign"
+    (campaign / "rounds" / "000").mkdir(parents=True)
+    committed = campaign / "rounds" / "000" / "COMMITTED"
+    committed.write_text("{}")
+    (campaign / "summary.json").write_text("{}")
+    capsys.readouterr()
+    assert simulate(clinc_slice, cache_dir, campaign) == 2
+    err = capsys.readouterr().err
+    assert "holds no earlier simulation (rounds/000/COMMITTED is not a simulation's output)" in err
+    assert committed.read_text() == "{}", "a campaign's committed round is never deleted"
+    assert sorted(p.name for p in campaign.iterdir()) == ["rounds", "summary.json"]
+
+
 def test_console_script_exit_codes(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     exe = Path(sys.executable).parent / "seals-al"
