@@ -61,10 +61,10 @@ def has_column(path: str | Path, column: str) -> bool:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as f:
+            with path.open(newline="", encoding="utf-8-sig") as f:
                 return column in (next(csv.reader(f), None) or [])
         if suffix in (".jsonl", ".ndjson"):
-            with path.open(encoding="utf-8") as f:
+            with path.open(encoding="utf-8-sig") as f:
                 first = next((line for line in f if line.strip()), "")
             record = json.loads(first) if first else {}
             return isinstance(record, dict) and column in record
@@ -88,7 +88,7 @@ def _missing(path: Path, wanted: Sequence[str], present: Sequence[str]) -> None:
 
 def _read_csv(path: Path, wanted: Sequence[str]) -> Columns:
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if not header:
@@ -113,7 +113,7 @@ def _read_csv(path: Path, wanted: Sequence[str]) -> Columns:
 def _read_jsonl(path: Path, wanted: Sequence[str]) -> Columns:
     table: Columns = {c: [] for c in wanted}
     try:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:
             for line_no, line in enumerate(f, start=1):
                 if not line.strip():
                     continue

@@ -93,7 +93,7 @@ def read_label_file(name: str, data: bytes, concept: str) -> tuple[str, list[Ans
     if not data.strip():
         return "empty", [], 0, [Problem("file", "empty")]
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a leading BOM (Excel writes one) is not part of the header
     except UnicodeDecodeError as e:
         return "unknown", [], 0, [Problem(f"byte {e.start}", f"not valid UTF-8 ({e.reason})")]
     lower = name.lower()

@@ -188,6 +188,30 @@ def test_partial_labels_stay_pending_and_relabels_are_recorded(campaign, clinc_s
     assert {r["id"]: r["label"] for r in history}[seed_id] == old, "earlier versions keep the old label"
 
 
+def test_two_files_of_one_round_that_disagree_are_rejected_naming_both(campaign, clinc_slice):
+    """Neither file wins by the order of its name: the later one is rejected, nothing is staged,
+    and once one of the two is gone the round goes on."""
+    truth = truth_of(clinc_slice)
+    campaign.round()
+    first = open_batch(campaign)[0]["id"]
+    campaign.storage.write_text("inbox/000/a.csv", f"id,label\n{first},{truth[first]}\n")
+    campaign.storage.write_text(
+        "inbox/000/b.jsonl", json.dumps({"id": first, "label": 1 - truth[first]}) + "\n"
+    )
+    before = snapshot(campaign)
+    with pytest.raises(SealsError) as e:
+        campaign.round()
+    assert str(e.value) == (
+        f"{campaign.storage.where('inbox/000/b.jsonl')}: rejected, nothing ingested: file: id {first!r} "
+        f"labeled {1 - truth[first]} here and {truth[first]} in inbox/000/a.csv"
+    )
+    reports = [k for k in campaign.storage.list("reports") if k.startswith("reports/inbox_000_b.jsonl-")]
+    assert len(reports) == 1
+    assert {k: v for k, v in snapshot(campaign).items() if not k.startswith("reports/")} == before
+    campaign.storage.delete("inbox/000/b.jsonl")
+    assert campaign.round()["labeled"] == 101
+
+
 BAD_FILES = [
     ("unknown.csv", "id,label\nnobody-0001,1\n", "line 2: id 'nobody-0001' is not an item of this campaign"),
     ("elsewhere.csv", "id,label\n{other},1\n", "is not in the open batch"),

@@ -190,3 +190,26 @@ def test_a_batch_as_label_studio_tasks():
             "meta": {"concept": CONCEPT, "strategy": "mlp"},
         }
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("l.csv", "id,label\na,1\n"),
+        ("l.jsonl", '{"id": "a", "label": 1}\n'),
+        (
+            "l.json",
+            json.dumps(
+                [
+                    {
+                        "data": {"seals_id": "a"},
+                        "annotations": [{"result": [{"type": "choices", "value": {"choices": ["1"]}}]}],
+                    }
+                ]
+            ),
+        ),
+    ],
+)
+def test_a_byte_order_mark_is_not_part_of_the_file(name, text):
+    """Excel and some exporters start UTF-8 files with a BOM; it must not hide the 'id' column."""
+    assert check(name, b"\xef\xbb\xbf" + text.encode()).new == {"a": 1}

@@ -12,7 +12,7 @@ import pytest
 from seals_al.embed.local import embed_texts, import_embeddings
 from seals_al.encoder import MiniLMEncoder
 from seals_al.errors import SealsError
-from seals_al.items import read_items
+from seals_al.items import has_column, read_items
 from seals_al.store import EmbeddingStore, l2_normalize, write_store
 
 from .conftest import shuffled_row_ids
@@ -90,6 +90,11 @@ def test_read_items_csv_jsonl_parquet(tmp_path):
     for path in (csv_path, jsonl_path, parquet_path):
         table = read_items(path, ["text", "label"], "id")
         assert table == {"id": ["a", "b"], "text": ["hello, world", "bye"], "label": ["x", "y"]}, path.name
+    # The same files as some tools write them, starting with a UTF-8 byte order mark.
+    for path in (csv_path, jsonl_path):
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+        assert has_column(path, "label"), path.name
+        assert read_items(path, ["text", "label"], "id")["id"] == ["a", "b"], path.name
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from seals_al.dataset import Dataset
 from seals_al.errors import SealsError
 from seals_al.failpoints import failpoint
 from seals_al.items import Items
-from seals_al.labels import LabelFileError, check_label_file, label_studio_tasks
+from seals_al.labels import LabelFileError, Problem, check_label_file, label_studio_tasks
 from seals_al.record import RoundRecord
 from seals_al.round import Candidates, Evaluation, RoundEngine
 from seals_al.selection import Selection
@@ -141,15 +141,24 @@ class Campaign(StateReader):
         labeled = {i: dict(row) for i, row in state.labeled.items()}
         relabels, ingested = [], list(state.ingested)
         for key, data in files.items():
+            name = key.split("/")[-1]
             try:
                 result = check_label_file(
-                    key.split("/")[-1],
+                    name,
                     data,
                     self.config.concept,
                     open_batch=open_batch,
                     labeled={i: row["label"] for i, row in labeled.items()},
                     known=known,
                 )
+                # Two files of one round that disagree: neither wins by its name's order.
+                clashes = [
+                    Problem("file", f"id {i!r} labeled {new} here and {old} in {labeled[i]['source']}")
+                    for i, (old, new) in result.relabels.items()
+                    if labeled[i]["round"] == r
+                ]
+                if clashes:
+                    raise LabelFileError(name, clashes)
             except LabelFileError as e:
                 report = {"file": key, "rejected": True, "problems": [asdict(p) for p in e.problems]}
                 self.storage.write_json(rejection_report(key, sha256(data)), report)

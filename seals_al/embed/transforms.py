@@ -102,7 +102,7 @@ def _records(name: str, readable: fileio.ReadableFile) -> Iterator[tuple[str, di
             yield f"row {row}", record
         return
     with readable.open() as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         if lower.endswith(".csv"):
             reader = csv.DictReader(text)
             for record in reader:
