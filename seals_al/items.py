@@ -13,7 +13,7 @@ import numpy as np
 
 from seals_al.errors import SealsError
 from seals_al.settings import DataConfig
-from seals_al.storage import default_cache_dir, local_file
+from seals_al.storage import default_cache_dir, local_file, require_file
 
 Columns = dict[str, list[str]]
 
@@ -34,8 +34,7 @@ def read_items(path: str | Path, columns: Sequence[str], id_column: str) -> Colu
             empty or repeated; the message names the file and, where there is one, the line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SealsError(f"{path}: no such file")
+    require_file(path)
     if path.stat().st_size == 0:
         raise SealsError(f"{path}: the file is empty")
     wanted = list(dict.fromkeys([id_column, *columns]))

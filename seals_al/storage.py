@@ -81,6 +81,13 @@ def read_manifest(directory: str | Path, expected_format: str, kind: str) -> dic
     return manifest
 
 
+def require_file(path: Path, shown: str | Path | None = None) -> None:
+    """Raise unless ``path`` is a file, saying which it is: missing, or a folder."""
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "no such file"
+        raise SealsError(f"{shown or path}: {what}")
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically, creating parent directories."""
     with atomic_path(path) as tmp:
@@ -173,8 +180,7 @@ class LocalStorage(Storage):
 
     def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         path = self._path(key)
-        if not path.is_file():
-            raise SealsError(f"{self.where(key)}: no such file")
+        require_file(path, self.where(key))
         self._too_big(key, path.stat().st_size, max_bytes)
         return path.read_bytes()
 

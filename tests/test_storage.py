@@ -87,6 +87,22 @@ def test_keys_cannot_leave_the_campaign(storage, key):
         storage.read_bytes(key)
 
 
+def test_a_folder_is_named_a_folder_not_a_missing_file(tmp_path):
+    from seals_al.campaign import CampaignConfig
+    from seals_al.items import read_items
+
+    storage = LocalStorage(tmp_path / "c")
+    storage.write_text("inbox/000/l.csv", "id,label\n")
+    with pytest.raises(SealsError, match=r"c/inbox/000: is a folder, not a file$"):
+        storage.read_bytes("inbox/000")
+    with pytest.raises(SealsError, match=r"c/inbox: is a folder, not a file$"):
+        read_items(tmp_path / "c" / "inbox", ["text"], "id")
+    with pytest.raises(SealsError, match=r"c: is a folder, not a file$"):
+        CampaignConfig.from_yaml(tmp_path / "c")
+    with pytest.raises(SealsError, match=r"nothing\.yaml: no such file$"):
+        CampaignConfig.from_yaml(tmp_path / "nothing.yaml")
+
+
 def test_write_once_on_a_local_folder(tmp_path):
     storage = LocalStorage(tmp_path / "c")
     storage.write_text("rounds/000/done", "ok", once=True)

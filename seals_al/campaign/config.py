@@ -32,6 +32,7 @@ from seals_al.storage import (
     default_cache_dir,
     local_file,
     open_storage,
+    require_file,
 )
 
 REQUIRED = ("concept", "data", "seed_labels")
@@ -53,8 +54,7 @@ class CampaignConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> CampaignConfig:
         path = Path(path)
-        if not path.is_file():
-            raise SealsError(f"{path}: no such file")
+        require_file(path)
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise SealsError(f"{path}: over {MAX_CONFIG_BYTES:,} bytes; not a campaign config")
         try:
@@ -160,6 +160,5 @@ def read_seed_file(config: CampaignConfig) -> tuple[str, bytes]:
     if not config.seed_labels:
         raise SealsError(f"concept {config.concept!r}: no seed labels given (seed_labels)")
     path = local_file(config.seed_labels, config.dataset.cache_dir or default_cache_dir())
-    if not path.is_file():
-        raise SealsError(f"{config.seed_labels}: no such seed labels file")
+    require_file(path, config.seed_labels)
     return path.name, path.read_bytes()
