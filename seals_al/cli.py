@@ -212,18 +212,13 @@ def _wait(args: argparse.Namespace, console: Console) -> int:
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:
-    import json
-
     from seals_al.campaign import Campaign
-    from seals_al.report import round_report
-    from seals_al.storage import write_json_atomic, write_text_atomic
+    from seals_al.report import check_report_folder, round_report, write_round_report
 
-    result = round_report(Campaign(args.campaign, progress=False), args.target_metric, args.target_value)
     out = Path(args.out)
-    write_text_atomic(out / "report.html", result.html)
-    write_text_atomic(out / "summary.md", result.markdown)
-    write_json_atomic(out / "metrics.json", {**result.metrics, "round": result.round})
-    write_text_atomic(out / "keep_going", json.dumps(result.keep_going))
+    check_report_folder(out)  # before any work: a folder that holds anything else is refused
+    result = round_report(Campaign(args.campaign, progress=False), args.target_metric, args.target_value)
+    write_round_report(result, out)
     console.print(f"round {result.round}: {result.reason}\nreport: {out / 'report.html'}", highlight=False)
     return 0
 

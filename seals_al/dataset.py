@@ -14,6 +14,7 @@ import faiss
 import numpy as np
 
 from seals_al.embed.local import embed_texts, import_embeddings
+from seals_al.encoder import TEXT_MODEL_DIM
 from seals_al.errors import SealsError
 from seals_al.index.build import build_index, check_factory
 from seals_al.index.directory import ensure_index_dir, open_index_dir
@@ -47,6 +48,7 @@ class Dataset:
         """Embed the items (or import their embeddings; both cached); check the index factory."""
         items = items or Items.load(config)
         if config.embeddings is None:
+            check_factory(TEXT_MODEL_DIM, config.index_factory)  # a bad string fails before the embedding
             store = embed_texts(items.ids, items.texts, cache_dir=config.cache_dir, progress=progress)
         else:
             store = import_embeddings(

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from seals_al.errors import SealsError
 from seals_al.record import TABLE_COLUMNS, UI_METRICS, table_cells
+from seals_al.storage import check_output_folder, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from seals_al.campaign import Campaign
@@ -194,3 +195,30 @@ def _history_png(history: list[dict], title: str) -> str:
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+REPORT_FILES = ("report.html", "summary.md", "metrics.json", "keep_going")
+
+
+def check_report_folder(out: Path) -> None:
+    """A report folder (``seals-al report --out``) is new, empty, or an earlier report's: a folder
+    holding anything else, a campaign's round folder for one, is refused."""
+
+    def ours(parts: tuple[str, ...], path: Path) -> bool:
+        return (
+            len(parts) == 1
+            and path.is_file()
+            and any(parts[0] == name or parts[0].startswith(f".{name}.") for name in REPORT_FILES)
+        )
+
+    check_output_folder(out, ours, "report")
+
+
+def write_round_report(report: RoundReport, out: Path) -> None:
+    """The report's files for an orchestrator (the Argo template reads ``keep_going``), each
+    written atomically into ``out`` after :func:`check_report_folder`."""
+    check_report_folder(out)
+    write_text_atomic(out / "report.html", report.html)
+    write_text_atomic(out / "summary.md", report.markdown)
+    write_json_atomic(out / "metrics.json", {**report.metrics, "round": report.round})
+    write_text_atomic(out / "keep_going", json.dumps(report.keep_going))

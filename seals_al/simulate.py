@@ -20,7 +20,7 @@ from seals_al.items import Items
 from seals_al.round import RoundEngine
 from seals_al.selection import Selection
 from seals_al.settings import SEED_NEGATIVES, SEED_POSITIVES, RoundConfig, to_flat
-from seals_al.storage import write_json_atomic, write_text_atomic
+from seals_al.storage import check_output_folder, write_json_atomic, write_text_atomic
 from seals_al.store import EmbeddingStore
 
 
@@ -167,17 +167,7 @@ def check_out_dir(out_dir: str | Path) -> None:
     nothing but what :func:`simulate` writes (summary.json, plot.png, rounds/NNN/selected.jsonl,
     and the temporary files of their atomic writes). Anything else there, a campaign for one, is
     refused and left as it was."""
-    out = Path(out_dir)
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise SealsError(f"{out}: exists and is not a folder; choose another --out")
-    foreign = next((p for p in out.rglob("*") if not _written_by_simulate(p.relative_to(out).parts, p)), None)
-    if foreign is not None:
-        raise SealsError(
-            f"{out}: exists, is not empty and holds no earlier simulation ({foreign.relative_to(out)} "
-            "is not a simulation's output); choose another --out"
-        )
+    check_output_folder(Path(out_dir), _written_by_simulate, "simulation")
 
 
 def _written_by_simulate(parts: tuple[str, ...], path: Path) -> bool:

@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path, PurePosixPath
 
@@ -86,6 +86,22 @@ def require_file(path: Path, shown: str | Path | None = None) -> None:
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "no such file"
         raise SealsError(f"{shown or path}: {what}")
+
+
+def check_output_folder(out: Path, ours: Callable[[tuple[str, ...], Path], bool], what: str) -> None:
+    """An output folder is new, empty, or holds only what the command itself writes (``ours`` of
+    each path's parts under ``out``, and the path); anything else there, a campaign for one, is
+    refused before anything is written, so nothing that the command did not write is replaced."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SealsError(f"{out}: exists and is not a folder; choose another --out")
+    foreign = next((p for p in out.rglob("*") if not ours(p.relative_to(out).parts, p)), None)
+    if foreign is not None:
+        raise SealsError(
+            f"{out}: exists, is not empty and holds no earlier {what} ({foreign.relative_to(out)} "
+            f"is not a {what}'s output); choose another --out"
+        )
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -99,3 +99,29 @@ def test_the_report_stops_at_the_budget_and_at_a_target(campaign):
     campaign.round()
     spent = round_report(campaign)
     assert (spent.keep_going, spent.reason) == (False, "budget spent: 120 of 120 labeled")
+
+
+def test_report_files_go_only_where_nothing_else_is(campaign, tmp_path, capsys):
+    """`seals-al report --out` writes its four files again into its own folder, and refuses a
+    folder holding anything else: pointed at a committed round, it must not replace metrics.json."""
+    from seals_al.cli import main
+
+    campaign.round()
+    uri = campaign.storage.uri
+    out = tmp_path / "report"
+    assert main(["report", uri, "--out", str(out)]) == 0
+    assert main(["report", uri, "--out", str(out)]) == 0, "an earlier report's folder is reused"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "keep_going",
+        "metrics.json",
+        "report.html",
+        "summary.md",
+    ]
+    round_folder = tmp_path / "c" / "rounds" / "000"
+    metrics = (round_folder / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert main(["report", uri, "--out", str(round_folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {round_folder}: exists, is not empty and holds no earlier report (")
+    assert (round_folder / "metrics.json").read_bytes() == metrics
+    assert not (round_folder / "report.html").exists()
