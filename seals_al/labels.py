@@ -117,6 +117,9 @@ def _answer(
     if item_id is None or not str(item_id).strip():
         problems.append(Problem(where, "missing id"))
         return None
+    if not isinstance(item_id, str | int) or isinstance(item_id, bool):
+        problems.append(Problem(where, f"an id is a string, not a {type(item_id).__name__}"))
+        return None
     label = parse_label(value, concept)
     if label is None:
         problems.append(Problem(where, f"invalid label {value!r} for id {item_id!r}"))
@@ -184,19 +187,36 @@ def _read_label_studio(text: str, concept: str) -> tuple[list[Answer], int, list
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             problems.append(Problem(where, 'expected a task object with "data"'))
             continue
-        done = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+        annotations = task.get("annotations") or []
+        if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
+            problems.append(Problem(where, '"annotations" must be a list of objects'))
+            continue
+        done = [a for a in annotations if not a.get("was_cancelled")]
         if not done:
             pending += 1
             continue
-        choices = [r for r in done[-1].get("result") or [] if r.get("type") == "choices"]
-        values = choices[0].get("value", {}).get("choices", []) if choices else []
-        if len(values) != 1:
+        choice = _single_choice(done[-1])
+        if choice is None:
             problems.append(Problem(where, "expected one choice in the last annotation"))
             continue
-        answer = _answer(task["data"].get("seals_id"), values[0], concept, where, problems)
+        answer = _answer(task["data"].get("seals_id"), choice, concept, where, problems)
         if answer:
             answers.append(answer)
     return answers, pending, problems
+
+
+def _single_choice(annotation: dict) -> str | None:
+    """The one choice of an annotation's first ``choices`` result, or None when it has not
+    exactly one (a value of another JSON type counts as none)."""
+    result = annotation.get("result") or []
+    if not isinstance(result, list):
+        return None
+    choices = [r for r in result if isinstance(r, dict) and r.get("type") == "choices"]
+    value = choices[0].get("value") if choices else None
+    values = value.get("choices") if isinstance(value, dict) else None
+    if not isinstance(values, list) or len(values) != 1 or not isinstance(values[0], str):
+        return None
+    return values[0]
 
 
 def check_label_file(

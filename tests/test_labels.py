@@ -213,3 +213,68 @@ def test_a_batch_as_label_studio_tasks():
 def test_a_byte_order_mark_is_not_part_of_the_file(name, text):
     """Excel and some exporters start UTF-8 files with a BOM; it must not hide the 'id' column."""
     assert check(name, b"\xef\xbb\xbf" + text.encode()).new == {"a": 1}
+
+
+def _mutations(value, replacements):
+    """Every copy of a JSON value with one of its parts (or itself) replaced by each replacement."""
+    yield from replacements
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            for changed in _mutations(inner, replacements):
+                yield {**value, key: changed}
+    elif isinstance(value, list):
+        for at, inner in enumerate(value):
+            for changed in _mutations(inner, replacements):
+                yield [*value[:at], changed, *value[at + 1 :]]
+
+
+WRONG_TYPES = [None, True, 0, 1.5, "", "x", [], [1], {}, {"a": 1}]
+
+
+def test_label_studio_exports_of_any_shape_are_parsed_or_rejected_never_a_crash():
+    task = {
+        "data": {"seals_id": "a", "text": "t"},
+        "annotations": [
+            {"was_cancelled": False, "result": [{"type": "choices", "value": {"choices": ["1"]}}]}
+        ],
+    }
+    export = [task, {**task, "data": {"seals_id": "b"}}]
+    outcomes = {"parsed": 0, "rejected": 0}
+    for mutated in _mutations(export, WRONG_TYPES):
+        try:
+            result = check("l.json", json.dumps(mutated))
+        except LabelFileError:
+            outcomes["rejected"] += 1
+        else:
+            assert set(result.new) <= {"a", "b"}
+            assert set(result.new.values()) <= {0, 1}
+            outcomes["parsed"] += 1
+    assert outcomes["parsed"] > 0, outcomes
+    assert outcomes["rejected"] > 100, outcomes
+
+
+def test_a_choice_must_be_one_string():
+    def export(choices) -> str:
+        return json.dumps(
+            [
+                {
+                    "data": {"seals_id": "a"},
+                    "annotations": [{"result": [{"type": "choices", "value": {"choices": choices}}]}],
+                }
+            ]
+        )
+
+    assert problems("l.json", export("1")) == [("task 1", "expected one choice in the last annotation")]
+    assert problems("l.json", export([1])) == [("task 1", "expected one choice in the last annotation")]
+    assert check("l.json", export(["1"])).new == {"a": 1}
+
+
+def test_jsonl_records_of_any_shape_are_parsed_or_rejected_never_a_crash():
+    wheres = set()
+    for mutated in _mutations({"id": "a", "label": 1}, WRONG_TYPES):
+        try:
+            check("l.jsonl", json.dumps(mutated) + "\n")
+        except LabelFileError as e:
+            wheres.update(p.where for p in e.problems)
+    assert wheres == {"line 1"}, "every rejection names the line"
+    assert problems("l.jsonl", '{"id": ["a"], "label": 1}\n') == [("line 1", "an id is a string, not a list")]
