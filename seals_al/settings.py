@@ -11,7 +11,7 @@ literals (KFP reads them from the signature); a test holds them equal to the one
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, fields, is_dataclass
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, TypeVar, get_args, get_type_hints
 
 from seals_al.errors import SealsError
 
@@ -76,6 +76,8 @@ class RoundConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SealsError(f"{where}: {name} must be a positive integer, got {value!r}")
+        if isinstance(self.C, bool) or not isinstance(self.C, int | float) or not self.C > 0:
+            raise SealsError(f"{where}: C must be a positive number, got {self.C!r}")
 
 
 T = TypeVar("T")
@@ -117,13 +119,36 @@ def _nested(cls: type) -> dict[str, type]:
 
 
 def _build(cls: type[T], values: dict, where: str) -> T:
-    nested = _nested(cls)
+    nested, hints = _nested(cls), get_type_hints(cls)
     kwargs = {}
     for f in fields(cls):
         if f.name in nested:
             kwargs[f.name] = _build(nested[f.name], values, where)
         elif f.name in values:
-            kwargs[f.name] = values[f.name]
+            kwargs[f.name] = _typed(f.name, values[f.name], hints[f.name], where)
         elif f.default is MISSING and f.default_factory is MISSING:
             raise SealsError(f"{where}: missing setting {f.name}")
     return cls(**kwargs)
+
+
+_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "empty"}
+
+
+def _typed(name: str, value: Any, hint: Any, where: str) -> Any:
+    """``value`` if it is of the setting's type (a boolean is not an integer; an integer is a
+    number, made a float); else an error naming the setting and a short form of the value."""
+    allowed = get_args(hint) or (hint,)
+    for kind in allowed:
+        if kind is type(None) and value is None:
+            return value
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    expected = " or ".join(_NAMES[kind] for kind in allowed)
+    raise SealsError(f"{where}: {name} must be {expected}, got {shown}")

@@ -267,6 +267,22 @@ def test_config_errors(tmp_path, clinc_slice, cache_dir):
         "list": ("- a\n- b\n", "expected a mapping of settings"),
         "python": ("concept: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
         "batch": (good.read_text() + "batch_size: 0\n", "batch_size must be a positive integer"),
+        # Wrong types are refused at init, not left to break every later round.
+        "k as text": (good.read_text() + 'k: "10"\n', "k must be an integer, got '10'"),
+        "budget as a boolean": (good.read_text() + "budget: true\n", "budget must be an integer, got True"),
+        "graph as text": (
+            good.read_text() + "knn_graph: maybe\n",
+            "knn_graph must be true or false, got 'maybe'",
+        ),
+        "column as a list": (
+            good.read_text() + "id_column: [a, b]\n",
+            "id_column must be a string, got ['a', 'b']",
+        ),
+        "C not positive": (good.read_text() + "C: 0\n", "C must be a positive number, got 0.0"),
+        "long value": (
+            good.read_text() + f"eval_split: {list(range(100))}\n",
+            "eval_split must be a string, got [0, 1, 2,",
+        ),
     }
     for name, (text, message) in cases.items():
         path = tmp_path / f"{name}.yaml"
