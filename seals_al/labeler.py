@@ -1,5 +1,7 @@
 """The terminal labeler: shows each pending example of the open batch and records a person's
-answer (y / n / skip / undo / quit) into the round's inbox, saving after every answer."""
+answer (y / n / skip / undo / quit) into the round's inbox, saving after every answer. End of
+input and Ctrl-C quit like q. If a round commits while it runs, the answers it goes on saving in
+that (now older) inbox are taken in by the next round."""
 
 from __future__ import annotations
 
@@ -46,7 +48,11 @@ def run_labeler(campaign: Campaign, console: Console, ask: Callable[[str], str] 
     while at < len(queue):
         row = queue[at]
         console.print(_panel(row, at, len(queue)))
-        choice = ask(f"Is this {concept!r}? y=yes n=no s=skip u=undo q=quit: ").strip().lower()[:1]
+        try:
+            choice = ask(f"Is this {concept!r}? y=yes n=no s=skip u=undo q=quit: ").strip().lower()[:1]
+        except (EOFError, KeyboardInterrupt):  # end of input or Ctrl-C: quit; every answer is saved
+            console.print()
+            break
         if choice in ("y", "n"):
             answers[row["id"]] = 1 if choice == "y" else 0
             save()

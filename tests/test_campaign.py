@@ -212,6 +212,31 @@ def test_two_files_of_one_round_that_disagree_are_rejected_naming_both(campaign,
     assert campaign.round()["labeled"] == 101
 
 
+def test_labels_that_arrive_after_their_round_committed_are_taken_in(campaign, clinc_slice):
+    """A file dropped into an older inbox after its round committed, or a labeler still saving
+    there, is ingested by the next round: its examples were carried over, never dropped."""
+    truth = truth_of(clinc_slice)
+    campaign.round()
+    batch = open_batch(campaign)
+    campaign.storage.write_text(
+        "inbox/000/part.csv", "id,label\n" + f"{batch[0]['id']},{truth[batch[0]['id']]}\n"
+    )
+    campaign.round()
+    late = batch[1]["id"]
+    assert late in {r["id"] for r in open_batch(campaign)}, "the unlabeled rest was carried over"
+    campaign.storage.write_text("inbox/000/late.csv", f"id,label\n{late},{truth[late]}\n")
+    assert campaign.status()["new_label_files"] == 1
+    metrics = campaign.round()
+    assert metrics["labeled"] == 102
+    assert campaign.state().labeled[late] == {
+        "id": late,
+        "label": truth[late],
+        "round": 2,
+        "source": "inbox/000/late.csv",
+    }
+    assert campaign.round() is None, "taken in once"
+
+
 BAD_FILES = [
     ("unknown.csv", "id,label\nnobody-0001,1\n", "line 2: id 'nobody-0001' is not an item of this campaign"),
     ("elsewhere.csv", "id,label\n{other},1\n", "is not in the open batch"),
@@ -421,6 +446,31 @@ def test_terminal_labeler_records_answers_and_resumes(campaign, cache_dir):
     assert len(answers) == 3
     assert main(["round", uri]) == 0
     assert len(campaign.state().labeled) == 103
+
+
+def test_terminal_labeler_answers_after_a_round_committed_under_it_are_not_lost(campaign):
+    """Answer two, another shell runs a round (it takes those two), answer three more, then the
+    input ends: the three later answers reach the next round."""
+    from rich.console import Console
+
+    from seals_al.labeler import run_labeler
+
+    campaign.round()
+    script = iter(["y", "n", "round", "y", "n", "y"])
+
+    def ask(prompt: str) -> str:
+        answer = next(script, None)
+        if answer is None:
+            raise EOFError  # end of input quits like q
+        if answer == "round":
+            assert campaign.round()["labeled"] == 102
+            answer = next(script)
+        return answer
+
+    with open(os.devnull, "w") as quiet:
+        counts = run_labeler(campaign, Console(file=quiet), ask)
+    assert counts["answered"] == 5
+    assert campaign.round()["labeled"] == 105, "the three answers given after the commit are taken in"
 
 
 def test_label_files_over_the_size_limit_are_refused(campaign, monkeypatch):

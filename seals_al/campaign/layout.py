@@ -42,7 +42,7 @@ class RoundKeys:
 
     @property
     def inbox(self) -> str:
-        return f"inbox/{self.r:03d}"
+        return f"{INBOX}/{self.r:03d}"
 
     @property
     def labeled(self) -> str:
@@ -92,6 +92,15 @@ class RoundKeys:
 def round_of(key: str) -> int:
     """The round number of a key under rounds/ (rounds/007/metrics.json -> 7)."""
     return int(key.split("/")[1])
+
+
+INBOX = "inbox"
+
+
+def inbox_round(key: str) -> int | None:
+    """The batch an inbox key answers (inbox/007/labels.csv -> 7); None for anything else there."""
+    parts = key.split("/")
+    return int(parts[1]) if len(parts) >= 3 and len(parts[1]) == 3 and parts[1].isdigit() else None
 
 
 def seed_key(name: str) -> str:

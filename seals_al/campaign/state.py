@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from seals_al.campaign.config import CampaignConfig
-from seals_al.campaign.layout import ROUNDS, RoundKeys, round_of
+from seals_al.campaign.layout import INBOX, ROUNDS, RoundKeys, inbox_round, round_of
 from seals_al.campaign.lease import holder
 from seals_al.errors import SealsError
 from seals_al.storage import Storage
@@ -63,10 +63,16 @@ class StateReader:
         return self.keys(state.round).inbox
 
     def new_label_files(self, state: State) -> dict[str, bytes]:
-        """Label files in the open round's inbox (or the seed, before round 0) not ingested yet,
-        with their contents (read once: hashed here, parsed by the ingest)."""
+        """Label files not ingested yet, with their contents (read once: hashed here, parsed by the
+        ingest): the seed before round 0, then every inbox up to the open batch's. A file that
+        arrives in an older inbox after its round committed (or a labeler still saving there) is
+        taken in too: every example picked earlier is labeled or still out, carried over."""
         done = {(row["file"], row["sha256"]) for row in state.ingested}
-        keys = [self.config.seed_labels] if state.round < 0 else self.storage.list(self.inbox(state))
+        keys = [self.config.seed_labels]
+        if state.round >= 0:
+            keys = [
+                k for k in self.storage.list(INBOX) if (r := inbox_round(k)) is not None and r <= state.round
+            ]
         fresh = {}
         for key in keys:
             data = self.storage.read_bytes(key)
