@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
@@ -32,13 +33,18 @@ class AlreadyExistsError(SealsError):
     """A write-once key was written already."""
 
 
+def _temp_prefix(path: Path) -> str:
+    """A hidden temporary name beside ``path``, short enough for any name ``path`` may have."""
+    return f".{path.name[:100]}."
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step, on
     failure it is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=path.suffix[:16], dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -55,7 +61,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     directory or the new one complete, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
     try:
         yield tmp
         if path.exists():
@@ -115,18 +121,29 @@ def write_json_atomic(path: str | Path, data: object) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+MAX_KEY_PART_BYTES = 255  # what local file systems allow for one name
+MAX_KEY_BYTES = 900  # GCS allows 1,024 bytes for a whole object name, the prefix included
+
+
 def check_key(key: str, root: str) -> str:
-    """Return ``key`` if it is a safe relative POSIX path, else raise naming the key and root."""
+    """Return ``key`` if it is a safe relative POSIX path that every backend can store, else raise
+    naming the key (shortened) and the root."""
     parts = key.split("/")
     bad = (
         not key
         or "\\" in key
-        or "\x00" in key
         or key.startswith("/")
+        or any(ord(c) < 32 or ord(c) == 127 for c in key)  # control characters, NUL included
         or any(part in ("", ".", "..") or part.startswith(".") for part in parts)
     )
+    shown = repr(key) if len(key) <= 80 else repr(key[:77] + "...")
     if bad:
-        raise SealsError(f"{root}: key {key!r} is not a plain relative path inside the campaign")
+        raise SealsError(f"{root}: key {shown} is not a plain relative path inside the campaign")
+    if len(key.encode()) > MAX_KEY_BYTES or any(len(p.encode()) > MAX_KEY_PART_BYTES for p in parts):
+        raise SealsError(
+            f"{root}: key {shown} is too long (at most {MAX_KEY_PART_BYTES} bytes a name, "
+            f"{MAX_KEY_BYTES} in all)"
+        )
     return key
 
 
@@ -207,7 +224,7 @@ class LocalStorage(Storage):
                 tmp.write_bytes(data)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -242,6 +259,11 @@ class GCSStorage(Storage):
         bucket, _, prefix = uri.removeprefix("gs://").partition("/")
         if not bucket:
             raise SealsError(f"{uri}: expected gs://bucket/prefix")
+        # Checked before any client or network call: a bad name fails now, not after retries.
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]", bucket):
+            raise SealsError(f"{uri}: {bucket!r} is not a GCS bucket name")
+        if prefix.strip("/"):
+            check_key(prefix.strip("/"), uri)
         self.uri = f"gs://{bucket}/{prefix.strip('/')}".rstrip("/")
         self._prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self._client = client or _gcs_client()
@@ -293,7 +315,15 @@ def _gcs_client():
 
         project = os.environ.get("GOOGLE_CLOUD_PROJECT", "local")
         return storage.Client(project=project, credentials=AnonymousCredentials())
-    return storage.Client()
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        return storage.Client()
+    except DefaultCredentialsError as e:
+        raise SealsError(
+            "gs://: no Google Cloud credentials found (set GOOGLE_APPLICATION_CREDENTIALS, or run "
+            "where Application Default Credentials exist, e.g. a pod with Workload Identity)"
+        ) from e
 
 
 def default_cache_dir() -> Path:

@@ -212,6 +212,14 @@ def test_two_files_of_one_round_that_disagree_are_rejected_naming_both(campaign,
     assert campaign.round()["labeled"] == 101
 
 
+def test_stray_files_and_folders_under_rounds_are_no_rounds(campaign):
+    campaign.round()
+    campaign.storage.write_text("rounds/tmp/notes.txt", "mine")
+    campaign.storage.write_text("rounds/latest", "000")
+    assert campaign.committed_rounds() == [0]
+    assert campaign.status()["interrupted_round"] is None
+
+
 def test_labels_that_arrive_after_their_round_committed_are_taken_in(campaign, clinc_slice):
     """A file dropped into an older inbox after its round committed, or a labeler still saving
     there, is ingested by the next round: its examples were carried over, never dropped."""
@@ -304,6 +312,10 @@ def test_config_errors(tmp_path, clinc_slice, cache_dir):
             "id_column must be a string, got ['a', 'b']",
         ),
         "C not positive": (good.read_text() + "C: 0\n", "C must be a positive number, got 0.0"),
+        "alias bomb": (
+            good.read_text() + 'a: &a ["x", "x"]\nb: &b [*a, *a]\nc: &c [*b, *b]\n',
+            f"line {len(good.read_text().splitlines()) + 2}: aliases (*name) are not allowed",
+        ),
         "long value": (
             good.read_text() + f"eval_split: {list(range(100))}\n",
             "eval_split must be a string, got [0, 1, 2,",

@@ -3,6 +3,7 @@ gcp-storage-emulator server on 127.0.0.1 with the real google-cloud-storage clie
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -78,13 +79,58 @@ def test_missing_too_big_and_bad_encoding_name_the_object(storage):
 
 
 @pytest.mark.parametrize(
-    "key", ["../outside.json", "/etc/passwd", "rounds/../../x", "a//b", "", "a\\b", ".hidden", "rounds/./x"]
+    "key",
+    [
+        "../outside.json",
+        "/etc/passwd",
+        "rounds/../../x",
+        "a//b",
+        "",
+        "a\\b",
+        ".hidden",
+        "rounds/./x",
+        "a\x07b",
+        "a\nb",
+    ],
 )
 def test_keys_cannot_leave_the_campaign(storage, key):
     with pytest.raises(SealsError, match="is not a plain relative path inside the campaign"):
         storage.write_text(key, "x")
     with pytest.raises(SealsError, match="is not a plain relative path inside the campaign"):
         storage.read_bytes(key)
+
+
+def test_keys_every_backend_can_store(storage):
+    """A name over 255 bytes (what file systems allow) or a key over 900 bytes (GCS allows 1,024
+    with the prefix) is refused by name, shortened, before anything is written."""
+    for key in ("inbox/000/" + "n" * 256 + ".csv", "/".join(["d" * 200] * 5)):
+        with pytest.raises(
+            SealsError, match=r"\.\.\.' is too long \(at most 255 bytes a name, 900 in all\)$"
+        ):
+            storage.write_text(key, "x")
+    storage.write_text("inbox/000/" + "n" * 251 + ".csv", "x")
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("gs://bucket-1/../x", "key '../x' is not a plain relative path"),
+        ("gs://Bucket_1/x", "'Bucket_1' is not a GCS bucket name"),
+        ("gs://b/x", "'b' is not a GCS bucket name"),
+        ("gs://bucket-1/a/./b", "key 'a/./b' is not a plain relative path"),
+    ],
+)
+def test_bad_gs_uris_fail_at_once_before_any_network_call(uri, message, monkeypatch):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    with pytest.raises(SealsError, match=re.escape(f"{uri}: {message}")):
+        open_storage(uri)
+
+
+def test_missing_google_cloud_credentials_are_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
+    with pytest.raises(SealsError, match=r"^gs://: no Google Cloud credentials found"):
+        open_storage("gs://bucket-1/campaigns/x")
 
 
 def test_a_folder_is_named_a_folder_not_a_missing_file(tmp_path):

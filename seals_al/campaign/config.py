@@ -39,6 +39,19 @@ REQUIRED = ("concept", "data", "seed_labels")
 PATHS = ("data", "seed_labels", "embeddings", "index")  # relative to the YAML file
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.safe_load without aliases: a campaign config has no use for them, and an alias bomb
+    (a few lines that expand to gigabytes) must be refused, not expanded."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(
+                f"line {mark.line + 1}: aliases (*name) are not allowed in a campaign config"
+            )
+        return super().compose_node(parent, index)
+
+
 @dataclass(frozen=True)
 class CampaignConfig:
     """What ``seals-al init`` reads from YAML and a campaign keeps in campaign.json."""
@@ -58,7 +71,7 @@ class CampaignConfig:
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise SealsError(f"{path}: over {MAX_CONFIG_BYTES:,} bytes; not a campaign config")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # a SafeLoader
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise SealsError(f"{path}: not valid YAML: {e}") from e
         if not isinstance(data, dict):

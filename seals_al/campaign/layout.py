@@ -89,9 +89,10 @@ class RoundKeys:
         return f"{self.dir}/COMMITTED"
 
 
-def round_of(key: str) -> int:
-    """The round number of a key under rounds/ (rounds/007/metrics.json -> 7)."""
-    return int(key.split("/")[1])
+def round_of(key: str) -> int | None:
+    """The round of a key under rounds/ (rounds/007/metrics.json -> 7); None for anything else
+    there (a stray folder or file is no round)."""
+    return _numbered(key)
 
 
 INBOX = "inbox"
@@ -99,6 +100,10 @@ INBOX = "inbox"
 
 def inbox_round(key: str) -> int | None:
     """The batch an inbox key answers (inbox/007/labels.csv -> 7); None for anything else there."""
+    return _numbered(key)
+
+
+def _numbered(key: str) -> int | None:
     parts = key.split("/")
     return int(parts[1]) if len(parts) >= 3 and len(parts[1]) == 3 and parts[1].isdigit() else None
 

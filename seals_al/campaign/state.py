@@ -47,7 +47,8 @@ class StateReader:
 
     # -- reading state --------------------------------------------------------------------------
     def committed_rounds(self) -> list[int]:
-        return sorted(round_of(k) for k in self.storage.list(ROUNDS) if k.endswith("/COMMITTED"))
+        keys = self.storage.list(ROUNDS)
+        return sorted(r for k in keys if k.endswith("/COMMITTED") and (r := round_of(k)) is not None)
 
     def state(self) -> State:
         rounds = self.committed_rounds()
@@ -85,7 +86,7 @@ class StateReader:
         metrics = self.storage.read_json(self.keys(state.round).metrics) if state.round >= 0 else {}
         # Any file of a round past the last committed one: a round that was interrupted.
         interrupted = sorted(
-            {k.split("/")[1] for k in self.storage.list(ROUNDS) if round_of(k) > state.round}
+            {k.split("/")[1] for k in self.storage.list(ROUNDS) if (round_of(k) or -1) > state.round}
         )
         if state.round < 0:
             waiting = "round 0: run `seals-al round` to ingest the seed labels and publish the first batch"
