@@ -219,6 +219,14 @@ def _single_choice(annotation: dict) -> str | None:
     return values[0]
 
 
+def check_size(name: str, size: int) -> None:
+    """Reject a label file over the size limit by its size alone (it need not be read)."""
+    if size > MAX_LABEL_FILE_BYTES:
+        raise LabelFileError(
+            name, [Problem("file", f"{size:,} bytes, over the limit of {MAX_LABEL_FILE_BYTES:,}")]
+        )
+
+
 def check_label_file(
     name: str,
     data: bytes,
@@ -230,10 +238,7 @@ def check_label_file(
 ) -> CheckedLabels:
     """Parse and validate a label file against the campaign; raise :class:`LabelFileError` on any
     hard error, else return what it adds (new labels and relabels)."""
-    if len(data) > MAX_LABEL_FILE_BYTES:
-        raise LabelFileError(
-            name, [Problem("file", f"{len(data):,} bytes, over the limit of {MAX_LABEL_FILE_BYTES:,}")]
-        )
+    check_size(name, len(data))
     fmt, answers, pending, problems = read_label_file(name, data, concept)
     seen: dict[str, Answer] = {}
     for answer in answers:

@@ -33,6 +33,14 @@ class AlreadyExistsError(SealsError):
     """A write-once key was written already."""
 
 
+class TooLargeError(SealsError):
+    """An object is larger than the reader's limit; it was not read."""
+
+    def __init__(self, message: str, size: int):
+        super().__init__(message)
+        self.size = size
+
+
 def _temp_prefix(path: Path) -> str:
     """A hidden temporary name beside ``path``, short enough for any name ``path`` may have."""
     return f".{path.name[:100]}."
@@ -196,7 +204,7 @@ class Storage(ABC):
 
     def _too_big(self, key: str, size: int, max_bytes: int | None) -> None:
         if max_bytes is not None and size > max_bytes:
-            raise SealsError(f"{self.where(key)}: {size:,} bytes, over the limit of {max_bytes:,}")
+            raise TooLargeError(f"{self.where(key)}: {size:,} bytes, over the limit of {max_bytes:,}", size)
 
 
 class LocalStorage(Storage):

@@ -492,11 +492,23 @@ def test_label_files_over_the_size_limit_are_refused(campaign, monkeypatch):
     monkeypatch.setattr(seals_al.labels, "MAX_LABEL_FILE_BYTES", 64)
     ids = [r["id"] for r in open_batch(campaign)]
     campaign.storage.write_text("inbox/000/big.csv", "id,label\n" + "".join(f"{i},1\n" for i in ids))
+    returned: dict[str, int] = {}  # key -> bytes handed back by storage
+    read_bytes = campaign.storage.read_bytes
+
+    def spy(key: str, *args) -> bytes:
+        data = read_bytes(key, *args)
+        returned[key] = len(data)
+        return data
+
+    monkeypatch.setattr(campaign.storage, "read_bytes", spy)
     with pytest.raises(
         SealsError, match=r"big\.csv: rejected, nothing ingested: file: \d+ bytes, over the limit of 64"
     ):
         campaign.round()
     assert campaign.state().round == 0
+    assert campaign.status()["new_label_files"] == 1
+    assert [k for k in campaign.storage.list("reports") if "big.csv" in k], "the rejection is reported"
+    assert "inbox/000/big.csv" not in returned, "an oversized file is rejected by its size, never read"
 
 
 def test_the_shipped_example_initializes(tmp_path):

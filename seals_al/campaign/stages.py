@@ -20,12 +20,12 @@ import numpy as np
 from seals_al.campaign.config import CampaignConfig
 from seals_al.campaign.layout import CONFIG, MAX_CONFIG_BYTES, rejection_report
 from seals_al.campaign.lease import Lease
-from seals_al.campaign.state import State, StateReader, jsonl_rows, sha256
+from seals_al.campaign.state import Oversized, State, StateReader, jsonl_rows, sha256
 from seals_al.dataset import Dataset
 from seals_al.errors import SealsError
 from seals_al.failpoints import failpoint
 from seals_al.items import Items
-from seals_al.labels import LabelFileError, Problem, check_label_file, label_studio_tasks
+from seals_al.labels import LabelFileError, Problem, check_label_file, check_size, label_studio_tasks
 from seals_al.record import RoundRecord
 from seals_al.round import Candidates, Evaluation, RoundEngine
 from seals_al.selection import Selection
@@ -128,7 +128,7 @@ class Campaign(StateReader):
         new = len(labeled) - len(state.labeled)
         return StagedLabels(r, new, len(relabels), len(labeled), sorted(files))
 
-    def _validate(self, state: State, files: dict[str, bytes], r: int):
+    def _validate(self, state: State, files: dict[str, bytes | Oversized], r: int):
         """Validate every new file first; any hard error rejects that file and stops the round.
 
         Returns:
@@ -143,6 +143,8 @@ class Campaign(StateReader):
         for key, data in files.items():
             name = key.split("/")[-1]
             try:
+                if isinstance(data, Oversized):
+                    check_size(name, data.size)  # rejects it, unread
                 result = check_label_file(
                     name,
                     data,
@@ -161,7 +163,8 @@ class Campaign(StateReader):
                     raise LabelFileError(name, clashes)
             except LabelFileError as e:
                 report = {"file": key, "rejected": True, "problems": [asdict(p) for p in e.problems]}
-                self.storage.write_json(rejection_report(key, sha256(data)), report)
+                digest = f"{data.size}-bytes" if isinstance(data, Oversized) else sha256(data)
+                self.storage.write_json(rejection_report(key, digest), report)
                 raise SealsError(f"{self.storage.where(key)}: {e.detail}") from e
             for item_id, label in result.new.items():
                 labeled[item_id] = {"id": item_id, "label": label, "round": r, "source": key}

@@ -8,11 +8,19 @@ import json
 import time
 from dataclasses import dataclass
 
+from seals_al import labels
 from seals_al.campaign.config import CampaignConfig
 from seals_al.campaign.layout import INBOX, ROUNDS, RoundKeys, inbox_round, round_of
 from seals_al.campaign.lease import holder
 from seals_al.errors import SealsError
-from seals_al.storage import Storage
+from seals_al.storage import Storage, TooLargeError
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """A label file over the size limit, left unread; the ingest rejects it by its size."""
+
+    size: int
 
 
 class LabelsTimeout(SealsError):
@@ -63,7 +71,7 @@ class StateReader:
         """Where labels for the open batch are dropped."""
         return self.keys(state.round).inbox
 
-    def new_label_files(self, state: State) -> dict[str, bytes]:
+    def new_label_files(self, state: State) -> dict[str, bytes | Oversized]:
         """Label files not ingested yet, with their contents (read once: hashed here, parsed by the
         ingest): the seed before round 0, then every inbox up to the open batch's. A file that
         arrives in an older inbox after its round committed (or a labeler still saving there) is
@@ -74,9 +82,13 @@ class StateReader:
             keys = [
                 k for k in self.storage.list(INBOX) if (r := inbox_round(k)) is not None and r <= state.round
             ]
-        fresh = {}
+        fresh: dict[str, bytes | Oversized] = {}
         for key in keys:
-            data = self.storage.read_bytes(key)
+            try:  # the size is checked before the file is read: a huge file is never read
+                data = self.storage.read_bytes(key, labels.MAX_LABEL_FILE_BYTES)
+            except TooLargeError as e:
+                fresh[key] = Oversized(e.size)
+                continue
             if (key, sha256(data)) not in done:
                 fresh[key] = data
         return fresh
