@@ -213,6 +213,8 @@ def test_two_files_of_one_round_that_disagree_are_rejected_naming_both(campaign,
 
 
 def test_stray_files_and_folders_under_rounds_are_no_rounds(campaign):
+    campaign.ingest()  # round 0 staged, not committed: an interrupted round
+    assert campaign.status()["interrupted_round"] == "000"
     campaign.round()
     campaign.storage.write_text("rounds/tmp/notes.txt", "mine")
     campaign.storage.write_text("rounds/latest", "000")

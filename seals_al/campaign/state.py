@@ -98,7 +98,11 @@ class StateReader:
         metrics = self.storage.read_json(self.keys(state.round).metrics) if state.round >= 0 else {}
         # Any file of a round past the last committed one: a round that was interrupted.
         interrupted = sorted(
-            {k.split("/")[1] for k in self.storage.list(ROUNDS) if (round_of(k) or -1) > state.round}
+            {
+                k.split("/")[1]
+                for k in self.storage.list(ROUNDS)
+                if (r := round_of(k)) is not None and r > state.round
+            }
         )
         if state.round < 0:
             waiting = "round 0: run `seals-al round` to ingest the seed labels and publish the first batch"
