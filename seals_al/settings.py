@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any, TypeVar, get_args, get_type_hints
 
-from seals_al.errors import SealsError
+from seals_al.errors import SealsError, shown
 
 STRATEGIES = ("maxent", "id", "mlp", "random")  # seals_al.strategies registers exactly these
 MODES = ("seals", "global")
@@ -149,6 +149,5 @@ def _typed(name: str, value: Any, hint: Any, where: str) -> Any:
             return float(value)
         if kind is str and isinstance(value, str):
             return value
-    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
     expected = " or ".join(_NAMES[kind] for kind in allowed)
-    raise SealsError(f"{where}: {name} must be {expected}, got {shown}")
+    raise SealsError(f"{where}: {name} must be {expected}, got {shown(value)}")

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path, PurePosixPath
 
-from seals_al.errors import SealsError
+from seals_al.errors import SealsError, shown
 
 
 class AlreadyExistsError(SealsError):
@@ -144,12 +144,11 @@ def check_key(key: str, root: str) -> str:
         or any(ord(c) < 32 or ord(c) == 127 for c in key)  # control characters, NUL included
         or any(part in ("", ".", "..") or part.startswith(".") for part in parts)
     )
-    shown = repr(key) if len(key) <= 80 else repr(key[:77] + "...")
     if bad:
-        raise SealsError(f"{root}: key {shown} is not a plain relative path inside the campaign")
+        raise SealsError(f"{root}: key {shown(key, 80)} is not a plain relative path inside the campaign")
     if len(key.encode()) > MAX_KEY_BYTES or any(len(p.encode()) > MAX_KEY_PART_BYTES for p in parts):
         raise SealsError(
-            f"{root}: key {shown} is too long (at most {MAX_KEY_PART_BYTES} bytes a name, "
+            f"{root}: key {shown(key, 80)} is too long (at most {MAX_KEY_PART_BYTES} bytes a name, "
             f"{MAX_KEY_BYTES} in all)"
         )
     return key
