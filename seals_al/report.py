@@ -17,7 +17,7 @@ from rich.table import Table
 
 from seals_al.errors import SealsError
 from seals_al.record import TABLE_COLUMNS, UI_METRICS, table_cells
-from seals_al.storage import check_output_folder, write_json_atomic, write_text_atomic
+from seals_al.storage import check_output_folder, write_json_atomic, write_text_atomic, written_as
 
 if TYPE_CHECKING:
     from seals_al.campaign import Campaign
@@ -205,11 +205,7 @@ def check_report_folder(out: Path) -> None:
     holding anything else, a campaign's round folder for one, is refused."""
 
     def ours(parts: tuple[str, ...], path: Path) -> bool:
-        return (
-            len(parts) == 1
-            and path.is_file()
-            and any(parts[0] == name or parts[0].startswith(f".{name}.") for name in REPORT_FILES)
-        )
+        return len(parts) == 1 and path.is_file() and any(written_as(parts[0], name) for name in REPORT_FILES)
 
     check_output_folder(out, ours, "report")
 

@@ -73,11 +73,15 @@ class RoundConfig:
         if self.mode not in MODES:
             raise SealsError(f"{where}: unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
         for name in ("k", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SealsError(f"{where}: {name} must be a positive integer, got {value!r}")
+            check_positive_int(where, name, getattr(self, name))
         if isinstance(self.C, bool) or not isinstance(self.C, int | float) or not self.C > 0:
             raise SealsError(f"{where}: C must be a positive number, got {self.C!r}")
+
+
+def check_positive_int(where: str, name: str, value: object) -> None:
+    """A count setting: an integer of at least 1 (a boolean is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SealsError(f"{where}: {name} must be a positive integer, got {value!r}")
 
 
 T = TypeVar("T")

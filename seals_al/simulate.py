@@ -20,7 +20,7 @@ from seals_al.items import Items
 from seals_al.round import RoundEngine
 from seals_al.selection import Selection
 from seals_al.settings import SEED_NEGATIVES, SEED_POSITIVES, RoundConfig, to_flat
-from seals_al.storage import check_output_folder, write_json_atomic, write_text_atomic
+from seals_al.storage import check_output_folder, write_json_atomic, write_text_atomic, written_as
 from seals_al.store import EmbeddingStore
 
 
@@ -173,8 +173,8 @@ def check_out_dir(out_dir: str | Path) -> None:
 def _written_by_simulate(parts: tuple[str, ...], path: Path) -> bool:
     """Whether ``path`` (``parts`` under the output folder) is one of simulate's outputs."""
 
-    def file_named(name: str, ours: str) -> bool:  # the file, or a leftover of its atomic write
-        return path.is_file() and (name == ours or name.startswith(f".{ours}."))
+    def file_named(name: str, ours: str) -> bool:
+        return path.is_file() and written_as(name, ours)
 
     if parts == ("rounds",) or (len(parts) == 2 and parts[0] == "rounds" and _round_folder(parts[1])):
         return path.is_dir()

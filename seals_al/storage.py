@@ -46,6 +46,12 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name[:100]}."
 
 
+def written_as(file_name: str, name: str) -> bool:
+    """Whether ``file_name`` is ``name`` or a leftover of an atomic write of ``name`` (a process
+    killed mid-write leaves its hidden temporary file beside the target)."""
+    return file_name == name or file_name.startswith(_temp_prefix(Path(name)))
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step, on

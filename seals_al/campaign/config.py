@@ -21,6 +21,7 @@ from seals_al.settings import (
     DEFAULT_BUDGET,
     DataConfig,
     RoundConfig,
+    check_positive_int,
     flat_names,
     from_flat,
     to_flat,
@@ -103,8 +104,7 @@ class CampaignConfig:
 
     def check(self, where: str) -> None:
         self.learning.check(where)
-        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
-            raise SealsError(f"{where}: budget must be a positive integer, got {self.budget!r}")
+        check_positive_int(where, "budget", self.budget)
 
 
 def init(config: CampaignConfig, uri: str, seed_file: tuple[str, bytes] | None = None) -> Storage:
