@@ -1,66 +1,120 @@
-"""A data set prepared for rounds: the items, their embeddings store, the index over U and the
-neighbour lists the pool reads. Prepared once; any number of rounds, concepts and campaigns share
-it (docs/ARCHITECTURE.md).
+"""A data set ready for rounds: the prepared items and embeddings (:mod:`seals_al.prepared`), the
+index over U and the neighbour lists the pool reads. Prepared once per data version; any number of
+rounds, concepts and campaigns share it (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from seals_al.embed.local import embed_texts, import_embeddings
-from seals_al.encoder import TEXT_MODEL_DIM
 from seals_al.errors import SealsError
 from seals_al.index.build import build_index, check_factory
 from seals_al.index.directory import ensure_index_dir, open_index_dir
 from seals_al.index.neighbours import NeighbourGraph, cached_neighbour_graph, knn_density, neighbour_density
 from seals_al.items import Items
+from seals_al.prepared import IdSet, Prepared, prepare
 from seals_al.settings import DEFAULT_FACTORY, DataConfig
 from seals_al.storage import default_cache_dir
-from seals_al.store import EmbeddingStore, rows_digest
+from seals_al.store import EmbeddingStore
 
 
 @dataclass
 class Dataset:
-    """Items, their embeddings and the index over U (every row outside the evaluation split).
+    """The prepared items and embeddings (:mod:`seals_al.prepared`) and the index over U (every row
+    outside the evaluation split).
 
-    The index is built on first use: with a cached neighbour graph a run never needs it.
+    Opening is cheap whatever the size: the columns are memory-mapped and every per-row array is
+    read on first use; the index is built on first use (with a cached neighbour graph a run never
+    needs it). A round reads only the ids, rows and texts it touches.
     """
 
     config: DataConfig
-    items: Items
-    store: EmbeddingStore
-    truth_at: np.ndarray | None  # the truth column's value per storage position, if any
-    u_rows: np.ndarray  # global row ids of U
-    eval_rows: np.ndarray  # global row ids of the evaluation split (never selectable)
+    prepared: Prepared
     progress: bool = True
+    _items: Items | None = None
+    _u_rows: np.ndarray | None = None
     _index: faiss.Index | None = None
     _graphs: dict[int, NeighbourGraph] = field(default_factory=dict)
     _u_density: dict[int, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def prepare(cls, config: DataConfig, items: Items | None = None, progress: bool = True) -> Dataset:
-        """Embed the items (or import their embeddings; both cached); check the index factory."""
-        items = items or Items.load(config)
-        if config.embeddings is None:
-            check_factory(TEXT_MODEL_DIM, config.index_factory)  # a bad string fails before the embedding
-            store = embed_texts(items.ids, items.texts, cache_dir=config.cache_dir, progress=progress)
-        else:
-            store = import_embeddings(
-                config.embeddings, items.ids, cache_dir=config.cache_dir, column=config.embeddings_column
-            )
-        rows = store.row_ids_of(items.ids)
-        truth_at = None
-        if items.truth is not None:
-            truth_at = np.empty(len(store), dtype=object)
-            truth_at[store.positions(rows)] = items.truth
-        check_factory(store.dim, config.index_factory)
-        return cls(config, items, store, truth_at, rows[~items.is_eval], rows[items.is_eval], progress)
+        """Open the data as it is now, preparing it first if no earlier run did (reading and
+        checking the items, embedding or importing, checking the index factory).
+
+        Args:
+            config: the data settings.
+            items: the item table, when the caller has read it already (used only to prepare).
+            progress: show progress bars for one-off work.
+        """
+        prepared = prepare(config, items, progress)
+        check_factory(prepared.store.dim, config.index_factory)  # prepared earlier with another factory
+        return cls(config, prepared, progress, items)
+
+    @property
+    def store(self) -> EmbeddingStore:
+        return self.prepared.store
+
+    @property
+    def u_rows(self) -> np.ndarray:
+        """Global row ids of U (read from the split column on first use: global mode and set-up)."""
+        if self._u_rows is None:
+            self._u_rows = self.prepared.row_ids_at(self.prepared.u_items())
+        return self._u_rows
+
+    @property
+    def u_count(self) -> int:
+        return self.prepared.u_count
+
+    @property
+    def eval_rows(self) -> np.ndarray:
+        """Global row ids of the evaluation split (never selectable)."""
+        return self.prepared.row_ids_at(self.prepared.eval_items)
+
+    @property
+    def has_truth(self) -> bool:
+        return self.prepared.truth_values is not None
+
+    def items(self) -> Items:
+        """The whole item table in memory: for simulations and seed draws, never for a round."""
+        if self._items is None:
+            self._items = self.prepared.items()
+        return self._items
+
+    # -- by id -------------------------------------------------------------------------------------
+    def row_ids_of(self, ids: Sequence[str], where: str = "") -> np.ndarray:
+        """Global row ids of external ids; an unknown id is an error naming it (and ``where``)."""
+        return self.prepared.row_ids_at(self.prepared.items_of(ids, where))
+
+    def external_ids(self, row_ids: np.ndarray) -> list[str]:
+        return self.prepared.ids_at(self.prepared.items_at_rows(row_ids))
+
+    def texts_of(self, row_ids: np.ndarray) -> list[str]:
+        """Texts of rows ("" for each when the table has no text column)."""
+        return self.prepared.texts_at(self.prepared.items_at_rows(row_ids))
+
+    def id_set(self, in_u: bool = False) -> IdSet:
+        """Every item id (of U, with ``in_u``) as a container that looks each id up."""
+        return IdSet(self.prepared, in_u)
+
+    def truth(self, concept: str, rows: np.ndarray) -> np.ndarray:
+        """1 where the label column equals the concept, else 0."""
+        return self.prepared.truth_at(self.prepared.items_at_rows(rows), concept)
+
+    def truth_of(self, ids: Sequence[str], concept: str) -> list[int]:
+        """1 where the truth column equals the concept, else 0, for the given external ids."""
+        return self.prepared.truth_at(self.prepared.items_of(ids), concept).tolist()
+
+    def positives_in_u(self, concept: str) -> int:
+        """Items of U whose truth is the concept (counted when the data was prepared)."""
+        return self.prepared.truth_count_in_u(concept)
 
     @property
     def index(self) -> faiss.Index:
@@ -86,18 +140,12 @@ class Dataset:
         if not manifest.is_file():
             raise SealsError(f"{self.config.index}: not an index directory (no manifest.json)")
         source = json.loads(manifest.read_text()).get("source", {})
-        if source.get("rows_sha256") != rows_digest(self.u_rows):
+        if source.get("rows_sha256") != self.prepared.u_digest:
             raise SealsError(
-                f"{self.config.index}: the index was not built over U ({len(self.u_rows):,} rows outside "
+                f"{self.config.index}: the index was not built over U ({self.u_count:,} rows outside "
                 f"the {self.config.eval_split!r} split); build it over those rows"
             )
         return "index " + hashlib.sha256(manifest.read_bytes()).hexdigest()
-
-    def truth(self, concept: str, rows: np.ndarray) -> np.ndarray:
-        """1 where the label column equals the concept, else 0."""
-        if self.truth_at is None:
-            raise SealsError(f"{self.config.data}: no ground-truth column")
-        return (self.truth_at[self.store.positions(rows)] == concept).astype(np.int8)
 
     def neighbours(self, k: int, progress: bool = True) -> faiss.Index | NeighbourGraph:
         """Where the pool gets neighbour lists: the graph of U for this k (built once, cached in
@@ -108,7 +156,8 @@ class Dataset:
             self._graphs[k] = cached_neighbour_graph(
                 lambda: self.index,
                 self.store,
-                self.u_rows,
+                lambda: self.u_rows,
+                self.prepared.u_digest,
                 self._index_key(),
                 k,
                 Path(self.config.cache_dir or default_cache_dir()),
@@ -165,8 +214,5 @@ def index_over_u(
         embeddings=embeddings,
         index_factory=factory,
     )
-    loaded = Items.load(config)
-    store = import_embeddings(embeddings, loaded.ids)
-    check_factory(store.dim, factory)
-    rows = store.row_ids_of(loaded.ids)[~loaded.is_eval]
-    return ensure_index_dir(store, out_dir, factory, row_ids=rows, **options)
+    dataset = Dataset.prepare(config)
+    return ensure_index_dir(dataset.store, out_dir, factory, row_ids=dataset.u_rows, **options)

@@ -18,6 +18,7 @@ import csv
 import hashlib
 import io
 import json
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 from seals_al.errors import SealsError
@@ -232,9 +233,9 @@ def check_label_file(
     data: bytes,
     concept: str,
     *,
-    open_batch: set[str],
+    open_batch: Container[str],
     labeled: dict[str, int],
-    known: set[str],
+    known: Container[str],
 ) -> CheckedLabels:
     """Parse and validate a label file against the campaign; raise :class:`LabelFileError` on any
     hard error, else return what it adds (new labels and relabels)."""

@@ -38,7 +38,7 @@ def label_open_batch(campaign: Campaign) -> str | None:
     if not state.pending:
         return None
     ids = [row["id"] for row in state.pending]
-    truth = campaign.items().truth_of(ids, concept)
+    truth = campaign.dataset().truth_of(ids, concept)
     key = oracle_labels(state.round)
     rows = [json.dumps({"id": i, "label": t}) + "\n" for i, t in zip(ids, truth, strict=True)]
     campaign.storage.write_text(key, "".join(rows))

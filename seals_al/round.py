@@ -152,7 +152,6 @@ class RoundEngine:
         self.strategy = get_strategy(config.strategy)
         self.progress = progress
         self._eval: tuple[np.ndarray, np.ndarray] | None = None
-        self._positives_total: int | None = None
 
     # -- candidates ------------------------------------------------------------------------------
     def candidates(self) -> Candidates:
@@ -187,11 +186,9 @@ class RoundEngine:
         y = np.asarray(y)
         positives = int(y.sum())
         dataset = self.dataset
-        if dataset.truth_at is None:
+        if not dataset.has_truth:
             return Evaluation(len(y), positives)
-        if self._positives_total is None:
-            self._positives_total = int(dataset.truth(self.concept, dataset.u_rows).sum())
-        total = self._positives_total
+        total = dataset.positives_in_u(self.concept)
         recall = float(positives / max(total, 1))
         ap = classification = None
         eval_x, eval_y = self._eval_split()
@@ -228,7 +225,7 @@ class RoundEngine:
     ) -> RoundRecord:
         """The round's record; ``queries_before`` counts the round's look-ups made before selection
         (expanding the newly labeled examples)."""
-        n_u = len(self.dataset.u_rows)
+        n_u = self.dataset.u_count
         return RoundRecord(
             round=r,
             labeled=evaluation.labeled,

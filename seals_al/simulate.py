@@ -21,7 +21,6 @@ from seals_al.round import RoundEngine
 from seals_al.selection import Selection
 from seals_al.settings import SEED_NEGATIVES, SEED_POSITIVES, RoundConfig, to_flat
 from seals_al.storage import check_output_folder, write_json_atomic, write_text_atomic, written_as
-from seals_al.store import EmbeddingStore
 
 
 @dataclass(frozen=True)
@@ -117,11 +116,13 @@ def simulate(
     Returns:
         The summary: {"config": ..., "rounds": [records], "stopped": reason or None}.
     """
-    check_simulation(dataset.items, sim)
+    check_simulation(dataset.items(), sim)
     engine = RoundEngine(dataset, sim.learning, sim.concept, progress)
     out = _prepare_out_dir(out_dir) if out_dir is not None else None
-    seeds = draw_seeds(dataset.items, sim.concept, sim.seed_positives, sim.seed_negatives, sim.learning.seed)
-    labeled = dataset.store.row_ids_of([item for item, _ in seeds]).tolist()
+    seeds = draw_seeds(
+        dataset.items(), sim.concept, sim.seed_positives, sim.seed_negatives, sim.learning.seed
+    )
+    labeled = dataset.row_ids_of([item for item, _ in seeds]).tolist()
     answers = [label for _, label in seeds]
     candidates = engine.candidates()
     candidates.exclude(np.asarray(labeled, dtype=np.int64))
@@ -138,7 +139,7 @@ def simulate(
         if r < sim.rounds:
             truth = dataset.truth(sim.concept, picked).tolist() if len(picked) else []
             if out is not None:
-                _write_selected(out, r, outcome.selection, truth, sim.learning.strategy, dataset.store)
+                _write_selected(out, r, outcome.selection, truth, sim.learning.strategy, dataset)
             labeled.extend(picked.tolist())
             answers.extend(truth)
             if outcome.stopped:
@@ -202,15 +203,15 @@ def _prepare_out_dir(out_dir: str | Path) -> Path:
 
 
 def _write_selected(
-    out: Path, r: int, selection: Selection, answers: list[int], strategy: str, store: EmbeddingStore
+    out: Path, r: int, selection: Selection, answers: list[int], strategy: str, dataset: Dataset
 ) -> None:
     rows = np.asarray([p.row_id for p in selection.picks], dtype=np.int64)
     sources = [p.reached_from for p in selection.picks]
     known_sources = np.asarray([s for s in sources if s is not None], dtype=np.int64)
-    source_ids = iter(store.external_ids(known_sources)) if len(known_sources) else iter(())
+    source_ids = iter(dataset.external_ids(known_sources)) if len(known_sources) else iter(())
     lines = []
     for pick, item_id, answer, source in zip(
-        selection.picks, store.external_ids(rows) if len(rows) else [], answers, sources, strict=True
+        selection.picks, dataset.external_ids(rows) if len(rows) else [], answers, sources, strict=True
     ):
         lines.append(
             json.dumps(

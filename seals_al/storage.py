@@ -108,6 +108,13 @@ def require_file(path: Path, shown: str | Path | None = None) -> None:
         raise SealsError(f"{shown or path}: {what}")
 
 
+def file_version(path: Path, shown: str | Path | None = None) -> str:
+    """A local file's size and modification time: what :meth:`Storage.version` reports."""
+    require_file(path, shown)
+    st = path.stat()
+    return f"{st.st_size} bytes, modified {st.st_mtime_ns}"
+
+
 def check_output_folder(out: Path, ours: Callable[[tuple[str, ...], Path], bool], what: str) -> None:
     """An output folder is new, empty, or holds only what the command itself writes (``ours`` of
     each path's parts under ``out``, and the path); anything else there, a campaign for one, is
@@ -184,6 +191,11 @@ class Storage(ABC):
     def delete(self, key: str) -> None:
         """Remove a key if it exists."""
 
+    @abstractmethod
+    def version(self, key: str) -> str:
+        """What changes whenever the object does, read without reading it: its size and
+        modification time (a local file), its generation (GCS). A missing key is an error."""
+
     def read_text(self, key: str, max_bytes: int | None = None) -> str:
         data = self.read_bytes(key, max_bytes)
         try:
@@ -253,6 +265,9 @@ class LocalStorage(Storage):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def version(self, key: str) -> str:
+        return file_version(self._path(key), self.where(key))
+
     def list(self, prefix: str = "") -> list[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
@@ -313,6 +328,12 @@ class GCSStorage(Storage):
 
         with suppress(NotFound):
             self._blob(key).delete()
+
+    def version(self, key: str) -> str:
+        blob = self._bucket.get_blob(self._prefix + check_key(key, self.uri))
+        if blob is None:
+            raise SealsError(f"{self.where(key)}: no such object")
+        return f"generation {blob.generation}, {blob.size} bytes"
 
     def list(self, prefix: str = "") -> list[str]:
         start = self._prefix + (check_key(prefix, self.uri).rstrip("/") + "/" if prefix else "")

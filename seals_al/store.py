@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ class Manifest:
     normalized: bool
     shards: tuple[dict, ...]
     extra: dict
+    row_ids_are_positions: bool = False  # row id i is at position i: no id table read to find it
 
     def to_json(self) -> dict:
         return {
@@ -50,6 +53,7 @@ class Manifest:
             "dtype": "float32",
             "id_table": ID_TABLE,
             "shards": list(self.shards),
+            **({"row_ids": "positions"} if self.row_ids_are_positions else {}),
             **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -174,7 +178,13 @@ class StoreWriter:
                 )
             _write_id_table(self._tmp / ID_TABLE, self._ids, row_ids)
             manifest = Manifest(
-                self.model, self.dim, len(self._ids), self.normalized, tuple(self._shards), self.extra
+                self.model,
+                self.dim,
+                len(self._ids),
+                self.normalized,
+                tuple(self._shards),
+                self.extra,
+                bool(np.array_equal(row_ids, np.arange(len(row_ids)))),
             )
             (self._tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
         self._publish.__exit__(kind, value, traceback)
@@ -198,6 +208,32 @@ class RowLookup:
         # Sorted and unique, so 0 first and n-1 last means 0..n-1 throughout: row id == position.
         self._dense = bool(n and self._order is None and row_ids[0] == 0 and row_ids[-1] == n - 1)
 
+    @classmethod
+    def presorted(
+        cls,
+        sorted_ids: np.ndarray,
+        order: np.ndarray | None,
+        where: str | Path,
+        unknown: str = "unknown row id {}",
+    ) -> RowLookup:
+        """A lookup from ids known to be sorted (``order``: their positions, None when the sorted
+        ids are the positions' own order), such as a graph's rows or a prepared data set's
+        memory-mapped files: nothing is read to check them, so opening costs O(1)."""
+        lookup = cls.__new__(cls)
+        lookup.where, lookup.unknown, lookup._n = where, unknown, len(sorted_ids)
+        lookup._order, lookup._sorted = order, sorted_ids
+        n = lookup._n
+        lookup._dense = bool(n and order is None and sorted_ids[0] == 0 and sorted_ids[-1] == n - 1)
+        return lookup
+
+    @classmethod
+    def positions(cls, n: int, where: str | Path, unknown: str = "unknown row id {}") -> RowLookup:
+        """The lookup of row ids 0..n-1 that are their own positions."""
+        lookup = cls.__new__(cls)
+        lookup.where, lookup.unknown, lookup._n = where, unknown, n
+        lookup._order, lookup._sorted, lookup._dense = None, np.empty(0, np.int64), True
+        return lookup
+
     def __call__(self, row_ids: np.ndarray) -> np.ndarray:
         """Positions of the given row ids, in the order asked."""
         row_ids = np.asarray(row_ids, dtype=np.int64)
@@ -212,6 +248,42 @@ class RowLookup:
             bad = int(row_ids[np.flatnonzero(missing)[0]])
             raise SealsError(f"{self.where}: {self.unknown.format(bad)}")
         return at if self._order is None else self._order[at]
+
+
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, byte offset of the data) of a C-order .npy file of plain numbers."""
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read(f)
+        except ValueError as e:
+            raise SealsError(f"{path}: not a .npy array: {e}") from e
+        offset = f.tell()
+        size = os.fstat(f.fileno()).st_size
+    if fortran or dtype.hasobject:
+        raise SealsError(f"{path}: expected a C-order array of numbers")
+    if offset + int(np.prod(shape)) * dtype.itemsize > size:
+        raise SealsError(f"{path}: truncated ({size:,} bytes for shape {shape})")
+    return shape, dtype, offset
+
+
+def map_array(path: Path) -> np.ndarray:
+    """A .npy file memory-mapped read-only for random access: the kernel reads only the pages
+    touched, without read-around, so gathering scattered rows costs those rows' pages, not the
+    file (a round gathers a few thousand rows of millions). Scans read in chunks instead
+    (:meth:`EmbeddingStore.iter_chunks`)."""
+    shape, dtype, offset = npy_header(path)
+    if int(np.prod(shape)) == 0:
+        return np.empty(shape, dtype)
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    mapped.madvise(mmap.MADV_RANDOM)
+    return np.ndarray(shape, dtype, buffer=mapped, offset=offset)
 
 
 def rows_digest(row_ids: np.ndarray) -> str:
@@ -236,30 +308,43 @@ def _sha256(path: Path) -> str:
 
 
 class EmbeddingStore:
-    """Read access to a store by global row id; shards stay memory-mapped unless opened in_memory."""
+    """Read access to a store by global row id; shards stay memory-mapped unless opened in_memory.
+
+    Opening reads the manifest and maps the shards, nothing more: the id table is read on first
+    use of :attr:`ids` or :attr:`row_ids`, and a store whose row ids are its positions (what
+    embedding and importing write) is looked up without it.
+    """
 
     def __init__(
         self,
         path: Path,
         manifest: dict,
-        ids: list[str],
-        row_ids: np.ndarray,
         shards: list[np.ndarray],
         mapped: bool = True,
+        lookup: RowLookup | None = None,
     ):
         self.path = path
         self.manifest = manifest
-        self.ids = ids
-        self.row_ids = row_ids
         self.dim = int(manifest["dim"])
         self._shards = shards
         self._mapped = mapped
         self._offsets = np.cumsum([0] + [s.shape[0] for s in shards])
-        self._lookup = RowLookup(row_ids, path)
+        self._count = int(self._offsets[-1])
+        if lookup is None and manifest.get("row_ids") == "positions":
+            lookup = RowLookup.positions(self._count, path)
+        self._lookup = lookup
+        self._ids: list[str] | None = None
+        self._row_ids: np.ndarray | None = None
         self._by_external: dict[str, int] | None = None
 
     @classmethod
-    def open(cls, path: str | Path, verify: bool = False, in_memory: bool = False) -> EmbeddingStore:
+    def open(
+        cls,
+        path: str | Path,
+        verify: bool = False,
+        in_memory: bool = False,
+        lookup: RowLookup | None = None,
+    ) -> EmbeddingStore:
         """Open a store.
 
         Args:
@@ -267,42 +352,62 @@ class EmbeddingStore:
             verify: also check every shard's sha256 against the manifest.
             in_memory: read the shards into RAM instead of memory-mapping them; for sets that fit,
                 where the OS might evict a map's cold pages and make random reads slow.
+            lookup: where each row id is stored, when the caller has it prepared (a store whose
+                row ids are not its positions); default: from the id table when first needed.
         """
         path = Path(path)
         manifest = read_manifest(path, FORMAT, "an embeddings store")
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path / manifest.get("id_table", ID_TABLE))
-        ids = table.column("id").to_pylist()
-        row_ids = table.column("row_id").to_numpy().astype(np.int64)
         shards = []
         for shard in manifest["shards"]:
             if verify and _sha256(path / shard["path"]) != shard["sha256"]:
                 raise SealsError(f"{path / shard['path']}: checksum does not match the manifest")
-            # A plain ndarray view of the memory map: same pages, without np.memmap's per-access cost.
-            array = np.load(path / shard["path"], mmap_mode="r", allow_pickle=False).view(np.ndarray)
+            array = map_array(path / shard["path"])
             if array.dtype != np.float32 or array.ndim != 2 or array.shape[1] != manifest["dim"]:
                 raise SealsError(
                     f"{path / shard['path']}: expected float32 [rows, {manifest['dim']}], "
                     f"found {array.dtype} {array.shape}"
                 )
             shards.append(array)
-        if sum(s.shape[0] for s in shards) != len(ids) or len(ids) != manifest["count"]:
-            raise SealsError(f"{path}: shard rows, id table and manifest count disagree")
+        if sum(s.shape[0] for s in shards) != manifest["count"]:
+            raise SealsError(f"{path}: shard rows and manifest count disagree")
         if in_memory:  # one contiguous array: a gather is a single fancy index, whatever the shards
-            whole = np.empty((len(ids), manifest["dim"]), np.float32)
+            whole = np.empty((manifest["count"], manifest["dim"]), np.float32)
             start = 0
             for array in shards:
                 whole[start : start + len(array)] = array
                 start += len(array)
             shards = [whole]
-        return cls(path, manifest, ids, row_ids, shards, mapped=not in_memory)
+        return cls(path, manifest, shards, mapped=not in_memory, lookup=lookup)
+
+    def _id_table(self, column: str):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self.path / self.manifest.get("id_table", ID_TABLE), columns=[column])
+        if table.num_rows != self._count:
+            raise SealsError(f"{self.path}: id table and manifest count disagree")
+        return table.column(column)
+
+    @property
+    def ids(self) -> list[str]:
+        """External ids by storage position (the id table, read on first use)."""
+        if self._ids is None:
+            self._ids = self._id_table("id").to_pylist()
+        return self._ids
+
+    @property
+    def row_ids(self) -> np.ndarray:
+        """Global row ids by storage position (read on first use)."""
+        if self._row_ids is None:
+            self._row_ids = self._id_table("row_id").to_numpy().astype(np.int64)
+        return self._row_ids
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self._count
 
     def positions(self, row_ids: np.ndarray) -> np.ndarray:
         """Storage positions of global row ids; an unknown row id is an error naming the store."""
+        if self._lookup is None:
+            self._lookup = RowLookup(self.row_ids, self.path)
         return self._lookup(row_ids)
 
     @property
@@ -349,7 +454,25 @@ class EmbeddingStore:
         return out
 
     def iter_chunks(self, chunk_rows: int = 65_536) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (start position, float32 view) blocks in storage order; no full copy in memory."""
-        for s, shard in enumerate(self._shards):
-            for start in range(0, shard.shape[0], chunk_rows):
-                yield int(self._offsets[s]) + start, shard[start : start + chunk_rows]
+        """Yield (start position, float32 block) in storage order, one chunk in memory at a time.
+
+        A mapped store is read with large sequential reads, a new block per chunk (so a scan
+        leaves no pages of the store mapped)."""
+        if not self._mapped:
+            for start in range(0, len(self), chunk_rows):
+                yield start, self._shards[0][start : start + chunk_rows]
+            return
+        for s, shard in enumerate(self.manifest["shards"]):
+            path = self.path / shard["path"]
+            rows, _, offset = npy_header(path)
+            with open(path, "rb", buffering=0) as f:
+                for start in range(0, rows[0], chunk_rows):
+                    block = np.empty((min(chunk_rows, rows[0] - start), self.dim), np.float32)
+                    view, at = memoryview(block).cast("B"), offset + start * 4 * self.dim
+                    done = 0
+                    while done < len(view):
+                        got = os.preadv(f.fileno(), [view[done:]], at + done)
+                        if got == 0:
+                            raise SealsError(f"{path}: truncated")
+                        done += got
+                    yield int(self._offsets[s]) + start, block

@@ -271,7 +271,7 @@ def test_bad_label_files_are_rejected_whole(campaign, name, content, message):
     batch = open_batch(campaign)
     other = next(
         i
-        for i in campaign.dataset().items.ids
+        for i in campaign.dataset().items().ids
         if i not in {r["id"] for r in batch} and i not in campaign.state().labeled and not i.startswith("x")
     )
     fill = {"first": batch[0]["id"], "second": batch[1]["id"], "other": other}

@@ -361,7 +361,7 @@ def test_a_built_index_must_cover_exactly_u(tmp_path):
         cache_dir=str(tmp_path / "cache"),
     )
     dataset = Dataset.prepare(config, progress=False)
-    assert dataset.items.texts[1] == "text item-1"
+    assert dataset.items().texts[1] == "text item-1"
     _, neighbours = dataset.neighbours(5, progress=False).knn(dataset.u_rows[:10], 5)
     assert not set(neighbours.ravel().tolist()) & set(dataset.eval_rows.tolist()), (
         "no evaluation row is a neighbour"

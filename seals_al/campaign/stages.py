@@ -24,7 +24,6 @@ from seals_al.campaign.state import Oversized, State, StateReader, jsonl_rows, s
 from seals_al.dataset import Dataset
 from seals_al.errors import SealsError
 from seals_al.failpoints import failpoint
-from seals_al.items import Items
 from seals_al.labels import LabelFileError, Problem, check_label_file, check_size, label_studio_tasks
 from seals_al.record import RoundRecord
 from seals_al.round import Candidates, Evaluation, RoundEngine
@@ -54,24 +53,22 @@ class Campaign(StateReader):
         config = CampaignConfig.from_json(storage.read_json(CONFIG, MAX_CONFIG_BYTES), storage.where(CONFIG))
         super().__init__(storage, config)
         self.progress = progress
-        self._items: Items | None = None
+        self._dataset: Dataset | None = None
         self._engine: RoundEngine | None = None
 
     # -- what the stages read ----------------------------------------------------------------
-    def items(self) -> Items:
-        """The item table's ids, texts and truth: all that ingest and the oracle need."""
-        if self._items is None:
-            self._items = Items.load(self.config.dataset)
-        return self._items
-
     def dataset(self) -> Dataset:
-        """The embeddings and the index over U, prepared on first use (train and select)."""
-        return self.engine().dataset
+        """The prepared items and embeddings (prepared on first use by any campaign or run over
+        the same data version): each stage reads only the ids, rows and texts it needs."""
+        if self._dataset is None:
+            self._dataset = Dataset.prepare(self.config.dataset, progress=self.progress)
+        return self._dataset
 
     def engine(self) -> RoundEngine:
         if self._engine is None:
-            dataset = Dataset.prepare(self.config.dataset, self.items(), progress=self.progress)
-            self._engine = RoundEngine(dataset, self.config.learning, self.config.concept, self.progress)
+            self._engine = RoundEngine(
+                self.dataset(), self.config.learning, self.config.concept, self.progress
+            )
         return self._engine
 
     # -- advancing -----------------------------------------------------------------------------
@@ -134,10 +131,10 @@ class Campaign(StateReader):
         Returns:
             (the labeled set after these files, the relabels, the ingested-files list).
         """
-        items = self.items()
+        dataset = self.dataset()
         # Seeds may be any item of U (never of the evaluation split); later labels, the open batch.
-        open_batch = items.u_ids() if state.round < 0 else {row["id"] for row in state.batch}
-        known = set(items.ids)
+        open_batch = dataset.id_set(in_u=True) if state.round < 0 else {row["id"] for row in state.batch}
+        known = dataset.id_set()
         labeled = {i: dict(row) for i, row in state.labeled.items()}
         relabels, ingested = [], list(state.ingested)
         for key, data in files.items():
@@ -193,7 +190,7 @@ class Campaign(StateReader):
         engine = self.engine()
         ids = sorted(labeled)
         y = np.asarray([labeled[i]["label"] for i in ids])
-        model = engine.train(engine.dataset.store.row_ids_of(ids), y)
+        model = engine.train(engine.dataset.row_ids_of(ids), y)
         evaluation = {"round": r, **_without_none(asdict(engine.evaluate(model, y, curves=True)))}
         keys = self.keys(r)
         self.storage.write_json(keys.evaluation, evaluation)
@@ -226,7 +223,7 @@ class Campaign(StateReader):
         carried = [dict(row, carried_over=True) for row in state.batch if row["id"] not in labeled]
         taken = sorted(set(labeled) - set(state.labeled)) if candidates.restored else sorted(labeled)
         queries = candidates.queries
-        candidates.exclude(engine.dataset.store.row_ids_of([*taken, *(row["id"] for row in carried)]))
+        candidates.exclude(engine.dataset.row_ids_of([*taken, *(row["id"] for row in carried)]))
         queries = candidates.queries - queries
         budget = self.config.budget - len(labeled) - len(carried)
         want = max(0, min(self.config.learning.batch_size - len(carried), budget))
@@ -238,20 +235,17 @@ class Campaign(StateReader):
 
     def _batch_rows(self, selection: Selection, r: int) -> list[dict]:
         """The picks as rows for labelers: external id, text, score and why each was picked."""
-        store = self.dataset().store
-        picked = [p.row_id for p in selection.picks]
-        texts = self.items().text_of()
-        external = store.external_ids(np.asarray(picked, dtype=np.int64)) if picked else []
+        dataset = self.dataset()
+        picked = np.asarray([p.row_id for p in selection.picks], dtype=np.int64)
+        external, texts = dataset.external_ids(picked), dataset.texts_of(picked)
         sources = sorted({p.reached_from for p in selection.picks if p.reached_from is not None})
-        source_ids = (
-            dict(zip(sources, store.external_ids(np.asarray(sources, dtype=np.int64)), strict=True))
-            if sources
-            else {}
+        source_ids = dict(
+            zip(sources, dataset.external_ids(np.asarray(sources, dtype=np.int64)), strict=True)
         )
         return [
             {
                 "id": item,
-                "text": texts.get(item, ""),
+                "text": text,
                 "score": p.score,
                 "strategy": self.config.learning.strategy,
                 "round": r,
@@ -259,7 +253,7 @@ class Campaign(StateReader):
                 "pool_size_before": p.pool_size_before,
                 "reached_from": source_ids.get(p.reached_from) if p.reached_from is not None else None,
             }
-            for item, p in zip(external, selection.picks, strict=True)
+            for item, text, p in zip(external, texts, selection.picks, strict=True)
         ]
 
     def _publish(self, r: int, record: RoundRecord, batch: list[dict], candidates: Candidates) -> None:

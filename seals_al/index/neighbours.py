@@ -23,7 +23,7 @@ from tqdm import tqdm
 from seals_al.errors import SealsError
 from seals_al.index.build import search
 from seals_al.storage import atomic_dir, read_manifest
-from seals_al.store import EmbeddingStore, RowLookup, rows_digest
+from seals_al.store import EmbeddingStore, RowLookup, map_array
 
 
 def neighbour_density(D: np.ndarray) -> np.ndarray:
@@ -95,7 +95,8 @@ class NeighbourGraph:
         self._row_ids = row_ids
         self._ids = ids
         self._sims = sims
-        self._lookup = RowLookup(row_ids, path, "row id {} is not in the graph")
+        # The rows are sorted by the format (the builder sorts them): nothing is read to check it.
+        self._lookup = RowLookup.presorted(row_ids, None, path, "row id {} is not in the graph")
 
     @classmethod
     def open(cls, path: str | Path, in_memory: bool = False) -> NeighbourGraph:
@@ -105,9 +106,7 @@ class NeighbourGraph:
         manifest = read_manifest(path, GRAPH_FORMAT, "a neighbour graph")
 
         def load(name: str, into_ram: bool) -> np.ndarray:
-            return np.load(path / name, mmap_mode=None if into_ram else "r", allow_pickle=False).view(
-                np.ndarray
-            )
+            return np.load(path / name, allow_pickle=False) if into_ram else map_array(path / name)
 
         return cls(
             path,
@@ -198,19 +197,21 @@ def build_neighbour_graph(
 def cached_neighbour_graph(
     index: Callable[[], faiss.Index],
     store: EmbeddingStore,
-    row_ids: np.ndarray,
+    row_ids: Callable[[], np.ndarray],
+    rows_sha256: str,
     factory: str,
     k: int,
     cache_dir: Path,
     progress: bool = True,
 ) -> NeighbourGraph:
     """The graph of these rows for this store, factory and k: opened from ``cache_dir/graphs`` if
-    an earlier run built it, else built (``index`` is called only then) and cached."""
-    key = f"{rows_digest(row_ids)}\n{store.digest()}\n{factory}\n{k}"
+    an earlier run built it, else built and cached. ``index`` and ``row_ids`` are called only to
+    build; ``rows_sha256`` is :func:`~seals_al.store.rows_digest` of the rows, known beforehand."""
+    key = f"{rows_sha256}\n{store.digest()}\n{factory}\n{k}"
     path = Path(cache_dir) / "graphs" / hashlib.sha256(key.encode()).hexdigest()[:24]
     if (path / "manifest.json").is_file():
         return NeighbourGraph.open(path)
-    return build_neighbour_graph(index(), store, row_ids, k, path, progress=progress)
+    return build_neighbour_graph(index(), store, row_ids(), k, path, progress=progress)
 
 
 def _describe(index: faiss.Index) -> str:

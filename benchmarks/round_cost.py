@@ -1,0 +1,304 @@
+"""What a round costs end to end, as users and pods run it: `seals-al round` and each KFP stage
+command (ingest, train, select, report), each in a fresh process, SEALS vs global, side by side
+in one run, at each size in --sizes.
+
+Data: synthetic clustered unit vectors (1,000 clusters, the rare concept is cluster 0 with 0.5% of
+rows), 384-d, written as an embeddings store (what the embed component writes), with an items CSV
+(id, text, label, split) whose evaluation split is a fixed 10,000 rows at every size. Campaign:
+maxent, batch 100, k 100, index IVF (HNSW coarse quantizer, SQ8 codes), neighbour graph on (the
+default). The first round of each campaign prepares the data version (item columns, the index and
+the neighbour graph, once for both modes); it is reported apart as a one-time cost. Then every
+round: the oracle answers the open batch (not timed), and the round runs as one `seals-al round`
+(rounds 1..R), then as the four stage commands one after another (rounds R+1..2R).
+
+Per command: wall time of the whole process (start to exit, imports included), peak RSS (of that
+process alone, from wait4), bytes read through read() calls (/proc/self/io rchar: includes
+Python's own module files, about 30 MB) and bytes of memory-mapped data files touched (resident
+pages of the work folder's files at exit). Medians over rounds are reported.
+
+Writes docs/benchmarks/round_cost.json and .png and its section of docs/BENCHMARKS.md.
+
+    python benchmarks/round_cost.py                          # 100k, 1M and 10M (about 1 hour, 45 GB)
+    python benchmarks/round_cost.py --sizes 100000 1000000   # about 10 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DOCS, update_section, write_json
+
+from seals_al.campaign import Campaign
+from seals_al.oracle import label_open_batch
+from seals_al.store import StoreWriter, l2_normalize
+
+RESULTS = DOCS / "benchmarks" / "round_cost.json"
+PLOT = DOCS / "benchmarks" / "round_cost.png"
+CLUSTERS = 1000
+RARE = 0.005
+EVAL_ROWS = 10_000
+CONCEPT = "rare"
+STAGES = ("ingest", "train", "select", "report")
+
+# Runs a seals-al command in this process and, at exit, writes what it read to SEALS_MEASURE_OUT:
+# read() bytes, and the resident pages of every data file it memory-mapped (maps kept open).
+MEASURE = """
+import atexit, json, mmap, os, sys
+_maps = []
+class _Kept(mmap.mmap):  # memory maps stay open until exit, so their touched pages can be counted
+    def __init__(self, *args, **kwargs):
+        _maps.append(self)
+mmap.mmap = _Kept
+def _report():
+    io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
+    mapped, path = 0, None
+    root = os.environ["SEALS_MEASURE_ROOT"]
+    for line in open("/proc/self/smaps"):
+        head = line.split()
+        if head and "-" in head[0] and ":" not in head[0]:
+            path = head[5] if len(head) > 5 else None
+        elif head and head[0] == "Rss:" and path and path.startswith(root):
+            mapped += int(head[1]) * 1024
+    with open(os.environ["SEALS_MEASURE_OUT"], "w") as f:
+        json.dump({"rchar": int(io["rchar"]), "mapped": mapped}, f)
+atexit.register(_report)
+from seals_al.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def make_data(n: int, dim: int, seed: int, out: Path) -> tuple[Path, Path]:
+    """Items CSV and an embeddings store of n clustered unit vectors, written chunk by chunk."""
+    items, store = out / "items.csv", out / "store"
+    if (store / "manifest.json").is_file() and items.is_file():
+        return items, store
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(CLUSTERS, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    cluster = rng.integers(1, CLUSTERS, n).astype(np.int32)
+    cluster[rng.random(n) < RARE] = 0
+    is_eval = np.zeros(n, bool)
+    is_eval[rng.choice(n, size=EVAL_ROWS, replace=False)] = True
+    chunk = 500_000
+    out.mkdir(parents=True, exist_ok=True)
+    with (
+        open(items.with_suffix(".tmp"), "w") as f,
+        StoreWriter(store, dim=dim, model="synthetic", normalized=True) as writer,
+        tqdm(total=n, desc=f"data {n:,}", unit="row") as bar,
+    ):
+        f.write("id,text,label,split\n")
+        for start in range(0, n, chunk):
+            c = cluster[start : start + chunk]
+            ids = [f"i{i:08d}" for i in range(start, start + len(c))]
+            noise = rng.normal(scale=0.6 / np.sqrt(dim), size=(len(c), dim)).astype(np.float32)
+            writer.add(ids, l2_normalize(centres[c] + noise))
+            labels = np.where(c == 0, CONCEPT, np.char.add("c", c.astype(str)))
+            splits = np.where(is_eval[start : start + len(c)], "test", "train")
+            f.writelines(
+                f"{i},item {i} of cluster {cl},{lab},{sp}\n"
+                for i, cl, lab, sp in zip(ids, c.tolist(), labels.tolist(), splits.tolist(), strict=True)
+            )
+            bar.update(len(c))
+    items.with_suffix(".tmp").replace(items)
+    return items, store
+
+
+def seed_file(items: Path, n: int, seed: int, out: Path) -> Path:
+    """5 positives and 95 negatives of U (the paper's seed set), ids only from the generator's order."""
+    rng = np.random.default_rng(seed + 1)
+    ids, labels, splits = [], [], []
+    with open(items) as f:
+        next(f)
+        for line in f:
+            item_id, _, label, split = line.rstrip("\n").split(",")
+            ids.append(item_id)
+            labels.append(label == CONCEPT)
+            splits.append(split == "test")
+    labels_a, splits_a = np.asarray(labels), np.asarray(splits)
+    pos = rng.choice(np.flatnonzero(labels_a & ~splits_a), 5, replace=False)
+    neg = rng.choice(np.flatnonzero(~labels_a & ~splits_a), 95, replace=False)
+    path = out / "seeds.csv"
+    path.write_text("id,label\n" + "".join(f"{ids[i]},{int(labels[i])}\n" for i in [*pos, *neg]))
+    return path
+
+
+def factory(n: int) -> str:
+    return f"IVF{min(4096, max(64, n // 250))}_HNSW32,SQ8"
+
+
+def campaign_yaml(folder: Path, items: Path, store: Path, seeds: Path, mode: str, n: int) -> Path:
+    path = folder / f"campaign-{mode}.yaml"
+    path.write_text(
+        f"concept: {CONCEPT}\ndata: {items}\nseed_labels: {seeds}\nembeddings: {store}\n"
+        f"truth_column: label\nsplit_column: split\neval_split: test\nindex_factory: '{factory(n)}'\n"
+        f"strategy: maxent\nmode: {mode}\nk: 100\nbatch_size: 100\nbudget: 100000\n"
+    )
+    return path
+
+
+def run(args: list[str], env: dict, root: Path) -> dict:
+    """One seals-al command in a fresh process: wall seconds, peak RSS, bytes read."""
+    out = root / "measure.json"
+    env = {**env, "SEALS_MEASURE_OUT": str(out), "SEALS_MEASURE_ROOT": str(root)}
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-c", MEASURE, *args], env=env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"seals-al {' '.join(args)} exited {child.returncode}")
+    read = json.loads(out.read_text())
+    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, **read}
+
+
+def measure_size(n: int, rounds: int, work: Path, env: dict) -> dict:
+    folder = work / f"n{n}"
+    items, store = make_data(n, 384, 0, folder / "data")
+    seeds = seed_file(items, n, 0, folder)
+    result: dict = {"rows": n, "factory": factory(n), "modes": {}}
+    for mode in ("seals", "global"):
+        uri = folder / f"campaign-{mode}"
+        shutil.rmtree(uri, ignore_errors=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "seals_al.cli",
+                "init",
+                str(campaign_yaml(folder, items, store, seeds, mode, n)),
+                str(uri),
+            ],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        first = run(["round", str(uri)], env, work)  # prepares the data version (both modes share it)
+        whole, stages = [], {s: [] for s in STAGES}
+        for r in tqdm(range(2 * rounds), desc=f"{n:,} {mode}", unit="round"):
+            label_open_batch(Campaign(str(uri), progress=False))
+            if r < rounds:
+                whole.append(run(["round", str(uri)], env, work))
+            else:
+                for stage in STAGES:
+                    extra = ["--out", str(folder / f"report-{mode}")] if stage == "report" else []
+                    stages[stage].append(run([stage, str(uri), *extra], env, work))
+        metrics = json.loads((uri / "summary.json").read_text()) if (uri / "summary.json").exists() else {}
+        result["modes"][mode] = {
+            "first_round": first,
+            "round": _median(whole),
+            "rounds": whole,
+            "stages": {s: _median(v) for s, v in stages.items()},
+            "labeled_after": metrics.get("rounds", [{}])[-1].get("labeled") if metrics else None,
+        }
+    return result
+
+
+def _median(runs: list[dict]) -> dict:
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
+def plot(results: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [r["rows"] for r in results]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for mode, colour in (("seals", "tab:blue"), ("global", "tab:orange")):
+        ax1.plot(
+            sizes, [r["modes"][mode]["round"]["seconds"] for r in results], "o-", color=colour, label=mode
+        )
+        ax2.plot(
+            sizes, [r["modes"][mode]["round"]["peak_rss_mb"] for r in results], "o-", color=colour, label=mode
+        )
+    for ax, title in ((ax1, "seals-al round, wall seconds"), (ax2, "seals-al round, peak RSS (MB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("rows (U + evaluation split)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=110)
+
+
+def markdown(results: list[dict], command: str) -> str:
+    lines = [
+        "## A whole round, end to end (`benchmarks/round_cost.py`)",
+        "",
+        f"Command: `{command}`. Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}. Every figure is one fresh process, as a user or a pod runs it "
+        "(imports included); medians over rounds. Data: synthetic 384-d clustered vectors (rare "
+        "concept 0.5%), an embeddings store and an items CSV, a fixed 10,000-row evaluation split; "
+        "maxent, batch 100, k 100, IVF with HNSW quantizer and SQ8 codes, neighbour graph on.",
+        "",
+        "| rows | mode | `seals-al round` s | peak RSS MB | read() MB | mapped MB touched "
+        "| ingest s | train s | select s | report s | first round (prepares the data) s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for mode in ("seals", "global"):
+            m = r["modes"][mode]
+            s = m["stages"]
+            lines.append(
+                f"| {r['rows']:,} | {mode} | {m['round']['seconds']:.2f} | {m['round']['peak_rss_mb']:.0f} | "
+                f"{m['round']['rchar'] / 1e6:.0f} | {m['round']['mapped'] / 1e6:.0f} | "
+                + " | ".join(f"{s[stage]['seconds']:.2f}" for stage in STAGES)
+                + f" | {m['first_round']['seconds']:.1f} |"
+            )
+    lines += ["", "Ratios in the same run:", ""]
+    for r in results:
+        seals, glob = r["modes"]["seals"]["round"], r["modes"]["global"]["round"]
+        lines.append(
+            f"- {r['rows']:,} rows: global / SEALS round time {glob['seconds'] / seals['seconds']:.1f}x, "
+            f"peak RSS {glob['peak_rss_mb'] / seals['peak_rss_mb']:.1f}x"
+        )
+    for a, b in itertools.pairwise(results):
+        growth = {
+            mode: b["modes"][mode]["round"]["seconds"] / a["modes"][mode]["round"]["seconds"]
+            for mode in ("seals", "global")
+        }
+        lines.append(
+            f"- {a['rows']:,} -> {b['rows']:,} rows: SEALS round time x{growth['seals']:.2f}, "
+            f"global x{growth['global']:.2f}"
+        )
+    lines += ["", "![round cost](benchmarks/round_cost.png)"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per way of running (whole, stages)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/seals-round-cost"))
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "SEALS_CACHE_DIR": str(args.work / "cache"), "HF_HUB_OFFLINE": "1"}
+    results = [measure_size(n, args.rounds, args.work, env) for n in args.sizes]
+    write_json(RESULTS, results)
+    plot(results)
+    command = "python benchmarks/round_cost.py" + (
+        "" if args.sizes == parser.get_default("sizes") else " --sizes " + " ".join(map(str, args.sizes))
+    )
+    update_section("round_cost", markdown(results, command))
+    print(markdown(results, command))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""Prepared data: the item table's columns in memory-mapped files, read by position or by id,
+prepared once per data version, so that a round reads only the rows it touches, whatever the size
+of U (docs/ARCHITECTURE.md).
+
+A data version is the items file and the embeddings as they are now: their sizes and modification
+times (a gs:// object's generation), the embeddings store's manifest, and the column settings.
+Its prepared folder lives under the cache directory, named by a digest of all that::
+
+    manifest.json        format, what it was prepared from, counts, the store, truth values
+    ids.offsets.npy      int64 [n + 1]: item i's id is ids.bytes[offsets[i]:offsets[i + 1]] (UTF-8)
+    ids.bytes
+    ids.hash.npy         uint64, sorted: 64-bit BLAKE2b of each id, for lookups by id
+    ids.order.npy        int64: the item position of each hash
+    texts.offsets.npy    the texts, the same way (when the table has a text column)
+    texts.bytes
+    eval.npy             bool per item: in the evaluation split
+    eval_items.npy       int64: the positions of the evaluation split
+    truth.npy            int32 per item: index into manifest["truth"]["values"] (with a truth column)
+    row_ids.npy          int64 per item: its row id in the store    } absent when every item's row id
+    rows.sorted.npy      int64: those row ids sorted                } is its position (embedded or
+    rows.order.npy       int64: the item position of each           } imported here)
+    store.sorted.npy     int64: the store's row ids sorted, and     } absent when the store declares
+    store.order.npy      int64: their storage positions             } its row ids to be its positions
+
+Item positions follow the items file's row order. Opening maps the files and reads the manifest;
+a lookup of m ids reads O(m log n) bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seals_al.errors import SealsError
+from seals_al.items import Items
+from seals_al.settings import DataConfig
+from seals_al.storage import atomic_dir, default_cache_dir, file_version, open_storage, read_manifest
+from seals_al.store import MANIFEST, EmbeddingStore, RowLookup, map_array, rows_digest
+
+FORMAT = "seals-prepared/1"
+U, EVAL = 0, 1
+
+
+def _hash64(values: Sequence[str]) -> np.ndarray:
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little") for v in values),
+        dtype=np.uint64,
+        count=len(values),
+    )
+
+
+class Strings:
+    """A column of strings: UTF-8 bytes and their offsets, memory-mapped; read by position."""
+
+    def __init__(self, folder: Path, name: str):
+        self.offsets = map_array(folder / f"{name}.offsets.npy")
+        self.data: bytes | mmap.mmap = b""
+        if self.offsets[-1]:
+            with open(folder / f"{name}.bytes", "rb") as f:
+                self.data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self.data.madvise(mmap.MADV_RANDOM)  # a lookup reads its own strings' pages only
+
+    @staticmethod
+    def write(folder: Path, name: str, values: Sequence[str]) -> None:
+        encoded = [v.encode() for v in values]
+        offsets = np.zeros(len(encoded) + 1, np.int64)
+        np.cumsum([len(e) for e in encoded], out=offsets[1:])
+        np.save(folder / f"{name}.offsets.npy", offsets)
+        (folder / f"{name}.bytes").write_bytes(b"".join(encoded))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
+        offsets = self.offsets
+        return [self.data[offsets[p] : offsets[p + 1]].decode() for p in np.asarray(positions, np.int64)]
+
+
+def data_version(config: DataConfig) -> dict:
+    """What identifies the data as it is now, read without reading the data: the items file's size
+    and modification time (a gs:// object's generation), the embeddings' (a store's manifest), and
+    every column setting. Any change makes a new version, prepared again."""
+
+    def stat(uri: str) -> str:
+        if uri.startswith("gs://"):
+            parent, _, name = uri.rstrip("/").rpartition("/")
+            return open_storage(parent).version(name)
+        path = Path(uri.removeprefix("file://"))
+        if path.is_dir():  # a store: its manifest names every shard's checksum; the id table by stat
+            manifest = path / MANIFEST
+            if not manifest.is_file():
+                raise SealsError(f"{path}: not an embeddings store (no {MANIFEST})")
+            ids = path / json.loads(manifest.read_text()).get("id_table", "ids.parquet")
+            return hashlib.sha256(manifest.read_bytes()).hexdigest() + " " + file_version(ids)
+        return file_version(path)
+
+    return {
+        "format": FORMAT,
+        "data": config.data,
+        "data_version": stat(config.data),
+        "embeddings": config.embeddings,
+        "embeddings_version": stat(config.embeddings) if config.embeddings else None,
+        "columns": [config.id_column, config.text_column, config.truth_column, config.split_column],
+        "embeddings_column": config.embeddings_column,
+        "eval_split": config.eval_split,
+    }
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A prepared data version, opened: the item columns, the lookups between ids, item positions
+    and row ids, and the embeddings store."""
+
+    folder: Path
+    manifest: dict
+    store: EmbeddingStore
+
+    # -- opening ---------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, folder: Path) -> Prepared:
+        manifest = read_manifest(folder, FORMAT, "a prepared data set")
+        lookup = None
+        if (folder / "store.sorted.npy").is_file():
+            lookup = RowLookup.presorted(
+                map_array(folder / "store.sorted.npy"),
+                map_array(folder / "store.order.npy"),
+                manifest["store"],
+            )
+        store = EmbeddingStore.open(manifest["store"], lookup=lookup)
+        if store.digest() != manifest["store_digest"]:
+            raise SealsError(f"{manifest['store']}: the store changed since {folder} was prepared")
+        return cls(folder, manifest, store)
+
+    @property
+    def count(self) -> int:
+        """Items in the table."""
+        return int(self.manifest["items"])
+
+    @property
+    def u_count(self) -> int:
+        return int(self.manifest["u_items"])
+
+    @property
+    def u_digest(self) -> str:
+        """sha256 of U's row ids (:func:`seals_al.store.rows_digest`), computed once at preparation."""
+        return str(self.manifest["u_rows_sha256"])
+
+    @property
+    def has_texts(self) -> bool:
+        return bool(self.manifest["texts"])
+
+    @property
+    def truth_values(self) -> list[str] | None:
+        truth = self.manifest.get("truth")
+        return None if truth is None else list(truth["values"])
+
+    def truth_count_in_u(self, value: str) -> int:
+        """How many items of U have this truth value (counted at preparation)."""
+        truth = self.manifest["truth"]
+        return dict(zip(truth["values"], truth["u_counts"], strict=True)).get(value, 0)
+
+    # -- columns (memory-mapped on first use) ----------------------------------------------------
+    def _array(self, name: str) -> np.ndarray:
+        cache = self.__dict__.setdefault("_arrays", {})
+        if name not in cache:
+            cache[name] = map_array(self.folder / f"{name}.npy")
+        return cache[name]
+
+    def _strings(self, name: str) -> Strings:
+        cache = self.__dict__.setdefault("_columns", {})
+        if name not in cache:
+            cache[name] = Strings(self.folder, name)
+        return cache[name]
+
+    @property
+    def is_eval(self) -> np.ndarray:
+        """bool per item position (memory-mapped)."""
+        return self._array("eval")
+
+    @property
+    def eval_items(self) -> np.ndarray:
+        return self._array("eval_items")
+
+    def ids_at(self, items: np.ndarray) -> list[str]:
+        return self._strings("ids").at(items)
+
+    def texts_at(self, items: np.ndarray) -> list[str]:
+        """Texts by item position ("" for every item when the table has none)."""
+        return self._strings("texts").at(items) if self.has_texts else [""] * len(items)
+
+    def truth_at(self, items: np.ndarray, concept: str) -> np.ndarray:
+        """1 where the truth column equals the concept, else 0 (int8), by item position."""
+        values = self.truth_values
+        if values is None:
+            raise SealsError(f"{self.manifest['source']['data']}: no ground-truth column")
+        codes = self._array("truth")[np.asarray(items, np.int64)]
+        if concept not in values:
+            return np.zeros(len(codes), np.int8)
+        return (codes == values.index(concept)).astype(np.int8)
+
+    # -- ids, item positions and row ids ---------------------------------------------------------
+    def find(self, ids: Sequence[str]) -> np.ndarray:
+        """Item positions of external ids, -1 where an id is not an item."""
+        hashes, order = self._array("ids.hash"), self._array("ids.order")
+        wanted = _hash64(ids)
+        at = np.searchsorted(hashes, wanted)
+        found = np.full(len(ids), -1, np.int64)
+        column = self._strings("ids")
+        for i, (start, h) in enumerate(zip(at.tolist(), wanted, strict=True)):
+            p = start
+            while p < len(hashes) and hashes[p] == h:  # equal hashes: compare the ids themselves
+                if column.at([order[p]])[0] == ids[i]:
+                    found[i] = order[p]
+                    break
+                p += 1
+        return found
+
+    def items_of(self, ids: Sequence[str], where: str = "") -> np.ndarray:
+        """Item positions of external ids; an unknown id is an error naming it."""
+        found = self.find(ids)
+        if (found < 0).any():
+            bad = ids[int(np.flatnonzero(found < 0)[0])]
+            raise SealsError(f"{where or self.manifest['source']['data']}: unknown id {bad!r}")
+        return found
+
+    def row_ids_at(self, items: np.ndarray) -> np.ndarray:
+        items = np.asarray(items, np.int64)
+        return items if self.manifest["row_ids_are_positions"] else self._array("row_ids")[items]
+
+    def items_at_rows(self, row_ids: np.ndarray) -> np.ndarray:
+        """Item positions of global row ids."""
+        row_ids = np.asarray(row_ids, np.int64)
+        if self.manifest["row_ids_are_positions"]:
+            lookup = RowLookup.positions(self.count, self.folder, "row id {} is not an item")
+        else:
+            lookup = RowLookup.presorted(
+                self._array("rows.sorted"), self._array("rows.order"), self.folder, "row id {} is not an item"
+            )
+        return lookup(row_ids)
+
+    def u_items(self) -> np.ndarray:
+        """Positions of every item of U (reads the whole split column: for global mode and set-up)."""
+        return np.flatnonzero(~self.is_eval)
+
+    def contains(self, ids: Sequence[str], *, in_u: bool = False) -> np.ndarray:
+        """bool per id: an item (of U, with ``in_u``)."""
+        found = self.find(ids)
+        inside = found >= 0
+        if in_u and inside.any():
+            inside[inside] = ~self.is_eval[found[inside]]
+        return inside
+
+    def items(self) -> Items:
+        """The whole table in memory (every column read: for simulations and seed draws, not rounds)."""
+        everything = np.arange(self.count)
+        values = self.truth_values
+        truth = None if values is None else np.asarray(values, dtype=object)[self._array("truth")]
+        source, columns = self.manifest["source"], self.manifest["source"]["columns"]
+        return Items(
+            source["data"],
+            self.ids_at(everything),
+            self.texts_at(everything) if self.has_texts else None,
+            truth,
+            np.asarray(self.is_eval),
+            columns[2],
+            source["eval_split"],
+        )
+
+
+class IdSet:
+    """The ids of a prepared data set (or of its U) as a container, for label checks: each test
+    looks one id up, so checking a label file reads only its own ids."""
+
+    def __init__(self, prepared: Prepared, in_u: bool = False):
+        self.prepared = prepared
+        self.in_u = in_u
+
+    def __contains__(self, item_id: object) -> bool:
+        return isinstance(item_id, str) and bool(self.prepared.contains([item_id], in_u=self.in_u)[0])
+
+
+def prepare(config: DataConfig, items: Items | None = None, progress: bool = True) -> Prepared:
+    """The prepared folder of the data as it is now: opened if an earlier run prepared it, else
+    prepared first (items read and checked, texts embedded or embeddings imported, columns written).
+
+    Args:
+        config: the data settings.
+        items: the table, when the caller has read it already.
+        progress: show progress while embedding.
+
+    Returns:
+        The prepared data, opened.
+    """
+    version = data_version(config)
+    key = hashlib.sha256(json.dumps(version, sort_keys=True).encode()).hexdigest()[:24]
+    folder = Path(config.cache_dir or default_cache_dir()) / "prepared" / key
+    if (folder / "manifest.json").is_file():
+        try:
+            return Prepared.open(folder)
+        except SealsError:
+            pass  # its store was removed or replaced: prepare again
+    _write(folder, config, version, items or Items.load(config), progress)
+    return Prepared.open(folder)
+
+
+def _write(folder: Path, config: DataConfig, version: dict, items: Items, progress: bool) -> None:
+    from seals_al.embed.local import embed_texts, import_embeddings
+    from seals_al.encoder import TEXT_MODEL_DIM
+    from seals_al.index.build import check_factory
+
+    if config.embeddings is None:
+        check_factory(TEXT_MODEL_DIM, config.index_factory)  # a bad string fails before the embedding
+        store = embed_texts(items.ids, items.texts, cache_dir=config.cache_dir, progress=progress)
+    else:
+        store = import_embeddings(
+            config.embeddings, items.ids, cache_dir=config.cache_dir, column=config.embeddings_column
+        )
+    check_factory(store.dim, config.index_factory)
+    row_ids = store.row_ids_of(items.ids)
+    identity = bool(np.array_equal(row_ids, np.arange(len(row_ids))))
+    store_positions = store.manifest.get("row_ids") == "positions"
+    truth = None
+    with atomic_dir(folder) as tmp:
+        Strings.write(tmp, "ids", items.ids)
+        hashes = _hash64(items.ids)
+        order = np.argsort(hashes, kind="stable")
+        np.save(tmp / "ids.hash.npy", hashes[order])
+        np.save(tmp / "ids.order.npy", order.astype(np.int64))
+        if items.texts is not None:
+            Strings.write(tmp, "texts", items.texts)
+        np.save(tmp / "eval.npy", items.is_eval)
+        np.save(tmp / "eval_items.npy", np.flatnonzero(items.is_eval).astype(np.int64))
+        if items.truth is not None:
+            values, codes = np.unique(items.truth.astype(str), return_inverse=True)
+            np.save(tmp / "truth.npy", codes.astype(np.int32))
+            u_counts = np.bincount(codes[~items.is_eval], minlength=len(values))
+            truth = {"values": values.tolist(), "u_counts": u_counts.tolist()}
+        if not identity:
+            np.save(tmp / "row_ids.npy", row_ids)
+            rows_order = np.argsort(row_ids, kind="stable")
+            np.save(tmp / "rows.sorted.npy", row_ids[rows_order])
+            np.save(tmp / "rows.order.npy", rows_order.astype(np.int64))
+        if not store_positions:
+            store_order = np.argsort(store.row_ids, kind="stable")
+            np.save(tmp / "store.sorted.npy", store.row_ids[store_order])
+            np.save(tmp / "store.order.npy", store_order.astype(np.int64))
+        manifest = {
+            "format": FORMAT,
+            "source": version,
+            "items": len(items.ids),
+            "u_items": int((~items.is_eval).sum()),
+            "u_rows_sha256": rows_digest(row_ids[~items.is_eval]),
+            "texts": items.texts is not None,
+            "truth": truth,
+            "row_ids_are_positions": identity,
+            "store": str(store.path.resolve()),
+            "store_digest": store.digest(),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
