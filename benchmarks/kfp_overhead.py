@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         config = DataConfig(
             data=str(DATA), truth_column=SIMULATION_TRUTH_COLUMN, split_column=SIMULATION_SPLIT_COLUMN
         )
-        dataset = Dataset.prepare(config, progress=False)
+        dataset = Dataset.prepare(config, progress=False, access="mapped")
         dataset.neighbours(100, progress=False)  # the graph, as the pipeline's round 0 built it
         stamps: list[float] = []
         started = time.perf_counter()

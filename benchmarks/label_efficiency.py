@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     config = DataConfig(
         data=str(DATA), truth_column=SIMULATION_TRUTH_COLUMN, split_column=SIMULATION_SPLIT_COLUMN
     )
-    dataset = Dataset.prepare(config)
+    dataset = Dataset.prepare(config, access="mapped")
     labels = sorted(set(dataset.items().truth.tolist()) - {"oos"})
     concepts = random.Random(0).sample(labels, args.concepts)
     runs: dict[str, list[dict]] = {}

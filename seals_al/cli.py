@@ -90,7 +90,7 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
     items = Items.load(data)
     check_simulation(items, sim)  # fail before the expensive part
     check_out_dir(args.out)
-    dataset = Dataset.prepare(data, items)
+    dataset = Dataset.prepare(data, items, access="mapped")  # many rounds in this process
     table = round_table(f"{sim.concept}: {sim.learning.strategy} / {sim.learning.mode}")
     with Live(table, console=console, auto_refresh=False) as live:
         summary = simulate(

@@ -38,6 +38,7 @@ class Dataset:
     config: DataConfig
     prepared: Prepared
     progress: bool = True
+    access: str = "rows"  # how files are read: seals_al.arrays.ACCESS
     _items: Items | None = None
     _u_rows: np.ndarray | None = None
     _index: faiss.Index | None = None
@@ -45,7 +46,9 @@ class Dataset:
     _u_density: dict[int, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def prepare(cls, config: DataConfig, items: Items | None = None, progress: bool = True) -> Dataset:
+    def prepare(
+        cls, config: DataConfig, items: Items | None = None, progress: bool = True, access: str = "rows"
+    ) -> Dataset:
         """Open the data as it is now, preparing it first if no earlier run did (reading and
         checking the items, embedding or importing, checking the index factory).
 
@@ -53,10 +56,14 @@ class Dataset:
             config: the data settings.
             items: the item table, when the caller has read it already (used only to prepare).
             progress: show progress bars for one-off work.
+            access: how the store, the columns and the neighbour graph are read
+                (:data:`seals_al.arrays.ACCESS`): ``rows`` (default) reads just the rows a step
+                touches, for a process that runs one round or stage; ``mapped`` maps the files,
+                for one that runs many rounds (a simulation); ``ram`` reads them whole.
         """
-        prepared = prepare(config, items, progress)
+        prepared = prepare(config, items, progress, access)
         check_factory(prepared.store.dim, config.index_factory)  # prepared earlier with another factory
-        return cls(config, prepared, progress, items)
+        return cls(config, prepared, progress, access, items)
 
     @property
     def store(self) -> EmbeddingStore:
@@ -103,6 +110,10 @@ class Dataset:
     def id_set(self, in_u: bool = False) -> IdSet:
         """Every item id (of U, with ``in_u``) as a container that looks each id up."""
         return IdSet(self.prepared, in_u)
+
+    def eval_truth(self, concept: str) -> np.ndarray:
+        """The truth of :attr:`eval_rows` (1 for the concept, else 0), read in one piece."""
+        return self.prepared.eval_truth(concept)
 
     def truth(self, concept: str, rows: np.ndarray) -> np.ndarray:
         """1 where the label column equals the concept, else 0."""
@@ -162,6 +173,7 @@ class Dataset:
                 k,
                 Path(self.config.cache_dir or default_cache_dir()),
                 progress=progress,
+                access=self.access,
             )
         return self._graphs[k]
 

@@ -30,18 +30,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from seals_al.arrays import ArrayFile, open_array, pread_exact, search_sorted, sparse_sample
 from seals_al.errors import SealsError
 from seals_al.items import Items
 from seals_al.settings import DataConfig
 from seals_al.storage import atomic_dir, default_cache_dir, file_version, open_storage, read_manifest
-from seals_al.store import MANIFEST, EmbeddingStore, RowLookup, map_array, rows_digest
+from seals_al.store import MANIFEST, EmbeddingStore, RowLookup, rows_digest
 
 FORMAT = "seals-prepared/1"
 U, EVAL = 0, 1
@@ -56,15 +57,17 @@ def _hash64(values: Sequence[str]) -> np.ndarray:
 
 
 class Strings:
-    """A column of strings: UTF-8 bytes and their offsets, memory-mapped; read by position."""
+    """A column of strings: UTF-8 bytes and their offsets; read by position (each string with its
+    own positioned read)."""
 
-    def __init__(self, folder: Path, name: str):
-        self.offsets = map_array(folder / f"{name}.offsets.npy")
-        self.data: bytes | mmap.mmap = b""
-        if self.offsets[-1]:
-            with open(folder / f"{name}.bytes", "rb") as f:
-                self.data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            self.data.madvise(mmap.MADV_RANDOM)  # a lookup reads its own strings' pages only
+    def __init__(self, folder: Path, name: str, access: str = "rows"):
+        self.offsets = open_array(folder / f"{name}.offsets.npy", access)
+        self._path = folder / f"{name}.bytes"
+        self._fd = os.open(self._path, os.O_RDONLY)
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     @staticmethod
     def write(folder: Path, name: str, values: Sequence[str]) -> None:
@@ -78,8 +81,16 @@ class Strings:
         return len(self.offsets) - 1
 
     def at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
-        offsets = self.offsets
-        return [self.data[offsets[p] : offsets[p + 1]].decode() for p in np.asarray(positions, np.int64)]
+        positions = np.asarray(positions, np.int64)
+        bounds = self.offsets[np.concatenate([positions, positions + 1])]
+        starts, stops = bounds[: len(positions)].tolist(), bounds[len(positions) :].tolist()
+        out = []
+        for start, stop in zip(starts, stops, strict=True):
+            data = bytearray(stop - start)
+            if data:
+                pread_exact(self._fd, memoryview(data), start, self._path)
+            out.append(data.decode())
+        return out
 
 
 def data_version(config: DataConfig) -> dict:
@@ -120,22 +131,25 @@ class Prepared:
     folder: Path
     manifest: dict
     store: EmbeddingStore
+    access: str = "rows"  # how the columns and the store are read (seals_al.arrays.ACCESS)
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
-    def open(cls, folder: Path) -> Prepared:
+    def open(cls, folder: Path, access: str = "rows") -> Prepared:
+        """Open a prepared folder; ``access``: ``rows`` for a one-round process (each lookup reads
+        just its rows), ``mapped`` for a long-lived one, ``ram`` to read it all."""
         manifest = read_manifest(folder, FORMAT, "a prepared data set")
         lookup = None
         if (folder / "store.sorted.npy").is_file():
             lookup = RowLookup.presorted(
-                map_array(folder / "store.sorted.npy"),
-                map_array(folder / "store.order.npy"),
+                open_array(folder / "store.sorted.npy", access),
+                open_array(folder / "store.order.npy", access),
                 manifest["store"],
             )
-        store = EmbeddingStore.open(manifest["store"], lookup=lookup)
+        store = EmbeddingStore.open(manifest["store"], lookup=lookup, access=access)
         if store.digest() != manifest["store_digest"]:
             raise SealsError(f"{manifest['store']}: the store changed since {folder} was prepared")
-        return cls(folder, manifest, store)
+        return cls(folder, manifest, store, access)
 
     @property
     def count(self) -> int:
@@ -165,27 +179,28 @@ class Prepared:
         truth = self.manifest["truth"]
         return dict(zip(truth["values"], truth["u_counts"], strict=True)).get(value, 0)
 
-    # -- columns (memory-mapped on first use) ----------------------------------------------------
-    def _array(self, name: str) -> np.ndarray:
+    # -- columns (opened on first use) -------------------------------------------------------------
+    def _array(self, name: str) -> np.ndarray | ArrayFile:
         cache = self.__dict__.setdefault("_arrays", {})
         if name not in cache:
-            cache[name] = map_array(self.folder / f"{name}.npy")
+            cache[name] = open_array(self.folder / f"{name}.npy", self.access)
         return cache[name]
 
     def _strings(self, name: str) -> Strings:
         cache = self.__dict__.setdefault("_columns", {})
         if name not in cache:
-            cache[name] = Strings(self.folder, name)
+            cache[name] = Strings(self.folder, name, self.access)
         return cache[name]
 
     @property
-    def is_eval(self) -> np.ndarray:
-        """bool per item position (memory-mapped)."""
-        return self._array("eval")
-
-    @property
     def eval_items(self) -> np.ndarray:
-        return self._array("eval_items")
+        """Positions of the evaluation split (read whole: it is what a round evaluates on)."""
+        return self._array("eval_items")[:]
+
+    def eval_truth(self, concept: str) -> np.ndarray:
+        """1 where the evaluation split's truth is the concept, else 0, in :attr:`eval_items` order
+        (one read: the split's truth codes are stored together)."""
+        return self._is(self._array("eval_truth")[:], concept)
 
     def ids_at(self, items: np.ndarray) -> list[str]:
         return self._strings("ids").at(items)
@@ -196,10 +211,12 @@ class Prepared:
 
     def truth_at(self, items: np.ndarray, concept: str) -> np.ndarray:
         """1 where the truth column equals the concept, else 0 (int8), by item position."""
+        return self._is(self._array("truth")[np.asarray(items, np.int64)], concept)
+
+    def _is(self, codes: np.ndarray, concept: str) -> np.ndarray:
         values = self.truth_values
         if values is None:
             raise SealsError(f"{self.manifest['source']['data']}: no ground-truth column")
-        codes = self._array("truth")[np.asarray(items, np.int64)]
         if concept not in values:
             return np.zeros(len(codes), np.int8)
         return (codes == values.index(concept)).astype(np.int8)
@@ -208,15 +225,18 @@ class Prepared:
     def find(self, ids: Sequence[str]) -> np.ndarray:
         """Item positions of external ids, -1 where an id is not an item."""
         hashes, order = self._array("ids.hash"), self._array("ids.order")
+        if "_hash_sample" not in self.__dict__:
+            self.__dict__["_hash_sample"] = sparse_sample(hashes)
         wanted = _hash64(ids)
-        at = np.searchsorted(hashes, wanted)
+        at = search_sorted(hashes, wanted, self.__dict__["_hash_sample"])
         found = np.full(len(ids), -1, np.int64)
         column = self._strings("ids")
         for i, (start, h) in enumerate(zip(at.tolist(), wanted, strict=True)):
             p = start
             while p < len(hashes) and hashes[p] == h:  # equal hashes: compare the ids themselves
-                if column.at([order[p]])[0] == ids[i]:
-                    found[i] = order[p]
+                item = int(order[p])
+                if column.at([item])[0] == ids[i]:
+                    found[i] = item
                     break
                 p += 1
         return found
@@ -246,28 +266,28 @@ class Prepared:
 
     def u_items(self) -> np.ndarray:
         """Positions of every item of U (reads the whole split column: for global mode and set-up)."""
-        return np.flatnonzero(~self.is_eval)
+        return np.flatnonzero(~self._array("eval")[:])
 
     def contains(self, ids: Sequence[str], *, in_u: bool = False) -> np.ndarray:
         """bool per id: an item (of U, with ``in_u``)."""
         found = self.find(ids)
         inside = found >= 0
         if in_u and inside.any():
-            inside[inside] = ~self.is_eval[found[inside]]
+            inside[inside] = ~self._array("eval")[found[inside]]
         return inside
 
     def items(self) -> Items:
         """The whole table in memory (every column read: for simulations and seed draws, not rounds)."""
         everything = np.arange(self.count)
         values = self.truth_values
-        truth = None if values is None else np.asarray(values, dtype=object)[self._array("truth")]
+        truth = None if values is None else np.asarray(values, dtype=object)[self._array("truth")[:]]
         source, columns = self.manifest["source"], self.manifest["source"]["columns"]
         return Items(
             source["data"],
             self.ids_at(everything),
             self.texts_at(everything) if self.has_texts else None,
             truth,
-            np.asarray(self.is_eval),
+            self._array("eval")[:],
             columns[2],
             source["eval_split"],
         )
@@ -285,7 +305,9 @@ class IdSet:
         return isinstance(item_id, str) and bool(self.prepared.contains([item_id], in_u=self.in_u)[0])
 
 
-def prepare(config: DataConfig, items: Items | None = None, progress: bool = True) -> Prepared:
+def prepare(
+    config: DataConfig, items: Items | None = None, progress: bool = True, access: str = "rows"
+) -> Prepared:
     """The prepared folder of the data as it is now: opened if an earlier run prepared it, else
     prepared first (items read and checked, texts embedded or embeddings imported, columns written).
 
@@ -293,6 +315,7 @@ def prepare(config: DataConfig, items: Items | None = None, progress: bool = Tru
         config: the data settings.
         items: the table, when the caller has read it already.
         progress: show progress while embedding.
+        access: how it is read (:meth:`Prepared.open`).
 
     Returns:
         The prepared data, opened.
@@ -302,11 +325,11 @@ def prepare(config: DataConfig, items: Items | None = None, progress: bool = Tru
     folder = Path(config.cache_dir or default_cache_dir()) / "prepared" / key
     if (folder / "manifest.json").is_file():
         try:
-            return Prepared.open(folder)
+            return Prepared.open(folder, access)
         except SealsError:
             pass  # its store was removed or replaced: prepare again
     _write(folder, config, version, items or Items.load(config), progress)
-    return Prepared.open(folder)
+    return Prepared.open(folder, access)
 
 
 def _write(folder: Path, config: DataConfig, version: dict, items: Items, progress: bool) -> None:
@@ -339,6 +362,7 @@ def _write(folder: Path, config: DataConfig, version: dict, items: Items, progre
         if items.truth is not None:
             values, codes = np.unique(items.truth.astype(str), return_inverse=True)
             np.save(tmp / "truth.npy", codes.astype(np.int32))
+            np.save(tmp / "eval_truth.npy", codes[items.is_eval].astype(np.int32))
             u_counts = np.bincount(codes[~items.is_eval], minlength=len(values))
             truth = {"values": values.tolist(), "u_counts": u_counts.tolist()}
         if not identity:

@@ -201,8 +201,8 @@ class RoundEngine:
     def _eval_split(self) -> tuple[np.ndarray, np.ndarray]:
         """The evaluation split's vectors and truth, read once."""
         if self._eval is None:
-            rows = self.dataset.eval_rows
-            self._eval = self.dataset.store.vectors(rows), self.dataset.truth(self.concept, rows)
+            dataset = self.dataset
+            self._eval = dataset.store.vectors(dataset.eval_rows), dataset.eval_truth(self.concept)
         return self._eval
 
     def select(self, candidates: Candidates, model: LinearModel, want: int, r: int) -> SelectionOutcome:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from seals_al.arrays import ACCESS, ArrayFile, open_array, search_sorted, sparse_sample
 from seals_al.errors import SealsError
 from seals_al.storage import atomic_dir, read_manifest
 
@@ -196,6 +195,8 @@ class RowLookup:
     reductions check the range), else a binary search. An id that is not there is an error
     naming ``where`` and the id. Shared by the store and the neighbour graph."""
 
+    _sample: np.ndarray | None = None  # a sorted array on disk: its sparse sample, once read
+
     def __init__(self, row_ids: np.ndarray, where: str | Path, unknown: str = "unknown row id {}"):
         self.where = where
         self.unknown = unknown
@@ -211,14 +212,15 @@ class RowLookup:
     @classmethod
     def presorted(
         cls,
-        sorted_ids: np.ndarray,
-        order: np.ndarray | None,
+        sorted_ids: np.ndarray | ArrayFile,
+        order: np.ndarray | ArrayFile | None,
         where: str | Path,
         unknown: str = "unknown row id {}",
     ) -> RowLookup:
         """A lookup from ids known to be sorted (``order``: their positions, None when the sorted
         ids are the positions' own order), such as a graph's rows or a prepared data set's
-        memory-mapped files: nothing is read to check them, so opening costs O(1)."""
+        columns, in memory or on disk (:mod:`seals_al.arrays`): nothing is read to check them, so
+        opening costs O(1) and a lookup reads O(log n) blocks."""
         lookup = cls.__new__(cls)
         lookup.where, lookup.unknown, lookup._n = where, unknown, len(sorted_ids)
         lookup._order, lookup._sorted = order, sorted_ids
@@ -242,48 +244,14 @@ class RowLookup:
                 bad = int(row_ids[np.flatnonzero((row_ids < 0) | (row_ids >= self._n))[0]])
                 raise SealsError(f"{self.where}: {self.unknown.format(bad)}")
             return row_ids
-        at = np.minimum(np.searchsorted(self._sorted, row_ids), max(self._n - 1, 0))
+        if self._sample is None and isinstance(self._sorted, ArrayFile):
+            self._sample = sparse_sample(self._sorted)
+        at = np.minimum(search_sorted(self._sorted, row_ids, self._sample), max(self._n - 1, 0))
         missing = self._sorted[at] != row_ids if self._n else np.ones(len(row_ids), bool)
         if missing.any():
             bad = int(row_ids[np.flatnonzero(missing)[0]])
             raise SealsError(f"{self.where}: {self.unknown.format(bad)}")
         return at if self._order is None else self._order[at]
-
-
-def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, byte offset of the data) of a C-order .npy file of plain numbers."""
-    with open(path, "rb") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            read = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read(f)
-        except ValueError as e:
-            raise SealsError(f"{path}: not a .npy array: {e}") from e
-        offset = f.tell()
-        size = os.fstat(f.fileno()).st_size
-    if fortran or dtype.hasobject:
-        raise SealsError(f"{path}: expected a C-order array of numbers")
-    if offset + int(np.prod(shape)) * dtype.itemsize > size:
-        raise SealsError(f"{path}: truncated ({size:,} bytes for shape {shape})")
-    return shape, dtype, offset
-
-
-def map_array(path: Path) -> np.ndarray:
-    """A .npy file memory-mapped read-only for random access: the kernel reads only the pages
-    touched, without read-around, so gathering scattered rows costs those rows' pages, not the
-    file (a round gathers a few thousand rows of millions). Scans read in chunks instead
-    (:meth:`EmbeddingStore.iter_chunks`)."""
-    shape, dtype, offset = npy_header(path)
-    if int(np.prod(shape)) == 0:
-        return np.empty(shape, dtype)
-    with open(path, "rb") as f:
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    mapped.madvise(mmap.MADV_RANDOM)
-    return np.ndarray(shape, dtype, buffer=mapped, offset=offset)
 
 
 def rows_digest(row_ids: np.ndarray) -> str:
@@ -344,24 +312,30 @@ class EmbeddingStore:
         verify: bool = False,
         in_memory: bool = False,
         lookup: RowLookup | None = None,
+        access: str = "mapped",
     ) -> EmbeddingStore:
         """Open a store.
 
         Args:
             path: the store directory.
             verify: also check every shard's sha256 against the manifest.
-            in_memory: read the shards into RAM instead of memory-mapping them; for sets that fit,
-                where the OS might evict a map's cold pages and make random reads slow.
+            in_memory: read the shards into RAM as one array (``access="ram"``).
             lookup: where each row id is stored, when the caller has it prepared (a store whose
                 row ids are not its positions); default: from the id table when first needed.
+            access: how shards are read (:data:`seals_al.arrays.ACCESS`): ``rows`` reads just the
+                rows asked for (a one-round process), ``mapped`` maps them (a long-lived one).
         """
         path = Path(path)
         manifest = read_manifest(path, FORMAT, "an embeddings store")
+        if in_memory:
+            access = "ram"
+        if access not in ACCESS:
+            raise SealsError(f"unknown store access {access!r}; use one of {', '.join(ACCESS)}")
         shards = []
         for shard in manifest["shards"]:
             if verify and _sha256(path / shard["path"]) != shard["sha256"]:
                 raise SealsError(f"{path / shard['path']}: checksum does not match the manifest")
-            array = map_array(path / shard["path"])
+            array = open_array(path / shard["path"], "rows" if access == "rows" else "mapped")
             if array.dtype != np.float32 or array.ndim != 2 or array.shape[1] != manifest["dim"]:
                 raise SealsError(
                     f"{path / shard['path']}: expected float32 [rows, {manifest['dim']}], "
@@ -370,14 +344,14 @@ class EmbeddingStore:
             shards.append(array)
         if sum(s.shape[0] for s in shards) != manifest["count"]:
             raise SealsError(f"{path}: shard rows and manifest count disagree")
-        if in_memory:  # one contiguous array: a gather is a single fancy index, whatever the shards
+        if access == "ram":  # one contiguous array: a gather is a single fancy index, whatever the shards
             whole = np.empty((manifest["count"], manifest["dim"]), np.float32)
             start = 0
             for array in shards:
                 whole[start : start + len(array)] = array
                 start += len(array)
             shards = [whole]
-        return cls(path, manifest, shards, mapped=not in_memory, lookup=lookup)
+        return cls(path, manifest, shards, mapped=access != "ram", lookup=lookup)
 
     def _id_table(self, column: str):
         import pyarrow.parquet as pq
@@ -396,9 +370,13 @@ class EmbeddingStore:
 
     @property
     def row_ids(self) -> np.ndarray:
-        """Global row ids by storage position (read on first use)."""
+        """Global row ids by storage position (read on first use; a store that declares its row
+        ids to be its positions needs no read)."""
         if self._row_ids is None:
-            self._row_ids = self._id_table("row_id").to_numpy().astype(np.int64)
+            if self.manifest.get("row_ids") == "positions":
+                self._row_ids = np.arange(self._count, dtype=np.int64)
+            else:
+                self._row_ids = self._id_table("row_id").to_numpy().astype(np.int64)
         return self._row_ids
 
     def __len__(self) -> int:
@@ -456,23 +434,13 @@ class EmbeddingStore:
     def iter_chunks(self, chunk_rows: int = 65_536) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (start position, float32 block) in storage order, one chunk in memory at a time.
 
-        A mapped store is read with large sequential reads, a new block per chunk (so a scan
-        leaves no pages of the store mapped)."""
+        A store on disk is read with large sequential reads, a new block per chunk, so a scan
+        leaves no pages of the store mapped."""
         if not self._mapped:
             for start in range(0, len(self), chunk_rows):
                 yield start, self._shards[0][start : start + chunk_rows]
             return
         for s, shard in enumerate(self.manifest["shards"]):
-            path = self.path / shard["path"]
-            rows, _, offset = npy_header(path)
-            with open(path, "rb", buffering=0) as f:
-                for start in range(0, rows[0], chunk_rows):
-                    block = np.empty((min(chunk_rows, rows[0] - start), self.dim), np.float32)
-                    view, at = memoryview(block).cast("B"), offset + start * 4 * self.dim
-                    done = 0
-                    while done < len(view):
-                        got = os.preadv(f.fileno(), [view[done:]], at + done)
-                        if got == 0:
-                            raise SealsError(f"{path}: truncated")
-                        done += got
-                    yield int(self._offsets[s]) + start, block
+            reader = ArrayFile(self.path / shard["path"])
+            for start in range(0, len(reader), chunk_rows):
+                yield int(self._offsets[s]) + start, reader.read(start, start + chunk_rows)

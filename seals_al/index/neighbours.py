@@ -20,10 +20,11 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from seals_al.arrays import open_array
 from seals_al.errors import SealsError
 from seals_al.index.build import search
 from seals_al.storage import atomic_dir, read_manifest
-from seals_al.store import EmbeddingStore, RowLookup, map_array
+from seals_al.store import EmbeddingStore, RowLookup
 
 
 def neighbour_density(D: np.ndarray) -> np.ndarray:
@@ -99,21 +100,25 @@ class NeighbourGraph:
         self._lookup = RowLookup.presorted(row_ids, None, path, "row id {} is not in the graph")
 
     @classmethod
-    def open(cls, path: str | Path, in_memory: bool = False) -> NeighbourGraph:
-        """Open a graph memory-mapped (default), or with its row ids and neighbour lists read into
-        RAM (``in_memory``); the similarities, needed only for information density, stay mapped."""
+    def open(cls, path: str | Path, in_memory: bool = False, access: str = "mapped") -> NeighbourGraph:
+        """Open a graph.
+
+        Args:
+            path: the graph directory.
+            in_memory: read its row ids and neighbour lists into RAM (the similarities, needed only
+                for information density, stay mapped).
+            access: otherwise, how its arrays are read (:data:`seals_al.arrays.ACCESS`): ``rows``
+                reads only the lists asked for (a one-round process), ``mapped`` maps them.
+        """
         path = Path(path)
         manifest = read_manifest(path, GRAPH_FORMAT, "a neighbour graph")
-
-        def load(name: str, into_ram: bool) -> np.ndarray:
-            return np.load(path / name, allow_pickle=False) if into_ram else map_array(path / name)
-
+        lists = "ram" if in_memory else access
         return cls(
             path,
             manifest,
-            load("row_ids.npy", in_memory),
-            load("neighbours.npy", in_memory),
-            load("similarities.npy", False),
+            open_array(path / "row_ids.npy", lists),
+            open_array(path / "neighbours.npy", lists),
+            open_array(path / "similarities.npy", "mapped" if in_memory else access),
         )
 
     def __len__(self) -> int:
@@ -123,12 +128,12 @@ class NeighbourGraph:
         self, row_ids: np.ndarray, k: int, vectors: VectorsOf | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         at = self._rows(row_ids, k)
-        return self._sims[at, :k], self._ids[at, :k]
+        return self._sims[at][:, :k], self._ids[at][:, :k]
 
     def ids(self, row_ids: np.ndarray, k: int, vectors: VectorsOf | None = None) -> np.ndarray:
         """Only the neighbour ids: the similarities (memory-mapped) are not read."""
         at = self._rows(row_ids, k)
-        return self._ids[at] if k == self.k else self._ids[at, :k]
+        return self._ids[at] if k == self.k else self._ids[at][:, :k]
 
     def _rows(self, row_ids: np.ndarray, k: int) -> np.ndarray:
         """Where the given rows are in the graph; an unknown row or a k over the graph's is an error."""
@@ -203,15 +208,17 @@ def cached_neighbour_graph(
     k: int,
     cache_dir: Path,
     progress: bool = True,
+    access: str = "mapped",
 ) -> NeighbourGraph:
     """The graph of these rows for this store, factory and k: opened from ``cache_dir/graphs`` if
     an earlier run built it, else built and cached. ``index`` and ``row_ids`` are called only to
-    build; ``rows_sha256`` is :func:`~seals_al.store.rows_digest` of the rows, known beforehand."""
+    build; ``rows_sha256`` is :func:`~seals_al.store.rows_digest` of the rows, known beforehand;
+    ``access`` as for :meth:`NeighbourGraph.open`."""
     key = f"{rows_sha256}\n{store.digest()}\n{factory}\n{k}"
     path = Path(cache_dir) / "graphs" / hashlib.sha256(key.encode()).hexdigest()[:24]
-    if (path / "manifest.json").is_file():
-        return NeighbourGraph.open(path)
-    return build_neighbour_graph(index(), store, row_ids(), k, path, progress=progress)
+    if not (path / "manifest.json").is_file():
+        build_neighbour_graph(index(), store, row_ids(), k, path, progress=progress)
+    return NeighbourGraph.open(path, access=access)
 
 
 def _describe(index: faiss.Index) -> str:

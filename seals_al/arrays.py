@@ -1,0 +1,179 @@
+"""Arrays on disk (.npy files), opened one of three ways (:data:`ACCESS`):
+
+- ``rows``: read by position with positioned reads, one per run of adjacent rows; nothing is
+  mapped or read whole. What a one-round process uses: a round touches a few thousand rows of
+  files with millions, and reads exactly those. (A memory map is no substitute: its page faults
+  map whole cached folios, and gathering 1,000 scattered rows of a 768 MB shard made all of it
+  resident here.)
+- ``mapped``: memory-mapped, for a long-lived process (a simulation) that reads the same rows
+  round after round at memory speed once they are in.
+- ``ram``: read whole into memory.
+
+:class:`ArrayFile` (``rows``) answers the indexing a caller needs, ``a[positions]``,
+``a[start:stop]`` and ``a[i]``, so code reads an array the same whichever way it was opened; and
+:func:`search_sorted` finds values in a sorted array either way, through a sparse sample kept in
+RAM when the array is on disk.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+import numpy as np
+
+from seals_al.errors import SealsError
+
+ACCESS = ("rows", "mapped", "ram")
+SAMPLE_EVERY = 4096  # a sorted file's sparse sample: one value per block of this many
+
+
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, byte offset of the data) of a C-order .npy file of plain numbers."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed below; the error names the path)
+    except FileNotFoundError:
+        raise SealsError(f"{path}: no such file") from None
+    with f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        except ValueError as e:
+            raise SealsError(f"{path}: not a .npy array: {e}") from e
+        offset = f.tell()
+        size = os.fstat(f.fileno()).st_size
+    if fortran or dtype.hasobject:
+        raise SealsError(f"{path}: expected a C-order array of numbers")
+    if offset + int(np.prod(shape)) * dtype.itemsize > size:
+        raise SealsError(f"{path}: truncated ({size:,} bytes for shape {shape})")
+    return shape, dtype, offset
+
+
+def map_array(path: Path) -> np.ndarray:
+    """A .npy file memory-mapped read-only."""
+    shape, dtype, offset = npy_header(path)
+    if int(np.prod(shape)) == 0:
+        return np.empty(shape, dtype)
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return np.ndarray(shape, dtype, buffer=mapped, offset=offset)
+
+
+def open_array(path: Path, access: str = "rows") -> np.ndarray | ArrayFile:
+    """A .npy file opened for reading as ``access`` says (:data:`ACCESS`)."""
+    if access == "rows":
+        return ArrayFile(path)
+    if access == "mapped":
+        return map_array(path)
+    if access == "ram":
+        npy_header(path)  # the same checks and messages
+        return np.load(path, allow_pickle=False)
+    raise SealsError(f"unknown array access {access!r}; use one of {', '.join(ACCESS)}")
+
+
+def pread_exact(fd: int, view: memoryview, offset: int, where: Path) -> None:
+    """Fill ``view`` from ``offset`` of the file (a short read is retried; end of file is an error)."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got == 0:
+            raise SealsError(f"{where}: truncated")
+        done += got
+
+
+class ArrayFile:
+    """A .npy array read by position: ``a[positions]``, ``a[start:stop]``, ``a[i]`` read just
+    those rows (one positioned read per run of adjacent positions)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.shape, self.dtype, self._offset = npy_header(self.path)
+        self.ndim = len(self.shape)
+        self._row_shape = self.shape[1:]
+        self._row_bytes = self.dtype.itemsize * int(np.prod(self._row_shape))
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                return self.take(np.arange(start, stop, step))
+            return self.read(start, stop)
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (len(self) if key < 0 else 0)
+            return self.take(np.asarray([i]))[0]
+        return self.take(np.asarray(key))
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1 with one read."""
+        stop = max(start, min(stop, len(self)))
+        out = np.empty((stop - start, *self._row_shape), self.dtype)
+        if len(out):
+            pread_exact(
+                self._fd, memoryview(out).cast("B"), self._offset + start * self._row_bytes, self.path
+            )
+        return out
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """Rows at the given positions, in the order given (repeats allowed)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.ndim != 1:
+            raise SealsError(f"{self.path}: positions must be one-dimensional")
+        if not len(positions):
+            return np.empty((0, *self._row_shape), self.dtype)
+        if positions.min() < 0 or positions.max() >= len(self):
+            bad = int(positions[(positions < 0) | (positions >= len(self))][0])
+            raise SealsError(f"{self.path}: position {bad} outside 0..{len(self) - 1}")
+        unique, inverse = np.unique(positions, return_inverse=True)
+        out = np.empty((len(unique), *self._row_shape), self.dtype)
+        view, size = memoryview(out).cast("B"), self._row_bytes
+        starts = np.flatnonzero(np.diff(unique, prepend=unique[0] - 2) != 1)
+        ends = np.append(starts[1:], len(unique))
+        for s, e, first in zip(starts.tolist(), ends.tolist(), unique[starts].tolist(), strict=True):
+            pread_exact(self._fd, view[s * size : e * size], self._offset + first * size, self.path)
+        return (
+            out
+            if len(unique) == len(positions) and (inverse == np.arange(len(inverse))).all()
+            else out[inverse]
+        )
+
+
+def search_sorted(
+    sorted_values: np.ndarray | ArrayFile, wanted: np.ndarray, sample: np.ndarray | None
+) -> np.ndarray:
+    """``np.searchsorted(sorted_values, wanted)`` (left), for an array in memory or on disk; on
+    disk, ``sample`` (from :func:`sparse_sample`) picks the one block each value can be in, and
+    only that block is read."""
+    if not isinstance(sorted_values, ArrayFile):
+        return np.searchsorted(sorted_values, wanted)
+    wanted = np.asarray(wanted)
+    n = len(sorted_values)
+    out = np.empty(len(wanted), np.int64)
+    # Value v is at or after block b's first value and before block b + 1's.
+    blocks = np.maximum(np.searchsorted(sample, wanted, side="left") - 1, 0)
+    for b in np.unique(blocks).tolist():
+        start = b * SAMPLE_EVERY
+        # Read one more value than the block, so a value equal to the next block's first lands there.
+        block = sorted_values.read(start, min(n, start + SAMPLE_EVERY + 1))
+        mask = blocks == b
+        out[mask] = start + np.searchsorted(block, wanted[mask])
+    return out
+
+
+def sparse_sample(sorted_values: np.ndarray | ArrayFile) -> np.ndarray | None:
+    """Every :data:`SAMPLE_EVERY`-th value of a sorted array on disk (None in memory)."""
+    if not isinstance(sorted_values, ArrayFile):
+        return None
+    return sorted_values.take(np.arange(0, len(sorted_values), SAMPLE_EVERY))
