@@ -139,15 +139,18 @@ class ArrayFile:
         unique, inverse = np.unique(positions, return_inverse=True)
         out = np.empty((len(unique), *self._row_shape), self.dtype)
         view, size = memoryview(out).cast("B"), self._row_bytes
-        starts = np.flatnonzero(np.diff(unique, prepend=unique[0] - 2) != 1)
-        ends = np.append(starts[1:], len(unique))
-        for s, e, first in zip(starts.tolist(), ends.tolist(), unique[starts].tolist(), strict=True):
-            pread_exact(self._fd, view[s * size : e * size], self._offset + first * size, self.path)
-        return (
-            out
-            if len(unique) == len(positions) and (inverse == np.arange(len(inverse))).all()
-            else out[inverse]
-        )
+        # One read per span: rows less than a page apart are read together, gap included (cheaper
+        # than another call; for small rows, such as ids, a lookup becomes a few reads).
+        breaks = np.flatnonzero(np.diff(unique) > max(1, 4096 // max(size, 1))) + 1
+        starts, ends = np.concatenate([[0], breaks]).tolist(), np.append(breaks, len(unique)).tolist()
+        for s, e in zip(starts, ends, strict=True):
+            first, last = int(unique[s]), int(unique[e - 1])
+            if last - first + 1 == e - s:  # adjacent rows: straight into place
+                pread_exact(self._fd, view[s * size : e * size], self._offset + first * size, self.path)
+            else:
+                out[s:e] = self.read(first, last + 1)[unique[s:e] - first]
+        in_order = len(unique) == len(positions) and bool((positions[1:] > positions[:-1]).all())
+        return out if in_order else out[inverse]
 
 
 def search_sorted(

@@ -228,14 +228,20 @@ class Prepared:
         if "_hash_sample" not in self.__dict__:
             self.__dict__["_hash_sample"] = sparse_sample(hashes)
         wanted = _hash64(ids)
-        at = search_sorted(hashes, wanted, self.__dict__["_hash_sample"])
+        at = np.minimum(search_sorted(hashes, wanted, self.__dict__["_hash_sample"]), len(hashes) - 1)
         found = np.full(len(ids), -1, np.int64)
-        column = self._strings("ids")
-        for i, (start, h) in enumerate(zip(at.tolist(), wanted, strict=True)):
-            p = start
-            while p < len(hashes) and hashes[p] == h:  # equal hashes: compare the ids themselves
+        if not len(ids) or not len(hashes):
+            return found
+        # The usual case in three batched reads: the hash there, its item, that item's id.
+        hit = np.flatnonzero(hashes[at] == wanted)
+        items = np.asarray(order[at[hit]], np.int64)
+        same = np.asarray([a == ids[i] for a, i in zip(self.ids_at(items), hit.tolist(), strict=True)], bool)
+        found[hit[same]] = items[same]
+        for i in hit[~same].tolist():  # another id with the same 64-bit hash first: look further
+            p = int(at[i]) + 1
+            while p < len(hashes) and hashes[p] == wanted[i]:
                 item = int(order[p])
-                if column.at([item])[0] == ids[i]:
+                if self.ids_at(np.asarray([item]))[0] == ids[i]:
                     found[i] = item
                     break
                 p += 1

@@ -191,23 +191,32 @@ class StoreWriter:
 
 class RowLookup:
     """Where global row ids sit in an array of unique row ids (a store's id table, a graph's
-    rows): the position itself when the ids are 0..n-1 in order (what embedding produces; two
-    reductions check the range), else a binary search. An id that is not there is an error
-    naming ``where`` and the id. Shared by the store and the neighbour graph."""
+    rows), in memory or on disk (:mod:`seals_al.arrays`). Three cases, told apart by the sorted
+    ids' first and last values alone:
+
+    - the ids are 0..n-1 in order (what embedding writes): the position is the id;
+    - the ids are 0..n-1 in another order (what the Beam pipeline writes): one read of the order;
+    - otherwise a binary search in the sorted ids (through a sparse sample, on disk).
+
+    An id that is not there is an error naming ``where`` and the id. Shared by the store, the
+    neighbour graph and the prepared columns."""
 
     _sample: np.ndarray | None = None  # a sorted array on disk: its sparse sample, once read
 
     def __init__(self, row_ids: np.ndarray, where: str | Path, unknown: str = "unknown row id {}"):
-        self.where = where
-        self.unknown = unknown
-        self._n = n = len(row_ids)
-        self._order: np.ndarray | None = None  # None: the ids are sorted already (a graph's rows)
-        self._sorted = row_ids
-        if n and np.any(row_ids[1:] < row_ids[:-1]):
-            self._order = np.argsort(row_ids, kind="stable")
-            self._sorted = row_ids[self._order]
-        # Sorted and unique, so 0 first and n-1 last means 0..n-1 throughout: row id == position.
-        self._dense = bool(n and self._order is None and row_ids[0] == 0 and row_ids[-1] == n - 1)
+        order = None  # None: the ids are sorted already (a graph's rows)
+        if len(row_ids) and np.any(row_ids[1:] < row_ids[:-1]):
+            order = np.argsort(row_ids, kind="stable")
+        self._setup(row_ids if order is None else row_ids[order], order, where, unknown)
+
+    def _setup(self, sorted_ids, order, where: str | Path, unknown: str) -> None:
+        self.where, self.unknown = where, unknown
+        self._n = n = len(sorted_ids)
+        self._sorted, self._order = sorted_ids, order
+        # Sorted and unique, so 0 first and n-1 last means 0..n-1 throughout.
+        every = bool(n and sorted_ids[0] == 0 and sorted_ids[n - 1] == n - 1)
+        self._dense = every and order is None  # row id == position
+        self._permutation = every and order is not None  # position == order[row id]
 
     @classmethod
     def presorted(
@@ -219,13 +228,9 @@ class RowLookup:
     ) -> RowLookup:
         """A lookup from ids known to be sorted (``order``: their positions, None when the sorted
         ids are the positions' own order), such as a graph's rows or a prepared data set's
-        columns, in memory or on disk (:mod:`seals_al.arrays`): nothing is read to check them, so
-        opening costs O(1) and a lookup reads O(log n) blocks."""
+        columns: nothing is read to check them, so opening costs O(1)."""
         lookup = cls.__new__(cls)
-        lookup.where, lookup.unknown, lookup._n = where, unknown, len(sorted_ids)
-        lookup._order, lookup._sorted = order, sorted_ids
-        n = lookup._n
-        lookup._dense = bool(n and order is None and sorted_ids[0] == 0 and sorted_ids[-1] == n - 1)
+        lookup._setup(sorted_ids, order, where, unknown)
         return lookup
 
     @classmethod
@@ -233,17 +238,17 @@ class RowLookup:
         """The lookup of row ids 0..n-1 that are their own positions."""
         lookup = cls.__new__(cls)
         lookup.where, lookup.unknown, lookup._n = where, unknown, n
-        lookup._order, lookup._sorted, lookup._dense = None, np.empty(0, np.int64), True
+        lookup._order, lookup._sorted, lookup._dense, lookup._permutation = None, None, True, False
         return lookup
 
     def __call__(self, row_ids: np.ndarray) -> np.ndarray:
         """Positions of the given row ids, in the order asked."""
         row_ids = np.asarray(row_ids, dtype=np.int64)
-        if self._dense:
+        if self._dense or self._permutation:
             if row_ids.size and (row_ids.min() < 0 or row_ids.max() >= self._n):
                 bad = int(row_ids[np.flatnonzero((row_ids < 0) | (row_ids >= self._n))[0]])
                 raise SealsError(f"{self.where}: {self.unknown.format(bad)}")
-            return row_ids
+            return row_ids if self._dense else np.asarray(self._order[row_ids])
         if self._sample is None and isinstance(self._sorted, ArrayFile):
             self._sample = sparse_sample(self._sorted)
         at = np.minimum(search_sorted(self._sorted, row_ids, self._sample), max(self._n - 1, 0))
@@ -251,7 +256,7 @@ class RowLookup:
         if missing.any():
             bad = int(row_ids[np.flatnonzero(missing)[0]])
             raise SealsError(f"{self.where}: {self.unknown.format(bad)}")
-        return at if self._order is None else self._order[at]
+        return at if self._order is None else np.asarray(self._order[at])
 
 
 def rows_digest(row_ids: np.ndarray) -> str:

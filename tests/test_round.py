@@ -28,7 +28,9 @@ def selected(dataset: Dataset, **learning) -> list[list[int]]:
 def simulate_picks(dataset: Dataset, sim: SimulationConfig) -> list[list[int]]:
     """The rows each round picked, read back through the engine's own records and candidates."""
     engine = RoundEngine(dataset, sim.learning, sim.concept, progress=False)
-    seeds = draw_seeds(dataset.items(), sim.concept, sim.seed_positives, sim.seed_negatives, sim.learning.seed)
+    seeds = draw_seeds(
+        dataset.items(), sim.concept, sim.seed_positives, sim.seed_negatives, sim.learning.seed
+    )
     labeled = dataset.store.row_ids_of([i for i, _ in seeds]).tolist()
     y = [label for _, label in seeds]
     candidates = engine.candidates()
