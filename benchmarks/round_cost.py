@@ -53,6 +53,8 @@ RARE = 0.005
 EVAL_ROWS = 10_000
 CONCEPT = "rare"
 STAGES = ("ingest", "train", "select", "report")
+SIMULATE_UP_TO = 1_000_000  # simulate, memory-mapped vs in RAM, at sizes up to this
+SIMULATE_ROUNDS = 6
 
 # Runs a seals-al command in this process and, at exit, writes what it read to SEALS_MEASURE_OUT:
 # read() bytes, and the resident pages of every data file it memory-mapped (maps kept open).
@@ -204,7 +206,29 @@ def measure_size(n: int, rounds: int, work: Path, env: dict) -> dict:
             "stages": {s: _median(v) for s, v in stages.items()},
             "labeled_after": metrics.get("rounds", [{}])[-1].get("labeled") if metrics else None,
         }
+    if n <= SIMULATE_UP_TO:
+        result["simulate"] = {
+            name: simulate_selection(folder, items, store, n, env, work, extra)
+            for name, extra in (("mapped", []), ("ram", ["--ram-budget-mb", str(1 << 20)]))
+        }
     return result
+
+
+def simulate_selection(
+    folder: Path, items: Path, store: Path, n: int, env: dict, work: Path, extra: list
+) -> dict:
+    """`seals-al simulate` (SEALS, same settings) in one process: its median selection time."""
+    out = folder / f"simulate-{'ram' if extra else 'mapped'}"
+    args = [
+        "simulate", "--data", str(items), "--embeddings", str(store), "--concept", CONCEPT,
+        "--truth-column", "label", "--split-column", "split", "--index-factory", factory(n),
+        "--strategy", "maxent", "--k", "100", "--batch-size", "100", "--rounds", str(SIMULATE_ROUNDS),
+        "--out", str(out), *extra,
+    ]  # fmt: skip
+    run_ = run(args, env, work)
+    rounds = json.loads((out / "summary.json").read_text())["rounds"]
+    seconds = [r["selection_seconds"] for r in rounds if r["selection_seconds"] is not None]
+    return {"selection_seconds": statistics.median(seconds), "process": run_}
 
 
 def _median(runs: list[dict]) -> dict:
@@ -277,6 +301,22 @@ def markdown(results: list[dict], command: str) -> str:
             f"- {a['rows']:,} -> {b['rows']:,} rows: SEALS round time x{growth['seals']:.2f}, "
             f"global x{growth['global']:.2f}"
         )
+    simulated = [r for r in results if "simulate" in r]
+    if simulated:
+        lines += [
+            "",
+            f"`seals-al simulate` (SEALS, {SIMULATE_ROUNDS} rounds in one process), median selection time:",
+            "",
+            "| rows | memory-mapped (default) ms | in RAM (`--ram-budget-mb`) ms | mapped / in RAM |",
+            "|---|---|---|---|",
+        ]
+        for r in simulated:
+            mapped, ram = r["simulate"]["mapped"], r["simulate"]["ram"]
+            lines.append(
+                f"| {r['rows']:,} | {1000 * mapped['selection_seconds']:.1f} | "
+                f"{1000 * ram['selection_seconds']:.1f} | "
+                f"{mapped['selection_seconds'] / ram['selection_seconds']:.2f}x |"
+            )
     lines += ["", "![round cost](benchmarks/round_cost.png)"]
     return "\n".join(lines)
 

@@ -71,6 +71,13 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         help="query the index at every pick instead of precomputing the neighbour lists of U once",
     )
     p.add_argument("--cache-dir", help="embedding cache (default $SEALS_CACHE_DIR or ~/.cache/seals-al)")
+    p.add_argument(
+        "--ram-budget-mb",
+        type=int,
+        default=0,
+        help="read the embeddings and neighbour lists into RAM when the embeddings take at most this "
+        "many MB (0: memory-map them; pages are read as rounds touch them)",
+    )
     p.set_defaults(handler=_simulate)
 
 
@@ -85,12 +92,15 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
             raise SealsError(f"--{name.replace('_', '-')} must be at least 1")
     if args.rounds < 0:
         raise SealsError("--rounds must be 0 or more")
+    if args.ram_budget_mb < 0:
+        raise SealsError("--ram-budget-mb must be 0 or more")
     data = _settings(DataConfig, args)
     sim = _settings(SimulationConfig, args)
     items = Items.load(data)
     check_simulation(items, sim)  # fail before the expensive part
     check_out_dir(args.out)
-    dataset = Dataset.prepare(data, items, access="mapped")  # many rounds in this process
+    # Many rounds in this process: mapped, so the rows rounds touch stay in after the first read.
+    dataset = Dataset.prepare(data, items, access="mapped", ram_budget_mb=args.ram_budget_mb)
     table = round_table(f"{sim.concept}: {sim.learning.strategy} / {sim.learning.mode}")
     with Live(table, console=console, auto_refresh=False) as live:
         summary = simulate(

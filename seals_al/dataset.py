@@ -47,7 +47,12 @@ class Dataset:
 
     @classmethod
     def prepare(
-        cls, config: DataConfig, items: Items | None = None, progress: bool = True, access: str = "rows"
+        cls,
+        config: DataConfig,
+        items: Items | None = None,
+        progress: bool = True,
+        access: str = "rows",
+        ram_budget_mb: int = 0,
     ) -> Dataset:
         """Open the data as it is now, preparing it first if no earlier run did (reading and
         checking the items, embedding or importing, checking the index factory).
@@ -60,8 +65,13 @@ class Dataset:
                 (:data:`seals_al.arrays.ACCESS`): ``rows`` (default) reads just the rows a step
                 touches, for a process that runs one round or stage; ``mapped`` maps the files,
                 for one that runs many rounds (a simulation); ``ram`` reads them whole.
+            ram_budget_mb: read them whole (``ram``) anyway when the embeddings take at most this
+                many MB.
         """
         prepared = prepare(config, items, progress, access)
+        if access != "ram" and prepared.store_bytes <= ram_budget_mb * 2**20:
+            access = "ram"
+            prepared = Prepared.open(prepared.folder, access)
         check_factory(prepared.store.dim, config.index_factory)  # prepared earlier with another factory
         return cls(config, prepared, progress, access, items)
 

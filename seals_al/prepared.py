@@ -157,6 +157,11 @@ class Prepared:
         return int(self.manifest["items"])
 
     @property
+    def store_bytes(self) -> int:
+        """The embeddings' size in bytes (float32 rows)."""
+        return len(self.store) * self.store.dim * 4
+
+    @property
     def u_count(self) -> int:
         return int(self.manifest["u_items"])
 

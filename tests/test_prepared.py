@@ -20,9 +20,10 @@ from seals_al.items import Items
 from seals_al.oracle import label_open_batch, seed_file_from_truth
 from seals_al.settings import RoundConfig
 from seals_al.simulate import SimulationConfig, simulate
+from seals_al.storage import open_storage
 from seals_al.store import RowLookup, write_store
 
-from .conftest import clustered_vectors, shuffled_row_ids
+from .conftest import BUCKET, clustered_vectors, shuffled_row_ids
 
 
 def test_array_file_reads_what_numpy_reads(tmp_path):
@@ -261,3 +262,19 @@ def test_a_removed_store_is_prepared_again(tmp_path):
     again = Dataset.prepare(config.dataset, progress=False)
     assert (again.store.path / "manifest.json").is_file()
     assert again.row_ids_of(["id-00001"]).tolist() == [1]
+
+
+def test_items_on_gcs_are_prepared_once_per_object_generation(tmp_path, gcs_emulator):
+    """A gs:// items file: its generation is its version, read without downloading it."""
+    config = _config(tmp_path)
+    bucket = open_storage(f"gs://{BUCKET}/prepared-test")
+    original = Path(config.dataset.data).read_bytes()
+    bucket.write_bytes("items.csv", original)
+    data = replace(config.dataset, data=f"gs://{BUCKET}/prepared-test/items.csv")
+    first = Dataset.prepare(data, progress=False)
+    assert Dataset.prepare(data, progress=False).prepared.folder == first.prepared.folder
+    assert first.row_ids_of(["id-00002"]).tolist() == [2]
+    bucket.write_bytes("items.csv", original.replace(b"text of 2 ", b"new text of 2 "))
+    second = Dataset.prepare(data, progress=False)
+    assert second.prepared.folder != first.prepared.folder
+    assert second.texts_of(np.asarray([2])) == ["new text of 2 \u00e9"]

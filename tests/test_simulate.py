@@ -197,6 +197,7 @@ def write_csv(path: Path, text: str) -> Path:
         ("no_eval_rows", "no rows with split='holdout' to evaluate on"),
         ("bad_factory", "invalid faiss factory string 'IVFx'"),
         ("non_empty_out", "is not empty and holds no earlier simulation"),
+        ("negative_budget", "--ram-budget-mb must be 0 or more"),
     ],
 )
 def test_bad_inputs_exit_2_with_one_line_error(clinc_slice, cache_dir, tmp_path, capsys, case, message):
@@ -214,6 +215,8 @@ def test_bad_inputs_exit_2_with_one_line_error(clinc_slice, cache_dir, tmp_path,
         extra = ["--eval-split", "holdout"]
     elif case == "bad_factory":
         extra = ["--index-factory", "IVFx"]
+    elif case == "negative_budget":
+        extra = ["--ram-budget-mb", "-1"]
     elif case == "non_empty_out":
         out.mkdir()
         (out / "precious.txt").write_text("keep me")
