@@ -101,6 +101,7 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
     check_out_dir(args.out)
     # Many rounds in this process: mapped, so the rows rounds touch stay in after the first read.
     dataset = Dataset.prepare(data, items, access="mapped", ram_budget_mb=args.ram_budget_mb)
+    dataset.check_factory()  # before anything is written, also when the data was prepared before
     table = round_table(f"{sim.concept}: {sim.learning.strategy} / {sim.learning.mode}")
     with Live(table, console=console, auto_refresh=False) as live:
         summary = simulate(

@@ -10,19 +10,21 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
 from seals_al.errors import SealsError
-from seals_al.index.build import build_index, check_factory
-from seals_al.index.directory import ensure_index_dir, open_index_dir
-from seals_al.index.neighbours import NeighbourGraph, cached_neighbour_graph, knn_density, neighbour_density
 from seals_al.items import Items
 from seals_al.prepared import IdSet, Prepared, prepare
 from seals_al.settings import DEFAULT_FACTORY, DataConfig
 from seals_al.storage import default_cache_dir
 from seals_al.store import EmbeddingStore
+
+if TYPE_CHECKING:  # faiss and the index modules are imported when an index or graph is used
+    import faiss
+
+    from seals_al.index.neighbours import NeighbourGraph
 
 
 @dataclass
@@ -72,7 +74,6 @@ class Dataset:
         if access != "ram" and prepared.store_bytes <= ram_budget_mb * 2**20:
             access = "ram"
             prepared = Prepared.open(prepared.folder, access)
-        check_factory(prepared.store.dim, config.index_factory)  # prepared earlier with another factory
         return cls(config, prepared, progress, access, items)
 
     @property
@@ -139,6 +140,9 @@ class Dataset:
 
     @property
     def index(self) -> faiss.Index:
+        from seals_al.index.build import build_index
+        from seals_al.index.directory import open_index_dir
+
         if self._index is None:
             if self.config.index:
                 self._index = open_index_dir(self.config.index)
@@ -148,6 +152,7 @@ class Dataset:
                         f"dimension {self.store.dim}"
                     )
             else:
+                self.check_factory()
                 self._index = build_index(
                     self.store, self.u_rows, self.config.index_factory, progress=self.progress
                 )
@@ -168,9 +173,18 @@ class Dataset:
             )
         return "index " + hashlib.sha256(manifest.read_bytes()).hexdigest()
 
+    def check_factory(self) -> None:
+        """A clear error for a factory string faiss refuses (the data may have been prepared with
+        another one)."""
+        from seals_al.index.build import check_factory
+
+        check_factory(self.store.dim, self.config.index_factory)
+
     def neighbours(self, k: int, progress: bool = True) -> faiss.Index | NeighbourGraph:
         """Where the pool gets neighbour lists: the graph of U for this k (built once, cached in
         the cache directory), or the index itself when the graph is turned off."""
+        from seals_al.index.neighbours import cached_neighbour_graph
+
         if not self.config.knn_graph:
             return self.index
         if k not in self._graphs:
@@ -189,6 +203,8 @@ class Dataset:
 
     def u_density(self, k: int, progress: bool = True) -> np.ndarray:
         """kNN density of every row of U (per storage position; computed once per k)."""
+        from seals_al.index.neighbours import NeighbourGraph, knn_density, neighbour_density
+
         if k not in self._u_density:
             density = np.full(len(self.store), np.nan, dtype=np.float32)
             source = self.neighbours(k, progress)
@@ -236,5 +252,8 @@ def index_over_u(
         embeddings=embeddings,
         index_factory=factory,
     )
+    from seals_al.index.directory import ensure_index_dir
+
     dataset = Dataset.prepare(config)
+    dataset.check_factory()
     return ensure_index_dir(dataset.store, out_dir, factory, row_ids=dataset.u_rows, **options)

@@ -1,5 +1,6 @@
 """The items: reading item tables (CSV, JSONL, Parquet) into columns of strings, with errors that
-name the file, the line and the field, and :class:`Items`, the validated columns a run needs."""
+name the file, the line and the field; :class:`Items`, the validated columns a run needs; and the
+seed set a simulation or simulated campaign draws from ground truth."""
 
 from __future__ import annotations
 
@@ -227,3 +228,31 @@ class Items:
             raise SealsError(f"{self.source}: no ground-truth column")
         at = {item: n for n, item in enumerate(self.ids)}
         return [int(self.truth[at[i]] == concept) for i in ids]
+
+
+def draw_seeds(
+    items: Items, concept: str, positives: int, negatives: int, seed: int
+) -> list[tuple[str, int]]:
+    """A seed set drawn from ground truth: ``positives`` items of U with the concept, then
+    ``negatives`` without, each a seeded draw without replacement (the paper's 5 + 95). A
+    simulation and a simulated campaign with the same seed draw the same seeds.
+
+    Returns:
+        (id, label) pairs, positives first.
+    """
+    if items.truth is None:
+        raise SealsError(f"{items.source}: seeds from ground truth need a truth column")
+    in_u = ~items.is_eval
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for want, mask, name in (
+        (positives, in_u & (items.truth == concept), "positives"),
+        (negatives, in_u & (items.truth != concept), "negatives"),
+    ):
+        where = np.flatnonzero(mask)
+        if len(where) < want:
+            raise SealsError(
+                f"{items.source}: concept {concept!r} has {len(where)} {name} in U; the seed set needs {want}"
+            )
+        chosen += [(items.ids[i], int(name == "positives")) for i in rng.choice(where, want, replace=False)]
+    return chosen

@@ -10,9 +10,8 @@ import json
 from seals_al.campaign import Campaign, CampaignConfig
 from seals_al.campaign.layout import CONFIG, oracle_labels
 from seals_al.errors import SealsError
-from seals_al.items import Items
+from seals_al.items import Items, draw_seeds
 from seals_al.settings import SEED_NEGATIVES, SEED_POSITIVES
-from seals_al.simulate import draw_seeds
 
 
 def seed_file_from_truth(config: CampaignConfig) -> tuple[str, bytes]:

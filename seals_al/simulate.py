@@ -16,7 +16,7 @@ import numpy as np
 
 from seals_al.dataset import Dataset
 from seals_al.errors import SealsError
-from seals_al.items import Items
+from seals_al.items import Items, draw_seeds
 from seals_al.round import RoundEngine
 from seals_al.selection import Selection
 from seals_al.settings import SEED_NEGATIVES, SEED_POSITIVES, RoundConfig, to_flat
@@ -64,34 +64,6 @@ def check_simulation(items: Items, sim: SimulationConfig) -> None:
             f"{items.source}: concept {sim.concept!r} has no positives in the {items.eval_split!r} "
             "split, so average precision is undefined"
         )
-
-
-def draw_seeds(
-    items: Items, concept: str, positives: int, negatives: int, seed: int
-) -> list[tuple[str, int]]:
-    """A seed set drawn from ground truth: ``positives`` items of U with the concept, then
-    ``negatives`` without, each a seeded draw without replacement (the paper's 5 + 95). A
-    simulation and a simulated campaign with the same seed draw the same seeds.
-
-    Returns:
-        (id, label) pairs, positives first.
-    """
-    if items.truth is None:
-        raise SealsError(f"{items.source}: seeds from ground truth need a truth column")
-    in_u = ~items.is_eval
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for want, mask, name in (
-        (positives, in_u & (items.truth == concept), "positives"),
-        (negatives, in_u & (items.truth != concept), "negatives"),
-    ):
-        where = np.flatnonzero(mask)
-        if len(where) < want:
-            raise SealsError(
-                f"{items.source}: concept {concept!r} has {len(where)} {name} in U; the seed set needs {want}"
-            )
-        chosen += [(items.ids[i], int(name == "positives")) for i in rng.choice(where, want, replace=False)]
-    return chosen
 
 
 def simulate(

@@ -131,3 +131,13 @@ def test_stages_that_do_not_fit_do_not_import_scikit_learn():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+    # What ingest, report, status and wait use: the campaign and the prepared data, without the
+    # round engine, faiss or scipy.
+    code = (
+        "import sys\n"
+        "import seals_al.campaign, seals_al.dataset, seals_al.report, seals_al.oracle\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'faiss', 'scipy', 'sklearn'}))\n"
+        "print(sorted(m for m in sys.modules if m in ('seals_al.round', 'seals_al.pool')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["[]", "[]"]

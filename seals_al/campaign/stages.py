@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,15 +22,16 @@ from seals_al.campaign.config import CampaignConfig
 from seals_al.campaign.layout import CONFIG, MAX_CONFIG_BYTES, rejection_report
 from seals_al.campaign.lease import Lease
 from seals_al.campaign.state import Oversized, State, StateReader, jsonl_rows, sha256
-from seals_al.dataset import Dataset
 from seals_al.errors import SealsError
 from seals_al.failpoints import failpoint
 from seals_al.labels import LabelFileError, Problem, check_label_file, check_size, label_studio_tasks
 from seals_al.record import RoundRecord
-from seals_al.round import Candidates, Evaluation, RoundEngine
-from seals_al.selection import Selection
 from seals_al.storage import open_storage
-from seals_al.train import LinearModel
+
+if TYPE_CHECKING:  # imported where used: a stage that only reads or ingests starts without them
+    from seals_al.dataset import Dataset
+    from seals_al.round import Candidates, RoundEngine
+    from seals_al.selection import Selection
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,15 @@ class Campaign(StateReader):
         """The prepared items and embeddings (prepared on first use by any campaign or run over
         the same data version): each stage reads only the ids, rows and texts it needs."""
         if self._dataset is None:
+            from seals_al.dataset import Dataset
+
             self._dataset = Dataset.prepare(self.config.dataset, progress=self.progress)
         return self._dataset
 
     def engine(self) -> RoundEngine:
         if self._engine is None:
+            from seals_al.round import RoundEngine
+
             self._engine = RoundEngine(
                 self.dataset(), self.config.learning, self.config.concept, self.progress
             )
@@ -198,6 +204,9 @@ class Campaign(StateReader):
         return {k: v for k, v in evaluation.items() if k != "classification"}
 
     def _select_stage(self) -> dict:
+        from seals_al.round import Evaluation
+        from seals_al.train import LinearModel
+
         state = self.state()
         r, labeled, digest = self._staged("select", state)
         keys, engine = self.keys(r), self.engine()
