@@ -3,6 +3,7 @@ table and whole files (seals_al.prepared, seals_al.arrays)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import replace
@@ -278,3 +279,23 @@ def test_items_on_gcs_are_prepared_once_per_object_generation(tmp_path, gcs_emul
     second = Dataset.prepare(data, progress=False)
     assert second.prepared.folder != first.prepared.folder
     assert second.texts_of(np.asarray([2])) == ["new text of 2 \u00e9"]
+
+
+def test_precomputed_vectors_are_imported_a_shard_at_a_time(tmp_path, monkeypatch):
+    """A .npy is normalized, hashed and written shard by shard (never copied whole): the same
+    cache key and vectors as normalizing it whole."""
+    from seals_al.embed import local
+
+    vectors = np.random.default_rng(3).normal(size=(2_500, 6)).astype(np.float32)
+    np.save(tmp_path / "v.npy", vectors)
+    monkeypatch.setattr(local, "SHARD_ROWS", 1_000)
+    ids = [f"x{i}" for i in range(2_500)]
+    store = local.import_embeddings(tmp_path / "v.npy", ids, cache_dir=tmp_path / "cache")
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert [s["rows"] for s in store.manifest["shards"]] == [1_000, 1_000, 500]
+    assert store.path.name == "imported-" + hashlib.sha256(unit.tobytes()).hexdigest()[:24]
+    np.testing.assert_array_equal(store.vectors(np.arange(2_500)), unit)
+    vectors[1_700, :] = np.nan
+    np.save(tmp_path / "v.npy", vectors)
+    with pytest.raises(SealsError, match=r"v.npy: embedding of id 'x1700' has NaN or infinite values"):
+        local.import_embeddings(tmp_path / "v.npy", ids, cache_dir=tmp_path / "cache")

@@ -7,7 +7,7 @@ or a Parquet column) imported into the store format. The distributed path is the
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,9 @@ from tqdm import tqdm
 from seals_al.encoder import MiniLMEncoder
 from seals_al.errors import SealsError
 from seals_al.storage import default_cache_dir
-from seals_al.store import EmbeddingStore, l2_normalize, write_store
+from seals_al.store import EmbeddingStore, StoreWriter, l2_normalize, write_store
+
+SHARD_ROWS = 1_000_000  # rows per shard of an imported store, normalized and hashed one at a time
 
 
 def cache_key(model: str, ids: Sequence[str], texts: Sequence[str]) -> str:
@@ -103,19 +105,24 @@ def import_embeddings(
         vectors = _parquet_vectors(path, ids, column, id_column)
     else:
         raise SealsError(f"{path}: unsupported embeddings file (use a store directory, .npy or .parquet)")
-    vectors = l2_normalize(vectors, ids, str(path))
-    key = hashlib.sha256(vectors.tobytes()).hexdigest()[:24]
-    store_dir = Path(cache_dir or default_cache_dir()) / "embeddings" / f"imported-{key}"
+
+    def normalized() -> Iterator[tuple[int, np.ndarray]]:
+        """Unit rows a shard at a time: a memory-mapped .npy is never copied whole."""
+        for start in range(0, len(ids), SHARD_ROWS):
+            stop = start + SHARD_ROWS
+            yield start, l2_normalize(vectors[start:stop], ids[start:stop], str(path))
+
+    digest = hashlib.sha256()
+    for _, chunk in normalized():
+        digest.update(chunk.tobytes())
+    store_dir = Path(cache_dir or default_cache_dir()) / "embeddings" / f"imported-{digest.hexdigest()[:24]}"
     if (store_dir / "manifest.json").is_file():
         return EmbeddingStore.open(store_dir)
-    return write_store(
-        store_dir,
-        ids,
-        vectors,
-        model=f"precomputed:{path.name}",
-        normalized=True,
-        extra={"source": str(path)},
-    )
+    options = {"model": f"precomputed:{path.name}", "normalized": True, "extra": {"source": str(path)}}
+    with StoreWriter(store_dir, dim=vectors.shape[1], **options) as writer:
+        for start, chunk in normalized():
+            writer.add(ids[start : start + len(chunk)], chunk)
+    return EmbeddingStore.open(store_dir)
 
 
 def _parquet_vectors(path: Path, ids: Sequence[str], column: str, id_column: str) -> np.ndarray:
