@@ -2,9 +2,10 @@
 
 A store is a directory::
 
-    manifest.json        format, model, dim, count, normalized, shards with row counts and sha256
+    manifest.json        format, model, dim, count, normalized, shards with row counts and sha256;
+                         "row_ids": "positions" when row id i is stored at position i
     ids.parquet          id (external string id) and row_id (global int64), in storage order
-    shard-00000.npy ...  float32 [rows, dim], memory-mapped on read
+    shard-00000.npy ...  float32 [rows, dim], read by row, memory-mapped or read whole
 
 Row ids are global and stable: the faiss index and the candidate pool are keyed by them, never by
 a position inside a shard. A store is written into a temporary sibling directory and published
@@ -281,9 +282,10 @@ def _sha256(path: Path) -> str:
 
 
 class EmbeddingStore:
-    """Read access to a store by global row id; shards stay memory-mapped unless opened in_memory.
+    """Read access to a store by global row id; its shards read by rows, memory-mapped or read
+    into RAM (``access``, :data:`seals_al.arrays.ACCESS`).
 
-    Opening reads the manifest and maps the shards, nothing more: the id table is read on first
+    Opening reads the manifest and the shards' headers, nothing more: the id table is read on first
     use of :attr:`ids` or :attr:`row_ids`, and a store whose row ids are its positions (what
     embedding and importing write) is looked up without it.
     """
