@@ -6,8 +6,8 @@ Data: synthetic clustered unit vectors (1,000 clusters, the rare concept is clus
 rows), 384-d, written as an embeddings store (what the embed component writes), with an items CSV
 (id, text, label, split) whose evaluation split is a fixed 10,000 rows at every size. Campaign:
 maxent, batch 100, k 100, index IVF (HNSW coarse quantizer; SQ8 codes, PQ48 at 10M), neighbour
-graph on (the default). The first round of each campaign prepares the data version (item columns, the index and
-the neighbour graph, once for both modes); it is reported apart as a one-time cost. Then every
+graph on (the default). The first round of each campaign prepares the data version (item columns,
+the index and the neighbour graph, once for both modes); it is reported apart as a one-time cost. Then every
 round: the oracle answers the open batch (not timed), and the round runs as one `seals-al round`
 (rounds 1..R), then as the four stage commands one after another (rounds R+1..2R).
 
@@ -44,6 +44,7 @@ from _common import DOCS, update_section, write_json
 
 from seals_al.campaign import Campaign
 from seals_al.oracle import label_open_batch
+from seals_al.settings import DEFAULT_RAM_BUDGET_MB
 from seals_al.store import StoreWriter, l2_normalize
 
 RESULTS = DOCS / "benchmarks" / "round_cost.json"
@@ -202,18 +203,22 @@ def measure_size(n: int, rounds: int, work: Path, env: dict) -> dict:
                 for stage in STAGES:
                     extra = ["--out", str(folder / f"report-{mode}")] if stage == "report" else []
                     stages[stage].append(run([stage, str(uri), *extra], env, work))
-        metrics = json.loads((uri / "summary.json").read_text()) if (uri / "summary.json").exists() else {}
         result["modes"][mode] = {
             "first_round": first,
             "round": _median(whole),
             "rounds": whole,
             "stages": {s: _median(v) for s, v in stages.items()},
-            "labeled_after": metrics.get("rounds", [{}])[-1].get("labeled") if metrics else None,
+            "labeled_after": json.loads((uri / "rounds" / f"{2 * rounds:03d}" / "metrics.json").read_text())[
+                "labeled"
+            ],
         }
     if n <= SIMULATE_UP_TO:
         result["simulate"] = {
             name: simulate_selection(folder, items, store, n, env, work, extra)
-            for name, extra in (("mapped", []), ("ram", ["--ram-budget-mb", str(1 << 20)]))
+            for name, extra in (
+                ("mapped", ["--ram-budget-mb", "0"]),
+                ("ram", ["--ram-budget-mb", str(1 << 20)]),
+            )
         }
     return result
 
@@ -222,7 +227,7 @@ def simulate_selection(
     folder: Path, items: Path, store: Path, n: int, env: dict, work: Path, extra: list
 ) -> dict:
     """`seals-al simulate` (SEALS, same settings) in one process: its median selection time."""
-    out = folder / f"simulate-{'ram' if extra else 'mapped'}"
+    out = folder / f"simulate-{'mapped' if extra[-1] == '0' else 'ram'}"
     args = [
         "simulate", "--data", str(items), "--embeddings", str(store), "--concept", CONCEPT,
         "--truth-column", "label", "--split-column", "split", "--index-factory", factory(n),
@@ -231,7 +236,7 @@ def simulate_selection(
     ]  # fmt: skip
     run_ = run(args, env, work)
     rounds = json.loads((out / "summary.json").read_text())["rounds"]
-    seconds = [r["selection_seconds"] for r in rounds if r["selection_seconds"] is not None]
+    seconds = [r["selection_seconds"] for r in rounds if r.get("selection_seconds") is not None]
     return {"selection_seconds": statistics.median(seconds), "process": run_}
 
 
@@ -310,9 +315,11 @@ def markdown(results: list[dict], command: str) -> str:
     if simulated:
         lines += [
             "",
-            f"`seals-al simulate` (SEALS, {SIMULATE_ROUNDS} rounds in one process), median selection time:",
+            f"`seals-al simulate` (SEALS, {SIMULATE_ROUNDS} rounds in one process), median selection time. "
+            "By default it reads the embeddings into RAM when they take at most "
+            f"{DEFAULT_RAM_BUDGET_MB:,} MB (`--ram-budget-mb`), and maps them otherwise:",
             "",
-            "| rows | memory-mapped (default) ms | in RAM (`--ram-budget-mb`) ms | mapped / in RAM |",
+            "| rows | memory-mapped (`--ram-budget-mb 0`) ms | in RAM ms | mapped / in RAM |",
             "|---|---|---|---|",
         ]
         for r in simulated:

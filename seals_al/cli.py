@@ -19,6 +19,7 @@ from seals_al.settings import (
     DEFAULT_FACTORY,
     DEFAULT_K,
     DEFAULT_MODE,
+    DEFAULT_RAM_BUDGET_MB,
     DEFAULT_STRATEGY,
     LAYOUTS,
     MODES,
@@ -74,9 +75,9 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ram-budget-mb",
         type=int,
-        default=0,
+        default=DEFAULT_RAM_BUDGET_MB,
         help="read the embeddings and neighbour lists into RAM when the embeddings take at most this "
-        "many MB (0: memory-map them; pages are read as rounds touch them)",
+        "many MB; above it (or with 0) they are memory-mapped and read as rounds touch them",
     )
     p.set_defaults(handler=_simulate)
 

@@ -25,6 +25,9 @@ DEFAULT_K = 100  # neighbours per labeled example (the paper's k)
 DEFAULT_BATCH_SIZE = 100  # b
 DEFAULT_BUDGET = 1000
 DEFAULT_EVAL_SPLIT = "test"
+# A simulation (every round in one process) reads the embeddings and neighbour lists into RAM when
+# the embeddings take at most this many MB (1M x 384-d is 1,465 MB), and memory-maps them otherwise.
+DEFAULT_RAM_BUDGET_MB = 2048
 SEED_POSITIVES, SEED_NEGATIVES = 5, 95  # the paper's seed set
 WAIT_POLL_SECONDS = 60.0  # how often a wait for labels looks in the inbox
 WAIT_TIMEOUT_SECONDS = 86_400.0  # and when it gives up
