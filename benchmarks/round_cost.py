@@ -13,7 +13,7 @@ round: the oracle answers the open batch (not timed), and the round runs as one 
 stage commands one after another.
 
 Per command: wall time of the whole process (start to exit, imports included), peak RSS (of that
-process alone, from wait4), bytes read through read() calls (/proc/self/io rchar: includes
+process alone: its VmHWM), bytes read through read() calls (/proc/self/io rchar: includes
 Python's own module files, about 30 MB) and bytes of memory-mapped data files touched (resident
 pages of the work folder's files at exit). Medians over rounds are reported.
 
@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +45,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DOCS, update_section, write_json
 
 from seals_al.campaign import Campaign
+from seals_al.dataset import Dataset
+from seals_al.index.neighbours import NeighbourGraph
 from seals_al.oracle import label_open_batch
-from seals_al.settings import DEFAULT_RAM_BUDGET_MB
-from seals_al.store import StoreWriter, l2_normalize
+from seals_al.settings import DEFAULT_RAM_BUDGET_MB, DataConfig, RoundConfig
+from seals_al.simulate import SimulationConfig, simulate
+from seals_al.store import EmbeddingStore, StoreWriter, l2_normalize
 
 RESULTS = DOCS / "benchmarks" / "round_cost.json"
 PLOT = DOCS / "benchmarks" / "round_cost.png"
@@ -77,8 +81,10 @@ def _report():
             path = head[5] if len(head) > 5 else None
         elif head and head[0] == "Rss:" and path and path.startswith(root):
             mapped += int(head[1]) * 1024
+    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+    peak = int(status["VmHWM"].split()[0]) * 1024  # this process's own high-water mark
     with open(os.environ["SEALS_MEASURE_OUT"], "w") as f:
-        json.dump({"rchar": int(io["rchar"]), "mapped": mapped}, f)
+        json.dump({"rchar": int(io["rchar"]), "mapped": mapped, "peak_rss": peak}, f)
 atexit.register(_report)
 from seals_al.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -164,13 +170,15 @@ def run(args: list[str], env: dict, root: Path) -> dict:
     env = {**env, "SEALS_MEASURE_OUT": str(out), "SEALS_MEASURE_ROOT": str(root)}
     started = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-c", MEASURE, *args], env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
+    _, status = os.waitpid(child.pid, 0)
     seconds = time.perf_counter() - started
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         raise SystemExit(f"seals-al {' '.join(args)} exited {child.returncode}")
     read = json.loads(out.read_text())
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, **read}
+    # Peak RSS as the process saw it (VmHWM): wait4's ru_maxrss would count this parent's RSS at
+    # the fork too.
+    return {"seconds": seconds, "peak_rss_mb": read.pop("peak_rss") / 2**20, **read}
 
 
 def measure_size(n: int, rounds: int, work: Path, env: dict) -> dict:
@@ -218,30 +226,54 @@ def measure_size(n: int, rounds: int, work: Path, env: dict) -> dict:
         }
     if n <= SIMULATE_UP_TO:
         result["simulate"] = {
-            name: simulate_selection(folder, items, store, n, env, work, extra)
-            for name, extra in (
-                ("mapped", ["--ram-budget-mb", "0"]),
-                ("ram", ["--ram-budget-mb", str(1 << 20)]),
-            )
+            "default": simulate_selection(folder / "simulate-default", items, store, n, env, work, []),
+            "mapped": simulate_selection(
+                folder / "simulate-mapped", items, store, n, env, work, ["--ram-budget-mb", "0"]
+            ),
+            "copied": simulate_copied(items, store, n, env),
         }
     return result
 
 
-def simulate_selection(
-    folder: Path, items: Path, store: Path, n: int, env: dict, work: Path, extra: list
-) -> dict:
-    """`seals-al simulate` (SEALS, same settings) in one process: its median selection time."""
-    out = folder / f"simulate-{'mapped' if extra[-1] == '0' else 'ram'}"
-    args = [
-        "simulate", "--data", str(items), "--embeddings", str(store), "--concept", CONCEPT,
-        "--truth-column", "label", "--split-column", "split", "--index-factory", factory(n),
-        "--strategy", "maxent", "--k", "100", "--batch-size", "100", "--rounds", str(SIMULATE_ROUNDS),
-        "--out", str(out), *extra,
+def simulate_args(items: Path, store: Path, n: int) -> list[str]:
+    return [
+        "--data", str(items), "--embeddings", str(store), "--concept", CONCEPT, "--truth-column", "label",
+        "--split-column", "split", "--index-factory", factory(n), "--strategy", "maxent", "--k", "100",
+        "--batch-size", "100", "--rounds", str(SIMULATE_ROUNDS),
     ]  # fmt: skip
-    run_ = run(args, env, work)
-    rounds = json.loads((out / "summary.json").read_text())["rounds"]
-    seconds = [r["selection_seconds"] for r in rounds if r.get("selection_seconds") is not None]
-    return {"selection_seconds": statistics.median(seconds), "process": run_}
+
+
+def simulate_selection(
+    out: Path, items: Path, store: Path, n: int, env: dict, work: Path, extra: list
+) -> dict:
+    """`seals-al simulate` (SEALS) in a fresh process: its median selection time."""
+    process = run(["simulate", *simulate_args(items, store, n), "--out", str(out), *extra], env, work)
+    return {
+        "selection_seconds": _selection_median(json.loads((out / "summary.json").read_text())),
+        "process": process,
+    }
+
+
+def simulate_copied(items: Path, store: Path, n: int, env: dict) -> dict:
+    """The same simulation with the embeddings and neighbour lists copied into RAM, as the
+    selection-cost benchmark times them (in this process: the reference for the two above)."""
+    config = DataConfig(
+        data=str(items), embeddings=str(store), truth_column="label", split_column="split",
+        index_factory=factory(n), cache_dir=env["SEALS_CACHE_DIR"],
+    )  # fmt: skip
+    mapped = Dataset.prepare(config, progress=False, access="mapped")
+    graph = mapped.neighbours(100, progress=False)
+    copied = replace(mapped.prepared, store=EmbeddingStore.open(store, in_memory=True))
+    dataset = Dataset(config, copied, progress=False, access="ram")
+    dataset._graphs[100] = NeighbourGraph.open(graph.path, in_memory=True)  # the lists, copied too
+    sim = SimulationConfig(
+        concept=CONCEPT, learning=RoundConfig(k=100, batch_size=100), rounds=SIMULATE_ROUNDS
+    )
+    return {"selection_seconds": _selection_median(simulate(dataset, sim, None, progress=False))}
+
+
+def _selection_median(summary: dict) -> float:
+    return statistics.median(r["selection_seconds"] for r in summary["rounds"] if r.get("selection_seconds"))
 
 
 def drop_caches() -> bool:
@@ -334,18 +366,20 @@ def markdown(results: list[dict], command: str) -> str:
         lines += [
             "",
             f"`seals-al simulate` (SEALS, {SIMULATE_ROUNDS} rounds in one process), median selection time. "
-            "By default it reads the embeddings into RAM when they take at most "
-            f"{DEFAULT_RAM_BUDGET_MB:,} MB (`--ram-budget-mb`), and maps them otherwise:",
+            "By default it maps the embeddings and neighbour lists with every page read in at once "
+            f"when the embeddings take at most {DEFAULT_RAM_BUDGET_MB:,} MB (`--ram-budget-mb`), and "
+            "maps them to be read as touched otherwise. The reference: the same simulation with both "
+            "copied into RAM, as `benchmarks/selection_cost.py` times selection.",
             "",
-            "| rows | memory-mapped (`--ram-budget-mb 0`) ms | in RAM ms | mapped / in RAM |",
-            "|---|---|---|---|",
+            "| rows | default ms | memory-mapped (`--ram-budget-mb 0`) ms | copied into RAM ms "
+            "| default / copied | mapped / copied |",
+            "|---|---|---|---|---|---|",
         ]
         for r in simulated:
-            mapped, ram = r["simulate"]["mapped"], r["simulate"]["ram"]
+            ms = {k: 1000 * v["selection_seconds"] for k, v in r["simulate"].items()}
             lines.append(
-                f"| {r['rows']:,} | {1000 * mapped['selection_seconds']:.1f} | "
-                f"{1000 * ram['selection_seconds']:.1f} | "
-                f"{mapped['selection_seconds'] / ram['selection_seconds']:.2f}x |"
+                f"| {r['rows']:,} | {ms['default']:.1f} | {ms['mapped']:.1f} | {ms['copied']:.1f} | "
+                f"{ms['default'] / ms['copied']:.2f}x | {ms['mapped'] / ms['copied']:.2f}x |"
             )
     lines += ["", "![round cost](benchmarks/round_cost.png)"]
     return "\n".join(lines)

@@ -5,9 +5,12 @@
   files with millions, and reads exactly those. (A memory map is no substitute: its page faults
   map whole cached folios, and gathering 1,000 scattered rows of a 768 MB shard made all of it
   resident here.)
-- ``mapped``: memory-mapped, for a long-lived process (a simulation) that reads the same rows
-  round after round at memory speed once they are in.
-- ``ram``: read whole into memory.
+- ``mapped``: memory-mapped, for a long-lived process that reads rows as it goes; each first
+  touch of a page is a page fault.
+- ``ram``: memory-mapped with every page read in and mapped at once (``MADV_POPULATE_READ``), for
+  a long-lived process whose data fits in memory (a simulation): reads at memory speed from the
+  first round, without copying the file (1.5 GB at 1M rows opened in 0.15 s with the page cache
+  warm, against 3.75 s to copy it).
 
 :class:`ArrayFile` (``rows``) answers the indexing a caller needs, ``a[positions]``,
 ``a[start:stop]`` and ``a[i]``, so code reads an array the same whichever way it was opened; and
@@ -53,13 +56,21 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     return shape, dtype, offset
 
 
-def map_array(path: Path) -> np.ndarray:
-    """A .npy file memory-mapped read-only."""
+MADV_POPULATE_READ = 22  # Linux 5.14+; not among Python 3.11's mmap constants
+
+
+def map_array(path: Path, populate: bool = False) -> np.ndarray:
+    """A .npy file memory-mapped read-only; ``populate`` reads in and maps every page now."""
     shape, dtype, offset = npy_header(path)
     if int(np.prod(shape)) == 0:
         return np.empty(shape, dtype)
     with open(path, "rb") as f:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if populate:
+        try:
+            mapped.madvise(MADV_POPULATE_READ)
+        except OSError:  # an older kernel: ask for the pages ahead, faults map them as they come
+            mapped.madvise(mmap.MADV_WILLNEED)
     return np.ndarray(shape, dtype, buffer=mapped, offset=offset)
 
 
@@ -70,8 +81,7 @@ def open_array(path: Path, access: str = "rows") -> np.ndarray | ArrayFile:
     if access == "mapped":
         return map_array(path)
     if access == "ram":
-        npy_header(path)  # the same checks and messages
-        return np.load(path, allow_pickle=False)
+        return map_array(path, populate=True)
     raise SealsError(f"unknown array access {access!r}; use one of {', '.join(ACCESS)}")
 
 

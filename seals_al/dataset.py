@@ -66,9 +66,9 @@ class Dataset:
             access: how the store, the columns and the neighbour graph are read
                 (:data:`seals_al.arrays.ACCESS`): ``rows`` (default) reads just the rows a step
                 touches, for a process that runs one round or stage; ``mapped`` maps the files,
-                for one that runs many rounds (a simulation); ``ram`` reads them whole.
-            ram_budget_mb: read them whole (``ram``) anyway when the embeddings take at most this
-                many MB.
+                for one that runs many rounds; ``ram`` maps them with every page read in at once.
+            ram_budget_mb: open them as ``ram`` anyway when the embeddings take at most this many
+                MB (a simulation: memory speed from its first round).
         """
         prepared = prepare(config, items, progress, access)
         if access != "ram" and prepared.store_bytes <= ram_budget_mb * 2**20:

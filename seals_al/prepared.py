@@ -137,7 +137,7 @@ class Prepared:
     @classmethod
     def open(cls, folder: Path, access: str = "rows") -> Prepared:
         """Open a prepared folder; ``access``: ``rows`` for a one-round process (each lookup reads
-        just its rows), ``mapped`` for a long-lived one, ``ram`` to read it all."""
+        just its rows), ``mapped`` for a long-lived one, ``ram`` to read it all in at once."""
         manifest = read_manifest(folder, FORMAT, "a prepared data set")
         lookup = None
         if (folder / "store.sorted.npy").is_file():

@@ -326,23 +326,23 @@ class EmbeddingStore:
         Args:
             path: the store directory.
             verify: also check every shard's sha256 against the manifest.
-            in_memory: read the shards into RAM as one array (``access="ram"``).
+            in_memory: copy the shards into one array in RAM (a gather is then one fancy index,
+                and no page of it can be evicted: for benchmarks that time reads in RAM).
             lookup: where each row id is stored, when the caller has it prepared (a store whose
                 row ids are not its positions); default: from the id table when first needed.
             access: how shards are read (:data:`seals_al.arrays.ACCESS`): ``rows`` reads just the
-                rows asked for (a one-round process), ``mapped`` maps them (a long-lived one).
+                rows asked for (a one-round process), ``mapped`` maps them (a long-lived one),
+                ``ram`` maps them with every page read in at once.
         """
         path = Path(path)
         manifest = read_manifest(path, FORMAT, "an embeddings store")
-        if in_memory:
-            access = "ram"
         if access not in ACCESS:
             raise SealsError(f"unknown store access {access!r}; use one of {', '.join(ACCESS)}")
         shards = []
         for shard in manifest["shards"]:
             if verify and _sha256(path / shard["path"]) != shard["sha256"]:
                 raise SealsError(f"{path / shard['path']}: checksum does not match the manifest")
-            array = open_array(path / shard["path"], "rows" if access == "rows" else "mapped")
+            array = open_array(path / shard["path"], "mapped" if in_memory else access)
             if array.dtype != np.float32 or array.ndim != 2 or array.shape[1] != manifest["dim"]:
                 raise SealsError(
                     f"{path / shard['path']}: expected float32 [rows, {manifest['dim']}], "
@@ -351,14 +351,14 @@ class EmbeddingStore:
             shards.append(array)
         if sum(s.shape[0] for s in shards) != manifest["count"]:
             raise SealsError(f"{path}: shard rows and manifest count disagree")
-        if access == "ram":  # one contiguous array: a gather is a single fancy index, whatever the shards
+        if in_memory:  # one contiguous array: a gather is a single fancy index, whatever the shards
             whole = np.empty((manifest["count"], manifest["dim"]), np.float32)
             start = 0
             for array in shards:
                 whole[start : start + len(array)] = array
                 start += len(array)
             shards = [whole]
-        return cls(path, manifest, shards, mapped=access != "ram", lookup=lookup)
+        return cls(path, manifest, shards, mapped=not in_memory, lookup=lookup)
 
     def _id_table(self, column: str):
         import pyarrow.parquet as pq

@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from seals_al.arrays import open_array
+from seals_al.arrays import ArrayFile, open_array
 from seals_al.errors import SealsError
 from seals_al.index.build import search
 from seals_al.storage import atomic_dir, read_manifest
@@ -105,19 +105,24 @@ class NeighbourGraph:
 
         Args:
             path: the graph directory.
-            in_memory: read its row ids and neighbour lists into RAM (the similarities, needed only
-                for information density, stay mapped).
+            in_memory: copy its row ids and neighbour lists into RAM (the similarities, needed
+                only for information density, stay mapped).
             access: otherwise, how its arrays are read (:data:`seals_al.arrays.ACCESS`): ``rows``
                 reads only the lists asked for (a one-round process), ``mapped`` maps them.
         """
         path = Path(path)
         manifest = read_manifest(path, GRAPH_FORMAT, "a neighbour graph")
-        lists = "ram" if in_memory else access
+
+        def lists(name: str) -> np.ndarray | ArrayFile:
+            if in_memory:
+                return np.load(path / name, allow_pickle=False)
+            return open_array(path / name, access)
+
         return cls(
             path,
             manifest,
-            open_array(path / "row_ids.npy", lists),
-            open_array(path / "neighbours.npy", lists),
+            lists("row_ids.npy"),
+            lists("neighbours.npy"),
             open_array(path / "similarities.npy", "mapped" if in_memory else access),
         )
 
