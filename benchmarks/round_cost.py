@@ -19,8 +19,11 @@ pages of the work folder's files at exit). Medians over rounds are reported.
 
 Writes docs/benchmarks/round_cost.json and .png and its section of docs/BENCHMARKS.md.
 
-    python benchmarks/round_cost.py                          # 100k, 1M and 10M (about 1 hour, 45 GB)
-    python benchmarks/round_cost.py --sizes 100000 1000000   # about 10 minutes
+    python benchmarks/round_cost.py                          # 100k, 1M and 10M (30 GB in --work)
+    python benchmarks/round_cost.py --sizes 100000 1000000   # about 10 minutes the first time
+
+The first run at 10M takes about an hour (data, index and neighbour graph); they are kept in
+--work, and later runs take about 15 minutes.
 """
 
 from __future__ import annotations
@@ -388,7 +391,7 @@ def markdown(results: list[dict], command: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per way of running (whole, stages)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per way of running (whole, stages)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/seals-round-cost"))
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -396,9 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     results = [measure_size(n, args.rounds, args.work, env) for n in args.sizes]
     write_json(RESULTS, results)
     plot(results)
-    command = "python benchmarks/round_cost.py" + (
-        "" if args.sizes == parser.get_default("sizes") else " --sizes " + " ".join(map(str, args.sizes))
-    )
+    command = "python benchmarks/round_cost.py"
+    if args.sizes != parser.get_default("sizes"):
+        command += " --sizes " + " ".join(map(str, args.sizes))
+    if args.rounds != parser.get_default("rounds"):
+        command += f" --rounds {args.rounds}"
     update_section("round_cost", markdown(results, command))
     print(markdown(results, command))
     return 0
