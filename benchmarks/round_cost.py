@@ -221,8 +221,10 @@ def measure_size(n: int, rounds: int, work: Path, env: dict) -> dict:
             "first_round": first,
             "cold_round": cold,
             "round": _median(whole),
+            "round_best": min(whole, key=lambda one: one["seconds"]),
             "rounds": whole,
             "stages": {s: _median(v) for s, v in stages.items()},
+            "stages_best": {s: min(one["seconds"] for one in v) for s, v in stages.items()},
             "labeled_after": json.loads(
                 (uri / "rounds" / f"{2 * rounds + 1:03d}" / "metrics.json").read_text()
             )["labeled"],
@@ -326,9 +328,10 @@ def markdown(results: list[dict], command: str) -> str:
         "",
         f"Command: `{command}`. Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}. Every figure is one fresh process, as a user or a pod runs it "
-        "(imports included); medians over rounds with the page cache warm, and one round after emptying "
-        "it (cold cache: what a new pod on a new node reads from disk, Python's own modules "
-        "included). Data: synthetic 384-d clustered vectors (rare "
+        "(imports included), with the page cache warm: the median over rounds and, in brackets, the "
+        "fastest (this VM's timings vary by 30% from minute to minute; the fastest is the least "
+        "disturbed); and one round after emptying the page cache (cold: what a new pod on a new node "
+        "reads from disk, Python's own modules included). Data: synthetic 384-d clustered vectors (rare "
         "concept 0.5%), an embeddings store and an items CSV, a fixed 10,000-row evaluation split; "
         "maxent, batch 100, k 100, IVF with HNSW quantizer (SQ8 codes; PQ48 at 10M rows), neighbour "
         "graph on.",
@@ -342,28 +345,33 @@ def markdown(results: list[dict], command: str) -> str:
             m = r["modes"][mode]
             s = m["stages"]
             cold = f"{m['cold_round']['seconds']:.2f}" if m["cold_round"] else "n/a"
+            best = m["stages_best"]
             lines.append(
-                f"| {r['rows']:,} | {mode} | {m['round']['seconds']:.2f} | {m['round']['peak_rss_mb']:.0f} | "
+                f"| {r['rows']:,} | {mode} | "
+                f"{m['round']['seconds']:.2f} ({m['round_best']['seconds']:.2f}) | "
+                f"{m['round']['peak_rss_mb']:.0f} | "
                 f"{m['round']['rchar'] / 1e6:.0f} | {m['round']['mapped'] / 1e6:.0f} | "
-                + " | ".join(f"{s[stage]['seconds']:.2f}" for stage in STAGES)
+                + " | ".join(f"{s[stage]['seconds']:.2f} ({best[stage]:.2f})" for stage in STAGES)
                 + f" | {cold} | {m['first_round']['seconds']:.1f} |"
             )
-    lines += ["", "Ratios in the same run:", ""]
+    lines += ["", "Ratios in the same run (from the medians; from the fastest in brackets):", ""]
+
+    def ratio(top: dict, bottom: dict) -> str:
+        return (
+            f"{top['round']['seconds'] / bottom['round']['seconds']:.2f}x "
+            f"({top['round_best']['seconds'] / bottom['round_best']['seconds']:.2f}x)"
+        )
+
     for r in results:
-        seals, glob = r["modes"]["seals"]["round"], r["modes"]["global"]["round"]
+        seals, glob = r["modes"]["seals"], r["modes"]["global"]
         lines.append(
-            f"- {r['rows']:,} rows: global / SEALS round time {glob['seconds'] / seals['seconds']:.1f}x, "
-            f"peak RSS {glob['peak_rss_mb'] / seals['peak_rss_mb']:.1f}x"
+            f"- {r['rows']:,} rows: global / SEALS round time {ratio(glob, seals)}, "
+            f"peak RSS {glob['round']['peak_rss_mb'] / seals['round']['peak_rss_mb']:.1f}x"
         )
     for a, b in itertools.pairwise(results):
-        growth = {
-            mode: b["modes"][mode]["round"]["seconds"] / a["modes"][mode]["round"]["seconds"]
-            for mode in ("seals", "global")
-        }
-        lines.append(
-            f"- {a['rows']:,} -> {b['rows']:,} rows: SEALS round time x{growth['seals']:.2f}, "
-            f"global x{growth['global']:.2f}"
-        )
+        seals = ratio(b["modes"]["seals"], a["modes"]["seals"])
+        glob = ratio(b["modes"]["global"], a["modes"]["global"])
+        lines.append(f"- {a['rows']:,} -> {b['rows']:,} rows: SEALS round time x{seals}, global x{glob}")
     simulated = [r for r in results if "simulate" in r]
     if simulated:
         lines += [
