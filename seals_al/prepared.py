@@ -77,9 +77,6 @@ class Strings:
         np.save(folder / f"{name}.offsets.npy", offsets)
         (folder / f"{name}.bytes").write_bytes(b"".join(encoded))
 
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
     def at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
         positions = np.asarray(positions, np.int64)
         bounds = self.offsets[np.concatenate([positions, positions + 1])]
