@@ -1,6 +1,6 @@
 """Arrays on disk (.npy files), opened one of three ways (:data:`ACCESS`):
 
-- ``rows``: read by position with positioned reads, one per run of adjacent rows; nothing is
+- ``rows``: read by position with positioned reads, one per run of nearby rows; nothing is
   mapped or read whole. What a one-round process uses: a round touches a few thousand rows of
   files with millions, and reads exactly those. (A memory map is no substitute: its page faults
   map whole cached folios, and gathering 1,000 scattered rows of a 768 MB shard made all of it
@@ -97,7 +97,7 @@ def pread_exact(fd: int, view: memoryview, offset: int, where: Path) -> None:
 
 class ArrayFile:
     """A .npy array read by position: ``a[positions]``, ``a[start:stop]``, ``a[i]`` read just
-    those rows (one positioned read per run of adjacent positions)."""
+    those rows (one positioned read per run of rows less than a page apart)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
