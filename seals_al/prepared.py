@@ -32,7 +32,8 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -104,8 +105,9 @@ def data_version(config: DataConfig) -> dict:
             manifest = path / MANIFEST
             if not manifest.is_file():
                 raise SealsError(f"{path}: not an embeddings store (no {MANIFEST})")
-            ids = path / json.loads(manifest.read_text()).get("id_table", "ids.parquet")
-            return hashlib.sha256(manifest.read_bytes()).hexdigest() + " " + file_version(ids)
+            data = manifest.read_bytes()
+            ids = path / json.loads(data).get("id_table", "ids.parquet")
+            return hashlib.sha256(data).hexdigest() + " " + file_version(ids)
         return file_version(path)
 
     return {
@@ -129,6 +131,8 @@ class Prepared:
     manifest: dict
     store: EmbeddingStore
     access: str = "rows"  # how the columns and the store are read (seals_al.arrays.ACCESS)
+    _arrays: dict[str, np.ndarray | ArrayFile] = field(default_factory=dict, repr=False, compare=False)
+    _columns: dict[str, Strings] = field(default_factory=dict, repr=False, compare=False)
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -183,16 +187,29 @@ class Prepared:
 
     # -- columns (opened on first use) -------------------------------------------------------------
     def _array(self, name: str) -> np.ndarray | ArrayFile:
-        cache = self.__dict__.setdefault("_arrays", {})
-        if name not in cache:
-            cache[name] = open_array(self.folder / f"{name}.npy", self.access)
-        return cache[name]
+        if name not in self._arrays:
+            self._arrays[name] = open_array(self.folder / f"{name}.npy", self.access)
+        return self._arrays[name]
 
     def _strings(self, name: str) -> Strings:
-        cache = self.__dict__.setdefault("_columns", {})
-        if name not in cache:
-            cache[name] = Strings(self.folder, name, self.access)
-        return cache[name]
+        if name not in self._columns:
+            self._columns[name] = Strings(self.folder, name, self.access)
+        return self._columns[name]
+
+    @cached_property
+    def _hash_sample(self) -> np.ndarray | None:
+        """The id hashes' sparse sample, read once per process."""
+        return sparse_sample(self._array("ids.hash"))
+
+    @cached_property
+    def _item_lookup(self) -> RowLookup:
+        """Item positions by row id, built once per process (its sparse sample read once)."""
+        unknown = "row id {} is not an item"
+        if self.manifest["row_ids_are_positions"]:
+            return RowLookup.positions(self.count, self.folder, unknown)
+        return RowLookup.presorted(
+            self._array("rows.sorted"), self._array("rows.order"), self.folder, unknown
+        )
 
     @property
     def eval_items(self) -> np.ndarray:
@@ -227,10 +244,8 @@ class Prepared:
     def find(self, ids: Sequence[str]) -> np.ndarray:
         """Item positions of external ids, -1 where an id is not an item."""
         hashes, order = self._array("ids.hash"), self._array("ids.order")
-        if "_hash_sample" not in self.__dict__:
-            self.__dict__["_hash_sample"] = sparse_sample(hashes)
         wanted = _hash64(ids)
-        at = np.minimum(search_sorted(hashes, wanted, self.__dict__["_hash_sample"]), len(hashes) - 1)
+        at = np.minimum(search_sorted(hashes, wanted, self._hash_sample), len(hashes) - 1)
         found = np.full(len(ids), -1, np.int64)
         if not len(ids) or not len(hashes):
             return found
@@ -263,14 +278,7 @@ class Prepared:
 
     def items_at_rows(self, row_ids: np.ndarray) -> np.ndarray:
         """Item positions of global row ids."""
-        row_ids = np.asarray(row_ids, np.int64)
-        if self.manifest["row_ids_are_positions"]:
-            lookup = RowLookup.positions(self.count, self.folder, "row id {} is not an item")
-        else:
-            lookup = RowLookup.presorted(
-                self._array("rows.sorted"), self._array("rows.order"), self.folder, "row id {} is not an item"
-            )
-        return lookup(row_ids)
+        return self._item_lookup(np.asarray(row_ids, np.int64))
 
     def u_items(self) -> np.ndarray:
         """Positions of every item of U (reads the whole split column: for global mode and set-up)."""
