@@ -4,10 +4,9 @@ HTML page, a Markdown summary)."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +134,7 @@ def round_report(
     batch = [json.loads(x) for x in st.read_text(keys.to_label).splitlines() if x]
     cfg, learning = campaign.config, campaign.config.learning
     title = f"SEALS campaign {cfg.concept!r}, round {r}"
-    plot = _history_png(history, title)
+    plot = history_svg(history, title)
     rows = "".join(
         f"<tr><td>{row.get('rank', '')}</td><td>{html.escape(str(row['id']))}</td>"
         f"<td>{row.get('score', float('nan')):.4f}</td><td>{html.escape(str(row.get('reached_from')))}</td>"
@@ -148,7 +147,7 @@ def round_report(
         f"<h2>{html.escape(title)}</h2><p>{html.escape(st.uri)} &middot; strategy {learning.strategy}, "
         f"mode {learning.mode}, k {learning.k}, batch {learning.batch_size}, budget {cfg.budget}</p>"
         f"<table border='1' cellpadding='3'>{scalars}</table>"
-        f"<img src='data:image/png;base64,{plot}' alt='campaign so far'/>"
+        f"<div>{plot}</div>"
         f"<h3>Batch to label ({len(batch)} examples, first {min(len(batch), batch_rows)})</h3>"
         "<table border='1' cellpadding='3'><tr><th>rank</th><th>id</th><th>score</th>"
         f"<th>reached from</th><th>text</th></tr>{rows}</table></body></html>"
@@ -174,27 +173,83 @@ def _fmt(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _history_png(history: list[dict], title: str) -> str:
-    import matplotlib
+# The round report's chart is SVG written here rather than a matplotlib PNG: the report stage
+# would otherwise spend about a second importing matplotlib to draw three small line charts.
+_PANEL_W, _PANEL_H, _TOP = 390, 290, 34
+_MARGIN = {"left": 62, "right": 26, "top": 14, "bottom": 44}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """About ``count`` round values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
+    if hi <= lo:  # one value: a range around it
+        pad = abs(lo) / 10 or 0.5
+        lo, hi = max(lo - pad, 0.0) if lo >= 0 else lo - pad, hi + pad
+    raw = (hi - lo) / count
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.floor(lo / step + 1e-9) * step
+    return [first + i * step for i in range(math.ceil((hi - first) / step - 1e-9) + 1)]
+
+
+def _tick_label(value: float, step: float) -> str:
+    decimals = max(0, -math.floor(math.log10(step))) if step < 1 else 0
+    return f"{value:,.{decimals}f}"
+
+
+def _svg_panel(x: list[float], y: list[float], xlabel: str, ylabel: str, colour: str, left: int) -> str:
+    """One line chart: axes with round ticks, a grid, the line with its points."""
+    m = _MARGIN
+    w, h = _PANEL_W - m["left"] - m["right"], _PANEL_H - m["top"] - m["bottom"]
+    x0, y0 = left + m["left"], _TOP + m["top"]
+    xt, yt = _ticks(min(x), max(x)), _ticks(min(y), max(y))
+
+    def px(v: float) -> float:
+        return x0 + w * (v - xt[0]) / (xt[-1] - xt[0])
+
+    def py(v: float) -> float:
+        return y0 + h - h * (v - yt[0]) / (yt[-1] - yt[0])
+
+    out = [f"<rect x='{x0}' y='{y0}' width='{w}' height='{h}' fill='none' stroke='#444'/>"]
+    for v in xt:
+        out.append(
+            f"<line x1='{px(v):.1f}' y1='{y0}' x2='{px(v):.1f}' y2='{y0 + h}' stroke='#ddd'/><text "
+            f"x='{px(v):.1f}' y='{y0 + h + 16}' text-anchor='middle'>{_tick_label(v, xt[1] - xt[0])}</text>"
+        )
+    for v in yt:
+        out.append(
+            f"<line x1='{x0}' y1='{py(v):.1f}' x2='{x0 + w}' y2='{py(v):.1f}' stroke='#ddd'/><text "
+            f"x='{x0 - 6}' y='{py(v) + 4:.1f}' text-anchor='end'>{_tick_label(v, yt[1] - yt[0])}</text>"
+        )
+    xy = [(px(a), py(b)) for a, b in zip(x, y, strict=True)]
+    points = " ".join(f"{a:.1f},{b:.1f}" for a, b in xy)
+    out.append(f"<polyline points='{points}' fill='none' stroke='{colour}' stroke-width='2'/>")
+    out += [f"<circle cx='{a:.1f}' cy='{b:.1f}' r='3.5' fill='{colour}'/>" for a, b in xy]
+    out.append(f"<text x='{x0 + w / 2}' y='{y0 + h + 36}' text-anchor='middle'>{html.escape(xlabel)}</text>")
+    out.append(
+        f"<text transform='translate({left + 16},{y0 + h / 2}) rotate(-90)' text-anchor='middle'>"
+        f"{html.escape(ylabel)}</text>"
+    )
+    return "".join(out)
+
+
+def history_svg(history: list[dict], title: str) -> str:
+    """The campaign so far as an inline SVG: positives found, average precision on the
+    evaluation split (when every round has it) and the pool's share of U, against labels."""
     labeled = [m["labeled"] for m in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(labeled, [m["positives"] for m in history], marker="o")
-    axes[0].set(xlabel="labels", ylabel="positives found")
-    if all("average_precision" in m for m in history):
-        axes[1].plot(labeled, [m["average_precision"] for m in history], marker="o", color="tab:green")
-    axes[1].set(xlabel="labels", ylabel="average precision (eval split)")
-    axes[2].plot(labeled, [100 * m["pool_fraction"] for m in history], marker="o", color="tab:orange")
-    axes[2].set(xlabel="labels", ylabel="pool, % of U")
-    fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
+    panels = [(labeled, [m["positives"] for m in history], "labels", "positives found", "#1f77b4")]
+    if all(m.get("average_precision") is not None for m in history):
+        ap = [m["average_precision"] for m in history]
+        panels.append((labeled, ap, "labels", "average precision (eval split)", "#2ca02c"))
+    pool = [100 * m["pool_fraction"] for m in history]
+    panels.append((labeled, pool, "labels", "pool, % of U", "#ff7f0e"))
+    width = _PANEL_W * len(panels)
+    body = "".join(_svg_panel(*panel, left=i * _PANEL_W) for i, panel in enumerate(panels))
+    return (
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{_TOP + _PANEL_H}' "
+        f"viewBox='0 0 {width} {_TOP + _PANEL_H}' font-family='sans-serif' font-size='12' "
+        f"role='img' aria-label='campaign so far'><text x='{width / 2}' y='20' text-anchor='middle' "
+        f"font-size='15'>{html.escape(title)}</text>{body}</svg>"
+    )
 
 
 REPORT_FILES = ("report.html", "summary.md", "metrics.json", "keep_going")

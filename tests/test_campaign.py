@@ -580,7 +580,7 @@ def test_the_stage_commands_equal_a_whole_round(tmp_path, clinc_slice, cache_dir
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["labeled"] == 110
     assert metrics["round"] == 1
-    assert "<img src='data:image/png;base64," in (report / "report.html").read_text()
+    assert "<svg " in (report / "report.html").read_text()
     assert "| labeled | 110 |" in (report / "summary.md").read_text()
     capsys.readouterr()
     assert main(["wait", uri, "--poll-seconds", "0.05", "--timeout-seconds", "0.2"]) == 2

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import html
+import subprocess
+import sys
 
 import pytest
 from rich.console import Console
@@ -12,7 +13,7 @@ from seals_al.campaign import Campaign, CampaignConfig, init
 from seals_al.errors import SealsError
 from seals_al.oracle import label_open_batch, seed_file_from_truth
 from seals_al.record import TABLE_COLUMNS, UI_METRICS, RoundRecord, table_cells
-from seals_al.report import add_round_row, plot_runs, round_report, round_table
+from seals_al.report import _ticks, add_round_row, plot_runs, round_report, round_table
 from seals_al.settings import RoundConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -74,9 +75,13 @@ def test_a_round_report_for_the_ui(campaign):
     assert report.metrics["labeled"] == 110
     assert report.metrics["batch"] == 10
     assert {"fpr", "tpr", "thresholds", "confusion_matrix"} <= set(report.classification)
-    # The HTML: the campaign's plots inline, the first rows of the batch, texts escaped.
-    png = report.html.split("data:image/png;base64,")[1].split("'")[0]
-    assert base64.b64decode(png)[:8] == PNG
+    # The HTML: the campaign's charts inline (a line with a point per round in each), the first
+    # rows of the batch, texts escaped.
+    svg = report.html.split("<svg")[1].split("</svg>")[0]
+    assert svg.count("<polyline") == 3
+    assert svg.count("<circle") == 3 * 2
+    for label in ("positives found", "average precision (eval split)", "pool, % of U"):
+        assert f">{label}</text>" in svg
     assert report.html.count("<tr><td>") == 3
     batch = campaign.state().batch
     assert html.escape(batch[0]["text"]) in report.html
@@ -125,3 +130,35 @@ def test_report_files_go_only_where_nothing_else_is(campaign, tmp_path, capsys):
     assert err.startswith(f"error: {round_folder}: exists, is not empty and holds no earlier report (")
     assert (round_folder / "metrics.json").read_bytes() == metrics
     assert not (round_folder / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "expected"),
+    [
+        (100, 1300, [0, 500, 1000, 1500]),
+        (0.0, 0.87, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),
+        (0.0031, 0.0035, [0.0031, 0.0032, 0.0033, 0.0034, 0.0035]),
+        (5, 5, [4.4, 4.6, 4.8, 5.0, 5.2, 5.4, 5.6]),
+        (0, 0, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]),
+    ],
+)
+def test_chart_ticks_are_round_values_covering_the_data(lo, hi, expected):
+    ticks = _ticks(lo, hi)
+    assert ticks == pytest.approx(expected)
+    assert ticks[0] <= lo + 1e-12
+    assert ticks[-1] >= hi - 1e-12
+
+
+def test_the_report_stage_draws_without_matplotlib(campaign, tmp_path):
+    """`seals-al report` in a fresh process, as its pod runs it: the page and its charts come
+    without importing matplotlib (about a second of the stage's time)."""
+    campaign.round()
+    code = (
+        "import sys\n"
+        "from seals_al.cli import main\n"
+        f"assert main(['report', {campaign.storage.uri!r}, '--out', {str(tmp_path / 'r')!r}]) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'sklearn', 'faiss')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "[]"
+    assert "<svg" in (tmp_path / "r" / "report.html").read_text()
