@@ -26,7 +26,7 @@ from seals_al.errors import PoolExhaustedError, SealsError
 from seals_al.pool import CandidatePool
 from seals_al.store import EmbeddingStore
 from seals_al.strategies import Strategy, random_keys, tiebreak_keys
-from seals_al.train import LinearModel
+from seals_al.train import LinearModel, sigmoid
 
 _NO_KEYS = np.empty(0)
 
@@ -73,7 +73,7 @@ def select_seals(
     ids, blocks, density, alive = pool.slots()
     live = np.flatnonzero(alive)
     ids = ids[live]  # a copy: the pool reuses its buffers as it grows
-    proba = np.concatenate([model.predict_proba(block) for block in blocks])[live]
+    proba = sigmoid(np.concatenate([model.decision_function(block) for block in blocks])[live])
     keys = random_keys(ids, seed, round_index) if strategy.is_random else _NO_KEYS
     scores = strategy.scores(proba, None if density is None else density[live], keys)
     scored = len(ids)

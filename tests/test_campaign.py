@@ -572,7 +572,16 @@ def test_the_stage_commands_equal_a_whole_round(tmp_path, clinc_slice, cache_dir
         assert main([stage, uri]) == 0
     assert c.state().round == 0, "nothing is committed before select"
     assert c.status()["interrupted_round"] == "001"
-    assert main(["select", uri]) == 0
+    # select in a fresh process, as its pod runs it: it applies the saved model and imports neither
+    # SciPy nor scikit-learn to do so.
+    code = (
+        "import sys\n"
+        "from seals_al.cli import main\n"
+        f"assert main(['select', {uri!r}]) == 0\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'sklearn', 'matplotlib'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "[]"
     assert round_outcome(c, 1) == round_outcome(reference, 1)
     assert main(["report", uri, "--out", str(tmp_path / "report")]) == 0
     report = tmp_path / "report"

@@ -122,12 +122,13 @@ def test_the_core_never_imports_kfp_components_or_pipelines():
 
 
 def test_stages_that_do_not_fit_do_not_import_scikit_learn():
-    """Importing the campaign, report, oracle and CLI (what every stage process does) loads neither
-    kfp nor scikit-learn, which takes over a second to import; only fitting and evaluating do."""
+    """Importing the campaign, report, oracle, CLI and round engine (what every stage process does)
+    loads neither kfp, nor scikit-learn (over a second to import), nor SciPy; only fitting and
+    evaluating do."""
     code = (
         "import sys\n"
         "import seals_al.campaign, seals_al.cli, seals_al.oracle, seals_al.report, seals_al.round\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'kfp', 'sklearn'}))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'kfp', 'scipy', 'sklearn'}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -7,11 +7,19 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 
 from seals_al.errors import SealsError
-from seals_al.train import LinearModel, average_precision, classification_curves, fit_logistic
+from seals_al.train import (
+    SIGMOID_LOOP_MAX,
+    LinearModel,
+    average_precision,
+    classification_curves,
+    fit_logistic,
+    sigmoid,
+)
 
 
 def data(n: int = 300, dim: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +62,22 @@ def test_probabilities_stay_finite_for_extreme_scores():
         warnings.simplefilter("error")  # no overflow warning either
         p = model.predict_proba(np.asarray([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], np.float32))
     np.testing.assert_array_equal(p, [1.0, 0.0, 0.5])
+
+
+@pytest.mark.parametrize("n", [12, SIGMOID_LOOP_MAX, SIGMOID_LOOP_MAX + 1])
+def test_sigmoid_is_scipys_expit_bit_for_bit(n):
+    """Both ways the sigmoid is computed (a loop over math.exp for short arrays, SciPy above) give
+    expit's values exactly, extremes included: a last-bit difference can change a tie's winner."""
+    rng = np.random.default_rng(n)
+    edges = [0.0, -0.0, 709.78, -709.78, -709.79, -745.2, -746.0, 1e4, -1e4, np.inf, -np.inf, np.nan]
+    z = np.concatenate([edges, rng.normal(scale=20.0, size=n - len(edges))])
+    got = sigmoid(z)
+    assert got.dtype == np.float64
+    assert got.shape == z.shape
+    np.testing.assert_array_equal(got.view(np.uint64), expit(z).view(np.uint64))
+    np.testing.assert_array_equal(
+        sigmoid(z.reshape(-1, 1).astype(np.float32)).ravel(), expit(z.astype(np.float32).astype(np.float64))
+    )
 
 
 def test_average_precision_is_sklearns_and_needs_a_positive():
