@@ -81,6 +81,11 @@ class Dataset:
         return self.prepared.store
 
     @property
+    def cache_dir(self) -> Path:
+        """This machine's cache directory (prepared data, indexes, graphs, pools)."""
+        return Path(self.config.cache_dir or default_cache_dir())
+
+    @property
     def u_rows(self) -> np.ndarray:
         """Global row ids of U (read from the split column on first use: global mode and set-up)."""
         if self._u_rows is None:
@@ -195,7 +200,7 @@ class Dataset:
                 self.prepared.u_digest,
                 self._index_key(),
                 k,
-                Path(self.config.cache_dir or default_cache_dir()),
+                self.cache_dir,
                 progress=progress,
                 access=self.access,
             )

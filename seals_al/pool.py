@@ -12,16 +12,20 @@ memory (10 MB at 10M rows), allocated as zero pages.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
 
+from seals_al.arrays import ArrayFile
 from seals_al.errors import SealsError
 from seals_al.index.neighbours import Neighbours, as_neighbours, neighbour_density
-from seals_al.storage import Storage
+from seals_al.storage import Storage, atomic_path
 from seals_al.store import EmbeddingStore
 
 
@@ -184,11 +188,12 @@ class CandidatePool:
         self._slot = {r: i for i, r in enumerate(self._ids[: self._n].tolist())}
 
     # -- persistence (no pickle: plain arrays and JSON) ------------------------------------
-    def save(self, storage: Storage, prefix: str) -> None:
+    def save(self, storage: Storage, prefix: str, cache: MemberVectors | None = None) -> None:
         """Write the pool state (expanded set, members, sources, densities) as .npz + JSON.
 
         Each object is written atomically; pool.json, written last, names the counts that
         :meth:`load` checks pool.npz against, so files from two different saves are detected.
+        ``cache`` keeps the members' vectors on this machine for the next :meth:`load`.
         """
         self._compact()
         n = self._n
@@ -200,7 +205,10 @@ class CandidatePool:
             reached_from=self._from[:n],
             density=self._density[:n] if self.with_density else np.empty(0, np.float32),
         )
-        storage.write_bytes(f"{prefix}/pool.npz", buffer.getvalue())
+        data = buffer.getvalue()
+        storage.write_bytes(f"{prefix}/pool.npz", data)
+        if cache is not None:
+            cache.write(data, self._vectors.blocks(n))
         meta = {
             "k": self.k,
             "with_density": self.with_density,
@@ -212,11 +220,18 @@ class CandidatePool:
 
     @classmethod
     def load(
-        cls, storage: Storage, prefix: str, neighbours: faiss.Index | Neighbours, store: EmbeddingStore
+        cls,
+        storage: Storage,
+        prefix: str,
+        neighbours: faiss.Index | Neighbours,
+        store: EmbeddingStore,
+        cache: MemberVectors | None = None,
     ) -> CandidatePool:
-        """Read a saved pool (no pickle); member vectors are gathered again from the store."""
+        """Read a saved pool (no pickle); member vectors come from ``cache`` when it holds them
+        for this exact pool.npz, else they are gathered again from the store."""
         meta = storage.read_json(f"{prefix}/pool.json")
-        with np.load(io.BytesIO(storage.read_bytes(f"{prefix}/pool.npz")), allow_pickle=False) as data:
+        saved = storage.read_bytes(f"{prefix}/pool.npz")
+        with np.load(io.BytesIO(saved), allow_pickle=False) as data:
             if len(data["ids"]) != meta["size"] or len(data["expanded"]) != meta["expanded"]:
                 raise SealsError(
                     f"{storage.where(prefix)}: pool.npz and pool.json disagree (an interrupted save?)"
@@ -228,9 +243,61 @@ class CandidatePool:
             density = data["density"] if pool.with_density else None
             positions = store.positions(ids)
             pool._known[positions] = True
-            pool._append(Arrivals(ids, data["reached_from"], store.vectors_at(positions), density))
+            vectors = cache.read(saved, len(ids)) if cache is not None else None
+            if vectors is None:
+                vectors = store.vectors_at(positions)
+            pool._append(Arrivals(ids, data["reached_from"], vectors, density))
         pool.queries = int(meta["queries"])
         return pool
+
+
+class MemberVectors:
+    """Pool members' vectors kept on this machine's disk from one round to the next, so a round
+    restores its pool with one sequential read instead of one read per member (some 40,000
+    scattered rows of the store at 10M rows, the largest part of a select stage's reading).
+
+    A file is named by the sha256 of the pool.npz it goes with and the store's digest, so it is
+    only ever read back for that exact pool over that exact store. Files are written atomically
+    and only the newest :attr:`KEEP` are kept. A missing file is a miss, never an error: the
+    vectors are then read from the store, as on a machine that has never seen the campaign.
+    """
+
+    KEEP = 8
+
+    def __init__(self, folder: Path, store: EmbeddingStore):
+        self.folder = Path(folder)
+        self.dim = store.dim
+        self._store_digest = store.digest()
+
+    def _path(self, saved_pool: bytes) -> Path:
+        key = hashlib.sha256(saved_pool + self._store_digest.encode()).hexdigest()[:32]
+        return self.folder / f"{key}.npy"
+
+    def read(self, saved_pool: bytes, n: int) -> np.ndarray | None:
+        """The ``n`` members' vectors for this pool.npz, or None when they are not here."""
+        try:
+            kept = ArrayFile(self._path(saved_pool))
+            if kept.shape != (n, self.dim) or kept.dtype != np.float32:
+                return None
+            return kept.read(0, n)
+        except (SealsError, OSError):  # absent, pruned meanwhile, or cut short: gather them again
+            return None
+
+    def write(self, saved_pool: bytes, blocks: list[np.ndarray]) -> None:
+        """Keep the members' vectors (in the order of pool.npz) for the next load."""
+        header = {"descr": "<f4", "fortran_order": False, "shape": (sum(map(len, blocks)), self.dim)}
+        written = self._path(saved_pool)
+        with atomic_path(written) as tmp, open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for block in blocks:
+                f.write(np.ascontiguousarray(block, dtype=np.float32).data)
+        others = []
+        for path in self.folder.glob("*.npy"):
+            if path != written and not path.name.startswith("."):  # "." : being written
+                with suppress(FileNotFoundError):  # pruned by another process meanwhile
+                    others.append((path.stat().st_mtime_ns, path))
+        for _, old in sorted(others, reverse=True)[self.KEEP - 1 :]:
+            old.unlink(missing_ok=True)
 
 
 class _Blocks:

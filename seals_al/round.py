@@ -23,7 +23,7 @@ import numpy as np
 
 from seals_al.dataset import Dataset
 from seals_al.errors import PoolExhaustedError
-from seals_al.pool import CandidatePool
+from seals_al.pool import CandidatePool, MemberVectors
 from seals_al.record import RoundRecord
 from seals_al.selection import Selection, select_global, select_seals
 from seals_al.settings import RoundConfig
@@ -75,8 +75,9 @@ class Candidates(ABC):
 class SealsCandidates(Candidates):
     """The candidate pool P: the neighbours of every labeled or selected example, minus those."""
 
-    def __init__(self, pool: CandidatePool, restored: bool = False):
+    def __init__(self, pool: CandidatePool, cache: MemberVectors, restored: bool = False):
         self.pool = pool
+        self.cache = cache
         self.restored = restored
 
     def __len__(self) -> int:
@@ -93,7 +94,7 @@ class SealsCandidates(Candidates):
         return select_seals(self.pool, model, strategy, want, seed=seed, round_index=r)
 
     def save(self, storage: Storage, prefix: str) -> None:
-        self.pool.save(storage, prefix)
+        self.pool.save(storage, prefix, self.cache)
 
 
 class GlobalCandidates(Candidates):
@@ -161,7 +162,7 @@ class RoundEngine:
             pool = CandidatePool(
                 source, self.dataset.store, self.config.k, with_density=self.strategy.needs_density
             )
-            return SealsCandidates(pool)
+            return SealsCandidates(pool, self._member_vectors())
         density = (
             self.dataset.u_density(self.config.k, self.progress) if self.strategy.needs_density else None
         )
@@ -172,7 +173,13 @@ class RoundEngine:
         if self.config.mode != "seals":
             return self.candidates()
         source = self.dataset.neighbours(self.config.k, self.progress)
-        return SealsCandidates(CandidatePool.load(storage, prefix, source, self.dataset.store), restored=True)
+        cache = self._member_vectors()
+        pool = CandidatePool.load(storage, prefix, source, self.dataset.store, cache)
+        return SealsCandidates(pool, cache, restored=True)
+
+    def _member_vectors(self) -> MemberVectors:
+        """Where this machine keeps saved pools' member vectors (the cache directory's pools/)."""
+        return MemberVectors(self.dataset.cache_dir / "pools", self.dataset.store)
 
     # -- the steps of a round ----------------------------------------------------------------------
     def train(self, row_ids: np.ndarray, y: np.ndarray) -> LinearModel:

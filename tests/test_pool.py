@@ -8,7 +8,7 @@ import pytest
 from seals_al.errors import PoolExhaustedError, SealsError
 from seals_al.index.build import build_index, set_search_parameters
 from seals_al.index.neighbours import as_neighbours, build_neighbour_graph
-from seals_al.pool import CandidatePool, _Blocks
+from seals_al.pool import CandidatePool, MemberVectors, _Blocks
 from seals_al.selection import select_seals
 from seals_al.storage import LocalStorage
 from seals_al.strategies import get_strategy, random_keys, tiebreak_keys
@@ -149,6 +149,46 @@ def test_save_and_load_resume_with_no_new_queries(synthetic, tmp_path):
     loaded.expand(labeled)
     assert loaded.queries == queries
     assert loaded.reached_from(int(ids[0])) == pool.reached_from(int(ids[0]))
+
+
+def test_a_saved_pools_member_vectors_are_kept_for_the_next_load(synthetic, tmp_path):
+    """With a MemberVectors cache, load reads the members' vectors from the file the save wrote
+    for that exact pool.npz; without it (a new machine, a pruned or damaged file, another pool) it
+    gathers them from the store, and both loads are the same pool."""
+    storage, cache = LocalStorage(tmp_path / "c"), MemberVectors(tmp_path / "pools", synthetic.store)
+    pool = CandidatePool(synthetic.index, synthetic.store, K)
+    pool.expand(seed_rows(synthetic))
+    pool.save(storage, "r0", cache)
+    (kept,) = (tmp_path / "pools").glob("*.npy")
+    ids, vectors, _ = members(pool)
+    np.testing.assert_array_equal(np.load(kept), vectors)
+    from_store = CandidatePool.load(storage, "r0", synthetic.index, synthetic.store)
+    from_cache = CandidatePool.load(storage, "r0", synthetic.index, synthetic.store, cache)
+    for loaded in (from_store, from_cache):
+        np.testing.assert_array_equal(members(loaded)[0], ids)
+        np.testing.assert_array_equal(members(loaded)[1], vectors)
+    # The file is what load reads: changed in place, the change shows.
+    marked = vectors.copy()
+    marked[0] = 7.0
+    np.save(kept, marked)
+    np.testing.assert_array_equal(
+        members(CandidatePool.load(storage, "r0", synthetic.index, synthetic.store, cache))[1][0], 7.0
+    )
+    # Cut short, or of another shape: a miss, and the store is read.
+    for damage in (lambda: kept.write_bytes(kept.read_bytes()[:-5]), lambda: np.save(kept, vectors[:-1])):
+        damage()
+        again = CandidatePool.load(storage, "r0", synthetic.index, synthetic.store, cache)
+        np.testing.assert_array_equal(members(again)[1], vectors)
+    # Another pool has another file; only the newest KEEP files stay.
+    for r in range(1, MemberVectors.KEEP + 2):
+        pool.expand([int(ids[r])])
+        pool.save(storage, f"r{r}", cache)
+    assert len(list((tmp_path / "pools").glob("*.npy"))) == MemberVectors.KEEP
+    newest = CandidatePool.load(
+        storage, f"r{MemberVectors.KEEP + 1}", synthetic.index, synthetic.store, cache
+    )
+    np.testing.assert_array_equal(members(newest)[1], members(pool)[1])
+    assert cache.read(storage.read_bytes(f"r{MemberVectors.KEEP + 1}/pool.npz"), len(pool)) is not None
 
 
 def test_exhausted_pool_is_an_explicit_error(synthetic):
