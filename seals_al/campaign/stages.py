@@ -85,12 +85,13 @@ class Campaign(StateReader):
             The new round's record (as in metrics.json), or None when no label came back.
         """
         with Lease(self.storage):
-            if self._ingest_stage() is None:
+            state = self.state()  # unchanged until select commits: the lease is held throughout
+            if self._ingest_stage(state) is None:
                 return None
             failpoint("after_ingest")
-            self._train_stage()
+            self._train_stage(state)
             failpoint("after_train")
-            return self._select_stage()
+            return self._select_stage(state)
 
     # The three stages, for orchestrators that run them as separate steps (the KFP components and
     # the Argo template). Each takes the lease.
@@ -101,20 +102,19 @@ class Campaign(StateReader):
             What was staged, or None when no new label came back (nothing is written).
         """
         with Lease(self.storage):
-            return self._ingest_stage()
+            return self._ingest_stage(self.state())
 
     def train(self) -> dict:
         """Stage 2: fit the classifier on the staged labeled set and evaluate it."""
         with Lease(self.storage):
-            return self._train_stage()
+            return self._train_stage(self.state())
 
     def select(self) -> dict:
         """Stage 3: expand the pool, select the batch, publish and commit the round."""
         with Lease(self.storage):
-            return self._select_stage()
+            return self._select_stage(self.state())
 
-    def _ingest_stage(self) -> StagedLabels | None:
-        state = self.state()
+    def _ingest_stage(self, state: State) -> StagedLabels | None:
         files = self.new_label_files(state)
         if not files and state.round >= 0:
             return None
@@ -191,8 +191,8 @@ class Campaign(StateReader):
         labeled = {row["id"]: row for row in jsonl_rows(data.decode())}
         return r, labeled, sha256(data)
 
-    def _train_stage(self) -> dict:
-        r, labeled, digest = self._staged("train", self.state())
+    def _train_stage(self, state: State) -> dict:
+        r, labeled, digest = self._staged("train", state)
         engine = self.engine()
         ids = sorted(labeled)
         y = np.asarray([labeled[i]["label"] for i in ids])
@@ -203,11 +203,10 @@ class Campaign(StateReader):
         self.storage.write_json(keys.model, {**model.to_json(), "round": r, "labeled_sha256": digest})
         return {k: v for k, v in evaluation.items() if k != "classification"}
 
-    def _select_stage(self) -> dict:
+    def _select_stage(self, state: State) -> dict:
         from seals_al.round import Evaluation
         from seals_al.train import LinearModel
 
-        state = self.state()
         r, labeled, digest = self._staged("select", state)
         keys, engine = self.keys(r), self.engine()
         if not self.storage.exists(keys.model):
