@@ -29,6 +29,7 @@ The first run at 10M takes about an hour (data, index and neighbour graph); they
 from __future__ import annotations
 
 import argparse
+import compileall
 import itertools
 import json
 import os
@@ -47,6 +48,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DOCS, update_section, write_json
 
+import seals_al
 from seals_al.campaign import Campaign
 from seals_al.dataset import Dataset
 from seals_al.index.neighbours import NeighbourGraph
@@ -64,6 +66,7 @@ CONCEPT = "rare"
 STAGES = ("ingest", "train", "select", "report")
 SIMULATE_UP_TO = 1_000_000  # simulate, memory-mapped vs in RAM, at sizes up to this
 SIMULATE_ROUNDS = 6
+SIMULATE_REPEATS = 3  # simulations per way, interleaved
 
 # Runs a seals-al command in this process and, at exit, writes what it read to SEALS_MEASURE_OUT:
 # read() bytes, and the resident pages of every data file it memory-mapped (maps kept open).
@@ -230,12 +233,15 @@ def measure_size(n: int, rounds: int, work: Path, env: dict) -> dict:
             )["labeled"],
         }
     if n <= SIMULATE_UP_TO:
+        # Interleaved, so that a slow minute of the machine falls on all three ways alike.
+        times: dict[str, list[float]] = {"default": [], "mapped": [], "copied": []}
+        for _ in range(SIMULATE_REPEATS):
+            for way, extra in (("default", []), ("mapped", ["--ram-budget-mb", "0"])):
+                out = folder / f"simulate-{way}"
+                times[way] += simulate_selection(out, items, store, n, env, work, extra)
+            times["copied"] += simulate_copied(items, store, n, env)
         result["simulate"] = {
-            "default": simulate_selection(folder / "simulate-default", items, store, n, env, work, []),
-            "mapped": simulate_selection(
-                folder / "simulate-mapped", items, store, n, env, work, ["--ram-budget-mb", "0"]
-            ),
-            "copied": simulate_copied(items, store, n, env),
+            way: {"selection_seconds": statistics.median(t), "rounds": t} for way, t in times.items()
         }
     return result
 
@@ -250,16 +256,13 @@ def simulate_args(items: Path, store: Path, n: int) -> list[str]:
 
 def simulate_selection(
     out: Path, items: Path, store: Path, n: int, env: dict, work: Path, extra: list
-) -> dict:
-    """`seals-al simulate` (SEALS) in a fresh process: its median selection time."""
-    process = run(["simulate", *simulate_args(items, store, n), "--out", str(out), *extra], env, work)
-    return {
-        "selection_seconds": _selection_median(json.loads((out / "summary.json").read_text())),
-        "process": process,
-    }
+) -> list[float]:
+    """`seals-al simulate` (SEALS) in a fresh process: the selection time of each round."""
+    run(["simulate", *simulate_args(items, store, n), "--out", str(out), *extra], env, work)
+    return _selection_times(json.loads((out / "summary.json").read_text()))
 
 
-def simulate_copied(items: Path, store: Path, n: int, env: dict) -> dict:
+def simulate_copied(items: Path, store: Path, n: int, env: dict) -> list[float]:
     """The same simulation with the embeddings and neighbour lists copied into RAM, as the
     selection-cost benchmark times them (in this process: the reference for the two above)."""
     config = DataConfig(
@@ -274,11 +277,11 @@ def simulate_copied(items: Path, store: Path, n: int, env: dict) -> dict:
     sim = SimulationConfig(
         concept=CONCEPT, learning=RoundConfig(k=100, batch_size=100), rounds=SIMULATE_ROUNDS
     )
-    return {"selection_seconds": _selection_median(simulate(dataset, sim, None, progress=False))}
+    return _selection_times(simulate(dataset, sim, None, progress=False))
 
 
-def _selection_median(summary: dict) -> float:
-    return statistics.median(r["selection_seconds"] for r in summary["rounds"] if r.get("selection_seconds"))
+def _selection_times(summary: dict) -> list[float]:
+    return [r["selection_seconds"] for r in summary["rounds"] if r.get("selection_seconds")]
 
 
 def drop_caches() -> bool:
@@ -376,7 +379,8 @@ def markdown(results: list[dict], command: str) -> str:
     if simulated:
         lines += [
             "",
-            f"`seals-al simulate` (SEALS, {SIMULATE_ROUNDS} rounds in one process), median selection time. "
+            f"`seals-al simulate` (SEALS, {SIMULATE_ROUNDS} rounds in one process, {SIMULATE_REPEATS} "
+            "simulations per way, interleaved), median selection time over all their rounds. "
             "By default it maps the embeddings and neighbour lists with every page read in at once "
             f"when the embeddings take at most {DEFAULT_RAM_BUDGET_MB:,} MB (`--ram-budget-mb`), and "
             "maps them to be read as touched otherwise. The reference: the same simulation with both "
@@ -404,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SEALS_CACHE_DIR": str(args.work / "cache"), "HF_HUB_OFFLINE": "1"}
+    # An installed package is byte-compiled (pip does it); so is this checkout's, so that no timed
+    # command compiles the package's modules first (PYTHONDONTWRITEBYTECODE may forbid caching them).
+    compileall.compile_dir(Path(seals_al.__file__).parent, quiet=1)
     results = [measure_size(n, args.rounds, args.work, env) for n in args.sizes]
     write_json(RESULTS, results)
     plot(results)

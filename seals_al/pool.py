@@ -339,10 +339,12 @@ class _Blocks:
         return [*views, self._blocks[full][:rest]] if rest else list(views)
 
     def keep(self, slots: np.ndarray) -> None:
-        """Keep only the given rows, in order (compaction)."""
-        kept = self.rows(slots) if len(slots) else np.empty((0, self.dim), np.float32)
-        self._blocks = []
-        self.write(0, kept)
+        """Keep only the given rows (ascending slots), in order: compaction in place, a block at a
+        time. Row i moves to slot i <= slots[i], so no row is overwritten before it is moved."""
+        slots = np.asarray(slots, dtype=np.int64)
+        for start in range(0, len(slots), self.ROWS):
+            self.write(start, self.rows(slots[start : start + self.ROWS]))
+        del self._blocks[-(-len(slots) // self.ROWS) :]
 
 
 def _grow(array: np.ndarray, cap: int) -> np.ndarray:

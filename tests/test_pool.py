@@ -228,6 +228,9 @@ def test_block_storage_across_many_blocks_and_compaction(synthetic, monkeypatch)
         ids, vectors, _ = members(pool)
         np.testing.assert_array_equal(vectors, synthetic.store.vectors(ids))
         assert set(ids.tolist()) == reference_pool(synthetic, labeled, K)
+        pool._compact()  # what a save does: removed members' rows go, in place
+        assert len(pool._vectors._blocks) == -(-len(pool) // 7)
+        np.testing.assert_array_equal(members(pool)[1], vectors)
 
 
 @pytest.mark.parametrize("name", ["maxent", "id"])
