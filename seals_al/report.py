@@ -181,7 +181,7 @@ _MARGIN = {"left": 62, "right": 26, "top": 14, "bottom": 44}
 
 def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     """About ``count`` round values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
-    if hi <= lo:  # one value: a range around it
+    if hi - lo <= 1e-9 * max(abs(lo), abs(hi)):  # one value, to rounding: a range around it
         pad = abs(lo) / 10 or 0.5
         lo, hi = max(lo - pad, 0.0) if lo >= 0 else lo - pad, hi + pad
     raw = (hi - lo) / count
@@ -197,10 +197,13 @@ def _tick_label(value: float, step: float) -> str:
 
 
 def _svg_panel(x: list[float], y: list[float], xlabel: str, ylabel: str, colour: str, left: int) -> str:
-    """One line chart: axes with round ticks, a grid, the line with its points."""
+    """One line chart: axes with round ticks, a grid, the line with its points (a point that is
+    not a finite number is left out)."""
     m = _MARGIN
     w, h = _PANEL_W - m["left"] - m["right"], _PANEL_H - m["top"] - m["bottom"]
     x0, y0 = left + m["left"], _TOP + m["top"]
+    finite = [(a, b) for a, b in zip(x, y, strict=True) if math.isfinite(a) and math.isfinite(b)]
+    x, y = [a for a, _ in finite] or [0.0], [b for _, b in finite] or [0.0]
     xt, yt = _ticks(min(x), max(x)), _ticks(min(y), max(y))
 
     def px(v: float) -> float:
@@ -220,7 +223,7 @@ def _svg_panel(x: list[float], y: list[float], xlabel: str, ylabel: str, colour:
             f"<line x1='{x0}' y1='{py(v):.1f}' x2='{x0 + w}' y2='{py(v):.1f}' stroke='#ddd'/><text "
             f"x='{x0 - 6}' y='{py(v) + 4:.1f}' text-anchor='end'>{_tick_label(v, yt[1] - yt[0])}</text>"
         )
-    xy = [(px(a), py(b)) for a, b in zip(x, y, strict=True)]
+    xy = [(px(a), py(b)) for a, b in finite]
     points = " ".join(f"{a:.1f},{b:.1f}" for a, b in xy)
     out.append(f"<polyline points='{points}' fill='none' stroke='{colour}' stroke-width='2'/>")
     out += [f"<circle cx='{a:.1f}' cy='{b:.1f}' r='3.5' fill='{colour}'/>" for a, b in xy]

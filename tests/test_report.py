@@ -13,7 +13,7 @@ from seals_al.campaign import Campaign, CampaignConfig, init
 from seals_al.errors import SealsError
 from seals_al.oracle import label_open_batch, seed_file_from_truth
 from seals_al.record import TABLE_COLUMNS, UI_METRICS, RoundRecord, table_cells
-from seals_al.report import _ticks, add_round_row, plot_runs, round_report, round_table
+from seals_al.report import _ticks, add_round_row, history_svg, plot_runs, round_report, round_table
 from seals_al.settings import RoundConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -140,6 +140,7 @@ def test_report_files_go_only_where_nothing_else_is(campaign, tmp_path, capsys):
         (0.0031, 0.0035, [0.0031, 0.0032, 0.0033, 0.0034, 0.0035]),
         (5, 5, [4.4, 4.6, 4.8, 5.0, 5.2, 5.4, 5.6]),
         (0, 0, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]),
+        (1.0, 1.0000000000000002, [0.9, 0.95, 1.0, 1.05, 1.1]),  # an AP of 1 with float noise
     ],
 )
 def test_chart_ticks_are_round_values_covering_the_data(lo, hi, expected):
@@ -162,3 +163,13 @@ def test_the_report_stage_draws_without_matplotlib(campaign, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.splitlines()[-1] == "[]"
     assert "<svg" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_the_charts_leave_out_values_that_are_not_numbers():
+    history = [
+        {"labeled": 100, "positives": 5, "average_precision": float("nan"), "pool_fraction": 0.01},
+        {"labeled": 200, "positives": 9, "average_precision": 0.5, "pool_fraction": 0.02},
+    ]
+    svg = history_svg(history, "t")
+    assert "nan" not in svg
+    assert svg.count("<circle") == 2 + 1 + 2
