@@ -21,7 +21,7 @@ import json
 from collections.abc import Container
 from dataclasses import dataclass, field
 
-from seals_al.errors import SealsError
+from seals_al.errors import SealsError, shown
 
 MAX_LABEL_FILE_BYTES = 16 * 2**20
 POSITIVE = {"1", "true", "yes", "y", "positive", "pos"}
@@ -123,19 +123,19 @@ def _answer(
         return None
     label = parse_label(value, concept)
     if label is None:
-        problems.append(Problem(where, f"invalid label {value!r} for id {item_id!r}"))
+        problems.append(Problem(where, f"invalid label {shown(value)} for id {shown(item_id)}"))
         return None
     return Answer(str(item_id).strip(), label, where)
 
 
 def _read_csv(text: str, concept: str) -> tuple[list[Answer], int, list[Problem]]:
     answers, problems = [], []
-    reader = csv.reader(io.StringIO(text))
-    header = [h.strip() for h in next(reader)]
-    if "id" not in header or "label" not in header:
-        return [], 0, [Problem("line 1", f"expected columns id,label; found {','.join(header)}")]
-    at_id, at_label = header.index("id"), header.index("label")
+    reader = csv.reader(io.StringIO(text), strict=True)
     try:
+        header = [h.strip() for h in next(reader, [])]
+        if "id" not in header or "label" not in header:
+            return [], 0, [Problem("line 1", f"expected columns id,label; found {shown(','.join(header))}")]
+        at_id, at_label = header.index("id"), header.index("label")
         for row in reader:
             where = f"line {reader.line_num}"
             if not any(cell.strip() for cell in row):
@@ -236,9 +236,20 @@ def check_label_file(
     open_batch: Container[str],
     labeled: dict[str, int],
     known: Container[str],
+    in_u: Container[str] | None = None,
 ) -> CheckedLabels:
     """Parse and validate a label file against the campaign; raise :class:`LabelFileError` on any
-    hard error, else return what it adds (new labels and relabels)."""
+    hard error, else return what it adds (new labels and relabels).
+
+    Args:
+        name: the file's name (its extension says its format).
+        data: its bytes.
+        concept: the campaign's concept (a label may be spelled as it).
+        open_batch: the ids it may label: the open batch (U, for the seed file).
+        labeled: the labels known so far (a file may repeat or change them).
+        known: every item id of the campaign.
+        in_u: the ids of U, when given: an item outside it is named as held out for evaluation.
+    """
     check_size(name, len(data))
     fmt, answers, pending, problems = read_label_file(name, data, concept)
     seen: dict[str, Answer] = {}
@@ -248,16 +259,19 @@ def check_label_file(
             problems.append(
                 Problem(
                     answer.where,
-                    f"id {answer.item_id!r} labeled {earlier.label} at {earlier.where} "
+                    f"id {shown(answer.item_id)} labeled {earlier.label} at {earlier.where} "
                     f"and {answer.label} here",
                 )
             )
         seen.setdefault(answer.item_id, answer)
         if answer.item_id not in open_batch and answer.item_id not in labeled:
-            what = (
-                "is not in the open batch" if answer.item_id in known else "is not an item of this campaign"
-            )
-            problems.append(Problem(answer.where, f"id {answer.item_id!r} {what}"))
+            if answer.item_id not in known:
+                what = "is not an item of this campaign"
+            elif in_u is not None and answer.item_id not in in_u:
+                what = "is in the evaluation split, held out from labeling"
+            else:
+                what = "is not in the open batch"
+            problems.append(Problem(answer.where, f"id {shown(answer.item_id)} {what}"))
     if not answers and not problems and not pending:
         problems.append(Problem("file", "no labels in the file"))
     if problems:

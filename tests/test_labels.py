@@ -75,6 +75,7 @@ def test_csv_columns_in_any_order_with_extra_columns_and_blank_lines():
     assert result.new == {"a": 1, "b": 0}
 
 
+@pytest.mark.hostile
 def test_every_problem_is_reported_with_its_line():
     found = problems("l.csv", "id,label\na,1\n,1\nb,maybe\nc,1,extra\nzzz,0\nd,1\n")
     assert found == [
@@ -86,12 +87,29 @@ def test_every_problem_is_reported_with_its_line():
     ]
 
 
+@pytest.mark.hostile
+def test_an_evaluation_item_is_named_held_out_not_missing_from_the_batch():
+    """Ids outside U (the evaluation split) are told apart from ids merely outside the open batch,
+    for a seed file (whose open batch is U) and for a round's labels alike."""
+    u = KNOWN - {"e"}
+    for open_batch in (OPEN, u):
+        with pytest.raises(LabelFileError) as e:
+            check_label_file(
+                "l.csv", b"id,label\ne,1\n", CONCEPT, open_batch=open_batch, labeled={}, known=KNOWN, in_u=u
+            )
+        assert [(p.where, p.message) for p in e.value.problems] == [
+            ("line 2", "id 'e' is in the evaluation split, held out from labeling")
+        ]
+
+
+@pytest.mark.hostile
 def test_csv_without_the_columns_is_rejected_at_line_1():
     assert problems("l.csv", "item,answer\na,1\n") == [
-        ("line 1", "expected columns id,label; found item,answer")
+        ("line 1", "expected columns id,label; found 'item,answer'")
     ]
 
 
+@pytest.mark.hostile
 def test_jsonl_problems():
     text = '{"id": "a", "label": 1}\nnot json\n["a", 1]\n{"id": "b"}\n{"id": "c", "lab'
     assert problems("l.jsonl", text) == [
@@ -102,6 +120,7 @@ def test_jsonl_problems():
     ]
 
 
+@pytest.mark.hostile
 def test_one_file_that_labels_an_id_twice_differently_is_rejected():
     assert problems("l.csv", "id,label\na,1\na,0\n") == [("line 3", "id 'a' labeled 1 at line 2 and 0 here")]
     assert check("l.csv", "id,label\na,1\na,yes\n").new == {"a": 1}, "the same answer twice is fine"
@@ -135,6 +154,7 @@ def test_label_studio_uses_the_last_annotation_that_was_not_cancelled():
     assert result.pending_tasks == 1, "a task whose only annotation was cancelled is still pending"
 
 
+@pytest.mark.hostile
 def test_label_studio_problems():
     two_choices = {
         "data": {"seals_id": "a"},
@@ -166,10 +186,12 @@ def test_label_studio_problems():
         ("l.csv", b"id,label\n", ("file", "no labels in the file")),
     ],
 )
+@pytest.mark.hostile
 def test_files_that_hold_no_labels(name, data, expected):
     assert problems(name, data) == [expected]
 
 
+@pytest.mark.hostile
 def test_an_oversized_file_is_rejected_before_it_is_parsed():
     data = b"id,label\n" + b"a,1\n" * (MAX_LABEL_FILE_BYTES // 4)
     assert problems("l.csv", data) == [
@@ -210,6 +232,7 @@ def test_a_batch_as_label_studio_tasks():
         ),
     ],
 )
+@pytest.mark.hostile
 def test_a_byte_order_mark_is_not_part_of_the_file(name, text):
     """Excel and some exporters start UTF-8 files with a BOM; it must not hide the 'id' column."""
     assert check(name, b"\xef\xbb\xbf" + text.encode()).new == {"a": 1}
@@ -231,6 +254,7 @@ def _mutations(value, replacements):
 WRONG_TYPES = [None, True, 0, 1.5, "", "x", [], [1], {}, {"a": 1}]
 
 
+@pytest.mark.hostile
 def test_label_studio_exports_of_any_shape_are_parsed_or_rejected_never_a_crash():
     task = {
         "data": {"seals_id": "a", "text": "t"},
@@ -253,6 +277,7 @@ def test_label_studio_exports_of_any_shape_are_parsed_or_rejected_never_a_crash(
     assert outcomes["rejected"] > 100, outcomes
 
 
+@pytest.mark.hostile
 def test_a_choice_must_be_one_string():
     def export(choices) -> str:
         return json.dumps(
@@ -269,6 +294,7 @@ def test_a_choice_must_be_one_string():
     assert check("l.json", export(["1"])).new == {"a": 1}
 
 
+@pytest.mark.hostile
 def test_jsonl_records_of_any_shape_are_parsed_or_rejected_never_a_crash():
     wheres = set()
     for mutated in _mutations({"id": "a", "label": 1}, WRONG_TYPES):
