@@ -18,6 +18,12 @@ from seals_al.storage import default_cache_dir, local_file, require_file
 
 Columns = dict[str, list[str]]
 
+# The most characters in one cell, in every format: the csv module's default limit, which the CSV
+# reader applies. The encoder reads the first few hundred tokens of a text; a longer cell is
+# almost always a broken file, and a limit keeps one line from taking gigabytes.
+MAX_CELL_CHARS = 131_072
+MAX_JSONL_LINE_CHARS = 8 * MAX_CELL_CHARS
+
 
 def read_items(path: str | Path, columns: Sequence[str], id_column: str) -> Columns:
     """Read the named columns of an item table.
@@ -89,7 +95,7 @@ def _missing(path: Path, wanted: Sequence[str], present: Sequence[str]) -> None:
 def _read_csv(path: Path, wanted: Sequence[str]) -> Columns:
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
+            reader = csv.reader(f, strict=True)  # a stray or unclosed quote is an error, not data
             header = next(reader, None)
             if not header:
                 raise SealsError(f"{path}: the file is empty")
@@ -106,7 +112,11 @@ def _read_csv(path: Path, wanted: Sequence[str]) -> Columns:
     except UnicodeDecodeError as e:
         raise SealsError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
     except csv.Error as e:
-        raise SealsError(f"{path}: malformed CSV: {e}") from e
+        if "field larger than field limit" in str(e):
+            raise SealsError(
+                f"{path}, line {reader.line_num}: a field over {MAX_CELL_CHARS:,} characters"
+            ) from e
+        raise SealsError(f"{path}, line {reader.line_num}: malformed CSV: {e}") from e
     return table
 
 
@@ -114,7 +124,11 @@ def _read_jsonl(path: Path, wanted: Sequence[str]) -> Columns:
     table: Columns = {c: [] for c in wanted}
     try:
         with path.open(encoding="utf-8-sig") as f:
-            for line_no, line in enumerate(f, start=1):
+            # Each line read up to a limit, so one huge line is refused, not read whole.
+            lines = iter(lambda: f.readline(MAX_JSONL_LINE_CHARS + 1), "")
+            for line_no, line in enumerate(lines, start=1):
+                if len(line) > MAX_JSONL_LINE_CHARS:
+                    raise SealsError(f"{path}, line {line_no}: over {MAX_JSONL_LINE_CHARS:,} characters")
                 if not line.strip():
                     continue
                 try:
@@ -126,7 +140,7 @@ def _read_jsonl(path: Path, wanted: Sequence[str]) -> Columns:
                 for c in wanted:
                     if c not in record or record[c] is None:
                         raise SealsError(f"{path}, line {line_no}: missing field {c!r}")
-                    table[c].append(str(record[c]))
+                    table[c].append(_cell(str(record[c]), f"{path}, line {line_no}", c))
     except UnicodeDecodeError as e:
         raise SealsError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
     return table
@@ -147,8 +161,14 @@ def _read_parquet(path: Path, wanted: Sequence[str]) -> Columns:
         for row, v in enumerate(values):
             if v is None:
                 raise SealsError(f"{path}, row {row}: null in column {c!r}")
-        table[c] = [str(v) for v in values]
+        table[c] = [_cell(str(v), f"{path}, row {row}", c) for row, v in enumerate(values)]
     return table
+
+
+def _cell(value: str, where: str, column: str) -> str:
+    if len(value) > MAX_CELL_CHARS:
+        raise SealsError(f"{where}: {column!r} is over {MAX_CELL_CHARS:,} characters")
+    return value
 
 
 def _check_ids(path: Path, id_column: str, ids: Sequence[str]) -> None:

@@ -1,4 +1,4 @@
-"""The embeddings store format, item tables, the real text encoder, its cache, and imports."""
+"""The embeddings store format, the real text encoder, its cache, and imports."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 from seals_al.embed.local import embed_texts, import_embeddings
 from seals_al.encoder import MiniLMEncoder
 from seals_al.errors import SealsError
-from seals_al.items import has_column, read_items
 from seals_al.store import EmbeddingStore, l2_normalize, write_store
 
 from .conftest import shuffled_row_ids
@@ -40,6 +39,7 @@ def test_store_round_trip_by_global_row_id_across_shards(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"], "no temporary directory left behind"
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("in_memory", [False, True])
 def test_dense_store_rejects_row_ids_out_of_range(tmp_path, in_memory):
     x = np.arange(40, dtype=np.float32).reshape(10, 4)
@@ -51,6 +51,7 @@ def test_dense_store_rejects_row_ids_out_of_range(tmp_path, in_memory):
             store.vectors(np.array([3, bad, 5]))
 
 
+@pytest.mark.hostile
 def test_store_detects_corruption_and_unknown_ids(tmp_path):
     store = write_store(tmp_path / "s", ["a", "b"], np.eye(2, dtype=np.float32), model="m", normalized=True)
     with pytest.raises(SealsError, match="unknown id 'zz'"):
@@ -68,6 +69,7 @@ def test_store_detects_corruption_and_unknown_ids(tmp_path):
         EmbeddingStore.open(tmp_path)
 
 
+@pytest.mark.hostile
 def test_normalize_rejects_nan_and_zero_rows_by_id():
     x = np.ones((3, 4), np.float32)
     np.testing.assert_allclose(np.linalg.norm(l2_normalize(x), axis=1), 1, rtol=1e-6)
@@ -77,58 +79,6 @@ def test_normalize_rejects_nan_and_zero_rows_by_id():
     x[1] = 0
     with pytest.raises(SealsError, match=r"vecs\.npy: embedding of id 'b' is all zeros"):
         l2_normalize(x, ["a", "b", "c"], "vecs.npy")
-
-
-def test_read_items_csv_jsonl_parquet(tmp_path):
-    rows = [{"id": "a", "text": "hello, world", "label": "x"}, {"id": "b", "text": "bye", "label": "y"}]
-    csv_path = tmp_path / "items.csv"
-    csv_path.write_text('id,text,label\na,"hello, world",x\nb,bye,y\n')
-    jsonl_path = tmp_path / "items.jsonl"
-    jsonl_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    parquet_path = tmp_path / "items.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), parquet_path)
-    for path in (csv_path, jsonl_path, parquet_path):
-        table = read_items(path, ["text", "label"], "id")
-        assert table == {"id": ["a", "b"], "text": ["hello, world", "bye"], "label": ["x", "y"]}, path.name
-    # The same files as some tools write them, starting with a UTF-8 byte order mark.
-    for path in (csv_path, jsonl_path):
-        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
-        assert has_column(path, "label"), path.name
-        assert read_items(path, ["text", "label"], "id")["id"] == ["a", "b"], path.name
-
-
-@pytest.mark.parametrize(
-    ("name", "content", "message"),
-    [
-        ("empty.csv", "", "the file is empty"),
-        ("header.csv", "id,text,label\n", "has a header but no rows"),
-        ("nolabel.csv", "id,text\na,hi\n", "missing column(s) 'label'; the file has 'id', 'text'"),
-        ("short.csv", "id,text,label\na,hi,x\nb,oops\n", "line 3: expected 3 fields, found 2"),
-        (
-            "dup.csv",
-            "id,text,label\na,hi,x\na,ho,y\n",
-            "data row 2: duplicate 'id' 'a' (first at data row 1)",
-        ),
-        ("blank.csv", "id,text,label\n ,hi,x\n", "data row 1: empty 'id'"),
-        ("bad.jsonl", '{"id": "a", "text": "t", "label": "x"}\n{"id": "b", \n', "line 2: invalid JSON"),
-        ("field.jsonl", '{"id": "a", "text": "t"}\n', "line 1: missing field 'label'"),
-        ("items.txt", "whatever", "unsupported item file type '.txt'"),
-    ],
-)
-def test_read_items_errors_name_file_and_line(tmp_path, name, content, message):
-    path = tmp_path / name
-    path.write_text(content)
-    with pytest.raises(SealsError) as error:
-        read_items(path, ["text", "label"], "id")
-    assert str(error.value).startswith(str(path))
-    assert message in str(error.value)
-
-
-def test_read_items_rejects_bad_encoding(tmp_path):
-    path = tmp_path / "latin1.csv"
-    path.write_bytes("id,text,label\na,caf\xe9,x\n".encode("latin-1"))
-    with pytest.raises(SealsError, match="not valid UTF-8"):
-        read_items(path, ["text", "label"], "id")
 
 
 TEXTS = ["how do i report a stolen card", "set a timer for ten minutes", "transfer $50 to savings"]
@@ -181,6 +131,7 @@ def test_import_precomputed_npy_and_parquet(tmp_path):
     assert import_embeddings(from_npy.path, ids).path == from_npy.path
 
 
+@pytest.mark.hostile
 def test_import_errors(tmp_path):
     ids = ["a", "b", "c"]
     np.save(tmp_path / "rows.npy", np.ones((2, 4), np.float32))
