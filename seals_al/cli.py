@@ -196,7 +196,7 @@ def _stage(args: argparse.Namespace, console: Console) -> int:
             "no new labels: nothing to do"
             if staged is None
             else f"round {staged.round}: {staged.new_labels} new label(s), {staged.relabels} relabel(s), "
-            f"{staged.labeled} labeled",
+            f"{staged.labeled} labeled, from {', '.join(staged.files)}",
             highlight=False,
         )
     elif args.stage == "train":
@@ -207,6 +207,8 @@ def _stage(args: argparse.Namespace, console: Console) -> int:
         console.print(
             f"round {metrics['round']} committed; batch of {metrics['batch']}: {where}", highlight=False
         )
+        for line in campaign.intake(metrics["round"]):
+            console.print(f"  {line}", highlight=False)
     else:
         from seals_al.oracle import label_open_batch
 
@@ -260,6 +262,8 @@ def _round(args: argparse.Namespace, console: Console) -> int:
         + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()),
         highlight=False,
     )
+    for line in campaign.intake(r):
+        console.print(f"  {line}", highlight=False)
     keys = campaign.keys(r)
     console.print(
         f"batch: {campaign.storage.where(keys.to_label)} (Label Studio: {keys.label_studio})\n"
@@ -277,6 +281,8 @@ def _status(args: argparse.Namespace, console: Console) -> int:
     status = Campaign(args.campaign, progress=False).status()
     table = Table(show_header=False, title=f"campaign {status['concept']!r}")
     for key, value in status.items():
+        if isinstance(value, list):
+            value = "\n".join(value) or None
         table.add_row(key.replace("_", " "), "-" if value is None else str(value))
     console.print(table)
     return 0

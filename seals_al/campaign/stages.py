@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from seals_al.campaign.config import CampaignConfig
-from seals_al.campaign.layout import CONFIG, MAX_CONFIG_BYTES, rejection_report
+from seals_al.campaign.layout import CONFIG, MAX_CONFIG_BYTES
 from seals_al.campaign.lease import Lease
-from seals_al.campaign.state import Oversized, State, StateReader, jsonl_rows, sha256
-from seals_al.errors import SealsError
+from seals_al.campaign.state import Oversized, State, StateReader, jsonl_rows, report_key, sha256
+from seals_al.errors import SealsError, shown
 from seals_al.failpoints import failpoint
 from seals_al.labels import LabelFileError, Problem, check_label_file, check_size, label_studio_tasks
 from seals_al.record import RoundRecord
@@ -139,7 +139,8 @@ class Campaign(StateReader):
         """
         dataset = self.dataset()
         # Seeds may be any item of U (never of the evaluation split); later labels, the open batch.
-        open_batch = dataset.id_set(in_u=True) if state.round < 0 else {row["id"] for row in state.batch}
+        in_u = dataset.id_set(in_u=True)
+        open_batch = in_u if state.round < 0 else {row["id"] for row in state.batch}
         known = dataset.id_set()
         labeled = {i: dict(row) for i, row in state.labeled.items()}
         relabels, ingested = [], list(state.ingested)
@@ -155,10 +156,11 @@ class Campaign(StateReader):
                     open_batch=open_batch,
                     labeled={i: row["label"] for i, row in labeled.items()},
                     known=known,
+                    in_u=in_u,
                 )
                 # Two files of one round that disagree: neither wins by its name's order.
                 clashes = [
-                    Problem("file", f"id {i!r} labeled {new} here and {old} in {labeled[i]['source']}")
+                    Problem("file", f"id {shown(i)} labeled {new} here and {old} in {labeled[i]['source']}")
                     for i, (old, new) in result.relabels.items()
                     if labeled[i]["round"] == r
                 ]
@@ -166,8 +168,7 @@ class Campaign(StateReader):
                     raise LabelFileError(name, clashes)
             except LabelFileError as e:
                 report = {"file": key, "rejected": True, "problems": [asdict(p) for p in e.problems]}
-                digest = f"{data.size}-bytes" if isinstance(data, Oversized) else sha256(data)
-                self.storage.write_json(rejection_report(key, digest), report)
+                self.storage.write_json(report_key(key, data), report)
                 raise SealsError(f"{self.storage.where(key)}: {e.detail}") from e
             for item_id, label in result.new.items():
                 labeled[item_id] = {"id": item_id, "label": label, "round": r, "source": key}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from seals_al import labels
 from seals_al.campaign.config import CampaignConfig
-from seals_al.campaign.layout import INBOX, ROUNDS, RoundKeys, inbox_round, round_of
+from seals_al.campaign.layout import INBOX, ROUNDS, RoundKeys, inbox_round, rejection_report, round_of
 from seals_al.campaign.lease import holder
 from seals_al.errors import SealsError
 from seals_al.storage import Storage, TooLargeError
@@ -93,6 +93,51 @@ class StateReader:
                 fresh[key] = data
         return fresh
 
+    def intake(self, r: int) -> list[str]:
+        """What round ``r`` took in, one line each: every label file with its counts (and whether
+        it came late, after its own batch had closed), the relabels, and the examples carried
+        over because they are still out for labeling."""
+        keys = self.keys(r)
+        lines = []
+        for row in self.storage.read_json(keys.ingested):
+            if row["round"] != r:
+                continue
+            report, answered = row["report"], inbox_round(row["file"])
+            line = (
+                f"{row['file']}: {report['new']} new, {len(report['relabels'])} relabeled, "
+                f"{report['unchanged']} unchanged"
+            )
+            if report.get("pending_tasks"):
+                line += f", {report['pending_tasks']} Label Studio task(s) not annotated yet"
+            if answered is not None and answered < r - 1:
+                line += f" (late: batch {answered} had closed; its labels count from round {r})"
+            lines.append(line)
+        relabels = len(jsonl_rows(self.storage.read_text(keys.relabels)))
+        if relabels:
+            lines.append(f"{relabels} label(s) changed: {self.storage.where(keys.relabels)}")
+        batch = jsonl_rows(self.storage.read_text(keys.to_label))
+        carried = sum(1 for row in batch if row.get("carried_over"))
+        if carried:
+            lines.append(
+                f"{carried} example(s) of earlier batches still unlabeled, carried over into batch {r}"
+            )
+        return lines
+
+    def label_files(self, state: State) -> list[str]:
+        """Every label file not taken in yet, one line each: rejected (with its report), late
+        (dropped into the inbox of a batch that has closed) or waiting for the next round."""
+        lines = []
+        for key, data in self.new_label_files(state).items():
+            report = report_key(key, data)
+            answered = inbox_round(key)
+            if self.storage.exists(report):
+                lines.append(f"{key}: rejected, see {self.storage.where(report)}")
+            elif answered is not None and answered < state.round:
+                lines.append(f"{key}: late (batch {answered} has closed); the next round takes it in")
+            else:
+                lines.append(f"{key}: the next round takes it in")
+        return lines
+
     def status(self) -> dict:
         state = self.state()
         metrics = self.storage.read_json(self.keys(state.round).metrics) if state.round >= 0 else {}
@@ -122,7 +167,8 @@ class StateReader:
             "pending": len(state.pending),
             "pool_size": metrics.get("pool_size"),
             "average_precision": metrics.get("average_precision"),
-            "new_label_files": len(self.new_label_files(state)),
+            "new_label_files": len(files := self.label_files(state)),
+            "label_files": files,
             "interrupted_round": interrupted[0] if interrupted else None,
             "lock": holder(self.storage),
             "waiting_for": waiting,
@@ -190,6 +236,11 @@ class StateReader:
             if progress if progress is not None else self.progress:
                 print(f"waiting for labels in {inbox}/ (poll {polls}, {remaining:.0f} s left)", flush=True)
             time.sleep(min(poll_seconds, remaining))
+
+
+def report_key(key: str, data: bytes | Oversized) -> str:
+    """Where the rejection report of this version of a label file goes."""
+    return rejection_report(key, f"{data.size}-bytes" if isinstance(data, Oversized) else sha256(data))
 
 
 def jsonl_rows(text: str) -> list[dict]:
