@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from seals_al.index.build import build_index
 from seals_al.store import EmbeddingStore, write_store
@@ -18,6 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CLINC = ROOT / "data" / "clinc150" / "clinc150.csv"
 SLICE_INTENTS = ("report_fraud", "transfer", "timer", "pay_bill", "translate")
 BUCKET = "seals-test"
+
+# Property tests run the same examples every time (a failure reproduces; no test is flaky), with
+# no example database and no per-example deadline (this machine's timings vary).
+settings.register_profile("seals", derandomize=True, database=None, deadline=None, max_examples=150)
+settings.load_profile("seals")
 
 
 def clustered_vectors(n: int, dim: int, clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

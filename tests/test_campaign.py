@@ -188,6 +188,7 @@ def test_partial_labels_stay_pending_and_relabels_are_recorded(campaign, clinc_s
     assert {r["id"]: r["label"] for r in history}[seed_id] == old, "earlier versions keep the old label"
 
 
+@pytest.mark.hostile
 def test_two_files_of_one_round_that_disagree_are_rejected_naming_both(campaign, clinc_slice):
     """Neither file wins by the order of its name: the later one is rejected, nothing is staged,
     and once one of the two is gone the round goes on."""
@@ -212,6 +213,7 @@ def test_two_files_of_one_round_that_disagree_are_rejected_naming_both(campaign,
     assert campaign.round()["labeled"] == 101
 
 
+@pytest.mark.hostile
 def test_stray_files_and_folders_under_rounds_are_no_rounds(campaign):
     campaign.ingest()  # round 0 staged, not committed: an interrupted round
     assert campaign.status()["interrupted_round"] == "000"
@@ -222,6 +224,7 @@ def test_stray_files_and_folders_under_rounds_are_no_rounds(campaign):
     assert campaign.status()["interrupted_round"] is None
 
 
+@pytest.mark.hostile
 def test_labels_that_arrive_after_their_round_committed_are_taken_in(campaign, clinc_slice):
     """A file dropped into an older inbox after its round committed, or a labeler still saving
     there, is ingested by the next round: its examples were carried over, never dropped."""
@@ -232,12 +235,24 @@ def test_labels_that_arrive_after_their_round_committed_are_taken_in(campaign, c
         "inbox/000/part.csv", "id,label\n" + f"{batch[0]['id']},{truth[batch[0]['id']]}\n"
     )
     campaign.round()
+    assert campaign.intake(1) == [
+        "inbox/000/part.csv: 1 new, 0 relabeled, 0 unchanged",
+        f"{BATCH - 1} example(s) of earlier batches still unlabeled, carried over into batch 1",
+    ]
     late = batch[1]["id"]
     assert late in {r["id"] for r in open_batch(campaign)}, "the unlabeled rest was carried over"
     campaign.storage.write_text("inbox/000/late.csv", f"id,label\n{late},{truth[late]}\n")
-    assert campaign.status()["new_label_files"] == 1
+    status = campaign.status()
+    assert status["new_label_files"] == 1
+    assert status["label_files"] == [
+        "inbox/000/late.csv: late (batch 0 has closed); the next round takes it in"
+    ]
     metrics = campaign.round()
     assert metrics["labeled"] == 102
+    assert campaign.intake(2)[0] == (
+        "inbox/000/late.csv: 1 new, 0 relabeled, 0 unchanged (late: batch 0 had closed; its labels count "
+        "from round 2)"
+    )
     assert campaign.state().labeled[late] == {
         "id": late,
         "label": truth[late],
@@ -249,7 +264,8 @@ def test_labels_that_arrive_after_their_round_committed_are_taken_in(campaign, c
 
 BAD_FILES = [
     ("unknown.csv", "id,label\nnobody-0001,1\n", "line 2: id 'nobody-0001' is not an item of this campaign"),
-    ("elsewhere.csv", "id,label\n{other},1\n", "is not in the open batch"),
+    ("elsewhere.csv", "id,label\n{other},1\n", "line 2: id '{other}' is not in the open batch"),
+    ("held_out.csv", "id,label\n{held_out},1\n", "id '{held_out}' is in the evaluation split, held out"),
     (
         "conflict.csv",
         "id,label\n{first},1\n{first},0\n",
@@ -265,8 +281,9 @@ BAD_FILES = [
 ]
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize(("name", "content", "message"), BAD_FILES)
-def test_bad_label_files_are_rejected_whole(campaign, name, content, message):
+def test_bad_label_files_are_rejected_whole(campaign, clinc_slice, name, content, message):
     campaign.round()
     batch = open_batch(campaign)
     other = next(
@@ -274,7 +291,9 @@ def test_bad_label_files_are_rejected_whole(campaign, name, content, message):
         for i in campaign.dataset().items().ids
         if i not in {r["id"] for r in batch} and i not in campaign.state().labeled and not i.startswith("x")
     )
-    fill = {"first": batch[0]["id"], "second": batch[1]["id"], "other": other}
+    with clinc_slice.open(newline="") as f:
+        held_out = next(row["id"] for row in csv.DictReader(f) if row["split"] == "test")
+    fill = {"first": batch[0]["id"], "second": batch[1]["id"], "other": other, "held_out": held_out}
     data = "caf\xe9".encode("latin-1") if content is None else content.format(**fill).encode()
     key = f"inbox/000/{name}"
     campaign.storage.write_bytes(key, data)
@@ -291,9 +310,11 @@ def test_bad_label_files_are_rejected_whole(campaign, name, content, message):
     reports = [k for k in after if k.startswith("reports/")]
     assert len(reports) == 1
     assert json.loads(after[reports[0]])["rejected"] is True
+    assert f"{key}: rejected, see {campaign.storage.where(reports[0])}" in campaign.status()["label_files"]
     assert {k: v for k, v in after.items() if not k.startswith("reports/")} == before
 
 
+@pytest.mark.hostile
 def test_config_errors(tmp_path, clinc_slice, cache_dir):
     good = write_config(tmp_path, clinc_slice, cache_dir)
     cases = {
@@ -372,6 +393,7 @@ def round_outcome(c: Campaign, r: int) -> dict:
     }
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("point", ["after_ingest", "after_train", "during_publish"])
 def test_a_round_killed_at_each_step_is_finished_by_the_next_run(
     tmp_path, clinc_slice, cache_dir, campaign_uri, point
@@ -396,6 +418,7 @@ def test_a_round_killed_at_each_step_is_finished_by_the_next_run(
     assert not c.storage.exists("LOCK")
 
 
+@pytest.mark.hostile
 def test_a_second_concurrent_round_fails_clearly(tmp_path, clinc_slice, cache_dir):
     # Local only: the GCS emulator ignores the write-once precondition that the lock uses there.
     c = prepared(tmp_path, str(tmp_path / "campaign"), "busy", clinc_slice, cache_dir)
@@ -462,6 +485,7 @@ def test_terminal_labeler_records_answers_and_resumes(campaign, cache_dir):
     assert len(campaign.state().labeled) == 103
 
 
+@pytest.mark.hostile
 def test_terminal_labeler_answers_after_a_round_committed_under_it_are_not_lost(campaign):
     """Answer two, another shell runs a round (it takes those two), answer three more, then the
     input ends: the three later answers reach the next round."""
@@ -487,6 +511,7 @@ def test_terminal_labeler_answers_after_a_round_committed_under_it_are_not_lost(
     assert campaign.round()["labeled"] == 105, "the three answers given after the commit are taken in"
 
 
+@pytest.mark.hostile
 def test_label_files_over_the_size_limit_are_refused(campaign, monkeypatch):
     import seals_al.labels
 
@@ -600,6 +625,7 @@ def test_the_stage_commands_equal_a_whole_round(tmp_path, clinc_slice, cache_dir
     assert c.state().round == 1
 
 
+@pytest.mark.hostile
 def test_select_refuses_a_model_trained_on_other_labels(tmp_path, clinc_slice, cache_dir):
     c = prepared(tmp_path, str(tmp_path / "c"), "stale", clinc_slice, cache_dir)
     c.storage.delete("inbox/000/l.csv")

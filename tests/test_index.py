@@ -103,6 +103,7 @@ def test_density_is_the_mean_similarity_to_the_neighbours(synthetic):
         )
 
 
+@pytest.mark.hostile
 def test_bad_factory_and_wrong_dimension(synthetic):
     with pytest.raises(SealsError, match="invalid faiss factory string 'IVFoops'"):
         build_index(synthetic.store, synthetic.row_ids, "IVFoops", progress=False)
@@ -249,6 +250,7 @@ def test_sharded_and_ondisk_answer_exactly_like_one_index(synthetic, tmp_path, f
     np.testing.assert_allclose(D1, D2, rtol=1e-6)
 
 
+@pytest.mark.hostile
 def test_index_dir_errors(synthetic, tmp_path):
     with pytest.raises(SealsError, match="the ondisk layout needs an IVF index; 'HNSW16' is not one"):
         build_index_dir(synthetic.store, tmp_path / "x", "HNSW16", layout="ondisk", progress=False)

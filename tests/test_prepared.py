@@ -63,6 +63,7 @@ def test_array_file_reads_what_numpy_reads(tmp_path):
         )
 
 
+@pytest.mark.hostile
 def test_bad_npy_files_are_errors_naming_the_file(tmp_path):
     (tmp_path / "text.npy").write_text("not an array")
     with pytest.raises(SealsError, match=r"text.npy: not a .npy array"):

@@ -106,6 +106,7 @@ def test_the_report_stops_at_the_budget_and_at_a_target(campaign):
     assert (spent.keep_going, spent.reason) == (False, "budget spent: 120 of 120 labeled")
 
 
+@pytest.mark.hostile
 def test_report_files_go_only_where_nothing_else_is(campaign, tmp_path, capsys):
     """`seals-al report --out` writes its four files again into its own folder, and refuses a
     folder holding anything else: pointed at a committed round, it must not replace metrics.json."""

@@ -200,6 +200,7 @@ def write_csv(path: Path, text: str) -> Path:
         ("negative_budget", "--ram-budget-mb must be 0 or more"),
     ],
 )
+@pytest.mark.hostile
 def test_bad_inputs_exit_2_with_one_line_error(clinc_slice, cache_dir, tmp_path, capsys, case, message):
     data, extra, out = clinc_slice, [], tmp_path / "out"
     concept = "report_fraud"
@@ -247,6 +248,7 @@ def test_bad_inputs_exit_2_with_one_line_error(clinc_slice, cache_dir, tmp_path,
         assert not out.exists(), "a rejected run must write nothing"
 
 
+@pytest.mark.hostile
 def test_simulate_never_replaces_what_it_did_not_write(clinc_slice, cache_dir, tmp_path, capsys):
     """An earlier simulation's folder is replaced; a campaign folder that happens to hold a
     summary.json, or a folder with any other file, is refused with nothing deleted."""
@@ -333,6 +335,7 @@ def test_a_cached_graph_spares_the_index_build(clinc_slice, cache_dir, tmp_path)
     assert second._index is None, "with the graph cached, no index is built"
 
 
+@pytest.mark.hostile
 def test_a_built_index_must_cover_exactly_u(tmp_path):
     """index_over_u leaves the evaluation split out (so it is never a neighbour) and is reused
     when nothing changed; an index over other rows is refused by name; texts beside given

@@ -28,6 +28,7 @@ def crash_mid_write(target):
         raise RuntimeError("crash")
 
 
+@pytest.mark.hostile
 def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
     target = tmp_path / "sub" / "state.json"
     write_json_atomic(target, {"round": 1})
@@ -63,6 +64,7 @@ def test_round_trip_list_and_exists(storage):
     assert storage.read_json("config.json") == {}
 
 
+@pytest.mark.hostile
 def test_missing_too_big_and_bad_encoding_name_the_object(storage):
     with pytest.raises(SealsError, match=r"rounds/009/labels\.csv: no such (file|object)"):
         storage.read_bytes("rounds/009/labels.csv")
@@ -93,6 +95,7 @@ def test_missing_too_big_and_bad_encoding_name_the_object(storage):
         "a\nb",
     ],
 )
+@pytest.mark.hostile
 def test_keys_cannot_leave_the_campaign(storage, key):
     with pytest.raises(SealsError, match="is not a plain relative path inside the campaign"):
         storage.write_text(key, "x")
@@ -120,12 +123,14 @@ def test_keys_every_backend_can_store(storage):
         ("gs://bucket-1/a/./b", "key 'a/./b' is not a plain relative path"),
     ],
 )
+@pytest.mark.hostile
 def test_bad_gs_uris_fail_at_once_before_any_network_call(uri, message, monkeypatch):
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     with pytest.raises(SealsError, match=re.escape(f"{uri}: {message}")):
         open_storage(uri)
 
 
+@pytest.mark.hostile
 def test_missing_google_cloud_credentials_are_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
@@ -133,6 +138,7 @@ def test_missing_google_cloud_credentials_are_one_clear_error(tmp_path, monkeypa
         open_storage("gs://bucket-1/campaigns/x")
 
 
+@pytest.mark.hostile
 def test_a_folder_is_named_a_folder_not_a_missing_file(tmp_path):
     from seals_al.campaign import CampaignConfig
     from seals_al.items import read_items
@@ -149,6 +155,7 @@ def test_a_folder_is_named_a_folder_not_a_missing_file(tmp_path):
         CampaignConfig.from_yaml(tmp_path / "nothing.yaml")
 
 
+@pytest.mark.hostile
 def test_write_once_on_a_local_folder(tmp_path):
     storage = LocalStorage(tmp_path / "c")
     storage.write_text("rounds/000/done", "ok", once=True)
@@ -158,6 +165,7 @@ def test_write_once_on_a_local_folder(tmp_path):
     assert sorted(p.name for p in (tmp_path / "c" / "rounds" / "000").iterdir()) == ["done"]
 
 
+@pytest.mark.hostile
 def test_local_symlink_out_of_the_campaign_is_refused(tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
