@@ -34,14 +34,43 @@ class Problem:
     message: str
 
 
-class LabelFileError(SealsError):
-    """A label file rejected whole; ``problems`` lists every hard error found."""
+MAX_PROBLEMS = 1000  # problems kept per file (the rest are counted): a broken file stays cheap to reject
 
-    def __init__(self, name: str, problems: list[Problem]):
+
+class Problems:
+    """The problems found in one file, in order: the first :data:`MAX_PROBLEMS` kept, every one
+    counted, so a file of a million bad lines is rejected in bounded memory."""
+
+    def __init__(self, *problems: Problem):
+        self.kept: list[Problem] = []
+        self.total = 0
+        for problem in problems:
+            self.append(problem)
+
+    def append(self, problem: Problem) -> None:
+        self.total += 1
+        if len(self.kept) < MAX_PROBLEMS:
+            self.kept.append(problem)
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+    def __iter__(self):
+        return iter(self.kept)
+
+
+class LabelFileError(SealsError):
+    """A label file rejected whole; ``problems`` holds its hard errors (the first
+    :data:`MAX_PROBLEMS` of ``total``)."""
+
+    def __init__(self, name: str, problems: Problems | list[Problem]):
+        if not isinstance(problems, Problems):
+            problems = Problems(*problems)
         self.name = name
-        self.problems = problems
-        shown = "; ".join(f"{p.where}: {p.message}" for p in problems[:3])
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        self.problems = problems.kept
+        self.total = problems.total
+        shown = "; ".join(f"{p.where}: {p.message}" for p in self.problems[:3])
+        more = f" (and {self.total - 3:,} more)" if self.total > 3 else ""
         self.detail = f"rejected, nothing ingested: {shown}{more}"
         super().__init__(f"{name}: {self.detail}")
 
@@ -89,14 +118,14 @@ def parse_label(value: object, concept: str) -> int | None:
     return None
 
 
-def read_label_file(name: str, data: bytes, concept: str) -> tuple[str, list[Answer], int, list[Problem]]:
+def read_label_file(name: str, data: bytes, concept: str) -> tuple[str, list[Answer], int, Problems]:
     """Parse a label file: (format, answers, pending Label Studio tasks, problems)."""
     if not data.strip():
-        return "empty", [], 0, [Problem("file", "empty")]
+        return "empty", [], 0, Problems(Problem("file", "empty"))
     try:
         text = data.decode("utf-8-sig")  # a leading BOM (Excel writes one) is not part of the header
     except UnicodeDecodeError as e:
-        return "unknown", [], 0, [Problem(f"byte {e.start}", f"not valid UTF-8 ({e.reason})")]
+        return "unknown", [], 0, Problems(Problem(f"byte {e.start}", f"not valid UTF-8 ({e.reason})"))
     lower = name.lower()
     if lower.endswith(".csv"):
         return ("csv", *_read_csv(text, concept))
@@ -108,13 +137,11 @@ def read_label_file(name: str, data: bytes, concept: str) -> tuple[str, list[Ans
         "unknown",
         [],
         0,
-        [Problem("file", "unsupported label file type (use .csv, .jsonl or a Label Studio .json)")],
+        Problems(Problem("file", "unsupported label file type (use .csv, .jsonl or a Label Studio .json)")),
     )
 
 
-def _answer(
-    item_id: object, value: object, concept: str, where: str, problems: list[Problem]
-) -> Answer | None:
+def _answer(item_id: object, value: object, concept: str, where: str, problems: Problems) -> Answer | None:
     if item_id is None or not str(item_id).strip():
         problems.append(Problem(where, "missing id"))
         return None
@@ -128,13 +155,17 @@ def _answer(
     return Answer(str(item_id).strip(), label, where)
 
 
-def _read_csv(text: str, concept: str) -> tuple[list[Answer], int, list[Problem]]:
-    answers, problems = [], []
+def _read_csv(text: str, concept: str) -> tuple[list[Answer], int, Problems]:
+    answers, problems = [], Problems()
     reader = csv.reader(io.StringIO(text), strict=True)
     try:
         header = [h.strip() for h in next(reader, [])]
         if "id" not in header or "label" not in header:
-            return [], 0, [Problem("line 1", f"expected columns id,label; found {shown(','.join(header))}")]
+            return (
+                [],
+                0,
+                Problems(Problem("line 1", f"expected columns id,label; found {shown(','.join(header))}")),
+            )
         at_id, at_label = header.index("id"), header.index("label")
         for row in reader:
             where = f"line {reader.line_num}"
@@ -151,8 +182,8 @@ def _read_csv(text: str, concept: str) -> tuple[list[Answer], int, list[Problem]
     return answers, 0, problems
 
 
-def _read_jsonl(text: str, concept: str) -> tuple[list[Answer], int, list[Problem]]:
-    answers, problems = [], []
+def _read_jsonl(text: str, concept: str) -> tuple[list[Answer], int, Problems]:
+    answers, problems = [], Problems()
     lines = text.split("\n")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -175,14 +206,14 @@ def _read_jsonl(text: str, concept: str) -> tuple[list[Answer], int, list[Proble
     return answers, 0, problems
 
 
-def _read_label_studio(text: str, concept: str) -> tuple[list[Answer], int, list[Problem]]:
+def _read_label_studio(text: str, concept: str) -> tuple[list[Answer], int, Problems]:
     try:
         tasks = json.loads(text)
     except json.JSONDecodeError as e:
-        return [], 0, [Problem(f"line {e.lineno}", f"invalid JSON: {e.msg}")]
+        return [], 0, Problems(Problem(f"line {e.lineno}", f"invalid JSON: {e.msg}"))
     if not isinstance(tasks, list):
-        return [], 0, [Problem("file", "expected a Label Studio export: a JSON list of tasks")]
-    answers, problems, pending = [], [], 0
+        return [], 0, Problems(Problem("file", "expected a Label Studio export: a JSON list of tasks"))
+    answers, problems, pending = [], Problems(), 0
     for number, task in enumerate(tasks, start=1):
         where = f"task {number}"
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):

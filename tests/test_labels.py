@@ -8,6 +8,7 @@ import pytest
 
 from seals_al.labels import (
     MAX_LABEL_FILE_BYTES,
+    MAX_PROBLEMS,
     LabelFileError,
     check_label_file,
     label_studio_tasks,
@@ -100,6 +101,17 @@ def test_an_evaluation_item_is_named_held_out_not_missing_from_the_batch():
         assert [(p.where, p.message) for p in e.value.problems] == [
             ("line 2", "id 'e' is in the evaluation split, held out from labeling")
         ]
+
+
+@pytest.mark.hostile
+def test_a_file_of_many_bad_lines_keeps_the_first_problems_and_counts_the_rest():
+    lines = "".join(f"x{i},maybe\n" for i in range(MAX_PROBLEMS + 500))
+    with pytest.raises(LabelFileError) as e:
+        check("l.csv", "id,label\n" + lines)
+    assert e.value.total == MAX_PROBLEMS + 500
+    assert len(e.value.problems) == MAX_PROBLEMS
+    assert e.value.problems[-1].where == f"line {MAX_PROBLEMS + 1}"
+    assert e.value.detail.endswith(f"(and {MAX_PROBLEMS + 497:,} more)")
 
 
 @pytest.mark.hostile
@@ -201,7 +213,7 @@ def test_an_oversized_file_is_rejected_before_it_is_parsed():
 
 def test_read_label_file_counts_pending_label_studio_tasks():
     fmt, answers, pending, found = read_label_file("l.json", b'[{"data": {"seals_id": "a"}}]', CONCEPT)
-    assert (fmt, answers, pending, found) == ("label-studio", [], 1, [])
+    assert (fmt, answers, pending, list(found)) == ("label-studio", [], 1, [])
 
 
 def test_a_batch_as_label_studio_tasks():

@@ -40,6 +40,19 @@ REQUIRED = ("concept", "data", "seed_labels")
 PATHS = ("data", "seed_labels", "embeddings", "index")  # relative to the YAML file
 
 
+def _one_line(error: Exception) -> str:
+    """A YAML error on one line: where it is and what is wrong (PyYAML's own message spans
+    several lines, with a snippet of the file and a caret)."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        context = f"{error.context}: " if error.context else ""
+        text = f"line {mark.line + 1}, column {mark.column + 1}: {context}{error.problem}"
+    else:
+        text = str(error)
+    text = " ".join(text.split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 class _NoAliasLoader(yaml.SafeLoader):
     """yaml.safe_load without aliases: a campaign config has no use for them, and an alias bomb
     (a few lines that expand to gigabytes) must be refused, not expanded."""
@@ -74,7 +87,7 @@ class CampaignConfig:
         try:
             data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # a SafeLoader
         except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise SealsError(f"{path}: not valid YAML: {e}") from e
+            raise SealsError(f"{path}: not valid YAML: {_one_line(e)}") from e
         if not isinstance(data, dict):
             raise SealsError(f"{path}: expected a mapping of settings")
         known = sorted(flat_names(cls))

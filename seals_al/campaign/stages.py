@@ -167,7 +167,12 @@ class Campaign(StateReader):
                 if clashes:
                     raise LabelFileError(name, clashes)
             except LabelFileError as e:
-                report = {"file": key, "rejected": True, "problems": [asdict(p) for p in e.problems]}
+                report = {
+                    "file": key,
+                    "rejected": True,
+                    "problems_total": e.total,
+                    "problems": [asdict(p) for p in e.problems],  # the first MAX_PROBLEMS
+                }
                 self.storage.write_json(report_key(key, data), report)
                 raise SealsError(f"{self.storage.where(key)}: {e.detail}") from e
             for item_id, label in result.new.items():
