@@ -55,6 +55,7 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/kfp_overhead.py
 	$(BIN)/python benchmarks/index_scale.py --workdir /tmp  # about 25 minutes, 25 GB of disk
 	$(BIN)/python benchmarks/round_cost.py  # about an hour, 30 GB of disk in /tmp
+	$(BIN)/python benchmarks/bad_inputs.py  # docs/RELIABILITY.md
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .cache .pytest_cache .ruff_cache

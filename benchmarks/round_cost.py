@@ -39,7 +39,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,7 +46,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DOCS, update_section, write_json
+from _common import DOCS, run_measured, update_section, write_json
 
 import seals_al
 from seals_al.campaign import Campaign
@@ -68,34 +67,6 @@ STAGES = ("ingest", "train", "select", "report")
 SIMULATE_UP_TO = 1_000_000  # simulate, memory-mapped vs in RAM, at sizes up to this
 SIMULATE_ROUNDS = 6
 SIMULATE_REPEATS = 3  # simulations per way, interleaved
-
-# Runs a seals-al command in this process and, at exit, writes what it read to SEALS_MEASURE_OUT:
-# read() bytes, and the resident pages of every data file it memory-mapped (maps kept open).
-MEASURE = """
-import atexit, json, mmap, os, sys
-_maps = []
-class _Kept(mmap.mmap):  # memory maps stay open until exit, so their touched pages can be counted
-    def __init__(self, *args, **kwargs):
-        _maps.append(self)
-mmap.mmap = _Kept
-def _report():
-    io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
-    mapped, path = 0, None
-    root = os.environ["SEALS_MEASURE_ROOT"]
-    for line in open("/proc/self/smaps"):
-        head = line.split()
-        if head and "-" in head[0] and ":" not in head[0]:
-            path = head[5] if len(head) > 5 else None
-        elif head and head[0] == "Rss:" and path and path.startswith(root):
-            mapped += int(head[1]) * 1024
-    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
-    peak = int(status["VmHWM"].split()[0]) * 1024  # this process's own high-water mark
-    with open(os.environ["SEALS_MEASURE_OUT"], "w") as f:
-        json.dump({"rchar": int(io["rchar"]), "mapped": mapped, "peak_rss": peak}, f)
-atexit.register(_report)
-from seals_al.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def make_data(n: int, dim: int, seed: int, out: Path) -> tuple[Path, Path]:
@@ -173,19 +144,10 @@ def campaign_yaml(folder: Path, items: Path, store: Path, seeds: Path, mode: str
 
 def run(args: list[str], env: dict, root: Path) -> dict:
     """One seals-al command in a fresh process: wall seconds, peak RSS, bytes read."""
-    out = root / "measure.json"
-    env = {**env, "SEALS_MEASURE_OUT": str(out), "SEALS_MEASURE_ROOT": str(root)}
-    started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-c", MEASURE, *args], env=env, stdout=subprocess.DEVNULL)
-    _, status = os.waitpid(child.pid, 0)
-    seconds = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise SystemExit(f"seals-al {' '.join(args)} exited {child.returncode}")
-    read = json.loads(out.read_text())
-    # Peak RSS as the process saw it (VmHWM): wait4's ru_maxrss would count this parent's RSS at
-    # the fork too.
-    return {"seconds": seconds, "peak_rss_mb": read.pop("peak_rss") / 2**20, **read}
+    measured = run_measured(args, env, root)
+    if measured.pop("exit_code") != 0:
+        raise SystemExit(f"seals-al {' '.join(args)} exited non-zero")
+    return measured
 
 
 def measure_size(n: int, rounds: int, work: Path, env: dict) -> dict:
