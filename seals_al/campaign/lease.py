@@ -27,9 +27,20 @@ class Lease:
             if holder.get("host") == self.mine["host"] and not _alive(int(holder.get("pid", -1))):
                 self.storage.write_json(LOCK, self.mine)  # the holder died mid-round: take over
             else:
+                where = self.storage.where(LOCK)
+                since = holder.get("since")
+                age = f" for {_duration(time.time() - since)}" if isinstance(since, int | float) else ""
+                same_host = holder.get("host") == self.mine["host"]
+                gone = (
+                    ""
+                    if same_host
+                    else (
+                        f"; if that process is gone (a stopped pod or machine), delete {where} and run again"
+                    )
+                )
                 raise SealsError(
-                    f"{self.storage.where(LOCK)}: another round is running (pid {holder.get('pid')} on "
-                    f"{holder.get('host')}); try again when it ends"
+                    f"{where}: another stage holds the campaign{age} (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}); try again when it ends{gone}"
                 ) from None
         return self
 
@@ -48,6 +59,15 @@ def holder(storage: Storage) -> str | None:
         return None
     held = storage.read_json(LOCK)
     return f"pid {held.get('pid')} on {held.get('host')}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 def _alive(pid: int) -> bool:
