@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seals_al.errors import SealsError
+from seals_al.errors import SealsError, shown
 from seals_al.settings import DataConfig
 from seals_al.storage import default_cache_dir, local_file, require_file
 
@@ -178,7 +178,7 @@ def _check_ids(path: Path, id_column: str, ids: Sequence[str]) -> None:
             raise SealsError(f"{path}, data row {row}: empty {id_column!r}")
         if item_id in seen:
             raise SealsError(
-                f"{path}, data row {row}: duplicate {id_column!r} {item_id!r} "
+                f"{path}, data row {row}: duplicate {id_column!r} {shown(item_id)} "
                 f"(first at data row {seen[item_id]})"
             )
         seen[item_id] = row
@@ -272,7 +272,8 @@ def draw_seeds(
         where = np.flatnonzero(mask)
         if len(where) < want:
             raise SealsError(
-                f"{items.source}: concept {concept!r} has {len(where)} {name} in U; the seed set needs {want}"
+                f"{items.source}: concept {shown(concept)} has {len(where)} {name} in U; "
+                f"the seed set needs {want}"
             )
         chosen += [(items.ids[i], int(name == "positives")) for i in rng.choice(where, want, replace=False)]
     return chosen

@@ -69,9 +69,9 @@ class LabelFileError(SealsError):
         self.name = name
         self.problems = problems.kept
         self.total = problems.total
-        shown = "; ".join(f"{p.where}: {p.message}" for p in self.problems[:3])
+        first = "; ".join(f"{p.where}: {p.message}" for p in self.problems[:3])
         more = f" (and {self.total - 3:,} more)" if self.total > 3 else ""
-        self.detail = f"rejected, nothing ingested: {shown}{more}"
+        self.detail = f"rejected, nothing ingested: {first}{more}"
         super().__init__(f"{name}: {self.detail}")
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from seals_al.arrays import ArrayFile, open_array, pread_exact, search_sorted, sparse_sample
-from seals_al.errors import SealsError
+from seals_al.errors import SealsError, shown
 from seals_al.items import Items
 from seals_al.settings import DataConfig
 from seals_al.storage import atomic_dir, default_cache_dir, file_version, open_storage, read_manifest
@@ -269,7 +269,7 @@ class Prepared:
         found = self.find(ids)
         if (found < 0).any():
             bad = ids[int(np.flatnonzero(found < 0)[0])]
-            raise SealsError(f"{where or self.manifest['source']['data']}: unknown id {bad!r}")
+            raise SealsError(f"{where or self.manifest['source']['data']}: unknown id {shown(bad)}")
         return found
 
     def row_ids_at(self, items: np.ndarray) -> np.ndarray:

@@ -71,20 +71,20 @@ class RoundConfig:
         """Reject an unknown strategy or mode, or a count that is not a positive integer."""
         if self.strategy not in STRATEGIES:
             raise SealsError(
-                f"{where}: unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}"
+                f"{where}: unknown strategy {shown(self.strategy)}; choose from {', '.join(STRATEGIES)}"
             )
         if self.mode not in MODES:
-            raise SealsError(f"{where}: unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
+            raise SealsError(f"{where}: unknown mode {shown(self.mode)}; choose from {', '.join(MODES)}")
         for name in ("k", "batch_size"):
             check_positive_int(where, name, getattr(self, name))
         if isinstance(self.C, bool) or not isinstance(self.C, int | float) or not self.C > 0:
-            raise SealsError(f"{where}: C must be a positive number, got {self.C!r}")
+            raise SealsError(f"{where}: C must be a positive number, got {shown(self.C)}")
 
 
 def check_positive_int(where: str, name: str, value: object) -> None:
     """A count setting: an integer of at least 1 (a boolean is not one)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SealsError(f"{where}: {name} must be a positive integer, got {value!r}")
+        raise SealsError(f"{where}: {name} must be a positive integer, got {shown(value)}")
 
 
 T = TypeVar("T")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from seals_al.dataset import Dataset
-from seals_al.errors import SealsError
+from seals_al.errors import SealsError, shown
 from seals_al.items import Items, draw_seeds
 from seals_al.round import RoundEngine
 from seals_al.selection import Selection
@@ -45,23 +45,23 @@ def check_simulation(items: Items, sim: SimulationConfig) -> None:
     positive = items.truth == sim.concept
     if not positive.any():
         known = sorted(set(items.truth.tolist()))
-        shown = ", ".join(known[:8]) + (f", ... ({len(known)} in all)" if len(known) > 8 else "")
+        some = ", ".join(known[:8]) + (f", ... ({len(known)} in all)" if len(known) > 8 else "")
         raise SealsError(
-            f"{items.source}: unknown concept {sim.concept!r} in column {items.truth_column!r}; "
-            f"known: {shown}"
+            f"{items.source}: unknown concept {shown(sim.concept)} in column {items.truth_column!r}; "
+            f"known: {some}"
         )
     n_pos = int((positive & ~items.is_eval).sum())
     n_neg = int((~positive & ~items.is_eval).sum())
     if n_pos < sim.seed_positives:
         raise SealsError(
-            f"{items.source}: concept {sim.concept!r} has {n_pos} positives outside the "
+            f"{items.source}: concept {shown(sim.concept)} has {n_pos} positives outside the "
             f"{items.eval_split!r} split; the seed set needs {sim.seed_positives}"
         )
     if n_neg < sim.seed_negatives:
         raise SealsError(f"{items.source}: only {n_neg} negatives; the seed set needs {sim.seed_negatives}")
     if not (positive & items.is_eval).any():
         raise SealsError(
-            f"{items.source}: concept {sim.concept!r} has no positives in the {items.eval_split!r} "
+            f"{items.source}: concept {shown(sim.concept)} has no positives in the {items.eval_split!r} "
             "split, so average precision is undefined"
         )
 

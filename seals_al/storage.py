@@ -233,7 +233,7 @@ class LocalStorage(Storage):
         path = self.root / check_key(key, self.uri)
         # A symlink inside the campaign must not lead outside it.
         if not path.resolve().is_relative_to(self.root):
-            raise SealsError(f"{self.uri}: key {key!r} leads outside the campaign")
+            raise SealsError(f"{self.uri}: key {shown(key, 80)} leads outside the campaign")
         return path
 
     def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:

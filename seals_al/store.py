@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from seals_al.arrays import ACCESS, ArrayFile, open_array, search_sorted, sparse_sample
-from seals_al.errors import SealsError
+from seals_al.errors import SealsError, shown
 from seals_al.storage import atomic_dir, read_manifest
 
 FORMAT = "seals-embeddings/1"
@@ -66,7 +66,7 @@ def l2_normalize(vectors: np.ndarray, ids: Sequence[str] | None = None, source: 
     bad |= norms == 0
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        what = f"id {ids[row]!r}" if ids is not None else f"row {row}"
+        what = f"id {shown(ids[row])}" if ids is not None else f"row {row}"
         kind = "is all zeros" if np.isfinite(vectors[row]).all() else "has NaN or infinite values"
         raise SealsError(f"{source}: embedding of {what} {kind}")
     return vectors / norms[:, None]
@@ -410,7 +410,7 @@ class EmbeddingStore:
         out = np.empty(len(external_ids), dtype=np.int64)
         for i, e in enumerate(external_ids):
             if e not in self._by_external:
-                raise SealsError(f"{self.path}: unknown id {e!r}")
+                raise SealsError(f"{self.path}: unknown id {shown(e)}")
             out[i] = self._by_external[e]
         return out
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from seals_al.campaign.layout import CONFIG, MAX_CONFIG_BYTES, seed_key
-from seals_al.errors import SealsError
+from seals_al.errors import SealsError, shown
 from seals_al.items import Items
 from seals_al.labels import check_label_file
 from seals_al.settings import (
@@ -176,15 +176,15 @@ def ensure_campaign(
     given = config.to_json()
     differ = sorted(k for k in given if k != "seed_labels" and stored.get(k) != given[k])
     if differ:
-        shown = "; ".join(f"{k}: {stored.get(k)!r} there, {given[k]!r} given" for k in differ)
-        raise SealsError(f"{storage.where(CONFIG)}: a campaign with other settings exists here ({shown})")
+        changes = "; ".join(f"{k}: {shown(stored.get(k))} there, {shown(given[k])} given" for k in differ)
+        raise SealsError(f"{storage.where(CONFIG)}: a campaign with other settings exists here ({changes})")
     return False
 
 
 def read_seed_file(config: CampaignConfig) -> tuple[str, bytes]:
     """(name, contents) of the seed label file that ``seed_labels`` names (local or gs://)."""
     if not config.seed_labels:
-        raise SealsError(f"concept {config.concept!r}: no seed labels given (seed_labels)")
+        raise SealsError(f"concept {shown(config.concept)}: no seed labels given (seed_labels)")
     path = local_file(config.seed_labels, config.dataset.cache_dir or default_cache_dir())
     require_file(path, config.seed_labels)
     return path.name, path.read_bytes()

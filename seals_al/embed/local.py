@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from seals_al.encoder import MiniLMEncoder
-from seals_al.errors import SealsError
+from seals_al.errors import SealsError, shown
 from seals_al.storage import default_cache_dir
 from seals_al.store import EmbeddingStore, StoreWriter, l2_normalize, write_store
 
@@ -52,7 +52,7 @@ def embed_texts(
     encoder = encoder or MiniLMEncoder()
     for item_id, text in zip(ids, texts, strict=True):
         if not text.strip():
-            raise SealsError(f"empty text for id {item_id!r}: nothing to embed")
+            raise SealsError(f"empty text for id {shown(item_id)}: nothing to embed")
     store_dir = Path(cache_dir or default_cache_dir()) / "embeddings" / cache_key(encoder.name, ids, texts)
     if (store_dir / "manifest.json").is_file():
         return EmbeddingStore.open(store_dir)
@@ -142,8 +142,8 @@ def _parquet_vectors(path: Path, ids: Sequence[str], column: str, id_column: str
     for i, item_id in enumerate(ids):
         row = by_id.get(item_id)
         if row is None:
-            raise SealsError(f"{path}: no embedding for id {item_id!r}")
+            raise SealsError(f"{path}: no embedding for id {shown(item_id)}")
         if values[row] is None or any(v is None for v in values[row]):
-            raise SealsError(f"{path}: null in column {column!r} for id {item_id!r}")
+            raise SealsError(f"{path}: null in column {column!r} for id {shown(item_id)}")
         out[i] = values[row]
     return out

@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from seals_al.errors import SealsError
+from seals_al.errors import SealsError, shown
 from seals_al.settings import DEFAULT_FACTORY
 from seals_al.store import EmbeddingStore
 
@@ -86,7 +86,7 @@ def check_factory(dim: int, factory: str) -> faiss.Index:
     try:
         return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
-        raise SealsError(f"invalid faiss factory string {factory!r}: {e}") from e
+        raise SealsError(f"invalid faiss factory string {shown(factory)}: {e}") from e
 
 
 def set_search_parameters(index: faiss.Index, **params: float) -> None:
