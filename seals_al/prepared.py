@@ -365,7 +365,7 @@ def _write(folder: Path, config: DataConfig, version: dict, items: Items, progre
     identity = bool(np.array_equal(row_ids, np.arange(len(row_ids))))
     store_positions = store.manifest.get("row_ids") == "positions"
     truth = None
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, FORMAT) as tmp:
         Strings.write(tmp, "ids", items.ids)
         hashes = _hash64(items.ids)
         order = np.argsort(hashes, kind="stable")

@@ -14,9 +14,15 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from seals_al.errors import SealsError
+from seals_al.errors import SealsError, shown
 from seals_al.record import TABLE_COLUMNS, UI_METRICS, table_cells
-from seals_al.storage import check_output_folder, write_json_atomic, write_text_atomic, written_as
+from seals_al.storage import (
+    atomic_path,
+    check_output_folder,
+    write_json_atomic,
+    write_text_atomic,
+    written_as,
+)
 
 if TYPE_CHECKING:
     from seals_al.campaign import Campaign
@@ -64,6 +70,8 @@ def plot_runs(
     Returns:
         The path written.
     """
+    path = Path(path)
+    check_plot_path(path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,13 +102,30 @@ def plot_runs(
         ax.grid(alpha=0.3)
     ax_ap.legend(fontsize=8)
     concept = summaries[0]["config"]["concept"] if summaries else ""
-    fig.suptitle(title or f"SEALS on concept {concept!r}")
+    fig.suptitle(title or f"SEALS on concept {shown(concept)}")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def check_plot_path(path: Path) -> None:
+    """A plot goes to a .png path that is new or holds an earlier PNG (replaced); anything else
+    there is refused before any work."""
+    if path.suffix.lower() != ".png":
+        raise SealsError(f"{path}: a plot is written as PNG; give a path ending in .png")
+    if path.is_dir():
+        raise SealsError(f"{path}: is a folder; give the path of a .png file")
+    if path.exists():
+        with open(path, "rb") as f:
+            if f.read(len(PNG_MAGIC)) != PNG_MAGIC:
+                raise SealsError(
+                    f"{path}: exists and is not a PNG; it would be replaced, so choose another --out"
+                )
 
 
 # -- one round of a campaign: what the pipeline UI shows ---------------------------------------

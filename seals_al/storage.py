@@ -68,12 +68,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-@contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory beside ``path``; on success it takes the place of ``path``
-    (an older directory there is removed first), on failure it is removed. A reader sees the old
-    directory or the new one complete, never half of one."""
+def check_replaceable(path: str | Path, manifest_format: str) -> None:
+    """Refuse, before any work, a folder that publishing ``manifest_format`` output there would
+    delete something the command did not write: it may be absent, empty, or an earlier output of
+    the same kind (its manifest.json says ``manifest_format``)."""
     path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise SealsError(f"{path}: exists and is not a folder; choose another output")
+    if not any(path.iterdir()):
+        return
+    try:
+        found = json.loads((path / "manifest.json").read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        found = None
+    if found != manifest_format:
+        held = f"holds a {shown(found)} output" if found is not None else "holds no manifest.json"
+        raise SealsError(
+            f"{path}: exists, is not empty and {held}, not an earlier {manifest_format} output; "
+            "publishing replaces the folder whole, so choose another"
+        )
+
+
+@contextmanager
+def atomic_dir(path: str | Path, manifest_format: str) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``; on success it takes the place of ``path``
+    (an earlier output of the same kind there is removed first: see :func:`check_replaceable`),
+    on failure it is removed. A reader sees the old directory or the new one complete, never half
+    of one."""
+    path = Path(path)
+    check_replaceable(path, manifest_format)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
     try:

@@ -24,7 +24,7 @@ import numpy as np
 
 from seals_al.arrays import ACCESS, ArrayFile, open_array, search_sorted, sparse_sample
 from seals_al.errors import SealsError, shown
-from seals_al.storage import atomic_dir, read_manifest
+from seals_al.storage import atomic_dir, check_replaceable, read_manifest
 
 FORMAT = "seals-embeddings/1"
 MANIFEST = "manifest.json"
@@ -127,6 +127,7 @@ class StoreWriter:
         self, out_dir: str | Path, *, dim: int, model: str, normalized: bool, extra: dict | None = None
     ):
         self.out_dir = Path(out_dir)
+        check_replaceable(self.out_dir, FORMAT)
         self.dim = dim
         self.model = model
         self.normalized = normalized
@@ -136,7 +137,7 @@ class StoreWriter:
         self._shards: list[dict] = []
 
     def __enter__(self) -> StoreWriter:
-        self._publish = atomic_dir(self.out_dir)
+        self._publish = atomic_dir(self.out_dir, FORMAT)
         self._tmp = self._publish.__enter__()
         return self
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,6 +261,25 @@ def test_index_dir_errors(synthetic, tmp_path):
     with pytest.raises(SealsError, match="not an index directory"):
         open_index_dir(tmp_path)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.hostile
+def test_an_index_is_never_published_over_a_folder_it_did_not_write(synthetic, tmp_path):
+    """Publishing replaces the folder whole: a folder holding anything but an earlier index (the
+    store itself, for one) is refused before training, and left as it was."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    refused = {mine: "holds no manifest.json", synthetic.store.path: "holds a 'seals-embeddings/1' output"}
+    for out, held in refused.items():
+        before = sorted(p.name for p in Path(out).iterdir())
+        message = f"{out}: exists, is not empty and {held}"
+        with pytest.raises(SealsError, match=re.escape(message)):
+            build_index_dir(synthetic.store, out, "Flat", progress=False)
+        assert sorted(p.name for p in Path(out).iterdir()) == before
+    for _ in range(2):  # the second time over an earlier index: replaced
+        build_index_dir(synthetic.store, tmp_path / "ix", "Flat", progress=False, recall_queries=10)
+    assert open_index_dir(tmp_path / "ix").ntotal == len(synthetic.store)
 
 
 def test_build_index_command(synthetic, tmp_path, capsys):

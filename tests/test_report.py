@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 import subprocess
 import sys
 
@@ -54,6 +55,25 @@ def test_plot_runs_writes_a_png_with_one_line_per_run(tmp_path):
         [summary("seals", 0.8), summary("global", 0.7)], tmp_path / "p" / "plot.png", reference={"full": 0.9}
     )
     assert path.read_bytes()[:8] == PNG
+
+
+@pytest.mark.hostile
+def test_a_plot_goes_only_to_a_png_path_that_holds_no_other_file(tmp_path):
+    """`seals-al compare --out` replaces an earlier plot and refuses anything else, before work."""
+    summary = {"config": {"concept": "c0", "strategy": "maxent", "mode": "seals"}, "rounds": []}
+    notes = tmp_path / "notes.png"
+    notes.write_text("not a plot")
+    for out, message in (
+        (tmp_path / "plot.txt", "a plot is written as PNG; give a path ending in .png"),
+        (notes, "exists and is not a PNG; it would be replaced, so choose another --out"),
+        (tmp_path, "a plot is written as PNG; give a path ending in .png"),
+    ):
+        with pytest.raises(SealsError, match=re.escape(f"{out}: {message}")):
+            plot_runs([summary], out)
+    assert notes.read_text() == "not a plot"
+    plot_runs([summary], tmp_path / "p.png")
+    plot_runs([summary], tmp_path / "p.png")  # an earlier plot: replaced
+    assert (tmp_path / "p.png").read_bytes()[:8] == PNG
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from seals_al.embed.local import embed_texts, import_embeddings
 from seals_al.encoder import MiniLMEncoder
 from seals_al.errors import SealsError
-from seals_al.store import EmbeddingStore, l2_normalize, write_store
+from seals_al.store import EmbeddingStore, StoreWriter, l2_normalize, write_store
 
 from .conftest import shuffled_row_ids
 
@@ -151,6 +151,18 @@ def test_import_errors(tmp_path):
     with pytest.raises(SealsError, match="no embedding for id 'c'"):
         import_embeddings(tmp_path / "few.parquet", ids, cache_dir=tmp_path)
     assert not (tmp_path / "embeddings").exists(), "a rejected import must write nothing"
+
+
+@pytest.mark.hostile
+def test_a_store_is_never_published_over_a_folder_it_did_not_write(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(SealsError, match=r"mine: exists, is not empty and holds no manifest\.json"):
+        StoreWriter(tmp_path / "mine", dim=2, model="m", normalized=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    for item_id in ("a", "b"):  # the second time over an earlier store: replaced
+        write_store(tmp_path / "s", [item_id], np.ones((1, 2), np.float32), model="m", normalized=False)
+    assert EmbeddingStore.open(tmp_path / "s").ids == ["b"]
 
 
 def test_store_writer_streams_shards_and_publishes_only_on_success(tmp_path):

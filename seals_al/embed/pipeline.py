@@ -36,6 +36,8 @@ from seals_al.embed.handlers import EfficientNetLiteHandler, MiniLMHandler
 from seals_al.embed.transforms import DEAD, EmbedItems, LoadImage, ReadItems, WriteShards
 from seals_al.encoder import IMAGE_MODEL, IMAGE_MODEL_DIM, TEXT_MODEL, TEXT_MODEL_DIM
 from seals_al.errors import EXIT_USAGE, SealsError
+from seals_al.storage import check_replaceable
+from seals_al.store import FORMAT as STORE_FORMAT
 from seals_al.store import EmbeddingStore, StoreWriter
 
 
@@ -150,6 +152,7 @@ def run(
         raise SealsError(f"missing required option(s): {', '.join(missing)}")
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "FnApiRunner"
+    check_replaceable(embed.output, STORE_FORMAT)  # before embedding, not after
     work_dir = embed.work_dir or f"{embed.output.rstrip('/')}.parts"
     p = test_pipeline or beam.Pipeline(options=options)
     build(p, embed, work_dir)

@@ -15,7 +15,7 @@ from seals_al.errors import SealsError
 from seals_al.index.build import add_rows, empty_index, set_search_parameters, train
 from seals_al.index.recall import measure_recall
 from seals_al.settings import DEFAULT_FACTORY, DEFAULT_K, LAYOUTS
-from seals_al.storage import atomic_dir, read_manifest, write_json_atomic
+from seals_al.storage import atomic_dir, check_replaceable, read_manifest, write_json_atomic
 from seals_al.store import EmbeddingStore, rows_digest
 
 INDEX_FORMAT = "seals-index/1"
@@ -46,7 +46,8 @@ def build_index_dir(
 
     Args:
         store: the embeddings.
-        out_dir: the index directory (replaced whole if it exists).
+        out_dir: the index directory (an earlier index there is replaced whole; a folder holding
+            anything else is refused).
         factory: faiss index_factory string.
         row_ids: the rows to index, e.g. U without the evaluation split (default: every row).
         layout: single, ondisk or shards.
@@ -63,6 +64,7 @@ def build_index_dir(
     """
     if layout not in LAYOUTS:
         raise SealsError(f"unknown index layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    check_replaceable(out_dir, INDEX_FORMAT)  # before training, not after
     search_params = dict(search_params or {})
     started = time.perf_counter()
     row_ids = store.row_ids if row_ids is None else np.sort(np.asarray(row_ids, dtype=np.int64))
@@ -70,7 +72,7 @@ def build_index_dir(
     if layout == "ondisk" and faiss.try_extract_index_ivf(trained) is None:
         raise SealsError(f"the ondisk layout needs an IVF index; {factory!r} is not one")
     train(trained, store, row_ids, train_size, seed)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, INDEX_FORMAT) as tmp:
         files = _write_layout(tmp, trained, store, row_ids, layout, shard_rows, progress, factory)
         manifest = {
             "format": INDEX_FORMAT,

@@ -173,7 +173,7 @@ def build_neighbour_graph(
     """
     started = time.perf_counter()
     row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, GRAPH_FORMAT) as tmp:
         np.save(tmp / "row_ids.npy", row_ids)
         shape = (len(row_ids), k)
         # int32 ids when every row id of the store (so every possible neighbour) fits; -1 pads
