@@ -253,6 +253,27 @@ CASES = [
         ),
     ),
     Case(
+        "output folder",
+        "build-index into a folder of the user's",
+        command(
+            lambda w, c: ["build-index", c["store"], str(folder_of_the_users(w)), "--factory", "Flat"],
+            lambda w, c: [w / "mine"],
+        ),
+    ),
+    Case(
+        "output folder",
+        "compare --out naming a file that is not a PNG",
+        command(
+            lambda w, c: [
+                "compare",
+                str(simulation(w, c)),
+                "--out",
+                str(folder_of_the_users(w) / "notes.txt"),
+            ],
+            lambda w, c: [w / "mine"],
+        ),
+    ),
+    Case(
         "embeddings",
         "a NaN in precomputed embeddings",
         command(
@@ -275,6 +296,22 @@ CASES = [
         ),
     ),
 ]
+
+
+def folder_of_the_users(work: Path) -> Path:
+    folder = work / "mine"
+    folder.mkdir(exist_ok=True)
+    (folder / "notes.txt").write_text("the user's own notes")
+    return folder
+
+
+def simulation(work: Path, ctx: dict) -> Path:
+    """A simulation's output folder (its summary is all compare reads)."""
+    out = work / "run"
+    out.mkdir()
+    summary = {"config": {"concept": CONCEPT, "strategy": "maxent", "mode": "seals"}, "rounds": []}
+    (out / "summary.json").write_text(json.dumps(summary))
+    return out
 
 
 def nan_embeddings(work: Path) -> Path:
@@ -308,6 +345,7 @@ def prepare(work: Path, env: dict) -> dict:
     return {
         "base": base,
         "items": str(items),
+        "store": str(store),
         "first": batch[0],
         "other": other,
         "held_out": held_out,
