@@ -8,6 +8,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -356,6 +357,25 @@ def test_config_errors(tmp_path, clinc_slice, cache_dir):
     init(CampaignConfig.from_yaml(good), str(tmp_path / "c"))
     with pytest.raises(SealsError, match="a campaign exists here already"):
         init(CampaignConfig.from_yaml(good), str(tmp_path / "c"))
+    # Never mixed into a folder of other files; a folder an interrupted init left its seed in is fine.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(
+        SealsError, match=re.escape("mine: not empty ('notes.txt' is there) and not a campaign")
+    ):
+        init(CampaignConfig.from_yaml(good), str(tmp_path / "mine"))
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    shutil.copytree(tmp_path / "c" / "seed", tmp_path / "interrupted" / "seed")
+    init(CampaignConfig.from_yaml(good), str(tmp_path / "interrupted"))
+    # A seed from the evaluation split is named as such.
+    with clinc_slice.open(newline="") as f:
+        held_out = next(row["id"] for row in csv.DictReader(f) if row["split"] == "test")
+    seeds = tmp_path / "seeds.csv"
+    seeds.write_text(seeds.read_text() + f"{held_out},1\n")
+    with pytest.raises(
+        SealsError, match=f"id '{held_out}' is in the evaluation split, held out from labeling"
+    ):
+        init(CampaignConfig.from_yaml(good), str(tmp_path / "held-out"))
     with pytest.raises(SealsError, match="not a campaign"):
         Campaign(str(tmp_path / "nowhere"))
 

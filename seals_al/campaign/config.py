@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from seals_al.campaign.layout import CONFIG, MAX_CONFIG_BYTES, seed_key
+from seals_al.campaign.layout import CONFIG, MAX_CONFIG_BYTES, SEED, seed_key
 from seals_al.errors import SealsError, shown
 from seals_al.items import Items
 from seals_al.labels import check_label_file
@@ -134,11 +134,20 @@ def init(config: CampaignConfig, uri: str, seed_file: tuple[str, bytes] | None =
     storage = open_storage(uri)
     if storage.exists(CONFIG):
         raise SealsError(f"{storage.where(CONFIG)}: a campaign exists here already")
+    # A new or empty place (or one an interrupted init left its seed file in): a campaign is never
+    # mixed into a folder of other files.
+    foreign = next((key for key in storage.list() if not key.startswith(f"{SEED}/")), None)
+    if foreign is not None:
+        raise SealsError(
+            f"{storage.uri}: not empty ({shown(foreign, 80)} is there) and not a campaign; "
+            "create the campaign in a new or empty folder"
+        )
     items = Items.load(config.dataset)  # fail now on a bad items file, not at round 0
     name, data = seed_file or read_seed_file(config)
     seed_name = check_key(name, name)
+    u = items.u_ids()
     seeds = check_label_file(
-        seed_name, data, config.concept, open_batch=items.u_ids(), labeled={}, known=set(items.ids)
+        seed_name, data, config.concept, open_batch=u, labeled={}, known=set(items.ids), in_u=u
     )
     if len(set(seeds.new.values())) < 2:
         raise SealsError(f"{name}: the seed labels need at least one positive and one negative")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from seals_al.storage import check_key
 
 CONFIG = "campaign.json"
+SEED = "seed"
 LOCK = "LOCK"
 ROUNDS = "rounds"
 MAX_CONFIG_BYTES = 1 << 20
@@ -109,7 +110,7 @@ def _numbered(key: str) -> int | None:
 
 
 def seed_key(name: str) -> str:
-    return f"seed/{name}"
+    return f"{SEED}/{name}"
 
 
 def rejection_report(key: str, sha256: str) -> str:
