@@ -262,6 +262,14 @@ CASES = [
     ),
     Case(
         "output folder",
+        "init into a folder of the user's",
+        command(
+            lambda w, c: ["init", str(config_file(w, c)), str(folder_of_the_users(w))],
+            lambda w, c: [w / "mine"],
+        ),
+    ),
+    Case(
+        "output folder",
         "compare --out naming a file that is not a PNG",
         command(
             lambda w, c: [
@@ -303,6 +311,12 @@ def folder_of_the_users(work: Path) -> Path:
     folder.mkdir(exist_ok=True)
     (folder / "notes.txt").write_text("the user's own notes")
     return folder
+
+
+def config_file(work: Path, ctx: dict) -> Path:
+    path = work / "campaign.yaml"
+    path.write_text(ctx["config"])
+    return path
 
 
 def simulation(work: Path, ctx: dict) -> Path:

@@ -33,6 +33,10 @@ class AlreadyExistsError(SealsError):
     """A write-once key was written already."""
 
 
+class ChangedError(SealsError):
+    """A conditional write or delete found the object changed (or gone) since it was read."""
+
+
 class TooLargeError(SealsError):
     """An object is larger than the reader's limit; it was not read."""
 
@@ -221,6 +225,21 @@ class Storage(ABC):
         """What changes whenever the object does, read without reading it: its size and
         modification time (a local file), its generation (GCS). A missing key is an error."""
 
+    @abstractmethod
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and a token of this exact version, for :meth:`replace_if` and
+        :meth:`delete_if`; a missing key is an error."""
+
+    @abstractmethod
+    def replace_if(self, key: str, data: bytes, token: str) -> str:
+        """Write ``data`` only if the object is still the version ``token`` names (a
+        compare-and-swap); raise :class:`ChangedError` otherwise. Returns the new version's token."""
+
+    @abstractmethod
+    def delete_if(self, key: str, token: str) -> None:
+        """Delete the object only if it is still the version ``token`` names; else
+        :class:`ChangedError`."""
+
     def read_text(self, key: str, max_bytes: int | None = None) -> str:
         data = self.read_bytes(key, max_bytes)
         try:
@@ -293,6 +312,54 @@ class LocalStorage(Storage):
     def version(self, key: str) -> str:
         return file_version(self._path(key), self.where(key))
 
+    # Compare-and-swap on a local disk: the read, the comparison and the write happen under an
+    # exclusive flock of a hidden file beside the key, which every process on this machine (and on
+    # a shared POSIX file system honouring flock) takes first. A token is the file's inode, size and
+    # modification time: os.replace gives every new version a new inode.
+    @contextmanager
+    def _exclusive(self, path: Path) -> Iterator[None]:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.parent / f".{path.name}.cas", "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(guard, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _token(path: Path) -> str | None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        path = self._path(key)
+        with self._exclusive(path):
+            token = self._token(path)
+            if token is None:
+                raise SealsError(f"{self.where(key)}: no such file")
+            return path.read_bytes(), token
+
+    def replace_if(self, key: str, data: bytes, token: str) -> str:
+        path = self._path(key)
+        with self._exclusive(path):
+            if self._token(path) != token:
+                raise ChangedError(f"{self.where(key)}: changed since it was read")
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
+            return self._token(path) or ""
+
+    def delete_if(self, key: str, token: str) -> None:
+        path = self._path(key)
+        with self._exclusive(path):
+            if self._token(path) != token:
+                raise ChangedError(f"{self.where(key)}: changed since it was read")
+            path.unlink()
+
     def list(self, prefix: str = "") -> list[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
@@ -359,6 +426,40 @@ class GCSStorage(Storage):
         if blob is None:
             raise SealsError(f"{self.where(key)}: no such object")
         return f"generation {blob.generation}, {blob.size} bytes"
+
+    # Compare-and-swap on GCS: a token is the object's generation, and every conditional call
+    # carries if_generation_match, which GCS checks atomically.
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        blob = self._bucket.get_blob(self._prefix + check_key(key, self.uri))
+        if blob is None:
+            raise SealsError(f"{self.where(key)}: no such object")
+        try:
+            generation = blob.generation  # before the download, which may reset it
+            return blob.download_as_bytes(if_generation_match=generation), str(generation)
+        except (NotFound, PreconditionFailed) as e:
+            raise ChangedError(f"{self.where(key)}: changed while it was read") from e
+
+    def replace_if(self, key: str, data: bytes, token: str) -> str:
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        blob = self._blob(key)
+        try:
+            blob.upload_from_string(data, if_generation_match=int(token))
+        except (NotFound, PreconditionFailed) as e:
+            raise ChangedError(f"{self.where(key)}: changed since it was read") from e
+        if blob.generation is None:  # GCS returns it with the upload; an emulator may not
+            blob.reload()
+        return str(blob.generation)
+
+    def delete_if(self, key: str, token: str) -> None:
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        try:
+            self._blob(key).delete(if_generation_match=int(token))
+        except (NotFound, PreconditionFailed) as e:
+            raise ChangedError(f"{self.where(key)}: changed since it was read") from e
 
     def list(self, prefix: str = "") -> list[str]:
         start = self._prefix + (check_key(prefix, self.uri).rstrip("/") + "/" if prefix else "")

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 
 from seals_al.campaign import Campaign, CampaignConfig, ensure_campaign, init
+from seals_al.campaign.lease import Lease
 from seals_al.cli import main
 from seals_al.errors import SealsError
-from seals_al.storage import open_storage
+from seals_al.storage import LocalStorage, open_storage
 
 from .conftest import BUCKET
 
@@ -380,8 +381,10 @@ def test_config_errors(tmp_path, clinc_slice, cache_dir):
         Campaign(str(tmp_path / "nowhere"))
 
 
-def run_cli(*args: str, cache_dir: Path, failpoint: str | None = None, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SEALS_CACHE_DIR": str(cache_dir)}
+def run_cli(
+    *args: str, cache_dir: Path, failpoint: str | None = None, env_extra: dict | None = None, **kwargs
+) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SEALS_CACHE_DIR": str(cache_dir), **(env_extra or {})}
     env.pop("SEALS_FAILPOINT", None)
     if failpoint:
         env["SEALS_FAILPOINT"] = failpoint
@@ -429,7 +432,9 @@ def test_a_round_killed_at_each_step_is_finished_by_the_next_run(
     assert crashed.wait(timeout=120) == 137
     assert c.state().round == 0, "the killed round is not committed"
     status = c.status()
-    assert status["lock"] == f"pid {crashed.pid} on {os.uname().nodename}", "the dead process left its lock"
+    assert status["lock"].startswith(f"pid {crashed.pid} on {os.uname().nodename}, expires in "), (
+        "the dead process left its lease"
+    )
     assert status["interrupted_round"] == "001", "the staged round shows as interrupted"
     rerun = run_cli("round", str(c.storage.uri), cache_dir=cache_dir)
     out, err = rerun.communicate(timeout=120)
@@ -454,7 +459,7 @@ def test_a_second_concurrent_round_fails_clearly(tmp_path, clinc_slice, cache_di
     _, err = second.communicate(timeout=120)
     assert second.returncode == 2
     assert "another stage holds the campaign for " in err
-    assert f"(pid {first.pid} on {os.uname().nodename}); try again when it ends\n" in err
+    assert f"(pid {first.pid} on {os.uname().nodename}, its lease runs " in err
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     assert c.state().round == 0
@@ -465,22 +470,69 @@ def test_a_second_concurrent_round_fails_clearly(tmp_path, clinc_slice, cache_di
 
 
 @pytest.mark.hostile
-def test_a_lock_held_on_another_host_says_how_old_it_is_and_how_to_clear_it(tmp_path, clinc_slice, cache_dir):
-    """A lock written on another machine cannot be checked from here (its process may be alive
-    there), so it is not taken over; the message says how old it is and what to do if it is stale.
-    (Local only: the GCS emulator ignores the write-once precondition that the lock uses there.)"""
+def test_a_lease_held_on_another_host_is_respected_until_it_expires(tmp_path, clinc_slice, cache_dir):
+    """A lease written on another machine cannot be checked from here (its process may be alive
+    there): it is respected while it runs, and taken over once it has expired (its holder was
+    killed, OOM-killed or preempted: no renewal came). (Local only: the GCS emulator ignores the
+    preconditions that the lease uses there.)"""
     init(CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir)), str(tmp_path / "c"))
     campaign = Campaign(str(tmp_path / "c"), progress=False)
-    campaign.storage.write_json("LOCK", {"pid": 7, "host": "pod-gone-1", "since": time.time() - 3700})
+    now = time.time()
+    held = {"holder": "x", "pid": 7, "host": "pod-gone-1", "since": now - 3700, "expires": now + 100}
+    campaign.storage.write_json("LOCK", held)
     lock = campaign.storage.where("LOCK")
     with pytest.raises(SealsError) as error:
         campaign.round()
     assert str(error.value) == (
-        f"{lock}: another stage holds the campaign for 61 min (pid 7 on pod-gone-1); try again when it "
-        f"ends; if that process is gone (a stopped pod or machine), delete {lock} and run again"
+        f"{lock}: another stage holds the campaign for 61 min (pid 7 on pod-gone-1, its lease runs 99 s "
+        "more unless renewed) (its process, on another machine, cannot be checked); try again when it "
+        "ends: an abandoned lease expires by itself"
     )
-    campaign.storage.delete("LOCK")
-    assert campaign.round()["round"] == 0
+    assert campaign.status()["lock"].startswith("pid 7 on pod-gone-1, expires in ")
+    campaign.storage.write_json("LOCK", {**held, "expires": now - 1})
+    assert campaign.status()["lock"].startswith("pid 7 on pod-gone-1, expired ")
+    assert campaign.round()["round"] == 0, "the expired lease was taken over"
+    assert not campaign.storage.exists("LOCK"), "and released"
+
+
+@pytest.mark.hostile
+def test_a_working_stage_renews_its_lease_and_a_killed_one_loses_it(tmp_path, clinc_slice, cache_dir):
+    """With a 1.5 s lease, a stage that works for longer keeps it (renewed every 0.5 s); killed, it
+    stops renewing, and after its expiry the next run takes over and commits. (Local only.)"""
+    c = prepared(tmp_path, str(tmp_path / "campaign"), "lease", clinc_slice, cache_dir)
+    env = {"SEALS_LEASE_SECONDS": "1.5"}
+    first = run_cli(
+        "round", str(c.storage.uri), cache_dir=cache_dir, failpoint="after_train:sleep", env_extra=env
+    )
+    deadline = time.monotonic() + 60
+    while not c.storage.exists("LOCK") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(4)  # well past the lease's first expiry: only renewals keep it
+    second = run_cli("round", str(c.storage.uri), cache_dir=cache_dir, env_extra=env)
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 2, err
+    assert "another stage holds the campaign for " in err
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    time.sleep(2)  # its lease runs out
+    third = run_cli("round", str(c.storage.uri), cache_dir=cache_dir, env_extra=env)
+    _, err = third.communicate(timeout=120)
+    assert third.returncode == 0, err
+    assert c.state().round == 1
+    assert not c.storage.exists("LOCK")
+
+
+def test_a_stage_that_lost_its_lease_never_commits(tmp_path):
+    """Another process took the lease over (this one stalled past its expiry): the renewal finds the
+    lease changed, and the check before a commit refuses; leaving does not delete the new lease."""
+    storage = LocalStorage(tmp_path)
+    with Lease(storage, seconds=0.6) as lease:
+        lease.check()
+        storage.write_json("LOCK", {"holder": "someone else", "pid": 1, "host": "elsewhere"})
+        time.sleep(0.5)  # a renewal tick (every 0.2 s) meets the other's lease
+        with pytest.raises(SealsError, match="another stage took the lease over; nothing was committed"):
+            lease.check()
+    assert storage.read_json("LOCK")["holder"] == "someone else"
 
 
 def drive(args: list[str], answers: list[str], cache_dir: Path) -> str:

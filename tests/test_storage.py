@@ -11,6 +11,7 @@ import pytest
 from seals_al.errors import SealsError
 from seals_al.storage import (
     AlreadyExistsError,
+    ChangedError,
     GCSStorage,
     LocalStorage,
     atomic_path,
@@ -46,6 +47,34 @@ def storage(request, tmp_path):
         return open_storage(tmp_path / "campaign")
     request.getfixturevalue("gcs_emulator")
     return open_storage(f"gs://{BUCKET}/campaigns/{uuid.uuid4().hex}")
+
+
+def test_compare_and_swap_follows_each_version(storage):
+    """read_versioned, replace_if and delete_if (what the campaign lease is built on): a write or
+    delete succeeds against the version it read, and only that one."""
+    storage.write_bytes("LOCK", b"first", once=True)
+    data, first = storage.read_versioned("LOCK")
+    assert data == b"first"
+    second = storage.replace_if("LOCK", b"second", first)
+    assert second != first
+    assert storage.read_versioned("LOCK") == (b"second", second)
+    third = storage.replace_if("LOCK", b"third", second)
+    storage.delete_if("LOCK", third)
+    assert not storage.exists("LOCK")
+    assert storage.list() == [], "no helper file shows among the keys"
+
+
+@pytest.mark.hostile
+def test_a_stale_version_is_refused_on_a_local_disk(tmp_path):
+    """(Local only: the GCS emulator ignores preconditions; GCS itself checks if_generation_match.)"""
+    storage = LocalStorage(tmp_path)
+    storage.write_bytes("LOCK", b"a", once=True)
+    _, old = storage.read_versioned("LOCK")
+    new = storage.replace_if("LOCK", b"b", old)
+    for stale in (lambda: storage.replace_if("LOCK", b"c", old), lambda: storage.delete_if("LOCK", old)):
+        with pytest.raises(ChangedError, match="LOCK: changed since it was read"):
+            stale()
+    assert storage.read_versioned("LOCK") == (b"b", new)
 
 
 def test_round_trip_list_and_exists(storage):

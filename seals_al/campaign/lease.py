@@ -1,64 +1,178 @@
-"""One stage at a time per campaign: a lease held in the LOCK object while a stage runs."""
+"""One stage at a time per campaign: a lease held in the LOCK object while a stage runs.
+
+The lease names its holder (a random token, pid, host and pod) and when it expires. The holder
+renews it every third of its life while it works, each renewal a compare-and-swap on the object's
+version (GCS: if_generation_match; a local disk: under an exclusive flock), so a holder that has
+lost the lease finds out. Anyone may take over a lease that has expired (its holder was killed,
+OOM-killed or preempted: no renewal came), or one left on this host by a process that is gone, by
+the same compare-and-swap: of two processes taking over at once, one wins. Before a round commits
+the holder checks that the lease is still its own, so a stage that stalled past its expiry and was
+taken over never commits over the new holder's work. Clocks are assumed roughly in step (NTP): the
+lease's life (SEALS_LEASE_SECONDS, default 120 s) is far longer than any skew.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import threading
 import time
+import uuid
+from contextlib import suppress
 
 from seals_al.campaign.layout import LOCK
 from seals_al.errors import SealsError
-from seals_al.storage import AlreadyExistsError, Storage
+from seals_al.storage import AlreadyExistsError, ChangedError, Storage
+
+LEASE_SECONDS = 120.0
+
+
+def lease_seconds() -> float:
+    value = os.environ.get("SEALS_LEASE_SECONDS", "")
+    try:
+        seconds = float(value) if value else LEASE_SECONDS
+    except ValueError:
+        raise SealsError(f"SEALS_LEASE_SECONDS={value!r}: expected a number of seconds") from None
+    if not seconds > 0:
+        raise SealsError(f"SEALS_LEASE_SECONDS={value!r}: must be more than 0")
+    return seconds
 
 
 class Lease:
-    """LOCK is written once; a lock left by a dead process on this host is taken over, a live one
-    makes the second stage fail clearly."""
+    """Hold the campaign's lease for the duration of a ``with`` block (see the module's doc)."""
 
-    def __init__(self, storage: Storage):
+    def __init__(self, storage: Storage, seconds: float | None = None):
         self.storage = storage
-        self.mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        self.seconds = seconds or lease_seconds()
+        self.mine = {
+            "holder": uuid.uuid4().hex,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "pod": os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or socket.gethostname(),
+            "since": time.time(),
+        }
+        self._token: str | None = None
+        self._expires = 0.0
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self._guard = threading.Lock()
+
+    def _record(self) -> bytes:
+        self._expires = time.time() + self.seconds
+        return (json.dumps({**self.mine, "expires": self._expires}, indent=2) + "\n").encode()
 
     def __enter__(self) -> Lease:
         try:
-            self.storage.write_json(LOCK, self.mine, once=True)
+            self.storage.write_bytes(LOCK, self._record(), once=True)
+            _, self._token = self.storage.read_versioned(LOCK)
         except AlreadyExistsError:
-            holder = self.storage.read_json(LOCK)
-            if holder.get("host") == self.mine["host"] and not _alive(int(holder.get("pid", -1))):
-                self.storage.write_json(LOCK, self.mine)  # the holder died mid-round: take over
-            else:
-                where = self.storage.where(LOCK)
-                since = holder.get("since")
-                age = f" for {_duration(time.time() - since)}" if isinstance(since, int | float) else ""
-                same_host = holder.get("host") == self.mine["host"]
-                gone = (
-                    ""
-                    if same_host
-                    else (
-                        f"; if that process is gone (a stopped pod or machine), delete {where} and run again"
-                    )
-                )
-                raise SealsError(
-                    f"{where}: another stage holds the campaign{age} (pid {holder.get('pid')} on "
-                    f"{holder.get('host')}); try again when it ends{gone}"
-                ) from None
+            self._take_over()
+        self._renewer = threading.Thread(target=self._renew, name="seals-lease", daemon=True)
+        self._renewer.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def _take_over(self) -> None:
         try:
-            holder = self.storage.read_json(LOCK)
-        except SealsError:
-            return  # already gone; never mask the round's own outcome
-        if holder.get("pid") == self.mine["pid"] and holder.get("host") == self.mine["host"]:
-            self.storage.delete(LOCK)
+            raw, token = self.storage.read_versioned(LOCK)
+        except (ChangedError, SealsError):  # released meanwhile: try once more from the start
+            self.storage.write_bytes(LOCK, self._record(), once=True)
+            _, self._token = self.storage.read_versioned(LOCK)
+            return
+        held = _parse(raw)
+        why = self._stale(held)
+        if why is None:
+            raise SealsError(_busy_message(self.storage.where(LOCK), held, self.mine["host"]))
+        try:
+            self._token = self.storage.replace_if(LOCK, self._record(), token)
+        except ChangedError:
+            raise SealsError(
+                f"{self.storage.where(LOCK)}: another stage took over the {why} lease at the same "
+                "moment; try again when it ends"
+            ) from None
+
+    def _stale(self, held: dict) -> str | None:
+        """Why a held lease may be taken over (expired, or its process on this host is gone), or None."""
+        expires = held.get("expires")
+        if not isinstance(expires, int | float):  # written before leases expired: by its start
+            since = held.get("since")
+            expires = (since if isinstance(since, int | float) else 0.0) + self.seconds
+        if time.time() > expires:
+            return "expired"
+        pid = held.get("pid")
+        if held.get("host") == self.mine["host"] and isinstance(pid, int) and not _alive(pid):
+            return "abandoned"
+        return None
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            with self._guard:
+                if self._lost is not None or self._token is None:
+                    return
+                try:
+                    self._token = self.storage.replace_if(LOCK, self._record(), self._token)
+                except ChangedError:
+                    self._lost = "another stage took the lease over"
+                    return
+                except (OSError, SealsError):  # a hiccup: the next tick tries again; anything else
+                    continue  # ends the renewals, the lease expires and check() refuses to commit
+
+    def check(self) -> None:
+        """Raise unless the lease is still this process's own and unexpired: called before a
+        round commits, so a stage that was taken over never commits."""
+        with self._guard:
+            if self._lost is None and time.time() >= self._expires:
+                self._lost = "the lease expired before it could be renewed"
+            if self._lost is not None:
+                raise SealsError(f"{self.storage.where(LOCK)}: {self._lost}; nothing was committed")
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+        if self._lost is None and self._token is not None:
+            with suppress(SealsError):  # taken over or gone; never mask the stage's own outcome
+                self.storage.delete_if(LOCK, self._token)
+
+
+def _parse(raw: bytes) -> dict:
+    try:
+        held = json.loads(raw)
+    except ValueError:
+        return {}
+    return held if isinstance(held, dict) else {}
+
+
+def _busy_message(where: str, held: dict, host: str) -> str:
+    since, expires = held.get("since"), held.get("expires")
+    age = f" for {_duration(time.time() - since)}" if isinstance(since, int | float) else ""
+    left = (
+        f", its lease runs {_duration(expires - time.time())} more unless renewed"
+        if isinstance(expires, int | float)
+        else ""
+    )
+    elsewhere = "" if held.get("host") == host else " (its process, on another machine, cannot be checked)"
+    return (
+        f"{where}: another stage holds the campaign{age} (pid {held.get('pid')} on {held.get('host')}"
+        f"{left}){elsewhere}; try again when it ends: an abandoned lease expires by itself"
+    )
 
 
 def holder(storage: Storage) -> str | None:
     """Who holds the lease, for status; None when nobody does."""
     if not storage.exists(LOCK):
         return None
-    held = storage.read_json(LOCK)
-    return f"pid {held.get('pid')} on {held.get('host')}"
+    try:
+        held = _parse(storage.read_bytes(LOCK))
+    except SealsError:
+        return None
+    expires = held.get("expires")
+    state = ""
+    if isinstance(expires, int | float):
+        left = expires - time.time()
+        state = f", expires in {_duration(left)}" if left > 0 else f", expired {_duration(-left)} ago"
+    return f"pid {held.get('pid')} on {held.get('host')}{state}"
 
 
 def _duration(seconds: float) -> str:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -57,6 +59,17 @@ class Campaign(StateReader):
         self.progress = progress
         self._dataset: Dataset | None = None
         self._engine: RoundEngine | None = None
+        self._lease: Lease | None = None
+
+    @contextmanager
+    def _leased(self) -> Iterator[Lease]:
+        """Hold the campaign's lease while a stage runs (its commit checks it is still held)."""
+        with Lease(self.storage) as lease:
+            self._lease = lease
+            try:
+                yield lease
+            finally:
+                self._lease = None
 
     # -- what the stages read ----------------------------------------------------------------
     def dataset(self) -> Dataset:
@@ -84,7 +97,7 @@ class Campaign(StateReader):
         Returns:
             The new round's record (as in metrics.json), or None when no label came back.
         """
-        with Lease(self.storage):
+        with self._leased():
             state = self.state()  # unchanged until select commits: the lease is held throughout
             if self._ingest_stage(state) is None:
                 return None
@@ -101,17 +114,17 @@ class Campaign(StateReader):
         Returns:
             What was staged, or None when no new label came back (nothing is written).
         """
-        with Lease(self.storage):
+        with self._leased():
             return self._ingest_stage(self.state())
 
     def train(self) -> dict:
         """Stage 2: fit the classifier on the staged labeled set and evaluate it."""
-        with Lease(self.storage):
+        with self._leased():
             return self._train_stage(self.state())
 
     def select(self) -> dict:
         """Stage 3: expand the pool, select the batch, publish and commit the round."""
-        with Lease(self.storage):
+        with self._leased():
             return self._select_stage(self.state())
 
     def _ingest_stage(self, state: State) -> StagedLabels | None:
@@ -278,6 +291,8 @@ class Campaign(StateReader):
         st.write_text(keys.to_label, "".join(json.dumps(row) + "\n" for row in batch))
         st.write_json(keys.label_studio, label_studio_tasks(batch, self.config.concept))
         st.write_json(keys.metrics, record.to_json())
+        if self._lease is not None:
+            self._lease.check()  # a stage that lost its lease (stalled, taken over) never commits
         st.write_json(keys.committed, {"round": r, "committed_at": time.time()})
 
 
