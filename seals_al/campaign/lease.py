@@ -77,7 +77,13 @@ class Lease:
         try:
             raw, token = self.storage.read_versioned(LOCK)
         except (ChangedError, SealsError):  # released meanwhile: try once more from the start
-            self.storage.write_bytes(LOCK, self._record(), once=True)
+            try:
+                self.storage.write_bytes(LOCK, self._record(), once=True)
+            except AlreadyExistsError:
+                raise SealsError(
+                    f"{self.storage.where(LOCK)}: another stage took the lease at the same moment; "
+                    "try again when it ends"
+                ) from None
             _, self._token = self.storage.read_versioned(LOCK)
             return
         held = _parse(raw)
