@@ -228,19 +228,7 @@ CASES = [
         "output folder",
         "simulate --out pointing at a campaign",
         command(
-            lambda w, c: [
-                "simulate",
-                "--data",
-                c["items"],
-                "--concept",
-                CONCEPT,
-                "--truth-column",
-                "label",
-                "--split-column",
-                "split",
-                "--out",
-                str(copy_of_base(w, c)),
-            ],
+            lambda w, c: simulate_over(c, copy_of_base(w, c)),
             lambda w, c: [w / "campaign"],
         ),
     ),
@@ -285,25 +273,19 @@ CASES = [
         "embeddings",
         "a NaN in precomputed embeddings",
         command(
-            lambda w, c: [
-                "simulate",
-                "--data",
-                c["items"],
-                "--embeddings",
-                str(nan_embeddings(w)),
-                "--concept",
-                CONCEPT,
-                "--truth-column",
-                "label",
-                "--split-column",
-                "split",
-                "--out",
-                str(w / "out"),
-            ],
+            lambda w, c: simulate_over(c, w / "out", "--embeddings", str(nan_embeddings(w))),
             lambda w, c: [w / "out"],
         ),
     ),
 ]
+
+
+def simulate_over(ctx: dict, out: Path, *extra: str) -> list[str]:
+    """`seals-al simulate` over the benchmark's items, writing to ``out``."""
+    return [
+        "simulate", "--data", ctx["items"], "--concept", CONCEPT, "--truth-column", "label",
+        "--split-column", "split", "--out", str(out), *extra,
+    ]  # fmt: skip
 
 
 def folder_of_the_users(work: Path) -> Path:

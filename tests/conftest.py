@@ -3,9 +3,12 @@ and a small CLINC150 slice embedded once per session with the real model."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +134,16 @@ def gcs_emulator():
         os.environ.pop("STORAGE_EMULATOR_HOST", None)
     else:
         os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+def modules_loaded_by(args: list[str]) -> set[str]:
+    """The top-level modules a seals-al command loads, run in a fresh process as a pod runs it
+    (the command must succeed)."""
+    code = (
+        "import sys\n"
+        "from seals_al.cli import main\n"
+        f"assert main({args!r}) == 0\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(ast.literal_eval(done.stdout.splitlines()[-1]))
