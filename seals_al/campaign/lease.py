@@ -59,14 +59,25 @@ class Lease:
         self._renewer: threading.Thread | None = None
         self._guard = threading.Lock()
 
-    def _record(self) -> bytes:
-        self._expires = time.time() + self.seconds
-        return (json.dumps({**self.mine, "expires": self._expires}, indent=2) + "\n").encode()
+    def _record(self) -> tuple[bytes, float]:
+        """The lease as written now, and its expiry (which counts once the write succeeded)."""
+        expires = time.time() + self.seconds
+        return (json.dumps({**self.mine, "expires": expires}, indent=2) + "\n").encode(), expires
+
+    def _create(self) -> None:
+        data, expires = self._record()
+        self.storage.write_bytes(LOCK, data, once=True)
+        _, self._token = self.storage.read_versioned(LOCK)
+        self._expires = expires
+
+    def _swap(self, token: str) -> None:
+        data, expires = self._record()
+        self._token = self.storage.replace_if(LOCK, data, token)
+        self._expires = expires
 
     def __enter__(self) -> Lease:
         try:
-            self.storage.write_bytes(LOCK, self._record(), once=True)
-            _, self._token = self.storage.read_versioned(LOCK)
+            self._create()
         except AlreadyExistsError:
             self._take_over()
         self._renewer = threading.Thread(target=self._renew, name="seals-lease", daemon=True)
@@ -78,20 +89,19 @@ class Lease:
             raw, token = self.storage.read_versioned(LOCK)
         except (ChangedError, SealsError):  # released meanwhile: try once more from the start
             try:
-                self.storage.write_bytes(LOCK, self._record(), once=True)
+                self._create()
             except AlreadyExistsError:
                 raise SealsError(
                     f"{self.storage.where(LOCK)}: another stage took the lease at the same moment; "
                     "try again when it ends"
                 ) from None
-            _, self._token = self.storage.read_versioned(LOCK)
             return
         held = _parse(raw)
         why = self._stale(held)
         if why is None:
             raise SealsError(_busy_message(self.storage.where(LOCK), held, self.mine["host"]))
         try:
-            self._token = self.storage.replace_if(LOCK, self._record(), token)
+            self._swap(token)
         except ChangedError:
             raise SealsError(
                 f"{self.storage.where(LOCK)}: another stage took over the {why} lease at the same "
@@ -117,7 +127,7 @@ class Lease:
                 if self._lost is not None or self._token is None:
                     return
                 try:
-                    self._token = self.storage.replace_if(LOCK, self._record(), self._token)
+                    self._swap(self._token)
                 except ChangedError:
                     self._lost = "another stage took the lease over"
                     return
