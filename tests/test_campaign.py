@@ -317,6 +317,31 @@ def test_bad_label_files_are_rejected_whole(campaign, clinc_slice, name, content
 
 
 @pytest.mark.hostile
+def test_items_the_campaign_has_used_must_stay_in_the_items_file(tmp_path, clinc_slice, cache_dir):
+    """The items file may change between rounds (it is prepared again), but an item removed while
+    it is out for labeling is a clear error naming the items file, not a lookup failure later."""
+    items = tmp_path / "items.csv"
+    shutil.copy(clinc_slice, items)
+    config = write_config(tmp_path, items, cache_dir)
+    init(CampaignConfig.from_yaml(config), str(tmp_path / "c"))
+    campaign = Campaign(str(tmp_path / "c"), progress=False)
+    campaign.round()
+    batch = [row["id"] for row in open_batch(campaign)]
+    truth = truth_of(items)
+    lines = items.read_text().splitlines(keepends=True)
+    items.write_text("".join(line for line in lines if not line.startswith(f"{batch[0]},")))
+    campaign.storage.write_text("inbox/000/l.csv", f"id,label\n{batch[1]},{truth[batch[1]]}\n")
+    before = snapshot(campaign)
+    with pytest.raises(SealsError) as error:
+        Campaign(str(tmp_path / "c"), progress=False).round()
+    assert str(error.value) == (
+        f"{items}: 1 item(s) this campaign has labeled or sent out for labeling are no longer in it "
+        f"(the first: {batch[0]!r}); put them back, or start a new campaign over the new items"
+    )
+    assert snapshot(campaign) == before, "nothing written"
+
+
+@pytest.mark.hostile
 def test_config_errors(tmp_path, clinc_slice, cache_dir):
     good = write_config(tmp_path, clinc_slice, cache_dir)
     cases = {

@@ -151,6 +151,7 @@ class Campaign(StateReader):
             (the labeled set after these files, the relabels, the ingested-files list).
         """
         dataset = self.dataset()
+        self._check_items_kept(state)
         # Seeds may be any item of U (never of the evaluation split); later labels, the open batch.
         in_u = dataset.id_set(in_u=True)
         open_batch = in_u if state.round < 0 else {row["id"] for row in state.batch}
@@ -195,6 +196,21 @@ class Campaign(StateReader):
                 labeled[item_id] = {"id": item_id, "label": new, "round": r, "source": key}
             ingested.append({"file": key, "sha256": result.sha256, "round": r, "report": result.report()})
         return labeled, relabels, ingested
+
+    def _check_items_kept(self, state: State) -> None:
+        """The items may change between rounds (a new data version is prepared), but every item the
+        campaign has labeled or sent out for labeling must still be there."""
+        used = [*state.labeled, *(row["id"] for row in state.batch)]
+        if not used:
+            return
+        present = self.dataset().prepared.contains(used)
+        if not present.all():
+            missing = [item_id for item_id, kept in zip(used, present, strict=True) if not kept]
+            raise SealsError(
+                f"{self.config.dataset.data}: {len(missing)} item(s) this campaign has labeled or sent "
+                f"out for labeling are no longer in it (the first: {shown(missing[0])}); put them back, "
+                "or start a new campaign over the new items"
+            )
 
     def _staged(self, stage: str, state: State) -> tuple[int, dict[str, dict], str]:
         """The round being built (last committed + 1), its staged labeled set and that file's
