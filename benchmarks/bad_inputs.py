@@ -33,6 +33,7 @@ from _common import DOCS, ROOT, run_measured, write_json
 from round_cost import CONCEPT, campaign_yaml, make_data, seed_file
 
 from seals_al.campaign import Campaign
+from seals_al.errors import cut
 from seals_al.labels import MAX_LABEL_FILE_BYTES, MAX_PROBLEMS
 from seals_al.storage import write_text_atomic
 
@@ -382,8 +383,7 @@ def hostile_tests() -> int:
 
 
 def shown_message(message: str, work: str) -> str:
-    text = message.replace(work, "WORK").replace("|", "\\|")
-    return text if len(text) <= 160 else text[:157] + "..."
+    return cut(message.replace(work, "WORK").replace("|", "\\|"), 160)
 
 
 def markdown(results: list[dict], hostile: int, work: str) -> str:

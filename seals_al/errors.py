@@ -11,9 +11,13 @@ class PoolExhaustedError(SealsError):
     """Nothing is left to select: the candidate pool (or U minus L in global mode) is empty."""
 
 
+def cut(text: str, limit: int) -> str:
+    """``text`` if it is at most ``limit`` characters, else its start and "..." in ``limit``."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def shown(value: object, limit: int = 60) -> str:
     """``repr(value)`` cut to about ``limit`` characters, for messages that echo user input."""
     if isinstance(value, str) and len(value) > limit - 2:  # keep the quotes: 'abc...'
         return repr(value[: limit - 5] + "...")
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return cut(repr(value), limit)

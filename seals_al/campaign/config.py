@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from seals_al.campaign.layout import CONFIG, MAX_CONFIG_BYTES, SEED, seed_key
-from seals_al.errors import SealsError, shown
+from seals_al.errors import SealsError, cut, shown
 from seals_al.items import Items
 from seals_al.labels import check_label_file
 from seals_al.settings import (
@@ -49,8 +49,7 @@ def _one_line(error: Exception) -> str:
         text = f"line {mark.line + 1}, column {mark.column + 1}: {context}{error.problem}"
     else:
         text = str(error)
-    text = " ".join(text.split())
-    return text if len(text) <= 200 else text[:197] + "..."
+    return cut(" ".join(text.split()), 200)
 
 
 class _NoAliasLoader(yaml.SafeLoader):
