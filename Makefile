@@ -14,10 +14,10 @@ DEMO_OUT := demo-output
 
 .PHONY: demo demo-compare test lint format benchmarks clean image manifests
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -60,10 +60,15 @@ benchmarks: $(STAMP)
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .cache .pytest_cache .ruff_cache
 
-# The container image (needs Docker; not available on the build machine). Tag = package version.
+# The container image (needs Docker). Tag = package version. The build stage takes this machine's
+# pip settings (images/pip-settings.sh: certificate bundle, CPU torch wheel); the image does not.
+# BASE_IMAGE: any Debian-based Python 3.11 (make e2e builds one with debootstrap).
 IMAGE = $(shell $(BIN)/python -c 'from seals_al.version import IMAGE; print(IMAGE)')
+BASE_IMAGE ?= python:3.11-slim
 image: $(STAMP)
-	docker build -f images/Dockerfile -t $(IMAGE) \
+	torch_index=$$(PYTHON=$(BIN)/python images/pip-settings.sh) && \
+	docker build --network host -f images/Dockerfile -t $(IMAGE) \
+		--build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg TORCH_INDEX="$$torch_index" \
 		--build-arg VERSION=$$($(BIN)/python -c 'from seals_al.version import __version__; print(__version__)') .
 
 # Regenerate what is generated from code: compiled pipelines, the Argo template, component READMEs.
