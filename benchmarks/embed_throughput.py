@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         plain_encode = time.perf_counter() - loaded
 
         started = time.perf_counter()
-        store = run([f"--input={path}", f"--output={Path(tmp) / 'store'}"])
+        manifest = run([f"--input={path}", f"--output={Path(tmp) / 'store'}"])
         beam = time.perf_counter() - started
-        assert len(store) == len(texts)
+        assert manifest["count"] == len(texts)
 
     n = len(texts)
     lines = [

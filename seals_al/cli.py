@@ -310,11 +310,16 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
 def _embed(args: argparse.Namespace, console: Console) -> int:
     from seals_al.embed.pipeline import run
 
-    store = run(args.beam_args)
-    extra = store.manifest.get("extra", {})
+    manifest = run(args.beam_args)
+    extra = manifest.get("extra", {})
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from seals_al.embed.pipeline import EmbedOptions
+
+    output = PipelineOptions(args.beam_args).view_as(EmbedOptions).output
     console.print(
         f"{extra.get('embedded', 0):,} embedded, {extra.get('dead_letter', 0):,} dead-lettered "
-        f"(see dead_letter.jsonl): {store.path}",
+        f"(see dead_letter.jsonl): {output}",
         highlight=False,
     )
     return 0
@@ -326,8 +331,8 @@ def _add_build_index(sub: argparse._SubParsersAction) -> None:
         help="build a faiss index over an embeddings store, with measured recall",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("store", help="an embeddings store directory (manifest.json, ids.parquet, shards)")
-    p.add_argument("out", help="the index directory to write")
+    p.add_argument("store", help="an embeddings store (a folder or gs://bucket/prefix)")
+    p.add_argument("out", help="the index folder to publish (a folder or gs://bucket/prefix)")
     p.add_argument(
         "--factory", default=DEFAULT_FACTORY, help="faiss index_factory string, e.g. IVF4096,PQ32 or HNSW32"
     )
@@ -343,15 +348,17 @@ def _add_build_index(sub: argparse._SubParsersAction) -> None:
 
 
 def _build_index(args: argparse.Namespace, console: Console) -> int:
-    from seals_al.index.directory import build_index_dir
+    from seals_al.index.directory import INDEX_FORMAT, publish_index_dir
+    from seals_al.published import check_target, materialize
     from seals_al.store import EmbeddingStore
 
     for name in ("shard_rows", "train_size", "k"):
         if getattr(args, name) < 1:
             raise SealsError(f"--{name.replace('_', '-')} must be at least 1")
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if v is not None}
-    manifest = build_index_dir(
-        EmbeddingStore.open(args.store),
+    check_target(args.out, INDEX_FORMAT)  # before the store is fetched
+    manifest = publish_index_dir(
+        EmbeddingStore.open(materialize(args.store, "an embeddings store")),
         args.out,
         args.factory,
         layout=args.layout,
@@ -372,7 +379,7 @@ def _build_index(args: argparse.Namespace, console: Console) -> int:
             if recall
             else ""
         )
-        + f"\nmanifest: {Path(args.out) / 'manifest.json'}",
+        + f"\npublished: {args.out}",
         highlight=False,
     )
     return 0

@@ -150,7 +150,7 @@ class Dataset:
 
         if self._index is None:
             if self.config.index:
-                self._index = open_index_dir(self.config.index)
+                self._index = open_index_dir(self.index_path)
                 if self._index.d != self.store.dim:
                     raise SealsError(
                         f"{self.config.index}: index of dimension {self._index.d}, embeddings of "
@@ -163,20 +163,43 @@ class Dataset:
                 )
         return self._index
 
+    @property
+    def index_path(self) -> Path:
+        """The configured index folder on this machine (a gs:// one materialized in the cache)."""
+        from seals_al.published import materialize
+
+        if not self.config.index:
+            raise SealsError("no index is configured")
+        return materialize(self.config.index, "an index directory", self.cache_dir, self.progress)
+
+    @property
+    def graphs_uri(self) -> str | None:
+        """Where neighbour graphs are shared between machines: under a gs:// index, in its
+        ``graphs/`` folder (the index's own listing does not name them); else None: this
+        machine's cache."""
+        from seals_al.published import is_remote
+
+        if self.config.index and is_remote(self.config.index):
+            return f"{self.config.index.rstrip('/')}/graphs"
+        return None
+
     def _index_key(self) -> str:
         """What the cached graph depends on besides the rows: the factory, or the built index."""
         if not self.config.index:
             return self.config.index_factory
-        manifest = Path(self.config.index) / "manifest.json"
-        if not manifest.is_file():
+        from seals_al.published import read_file
+
+        # The manifest alone: a round that reads a published graph never needs the index itself.
+        manifest = read_file(self.config.index, "manifest.json")
+        if manifest is None:
             raise SealsError(f"{self.config.index}: not an index directory (no manifest.json)")
-        source = json.loads(manifest.read_text()).get("source", {})
+        source = json.loads(manifest).get("source", {})
         if source.get("rows_sha256") != self.prepared.u_digest:
             raise SealsError(
                 f"{self.config.index}: the index was not built over U ({self.u_count:,} rows outside "
                 f"the {self.config.eval_split!r} split); build it over those rows"
             )
-        return "index " + hashlib.sha256(manifest.read_bytes()).hexdigest()
+        return "index " + hashlib.sha256(manifest).hexdigest()
 
     def check_factory(self) -> None:
         """A clear error for a factory string faiss refuses (the data may have been prepared with
@@ -203,6 +226,7 @@ class Dataset:
                 self.cache_dir,
                 progress=progress,
                 access=self.access,
+                published=self.graphs_uri,
             )
         return self._graphs[k]
 

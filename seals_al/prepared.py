@@ -41,8 +41,17 @@ import numpy as np
 from seals_al.arrays import ArrayFile, open_array, pread_exact, search_sorted, sparse_sample
 from seals_al.errors import SealsError, shown
 from seals_al.items import Items
+from seals_al.published import is_remote, materialize
+from seals_al.published import version as remote_version
 from seals_al.settings import DataConfig
-from seals_al.storage import atomic_dir, default_cache_dir, file_version, open_storage, read_manifest
+from seals_al.storage import (
+    atomic_dir,
+    default_cache_dir,
+    file_version,
+    local_file,
+    open_storage,
+    read_manifest,
+)
 from seals_al.store import MANIFEST, EmbeddingStore, RowLookup, rows_digest
 
 FORMAT = "seals-prepared/1"
@@ -97,7 +106,10 @@ def data_version(config: DataConfig) -> dict:
     every column setting. Any change makes a new version, prepared again."""
 
     def stat(uri: str) -> str:
-        if uri.startswith("gs://"):
+        if is_remote(uri):
+            published = remote_version(uri)  # a folder published there (a store), by its listing
+            if published is not None:
+                return published
             parent, _, name = uri.rstrip("/").rpartition("/")
             return open_storage(parent).version(name)
         path = Path(uri.removeprefix("file://"))
@@ -348,6 +360,18 @@ def prepare(
     return Prepared.open(folder, access)
 
 
+def embeddings_path(config: DataConfig) -> Path:
+    """A local path for the configured embeddings: a gs:// store materialized in the cache, a
+    gs:// file (.npy, .parquet) downloaded, a local one as it is."""
+    uri = str(config.embeddings)
+    cache = config.cache_dir or default_cache_dir()
+    if not is_remote(uri):
+        return Path(uri.removeprefix("file://"))
+    if remote_version(uri) is not None:
+        return materialize(uri, "an embeddings store", cache)
+    return local_file(uri, cache)
+
+
 def _write(folder: Path, config: DataConfig, version: dict, items: Items, progress: bool) -> None:
     from seals_al.embed.local import embed_texts, import_embeddings
     from seals_al.encoder import TEXT_MODEL_DIM
@@ -358,7 +382,7 @@ def _write(folder: Path, config: DataConfig, version: dict, items: Items, progre
         store = embed_texts(items.ids, items.texts, cache_dir=config.cache_dir, progress=progress)
     else:
         store = import_embeddings(
-            config.embeddings, items.ids, cache_dir=config.cache_dir, column=config.embeddings_column
+            embeddings_path(config), items.ids, cache_dir=config.cache_dir, column=config.embeddings_column
         )
     check_factory(store.dim, config.index_factory)
     row_ids = store.row_ids_of(items.ids)

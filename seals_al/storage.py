@@ -210,6 +210,14 @@ class Storage(ABC):
         """Write atomically; with ``once``, raise :class:`AlreadyExistsError` if the key exists."""
 
     @abstractmethod
+    def download(self, key: str, path: Path) -> None:
+        """Copy the object to a local file (streamed, never whole in memory); missing: an error."""
+
+    @abstractmethod
+    def upload(self, path: Path, key: str) -> None:
+        """Write a local file's bytes to the key (streamed), atomically."""
+
+    @abstractmethod
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
@@ -302,6 +310,15 @@ class LocalStorage(Storage):
             raise AlreadyExistsError(f"{self.where(key)}: already written") from e
         finally:
             os.unlink(tmp)
+
+    def download(self, key: str, path: Path) -> None:
+        source = self._path(key)
+        require_file(source, self.where(key))
+        shutil.copyfile(source, path)
+
+    def upload(self, path: Path, key: str) -> None:
+        with atomic_path(self._path(key)) as tmp:
+            shutil.copyfile(path, tmp)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -411,6 +428,17 @@ class GCSStorage(Storage):
             self._blob(key).upload_from_string(data, if_generation_match=0 if once else None)
         except PreconditionFailed as e:
             raise AlreadyExistsError(f"{self.where(key)}: already written") from e
+
+    def download(self, key: str, path: Path) -> None:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            self._blob(key).download_to_filename(str(path))
+        except NotFound as e:
+            raise SealsError(f"{self.where(key)}: no such object") from e
+
+    def upload(self, path: Path, key: str) -> None:
+        self._blob(key).upload_from_filename(str(path))  # one object: all or nothing
 
     def exists(self, key: str) -> bool:
         return self._blob(key).exists()

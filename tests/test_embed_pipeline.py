@@ -19,6 +19,7 @@ from seals_al.embed.pipeline import ensure_embeddings, main, run
 from seals_al.embed.transforms import DEAD, EmbedItems, ReadItems
 from seals_al.encoder import MiniLMEncoder
 from seals_al.errors import SealsError
+from seals_al.store import EmbeddingStore
 
 TEXTS = {
     "a": "how do i report a stolen card",
@@ -101,9 +102,11 @@ def test_whole_run_writes_a_store_with_stable_row_ids(tmp_path, workers):
         + '{"id": "e", "text": ""}\n'
     )
     (tmp_path / "in" / "part-2.csv").write_text(f"id,text\nc,{TEXTS['c']}\n")
-    store = run(
+    manifest = run(
         [f"--input={tmp_path / 'in'}/*", f"--output={tmp_path / 'store'}", "--shard_rows=2", *workers]
     )
+    store = EmbeddingStore.open(tmp_path / "store")
+    assert manifest == store.manifest
     assert store.manifest["extra"] == {
         "embedded": 3,
         "dead_letter": 1,
@@ -125,16 +128,18 @@ def test_ensure_embeddings_reuses_a_store_made_from_the_same_items(tmp_path):
     out = str(tmp_path / "store")
     first, reused = ensure_embeddings(str(items), out)
     assert not reused
-    assert first.manifest["extra"]["source"]["sha256"] == hashlib.sha256(items.read_bytes()).hexdigest()
+    assert first["extra"]["source"]["sha256"] == hashlib.sha256(items.read_bytes()).hexdigest()
     published = (tmp_path / "store" / "manifest.json").stat().st_mtime_ns
     again, reused = ensure_embeddings(str(items), out)
     assert reused, "same file, columns and model: nothing recomputed"
     assert (tmp_path / "store" / "manifest.json").stat().st_mtime_ns == published
-    assert sorted(again.ids) == ["a", "b"]
+    assert again == first
+    assert sorted(EmbeddingStore.open(out).ids) == ["a", "b"]
     items.write_text(f"id,text\na,{TEXTS['a']}\nc,{TEXTS['c']}\n")
     changed, reused = ensure_embeddings(str(items), out)
     assert not reused, "the items changed: embedded again"
-    assert sorted(changed.ids) == ["a", "c"]
+    assert changed != first
+    assert sorted(EmbeddingStore.open(out).ids) == ["a", "c"]
 
 
 def test_unknown_options_are_an_error_not_silently_dropped(tmp_path):
@@ -190,7 +195,7 @@ def test_image_pipeline_with_a_dead_letter_for_an_unreadable_image(tmp_path):
 
     paths = write_images(tmp_path / "images")
     (tmp_path / "items.csv").write_text("id,uri\n" + "".join(f"{k},{v}\n" for k, v in paths.items()))
-    store = run(
+    run(
         [
             f"--input={tmp_path / 'items.csv'}",
             f"--output={tmp_path / 'store'}",
@@ -198,6 +203,7 @@ def test_image_pipeline_with_a_dead_letter_for_an_unreadable_image(tmp_path):
             "--text_column=uri",
         ]
     )
+    store = EmbeddingStore.open(tmp_path / "store")
     assert store.dim == 1280
     assert store.model == "efficientnet-lite0"
     assert sorted(store.ids) == ["blue", "checker", "red", "red2"]

@@ -40,7 +40,7 @@ def embed(
 
     from seals_al.embed.pipeline import ensure_embeddings
 
-    result, skipped = ensure_embeddings(
+    manifest, skipped = ensure_embeddings(
         items_uri,
         embeddings_uri,
         id_column=id_column,
@@ -49,7 +49,7 @@ def embed(
         beam_args=[str(a) for a in beam_args],
     )
     with open(store.path, "w") as f:
-        json.dump(result.manifest, f, indent=2)
-    store.metadata.update({"uri": embeddings_uri, "count": len(result), "dim": result.dim})
+        json.dump(manifest, f, indent=2)
+    store.metadata.update({"uri": embeddings_uri, "count": manifest["count"], "dim": manifest["dim"]})
     outputs = namedtuple("Outputs", ["embeddings_uri", "count", "skipped"])
-    return outputs(embeddings_uri, len(result), skipped)
+    return outputs(embeddings_uri, manifest["count"], skipped)

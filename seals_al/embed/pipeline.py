@@ -26,7 +26,6 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
@@ -36,9 +35,9 @@ from seals_al.embed.handlers import EfficientNetLiteHandler, MiniLMHandler
 from seals_al.embed.transforms import DEAD, EmbedItems, LoadImage, ReadItems, WriteShards
 from seals_al.encoder import IMAGE_MODEL, IMAGE_MODEL_DIM, TEXT_MODEL, TEXT_MODEL_DIM
 from seals_al.errors import EXIT_USAGE, SealsError
-from seals_al.storage import check_replaceable
+from seals_al.published import check_target, output_folder, read_manifest_at
 from seals_al.store import FORMAT as STORE_FORMAT
-from seals_al.store import EmbeddingStore, StoreWriter
+from seals_al.store import StoreWriter
 
 
 class EmbedOptions(PipelineOptions):
@@ -86,7 +85,7 @@ def finalize(
     model: str = TEXT_MODEL,
     dim: int = TEXT_MODEL_DIM,
     source: dict | None = None,
-) -> EmbeddingStore:
+) -> None:
     """Assemble the workers' parts (local or gs://) into a local store, then remove the parts.
 
     The row id of an item is the rank of its id in sorted order: stable whatever the sharding.
@@ -120,7 +119,6 @@ def finalize(
             writer.add(ids, vectors, np.asarray([rank[i] for i in ids], dtype=np.int64))
         writer.add_file("dead_letter.jsonl", "".join(line + "\n" for line in dead).encode())
     FileSystems.delete([work_dir])
-    return EmbeddingStore.open(output)
 
 
 def _log_counters(result: beam.runners.runner.PipelineResult) -> None:
@@ -135,10 +133,14 @@ def run(
     test_pipeline: beam.Pipeline | None = None,
     *,
     source: dict | None = None,
-) -> EmbeddingStore:
-    """Run the embedding pipeline and publish the store; Beam options pass through.
+) -> dict:
+    """Run the embedding pipeline and publish the store (a local folder, or gs:// through
+    :mod:`seals_al.published`); Beam options pass through.
 
     ``source`` (what the store was made from) is recorded in the manifest; see ensure_embeddings.
+
+    Returns:
+        The store's manifest.
     """
     options = PipelineOptions(argv)
     unknown = sorted(
@@ -152,16 +154,20 @@ def run(
         raise SealsError(f"missing required option(s): {', '.join(missing)}")
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = "FnApiRunner"
-    check_replaceable(embed.output, STORE_FORMAT)  # before embedding, not after
-    work_dir = embed.work_dir or f"{embed.output.rstrip('/')}.parts"
-    p = test_pipeline or beam.Pipeline(options=options)
-    build(p, embed, work_dir)
-    result = p.run()
-    result.wait_until_finish()
-    _log_counters(result)
-    if embed.modality == "image":
-        return finalize(work_dir, embed.output, IMAGE_MODEL, IMAGE_MODEL_DIM, source)
-    return finalize(work_dir, embed.output, source=source)
+    # Checked before embedding, not after: a gs:// output is written locally, then published.
+    with output_folder(embed.output, STORE_FORMAT) as out:
+        work_dir = embed.work_dir or f"{out}.parts"
+        p = test_pipeline or beam.Pipeline(options=options)
+        build(p, embed, work_dir)
+        result = p.run()
+        result.wait_until_finish()
+        _log_counters(result)
+        if embed.modality == "image":
+            finalize(work_dir, str(out), IMAGE_MODEL, IMAGE_MODEL_DIM, source)
+        else:
+            finalize(work_dir, str(out), source=source)
+        manifest = json.loads((out / "manifest.json").read_text())
+    return manifest
 
 
 def ensure_embeddings(
@@ -172,15 +178,17 @@ def ensure_embeddings(
     text_column: str = "text",
     modality: str = "text",
     beam_args: Sequence[str] = (),
-) -> tuple[EmbeddingStore, bool]:
-    """Embed the items into ``output`` unless a store made from the same file (sha256), columns,
-    modality and model is already there (re-runs of a pipeline skip the work).
+) -> tuple[dict, bool]:
+    """Embed the items into ``output`` (a local folder or gs://) unless a store made from the same
+    file (sha256), columns, modality and model is already there (re-runs of a pipeline skip the
+    work; only the manifest is read to decide).
 
     Returns:
-        (the store, whether it was already there).
+        (the store's manifest, whether it was already there).
     """
     from apache_beam.io.filesystems import FileSystems
 
+    check_target(output, STORE_FORMAT)  # a bad output fails before reading or embedding
     digest = hashlib.sha256()
     with FileSystems.open(items, compression_type="uncompressed") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -194,10 +202,9 @@ def ensure_embeddings(
         "modality": modality,
         "model": model,
     }
-    if (Path(output) / "manifest.json").is_file():
-        store = EmbeddingStore.open(output)
-        if store.manifest.get("extra", {}).get("source") == source:
-            return store, True
+    manifest = read_manifest_at(output, STORE_FORMAT, "an embeddings store")
+    if manifest is not None and manifest.get("extra", {}).get("source") == source:
+        return manifest, True
     argv = [
         f"--input={items}",
         f"--output={output}",
@@ -214,11 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit code 2, as with ``seals-al``."""
     logging.basicConfig(level=logging.INFO)
     try:
-        store = run(sys.argv[1:] if argv is None else argv)
+        manifest = run(sys.argv[1:] if argv is None else argv)
     except SealsError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"{store.manifest.get('extra', {}).get('embedded', 0):,} embedded: {store.path}")
+    print(f"{manifest.get('extra', {}).get('embedded', 0):,} embedded")
     return 0
 
 

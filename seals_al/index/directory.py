@@ -14,6 +14,7 @@ import numpy as np
 from seals_al.errors import SealsError
 from seals_al.index.build import add_rows, empty_index, set_search_parameters, train
 from seals_al.index.recall import measure_recall
+from seals_al.published import output_folder, read_manifest_at
 from seals_al.settings import DEFAULT_FACTORY, DEFAULT_K, LAYOUTS
 from seals_al.storage import atomic_dir, check_replaceable, read_manifest, write_json_atomic
 from seals_al.store import EmbeddingStore, rows_digest
@@ -153,20 +154,20 @@ def ensure_index_dir(
     store: EmbeddingStore, out_dir: str | Path, factory: str = DEFAULT_FACTORY, **options
 ) -> tuple[dict, bool]:
     """Build the index directory unless one from the same store, rows, factory, layout and
-    search parameters is already there (re-runs of a pipeline skip the build).
+    search parameters is already there (re-runs of a pipeline skip the build; only its manifest
+    is read to decide).
 
     Args:
         store: the embeddings.
-        out_dir: the index directory.
+        out_dir: the index directory, local or gs://.
         factory: faiss index_factory string.
         **options: as for :func:`build_index_dir`.
 
     Returns:
         (the manifest, whether it was already there).
     """
-    path = Path(out_dir) / "manifest.json"
-    if path.is_file():
-        manifest = json.loads(path.read_text())
+    manifest = read_manifest_at(out_dir, INDEX_FORMAT, "an index directory")
+    if manifest is not None:
         row_ids = options.get("row_ids")
         row_ids = store.row_ids if row_ids is None else np.asarray(row_ids, dtype=np.int64)
         wanted = _index_source(
@@ -174,7 +175,16 @@ def ensure_index_dir(
         )
         if manifest.get("source") == wanted:
             return manifest, True
-    return build_index_dir(store, out_dir, factory, **options), False
+    return publish_index_dir(store, out_dir, factory, **options), False
+
+
+def publish_index_dir(
+    store: EmbeddingStore, uri: str | Path, factory: str = DEFAULT_FACTORY, **options
+) -> dict:
+    """:func:`build_index_dir` to a local folder or gs:// (built locally, then published through
+    :mod:`seals_al.published`); a target holding something else is refused before training."""
+    with output_folder(uri, INDEX_FORMAT) as out:
+        return build_index_dir(store, out, factory, **options)
 
 
 def open_index_dir(path: str | Path, mmap: bool = False) -> faiss.Index:

@@ -23,6 +23,8 @@ from tqdm import tqdm
 from seals_al.arrays import ArrayFile, open_array
 from seals_al.errors import SealsError
 from seals_al.index.build import search
+from seals_al.published import materialize, output_folder
+from seals_al.published import version as published_version
 from seals_al.storage import atomic_dir, read_manifest
 from seals_al.store import EmbeddingStore, RowLookup
 
@@ -214,13 +216,26 @@ def cached_neighbour_graph(
     cache_dir: Path,
     progress: bool = True,
     access: str = "mapped",
+    published: str | None = None,
 ) -> NeighbourGraph:
     """The graph of these rows for this store, factory and k: opened from ``cache_dir/graphs`` if
     an earlier run built it, else built and cached. ``index`` and ``row_ids`` are called only to
     build; ``rows_sha256`` is :func:`~seals_al.store.rows_digest` of the rows, known beforehand;
-    ``access`` as for :meth:`NeighbourGraph.open`."""
+    ``access`` as for :meth:`NeighbourGraph.open`.
+
+    With ``published`` (a gs:// folder, e.g. beside a gs:// index), the graph is shared between
+    machines: read from ``published/k<k>-<key>`` (materialized in the cache) when some task
+    published it there, else built here and published, so the graph is built once per cluster,
+    not once per pod."""
     key = f"{rows_sha256}\n{store.digest()}\n{factory}\n{k}"
-    path = Path(cache_dir) / "graphs" / hashlib.sha256(key.encode()).hexdigest()[:24]
+    name = hashlib.sha256(key.encode()).hexdigest()[:24]
+    if published is not None:
+        uri = f"{published.rstrip('/')}/k{k}-{name}"
+        if published_version(uri) is None:
+            with output_folder(uri, GRAPH_FORMAT, cache_dir, progress) as out:
+                build_neighbour_graph(index(), store, row_ids(), k, out, progress=progress)
+        return NeighbourGraph.open(materialize(uri, "a neighbour graph", cache_dir, progress), access=access)
+    path = Path(cache_dir) / "graphs" / name
     if not (path / "manifest.json").is_file():
         build_neighbour_graph(index(), store, row_ids(), k, path, progress=progress)
     return NeighbourGraph.open(path, access=access)
