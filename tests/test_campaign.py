@@ -520,6 +520,24 @@ def test_a_lease_held_on_another_host_is_respected_until_it_expires(tmp_path, cl
     assert not campaign.storage.exists("LOCK"), "and released"
 
 
+def test_a_lease_from_another_container_on_this_host_is_not_judged_by_its_pid(tmp_path):
+    """Containers with host networking share the host name, not their pids: a pid that is not
+    alive here may be alive in the holder's container, so only the expiry frees its lease."""
+    import socket
+
+    from seals_al.campaign.lease import Lease
+
+    storage = open_storage(str(tmp_path / "c"))
+    now = time.time()
+    held = {"holder": "x", "pid": 2**22 - 1, "host": socket.gethostname(), "expires": now + 100}
+    storage.write_json("LOCK", {**held, "pids": "pid:[1]"})
+    with pytest.raises(SealsError, match="another stage holds the campaign"), Lease(storage):
+        pass
+    storage.write_json("LOCK", {**held, "pids": Lease(storage).mine["pids"]})
+    with Lease(storage) as lease:  # the same pid namespace: its process is known to be gone
+        assert lease.mine["pids"].startswith("pid:[")
+
+
 @pytest.mark.hostile
 def test_a_working_stage_renews_its_lease_and_a_killed_one_loses_it(tmp_path, clinc_slice, cache_dir):
     """With a 3 s lease, a stage that works for longer keeps it (renewed every second); killed, it

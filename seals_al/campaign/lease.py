@@ -49,6 +49,9 @@ class Lease:
             "holder": uuid.uuid4().hex,
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            # Containers with host networking (and hostNetwork pods) share the host name but not
+            # their process ids: a pid is checked only inside the same pid namespace.
+            "pids": _pid_namespace(),
             "pod": os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or socket.gethostname(),
             "since": time.time(),
         }
@@ -117,7 +120,8 @@ class Lease:
         if time.time() > expires:
             return "expired"
         pid = held.get("pid")
-        if held.get("host") == self.mine["host"] and isinstance(pid, int) and not _alive(pid):
+        same_processes = held.get("host") == self.mine["host"] and held.get("pids") == self.mine["pids"]
+        if same_processes and isinstance(pid, int) and not _alive(pid):
             return "abandoned"
         return None
 
@@ -198,6 +202,14 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds // 60} min"
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _pid_namespace() -> str:
+    """This process's pid namespace ("pid:[4026531836]"), or "" where /proc does not tell."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def _alive(pid: int) -> bool:
