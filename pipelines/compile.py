@@ -10,29 +10,32 @@ from pathlib import Path
 COMPILED = Path(__file__).resolve().parent / "compiled"
 
 
-def pipelines() -> dict:
-    """File name -> pipeline, each at its default number of rounds."""
-    from pipelines.looped import seals_looped
-    from pipelines.many_concepts import seals_many_concepts
-    from pipelines.one_round import seals_one_round
-    from pipelines.simulation import seals_simulation
+def pipelines(cluster=None) -> dict:
+    """File name -> pipeline, each at its default number of rounds, with these cluster settings
+    (default: :data:`pipelines._cluster.DEFAULT`)."""
+    from pipelines._cluster import DEFAULT
+    from pipelines.looped import make_looped
+    from pipelines.many_concepts import make_many_concepts
+    from pipelines.one_round import make_one_round
+    from pipelines.simulation import make_simulation
 
+    cluster = cluster or DEFAULT
     return {
-        "seals_looped.yaml": seals_looped,
-        "seals_simulation.yaml": seals_simulation,
-        "seals_one_round.yaml": seals_one_round,
-        "seals_many_concepts.yaml": seals_many_concepts,
+        "seals_looped.yaml": make_looped(cluster=cluster),
+        "seals_simulation.yaml": make_simulation(cluster=cluster),
+        "seals_one_round.yaml": make_one_round(cluster),
+        "seals_many_concepts.yaml": make_many_concepts(cluster=cluster),
     }
 
 
-def compile_all(out_dir: str | Path = COMPILED) -> list[Path]:
+def compile_all(out_dir: str | Path = COMPILED, cluster=None) -> list[Path]:
     """Compile every pipeline into ``out_dir``; returns the files written."""
     from kfp import compiler
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, pipeline in pipelines().items():
+    for name, pipeline in pipelines(cluster).items():
         compiler.Compiler().compile(pipeline, str(out / name))
         written.append(out / name)
     return written
@@ -41,10 +44,36 @@ def compile_all(out_dir: str | Path = COMPILED) -> list[Path]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="write the compiled YAML of every pipeline (needs kfp)")
     p.add_argument("--out", default=str(COMPILED), help="output folder")
+    p.add_argument("--workspace-size", default="20Gi", help='each run\'s shared cache volume; "" for none')
+    p.add_argument(
+        "--storage-class", default="", help="the workspace's storage class (default: the cluster's)"
+    )
+    p.add_argument(
+        "--resources",
+        action="append",
+        default=[],
+        metavar="COMPONENT=CPU,MEMORY[,CPU_LIMIT,MEMORY_LIMIT]",
+        help="a component's requests (and limits), e.g. select_round=4,16Gi; repeatable",
+    )
+    p.add_argument("--retries", type=int, default=2, help="retries of each campaign step")
     p.set_defaults(handler=_compile)
 
 
 def _compile(args: argparse.Namespace, console) -> int:
-    for path in compile_all(args.out):
+    from pipelines._cluster import Cluster
+    from seals_al.errors import SealsError
+
+    overrides = {}
+    for text in args.resources:
+        name, sep, value = text.partition("=")
+        if not sep:
+            raise SealsError(f"--resources {text!r}: expected COMPONENT=CPU,MEMORY")
+        overrides[name] = value
+    try:
+        cluster = Cluster(args.workspace_size, args.storage_class, retries=args.retries)
+        cluster = cluster.with_resources(overrides)
+    except ValueError as e:
+        raise SealsError(f"--resources: {e}") from e
+    for path in compile_all(args.out, cluster):
         console.print(f"wrote {path}", highlight=False)
     return 0

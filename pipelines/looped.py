@@ -3,6 +3,7 @@
 from kfp import dsl
 
 from components.wait_for_labels.component import wait_for_labels
+from pipelines._cluster import DEFAULT, Cluster
 from pipelines._rounds import prepare, rounds, start_campaign
 from seals_al.settings import (
     DEFAULT_BATCH_SIZE,
@@ -19,10 +20,11 @@ from seals_al.settings import (
 MAX_ROUNDS = 10
 
 
-def make_looped(max_rounds: int = MAX_ROUNDS):
+def make_looped(max_rounds: int = MAX_ROUNDS, cluster: Cluster = DEFAULT):
     """The looped pipeline with ``max_rounds`` rounds (a compile-time constant)."""
 
     @dsl.pipeline(
+        pipeline_config=cluster.pipeline_config(),
         name="seals-looped",
         description=f"SEALS active learning, up to {max_rounds} rounds; each round publishes a batch "
         "and waits for labels in the campaign's inbox.",
@@ -53,17 +55,17 @@ def make_looped(max_rounds: int = MAX_ROUNDS):
         target_value: float = 1.0,
     ):
         index = prepare(
-            items_uri, embeddings_uri, index_uri, id_column, text_column, split_column, eval_split,
+            cluster, items_uri, embeddings_uri, index_uri, id_column, text_column, split_column, eval_split,
             index_factory, nprobe,
         )  # fmt: skip
-        campaign_uri = start_campaign(index, locals())
+        campaign_uri = start_campaign(cluster, index, locals())
 
         def wait(uri, r):
-            return wait_for_labels(
-                campaign_uri=uri, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds
+            return cluster.step(
+                wait_for_labels, campaign_uri=uri, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds
             ).set_display_name(f"round {r}: wait for labels")
 
-        rounds(campaign_uri, max_rounds, wait, target_metric, target_value)
+        rounds(cluster, campaign_uri, max_rounds, wait, target_metric, target_value)
 
     return seals_looped
 

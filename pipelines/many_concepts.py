@@ -3,6 +3,7 @@ dsl.ParallelFor (the paper ran hundreds of concepts over the same index)."""
 
 from kfp import dsl
 
+from pipelines._cluster import DEFAULT, Cluster
 from pipelines._rounds import prepare, rounds, start_campaign
 from pipelines.simulation import oracle
 from seals_al.settings import (
@@ -20,10 +21,11 @@ from seals_al.settings import (
 MAX_ROUNDS = 5
 
 
-def make_many_concepts(max_rounds: int = MAX_ROUNDS, parallelism: int = 4):
+def make_many_concepts(max_rounds: int = MAX_ROUNDS, parallelism: int = 4, cluster: Cluster = DEFAULT):
     """The many-concepts pipeline; campaigns go to ``campaign_root/<concept>``."""
 
     @dsl.pipeline(
+        pipeline_config=cluster.pipeline_config(),
         name="seals-many-concepts",
         description=f"One simulated SEALS campaign per concept (up to {max_rounds} rounds each), "
         "sharing one embedding store and one index.",
@@ -51,12 +53,14 @@ def make_many_concepts(max_rounds: int = MAX_ROUNDS, parallelism: int = 4):
         target_value: float = 1.0,
     ):
         index = prepare(
-            items_uri, embeddings_uri, index_uri, id_column, text_column, split_column, eval_split,
+            cluster, items_uri, embeddings_uri, index_uri, id_column, text_column, split_column, eval_split,
             index_factory, nprobe,
         )  # fmt: skip
         with dsl.ParallelFor(concepts, parallelism=parallelism) as concept:
-            campaign = start_campaign(index, locals(), campaign_uri=campaign_root, folder_per_concept=True)
-            rounds(campaign, max_rounds, oracle, target_metric, target_value)
+            campaign = start_campaign(
+                cluster, index, locals(), campaign_uri=campaign_root, folder_per_concept=True
+            )
+            rounds(cluster, campaign, max_rounds, oracle(cluster), target_metric, target_value)
 
     return seals_many_concepts
 

@@ -3,13 +3,23 @@ label. Ingest new labels if any; if there were, train, select, publish and repor
 
 from kfp import dsl
 
+from pipelines._cluster import DEFAULT, Cluster
 from pipelines._rounds import one_round
 
 
-@dsl.pipeline(
-    name="seals-one-round",
-    description="Advance an existing SEALS campaign by one round if new labels came back; "
-    "a run with no new labels changes nothing.",
-)
-def seals_one_round(campaign_uri: str, target_metric: str = "", target_value: float = 1.0):
-    one_round(campaign_uri, target_metric, target_value, 0, gated=True)
+def make_one_round(cluster: Cluster = DEFAULT):
+    """The one-round pipeline with these cluster settings."""
+
+    @dsl.pipeline(
+        pipeline_config=cluster.pipeline_config(),
+        name="seals-one-round",
+        description="Advance an existing SEALS campaign by one round if new labels came back; "
+        "a run with no new labels changes nothing.",
+    )
+    def seals_one_round(campaign_uri: str, target_metric: str = "", target_value: float = 1.0):
+        one_round(cluster, campaign_uri, target_metric, target_value, 0, gated=True)
+
+    return seals_one_round
+
+
+seals_one_round = make_one_round()

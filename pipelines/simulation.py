@@ -3,6 +3,7 @@
 from kfp import dsl
 
 from components.oracle_labeler.component import oracle_labeler
+from pipelines._cluster import DEFAULT, Cluster
 from pipelines._rounds import prepare, rounds, start_campaign
 from seals_al.settings import (
     DEFAULT_BATCH_SIZE,
@@ -19,14 +20,20 @@ from seals_al.settings import (
 MAX_ROUNDS = 10
 
 
-def oracle(uri, r: int) -> dsl.PipelineTask:
-    return oracle_labeler(campaign_uri=uri).set_display_name(f"round {r}: oracle labels")
+def oracle(cluster: Cluster):
+    """The labeler of simulations: the oracle labels each open batch from the truth column."""
+
+    def label(uri, r: int) -> dsl.PipelineTask:
+        return cluster.step(oracle_labeler, campaign_uri=uri).set_display_name(f"round {r}: oracle labels")
+
+    return label
 
 
-def make_simulation(max_rounds: int = MAX_ROUNDS):
+def make_simulation(max_rounds: int = MAX_ROUNDS, cluster: Cluster = DEFAULT):
     """The simulation pipeline with ``max_rounds`` rounds (a compile-time constant)."""
 
     @dsl.pipeline(
+        pipeline_config=cluster.pipeline_config(),
         name="seals-simulation",
         description=f"SEALS simulated from ground truth, up to {max_rounds} rounds: seeds (5 + 95) and "
         "every batch labeled by an oracle reading the truth column. For demos, CI and studies.",
@@ -54,11 +61,11 @@ def make_simulation(max_rounds: int = MAX_ROUNDS):
         target_value: float = 1.0,
     ):
         index = prepare(
-            items_uri, embeddings_uri, index_uri, id_column, text_column, split_column, eval_split,
+            cluster, items_uri, embeddings_uri, index_uri, id_column, text_column, split_column, eval_split,
             index_factory, nprobe,
         )  # fmt: skip
-        campaign = start_campaign(index, locals())
-        rounds(campaign, max_rounds, oracle, target_metric, target_value)
+        campaign = start_campaign(cluster, index, locals())
+        rounds(cluster, campaign, max_rounds, oracle(cluster), target_metric, target_value)
 
     return seals_simulation
 

@@ -520,6 +520,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SEALS_CACHE_DIR", Path.home() / ".cache" / "seals-al"))
 
 
+WORKSPACE_CACHE = "seals-al-cache"
+
+
+def use_workspace(workspace: str) -> None:
+    """Cache in a pipeline run's workspace (KFP's workspace path, an Argo volume claim) instead of
+    the pod's own disk: every task of the run then shares what one of them downloaded or
+    prepared. "" leaves $SEALS_CACHE_DIR as it is (a pod-local cache)."""
+    if workspace:
+        os.environ["SEALS_CACHE_DIR"] = str(Path(workspace) / WORKSPACE_CACHE)
+
+
 def local_file(uri: str, cache_dir: str | Path) -> Path:
     """A local path for a file URI: itself if local, else a copy of the gs:// object in the cache
     (fetched again each time, so a changed object is seen)."""

@@ -21,6 +21,7 @@ def build_index(
     id_column: str = "id",
     split_column: str = "",
     eval_split: str = "test",
+    workspace: str = "",
 ) -> NamedTuple("Outputs", [("index_uri", str), ("skipped", bool)]):
     """Build the faiss index over U (items outside the evaluation split, so no evaluation item is ever a
     neighbour): IVF trained on a sample, vectors added shard by shard, optional on-disk merge;
@@ -40,10 +41,15 @@ def build_index(
         id_column: the external id column.
         split_column: the split column ("" when every item is in U).
         eval_split: the split held out for evaluation (never indexed, never selectable).
+        workspace: the run's shared workspace (KFP's workspace path), used as the cache of
+            downloaded stores, indexes, graphs and prepared data; "" for a pod-local cache.
 
     Returns:
         index_uri, and whether an existing index was reused.
     """
+    from seals_al.storage import use_workspace
+
+    use_workspace(workspace)
     from collections import namedtuple
 
     from seals_al.dataset import index_over_u

@@ -16,6 +16,7 @@ def embed(
     text_column: str = "text",
     modality: str = "text",
     beam_args: list = [],  # noqa: B006 (KFP reads the default from the signature)
+    workspace: str = "",
 ) -> NamedTuple("Outputs", [("embeddings_uri", str), ("count", int), ("skipped", bool)]):
     """Embed items into an embeddings store with the Apache Beam pipeline (`seals_al.embed.pipeline`):
     all-MiniLM-L6-v2 for text, EfficientNet-Lite0 for image URIs, RunInference with batching,
@@ -31,10 +32,15 @@ def embed(
         text_column: the text column, or the image URI column for images.
         modality: text or image.
         beam_args: Beam pipeline options, e.g. ["--runner=DataflowRunner", "--project=..."].
+        workspace: the run's shared workspace (KFP's workspace path), used as the cache of
+            downloaded stores, indexes, graphs and prepared data; "" for a pod-local cache.
 
     Returns:
         embeddings_uri, the number of vectors, and whether an existing store was reused.
     """
+    from seals_al.storage import use_workspace
+
+    use_workspace(workspace)
     import json
     from collections import namedtuple
 

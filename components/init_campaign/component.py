@@ -26,6 +26,7 @@ def init_campaign(
     split_column: str = "",
     eval_split: str = "test",
     folder_per_concept: bool = False,
+    workspace: str = "",
 ) -> str:
     """Create the campaign (configuration + seed labels) at a storage URI, or find the same one there
     (re-runs are no-ops; other settings are an error, never overwritten). Without `seed_labels_uri`,
@@ -51,10 +52,15 @@ def init_campaign(
         split_column: the split column; "" for none.
         eval_split: the evaluation split.
         folder_per_concept: put the campaign in a folder named after the concept.
+        workspace: the run's shared workspace (KFP's workspace path), used as the cache of
+            downloaded stores, indexes, graphs and prepared data; "" for a pod-local cache.
 
     Returns:
         The campaign URI.
     """
+    from seals_al.storage import use_workspace
+
+    use_workspace(workspace)
     import json
 
     from seals_al.campaign import Campaign, CampaignConfig, ensure_campaign

@@ -4,7 +4,7 @@ from components._base import seals_component
 
 
 @seals_component
-def label_ingest(campaign_uri: str) -> bool:
+def label_ingest(campaign_uri: str, workspace: str = "") -> bool:
     """Stage 1 of a round: validate every label file not ingested yet (the seeds before round 0, then
     `inbox/NNN/` of the open batch): CSV, JSONL or Label Studio export. A malformed file is rejected
     whole (problems with their lines under `reports/`) and the step fails naming the file and line;
@@ -13,10 +13,15 @@ def label_ingest(campaign_uri: str) -> bool:
 
     Args:
         campaign_uri: the campaign.
+        workspace: the run's shared workspace (KFP's workspace path), used as the cache of
+            downloaded stores, indexes, graphs and prepared data; "" for a pod-local cache.
 
     Returns:
         Whether new labels were staged (what was staged is printed).
     """
+    from seals_al.storage import use_workspace
+
+    use_workspace(workspace)
     from seals_al.campaign import Campaign
 
     staged = Campaign(campaign_uri).ingest()

@@ -14,6 +14,7 @@ def report(
     summary: dsl.Output[dsl.Markdown],
     target_metric: str = "",
     target_value: float = 1.0,
+    workspace: str = "",
 ) -> bool:
     """The round's artifacts for the pipeline UI, and whether to continue: a Metrics artifact (labeled,
     positives, recall when known, average precision, pool size and fraction, selection seconds, scored,
@@ -30,12 +31,17 @@ def report(
         summary: a Markdown summary with where the batch is and where labels go.
         target_metric: stop once this metric (e.g. average_precision) reaches target_value.
         target_value: see target_metric.
+        workspace: the run's shared workspace (KFP's workspace path), used as the cache of
+            downloaded stores, indexes, graphs and prepared data; "" for a pod-local cache.
 
     Returns:
         Whether to keep going: budget left, pool not exhausted, target not reached (the reason
         is printed and in the summary). One return value, not a NamedTuple: kfp.local does not
         resolve dsl.If conditions on NamedTuple fields.
     """
+    from seals_al.storage import use_workspace
+
+    use_workspace(workspace)
     from seals_al.campaign import Campaign
     from seals_al.report import round_report
 

@@ -11,6 +11,7 @@ from components._base import seals_component
 def select_round(
     campaign_uri: str,
     batch: dsl.Output[dsl.Dataset],
+    workspace: str = "",
 ) -> NamedTuple("Outputs", [("round", int), ("batch_size", int), ("pool_size", int)]):
     """Stage 3: expand the candidate pool with the newly labeled examples' neighbours, select the batch
     (SEALS: scoring only the pool; global: all of U), publish `to_label.jsonl` (id, text, score,
@@ -21,10 +22,15 @@ def select_round(
     Args:
         campaign_uri: the campaign (train must have run for the round).
         batch: a copy of to_label.jsonl, for the UI.
+        workspace: the run's shared workspace (KFP's workspace path), used as the cache of
+            downloaded stores, indexes, graphs and prepared data; "" for a pod-local cache.
 
     Returns:
         The round, the batch size and the pool size.
     """
+    from seals_al.storage import use_workspace
+
+    use_workspace(workspace)
     from collections import namedtuple
 
     from seals_al.campaign import Campaign
