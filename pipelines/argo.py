@@ -15,35 +15,95 @@ SERVICE_ACCOUNT = "seals-al-runner"
 CONFIG_MAP = "seals-al-config"
 
 
+WORKSPACE = "/workspace"  # the workflow's volume claim: every step's cache (seals_al.storage)
+WORKSPACE_SIZE = "20Gi"
+DEADLINE_SECONDS = 30 * 24 * 3600  # the whole campaign, waits for people included
+RETRY = {"limit": "2", "retryPolicy": "Always", "backoff": {"duration": "60s", "factor": "2"}}
+
+
 def workflow_template():
-    """The template: round(remaining) = ingest, train, select, report, then, if the report says
-    keep going and rounds remain, suspend until resumed and run round(remaining - 1)."""
+    """The template: round(remaining) = ingest, then, if it staged labels, train, select, report;
+    then, if the report says keep going and rounds remain (or nothing was staged: resumed too
+    early), suspend until resumed and run the next round (the same round again when nothing was
+    staged)."""
     from hera.workflows import Container, Parameter, Step, Steps, Suspend, WorkflowTemplate
     from hera.workflows.models import (
         Capabilities,
         ConfigMapEnvSource,
         EnvFromSource,
+        EnvVar,
+        ObjectMeta,
+        PersistentVolumeClaim,
+        PersistentVolumeClaimSpec,
+        PodGC,
+        PodSecurityContext,
+        ResourceRequirements,
+        RetryStrategy,
+        SeccompProfile,
         SecurityContext,
+        TTLStrategy,
         ValueFrom,
+        VolumeMount,
+        VolumeResourceRequirements,
     )
 
+    from pipelines._cluster import RESOURCES, RETRIED
+    from seals_al.storage import WORKSPACE_CACHE
     from seals_al.version import IMAGE, __version__
 
     campaign = "{{workflow.parameters.campaign-uri}}"
+    seccomp = SeccompProfile(type="RuntimeDefault")
     security = SecurityContext(
         run_as_non_root=True,
         run_as_user=10001,
         allow_privilege_escalation=False,
         read_only_root_filesystem=False,
         capabilities=Capabilities(drop=["ALL"]),
+        seccomp_profile=seccomp,
     )
     env_from = [EnvFromSource(config_map_ref=ConfigMapEnvSource(name=CONFIG_MAP, optional=True))]
+    env = [EnvVar(name="SEALS_CACHE_DIR", value=f"{WORKSPACE}/{WORKSPACE_CACHE}")]
+    mounts = [VolumeMount(name="workspace", mount_path=WORKSPACE)]
+
+    def step_container(name: str, component: str, args: list[str], **extra) -> Container:
+        res = RESOURCES[component]
+        return Container(
+            name=name,
+            image=IMAGE,
+            command=["seals-al"],
+            args=args,
+            security_context=security,
+            env=env,
+            env_from=env_from,
+            volume_mounts=mounts,
+            resources=ResourceRequirements(
+                requests={"cpu": res.cpu, "memory": res.memory},
+                limits={"cpu": res.cpu_limit, "memory": res.memory_limit},
+            ),
+            retry_strategy=RetryStrategy(**RETRY) if component in RETRIED else None,
+            **extra,
+        )
 
     with WorkflowTemplate(
         name="seals-al-rounds",
         entrypoint="campaign",
         service_account_name=SERVICE_ACCOUNT,
         labels={"app.kubernetes.io/name": "seals-al", "app.kubernetes.io/version": __version__},
+        security_context=PodSecurityContext(
+            run_as_non_root=True, run_as_user=10001, fs_group=0, seccomp_profile=seccomp
+        ),
+        pod_gc=PodGC(strategy="OnPodSuccess"),  # failed pods stay for their logs
+        ttl_strategy=TTLStrategy(seconds_after_success=24 * 3600, seconds_after_failure=7 * 24 * 3600),
+        active_deadline_seconds=DEADLINE_SECONDS,
+        volume_claim_templates=[
+            PersistentVolumeClaim(
+                metadata=ObjectMeta(name="workspace"),
+                spec=PersistentVolumeClaimSpec(
+                    access_modes=["ReadWriteOnce"],  # the steps run one at a time
+                    resources=VolumeResourceRequirements(requests={"storage": WORKSPACE_SIZE}),
+                ),
+            )
+        ],
         arguments=[
             Parameter(
                 name="campaign-uri", description="an existing campaign (seals-al init), gs:// or a PVC path"
@@ -53,20 +113,18 @@ def workflow_template():
             Parameter(name="target-value", value="1.0"),
         ],
     ) as template:
-        stage = Container(
-            name="stage",
-            image=IMAGE,
-            command=["seals-al"],
-            args=["{{inputs.parameters.stage}}", campaign],
-            inputs=[Parameter(name="stage")],
-            security_context=security,
-            env_from=env_from,
+        ingest = step_container(
+            "ingest",
+            "label-ingest",
+            ["ingest", campaign, "--staged-file=/tmp/staged"],
+            outputs=[Parameter(name="staged", value_from=ValueFrom(path="/tmp/staged"))],
         )
-        report = Container(
-            name="report",
-            image=IMAGE,
-            command=["seals-al"],
-            args=[
+        train = step_container("train", "train", ["train", campaign])
+        select = step_container("select", "select-round", ["select", campaign])
+        report = step_container(
+            "report",
+            "report",
+            [
                 "report",
                 campaign,
                 "--out=/tmp/report",
@@ -74,24 +132,26 @@ def workflow_template():
                 "--target-value={{workflow.parameters.target-value}}",
             ],
             outputs=[Parameter(name="keep-going", value_from=ValueFrom(path="/tmp/report/keep_going"))],
-            security_context=security,
-            env_from=env_from,
         )
         wait = Suspend(name="wait-for-labels")
+        staged = "{{steps.ingest.outputs.parameters.staged}} == true"
         keep_going = "{{steps.report.outputs.parameters.keep-going}} == true"
-        more = f"{keep_going} && {{{{inputs.parameters.remaining}}}} > 1"
+        remaining = "{{inputs.parameters.remaining}}"
+        advanced = f"{staged} && {keep_going} && {remaining} > 1"
+        early = "{{steps.ingest.outputs.parameters.staged}} == false"  # resumed with no new labels
         with Steps(name="round", inputs=[Parameter(name="remaining")]) as round_steps:
-            for name in ("ingest", "train", "select"):
-                Step(name=name, template=stage, arguments={"stage": name})
-            Step(name="report", template=report)
-            Step(name="wait-for-labels", template=wait, when=more)
+            Step(name="ingest", template=ingest)
+            for name, container in (("train", train), ("select", select), ("report", report)):
+                Step(name=name, template=container, when=staged)
+            Step(name="wait-for-labels", template=wait, when=f"{advanced} || {early}")
         with round_steps:
             Step(
                 name="next-round",
                 template=round_steps,
                 arguments={"remaining": "{{=asInt(inputs.parameters.remaining) - 1}}"},
-                when=more,
+                when=advanced,
             )
+            Step(name="same-round", template=round_steps, arguments={"remaining": remaining}, when=early)
         with Steps(name="campaign"):
             Step(
                 name="rounds",

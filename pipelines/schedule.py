@@ -4,6 +4,8 @@ A plugin command (entry point group ``seals_al.commands``): kfp is imported only
 """
 
 import argparse
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -41,12 +43,31 @@ def recurring_run_request(path: str | Path) -> dict:
     return {**data, "pipeline_package_path": str(package)}
 
 
+def client_arguments(host: str, namespace: str | None, env: Mapping[str, str]) -> dict:
+    """What ``kfp.Client`` gets: the host, the profile namespace (the flag, else $KFP_NAMESPACE)
+    and a bearer token from $KFP_TOKEN when set (e.g. ``kubectl create token`` for the runner's
+    service account, or a user's identity token behind an auth proxy), never from the command
+    line, where it would land in shell history and process lists."""
+    arguments: dict = {"host": host}
+    namespace = namespace or env.get("KFP_NAMESPACE")
+    if namespace:
+        arguments["namespace"] = namespace
+    if env.get("KFP_TOKEN"):
+        arguments["existing_token"] = env["KFP_TOKEN"]
+    return arguments
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "schedule", help="create a KFP recurring run from a definition file (needs a KFP host)"
     )
     p.add_argument("definition", help="e.g. manifests/recurring-run/one-round.yaml")
     p.add_argument("--host", required=True, help="the KFP API endpoint")
+    p.add_argument(
+        "--namespace",
+        default=None,
+        help="the KFP profile namespace to create it in (default: $KFP_NAMESPACE; multi-user KFP needs one)",
+    )
     p.add_argument("--experiment", default="seals-al")
     p.set_defaults(handler=_schedule)
 
@@ -55,7 +76,7 @@ def _schedule(args: argparse.Namespace, console) -> int:
     import kfp
 
     request = recurring_run_request(args.definition)
-    client = kfp.Client(host=args.host)
+    client = kfp.Client(**client_arguments(args.host, args.namespace, os.environ))
     experiment = client.create_experiment(args.experiment)
     run = client.create_recurring_run(experiment_id=experiment.experiment_id, **request)
     console.print(f"recurring run {run.recurring_run_id} created in experiment {args.experiment}")

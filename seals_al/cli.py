@@ -170,6 +170,10 @@ def _add_campaign_commands(sub: argparse._SubParsersAction) -> None:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("campaign")
+        if name == "ingest":
+            p.add_argument(
+                "--staged-file", help="write true or false there: whether new labels were staged (Argo)"
+            )
         p.set_defaults(handler=_stage, stage=name)
     p = sub.add_parser("wait", help="poll the open round's inbox until labels arrive (exit 2 on timeout)")
     p.add_argument("campaign")
@@ -199,6 +203,10 @@ def _stage(args: argparse.Namespace, console: Console) -> int:
             f"{staged.labeled} labeled, from {', '.join(staged.files)}",
             highlight=False,
         )
+        if args.staged_file:
+            from seals_al.storage import write_text_atomic
+
+            write_text_atomic(args.staged_file, "true" if staged is not None else "false")
     elif args.stage == "train":
         console.print(f"trained: {campaign.train()}", highlight=False)
     elif args.stage == "select":

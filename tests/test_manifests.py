@@ -47,16 +47,47 @@ def test_the_argo_template_is_valid_and_suspends_between_rounds():
     assert templates["wait-for-labels"]["suspend"] == {}
     steps = [group[0] for group in templates["round"]["steps"]]
     names = [s["name"] for s in steps]
-    assert names == ["ingest", "train", "select", "report", "wait-for-labels", "next-round"]
-    wait, next_round = steps[4], steps[5]
+    assert names == ["ingest", "train", "select", "report", "wait-for-labels", "next-round", "same-round"]
+    by_name = {s["name"]: s for s in steps}
+    wait, next_round, same = by_name["wait-for-labels"], by_name["next-round"], by_name["same-round"]
     assert wait["template"] == "wait-for-labels", "a real suspend step between two rounds"
-    assert next_round["template"] == "round", "the next round comes after the suspend"
-    assert wait["when"] == next_round["when"]
-    assert "keep-going" in wait["when"]
+    assert next_round["template"] == same["template"] == "round", "a round comes after the suspend"
+    assert "keep-going" in next_round["when"]
+    assert wait["when"] == f"{next_round['when']} || {same['when']}"
+    # Resumed before any label came: ingest stages nothing, nothing else of the round runs, and
+    # the same round waits again (train never fails on an empty stage).
+    assert same["when"] == "{{steps.ingest.outputs.parameters.staged}} == false"
+    assert same["arguments"]["parameters"] == [
+        {"name": "remaining", "value": "{{inputs.parameters.remaining}}"}
+    ]
+    for name in ("train", "select", "report"):
+        assert by_name[name]["when"] == "{{steps.ingest.outputs.parameters.staged}} == true"
     images = {t["container"]["image"] for t in templates.values() if "container" in t}
     assert images == {IMAGE}, "the same image (and tag) as the KFP components"
     commands = {tuple(t["container"]["command"]) for t in templates.values() if "container" in t}
     assert commands == {("seals-al",)}
+
+
+def test_the_argo_template_runs_as_a_cluster_expects():
+    spec = yaml.safe_load(TEMPLATE.read_text())["spec"]
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["podGC"] == {"strategy": "OnPodSuccess"}
+    assert set(spec["ttlStrategy"]) == {"secondsAfterSuccess", "secondsAfterFailure"}
+    assert spec["activeDeadlineSeconds"] >= 7 * 24 * 3600, "long enough for people to label"
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "workspace"
+    containers = {t["name"]: t for t in spec["templates"] if "container" in t}
+    assert set(containers) == {"ingest", "train", "select", "report"}
+    for name, t in containers.items():
+        c = t["container"]
+        assert set(c["resources"]["requests"]) == {"cpu", "memory"}, name
+        assert set(c["resources"]["limits"]) == {"cpu", "memory"}, name
+        assert c["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert {"name": "workspace", "mountPath": "/workspace"} in c["volumeMounts"]
+        assert {"name": "SEALS_CACHE_DIR", "value": "/workspace/seals-al-cache"} in c["env"]
+        assert int(t["retryStrategy"]["limit"]) == 2, f"{name} is idempotent and retried"
+    assert containers["ingest"]["container"]["args"][-1] == "--staged-file=/tmp/staged"
 
 
 def test_a_broken_template_fails_the_schema():
@@ -98,7 +129,7 @@ def test_the_recurring_run_matches_the_kfp_client_and_the_pipeline():
     request = recurring_run_request(ROOT / "manifests" / "recurring-run" / "one-round.yaml")
     inspect.signature(kfp.Client.create_recurring_run).bind(None, experiment_id="e", **request)
     assert Path(request["pipeline_package_path"]) == ROOT / "pipelines" / "compiled" / "seals_one_round.yaml"
-    spec = yaml.safe_load(Path(request["pipeline_package_path"]).read_text())
+    spec = next(yaml.safe_load_all(Path(request["pipeline_package_path"]).read_text()))
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     required = {name for name, p in inputs.items() if not p.get("isOptional")}
     assert required <= set(request["params"]) <= set(inputs)
@@ -112,3 +143,16 @@ def test_a_bad_recurring_run_definition_is_named(tmp_path):
     )
     with pytest.raises(SealsError, match="six fields"):
         recurring_run_request(bad)
+
+
+def test_schedule_takes_the_profile_namespace_and_a_token_from_the_environment():
+    import kfp
+
+    from pipelines.schedule import client_arguments
+
+    env = {"KFP_NAMESPACE": "team-a", "KFP_TOKEN": "t0ken"}
+    arguments = client_arguments("https://kfp.example", None, env)
+    assert arguments == {"host": "https://kfp.example", "namespace": "team-a", "existing_token": "t0ken"}
+    inspect.signature(kfp.Client).bind(**arguments)
+    assert client_arguments("h", "team-b", env)["namespace"] == "team-b", "the flag wins"
+    assert client_arguments("h", None, {}) == {"host": "h"}
