@@ -12,7 +12,7 @@ DEMO_CONCEPT ?= report_fraud
 DEMO_STRATEGY ?= mlp
 DEMO_OUT := demo-output
 
-.PHONY: demo demo-compare test lint format benchmarks clean image manifests
+.PHONY: demo demo-compare test e2e lint format benchmarks clean image manifests
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,15 @@ image: $(STAMP)
 	docker build --network host -f images/Dockerfile -t $(IMAGE) \
 		--build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg TORCH_INDEX="$$torch_index" \
 		--build-arg VERSION=$$($(BIN)/python -c 'from seals_al.version import __version__; print(__version__)') .
+
+# The cluster path, proven with containers: Docker (installed and started if missing, no bridge,
+# host networking), a debootstrapped bookworm base, the image, a GCS emulator on 127.0.0.1, and
+# every pipeline task in its own container through kfp.local's DockerRunner (e2e/run.py).
+E2E_BASE := seals-al/bookworm-python:3.11
+e2e: $(STAMP)
+	BASE_IMAGE=$(E2E_BASE) bash e2e/docker-up.sh
+	$(MAKE) --no-print-directory image BASE_IMAGE=$(E2E_BASE) > .e2e-image.log 2>&1 || (tail -30 .e2e-image.log; exit 1)
+	$(BIN)/python e2e/run.py
 
 # Regenerate what is generated from code: compiled pipelines, the Argo template, component READMEs.
 manifests: $(STAMP)

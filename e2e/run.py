@@ -1,0 +1,313 @@
+"""`make e2e`: the pipelines as a cluster runs them. Every task in its own container from the
+project's image (kfp.local.DockerRunner, uid 10001, host networking), sharing nothing but object
+storage (a GCS emulator on 127.0.0.1), KFP's pipeline root and the run's workspace.
+
+1. The simulation pipeline on CLINC150: items, embeddings, index and campaign all on gs://.
+2. The same pipeline with kfp.local's SubprocessRunner: the campaign must be the same, byte for
+   byte (timing fields aside).
+3. The looped pipeline: a thread drops label files into the gs:// inbox as a person would, and the
+   run goes on past its wait.
+4. A round whose select container is killed mid-publish (exit 137, its lease left behind); a new
+   run takes the expired lease over and commits a round identical to a never-killed run's.
+
+Prints one summary line; exits non-zero on the first thing that does not hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUCKET = "seals-e2e"
+LEASE_SECONDS = 8  # short, so the killed round's lease expires within the test
+TIMING_KEYS = ("_seconds", "committed_at")
+
+
+class Failed(Exception):
+    """Something the end-to-end run checks did not hold."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise Failed(message)
+
+
+def start_emulator() -> tuple[object, str]:
+    from gcp_storage_emulator.server import create_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+    server.start()
+    return server, f"http://127.0.0.1:{port}"
+
+
+def docker_runner(env: dict[str, str]):
+    from kfp import local
+
+    return local.DockerRunner(network_mode="host", user="10001", environment=env)
+
+
+def run(runner, work: Path, pipeline, **arguments) -> bool:
+    """One pipeline run through kfp.local; True when every task succeeded."""
+    from kfp import local
+
+    for name in ("pipeline-root", "workspace"):
+        (work / name).mkdir(parents=True, exist_ok=True)
+    local.init(
+        runner=runner,
+        pipeline_root=str(work / "pipeline-root"),
+        workspace_root=str(work / "workspace"),
+        raise_on_error=True,
+    )
+    try:
+        pipeline(**arguments)
+    except RuntimeError as e:  # kfp.local: a task failed
+        print(f"e2e: {work.name}: {e}", file=sys.stderr)
+        return False
+    return True
+
+
+def campaign_files(uri: str) -> dict[str, object]:
+    """Every object of a campaign but its lease, JSON with timing fields dropped."""
+    from seals_al.storage import open_storage
+
+    storage = open_storage(uri)
+    out: dict[str, object] = {}
+    for key in storage.list():
+        if key == "LOCK":
+            continue
+        data = storage.read_bytes(key)
+        if key.endswith(".json") or key.endswith("COMMITTED"):
+            out[key] = _without_timing(json.loads(data))
+        elif key.endswith(".jsonl"):
+            out[key] = [_without_timing(json.loads(line)) for line in data.decode().splitlines() if line]
+        else:
+            out[key] = data
+    return out
+
+
+def _without_timing(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _without_timing(v) for k, v in value.items() if not k.endswith(TIMING_KEYS)}
+    if isinstance(value, list):
+        return [_without_timing(v) for v in value]
+    return value
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+class Labeler(threading.Thread):
+    """A person labeling: whenever a round of the campaign is committed and its batch has no labels
+    yet, write them (from the truth column) into that round's inbox on gs://."""
+
+    def __init__(self, campaign_uri: str, truth: dict[str, int]):
+        super().__init__(daemon=True)
+        self.campaign_uri, self.truth = campaign_uri, truth
+        self.dropped: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from seals_al.storage import open_storage
+
+        storage = open_storage(self.campaign_uri)
+        while not self.stop.wait(1.0):
+            for key in storage.list("rounds"):
+                if not key.endswith("/COMMITTED"):
+                    continue
+                r = key.split("/")[1]
+                inbox = f"inbox/{r}/labels.csv"
+                if inbox in self.dropped:
+                    continue
+                batch = storage.read_text(f"rounds/{r}/to_label.jsonl").splitlines()
+                ids = [json.loads(line)["id"] for line in batch if line]
+                rows = "".join(f"{i},{self.truth[i]}\n" for i in ids)
+                storage.write_text(inbox, "id,label\n" + rows)
+                self.dropped.append(inbox)
+
+
+def truth_of(items: Path, concept: str) -> dict[str, int]:
+    with items.open(newline="") as f:
+        return {row["id"]: int(row["label"] == concept) for row in csv.DictReader(f)}
+
+
+def copy_campaign(source: str, target: str) -> None:
+    from seals_al.storage import open_storage
+
+    src, dst = open_storage(source), open_storage(target)
+    for key in src.list():
+        dst.write_bytes(key, src.read_bytes(key))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--items", default=str(ROOT / "data" / "clinc150" / "clinc150.csv"))
+    parser.add_argument("--concept", default="report_fraud")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--work", default="/tmp/seals-e2e")
+    args = parser.parse_args(argv)
+
+    os.umask(0)  # folders kfp.local makes here are written by the containers' uid 10001 too
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    started = time.perf_counter()
+    server, emulator = start_emulator()
+    os.environ["STORAGE_EMULATOR_HOST"] = emulator
+    os.environ["SEALS_LEASE_SECONDS"] = str(LEASE_SECONDS)
+    os.environ["SEALS_CACHE_DIR"] = str(work / "subprocess-cache")
+    env = {"STORAGE_EMULATOR_HOST": emulator, "SEALS_LEASE_SECONDS": str(LEASE_SECONDS)}
+    try:
+        summary = scenarios(args, work, env)
+    except Failed as e:
+        print(f"e2e: FAILED: {e}", file=sys.stderr)
+        return 1
+    finally:
+        server.stop()
+    print(f"e2e: passed in {time.perf_counter() - started:.0f} s: {summary}")
+    return 0
+
+
+def scenarios(args, work: Path, env: dict[str, str]) -> str:
+    from kfp import local
+
+    from pipelines.looped import make_looped
+    from pipelines.one_round import seals_one_round
+    from pipelines.simulation import make_simulation
+    from seals_al.campaign import Campaign
+    from seals_al.storage import open_storage
+
+    gs = f"gs://{BUCKET}"
+    open_storage(f"{gs}/items").write_bytes("clinc150.csv", Path(args.items).read_bytes())
+    data = {
+        "items_uri": f"{gs}/items/clinc150.csv",
+        "embeddings_uri": f"{gs}/embeddings",
+        "index_uri": f"{gs}/index",
+        "concept": args.concept,
+    }
+    timings: dict[str, float] = {}
+
+    def timed(name: str, runner, pipeline, **arguments) -> bool:
+        begun = time.perf_counter()
+        ok = run(runner, work / name, pipeline, **arguments)
+        timings[name] = time.perf_counter() - begun
+        return ok
+
+    # 1. The simulation pipeline, every task in its own container, everything on gs://.
+    simulation = make_simulation(args.rounds)
+    docker_uri = f"{gs}/campaigns/simulation-docker"
+    check(
+        timed("simulation-docker", docker_runner(env), simulation, campaign_uri=docker_uri, **data),
+        "the simulation pipeline failed in containers",
+    )
+    rounds = Campaign(docker_uri, progress=False).committed_rounds()
+    check(rounds == list(range(args.rounds)), f"{docker_uri}: committed rounds {rounds}")
+    metrics = sorted((work / "simulation-docker" / "pipeline-root").rglob("metrics"))
+    check(len(metrics) == args.rounds, f"{len(metrics)} metrics artifacts for {args.rounds} rounds")
+
+    # 2. The same with kfp.local's subprocess runner: the same campaign, byte for byte.
+    subprocess_uri = f"{gs}/campaigns/simulation-subprocess"
+    check(
+        timed(
+            "simulation-subprocess",
+            local.SubprocessRunner(use_venv=False),
+            simulation,
+            campaign_uri=subprocess_uri,
+            **data,
+        ),
+        "the simulation pipeline failed in subprocesses",
+    )
+    diff = differences(campaign_files(docker_uri), campaign_files(subprocess_uri))
+    check(not diff, f"containers and subprocesses wrote different campaigns: {diff[:5]}")
+
+    # 3. The looped pipeline: a person's labels arrive in the gs:// inbox while the run waits.
+    truth = truth_of(Path(args.items), args.concept)
+    looped_uri = f"{gs}/campaigns/looped"
+    seeds = f"{gs}/seeds/seeds.csv"
+    seed_file = open_storage(docker_uri).read_bytes(_seed_key(docker_uri))
+    open_storage(f"{gs}/seeds").write_bytes("seeds.csv", seed_file)
+    person = Labeler(looped_uri, truth)
+    person.start()
+    looped = make_looped(2)
+    ok = timed(
+        "looped-docker",
+        docker_runner(env),
+        looped,
+        campaign_uri=looped_uri,
+        seed_labels_uri=seeds,
+        truth_column="label",
+        split_column="split",
+        poll_seconds=1.0,
+        timeout_seconds=600.0,
+        **data,
+    )
+    check(ok, "the looped pipeline failed in containers")
+    person.stop.set()
+    rounds = Campaign(looped_uri, progress=False).committed_rounds()
+    check(rounds == [0, 1], f"{looped_uri}: committed rounds {rounds} (labels dropped: {person.dropped})")
+
+    # 4. A select container killed mid-publish; a new run takes over its lease.
+    killed, clean = f"{gs}/campaigns/killed", f"{gs}/campaigns/never-killed"
+    for uri in (killed, clean):
+        copy_campaign(looped_uri, uri)
+        _label_open_batch(uri, truth)
+    dies = docker_runner({**env, "SEALS_FAILPOINT": "during_publish"})
+    check(not timed("one-round-killed", dies, seals_one_round, campaign_uri=killed), "the killed run passed")
+    check(not _committed(killed, 2), f"{killed}: the killed select committed its round")
+    lock = open_storage(killed).read_json("LOCK") if open_storage(killed).exists("LOCK") else None
+    check(lock is not None, f"{killed}: the killed select left no lease behind")
+    time.sleep(max(0.0, lock["expires"] - time.time()) + 1)
+    check(
+        timed("one-round-resumed", docker_runner(env), seals_one_round, campaign_uri=killed),
+        "the run after the killed one failed",
+    )
+    check(
+        timed("one-round-clean", docker_runner(env), seals_one_round, campaign_uri=clean),
+        "the never-killed run failed",
+    )
+    check(_committed(killed, 2), f"{killed}: round 2 was not committed after the takeover")
+    diff = differences(
+        {k: v for k, v in campaign_files(killed).items() if k.startswith("rounds/002/")},
+        {k: v for k, v in campaign_files(clean).items() if k.startswith("rounds/002/")},
+    )
+    check(not diff, f"the resumed round differs from a never-killed one: {diff[:5]}")
+    return ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+
+
+def _seed_key(uri: str) -> str:
+    from seals_al.storage import open_storage
+
+    return next(k for k in open_storage(uri).list("seed"))
+
+
+def _label_open_batch(uri: str, truth: dict[str, int]) -> None:
+    from seals_al.campaign import Campaign
+    from seals_al.storage import open_storage
+
+    campaign = Campaign(uri, progress=False)
+    r = max(campaign.committed_rounds())
+    ids = [row["id"] for row in campaign.state().pending]
+    rows = "".join(f"{i},{truth[i]}\n" for i in ids)
+    open_storage(uri).write_text(f"inbox/{r:03d}/labels.csv", "id,label\n" + rows)
+
+
+def _committed(uri: str, r: int) -> bool:
+    from seals_al.campaign import Campaign
+
+    return r in Campaign(uri, progress=False).committed_rounds()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
