@@ -78,6 +78,15 @@ def run(runner, work: Path, pipeline, **arguments) -> bool:
     return True
 
 
+def metrics_artifacts(work: Path) -> list[dict]:
+    """What the UI shows for each round: the report tasks' Metrics artifacts."""
+    found = []
+    for path in sorted((work / "pipeline-root").glob("*/report*/executor_output.json")):
+        artifacts = json.loads(path.read_text())["artifacts"]
+        found.append(artifacts["metrics"]["artifacts"][0]["metadata"])
+    return found
+
+
 def campaign_files(uri: str) -> dict[str, object]:
     """Every object of a campaign but its lease, JSON with timing fields dropped."""
     from seals_al.storage import open_storage
@@ -214,8 +223,12 @@ def scenarios(args, work: Path, env: dict[str, str]) -> str:
     )
     rounds = Campaign(docker_uri, progress=False).committed_rounds()
     check(rounds == list(range(args.rounds)), f"{docker_uri}: committed rounds {rounds}")
-    metrics = sorted((work / "simulation-docker" / "pipeline-root").rglob("metrics"))
-    check(len(metrics) == args.rounds, f"{len(metrics)} metrics artifacts for {args.rounds} rounds")
+    shown = metrics_artifacts(work / "simulation-docker")
+    committed = [open_storage(docker_uri).read_json(f"rounds/{r:03d}/metrics.json") for r in rounds]
+    check(
+        sorted(m["labeled"] for m in shown) == sorted(m["labeled"] for m in committed),
+        f"the Metrics artifacts ({len(shown)}) do not match the {len(committed)} committed rounds",
+    )
 
     # 2. The same with kfp.local's subprocess runner: the same campaign, byte for byte.
     subprocess_uri = f"{gs}/campaigns/simulation-subprocess"
