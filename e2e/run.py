@@ -118,9 +118,22 @@ def differences(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
+def drop_labels(uri: str, r: int, truth: dict[str, int]) -> str:
+    """Label round r's batch from the truth column into its inbox on gs://, as a person would;
+    returns the label file's key."""
+    from seals_al.storage import open_storage
+
+    storage = open_storage(uri)
+    batch = storage.read_text(f"rounds/{r:03d}/to_label.jsonl").splitlines()
+    ids = [json.loads(line)["id"] for line in batch if line]
+    rows = "".join(f"{i},{truth[i]}\n" for i in ids)
+    key = f"inbox/{r:03d}/labels.csv"
+    storage.write_text(key, "id,label\n" + rows)
+    return key
+
+
 class Labeler(threading.Thread):
-    """A person labeling: whenever a round of the campaign is committed and its batch has no labels
-    yet, write them (from the truth column) into that round's inbox on gs://."""
+    """A person labeling: whenever a round of the campaign is committed, label its batch."""
 
     def __init__(self, campaign_uri: str, truth: dict[str, int]):
         super().__init__(daemon=True)
@@ -129,22 +142,13 @@ class Labeler(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from seals_al.storage import open_storage
+        from seals_al.campaign import Campaign
 
-        storage = open_storage(self.campaign_uri)
+        labeled: set[int] = set()
         while not self.stop.wait(1.0):
-            for key in storage.list("rounds"):
-                if not key.endswith("/COMMITTED"):
-                    continue
-                r = key.split("/")[1]
-                inbox = f"inbox/{r}/labels.csv"
-                if inbox in self.dropped:
-                    continue
-                batch = storage.read_text(f"rounds/{r}/to_label.jsonl").splitlines()
-                ids = [json.loads(line)["id"] for line in batch if line]
-                rows = "".join(f"{i},{self.truth[i]}\n" for i in ids)
-                storage.write_text(inbox, "id,label\n" + rows)
-                self.dropped.append(inbox)
+            for r in set(Campaign(self.campaign_uri, progress=False).committed_rounds()) - labeled:
+                self.dropped.append(drop_labels(self.campaign_uri, r, self.truth))
+                labeled.add(r)
 
 
 def truth_of(items: Path, concept: str) -> dict[str, int]:
@@ -275,7 +279,7 @@ def scenarios(args, work: Path, env: dict[str, str]) -> str:
     killed, clean = f"{gs}/campaigns/killed", f"{gs}/campaigns/never-killed"
     for uri in (killed, clean):
         copy_campaign(looped_uri, uri)
-        _label_open_batch(uri, truth)
+        drop_labels(uri, max(Campaign(uri, progress=False).committed_rounds()), truth)
     dies = docker_runner({**env, "SEALS_FAILPOINT": "during_publish"})
     check(not timed("one-round-killed", dies, seals_one_round, campaign_uri=killed), "the killed run passed")
     check(not _committed(killed, 2), f"{killed}: the killed select committed its round")
@@ -303,17 +307,6 @@ def _seed_key(uri: str) -> str:
     from seals_al.storage import open_storage
 
     return next(k for k in open_storage(uri).list("seed"))
-
-
-def _label_open_batch(uri: str, truth: dict[str, int]) -> None:
-    from seals_al.campaign import Campaign
-    from seals_al.storage import open_storage
-
-    campaign = Campaign(uri, progress=False)
-    r = max(campaign.committed_rounds())
-    ids = [row["id"] for row in campaign.state().pending]
-    rows = "".join(f"{i},{truth[i]}\n" for i in ids)
-    open_storage(uri).write_text(f"inbox/{r:03d}/labels.csv", "id,label\n" + rows)
 
 
 def _committed(uri: str, r: int) -> bool:

@@ -316,14 +316,12 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
 
 
 def _embed(args: argparse.Namespace, console: Console) -> int:
-    from seals_al.embed.pipeline import run
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from seals_al.embed.pipeline import EmbedOptions, run
 
     manifest = run(args.beam_args)
     extra = manifest.get("extra", {})
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from seals_al.embed.pipeline import EmbedOptions
-
     output = PipelineOptions(args.beam_args).view_as(EmbedOptions).output
     console.print(
         f"{extra.get('embedded', 0):,} embedded, {extra.get('dead_letter', 0):,} dead-lettered "

@@ -41,7 +41,7 @@ import numpy as np
 from seals_al.arrays import ArrayFile, open_array, pread_exact, search_sorted, sparse_sample
 from seals_al.errors import SealsError, shown
 from seals_al.items import Items
-from seals_al.published import is_remote, materialize
+from seals_al.published import is_remote, materialize_if_published
 from seals_al.published import version as remote_version
 from seals_al.settings import DataConfig
 from seals_al.storage import (
@@ -365,11 +365,7 @@ def embeddings_path(config: DataConfig) -> Path:
     gs:// file (.npy, .parquet) downloaded, a local one as it is."""
     uri = str(config.embeddings)
     cache = config.cache_dir or default_cache_dir()
-    if not is_remote(uri):
-        return Path(uri.removeprefix("file://"))
-    if remote_version(uri) is not None:
-        return materialize(uri, "an embeddings store", cache)
-    return local_file(uri, cache)
+    return materialize_if_published(uri, cache) or local_file(uri, cache)
 
 
 def _write(folder: Path, config: DataConfig, version: dict, items: Items, progress: bool) -> None:

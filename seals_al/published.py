@@ -31,11 +31,12 @@ from tqdm import tqdm
 
 from seals_al.errors import SealsError, shown
 from seals_al.storage import (
-    Storage,
     check_key,
     check_replaceable,
     default_cache_dir,
+    file_sha256,
     open_storage,
+    parse_manifest,
 )
 
 FORMAT = "seals-published/1"
@@ -52,22 +53,9 @@ def is_remote(uri: str | Path) -> bool:
     return text.startswith("gs://")
 
 
-def _storage(uri: str) -> Storage:
-    """The storage of a remote folder; an unsupported scheme or a bad bucket name is an error now."""
-    return open_storage(uri)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _listing(uri: str) -> tuple[dict, bytes] | None:
     """A remote folder's listing and its bytes; None when there is none."""
-    storage = _storage(uri)
+    storage = open_storage(uri)
     if not storage.exists(LISTING):
         return None
     data = storage.read_bytes(LISTING, MAX_LISTING_BYTES)
@@ -100,7 +88,7 @@ def check_target(uri: str | Path, content_format: str) -> None:
     if not is_remote(uri):
         check_replaceable(str(uri).removeprefix("file://"), content_format)
         return
-    storage = _storage(str(uri))
+    storage = open_storage(str(uri))
     try:
         keys = storage.list()
     except Exception as e:  # the client's own errors: a missing bucket, no permission, no network
@@ -124,7 +112,7 @@ def publish(local: Path, uri: str, content_format: str, progress: bool = True) -
     Returns:
         The listing written.
     """
-    storage = _storage(uri)
+    storage = open_storage(uri)
     previous = _listing(uri)
     if previous is not None:  # readers see "not published", never old names with new bytes
         storage.delete(LISTING)
@@ -134,7 +122,7 @@ def publish(local: Path, uri: str, content_format: str, progress: bool = True) -
     with tqdm(total=total, desc=f"publish {uri}", unit="B", unit_scale=True, disable=not progress) as bar:
         for name in names:
             path = local / name
-            files[name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+            files[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
             storage.upload(path, name)
             bar.update(files[name]["bytes"])
     listing = {"format": FORMAT, "content": content_format, "files": files}
@@ -157,6 +145,7 @@ def materialize(
 ) -> Path:
     """A local folder with the content published at ``uri``: the folder itself when local, else
     the cached copy of its current version (downloaded and checked first if this cache has none).
+    Nothing published there is an error naming ``uri``.
 
     Args:
         uri: a local folder or gs://bucket/prefix.
@@ -164,15 +153,26 @@ def materialize(
         cache_dir: the cache (default $SEALS_CACHE_DIR); in a pipeline, the run's workspace.
         progress: show a progress bar while downloading.
     """
+    path = materialize_if_published(uri, cache_dir, progress)
+    if path is None:
+        raise SealsError(
+            f"{uri}: not {kind}: no {LISTING} there (nothing was published, or its writer did not "
+            "finish; run the step that writes it)"
+        )
+    return path
+
+
+def materialize_if_published(
+    uri: str | Path, cache_dir: str | Path | None = None, progress: bool = True
+) -> Path | None:
+    """As :func:`materialize`, but None when nothing is published at a gs:// ``uri`` (its listing
+    is read once, to decide and to fetch)."""
     if not is_remote(uri):
         return Path(str(uri).removeprefix("file://"))
     uri = str(uri)
     found = _listing(uri)
     if found is None:
-        raise SealsError(
-            f"{uri}: not {kind}: no {LISTING} there (nothing was published, or its writer did not "
-            "finish; run the step that writes it)"
-        )
+        return None
     listing, data = found
     target = cache_root(cache_dir) / hashlib.sha256(data).hexdigest()[:32]
     if (target / LISTING).is_file():
@@ -193,20 +193,21 @@ def materialize(
 
 
 def _download(uri: str, listing: dict, into: Path, progress: bool) -> None:
-    storage = _storage(uri)
+    storage = open_storage(uri)
     files = listing["files"]
     total = sum(int(f["bytes"]) for f in files.values())
     with tqdm(total=total, desc=f"fetch {uri}", unit="B", unit_scale=True, disable=not progress) as bar:
         for name, expected in sorted(files.items()):
             path = into / check_key(name, storage.where(LISTING))  # no name leaves the folder
             path.parent.mkdir(parents=True, exist_ok=True)
-            if not storage.exists(name):
+            try:
+                storage.download(name, path)
+            except SealsError as e:  # the only error a download raises itself: no such object
                 raise SealsError(
                     f"{storage.where(name)}: listed in {LISTING} but missing (a partial or "
                     "concurrent publish; publish it again)"
-                )
-            storage.download(name, path)
-            if path.stat().st_size != int(expected["bytes"]) or _sha256(path) != expected["sha256"]:
+                ) from e
+            if path.stat().st_size != int(expected["bytes"]) or file_sha256(path) != expected["sha256"]:
                 raise SealsError(
                     f"{storage.where(name)}: does not match its checksum in {LISTING} (changed "
                     "while it was read, or damaged); run again, or publish it again"
@@ -223,28 +224,20 @@ def read_file(uri: str | Path, name: str) -> bytes | None:
     found = _listing(str(uri))
     if found is None or name not in found[0]["files"]:
         return None
-    storage = _storage(str(uri))
+    storage = open_storage(str(uri))
     data = storage.read_bytes(name, MAX_LISTING_BYTES)
     if hashlib.sha256(data).hexdigest() != found[0]["files"][name]["sha256"]:
         raise SealsError(f"{storage.where(name)}: does not match its checksum in {LISTING}")
     return data
 
 
-def read_manifest_at(uri: str | Path, expected_format: str, kind: str) -> dict | None:
+def read_manifest_at(uri: str | Path, expected_format: str) -> dict | None:
     """The manifest.json of a published folder, read alone (to decide whether to rebuild), or
     None when nothing is published there; a wrong format is an error naming the file."""
     data = read_file(uri, "manifest.json")
     if data is None:
         return None
-    where = f"{str(uri).rstrip('/')}/manifest.json"
-    try:
-        manifest = json.loads(data)
-    except ValueError as e:
-        raise SealsError(f"{where}: invalid JSON: {e}") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
-        found = manifest.get("format") if isinstance(manifest, dict) else None
-        raise SealsError(f"{where}: format {shown(found)}, expected {expected_format!r} ({kind})")
-    return manifest
+    return parse_manifest(data, f"{str(uri).rstrip('/')}/manifest.json", expected_format)
 
 
 @contextmanager
@@ -267,9 +260,9 @@ def output_folder(
         yield local
         if not local.is_dir():
             raise SealsError(f"{uri}: the writer produced nothing to publish")
-        listing = publish(local, str(uri), content_format, progress)
-        (local / LISTING).write_bytes(_listing_bytes(listing))
-        target = root / hashlib.sha256(_listing_bytes(listing)).hexdigest()[:32]
+        data = _listing_bytes(publish(local, str(uri), content_format, progress))
+        (local / LISTING).write_bytes(data)
+        target = root / hashlib.sha256(data).hexdigest()[:32]
         with suppress(OSError):  # an OSError: this version is in the cache already
             os.replace(local, target)
     finally:

@@ -120,14 +120,28 @@ def read_manifest(directory: str | Path, expected_format: str, kind: str) -> dic
     path = Path(directory) / "manifest.json"
     if not path.is_file():
         raise SealsError(f"{directory}: not {kind} (no manifest.json)")
+    return parse_manifest(path.read_bytes(), path, expected_format)
+
+
+def parse_manifest(data: bytes, where: str | Path, expected_format: str) -> dict:
+    """A manifest's JSON, checked to be of ``expected_format``; errors name ``where``."""
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(data)
     except json.JSONDecodeError as e:
-        raise SealsError(f"{path}: invalid JSON: {e.msg}") from e
+        raise SealsError(f"{where}: invalid JSON: {e.msg}") from e
     if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
         found = manifest.get("format") if isinstance(manifest, dict) else None
-        raise SealsError(f"{path}: format {found!r}, expected {expected_format!r}")
+        raise SealsError(f"{where}: format {found!r}, expected {expected_format!r}")
     return manifest
+
+
+def file_sha256(path: Path) -> str:
+    """A file's sha256, read a block at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def require_file(path: Path, shown: str | Path | None = None) -> None:

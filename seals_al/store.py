@@ -24,7 +24,7 @@ import numpy as np
 
 from seals_al.arrays import ACCESS, ArrayFile, open_array, search_sorted, sparse_sample
 from seals_al.errors import SealsError, shown
-from seals_al.storage import atomic_dir, check_replaceable, read_manifest
+from seals_al.storage import atomic_dir, check_replaceable, file_sha256, read_manifest
 
 FORMAT = "seals-embeddings/1"
 MANIFEST = "manifest.json"
@@ -153,7 +153,7 @@ class StoreWriter:
             row_ids = np.arange(len(self._ids), len(self._ids) + len(ids), dtype=np.int64)
         name = f"shard-{len(self._shards):05d}.npy"
         np.save(self._tmp / name, vectors, allow_pickle=False)
-        self._shards.append({"path": name, "rows": len(ids), "sha256": _sha256(self._tmp / name)})
+        self._shards.append({"path": name, "rows": len(ids), "sha256": file_sha256(self._tmp / name)})
         self._ids.extend(ids)
         self._row_ids.append(np.asarray(row_ids, dtype=np.int64))
 
@@ -175,7 +175,11 @@ class StoreWriter:
                     self._tmp / "shard-00000.npy", np.zeros((0, self.dim), np.float32), allow_pickle=False
                 )
                 self._shards.append(
-                    {"path": "shard-00000.npy", "rows": 0, "sha256": _sha256(self._tmp / "shard-00000.npy")}
+                    {
+                        "path": "shard-00000.npy",
+                        "rows": 0,
+                        "sha256": file_sha256(self._tmp / "shard-00000.npy"),
+                    }
                 )
             _write_id_table(self._tmp / ID_TABLE, self._ids, row_ids)
             manifest = Manifest(
@@ -274,14 +278,6 @@ def _write_id_table(path: Path, ids: Sequence[str], row_ids: np.ndarray) -> None
     pq.write_table(table, path)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class EmbeddingStore:
     """Read access to a store by global row id; its shards read by rows, memory-mapped or read
     into RAM (``access``, :data:`seals_al.arrays.ACCESS`).
@@ -341,7 +337,7 @@ class EmbeddingStore:
             raise SealsError(f"unknown store access {access!r}; use one of {', '.join(ACCESS)}")
         shards = []
         for shard in manifest["shards"]:
-            if verify and _sha256(path / shard["path"]) != shard["sha256"]:
+            if verify and file_sha256(path / shard["path"]) != shard["sha256"]:
                 raise SealsError(f"{path / shard['path']}: checksum does not match the manifest")
             array = open_array(path / shard["path"], "mapped" if in_memory else access)
             if array.dtype != np.float32 or array.ndim != 2 or array.shape[1] != manifest["dim"]:

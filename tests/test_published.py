@@ -141,7 +141,7 @@ def test_embed_index_and_campaign_entirely_on_gcs(
     pod = {"SEALS_CACHE_DIR": str(tmp_path / "pod-1")}
     run = [sys.executable, "-m", "seals_al.cli"]
     subprocess.run([*run, "embed", f"--input={items}", f"--output={store}"], env=_env(pod), check=True)
-    assert read_manifest_at(store, STORE_FORMAT, "a store")["count"] == 750
+    assert read_manifest_at(store, STORE_FORMAT)["count"] == 750
     every = f"{root}/index-of-every-row"
     subprocess.run([*run, "build-index", store, every, "--recall-queries=20"], env=_env(pod), check=True)
     assert open_storage(every).exists(LISTING)

@@ -202,7 +202,7 @@ def ensure_embeddings(
         "modality": modality,
         "model": model,
     }
-    manifest = read_manifest_at(output, STORE_FORMAT, "an embeddings store")
+    manifest = read_manifest_at(output, STORE_FORMAT)
     if manifest is not None and manifest.get("extra", {}).get("source") == source:
         return manifest, True
     argv = [

@@ -166,7 +166,7 @@ def ensure_index_dir(
     Returns:
         (the manifest, whether it was already there).
     """
-    manifest = read_manifest_at(out_dir, INDEX_FORMAT, "an index directory")
+    manifest = read_manifest_at(out_dir, INDEX_FORMAT)
     if manifest is not None:
         row_ids = options.get("row_ids")
         row_ids = store.row_ids if row_ids is None else np.asarray(row_ids, dtype=np.int64)

@@ -23,8 +23,7 @@ from tqdm import tqdm
 from seals_al.arrays import ArrayFile, open_array
 from seals_al.errors import SealsError
 from seals_al.index.build import search
-from seals_al.published import materialize, output_folder
-from seals_al.published import version as published_version
+from seals_al.published import materialize, materialize_if_published, output_folder
 from seals_al.storage import atomic_dir, read_manifest
 from seals_al.store import EmbeddingStore, RowLookup
 
@@ -231,10 +230,12 @@ def cached_neighbour_graph(
     name = hashlib.sha256(key.encode()).hexdigest()[:24]
     if published is not None:
         uri = f"{published.rstrip('/')}/k{k}-{name}"
-        if published_version(uri) is None:
+        path = materialize_if_published(uri, cache_dir, progress)
+        if path is None:
             with output_folder(uri, GRAPH_FORMAT, cache_dir, progress) as out:
                 build_neighbour_graph(index(), store, row_ids(), k, out, progress=progress)
-        return NeighbourGraph.open(materialize(uri, "a neighbour graph", cache_dir, progress), access=access)
+            path = materialize(uri, "a neighbour graph", cache_dir, progress)  # the cache has it
+        return NeighbourGraph.open(path, access=access)
     path = Path(cache_dir) / "graphs" / name
     if not (path / "manifest.json").is_file():
         build_neighbour_graph(index(), store, row_ids(), k, path, progress=progress)
