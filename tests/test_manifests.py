@@ -125,6 +125,31 @@ def test_kustomize_bases_render_with_least_privilege():
     assert env_from == base["ConfigMap"]["metadata"]["name"], "the config map is referenced by name"
 
 
+def test_the_kubeflow_profile_overlay_grants_what_kfp_driver_and_launcher_read_and_no_more():
+    profile = kustomize(ROOT / "manifests" / "kubeflow-profile")
+    kinds = by_kind(profile)
+    assert set(kinds) == {"ServiceAccount", "Role", "RoleBinding", "ConfigMap"}, (
+        "the profile owns its namespace"
+    )
+    namespaces = {d["metadata"]["namespace"] for d in profile}
+    assert namespaces == {"kubeflow-user-example-com"}
+    rules = kinds["Role"]["rules"]
+    assert {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["kfp-launcher"],
+            "verbs": ["get", "list", "watch"]} in rules  # fmt: skip
+    assert {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]} in rules
+    assert {"apiGroups": [""], "resources": ["persistentvolumeclaims"],
+            "verbs": ["create", "get", "list", "delete"]} in rules  # fmt: skip
+    for rule in rules:
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+        assert "secrets" not in rule["resources"], "no secret is read: GCS through Workload Identity"
+    account = kinds["ServiceAccount"]
+    assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
+        ".iam.gserviceaccount.com"
+    )
+    request = recurring_run_request(ROOT / "manifests" / "recurring-run" / "one-round.yaml")
+    assert request["service_account"] == account["metadata"]["name"]
+
+
 def test_the_recurring_run_matches_the_kfp_client_and_the_pipeline():
     request = recurring_run_request(ROOT / "manifests" / "recurring-run" / "one-round.yaml")
     inspect.signature(kfp.Client.create_recurring_run).bind(None, experiment_id="e", **request)
