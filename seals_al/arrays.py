@@ -20,8 +20,10 @@ RAM when the array is on disk.
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,19 @@ from seals_al.errors import SealsError
 
 ACCESS = ("rows", "mapped", "ram")
 SAMPLE_EVERY = 4096  # a sorted file's sparse sample: one value per block of this many
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An .npz that ``np.load`` reads, whose bytes depend only on the arrays. ``np.savez``'s zip
+    headers depend on the Python release (3.11.7 writes its forced zip64 as version 4.5, 3.11.2 as
+    2.0), so the same pool saved in a container and on a laptop differed byte for byte."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            data = io.BytesIO()
+            np.lib.format.write_array(data, np.asanyarray(array), allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), data.getvalue())
+    return out.getvalue()
 
 
 def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from seals_al.arrays import ArrayFile
+from seals_al.arrays import ArrayFile, npz_bytes
 from seals_al.errors import SealsError
 from seals_al.index.neighbours import Neighbours, as_neighbours, neighbour_density
 from seals_al.storage import Storage, atomic_path
@@ -197,15 +197,14 @@ class CandidatePool:
         """
         self._compact()
         n = self._n
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            expanded=np.fromiter(sorted(self.expanded), dtype=np.int64, count=len(self.expanded)),
-            ids=self._ids[:n],
-            reached_from=self._from[:n],
-            density=self._density[:n] if self.with_density else np.empty(0, np.float32),
+        data = npz_bytes(
+            {
+                "expanded": np.fromiter(sorted(self.expanded), dtype=np.int64, count=len(self.expanded)),
+                "ids": self._ids[:n],
+                "reached_from": self._from[:n],
+                "density": self._density[:n] if self.with_density else np.empty(0, np.float32),
+            }
         )
-        data = buffer.getvalue()
         storage.write_bytes(f"{prefix}/pool.npz", data)
         if cache is not None:
             cache.write(data, self._vectors.blocks(n))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
@@ -293,3 +295,19 @@ def test_padded_and_overlapping_neighbour_lists(synthetic):
     assert len(pool) == len(expected)
     assert -1 not in pool
     assert all(pool.reached_from(r) == s for r, s in expected.items())
+
+
+def test_a_saved_pool_is_the_same_bytes_whatever_python_writes_it():
+    """pool.npz depends only on the arrays: the zip headers np.savez writes differ between Python
+    releases (the image's 3.11.2 and a laptop's 3.11.7), which made the same round differ."""
+    import hashlib
+
+    from seals_al.arrays import npz_bytes
+
+    data = npz_bytes({"a": np.arange(5, dtype=np.int64), "b": np.zeros(3, np.float32)})
+    assert hashlib.sha256(data).hexdigest() == (
+        "4263cbe71cca7a4986c7f1f1475bc788a542f54729e3528460508a669d8efeae"
+    ), "the same bytes on 3.11.2 (checked in the image) and 3.11.7"
+    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+        assert arrays["a"].tolist() == [0, 1, 2, 3, 4]
+        assert arrays["b"].dtype == np.float32
