@@ -191,10 +191,17 @@ def test_looped_pipeline_times_out_clearly_and_the_campaign_resumes(tmp_path, bu
     assert status["pending"] == 20
     assert status["lock"] is None
     assert status["interrupted_round"] is None
-    # Resume later: labels arrive, one round per run picks the campaign up.
+    # Resume later by submitting again, never by retrying the failed wait (docs/CLUSTER.md).
+    # Either the one-round pipeline picks the campaign up once labels arrived...
     label_open_batch(campaign)
     seals_one_round(campaign_uri=campaign_uri)
     assert Campaign(campaign_uri, progress=False).committed_rounds() == [0, 1]
+    # ... or the looped pipeline, submitted again with the same campaign: embed, index and init
+    # are reused, its first ingest takes in the labels, and it waits again after that round.
+    label_open_batch(Campaign(campaign_uri, progress=False))
+    with pytest.raises(RuntimeError):
+        make_looped(2)(**looped_args(built, campaign_uri, poll=0.5, timeout=2))
+    assert Campaign(campaign_uri, progress=False).committed_rounds() == [0, 1, 2]
 
 
 def test_one_round_per_run_advances_one_round_per_labels_and_is_idempotent(tmp_path, built, kfp_local):
