@@ -103,6 +103,15 @@ def campaign_files(uri: str) -> dict[str, object]:
             out[key] = [_without_timing(json.loads(line)) for line in data.decode().splitlines() if line]
         else:
             out[key] = data
+        if key.endswith(".npz"):  # each array too, so a difference names the array
+            import io
+
+            import numpy as np
+
+            with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+                for name in arrays.files:
+                    a = arrays[name]
+                    out[f"{key}[{name}]"] = (str(a.dtype), a.shape, a.tobytes())
     return out
 
 
@@ -142,11 +151,14 @@ class Labeler(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from seals_al.campaign import Campaign
+        from seals_al.storage import open_storage
 
+        storage = open_storage(self.campaign_uri)  # the campaign may not exist yet
         labeled: set[int] = set()
         while not self.stop.wait(1.0):
-            for r in set(Campaign(self.campaign_uri, progress=False).committed_rounds()) - labeled:
+            keys = storage.list("rounds")
+            committed = {int(k.split("/")[1]) for k in keys if k.endswith("/COMMITTED")}
+            for r in committed - labeled:
                 self.dropped.append(drop_labels(self.campaign_uri, r, self.truth))
                 labeled.add(r)
 
