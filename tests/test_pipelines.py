@@ -264,3 +264,48 @@ def test_every_component_runs_the_one_image_tagged_with_the_version():
     for golden in COMPILED.glob("*.yaml"):
         images = set(re.findall(r"image: (\S+)", golden.read_text()))
         assert images == {IMAGE}, golden.name
+
+
+def compiled_with(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "seals_al.cli", "compile", "--out", str(tmp_path), *flags],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_every_task_asks_for_resources_and_the_campaign_steps_are_retried():
+    import yaml
+
+    spec, platform = yaml.safe_load_all((COMPILED / "seals_looped.yaml").read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    for name, executor in executors.items():
+        resources = executor["container"]["resources"]
+        assert {"cpuRequest", "cpuLimit", "memoryRequest", "memoryLimit"} <= set(resources), name
+    waits = [e for n, e in executors.items() if "wait-for-labels" in n]
+    assert waits[0]["container"]["resources"]["memoryLimit"] < 1, "waiting is tiny (GB)"
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["init-campaign"]["retryPolicy"]["maxRetryCount"] == 2
+    assert "retryPolicy" not in tasks["embed"], "embed is not a campaign step"
+    workspace = platform["platforms"]["kubernetes"]["pipelineConfig"]["workspace"]
+    assert workspace["size"] == "20Gi"
+    assert workspace["kubernetes"]["pvcSpecPatch"] == {"accessModes": ["ReadWriteMany"]}
+    assert "{{$.workspace_path}}" in (COMPILED / "seals_looped.yaml").read_text()
+
+
+def test_compile_settings_change_the_workspace_and_resources(tmp_path):
+    import yaml
+
+    done = compiled_with(
+        tmp_path, "--workspace-size", "", "--resources", "select_round=4,16Gi", "--retries", "0"
+    )
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "seals_one_round.yaml").read_text()
+    (spec,) = yaml.safe_load_all(text)  # no platform document: no workspace
+    assert "workspace_path" not in text, "without a workspace each pod caches on its own disk"
+    select = spec["deploymentSpec"]["executors"]["exec-select-round"]["container"]["resources"]
+    assert select["cpuRequest"] == select["cpuLimit"] == 4
+    assert "retryPolicy" not in text
+    bad = compiled_with(tmp_path, "--resources", "selector=1,1Gi")
+    assert bad.returncode == 2
+    assert "unknown component 'selector'" in bad.stderr
