@@ -56,6 +56,7 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/index_scale.py --workdir /tmp  # about 25 minutes, 25 GB of disk
 	$(BIN)/python benchmarks/round_cost.py  # about an hour, 30 GB of disk in /tmp
 	$(BIN)/python benchmarks/bad_inputs.py  # docs/RELIABILITY.md
+	$(BIN)/python benchmarks/cluster_path.py  # after make image (or make e2e); uses round_cost's 1M data
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .cache .pytest_cache .ruff_cache
