@@ -2,7 +2,7 @@
 
 Accepted formats, by name: ``.csv`` (columns ``id,label``), ``.jsonl`` (``{"id": ..., "label": ...}``
 per line) and ``.json``, a Label Studio export (a list of tasks whose ``data.seals_id`` names the
-item and whose last non-cancelled annotation holds a ``choices`` result). A label is binary
+item and whose annotations each hold one ``choices`` result). A label is binary
 (1/0, yes/no, true/false, positive/negative) or the concept's name (positive) or ``not <concept>``
 (negative), case-insensitive.
 
@@ -10,6 +10,11 @@ Policy: a file with any hard error (malformed or truncated line, bad encoding, m
 invalid label, an id that is unknown or not in the open batch, the same id with two labels) is
 rejected whole; :class:`LabelFileError` carries every problem with its line. A valid file may
 label part of the batch; labels for already-labeled ids are relabels, reported, never silent.
+
+In a Label Studio export, each non-cancelled annotation is one vote and the majority is the
+label. A task with no vote (not annotated yet, or only cancelled, i.e. skipped) or a tie is not
+labeled: it stays out and is carried over into the next batch. A choice that is not a label
+(outside the concept / ``not <concept>`` config) rejects the file, naming the task.
 """
 
 from __future__ import annotations
@@ -215,26 +220,53 @@ def _read_label_studio(text: str, concept: str) -> tuple[list[Answer], int, Prob
         return [], 0, Problems(Problem("file", "expected a Label Studio export: a JSON list of tasks"))
     answers, problems, pending = [], Problems(), 0
     for number, task in enumerate(tasks, start=1):
-        where = f"task {number}"
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-            problems.append(Problem(where, 'expected a task object with "data"'))
+            problems.append(Problem(f"task {number}", 'expected a task object with "data"'))
             continue
+        where = _task_name(task, number)
         annotations = task.get("annotations") or []
         if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
             problems.append(Problem(where, '"annotations" must be a list of objects'))
             continue
-        done = [a for a in annotations if not a.get("was_cancelled")]
-        if not done:
-            pending += 1
-            continue
-        choice = _single_choice(done[-1])
-        if choice is None:
-            problems.append(Problem(where, "expected one choice in the last annotation"))
-            continue
-        answer = _answer(task["data"].get("seals_id"), choice, concept, where, problems)
-        if answer:
-            answers.append(answer)
+        votes = []
+        for annotation in annotations:
+            if annotation.get("was_cancelled"):
+                continue  # skipped by its annotator: no vote
+            choice = _single_choice(annotation)
+            label = None if choice is None else parse_label(choice, concept)
+            if label is None:
+                what = "no single choice" if choice is None else f"the choice {shown(choice)}"
+                name = f"annotation {annotation['id']}" if "id" in annotation else "an annotation"
+                expected = f"{shown(concept)} or {shown('not ' + concept)}"
+                problems.append(Problem(where, f"{name} has {what}; expected {expected}"))
+                break
+            votes.append(label)
+        else:
+            decided = majority(votes)
+            if decided is None:
+                pending += 1  # not annotated yet, skipped only, or a tie: still out, carried over
+                continue
+            answer = _answer(task["data"].get("seals_id"), decided, concept, where, problems)
+            if answer:
+                answers.append(answer)
     return answers, pending, problems
+
+
+def majority(votes: list[int]) -> int | None:
+    """The label most annotators chose; None with no vote or a tie."""
+    positives = sum(votes)
+    if 2 * positives == len(votes):
+        return None
+    return int(2 * positives > len(votes))
+
+
+def _task_name(task: dict, number: int) -> str:
+    """How a problem names a task: its Label Studio id and item when the export has them."""
+    task_id, item = task.get("id"), task["data"].get("seals_id")
+    name = (
+        f"task {task_id}" if isinstance(task_id, int) and not isinstance(task_id, bool) else f"task {number}"
+    )
+    return f"{name} (seals_id {shown(item)})" if item is not None else name
 
 
 def _single_choice(annotation: dict) -> str | None:
@@ -317,19 +349,3 @@ def check_label_file(
         else:
             checked.unchanged += 1
     return checked
-
-
-def label_studio_tasks(batch: list[dict], concept: str) -> list[dict]:
-    """The batch as Label Studio tasks (import them with a Choices config: concept / not concept)."""
-    return [
-        {
-            "data": {
-                "text": row.get("text", ""),
-                "seals_id": row["id"],
-                "score": row["score"],
-                "round": row["round"],
-            },
-            "meta": {"concept": concept, "strategy": row["strategy"]},
-        }
-        for row in batch
-    ]

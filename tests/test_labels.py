@@ -11,7 +11,6 @@ from seals_al.labels import (
     MAX_PROBLEMS,
     LabelFileError,
     check_label_file,
-    label_studio_tasks,
     parse_label,
     read_label_file,
 )
@@ -146,7 +145,7 @@ def test_relabels_and_unchanged_labels_are_counted_never_silent():
     assert result.report()["relabels"] == [{"id": "d", "old": 1, "new": 0}]
 
 
-def test_label_studio_uses_the_last_annotation_that_was_not_cancelled():
+def test_label_studio_takes_the_majority_of_annotations_not_cancelled():
     def task(item: str, *annotations: tuple[str, bool]) -> dict:
         return {
             "data": {"seals_id": item},
@@ -157,13 +156,15 @@ def test_label_studio_uses_the_last_annotation_that_was_not_cancelled():
         }
 
     tasks = [
-        task("a", ("1", False), ("0", False)),
-        task("b", ("1", False), ("0", True)),
-        task("c", ("1", True)),
+        task("a", ("1", False), ("0", False)),  # a tie
+        task("b", ("1", False), ("0", True)),  # the cancelled one has no vote
+        task("c", ("1", True)),  # skipped only
+        task("d", (CONCEPT, False), ("0", False), (CONCEPT, False)),
+        task("e", (f"not {CONCEPT}", False)),
     ]
-    result = check("l.json", json.dumps(tasks))
-    assert result.new == {"a": 0, "b": 1}
-    assert result.pending_tasks == 1, "a task whose only annotation was cancelled is still pending"
+    result = check("l.json", json.dumps(tasks), labeled={"d": 0, "e": 0})
+    assert (result.new, result.relabels, result.unchanged) == ({"b": 1}, {"d": (0, 1)}, 1)
+    assert result.pending_tasks == 2, "a tie and a task whose only annotation was cancelled stay out"
 
 
 @pytest.mark.hostile
@@ -173,7 +174,10 @@ def test_label_studio_problems():
         "annotations": [{"result": [{"type": "choices", "value": {"choices": ["1", "0"]}}]}],
     }
     assert problems("l.json", json.dumps([two_choices, "task", {"data": 3}])) == [
-        ("task 1", "expected one choice in the last annotation"),
+        (
+            "task 1 (seals_id 'a')",
+            f"an annotation has no single choice; expected {CONCEPT!r} or 'not {CONCEPT}'",
+        ),
         ("task 2", 'expected a task object with "data"'),
         ("task 3", 'expected a task object with "data"'),
     ]
@@ -214,16 +218,6 @@ def test_an_oversized_file_is_rejected_before_it_is_parsed():
 def test_read_label_file_counts_pending_label_studio_tasks():
     fmt, answers, pending, found = read_label_file("l.json", b'[{"data": {"seals_id": "a"}}]', CONCEPT)
     assert (fmt, answers, pending, list(found)) == ("label-studio", [], 1, [])
-
-
-def test_a_batch_as_label_studio_tasks():
-    batch = [{"id": "a", "text": "t", "score": 0.5, "round": 2, "strategy": "mlp"}]
-    assert label_studio_tasks(batch, CONCEPT) == [
-        {
-            "data": {"text": "t", "seals_id": "a", "score": 0.5, "round": 2},
-            "meta": {"concept": CONCEPT, "strategy": "mlp"},
-        }
-    ]
 
 
 @pytest.mark.parametrize(
@@ -301,8 +295,21 @@ def test_a_choice_must_be_one_string():
             ]
         )
 
-    assert problems("l.json", export("1")) == [("task 1", "expected one choice in the last annotation")]
-    assert problems("l.json", export([1])) == [("task 1", "expected one choice in the last annotation")]
+    no_choice = (
+        "task 1 (seals_id 'a')",
+        f"an annotation has no single choice; expected {CONCEPT!r} or 'not {CONCEPT}'",
+    )
+    assert problems("l.json", export("1")) == [no_choice]
+    assert problems("l.json", export([1])) == [no_choice]
+    outside = json.loads(export(["maybe"]))
+    outside[0] |= {"id": 17}
+    outside[0]["annotations"][0]["id"] = 4
+    assert problems("l.json", json.dumps(outside)) == [
+        (
+            "task 17 (seals_id 'a')",
+            f"annotation 4 has the choice 'maybe'; expected {CONCEPT!r} or 'not {CONCEPT}'",
+        )
+    ]
     assert check("l.json", export(["1"])).new == {"a": 1}
 
 
