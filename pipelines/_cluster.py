@@ -1,5 +1,6 @@
 """What a pipeline asks of the cluster, fixed when it is compiled: the run's workspace (a volume
-every task of one run shares as its cache), CPU and memory per component, and retries.
+every task of one run shares as its cache), CPU and memory per component, retries, and the
+Kubernetes Secret the Label Studio steps read its URL and API token from.
 
 ``seals-al compile --workspace-size 50Gi --storage-class standard-rwx --resources select_round=4,16Gi``
 changes them; docs/CLUSTER.md says what each is for.
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,27 @@ RESOURCES: dict[str, Resources] = {
     "report": Resources("500m", "1Gi", "1", "2Gi"),
     "oracle-labeler": Resources("500m", "1Gi", "1", "2Gi"),
     "wait-for-labels": Resources("100m", "256Mi", "500m", "512Mi"),
+    "label-studio-push": Resources("100m", "256Mi", "500m", "1Gi"),
 }
 
 # Campaign steps are idempotent (each resumes or redoes its round; a killed one's lease expires
 # and the retry takes it over): a pod lost to preemption or an OOM-kill is retried.
-RETRIED = frozenset({"init-campaign", "label-ingest", "train", "select-round", "report", "oracle-labeler"})
+RETRIED = frozenset(
+    {
+        "init-campaign",
+        "label-ingest",
+        "train",
+        "select-round",
+        "report",
+        "oracle-labeler",
+        "label-studio-push",
+    }
+)
+
+# The steps that talk to Label Studio get its URL and API token from a Kubernetes Secret, as
+# environment variables; the Secret is optional, so a pipeline runs the same without it.
+LABEL_STUDIO_STEPS = frozenset({"label-ingest", "wait-for-labels", "label-studio-push"})
+LABEL_STUDIO_KEYS = {"url": "LABEL_STUDIO_URL", "api-key": "LABEL_STUDIO_API_KEY"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,7 @@ class Cluster:
     resources: Mapping[str, Resources] = field(default_factory=lambda: dict(RESOURCES))
     retries: int = 2
     backoff: str = "60s"
+    label_studio_secret: str = "label-studio"  # "" = no Label Studio step or Secret
 
     def with_resources(self, overrides: Mapping[str, str]) -> Cluster:
         """These settings with some components' resources replaced (``{"select_round": "4,16Gi"}``)."""
@@ -72,6 +90,10 @@ class Cluster:
                 raise ValueError(f"unknown component {name!r}; one of {', '.join(sorted(RESOURCES))}")
             merged[key] = Resources.parse(text)
         return replace(self, resources=merged)
+
+    def without_label_studio(self) -> Cluster:
+        """These settings with no Label Studio step or Secret (simulations: an oracle labels)."""
+        return replace(self, label_studio_secret="")
 
     def pipeline_config(self) -> dsl.PipelineConfig | None:
         if not self.workspace_size:
@@ -100,6 +122,8 @@ class Cluster:
         task.set_memory_request(res.memory).set_memory_limit(res.memory_limit)
         if name in RETRIED and self.retries:
             task.set_retry(num_retries=self.retries, backoff_duration=self.backoff)
+        if name in LABEL_STUDIO_STEPS and self.label_studio_secret:
+            kubernetes.use_secret_as_env(task, self.label_studio_secret, LABEL_STUDIO_KEYS, optional=True)
         return task.set_caching_options(False)
 
 

@@ -10,6 +10,7 @@ from components.build_index.component import build_index
 from components.embed.component import embed
 from components.init_campaign.component import init_campaign
 from components.label_ingest.component import label_ingest
+from components.label_studio_push.component import label_studio_push
 from components.report.component import report
 from components.select_round.component import select_round
 from components.train.component import train
@@ -63,7 +64,8 @@ def start_campaign(cluster: Cluster, index: dsl.PipelineTask, parameters: dict, 
 def one_round(
     cluster: Cluster, campaign_uri, target_metric, target_value, r: int, after=None, gated: bool = False
 ) -> dsl.PipelineTask:
-    """label_ingest -> train -> select_round -> report for round r; returns the report task.
+    """label_ingest -> train -> select_round -> report for round r (and label_studio_push after
+    select, with the cluster's Label Studio Secret); returns the report task.
 
     ``gated``: train and the rest run only if the ingest staged new labels (one round per run).
     """
@@ -82,6 +84,9 @@ def one_round(
         trained.set_display_name(f"round {r}: train")
         selected.set_display_name(f"round {r}: select")
         reported.set_display_name(f"round {r}: report")
+        if cluster.label_studio_secret:
+            pushed = cluster.step(label_studio_push, campaign_uri=campaign_uri).after(selected)
+            pushed.set_display_name(f"round {r}: push to Label Studio")
     return reported
 
 

@@ -1,6 +1,7 @@
 """The Argo Workflows variant (docs/ARCHITECTURE.md, "Pausing for labels"): a WorkflowTemplate
 whose rounds are separated by a real `suspend` step, resumed with `argo resume` once labels are
-in. Generated with hera; the steps run the same image and the same library stages as the KFP
+in, or (parameter ``wait=label-studio``) by a step that waits on the batch's Label Studio tasks.
+Generated with hera; the steps run the same image and the same library stages as the KFP
 components, through the CLI.
 
 `seals-al argo-template` writes manifests/argo/seals-al-rounds.yaml (a plugin command: the core
@@ -17,21 +18,23 @@ CONFIG_MAP = "seals-al-config"
 
 WORKSPACE = "/workspace"  # the workflow's volume claim: every step's cache (seals_al.storage)
 WORKSPACE_SIZE = "20Gi"
+LABEL_STUDIO_SECRET = "label-studio"  # keys: url, api-key (manifests/argo/label-studio-secret.yaml)
 DEADLINE_SECONDS = 30 * 24 * 3600  # the whole campaign, waits for people included
 RETRY = {"limit": "2", "retryPolicy": "Always", "backoff": {"duration": "60s", "factor": "2"}}
 
 
 def workflow_template():
-    """The template: round(remaining) = ingest, then, if it staged labels, train, select, report;
-    then, if the report says keep going and rounds remain (or nothing was staged: resumed too
-    early), suspend until resumed and run the next round (the same round again when nothing was
-    staged)."""
+    """The template: round(remaining) = ingest (pulling from Label Studio when configured), then, if
+    it staged labels, train, select, report and the Label Studio push; then, if the report says
+    keep going and rounds remain (or nothing was staged: resumed too early), wait (suspend, or
+    on Label Studio) and run the next round (the same round again when nothing was staged)."""
     from hera.workflows import Container, Parameter, Step, Steps, Suspend, WorkflowTemplate
     from hera.workflows.models import (
         Capabilities,
         ConfigMapEnvSource,
         EnvFromSource,
         EnvVar,
+        EnvVarSource,
         ObjectMeta,
         PersistentVolumeClaim,
         PersistentVolumeClaimSpec,
@@ -40,6 +43,7 @@ def workflow_template():
         ResourceRequirements,
         RetryStrategy,
         SeccompProfile,
+        SecretKeySelector,
         SecurityContext,
         TTLStrategy,
         ValueFrom,
@@ -47,7 +51,8 @@ def workflow_template():
         VolumeResourceRequirements,
     )
 
-    from pipelines._cluster import RESOURCES, RETRIED
+    from pipelines._cluster import LABEL_STUDIO_KEYS, LABEL_STUDIO_STEPS, RESOURCES, RETRIED
+    from seals_al.settings import WAIT_TIMEOUT_SECONDS
     from seals_al.storage import WORKSPACE_CACHE
     from seals_al.version import IMAGE, __version__
 
@@ -63,6 +68,16 @@ def workflow_template():
     )
     env_from = [EnvFromSource(config_map_ref=ConfigMapEnvSource(name=CONFIG_MAP, optional=True))]
     env = [EnvVar(name="SEALS_CACHE_DIR", value=f"{WORKSPACE}/{WORKSPACE_CACHE}")]
+    # The Label Studio steps read its URL and token from an optional Secret (manifests/argo/).
+    label_studio_env = [
+        EnvVar(
+            name=variable,
+            value_from=EnvVarSource(
+                secret_key_ref=SecretKeySelector(name=LABEL_STUDIO_SECRET, key=key, optional=True)
+            ),
+        )
+        for key, variable in LABEL_STUDIO_KEYS.items()
+    ]
     mounts = [VolumeMount(name="workspace", mount_path=WORKSPACE)]
 
     def step_container(name: str, component: str, args: list[str], **extra) -> Container:
@@ -73,7 +88,7 @@ def workflow_template():
             command=["seals-al"],
             args=args,
             security_context=security,
-            env=env,
+            env=env + (label_studio_env if component in LABEL_STUDIO_STEPS else []),
             env_from=env_from,
             volume_mounts=mounts,
             resources=ResourceRequirements(
@@ -111,6 +126,14 @@ def workflow_template():
             Parameter(name="max-rounds", value="10"),
             Parameter(name="target-metric", value=""),
             Parameter(name="target-value", value="1.0"),
+            Parameter(
+                name="wait",
+                value="suspend",
+                enum=["suspend", "label-studio"],
+                description="between rounds: suspend until `argo resume`, or wait on Label Studio",
+            ),
+            Parameter(name="labeled-fraction", value="1.0"),
+            Parameter(name="wait-timeout-seconds", value=str(int(WAIT_TIMEOUT_SECONDS))),
         ],
     ) as template:
         ingest = step_container(
@@ -133,17 +156,38 @@ def workflow_template():
             ],
             outputs=[Parameter(name="keep-going", value_from=ValueFrom(path="/tmp/report/keep_going"))],
         )
+        push = step_container(
+            "label-studio-push", "label-studio-push", ["labelstudio", "push", campaign, "--if-configured"]
+        )
         wait = Suspend(name="wait-for-labels")
+        wait_label_studio = step_container(
+            "wait-in-label-studio",
+            "wait-for-labels",
+            [
+                "wait",
+                campaign,
+                "--fraction={{workflow.parameters.labeled-fraction}}",
+                "--timeout-seconds={{workflow.parameters.wait-timeout-seconds}}",
+            ],
+        )
         staged = "{{steps.ingest.outputs.parameters.staged}} == true"
         keep_going = "{{steps.report.outputs.parameters.keep-going}} == true"
         remaining = "{{inputs.parameters.remaining}}"
         advanced = f"{staged} && {keep_going} && {remaining} > 1"
         early = "{{steps.ingest.outputs.parameters.staged}} == false"  # resumed with no new labels
+        mode = "{{workflow.parameters.wait}}"
         with Steps(name="round", inputs=[Parameter(name="remaining")]) as round_steps:
             Step(name="ingest", template=ingest)
             for name, container in (("train", train), ("select", select), ("report", report)):
                 Step(name=name, template=container, when=staged)
-            Step(name="wait-for-labels", template=wait, when=f"{advanced} || {early}")
+            Step(name="label-studio-push", template=push, when=staged)
+            waiting = f"({advanced} || {early})"
+            Step(name="wait-for-labels", template=wait, when=f"{waiting} && {mode} == suspend")
+            Step(
+                name="wait-in-label-studio",
+                template=wait_label_studio,
+                when=f"{waiting} && {mode} == label-studio",
+            )
         with round_steps:
             Step(
                 name="next-round",

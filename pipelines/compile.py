@@ -56,6 +56,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="a component's requests (and limits), e.g. select_round=4,16Gi; repeatable",
     )
     p.add_argument("--retries", type=int, default=2, help="retries of each campaign step")
+    p.add_argument(
+        "--label-studio-secret",
+        default="label-studio",
+        help='the Kubernetes Secret (keys url, api-key) the Label Studio steps read; "" for no '
+        "Label Studio step",
+    )
     p.set_defaults(handler=_compile)
 
 
@@ -70,7 +76,12 @@ def _compile(args: argparse.Namespace, console) -> int:
             raise SealsError(f"--resources {text!r}: expected COMPONENT=CPU,MEMORY")
         overrides[name] = value
     try:
-        cluster = Cluster(args.workspace_size, args.storage_class, retries=args.retries)
+        cluster = Cluster(
+            args.workspace_size,
+            args.storage_class,
+            retries=args.retries,
+            label_studio_secret=args.label_studio_secret,
+        )
         cluster = cluster.with_resources(overrides)
     except ValueError as e:
         raise SealsError(f"--resources: {e}") from e

@@ -27,7 +27,7 @@ def make_looped(max_rounds: int = MAX_ROUNDS, cluster: Cluster = DEFAULT):
         pipeline_config=cluster.pipeline_config(),
         name="seals-looped",
         description=f"SEALS active learning, up to {max_rounds} rounds; each round publishes a batch "
-        "and waits for labels in the campaign's inbox.",
+        "and waits for labels in the campaign's inbox or in Label Studio.",
     )
     def seals_looped(
         items_uri: str,
@@ -53,6 +53,9 @@ def make_looped(max_rounds: int = MAX_ROUNDS, cluster: Cluster = DEFAULT):
         timeout_seconds: float = WAIT_TIMEOUT_SECONDS,
         target_metric: str = "",
         target_value: float = 1.0,
+        labeled_fraction: float = 1.0,
+        label_studio_url: str = "",
+        label_studio_project: int = 0,
     ):
         index = prepare(
             cluster, items_uri, embeddings_uri, index_uri, id_column, text_column, split_column, eval_split,
@@ -62,7 +65,11 @@ def make_looped(max_rounds: int = MAX_ROUNDS, cluster: Cluster = DEFAULT):
 
         def wait(uri, r):
             return cluster.step(
-                wait_for_labels, campaign_uri=uri, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds
+                wait_for_labels,
+                campaign_uri=uri,
+                poll_seconds=poll_seconds,
+                timeout_seconds=timeout_seconds,
+                labeled_fraction=labeled_fraction,
             ).set_display_name(f"round {r}: wait for labels")
 
         rounds(cluster, campaign_uri, max_rounds, wait, target_metric, target_value)

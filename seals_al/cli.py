@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.live import Live
 
 from seals_al.errors import EXIT_USAGE, SealsError
+from seals_al.labelstudio import ENV_KEY, ENV_URL
 from seals_al.settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EVAL_SPLIT,
@@ -175,11 +176,40 @@ def _add_campaign_commands(sub: argparse._SubParsersAction) -> None:
                 "--staged-file", help="write true or false there: whether new labels were staged (Argo)"
             )
         p.set_defaults(handler=_stage, stage=name)
-    p = sub.add_parser("wait", help="poll the open round's inbox until labels arrive (exit 2 on timeout)")
+    p = sub.add_parser(
+        "wait",
+        help="wait until labels arrive: in the open round's inbox or, with Label Studio configured, "
+        "as annotations of the batch's tasks (exit 2 on timeout)",
+    )
     p.add_argument("campaign")
     p.add_argument("--poll-seconds", type=float, default=WAIT_POLL_SECONDS)
     p.add_argument("--timeout-seconds", type=float, default=WAIT_TIMEOUT_SECONDS)
+    p.add_argument(
+        "--fraction",
+        type=float,
+        default=1.0,
+        help="Label Studio: end the wait once this fraction of the batch's tasks is annotated",
+    )
     p.set_defaults(handler=_wait)
+    ls = sub.add_parser(
+        "labelstudio",
+        help="push the open batch to Label Studio, or pull its annotations into the inbox",
+        description=f"Label Studio at ${ENV_URL} (or the campaign's label_studio_url), with the API "
+        f"token in ${ENV_KEY}.",
+    )
+    actions = ls.add_subparsers(dest="action", required=True)
+    for action, text in (
+        ("push", "create the project on first use and import the open batch's tasks (idempotent)"),
+        ("pull", "export the batch's annotations into the inbox (idempotent); then `seals-al round`"),
+    ):
+        p = actions.add_parser(action, help=text)
+        p.add_argument("campaign")
+        p.add_argument(
+            "--if-configured",
+            action="store_true",
+            help="exit 0 with a note when no Label Studio is configured (pipelines, scripts)",
+        )
+        p.set_defaults(handler=_labelstudio)
     p = sub.add_parser(
         "report", help="the last round's report (HTML, Markdown, metrics) and whether to keep going"
     )
@@ -195,6 +225,7 @@ def _stage(args: argparse.Namespace, console: Console) -> int:
 
     campaign = Campaign(args.campaign)
     if args.stage == "ingest":
+        _pull_first(campaign, console)
         staged = campaign.ingest()
         console.print(
             "no new labels: nothing to do"
@@ -227,10 +258,38 @@ def _stage(args: argparse.Namespace, console: Console) -> int:
 
 def _wait(args: argparse.Namespace, console: Console) -> int:
     from seals_al.campaign import Campaign
+    from seals_al.labelstudio import wait_for_labels
 
-    files = Campaign(args.campaign).wait_for_labels(args.poll_seconds, args.timeout_seconds)
+    campaign = Campaign(args.campaign)
+    files = wait_for_labels(campaign, args.poll_seconds, args.timeout_seconds, args.fraction)
     console.print(f"new label file(s): {', '.join(files)}", highlight=False)
     return 0
+
+
+def _labelstudio(args: argparse.Namespace, console: Console) -> int:
+    from seals_al.campaign import Campaign
+    from seals_al.labelstudio import Sync
+
+    campaign = Campaign(args.campaign, progress=False)
+    sync = Sync.of(campaign)
+    if sync is None:
+        message = f"no Label Studio configured: set {ENV_URL} (or label_studio_url) and {ENV_KEY}"
+        if not args.if_configured:
+            raise SealsError(message)
+        console.print(f"{message}; nothing to {args.action}", highlight=False)
+        return 0
+    done = sync.push() if args.action == "push" else sync.pull()
+    console.print(done.summary(), highlight=False)
+    return 0
+
+
+def _pull_first(campaign, console: Console) -> None:
+    """Before an ingest: bring Label Studio's annotations into the inbox, when it is in use."""
+    from seals_al.labelstudio import pull_if_pushed
+
+    pulled = pull_if_pushed(campaign)
+    if pulled is not None:
+        console.print(pulled.summary(), highlight=False)
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:
@@ -257,8 +316,10 @@ def _init(args: argparse.Namespace, console: Console) -> int:
 
 def _round(args: argparse.Namespace, console: Console) -> int:
     from seals_al.campaign import Campaign
+    from seals_al.labelstudio import LabelStudioError, push_if_configured
 
     campaign = Campaign(args.campaign)
+    _pull_first(campaign, console)
     metrics = campaign.round()
     if metrics is None:
         console.print(f"nothing new: waiting for {campaign.status()['waiting_for']}", highlight=False)
@@ -274,10 +335,18 @@ def _round(args: argparse.Namespace, console: Console) -> int:
         console.print(f"  {line}", highlight=False)
     keys = campaign.keys(r)
     console.print(
-        f"batch: {campaign.storage.where(keys.to_label)} (Label Studio: {keys.label_studio})\n"
+        f"batch: {campaign.storage.where(keys.to_label)} (Label Studio tasks: {keys.label_studio})\n"
         f"drop labels in: {campaign.storage.where(keys.inbox)}/ or run `seals-al label`",
         highlight=False,
     )
+    try:
+        pushed = push_if_configured(campaign)
+    except LabelStudioError as e:
+        raise SealsError(
+            f"round {r} is committed, but its batch was not pushed: {e}; run `seals-al labelstudio push`"
+        ) from e
+    if pushed is not None:
+        console.print(pushed.summary(), highlight=False)
     return 0
 
 
@@ -413,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command != "embed":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.beam_args = extra
-    console = Console()
+    console = Console(soft_wrap=True)  # a long path or URL stays on one line, whole
     try:
         return args.handler(args, console)
     except SealsError as e:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hypothesis import settings
+from kfp import local
 
 from seals_al.index.build import build_index
 from seals_al.store import EmbeddingStore, write_store
@@ -147,3 +148,30 @@ def modules_loaded_by(args: list[str]) -> set[str]:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return set(ast.literal_eval(done.stdout.splitlines()[-1]))
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, clinc_slice) -> dict:
+    """Embeddings and index over U of the CLINC150 slice, published once for the session (Beam
+    and faiss, for real), so that every test's pipeline finds them and skips the work, as a re-run
+    on a cluster does, and no test depends on another having run first."""
+    from seals_al.dataset import index_over_u
+    from seals_al.embed.pipeline import ensure_embeddings
+
+    root = tmp_path_factory.mktemp("built")
+    uris = {
+        "items_uri": str(clinc_slice),
+        "embeddings_uri": str(root / "embeddings"),
+        "index_uri": str(root / "index"),
+    }
+    ensure_embeddings(uris["items_uri"], uris["embeddings_uri"])
+    index_over_u(uris["items_uri"], uris["embeddings_uri"], uris["index_uri"], split_column="split")
+    return uris
+
+
+@pytest.fixture
+def kfp_local(tmp_path, monkeypatch, cache_dir) -> Path:
+    monkeypatch.setenv("SEALS_CACHE_DIR", str(cache_dir))
+    root = tmp_path / "pipeline-root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    return root

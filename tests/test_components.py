@@ -26,9 +26,11 @@ SIMULATION = {
 
 
 def core_defaults() -> dict[str, object]:
-    """Every setting's default as KFP spells it: "" for None; ``factory`` is the index factory."""
+    """Every setting's default as KFP spells it: "" for None (0 for an id); ``factory`` is the
+    index factory."""
     config = CampaignConfig("c", "", settings.DataConfig(data="d"))
     flat = {k: ("" if v is None else v) for k, v in config.to_json().items()}
+    flat["label_studio_project"] = 0
     flat = {k: v for k, v in flat.items() if k not in ("concept", "data", "seed_labels")}
     return {
         **flat,

@@ -47,21 +47,38 @@ def test_the_argo_template_is_valid_and_suspends_between_rounds():
     assert templates["wait-for-labels"]["suspend"] == {}
     steps = [group[0] for group in templates["round"]["steps"]]
     names = [s["name"] for s in steps]
-    assert names == ["ingest", "train", "select", "report", "wait-for-labels", "next-round", "same-round"]
+    assert names == [
+        "ingest", "train", "select", "report", "label-studio-push", "wait-for-labels",
+        "wait-in-label-studio", "next-round", "same-round",
+    ]  # fmt: skip
     by_name = {s["name"]: s for s in steps}
     wait, next_round, same = by_name["wait-for-labels"], by_name["next-round"], by_name["same-round"]
     assert wait["template"] == "wait-for-labels", "a real suspend step between two rounds"
     assert next_round["template"] == same["template"] == "round", "a round comes after the suspend"
     assert "keep-going" in next_round["when"]
-    assert wait["when"] == f"{next_round['when']} || {same['when']}"
+    waiting = f"({next_round['when']} || {same['when']})"
+    assert wait["when"] == f"{waiting} && {{{{workflow.parameters.wait}}}} == suspend"
+    # wait=label-studio: a step polls the batch's tasks instead (and pulls), no `argo resume`.
+    polled = by_name["wait-in-label-studio"]
+    assert polled["when"] == f"{waiting} && {{{{workflow.parameters.wait}}}} == label-studio"
+    assert templates["wait-in-label-studio"]["container"]["args"][:2] == [
+        "wait",
+        "{{workflow.parameters.campaign-uri}}",
+    ]
+    parameters = {p["name"]: p for p in template["spec"]["arguments"]["parameters"]}
+    assert parameters["wait"]["enum"] == ["suspend", "label-studio"]
+    assert parameters["wait"]["value"] == "suspend"
     # Resumed before any label came: ingest stages nothing, nothing else of the round runs, and
     # the same round waits again (train never fails on an empty stage).
     assert same["when"] == "{{steps.ingest.outputs.parameters.staged}} == false"
     assert same["arguments"]["parameters"] == [
         {"name": "remaining", "value": "{{inputs.parameters.remaining}}"}
     ]
-    for name in ("train", "select", "report"):
+    for name in ("train", "select", "report", "label-studio-push"):
         assert by_name[name]["when"] == "{{steps.ingest.outputs.parameters.staged}} == true"
+    assert templates["label-studio-push"]["container"]["args"] == [
+        "labelstudio", "push", "{{workflow.parameters.campaign-uri}}", "--if-configured",
+    ]  # fmt: skip
     images = {t["container"]["image"] for t in templates.values() if "container" in t}
     assert images == {IMAGE}, "the same image (and tag) as the KFP components"
     commands = {tuple(t["container"]["command"]) for t in templates.values() if "container" in t}
@@ -78,7 +95,14 @@ def test_the_argo_template_runs_as_a_cluster_expects():
     (claim,) = spec["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "workspace"
     containers = {t["name"]: t for t in spec["templates"] if "container" in t}
-    assert set(containers) == {"ingest", "train", "select", "report"}
+    assert set(containers) == {
+        "ingest",
+        "train",
+        "select",
+        "report",
+        "label-studio-push",
+        "wait-in-label-studio",
+    }
     for name, t in containers.items():
         c = t["container"]
         assert set(c["resources"]["requests"]) == {"cpu", "memory"}, name
@@ -86,7 +110,20 @@ def test_the_argo_template_runs_as_a_cluster_expects():
         assert c["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert {"name": "workspace", "mountPath": "/workspace"} in c["volumeMounts"]
         assert {"name": "SEALS_CACHE_DIR", "value": "/workspace/seals-al-cache"} in c["env"]
-        assert int(t["retryStrategy"]["limit"]) == 2, f"{name} is idempotent and retried"
+        if name != "wait-in-label-studio":  # a wait that timed out is re-submitted, not retried
+            assert int(t["retryStrategy"]["limit"]) == 2, f"{name} is idempotent and retried"
+        # Only the steps that talk to Label Studio see its Secret, which is optional.
+        secrets = [e for e in c["env"] if "valueFrom" in e]
+        if name in ("ingest", "label-studio-push", "wait-in-label-studio"):
+            assert secrets == [
+                {
+                    "name": variable,
+                    "valueFrom": {"secretKeyRef": {"name": "label-studio", "key": key, "optional": True}},
+                }
+                for key, variable in (("url", "LABEL_STUDIO_URL"), ("api-key", "LABEL_STUDIO_API_KEY"))
+            ], name
+        else:
+            assert secrets == [], name
     assert containers["ingest"]["container"]["args"][-1] == "--staged-file=/tmp/staged"
 
 
@@ -181,3 +218,14 @@ def test_schedule_takes_the_profile_namespace_and_a_token_from_the_environment()
     inspect.signature(kfp.Client).bind(**arguments)
     assert client_arguments("h", "team-b", env)["namespace"] == "team-b", "the flag wins"
     assert client_arguments("h", None, {}) == {"host": "h"}
+
+
+def test_the_label_studio_secret_example_has_the_keys_every_pipeline_reads():
+    from pipelines._cluster import DEFAULT, LABEL_STUDIO_KEYS
+    from pipelines.argo import LABEL_STUDIO_SECRET
+
+    secret = yaml.safe_load((ROOT / "manifests" / "label-studio" / "secret.example.yaml").read_text())
+    assert secret["kind"] == "Secret"
+    assert secret["metadata"]["name"] == DEFAULT.label_studio_secret == LABEL_STUDIO_SECRET
+    assert set(secret["stringData"]) == set(LABEL_STUDIO_KEYS)
+    assert secret["stringData"]["api-key"].startswith("REPLACE"), "never a real token in git"

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from kfp import local
 
 from pipelines.compile import COMPILED, pipelines
 from pipelines.looped import make_looped
@@ -27,33 +26,6 @@ from seals_al.settings import DataConfig, RoundConfig
 from seals_al.version import IMAGE, __version__
 
 CONCEPT = "report_fraud"
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, clinc_slice) -> dict:
-    """Embeddings and index over U, published once for the module (Beam and faiss, for real), so
-    that every test's pipeline finds them and skips the work, as a re-run on a cluster does, and
-    no test depends on another having run first."""
-    from seals_al.dataset import index_over_u
-    from seals_al.embed.pipeline import ensure_embeddings
-
-    root = tmp_path_factory.mktemp("built")
-    uris = {
-        "items_uri": str(clinc_slice),
-        "embeddings_uri": str(root / "embeddings"),
-        "index_uri": str(root / "index"),
-    }
-    ensure_embeddings(uris["items_uri"], uris["embeddings_uri"])
-    index_over_u(uris["items_uri"], uris["embeddings_uri"], uris["index_uri"], split_column="split")
-    return uris
-
-
-@pytest.fixture
-def kfp_local(tmp_path, monkeypatch, cache_dir) -> Path:
-    monkeypatch.setenv("SEALS_CACHE_DIR", str(cache_dir))
-    root = tmp_path / "pipeline-root"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    return root
 
 
 def reports(root: Path) -> dict[int, dict]:
@@ -297,11 +269,13 @@ def test_compile_settings_change_the_workspace_and_resources(tmp_path):
     import yaml
 
     done = compiled_with(
-        tmp_path, "--workspace-size", "", "--resources", "select_round=4,16Gi", "--retries", "0"
-    )
+        tmp_path, "--workspace-size", "", "--resources", "select_round=4,16Gi", "--retries", "0",
+        "--label-studio-secret", "",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     text = (tmp_path / "seals_one_round.yaml").read_text()
-    (spec,) = yaml.safe_load_all(text)  # no platform document: no workspace
+    (spec,) = yaml.safe_load_all(text)  # no platform document: no workspace, no Secret
+    assert "label-studio-push" not in text, "no Label Studio step without its Secret"
     assert "workspace_path" not in text, "without a workspace each pod caches on its own disk"
     select = spec["deploymentSpec"]["executors"]["exec-select-round"]["container"]["resources"]
     assert select["cpuRequest"] == select["cpuLimit"] == 4
@@ -309,3 +283,36 @@ def test_compile_settings_change_the_workspace_and_resources(tmp_path):
     bad = compiled_with(tmp_path, "--resources", "selector=1,1Gi")
     assert bad.returncode == 2
     assert "unknown component 'selector'" in bad.stderr
+
+
+def test_the_label_studio_steps_read_an_optional_secret_and_nothing_else_does():
+    import yaml
+
+    for name in ("seals_looped.yaml", "seals_one_round.yaml"):
+        spec, platform = yaml.safe_load_all((COMPILED / name).read_text())
+        executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        with_secret = {n for n, e in executors.items() if "secretAsEnv" in e}
+        steps = ("exec-label-ingest", "exec-label-studio-push", "exec-wait-for-labels")
+        assert with_secret == {n for n in executors if n.startswith(steps)}, name
+        assert "exec-label-studio-push" in with_secret, name
+        for n in with_secret:
+            (secret,) = executors[n]["secretAsEnv"]
+            assert secret["secretName"] == "label-studio"
+            assert secret["optional"] is True, "a pipeline runs the same without the Secret"
+            assert secret["keyToEnv"] == [
+                {"envVar": "LABEL_STUDIO_URL", "secretKey": "url"},
+                {"envVar": "LABEL_STUDIO_API_KEY", "secretKey": "api-key"},
+            ]
+        pushes = [t for t in _all_tasks(spec) if t.startswith("label-studio-push")]
+        assert pushes, f"{name}: a push after each round's select"
+    for name in ("seals_simulation.yaml", "seals_many_concepts.yaml"):
+        text = (COMPILED / name).read_text()
+        assert "secretAsEnv" not in text, "an oracle labels"
+        assert "label-studio-push" not in text
+
+
+def _all_tasks(spec: dict) -> list[str]:
+    names = list(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        names += list(component.get("dag", {}).get("tasks", {}))
+    return names

@@ -26,6 +26,8 @@ def init_campaign(
     split_column: str = "",
     eval_split: str = "test",
     folder_per_concept: bool = False,
+    label_studio_url: str = "",
+    label_studio_project: int = 0,
     workspace: str = "",
 ) -> str:
     """Create the campaign (configuration + seed labels) at a storage URI, or find the same one there
@@ -52,6 +54,8 @@ def init_campaign(
         split_column: the split column; "" for none.
         eval_split: the evaluation split.
         folder_per_concept: put the campaign in a folder named after the concept.
+        label_studio_url: Label Studio's URL ("" for none; `LABEL_STUDIO_URL` wins over it).
+        label_studio_project: an existing Label Studio project to use; 0 to create one.
         workspace: the run's shared workspace (KFP's workspace path), used as the cache of
             downloaded stores, indexes, graphs and prepared data; "" for a pod-local cache.
 
@@ -83,6 +87,8 @@ def init_campaign(
         ),
         learning=RoundConfig(strategy=strategy, mode=mode, k=k, batch_size=batch_size, seed=seed),
         budget=budget,
+        label_studio_url=label_studio_url or None,
+        label_studio_project=label_studio_project or None,
     )
     uri = concept_folder(campaign_uri, concept) if folder_per_concept else campaign_uri
     ensure_campaign(config, uri, None if seed_labels_uri else lambda: seed_file_from_truth(config))

@@ -6,7 +6,9 @@ from components._base import seals_component
 @seals_component
 def label_ingest(campaign_uri: str, workspace: str = "") -> bool:
     """Stage 1 of a round: validate every label file not ingested yet (the seeds before round 0, then
-    `inbox/NNN/` of the open batch): CSV, JSONL or Label Studio export. A malformed file is rejected
+    `inbox/NNN/` of the open batch): CSV, JSONL or Label Studio export. With Label Studio configured
+    (`LABEL_STUDIO_URL` and `LABEL_STUDIO_API_KEY`, from a Kubernetes Secret) it first pulls the
+    annotations of the campaign's tasks into the inbox. A malformed file is rejected
     whole (problems with their lines under `reports/`) and the step fails naming the file and line;
     relabels are recorded, never silent. Stages `rounds/NNN/labeled.jsonl`, `relabels.jsonl`,
     `ingested.json` and raw copies.
@@ -23,8 +25,13 @@ def label_ingest(campaign_uri: str, workspace: str = "") -> bool:
 
     use_workspace(workspace)
     from seals_al.campaign import Campaign
+    from seals_al.labelstudio import pull_if_pushed
 
-    staged = Campaign(campaign_uri).ingest()
+    campaign = Campaign(campaign_uri)
+    pulled = pull_if_pushed(campaign)
+    if pulled is not None:
+        print(pulled.summary())
+    staged = campaign.ingest()
     if staged is None:
         print("no new labels: nothing to do")
         return False

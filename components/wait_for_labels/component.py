@@ -1,21 +1,29 @@
-"""wait_for_labels: a sensor that polls the open round's inbox until labels arrive."""
+"""wait_for_labels: a sensor that waits until labels come back for the open batch."""
 
 from components._base import seals_component
 
 
 @seals_component
 def wait_for_labels(
-    campaign_uri: str, poll_seconds: float = 60.0, timeout_seconds: float = 86400.0, workspace: str = ""
+    campaign_uri: str,
+    poll_seconds: float = 60.0,
+    timeout_seconds: float = 86400.0,
+    labeled_fraction: float = 1.0,
+    workspace: str = "",
 ) -> int:
     """A sensor: polls the open round's `inbox/NNN/` until a label file that was not ingested yet is
-    there. On timeout it fails with a message naming the inbox and the batch; it writes nothing, so the
-    campaign stays valid: drop labels later and resume with another run (or the one-round-per-run
-    pipeline, or `seals-al round`).
+    there. With Label Studio configured (`LABEL_STUDIO_URL` and `LABEL_STUDIO_API_KEY`, from a
+    Kubernetes Secret) it first pushes the batch if it is not there yet, then polls its tasks until
+    `labeled_fraction` of them have an annotation that was not cancelled, and pulls them into the
+    inbox. On timeout it fails with a message naming the inbox and the batch; it writes nothing
+    else, so the campaign stays valid: label later and resume with another run (or the
+    one-round-per-run pipeline, or `seals-al round`).
 
     Args:
         campaign_uri: the campaign.
         poll_seconds: seconds between polls.
         timeout_seconds: give up after this long.
+        labeled_fraction: Label Studio: the fraction of the batch's tasks that must be annotated.
         workspace: the run's shared workspace (KFP's workspace path), used as the cache of
             downloaded stores, indexes, graphs and prepared data; "" for a pod-local cache.
 
@@ -26,5 +34,6 @@ def wait_for_labels(
 
     use_workspace(workspace)
     from seals_al.campaign import Campaign
+    from seals_al.labelstudio import wait_for_labels as wait
 
-    return len(Campaign(campaign_uri).wait_for_labels(poll_seconds, timeout_seconds))
+    return len(wait(Campaign(campaign_uri), poll_seconds, timeout_seconds, labeled_fraction))

@@ -76,6 +76,10 @@ class CampaignConfig:
     dataset: DataConfig
     learning: RoundConfig = field(default_factory=RoundConfig)
     budget: int = DEFAULT_BUDGET
+    # Label Studio (seals_al.labelstudio): its URL ($LABEL_STUDIO_URL wins over it) and, to use an
+    # existing project instead of creating one, its id. The API token is never a setting.
+    label_studio_url: str | None = None
+    label_studio_project: int | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> CampaignConfig:
@@ -117,6 +121,11 @@ class CampaignConfig:
     def check(self, where: str) -> None:
         self.learning.check(where)
         check_positive_int(where, "budget", self.budget)
+        url = self.label_studio_url
+        if url and not url.startswith(("http://", "https://")):
+            raise SealsError(f"{where}: label_studio_url must be an http(s):// URL, got {shown(url)}")
+        if self.label_studio_project is not None:
+            check_positive_int(where, "label_studio_project", self.label_studio_project)
 
 
 def init(config: CampaignConfig, uri: str, seed_file: tuple[str, bytes] | None = None) -> Storage:

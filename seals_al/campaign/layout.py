@@ -2,7 +2,8 @@
 
 campaign.json                 the configuration (written once by init)
 seed/<file>                   the seed labels as given
-inbox/NNN/                    where labels for batch NNN are dropped (CSV, JSONL, Label Studio)
+inbox/NNN/                    where labels for batch NNN are dropped (CSV, JSONL, Label Studio;
+                              `seals-al labelstudio pull` writes label-studio.json there)
 rounds/NNN/                   written by one round, committed by COMMITTED, written last:
     labeled.jsonl             the labeled set after this round's ingest (a new version per round)
     relabels.jsonl            label changes recorded this round (id, old, new, source)
@@ -15,6 +16,7 @@ rounds/NNN/                   written by one round, committed by COMMITTED, writ
     to_label.labelstudio.json the batch as Label Studio tasks
     pool/pool.npz, pool.json  the candidate pool after selection (SEALS mode)
 reports/                      rejection reports of label files
+labelstudio.json              the Label Studio project and every task pushed (seals_al.labelstudio)
 LOCK                          held while a stage runs
 """
 

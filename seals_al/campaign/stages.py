@@ -26,7 +26,8 @@ from seals_al.campaign.lease import Lease
 from seals_al.campaign.state import Oversized, State, StateReader, jsonl_rows, report_key, sha256
 from seals_al.errors import SealsError, shown
 from seals_al.failpoints import failpoint
-from seals_al.labels import LabelFileError, Problem, check_label_file, check_size, label_studio_tasks
+from seals_al.labels import LabelFileError, Problem, check_label_file, check_size
+from seals_al.labelstudio import label_studio_tasks
 from seals_al.record import RoundRecord
 from seals_al.storage import open_storage
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # imported where used: a stage that only reads or ingests sta
     from seals_al.dataset import Dataset
     from seals_al.round import Candidates, RoundEngine
     from seals_al.selection import Selection
+    from seals_al.train import LinearModel
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class Campaign(StateReader):
         self._lease: Lease | None = None
 
     @contextmanager
-    def _leased(self) -> Iterator[Lease]:
+    def leased(self) -> Iterator[Lease]:
         """Hold the campaign's lease while a stage runs (its commit checks it is still held)."""
         with Lease(self.storage) as lease:
             self._lease = lease
@@ -97,7 +99,7 @@ class Campaign(StateReader):
         Returns:
             The new round's record (as in metrics.json), or None when no label came back.
         """
-        with self._leased():
+        with self.leased():
             state = self.state()  # unchanged until select commits: the lease is held throughout
             if self._ingest_stage(state) is None:
                 return None
@@ -114,17 +116,17 @@ class Campaign(StateReader):
         Returns:
             What was staged, or None when no new label came back (nothing is written).
         """
-        with self._leased():
+        with self.leased():
             return self._ingest_stage(self.state())
 
     def train(self) -> dict:
         """Stage 2: fit the classifier on the staged labeled set and evaluate it."""
-        with self._leased():
+        with self.leased():
             return self._train_stage(self.state())
 
     def select(self) -> dict:
         """Stage 3: expand the pool, select the batch, publish and commit the round."""
-        with self._leased():
+        with self.leased():
             return self._select_stage(self.state())
 
     def _ingest_stage(self, state: State) -> StagedLabels | None:
@@ -270,17 +272,20 @@ class Campaign(StateReader):
         queries = candidates.queries - queries
         budget = self.config.budget - len(labeled) - len(carried)
         want = max(0, min(self.config.learning.batch_size - len(carried), budget))
-        outcome = engine.select(candidates, LinearModel.from_json(saved), want, r)
-        batch = carried + self._batch_rows(outcome.selection, r)
+        model = LinearModel.from_json(saved)
+        outcome = engine.select(candidates, model, want, r)
+        batch = carried + self._batch_rows(outcome.selection, model, r)
         record = engine.record(r, Evaluation(**evaluation), outcome, len(batch), queries)
         self._publish(r, record, batch, candidates)
         return record.to_json()
 
-    def _batch_rows(self, selection: Selection, r: int) -> list[dict]:
-        """The picks as rows for labelers: external id, text, score and why each was picked."""
+    def _batch_rows(self, selection: Selection, model: LinearModel, r: int) -> list[dict]:
+        """The picks as rows for labelers: external id, text, score, the model's probability that
+        it is the concept, and why each was picked."""
         dataset = self.dataset()
         picked = np.asarray([p.row_id for p in selection.picks], dtype=np.int64)
         external, texts = dataset.external_ids(picked), dataset.texts_of(picked)
+        probabilities = model.predict_proba(dataset.store.vectors(picked)) if len(picked) else []
         sources = sorted({p.reached_from for p in selection.picks if p.reached_from is not None})
         source_ids = dict(
             zip(sources, dataset.external_ids(np.asarray(sources, dtype=np.int64)), strict=True)
@@ -295,8 +300,11 @@ class Campaign(StateReader):
                 "rank": p.rank,
                 "pool_size_before": p.pool_size_before,
                 "reached_from": source_ids.get(p.reached_from) if p.reached_from is not None else None,
+                "probability": float(probability),
             }
-            for item, text, p in zip(external, texts, selection.picks, strict=True)
+            for item, text, p, probability in zip(
+                external, texts, selection.picks, probabilities, strict=True
+            )
         ]
 
     def _publish(self, r: int, record: RoundRecord, batch: list[dict], candidates: Candidates) -> None:
@@ -305,7 +313,7 @@ class Campaign(StateReader):
         candidates.save(st, keys.pool)
         failpoint("during_publish")
         st.write_text(keys.to_label, "".join(json.dumps(row) + "\n" for row in batch))
-        st.write_json(keys.label_studio, label_studio_tasks(batch, self.config.concept))
+        st.write_json(keys.label_studio, label_studio_tasks(batch, self.config.concept, st.uri))
         st.write_json(keys.metrics, record.to_json())
         if self._lease is not None:
             self._lease.check()  # a stage that lost its lease (stalled, taken over) never commits

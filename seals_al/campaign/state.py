@@ -1,11 +1,13 @@
 """Reading a campaign's state: the last committed round, the label files not ingested yet,
-status, whether to go on, and waiting for labels. Nothing here writes."""
+status, whether to go on, and waiting for labels. Nothing here writes (a wait's ``watch`` may
+bring labels into the inbox)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from seals_al import labels
@@ -198,12 +200,25 @@ class StateReader:
 
     # -- waiting for people (or an oracle) ------------------------------------------------------
     def wait_for_labels(
-        self, poll_seconds: float, timeout_seconds: float, *, progress: bool | None = None
+        self,
+        poll_seconds: float,
+        timeout_seconds: float,
+        *,
+        progress: bool | None = None,
+        watch: Callable[[], str] | None = None,
     ) -> list[str]:
         """Poll the open round's inbox until a label file not ingested yet is there.
 
-        Nothing is written, so a timeout leaves the campaign exactly as it was: drop labels in
-        the inbox later and resume (another run, or ``seals-al round``).
+        Nothing is written here, so a timeout leaves the campaign exactly as it was: drop labels
+        in the inbox later and resume (another run, or ``seals-al round``).
+
+        Args:
+            poll_seconds: seconds between polls.
+            timeout_seconds: give up after this long.
+            progress: print a line per poll (default: the campaign's setting).
+            watch: called before each look into the inbox; it may bring labels there (Label
+                Studio's pull, :func:`seals_al.labelstudio.wait_for_labels`) and returns a line
+                saying how far along they are.
 
         Returns:
             The keys of the new label files.
@@ -219,22 +234,25 @@ class StateReader:
         state = self.state()
         deadline = time.monotonic() + timeout_seconds
         inbox = self.storage.where(self.inbox(state))
-        polls = 0
+        polls, seen = 0, ""
         while True:
+            seen = watch() if watch is not None else ""
             fresh = self.new_label_files(state)
             if fresh:
                 return sorted(fresh)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LabelsTimeout(
-                    f"{inbox}/: no new labels after {timeout_seconds:g} s; the campaign is unchanged "
-                    f"at round {state.round} ({len(state.pending)} example(s) waiting in "
-                    f"{self.storage.where(self.keys(state.round).to_label)}). Drop a label "
-                    "file there and run the pipeline again, or `seals-al round`, to resume."
+                    f"{inbox}/: no new labels after {timeout_seconds:g} s"
+                    + (f" ({seen})" if seen else "")
+                    + f"; the campaign is unchanged at round {state.round} ({len(state.pending)} "
+                    f"example(s) waiting in {self.storage.where(self.keys(state.round).to_label)}). "
+                    "Drop a label file there and run the pipeline again, or `seals-al round`, to resume."
                 )
             polls += 1
             if progress if progress is not None else self.progress:
-                print(f"waiting for labels in {inbox}/ (poll {polls}, {remaining:.0f} s left)", flush=True)
+                where = seen or f"in {inbox}/"
+                print(f"waiting for labels: {where} (poll {polls}, {remaining:.0f} s left)", flush=True)
             time.sleep(min(poll_seconds, remaining))
 
 

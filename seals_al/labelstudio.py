@@ -1,0 +1,578 @@
+"""Label Studio in the loop: push each batch as tasks, watch the annotations, pull them back.
+
+Configuration: ``LABEL_STUDIO_URL`` (or the campaign's ``label_studio_url``; the environment
+wins) and ``LABEL_STUDIO_API_KEY``, the names Label Studio's own SDK reads. The key is a legacy
+token (``Authorization: Token ...``) or a personal access token (a JWT refresh token, exchanged
+at ``/api/token/refresh`` for short-lived access tokens). It is read from the environment only,
+and never written anywhere or printed.
+
+What the campaign records, in ``labelstudio.json`` at its root: the project id, and for every
+item pushed, its task id and the round that pushed it. One task per item: an example carried
+over into a later batch keeps its task (and whatever annotations it already has).
+
+Policies (the labels themselves are parsed by :mod:`seals_al.labels`):
+
+- Each non-cancelled annotation is a vote; the majority is the label, a tie or a task with only
+  cancelled annotations (skipped) is unlabeled and carried over.
+- An annotation edited after it was ingested comes back at the next pull as a relabel (recorded
+  in the round's ``relabels.jsonl``).
+- A task deleted in Label Studio is reported by push and pull, never fatal, never re-created; its
+  item stays unlabeled (carried over) until labeled some other way.
+- A choice outside the config rejects the pull, naming the task; nothing is written.
+- Label Studio down or slow: each request is retried with exponential backoff, then fails with
+  an error naming the URL. A refused token: an error naming the URL and the variable, not the token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from xml.etree import ElementTree
+from xml.sax.saxutils import quoteattr
+
+import requests
+
+from seals_al.errors import SealsError, cut, shown
+from seals_al.labels import LabelFileError, check_label_file, parse_label, read_label_file
+
+if TYPE_CHECKING:
+    from seals_al.campaign import Campaign, State
+
+ENV_URL = "LABEL_STUDIO_URL"
+ENV_KEY = "LABEL_STUDIO_API_KEY"
+RECORD = "labelstudio.json"  # at the campaign's root (seals_al.campaign.layout documents it)
+EXPORT_NAME = "label-studio.json"  # what pull writes into the open round's inbox
+PAGE_SIZE = 500
+ATTEMPTS = 5
+BACKOFF_SECONDS = 1.0  # 1, 2, 4, 8 s between the attempts
+TIMEOUT_SECONDS = 60.0
+
+
+class LabelStudioError(SealsError):
+    """Label Studio refused a request, or could not be reached."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    url: str
+    token: str = field(repr=False)  # never shown
+
+
+def connection(campaign_url: str | None = None) -> Connection | None:
+    """The configured Label Studio, or None when no URL is set (environment or campaign)."""
+    url = (os.environ.get(ENV_URL) or campaign_url or "").strip().rstrip("/")
+    if not url:
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise SealsError(f"Label Studio URL {shown(url)}: expected http://host[:port] or https://...")
+    token = os.environ.get(ENV_KEY, "").strip()
+    if not token:
+        raise SealsError(f"Label Studio at {url}: set {ENV_KEY} to an API token of a user of it")
+    return Connection(url, token)
+
+
+class Client:
+    """A few calls of Label Studio's REST API, each retried with backoff."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        attempts: int = ATTEMPTS,
+        backoff: float = BACKOFF_SECONDS,
+        timeout: float = TIMEOUT_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.url = conn.url
+        self._token = conn.token
+        self._access: str | None = None  # for a personal access token
+        self.attempts, self.backoff, self.timeout, self._sleep = attempts, backoff, timeout, sleep
+        self.session = requests.Session()
+        self.session.trust_env = False  # no proxy from the environment between us and the server
+
+    @property
+    def _personal(self) -> bool:
+        """A personal access token is a JWT (three base64url parts); a legacy token is not."""
+        return self._token.count(".") == 2 and self._token.startswith("eyJ")
+
+    def _authorization(self, refresh: bool = False) -> str:
+        if not self._personal:
+            return f"Token {self._token}"
+        if self._access is None or refresh:
+            answer = self._send("POST", "/api/token/refresh", {"json": {"refresh": self._token}}, auth=None)
+            self._access = answer.get("access") if isinstance(answer, dict) else None
+            if not self._access:
+                raise LabelStudioError(f"{self.url}: /api/token/refresh gave no access token")
+        return f"Bearer {self._access}"
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One API call (``params`` / ``json`` as in requests); its JSON answer."""
+        try:
+            return self._send(method, path, kwargs, auth=self._authorization())
+        except _Unauthorized:
+            if not self._personal:
+                raise self._refused() from None
+        try:  # an access token expires after minutes: refresh it once
+            return self._send(method, path, kwargs, auth=self._authorization(refresh=True))
+        except _Unauthorized:
+            raise self._refused() from None
+
+    def _refused(self) -> LabelStudioError:
+        return LabelStudioError(
+            f"{self.url}: the API token in {ENV_KEY} was refused; copy a valid one from Label Studio's "
+            "Account & Settings page (a legacy token needs the organization's legacy tokens enabled)"
+        )
+
+    def _send(self, method: str, path: str, kwargs: dict, auth: str | None) -> Any:
+        headers = {"Authorization": auth} if auth else {}
+        failure = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                self._sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                response = self.session.request(
+                    method, self.url + path, headers=headers, timeout=self.timeout, **kwargs
+                )
+            except (requests.ConnectionError, requests.Timeout) as e:
+                failure = f"{type(e).__name__}"
+                continue
+            if response.status_code in (401, 403):
+                if auth is None:  # the token exchange itself
+                    raise LabelStudioError(f"{self.url}: the personal access token in {ENV_KEY} was refused")
+                raise _Unauthorized()
+            if response.status_code == 429 or response.status_code >= 500:
+                failure = f"HTTP {response.status_code}"
+                continue
+            if response.status_code >= 400:
+                raise LabelStudioError(
+                    f"{method} {self.url}{path}: HTTP {response.status_code}: {_detail(response)}",
+                )
+            return response.json() if response.content else None
+        waited = sum(self.backoff * 2**i for i in range(self.attempts - 1))
+        raise LabelStudioError(
+            f"{self.url}: Label Studio did not answer {method} {path} after {self.attempts} attempts "
+            f"over {waited:g} s ({failure}); is it running at {ENV_URL}?"
+        )
+
+    # -- the calls used here ------------------------------------------------------------------
+    def project(self, project_id: int) -> dict | None:
+        try:
+            return self.call("GET", f"/api/projects/{project_id}")
+        except LabelStudioError as e:
+            if "HTTP 404" in str(e):
+                return None
+            raise
+
+    def create_project(self, title: str, label_config: str, description: str) -> dict:
+        return self.call(
+            "POST",
+            "/api/projects",
+            json={"title": title, "label_config": label_config, "description": description},
+        )
+
+    def tasks(self, project_id: int) -> list[dict]:
+        """Every task of the project, without annotations (their counts only)."""
+        tasks: list[dict] = []
+        page = 1
+        while True:
+            answer = self.call(
+                "GET", "/api/tasks", params={"project": project_id, "page": page, "page_size": PAGE_SIZE}
+            )
+            tasks += answer["tasks"]
+            if not answer["tasks"] or len(tasks) >= answer["total"]:
+                return tasks
+            page += 1
+
+    def import_tasks(self, project_id: int, tasks: list[dict]) -> list[int]:
+        answer = self.call(
+            "POST", f"/api/projects/{project_id}/import", params={"return_task_ids": "true"}, json=tasks
+        )
+        return list(answer.get("task_ids", []))
+
+    def export(self, project_id: int) -> list[dict]:
+        """Every task of the project with its annotations (Label Studio's JSON export)."""
+        return self.call(
+            "GET",
+            f"/api/projects/{project_id}/export",
+            params={"exportType": "JSON", "download_all_tasks": "true"},
+        )
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+def _detail(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return cut(" ".join(response.text.split()), 200)
+    if isinstance(body, dict):
+        return cut(str(body.get("validation_errors") or body.get("detail") or body), 300)
+    return cut(str(body), 300)
+
+
+# -- the labeling interface ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Interface:
+    """Where a project's config puts the choice (``from_name``), the text (``to_name``) and which
+    task field the text is read from."""
+
+    from_name: str = "label"
+    to_name: str = "text"
+    text_key: str = "text"
+
+
+def label_config(concept: str) -> str:
+    """A single choice between the concept and ``not <concept>`` about the item's text."""
+    return (
+        "<View>\n"
+        f"  <Header value={quoteattr(f'Is this {concept}?')}/>\n"
+        '  <Text name="text" value="$text"/>\n'
+        '  <Choices name="label" toName="text" choice="single" showInline="true" required="true">\n'
+        f'    <Choice value={quoteattr(concept)} hotkey="1"/>\n'
+        f'    <Choice value={quoteattr(f"not {concept}")} hotkey="2"/>\n'
+        "  </Choices>\n"
+        "</View>\n"
+    )
+
+
+def interface_of(config: str, concept: str, where: str) -> Interface:
+    """The interface of an existing project, checked to ask exactly concept / ``not <concept>``."""
+    try:
+        root = ElementTree.fromstring(config)
+    except ElementTree.ParseError as e:
+        raise SealsError(f"{where}: its labeling config is not valid XML ({e})") from e
+    for choices in root.iter("Choices"):
+        values = [c.get("value", "") for c in choices.iter("Choice")]
+        labels = {parse_label(v, concept) for v in values}
+        if len(values) == 2 and labels == {0, 1}:
+            to_name = choices.get("toName", "")
+            text = next((t for t in root.iter("Text") if t.get("name") == to_name), None)
+            value = text.get("value", "") if text is not None else ""
+            if value.startswith("$"):
+                return Interface(choices.get("name", ""), to_name, value[1:])
+    raise SealsError(
+        f"{where}: its labeling config has no single choice between {shown(concept)} and "
+        f"{shown('not ' + concept)} about a <Text> field; use a project seals-al created, or fix the config"
+    )
+
+
+def task_of(row: dict, concept: str, campaign: str, ui: Interface = Interface()) -> dict:
+    """A batch row as a Label Studio task, with the model's guess as a prediction (pre-annotation)."""
+    task: dict = {
+        "data": {
+            ui.text_key: row.get("text", ""),
+            "seals_id": row["id"],
+            "round": row["round"],
+            "rank": row.get("rank"),
+            "score": row["score"],
+            "reached_from": row.get("reached_from"),
+        },
+        "meta": {"seals_campaign": campaign, "concept": concept, "strategy": row.get("strategy")},
+    }
+    probability = row.get("probability")
+    if probability is not None:
+        guess = concept if probability >= 0.5 else f"not {concept}"
+        task["predictions"] = [
+            {
+                "model_version": f"seals-al round {row['round']}",
+                "score": probability if probability >= 0.5 else 1.0 - probability,
+                "result": [
+                    {
+                        "from_name": ui.from_name,
+                        "to_name": ui.to_name,
+                        "type": "choices",
+                        "value": {"choices": [guess]},
+                    }
+                ],
+            }
+        ]
+    return task
+
+
+def label_studio_tasks(batch: list[dict], concept: str, campaign: str) -> list[dict]:
+    """The batch as tasks for a project with :func:`label_config` (the file a round publishes)."""
+    return [task_of(row, concept, campaign) for row in batch]
+
+
+# -- push, pull, progress ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Pushed:
+    project: int
+    project_url: str
+    imported: int  # tasks created by this push
+    batch_tasks: int  # tasks of the open batch in Label Studio
+    deleted: list[str]  # items of the open batch whose task was deleted in Label Studio
+
+    def summary(self) -> str:
+        return (
+            f"Label Studio project {self.project_url}: {self.batch_tasks} task(s) of the open batch, "
+            f"{self.imported} imported now" + _deleted(self.deleted)
+        )
+
+
+@dataclass(frozen=True)
+class Pulled:
+    labeled: int  # tasks of the open batch with a label (a majority)
+    pending: int  # not annotated, skipped only, or tied
+    deleted: list[str]
+    written: str | None  # the inbox file written, None when nothing changed
+    relabels: int  # labels that differ from what the campaign holds
+
+    def summary(self) -> str:
+        where = f"written to {self.written}" if self.written else "nothing new to write"
+        return (
+            f"Label Studio: {self.labeled} task(s) of the open batch labeled, {self.pending} pending; {where}"
+            + (f"; {self.relabels} label(s) changed" if self.relabels else "")
+            + _deleted(self.deleted)
+        )
+
+
+@dataclass(frozen=True)
+class Progress:
+    annotated: int  # open-batch tasks with at least one annotation that was not cancelled
+    tasks: int  # open-batch tasks that still exist
+    deleted: list[str]
+
+    def reached(self, fraction: float) -> bool:
+        return self.tasks > 0 and self.annotated >= max(1, math.ceil(fraction * self.tasks - 1e-9))
+
+
+def _deleted(items: list[str]) -> str:
+    if not items:
+        return ""
+    shown_items = ", ".join(map(repr, items[:5])) + (", ..." if len(items) > 5 else "")
+    return f"; {len(items)} task(s) deleted in Label Studio (items {shown_items}) stay unlabeled"
+
+
+class Sync:
+    """A campaign's Label Studio project: what push, pull and the wait do."""
+
+    def __init__(self, campaign: Campaign, conn: Connection, client: Client | None = None):
+        self.campaign = campaign
+        self.client = client or Client(conn)
+        self.url = conn.url
+
+    @classmethod
+    def of(cls, campaign: Campaign) -> Sync | None:
+        """The campaign's Label Studio, or None when none is configured."""
+        conn = connection(campaign.config.label_studio_url)
+        return None if conn is None else cls(campaign, conn)
+
+    # -- the record -------------------------------------------------------------------------------
+    def record(self) -> dict:
+        st = self.campaign.storage
+        return st.read_json(RECORD) if st.exists(RECORD) else {"project": None, "tasks": {}}
+
+    def _save(self, record: dict) -> None:
+        self.campaign.storage.write_json(RECORD, record)
+
+    def project_url(self, project_id: int) -> str:
+        return f"{self.url}/projects/{project_id}/data"
+
+    def _project(self, record: dict) -> tuple[int, Interface]:
+        """The project (created on first use, and recorded before any task is imported)."""
+        concept = self.campaign.config.concept
+        project_id = record["project"] or self.campaign.config.label_studio_project
+        if project_id:
+            project = self.client.project(project_id)
+            if project is None:
+                raise SealsError(
+                    f"{self.url}: project {project_id} (in {self.campaign.storage.where(RECORD)} or "
+                    "label_studio_project) does not exist; it was deleted, or the URL names another "
+                    "Label Studio"
+                )
+            ui = interface_of(project["label_config"], concept, f"{self.project_url(project_id)}")
+        else:
+            project = self.client.create_project(
+                f"{concept} (seals-al)"[:50],
+                label_config(concept),
+                f"SEALS active learning for {concept!r}; campaign {self.campaign.storage.uri}",
+            )
+            project_id, ui = project["id"], Interface()
+        if record["project"] != project_id:
+            record["project"] = project_id
+            self._save(record)
+        return project_id, ui
+
+    def _ours(self, tasks: list[dict]) -> dict[str, dict]:
+        """This campaign's tasks of the project, by item id."""
+        uri = self.campaign.storage.uri
+        return {
+            t["data"]["seals_id"]: t
+            for t in tasks
+            if isinstance(t.get("data"), dict)
+            and "seals_id" in t["data"]
+            and (t.get("meta") or {}).get("seals_campaign") == uri
+        }
+
+    def _open_state(self) -> State:
+        state = self.campaign.state()
+        if state.round < 0:
+            raise SealsError(
+                f"{self.campaign.storage.uri}: no batch yet; run `seals-al round` to publish the first one"
+            )
+        return state
+
+    # -- push -----------------------------------------------------------------------------------
+    def push(self) -> Pushed:
+        """Import the open batch's items that have no task yet (every push after the first for a
+        batch imports nothing), and record the task ids."""
+        with self.campaign.leased():
+            state = self._open_state()
+            record = self.record()
+            project_id, ui = self._project(record)
+            existing = self._ours(self.client.tasks(project_id))
+            known = record["tasks"]
+            for item, task in existing.items():  # adopt tasks a crashed push imported but never recorded
+                known.setdefault(item, {"task": task["id"], "round": task["data"].get("round")})
+            deleted = sorted(
+                row["id"] for row in state.batch if row["id"] in known and row["id"] not in existing
+            )
+            new = [row for row in state.batch if row["id"] not in known]
+            uri = self.campaign.storage.uri
+            if new:
+                ids = self.client.import_tasks(
+                    project_id, [task_of(row, self.campaign.config.concept, uri, ui) for row in new]
+                )
+                if len(ids) != len(new):
+                    raise LabelStudioError(
+                        f"{self.url}: imported {len(new)} tasks into project {project_id} but got "
+                        f"{len(ids)} task ids back; push again (it adopts what was imported)"
+                    )
+                for row, task_id in zip(new, ids, strict=True):
+                    known[row["id"]] = {"task": task_id, "round": row["round"]}
+            self._save(record)
+            return Pushed(
+                project_id, self.project_url(project_id), len(new), len(state.batch) - len(deleted), deleted
+            )
+
+    # -- progress and pull -------------------------------------------------------------------------
+    def _batch_tasks(
+        self, state: State, record: dict, tasks: dict[str, dict]
+    ) -> tuple[list[dict], list[str]]:
+        """The open batch's tasks that exist, and the items whose task was deleted."""
+        found, deleted = [], []
+        for row in state.batch:
+            if row["id"] in tasks:
+                found.append(tasks[row["id"]])
+            elif row["id"] in record["tasks"]:
+                deleted.append(row["id"])
+        return found, sorted(deleted)
+
+    def _pushed_record(self) -> dict:
+        record = self.record()
+        if not record["project"]:
+            raise SealsError(
+                f"{self.campaign.storage.uri}: nothing pushed to Label Studio yet; run "
+                "`seals-al labelstudio push` first"
+            )
+        return record
+
+    def progress(self) -> Progress:
+        """How many tasks of the open batch have a non-cancelled annotation (one cheap listing)."""
+        state, record = self._open_state(), self._pushed_record()
+        tasks = self._ours(self.client.tasks(record["project"]))
+        found, deleted = self._batch_tasks(state, record, tasks)
+        return Progress(sum(1 for t in found if t.get("total_annotations", 0) > 0), len(found), deleted)
+
+    def pull(self) -> Pulled:
+        """Export the campaign's tasks with their annotations into the open round's inbox, as a
+        Label Studio export the ingest validates; nothing is written when nothing changed, or when
+        an annotation is invalid (the error names the task)."""
+        campaign = self.campaign
+        state, record = self._open_state(), self._pushed_record()
+        exported = self._ours(self.client.export(record["project"]))
+        found, deleted = self._batch_tasks(state, record, exported)
+        wanted = set(state.labeled) | {row["id"] for row in state.batch}
+        kept = [t for item, t in sorted(exported.items()) if item in wanted]
+        data = json.dumps(kept, indent=1, sort_keys=True).encode()
+        key = f"{campaign.keys(state.round).inbox}/{EXPORT_NAME}"
+        labeled = {i: row["label"] for i, row in state.labeled.items()}
+        try:
+            checked = check_label_file(
+                EXPORT_NAME,
+                data,
+                campaign.config.concept,
+                open_batch={row["id"] for row in state.batch},
+                labeled=labeled,
+                known=wanted,
+            )
+        except LabelFileError as e:
+            raise SealsError(f"{self.project_url(record['project'])}: {e.detail}") from e
+        batch_ids = {t["data"]["seals_id"] for t in found}
+        answered = {a.item_id for a in checked.answers}
+        answers = {a.item_id: a.label for a in checked.answers}
+        news = bool(checked.new or checked.relabels)
+        written = None
+        # Written when it brings something new, or to replace an earlier pull's answers that changed.
+        if (news or campaign.storage.exists(key)) and self._changed(key, answers):
+            campaign.storage.write_bytes(key, data)
+            written = key
+        return Pulled(
+            labeled=len(batch_ids & answered),
+            pending=len(batch_ids - answered),
+            deleted=deleted,
+            written=written,
+            relabels=len(checked.relabels),
+        )
+
+    def _changed(self, key: str, answers: dict[str, int]) -> bool:
+        """Whether ``answers`` differ from those of the file already at ``key`` (an export's bytes
+        change with every pull, e.g. its "created_ago" fields; its answers do not)."""
+        st = self.campaign.storage
+        if not st.exists(key):
+            return True
+        _, before, _, _ = read_label_file(EXPORT_NAME, st.read_bytes(key), self.campaign.config.concept)
+        return {a.item_id: a.label for a in before} != answers
+
+    def watcher(self, fraction: float) -> Callable[[], str]:
+        """For :meth:`Campaign.wait_for_labels`: each call looks at the open batch's tasks and,
+        once ``fraction`` of them are annotated, pulls; it returns a line saying how far along."""
+
+        def look() -> str:
+            progress = self.progress()
+            line = f"{progress.annotated}/{progress.tasks} task(s) annotated in Label Studio"
+            if progress.reached(fraction):
+                pulled = self.pull()
+                line += f"; pulled: {pulled.labeled} labeled, {pulled.pending} pending"
+            return line + _deleted(progress.deleted)
+
+        return look
+
+
+def wait_for_labels(
+    campaign: Campaign, poll_seconds: float, timeout_seconds: float, fraction: float = 1.0
+) -> list[str]:
+    """Wait for labels: with Label Studio configured, push the open batch (if it is not there
+    yet), then poll until ``fraction`` of its tasks are annotated and pull; a label file dropped
+    into the inbox ends the wait too. Returns the new label files' keys."""
+    if not 0 < fraction <= 1:
+        raise SealsError(f"the fraction of tasks to wait for must be in (0, 1], got {fraction:g}")
+    sync = Sync.of(campaign)
+    if sync is None:
+        return campaign.wait_for_labels(poll_seconds, timeout_seconds)
+    print(sync.push().summary(), flush=True)
+    return campaign.wait_for_labels(poll_seconds, timeout_seconds, watch=sync.watcher(fraction))
+
+
+def push_if_configured(campaign: Campaign) -> Pushed | None:
+    """Push the open batch when Label Studio is configured and a batch is out."""
+    sync = Sync.of(campaign)
+    if sync is None or campaign.state().round < 0:
+        return None
+    return sync.push()
+
+
+def pull_if_pushed(campaign: Campaign) -> Pulled | None:
+    """Pull when Label Studio is configured and this campaign pushed to it."""
+    sync = Sync.of(campaign)
+    if sync is None or not sync.record()["project"] or campaign.state().round < 0:
+        return None
+    return sync.pull()

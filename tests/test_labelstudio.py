@@ -1,0 +1,443 @@
+"""Label Studio in the loop, against a real Label Studio server (tests/labelstudio_server.py): push,
+annotate through its REST API as a person would, pull, round; every policy of seals_al.labelstudio;
+and the looped and one-round pipelines running the whole loop in kfp.local with no file copied."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from pipelines.looped import make_looped
+from pipelines.one_round import seals_one_round
+from seals_al.campaign import Campaign, CampaignConfig, LabelsTimeout, init
+from seals_al.cli import main
+from seals_al.errors import SealsError
+from seals_al.labelstudio import (
+    ENV_KEY,
+    ENV_URL,
+    RECORD,
+    Client,
+    Connection,
+    Interface,
+    LabelStudioError,
+    Sync,
+    interface_of,
+    label_config,
+    task_of,
+    wait_for_labels,
+)
+
+from . import labelstudio_server
+from .test_campaign import BATCH, CONCEPT, truth_of, write_config
+
+
+# -- without a server -------------------------------------------------------------------------------
+@pytest.mark.parametrize("concept", ["report_fraud", 'a "quoted" <concept> & more'])
+def test_the_label_config_asks_concept_or_not_and_reads_back(concept):
+    assert interface_of(label_config(concept), concept, "p") == Interface("label", "text", "text")
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+    "config",
+    [
+        "<View><Text name='t' value='$text'/></View>",
+        "<View><Text name='t' value='$text'/><Choices name='c' toName='t'>"
+        "<Choice value='yes'/><Choice value='maybe'/></Choices></View>",
+        "<View><Choices name='c' toName='t'><Choice value='x'/><Choice value='not x'/></Choices></View>",
+        "<View",
+    ],
+)
+def test_a_project_that_does_not_ask_the_concept_is_refused(config):
+    with pytest.raises(SealsError, match="project 7"):
+        interface_of(config, "x", "project 7")
+
+
+def test_a_batch_row_becomes_a_task_with_the_models_guess():
+    row = {
+        "id": "a",
+        "text": "t",
+        "score": 0.9,
+        "round": 3,
+        "rank": 0,
+        "reached_from": "s",
+        "probability": 0.2,
+    }
+    task = task_of(row, "c", "gs://b/camp", Interface("lab", "txt", "body"))
+    assert task["data"] == {
+        "body": "t",
+        "seals_id": "a",
+        "round": 3,
+        "rank": 0,
+        "score": 0.9,
+        "reached_from": "s",
+    }
+    (prediction,) = task["predictions"]
+    assert prediction["result"][0]["value"] == {"choices": ["not c"]}
+    assert prediction["score"] == pytest.approx(0.8)
+    assert (prediction["result"][0]["from_name"], prediction["result"][0]["to_name"]) == ("lab", "txt")
+
+
+def test_the_connection_comes_from_the_environment_first(monkeypatch):
+    from seals_al.labelstudio import connection
+
+    monkeypatch.delenv(ENV_URL, raising=False)
+    monkeypatch.delenv(ENV_KEY, raising=False)
+    assert connection(None) is None
+    with pytest.raises(SealsError, match=f"http://campaign:8080: set {ENV_KEY}"):
+        connection("http://campaign:8080")
+    monkeypatch.setenv(ENV_KEY, "secret-token")
+    monkeypatch.setenv(ENV_URL, "http://env:8080/")
+    conn = connection("http://campaign:8080")
+    assert conn.url == "http://env:8080"
+    assert "secret-token" not in repr(conn)
+    monkeypatch.setenv(ENV_URL, "ftp://x")
+    with pytest.raises(SealsError, match="expected http"):
+        connection(None)
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """Fails the first ``failures`` requests with 503, or sleeps ``delay`` seconds, then answers."""
+
+    failures = 0
+    delay = 0.0
+    seen = 0
+
+    def do_GET(self):
+        type(self).seen += 1
+        if type(self).seen <= type(self).failures:
+            self.send_response(503)
+            self.end_headers()
+            return
+        time.sleep(type(self).delay)
+        body = json.dumps({"id": 7, "label_config": "x"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up waiting
+            self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def flaky():
+    _Flaky.failures, _Flaky.delay, _Flaky.seen = 0, 0.0, 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.hostile
+def test_a_server_that_fails_for_a_while_is_retried_with_backoff(flaky):
+    _Flaky.failures = 3
+    waits: list[float] = []
+    client = Client(Connection(flaky, "t"), backoff=0.5, sleep=waits.append)
+    assert client.project(7)["id"] == 7
+    assert waits == [0.5, 1.0, 2.0]
+
+
+@pytest.mark.hostile
+def test_a_server_that_stays_down_or_slow_fails_naming_the_url(flaky):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens once the socket closes
+    waits: list[float] = []
+    with pytest.raises(
+        LabelStudioError, match=rf"{closed}: Label Studio did not answer GET /api/projects/7 after 5"
+    ):
+        Client(Connection(closed, "t"), sleep=waits.append).project(7)
+    assert waits == [1.0, 2.0, 4.0, 8.0]
+    _Flaky.delay = 1.0
+    with pytest.raises(LabelStudioError, match=rf"{flaky}: .* after 3 attempts .*ReadTimeout"):
+        Client(Connection(flaky, "t"), attempts=3, timeout=0.2, sleep=lambda s: None).project(7)
+
+
+# -- against a real Label Studio ----------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def label_studio():
+    with labelstudio_server.running() as server:
+        yield server
+
+
+@pytest.fixture
+def ls_env(label_studio, monkeypatch):
+    monkeypatch.setenv(ENV_URL, label_studio.url)
+    monkeypatch.setenv(ENV_KEY, label_studio.token)
+    return label_studio
+
+
+class Person:
+    """Someone working in Label Studio, through its REST API."""
+
+    def __init__(self, server):
+        self.url = server.url
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Token {server.token}"
+
+    def api(self, method: str, path: str, **kwargs):
+        response = self.session.request(method, self.url + path, timeout=30, **kwargs)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def tasks(self, project: int) -> dict[str, dict]:
+        answer = self.api("GET", "/api/tasks", params={"project": project, "page_size": 1000})
+        return {t["data"]["seals_id"]: t for t in answer["tasks"]}
+
+    def annotate(self, task: int, choice: str | None, cancelled: bool = False) -> int:
+        result = [] if choice is None else [_choice(choice)]
+        done = self.api(
+            "POST", f"/api/tasks/{task}/annotations", json={"result": result, "was_cancelled": cancelled}
+        )
+        return done["id"]
+
+
+def _choice(choice: str) -> dict:
+    return {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [choice]}}
+
+
+def name_of(label: int) -> str:
+    return CONCEPT if label else f"not {CONCEPT}"
+
+
+def project_of(campaign: Campaign) -> int:
+    return campaign.storage.read_json(RECORD)["project"]
+
+
+@pytest.fixture
+def campaign(tmp_path, clinc_slice, cache_dir, ls_env) -> Campaign:
+    uri = str(tmp_path / "campaign")
+    init(CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir)), uri)
+    return Campaign(uri, progress=False)
+
+
+def test_a_whole_round_trip_push_annotate_pull_round(campaign, clinc_slice, ls_env, capsys):
+    person, truth, uri = Person(ls_env), truth_of(clinc_slice), campaign.storage.uri
+    assert main(["round", uri]) == 0
+    out = capsys.readouterr().out
+    project = project_of(campaign)
+    pushed = f"{BATCH} task(s) of the open batch, {BATCH} imported now"
+    assert f"Label Studio project {ls_env.url}/projects/{project}/data: {pushed}" in out
+    details = person.api("GET", f"/api/projects/{project}")
+    assert details["title"] == f"{CONCEPT} (seals-al)"
+    assert interface_of(details["label_config"], CONCEPT, "p") == Interface()
+    tasks = person.tasks(project)
+    batch = {row["id"]: row for row in campaign.state().batch}
+    assert set(tasks) == set(batch)
+    for item, task in tasks.items():
+        assert {k: task["data"][k] for k in ("round", "rank", "score", "reached_from")} == {
+            k: batch[item][k] for k in ("round", "rank", "score", "reached_from")
+        }
+        assert task["total_predictions"] == 1, "the model's guess is a pre-annotation"
+    assert main(["labelstudio", "push", uri]) == 0
+    assert f"{BATCH} task(s) of the open batch, 0 imported now" in capsys.readouterr().out
+    assert len(person.tasks(project)) == BATCH, "pushing again imports nothing twice"
+
+    for item, task in tasks.items():
+        person.annotate(task["id"], name_of(truth[item]))
+    assert main(["labelstudio", "pull", uri]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"{BATCH} task(s) of the open batch labeled, 0 pending; written to inbox/000/label-studio.json" in out
+    )
+    export = campaign.storage.read_bytes("inbox/000/label-studio.json")
+    assert main(["labelstudio", "pull", uri]) == 0
+    assert "nothing new to write" in capsys.readouterr().out
+    assert campaign.storage.read_bytes("inbox/000/label-studio.json") == export
+
+    assert main(["round", uri]) == 0
+    out = capsys.readouterr().out
+    assert "round 1 committed" in out
+    state = campaign.state()
+    assert len(state.labeled) == 100 + BATCH
+    assert {state.labeled[i]["source"] for i in tasks} == {"inbox/000/label-studio.json"}
+    assert all(state.labeled[i]["label"] == truth[i] for i in tasks)
+    assert len(person.tasks(project)) == 2 * BATCH, "the round pushed its new batch"
+    assert f"{BATCH} task(s) of the open batch, {BATCH} imported now" in out
+    # The token is never written: not in the campaign, not in what the commands printed.
+    for key in campaign.storage.list():
+        assert ls_env.token.encode() not in campaign.storage.read_bytes(key), key
+    assert ls_env.token not in out
+
+
+def test_skips_ties_majorities_deletions_and_edits_follow_the_policies(campaign, clinc_slice, ls_env, capsys):
+    person, truth, uri = Person(ls_env), truth_of(clinc_slice), campaign.storage.uri
+    assert main(["round", uri]) == 0
+    project = project_of(campaign)
+    tasks = person.tasks(project)
+    skipped, tied, voted, deleted, edited, *rest = sorted(tasks)
+    person.annotate(tasks[skipped]["id"], None, cancelled=True)
+    person.annotate(tasks[tied]["id"], CONCEPT)
+    person.annotate(tasks[tied]["id"], f"not {CONCEPT}")
+    for label in (1, 1, 0):
+        person.annotate(tasks[voted]["id"], name_of(label))
+    person.api("DELETE", f"/api/tasks/{tasks[deleted]['id']}")
+    edited_annotation = person.annotate(tasks[edited]["id"], name_of(truth[edited]))
+    for item in rest:
+        person.annotate(tasks[item]["id"], name_of(truth[item]))
+    capsys.readouterr()
+
+    assert main(["labelstudio", "pull", uri]) == 0
+    out = capsys.readouterr().out
+    assert f"{BATCH - 3} task(s) of the open batch labeled, 2 pending" in out
+    assert f"1 task(s) deleted in Label Studio (items {deleted!r}) stay unlabeled" in out
+    assert main(["round", uri]) == 0
+    state = campaign.state()
+    assert state.labeled[voted]["label"] == 1, "the majority counts"
+    carried = {row["id"] for row in state.batch if row.get("carried_over")}
+    assert carried == {skipped, tied, deleted}, "skipped, tied and deleted tasks stay out, carried over"
+    after = person.tasks(project)
+    assert deleted not in after, "a deleted task is not created again"
+    assert len(after) == (BATCH - 1) + (BATCH - 3), "carried items keep their tasks; new items get one"
+
+    # An annotation edited after it was ingested comes back as a relabel.
+    flipped = name_of(1 - truth[edited])
+    person.api("PATCH", f"/api/annotations/{edited_annotation}", json={"result": [_choice(flipped)]})
+    assert main(["labelstudio", "pull", uri]) == 0
+    assert "1 label(s) changed" in capsys.readouterr().out
+    assert main(["round", uri]) == 0
+    relabels = [
+        json.loads(line) for line in campaign.storage.read_text("rounds/002/relabels.jsonl").splitlines()
+    ]
+    assert relabels == [
+        {
+            "id": edited,
+            "old": truth[edited],
+            "new": 1 - truth[edited],
+            "round": 2,
+            "source": "inbox/001/label-studio.json",
+        }
+    ]
+
+
+@pytest.mark.hostile
+def test_a_choice_outside_the_config_is_rejected_naming_the_task(campaign, ls_env, capsys):
+    person, uri = Person(ls_env), campaign.storage.uri
+    assert main(["round", uri]) == 0
+    project = project_of(campaign)
+    config = label_config(CONCEPT).replace("</Choices>", '<Choice value="maybe"/></Choices>')
+    person.api("PATCH", f"/api/projects/{project}", json={"label_config": config})
+    task = next(iter(person.tasks(project).values()))
+    person.annotate(task["id"], "maybe")
+    before = {k: campaign.storage.read_bytes(k) for k in campaign.storage.list() if k != "LOCK"}
+    capsys.readouterr()
+    assert main(["labelstudio", "pull", uri]) == 2
+    err = capsys.readouterr().err
+    assert f"{ls_env.url}/projects/{project}/data" in err
+    assert f"task {task['id']} (seals_id {task['data']['seals_id']!r})" in err
+    assert "the choice 'maybe'" in err
+    after = {k: campaign.storage.read_bytes(k) for k in campaign.storage.list() if k != "LOCK"}
+    assert after == before, "nothing written"
+
+
+@pytest.mark.hostile
+def test_a_wrong_token_is_a_clear_error_that_does_not_print_it(campaign, ls_env, monkeypatch, capsys):
+    monkeypatch.setenv(ENV_KEY, "not-the-token-0123")
+    assert main(["round", campaign.storage.uri]) == 2
+    err = capsys.readouterr().err
+    assert f"{ls_env.url}: the API token in {ENV_KEY} was refused" in err
+    assert "not-the-token-0123" not in err
+    assert campaign.committed_rounds() == [0], "the round committed; only the push failed"
+    assert "round 0 is committed, but its batch was not pushed" in err
+
+
+def test_a_personal_access_token_works_too(campaign, ls_env, monkeypatch):
+    person = Person(ls_env)
+    response = person.session.post(f"{ls_env.url}/api/token/", timeout=30)
+    if response.status_code == 409:  # one personal token per user: revoke the earlier one
+        person.api("DELETE", "/api/token/")
+        response = person.session.post(f"{ls_env.url}/api/token/", timeout=30)
+    response.raise_for_status()
+    monkeypatch.setenv(ENV_KEY, response.json()["token"])
+    campaign.round()
+    pushed = Sync.of(campaign).push()
+    assert (pushed.imported, pushed.batch_tasks) == (BATCH, BATCH)
+
+
+def test_the_wait_ends_when_enough_tasks_are_annotated_then_pulls(campaign, clinc_slice, ls_env):
+    person, truth = Person(ls_env), truth_of(clinc_slice)
+    campaign.round()  # no push: the wait pushes what is not there yet
+    with pytest.raises(
+        LabelsTimeout, match=r"\(0/10 task\(s\) annotated in Label Studio\); the campaign is unchanged"
+    ):
+        wait_for_labels(campaign, 0.2, 0.5)
+    project = project_of(campaign)
+    tasks = sorted(person.tasks(project).items())
+
+    def annotate_half() -> None:
+        time.sleep(1.0)
+        for item, task in tasks[: BATCH // 2]:
+            person.annotate(task["id"], name_of(truth[item]))
+
+    thread = threading.Thread(target=annotate_half)
+    thread.start()
+    assert wait_for_labels(campaign, 0.2, 60, fraction=0.5) == ["inbox/000/label-studio.json"]
+    thread.join()
+    assert campaign.round()["round"] == 1
+    assert sum(1 for row in campaign.state().batch if row.get("carried_over")) == BATCH // 2
+
+
+def test_the_looped_and_one_round_pipelines_run_the_loop_with_no_file_copied(
+    tmp_path, built, kfp_local, ls_env, clinc_slice
+):
+    """kfp.local runs each task as a subprocess of this one, with its environment (on a cluster the
+    Secret gives it): round 0 is pushed by the pipeline, a person annotates in Label Studio while
+    wait_for_labels polls, the pipeline pulls and goes on; then the one-round pipeline takes in
+    the next batch's annotations."""
+    campaign_uri = str(tmp_path / "campaign")
+    person, truth = Person(ls_env), truth_of(clinc_slice)
+
+    def annotate_when_pushed(r: int, deadline: float) -> None:
+        record = Path(campaign_uri) / RECORD
+        while time.monotonic() < deadline:
+            if record.exists():
+                project = json.loads(record.read_text())["project"]
+                todo = {i: t for i, t in person.tasks(project).items() if t["data"]["round"] == r}
+                if todo:
+                    time.sleep(1)  # the sensor polls meanwhile
+                    for item, task in todo.items():
+                        person.annotate(task["id"], name_of(truth[item]))
+                    return
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=annotate_when_pushed, args=(0, time.monotonic() + 300), daemon=True)
+    thread.start()
+    make_looped(2)(
+        items_uri=built["items_uri"],
+        campaign_uri=campaign_uri,
+        embeddings_uri=built["embeddings_uri"],
+        index_uri=built["index_uri"],
+        concept=CONCEPT,
+        seed_labels_uri="",
+        truth_column="label",
+        split_column="split",
+        batch_size=20,
+        poll_seconds=0.5,
+        timeout_seconds=240.0,
+    )
+    thread.join(timeout=10)
+    campaign = Campaign(campaign_uri, progress=False)
+    assert campaign.committed_rounds() == [0, 1]
+    assert len(campaign.state().labeled) == 120
+    project = project_of(campaign)
+    assert len(person.tasks(project)) == 40, "round 1's batch was pushed by the pipeline too"
+    annotate_when_pushed(1, time.monotonic() + 60)
+    seals_one_round(campaign_uri=campaign_uri)
+    assert campaign.committed_rounds() == [0, 1, 2], "the one-round pipeline pulled, ingested and pushed"
+    assert len(campaign.state().labeled) == 140
+    assert len(person.tasks(project)) == 60
+    for path in kfp_local.rglob("*"):
+        if path.is_file():
+            assert ls_env.token.encode() not in path.read_bytes(), path
