@@ -42,6 +42,7 @@ from seals_al.labels import LabelFileError, check_label_file, parse_label, read_
 
 if TYPE_CHECKING:
     from seals_al.campaign import Campaign, State
+    from seals_al.storage import Storage
 
 ENV_URL = "LABEL_STUDIO_URL"
 ENV_KEY = "LABEL_STUDIO_API_KEY"
@@ -55,6 +56,10 @@ TIMEOUT_SECONDS = 60.0
 
 class LabelStudioError(SealsError):
     """Label Studio refused a request, or could not be reached."""
+
+
+class LabelStudioUnreachable(LabelStudioError):
+    """No answer after every retry (down, restarting, or slow): a wait polls again later."""
 
 
 @dataclass(frozen=True)
@@ -152,9 +157,17 @@ class Client:
                 raise LabelStudioError(
                     f"{method} {self.url}{path}: HTTP {response.status_code}: {_detail(response)}",
                 )
-            return response.json() if response.content else None
+            if not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                raise LabelStudioError(
+                    f"{method} {self.url}{path}: the answer is not JSON; is {ENV_URL} the URL of "
+                    "Label Studio itself (not a login page or proxy in front of it)?"
+                ) from None
         waited = sum(self.backoff * 2**i for i in range(self.attempts - 1))
-        raise LabelStudioError(
+        raise LabelStudioUnreachable(
             f"{self.url}: Label Studio did not answer {method} {path} after {self.attempts} attempts "
             f"over {waited:g} s ({failure}); is it running at {ENV_URL}?"
         )
@@ -342,6 +355,11 @@ class Progress:
 
     def reached(self, fraction: float) -> bool:
         return self.tasks > 0 and self.annotated >= max(1, math.ceil(fraction * self.tasks - 1e-9))
+
+
+def label_studio_project(storage: Storage) -> int | None:
+    """The project a campaign pushed to, if any (for ``seals-al status``)."""
+    return storage.read_json(RECORD)["project"] if storage.exists(RECORD) else None
 
 
 def _deleted(items: list[str]) -> str:
@@ -533,16 +551,26 @@ class Sync:
         return {a.item_id: a.label for a in before} != answers
 
     def watcher(self, fraction: float) -> Callable[[], str]:
-        """For :meth:`Campaign.wait_for_labels`: each call looks at the open batch's tasks and,
-        once ``fraction`` of them are annotated, pulls; it returns a line saying how far along."""
+        """For :meth:`Campaign.wait_for_labels`: each call pushes the open batch if that has not
+        been done yet, looks at its tasks and, once ``fraction`` of them are annotated, pulls; it
+        returns a line saying how far along. A Label Studio that does not answer (restarting,
+        say) is reported and asked again at the next poll, until the wait's timeout."""
+        pushed = False
 
         def look() -> str:
-            progress = self.progress()
-            line = f"{progress.annotated}/{progress.tasks} task(s) annotated in Label Studio"
-            if progress.reached(fraction):
-                pulled = self.pull()
-                line += f"; pulled: {pulled.labeled} labeled, {pulled.pending} pending"
-            return line + _deleted(progress.deleted)
+            nonlocal pushed
+            try:
+                if not pushed:
+                    print(self.push().summary(), flush=True)
+                    pushed = True
+                progress = self.progress()
+                line = f"{progress.annotated}/{progress.tasks} task(s) annotated in Label Studio"
+                if progress.reached(fraction):
+                    pulled = self.pull()
+                    line += f"; pulled: {pulled.labeled} labeled, {pulled.pending} pending"
+                return line + _deleted(progress.deleted)
+            except LabelStudioUnreachable as e:
+                return f"{e}; asking again at the next poll"
 
         return look
 
@@ -558,7 +586,6 @@ def wait_for_labels(
     sync = Sync.of(campaign)
     if sync is None:
         return campaign.wait_for_labels(poll_seconds, timeout_seconds)
-    print(sync.push().summary(), flush=True)
     return campaign.wait_for_labels(poll_seconds, timeout_seconds, watch=sync.watcher(fraction))
 
 

@@ -112,6 +112,12 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
     seen = 0
 
     def do_GET(self):
+        if self.path == "/login":  # a page in front of Label Studio, not its API
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>please log in</html>")
+            return
         type(self).seen += 1
         if type(self).seen <= type(self).failures:
             self.send_response(503)
@@ -151,9 +157,7 @@ def test_a_server_that_fails_for_a_while_is_retried_with_backoff(flaky):
 
 @pytest.mark.hostile
 def test_a_server_that_stays_down_or_slow_fails_naming_the_url(flaky):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens once the socket closes
+    closed = closed_url()
     waits: list[float] = []
     with pytest.raises(
         LabelStudioError, match=rf"{closed}: Label Studio did not answer GET /api/projects/7 after 5"
@@ -163,6 +167,18 @@ def test_a_server_that_stays_down_or_slow_fails_naming_the_url(flaky):
     _Flaky.delay = 1.0
     with pytest.raises(LabelStudioError, match=rf"{flaky}: .* after 3 attempts .*ReadTimeout"):
         Client(Connection(flaky, "t"), attempts=3, timeout=0.2, sleep=lambda s: None).project(7)
+
+
+@pytest.mark.hostile
+def test_an_answer_that_is_not_json_names_the_url(flaky):
+    with pytest.raises(LabelStudioError, match=rf"GET {flaky}/login: the answer is not JSON; is {ENV_URL}"):
+        Client(Connection(flaky, "t")).call("GET", "/login")
+
+
+def closed_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens once the socket closes
 
 
 # -- against a real Label Studio ----------------------------------------------------------------------
@@ -387,6 +403,20 @@ def test_the_wait_ends_when_enough_tasks_are_annotated_then_pulls(campaign, clin
     thread.join()
     assert campaign.round()["round"] == 1
     assert sum(1 for row in campaign.state().batch if row.get("carried_over")) == BATCH // 2
+
+
+@pytest.mark.hostile
+def test_a_wait_outlives_a_label_studio_that_does_not_answer(campaign, ls_env):
+    campaign.round()
+    down = Connection(closed_url(), ls_env.token)
+    sync = Sync(campaign, down, Client(down, attempts=1))
+    with pytest.raises(
+        LabelsTimeout, match=rf"{down.url}: Label Studio did not answer .* asking again at the next poll"
+    ):
+        campaign.wait_for_labels(0.1, 0.5, watch=sync.watcher(1.0))
+    assert campaign.status()["label_studio_project"] is None, "nothing pushed, nothing recorded"
+    pushed = Sync.of(campaign).push()  # back up: the batch goes in
+    assert campaign.status()["label_studio_project"] == pushed.project
 
 
 def test_the_looped_and_one_round_pipelines_run_the_loop_with_no_file_copied(

@@ -6,9 +6,9 @@ from components._base import seals_component
 
 
 @seals_component
-def label_studio_push(
-    campaign_uri: str, workspace: str = ""
-) -> NamedTuple("Outputs", [("project_url", str), ("tasks", int)]):
+def label_studio_push(campaign_uri: str, workspace: str = "") -> NamedTuple(
+    "Outputs", [("project_url", str), ("tasks", int)]
+):
     """After select: with Label Studio configured (`LABEL_STUDIO_URL`, or the campaign's
     `label_studio_url`, and `LABEL_STUDIO_API_KEY`, from a Kubernetes Secret), create the project on
     first use (a single choice between the concept and `not <concept>`), import the open batch's

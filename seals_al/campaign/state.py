@@ -15,6 +15,7 @@ from seals_al.campaign.config import CampaignConfig
 from seals_al.campaign.layout import INBOX, ROUNDS, RoundKeys, inbox_round, rejection_report, round_of
 from seals_al.campaign.lease import holder
 from seals_al.errors import SealsError
+from seals_al.labelstudio import label_studio_project
 from seals_al.storage import Storage, TooLargeError
 
 
@@ -173,6 +174,7 @@ class StateReader:
             "label_files": files,
             "interrupted_round": interrupted[0] if interrupted else None,
             "lock": holder(self.storage),
+            "label_studio_project": label_studio_project(self.storage),
             "waiting_for": waiting,
         }
 
