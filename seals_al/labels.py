@@ -15,6 +15,9 @@ In a Label Studio export, each non-cancelled annotation is one vote and the majo
 label. A task with no vote (not annotated yet, or only cancelled, i.e. skipped) or a tie is not
 labeled: it stays out and is carried over into the next batch. A choice that is not a label
 (outside the concept / ``not <concept>`` config) rejects the file, naming the task.
+
+The other direction, Label Studio's side of a batch (the labeling config, and the tasks with the
+model's guess as a pre-annotation), is at the end; talking to a server is :mod:`seals_al.labelstudio`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import io
 import json
 from collections.abc import Container
 from dataclasses import dataclass, field
+from xml.etree import ElementTree
+from xml.sax.saxutils import quoteattr
 
 from seals_al.errors import SealsError, shown
 
@@ -349,3 +354,87 @@ def check_label_file(
         else:
             checked.unchanged += 1
     return checked
+
+
+# -- Label Studio's side: the labeling config and the tasks a batch becomes --------------------------
+@dataclass(frozen=True)
+class Interface:
+    """Where a project's config puts the choice (``from_name``), the text (``to_name``) and which
+    task field the text is read from."""
+
+    from_name: str = "label"
+    to_name: str = "text"
+    text_key: str = "text"
+
+
+def label_config(concept: str) -> str:
+    """A single choice between the concept and ``not <concept>`` about the item's text."""
+    return (
+        "<View>\n"
+        f"  <Header value={quoteattr(f'Is this {concept}?')}/>\n"
+        '  <Text name="text" value="$text"/>\n'
+        '  <Choices name="label" toName="text" choice="single" showInline="true" required="true">\n'
+        f'    <Choice value={quoteattr(concept)} hotkey="1"/>\n'
+        f'    <Choice value={quoteattr(f"not {concept}")} hotkey="2"/>\n'
+        "  </Choices>\n"
+        "</View>\n"
+    )
+
+
+def interface_of(config: str, concept: str, where: str) -> Interface:
+    """The interface of an existing project, checked to ask exactly concept / ``not <concept>``."""
+    try:
+        root = ElementTree.fromstring(config)
+    except ElementTree.ParseError as e:
+        raise SealsError(f"{where}: its labeling config is not valid XML ({e})") from e
+    for choices in root.iter("Choices"):
+        values = [c.get("value", "") for c in choices.iter("Choice")]
+        labels = {parse_label(v, concept) for v in values}
+        if len(values) == 2 and labels == {0, 1}:
+            to_name = choices.get("toName", "")
+            text = next((t for t in root.iter("Text") if t.get("name") == to_name), None)
+            value = text.get("value", "") if text is not None else ""
+            if value.startswith("$"):
+                return Interface(choices.get("name", ""), to_name, value[1:])
+    raise SealsError(
+        f"{where}: its labeling config has no single choice between {shown(concept)} and "
+        f"{shown('not ' + concept)} about a <Text> field; use a project seals-al created, or fix the config"
+    )
+
+
+def task_of(row: dict, concept: str, campaign: str, ui: Interface = Interface()) -> dict:
+    """A batch row as a Label Studio task, with the model's guess as a prediction (pre-annotation)."""
+    task: dict = {
+        "data": {
+            ui.text_key: row.get("text", ""),
+            "seals_id": row["id"],
+            "round": row["round"],
+            "rank": row.get("rank"),
+            "score": row["score"],
+            "reached_from": row.get("reached_from"),
+        },
+        "meta": {"seals_campaign": campaign, "concept": concept, "strategy": row.get("strategy")},
+    }
+    probability = row.get("probability")
+    if probability is not None:
+        guess = concept if probability >= 0.5 else f"not {concept}"
+        task["predictions"] = [
+            {
+                "model_version": f"seals-al round {row['round']}",
+                "score": probability if probability >= 0.5 else 1.0 - probability,
+                "result": [
+                    {
+                        "from_name": ui.from_name,
+                        "to_name": ui.to_name,
+                        "type": "choices",
+                        "value": {"choices": [guess]},
+                    }
+                ],
+            }
+        ]
+    return task
+
+
+def label_studio_tasks(batch: list[dict], concept: str, campaign: str) -> list[dict]:
+    """The batch as tasks for a project with :func:`label_config` (the file a round publishes)."""
+    return [task_of(row, concept, campaign) for row in batch]

@@ -32,22 +32,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from xml.etree import ElementTree
-from xml.sax.saxutils import quoteattr
 
 import requests
 
+from seals_al.campaign.layout import LABEL_STUDIO_EXPORT, LABEL_STUDIO_RECORD, label_studio_export
 from seals_al.errors import SealsError, cut, shown
-from seals_al.labels import LabelFileError, check_label_file, parse_label, read_label_file
+from seals_al.labels import (
+    Interface,
+    LabelFileError,
+    check_label_file,
+    interface_of,
+    label_config,
+    read_label_file,
+    task_of,
+)
 
 if TYPE_CHECKING:
     from seals_al.campaign import Campaign, State
-    from seals_al.storage import Storage
 
 ENV_URL = "LABEL_STUDIO_URL"
 ENV_KEY = "LABEL_STUDIO_API_KEY"
-RECORD = "labelstudio.json"  # at the campaign's root (seals_al.campaign.layout documents it)
-EXPORT_NAME = "label-studio.json"  # what pull writes into the open round's inbox
 PAGE_SIZE = 500
 ATTEMPTS = 5
 BACKOFF_SECONDS = 1.0  # 1, 2, 4, 8 s between the attempts
@@ -230,90 +234,6 @@ def _detail(response: requests.Response) -> str:
     return cut(str(body), 300)
 
 
-# -- the labeling interface ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Interface:
-    """Where a project's config puts the choice (``from_name``), the text (``to_name``) and which
-    task field the text is read from."""
-
-    from_name: str = "label"
-    to_name: str = "text"
-    text_key: str = "text"
-
-
-def label_config(concept: str) -> str:
-    """A single choice between the concept and ``not <concept>`` about the item's text."""
-    return (
-        "<View>\n"
-        f"  <Header value={quoteattr(f'Is this {concept}?')}/>\n"
-        '  <Text name="text" value="$text"/>\n'
-        '  <Choices name="label" toName="text" choice="single" showInline="true" required="true">\n'
-        f'    <Choice value={quoteattr(concept)} hotkey="1"/>\n'
-        f'    <Choice value={quoteattr(f"not {concept}")} hotkey="2"/>\n'
-        "  </Choices>\n"
-        "</View>\n"
-    )
-
-
-def interface_of(config: str, concept: str, where: str) -> Interface:
-    """The interface of an existing project, checked to ask exactly concept / ``not <concept>``."""
-    try:
-        root = ElementTree.fromstring(config)
-    except ElementTree.ParseError as e:
-        raise SealsError(f"{where}: its labeling config is not valid XML ({e})") from e
-    for choices in root.iter("Choices"):
-        values = [c.get("value", "") for c in choices.iter("Choice")]
-        labels = {parse_label(v, concept) for v in values}
-        if len(values) == 2 and labels == {0, 1}:
-            to_name = choices.get("toName", "")
-            text = next((t for t in root.iter("Text") if t.get("name") == to_name), None)
-            value = text.get("value", "") if text is not None else ""
-            if value.startswith("$"):
-                return Interface(choices.get("name", ""), to_name, value[1:])
-    raise SealsError(
-        f"{where}: its labeling config has no single choice between {shown(concept)} and "
-        f"{shown('not ' + concept)} about a <Text> field; use a project seals-al created, or fix the config"
-    )
-
-
-def task_of(row: dict, concept: str, campaign: str, ui: Interface = Interface()) -> dict:
-    """A batch row as a Label Studio task, with the model's guess as a prediction (pre-annotation)."""
-    task: dict = {
-        "data": {
-            ui.text_key: row.get("text", ""),
-            "seals_id": row["id"],
-            "round": row["round"],
-            "rank": row.get("rank"),
-            "score": row["score"],
-            "reached_from": row.get("reached_from"),
-        },
-        "meta": {"seals_campaign": campaign, "concept": concept, "strategy": row.get("strategy")},
-    }
-    probability = row.get("probability")
-    if probability is not None:
-        guess = concept if probability >= 0.5 else f"not {concept}"
-        task["predictions"] = [
-            {
-                "model_version": f"seals-al round {row['round']}",
-                "score": probability if probability >= 0.5 else 1.0 - probability,
-                "result": [
-                    {
-                        "from_name": ui.from_name,
-                        "to_name": ui.to_name,
-                        "type": "choices",
-                        "value": {"choices": [guess]},
-                    }
-                ],
-            }
-        ]
-    return task
-
-
-def label_studio_tasks(batch: list[dict], concept: str, campaign: str) -> list[dict]:
-    """The batch as tasks for a project with :func:`label_config` (the file a round publishes)."""
-    return [task_of(row, concept, campaign) for row in batch]
-
-
 # -- push, pull, progress ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Pushed:
@@ -357,11 +277,6 @@ class Progress:
         return self.tasks > 0 and self.annotated >= max(1, math.ceil(fraction * self.tasks - 1e-9))
 
 
-def label_studio_project(storage: Storage) -> int | None:
-    """The project a campaign pushed to, if any (for ``seals-al status``)."""
-    return storage.read_json(RECORD)["project"] if storage.exists(RECORD) else None
-
-
 def _deleted(items: list[str]) -> str:
     if not items:
         return ""
@@ -386,10 +301,14 @@ class Sync:
     # -- the record -------------------------------------------------------------------------------
     def record(self) -> dict:
         st = self.campaign.storage
-        return st.read_json(RECORD) if st.exists(RECORD) else {"project": None, "tasks": {}}
+        return (
+            st.read_json(LABEL_STUDIO_RECORD)
+            if st.exists(LABEL_STUDIO_RECORD)
+            else {"project": None, "tasks": {}}
+        )
 
     def _save(self, record: dict) -> None:
-        self.campaign.storage.write_json(RECORD, record)
+        self.campaign.storage.write_json(LABEL_STUDIO_RECORD, record)
 
     def project_url(self, project_id: int) -> str:
         return f"{self.url}/projects/{project_id}/data"
@@ -402,9 +321,9 @@ class Sync:
             project = self.client.project(project_id)
             if project is None:
                 raise SealsError(
-                    f"{self.url}: project {project_id} (in {self.campaign.storage.where(RECORD)} or "
-                    "label_studio_project) does not exist; it was deleted, or the URL names another "
-                    "Label Studio"
+                    f"{self.url}: project {project_id} (recorded in "
+                    f"{self.campaign.storage.where(LABEL_STUDIO_RECORD)}, or label_studio_project) does "
+                    "not exist; it was deleted, or the URL names another Label Studio"
                 )
             ui = interface_of(project["label_config"], concept, f"{self.project_url(project_id)}")
         else:
@@ -511,11 +430,11 @@ class Sync:
         wanted = set(state.labeled) | {row["id"] for row in state.batch}
         kept = [t for item, t in sorted(exported.items()) if item in wanted]
         data = json.dumps(kept, indent=1, sort_keys=True).encode()
-        key = f"{campaign.keys(state.round).inbox}/{EXPORT_NAME}"
+        key = label_studio_export(state.round)
         labeled = {i: row["label"] for i, row in state.labeled.items()}
         try:
             checked = check_label_file(
-                EXPORT_NAME,
+                LABEL_STUDIO_EXPORT,
                 data,
                 campaign.config.concept,
                 open_batch={row["id"] for row in state.batch},
@@ -547,7 +466,9 @@ class Sync:
         st = self.campaign.storage
         if not st.exists(key):
             return True
-        _, before, _, _ = read_label_file(EXPORT_NAME, st.read_bytes(key), self.campaign.config.concept)
+        _, before, _, _ = read_label_file(
+            LABEL_STUDIO_EXPORT, st.read_bytes(key), self.campaign.config.concept
+        )
         return {a.item_id: a.label for a in before} != answers
 
     def watcher(self, fraction: float) -> Callable[[], str]:

@@ -18,20 +18,17 @@ import requests
 from pipelines.looped import make_looped
 from pipelines.one_round import seals_one_round
 from seals_al.campaign import Campaign, CampaignConfig, LabelsTimeout, init
+from seals_al.campaign.layout import LABEL_STUDIO_RECORD as RECORD
 from seals_al.cli import main
 from seals_al.errors import SealsError
+from seals_al.labels import Interface, interface_of, label_config, task_of
 from seals_al.labelstudio import (
     ENV_KEY,
     ENV_URL,
-    RECORD,
     Client,
     Connection,
-    Interface,
     LabelStudioError,
     Sync,
-    interface_of,
-    label_config,
-    task_of,
     wait_for_labels,
 )
 

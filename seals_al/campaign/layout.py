@@ -111,6 +111,15 @@ def _numbered(key: str) -> int | None:
     return int(parts[1]) if len(parts) >= 3 and len(parts[1]) == 3 and parts[1].isdigit() else None
 
 
+LABEL_STUDIO_RECORD = "labelstudio.json"
+LABEL_STUDIO_EXPORT = "label-studio.json"  # what a pull writes into the open batch's inbox
+
+
+def label_studio_export(r: int) -> str:
+    """Where a Label Studio pull puts batch ``r``'s annotations (seals_al.labelstudio)."""
+    return f"{RoundKeys(r).inbox}/{LABEL_STUDIO_EXPORT}"
+
+
 def seed_key(name: str) -> str:
     return f"{SEED}/{name}"
 

@@ -12,10 +12,17 @@ from dataclasses import dataclass
 
 from seals_al import labels
 from seals_al.campaign.config import CampaignConfig
-from seals_al.campaign.layout import INBOX, ROUNDS, RoundKeys, inbox_round, rejection_report, round_of
+from seals_al.campaign.layout import (
+    INBOX,
+    LABEL_STUDIO_RECORD,
+    ROUNDS,
+    RoundKeys,
+    inbox_round,
+    rejection_report,
+    round_of,
+)
 from seals_al.campaign.lease import holder
 from seals_al.errors import SealsError
-from seals_al.labelstudio import label_studio_project
 from seals_al.storage import Storage, TooLargeError
 
 
@@ -174,9 +181,16 @@ class StateReader:
             "label_files": files,
             "interrupted_round": interrupted[0] if interrupted else None,
             "lock": holder(self.storage),
-            "label_studio_project": label_studio_project(self.storage),
+            "label_studio_project": self.label_studio_project(),
             "waiting_for": waiting,
         }
+
+    def label_studio_project(self) -> int | None:
+        """The Label Studio project the campaign pushed its batches to, if any."""
+        record = (
+            self.storage.read_json(LABEL_STUDIO_RECORD) if self.storage.exists(LABEL_STUDIO_RECORD) else {}
+        )
+        return record.get("project")
 
     def next_step(self, target_metric: str = "", target_value: float = 0.0) -> tuple[bool, str]:
         """Whether another round should run after the last committed one, and why (or why not):
