@@ -270,8 +270,9 @@ class Pulled:
 @dataclass(frozen=True)
 class Progress:
     annotated: int  # open-batch tasks with at least one annotation that was not cancelled
-    tasks: int  # open-batch tasks that still exist
+    tasks: int  # open-batch tasks waited on: they exist and were not skipped in an earlier batch
     deleted: list[str]
+    skipped_before: int = 0  # carried-over tasks whose annotations are all cancelled: not waited on
 
     def reached(self, fraction: float) -> bool:
         return self.tasks > 0 and self.annotated >= max(1, math.ceil(fraction * self.tasks - 1e-9))
@@ -413,11 +414,24 @@ class Sync:
         return record
 
     def progress(self) -> Progress:
-        """How many tasks of the open batch have a non-cancelled annotation (one cheap listing)."""
+        """How many tasks of the open batch have a non-cancelled annotation (one cheap listing).
+
+        A task carried over from an earlier batch whose annotations are all cancelled was looked
+        at and skipped; it is not waited on again (else one skip would stall every later wait
+        that waits for the whole batch). It stays in the batch and counts once annotated."""
         state, record = self._open_state(), self._pushed_record()
         tasks = self._ours(self.client.tasks(record["project"]))
         found, deleted = self._batch_tasks(state, record, tasks)
-        return Progress(sum(1 for t in found if t.get("total_annotations", 0) > 0), len(found), deleted)
+        carried = {row["id"] for row in state.batch if row.get("carried_over")}
+        annotated = sum(1 for t in found if t.get("total_annotations", 0) > 0)
+        skipped = sum(
+            1
+            for t in found
+            if t["data"]["seals_id"] in carried
+            and t.get("total_annotations", 0) == 0
+            and t.get("cancelled_annotations", 0) > 0
+        )
+        return Progress(annotated, len(found) - skipped, deleted, skipped)
 
     def pull(self) -> Pulled:
         """Export the campaign's tasks with their annotations into the open round's inbox, as a
@@ -486,6 +500,8 @@ class Sync:
                     pushed = True
                 progress = self.progress()
                 line = f"{progress.annotated}/{progress.tasks} task(s) annotated in Label Studio"
+                if progress.skipped_before:
+                    line += f" ({progress.skipped_before} skipped in an earlier batch, not waited on)"
                 if progress.reached(fraction):
                     pulled = self.pull()
                     line += f"; pulled: {pulled.labeled} labeled, {pulled.pending} pending"

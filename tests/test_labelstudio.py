@@ -314,6 +314,11 @@ def test_skips_ties_majorities_deletions_and_edits_follow_the_policies(campaign,
     after = person.tasks(project)
     assert deleted not in after, "a deleted task is not created again"
     assert len(after) == (BATCH - 1) + (BATCH - 3), "carried items keep their tasks; new items get one"
+    progress = Sync.of(campaign).progress()
+    assert (progress.deleted, progress.skipped_before) == ([deleted], 1)
+    assert (progress.annotated, progress.tasks) == (1, BATCH - 2), (
+        "the tie is annotated; the skip not waited on"
+    )
 
     # An annotation edited after it was ingested comes back as a relabel.
     flipped = name_of(1 - truth[edited])
