@@ -19,8 +19,11 @@ Policies (the labels themselves are parsed by :mod:`seals_al.labels`):
 - A task deleted in Label Studio is reported by push and pull, never fatal, never re-created; its
   item stays unlabeled (carried over) until labeled some other way.
 - A choice outside the config rejects the pull, naming the task; nothing is written.
-- Label Studio down or slow: each request is retried with exponential backoff, then fails with
-  an error naming the URL. A refused token: an error naming the URL and the variable, not the token.
+- Label Studio down or slow: each read is retried with exponential backoff, then fails with an
+  error naming the URL (a wait reports it and asks again at its next poll). A write (an import, a
+  new project) is sent once; the push reads the project again before sending what is missing, so
+  a lost answer never doubles a task. A refused token: an error naming the URL and the variable,
+  not the token.
 """
 
 from __future__ import annotations
@@ -59,7 +62,11 @@ TIMEOUT_SECONDS = 60.0
 
 
 class LabelStudioError(SealsError):
-    """Label Studio refused a request, or could not be reached."""
+    """Label Studio refused a request (``status``: its HTTP status), or could not be reached."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class LabelStudioUnreachable(LabelStudioError):
@@ -137,12 +144,19 @@ class Client:
             "Account & Settings page (a legacy token needs the organization's legacy tokens enabled)"
         )
 
+    def pause(self, attempt: int) -> None:
+        """The backoff before retry number ``attempt`` (1, 2, 4, 8 s by default)."""
+        self._sleep(self.backoff * 2 ** (attempt - 1))
+
     def _send(self, method: str, path: str, kwargs: dict, auth: str | None) -> Any:
         headers = {"Authorization": auth} if auth else {}
+        # A request that changes something (an import) is sent once: an answer lost on the way back
+        # must not import twice; the push re-reads the project and sends only what is missing.
+        attempts = self.attempts if method == "GET" or auth is None else 1
         failure = ""
-        for attempt in range(self.attempts):
+        for attempt in range(attempts):
             if attempt:
-                self._sleep(self.backoff * 2 ** (attempt - 1))
+                self.pause(attempt)
             try:
                 response = self.session.request(
                     method, self.url + path, headers=headers, timeout=self.timeout, **kwargs
@@ -160,6 +174,7 @@ class Client:
             if response.status_code >= 400:
                 raise LabelStudioError(
                     f"{method} {self.url}{path}: HTTP {response.status_code}: {_detail(response)}",
+                    response.status_code,
                 )
             if not response.content:
                 return None
@@ -170,9 +185,9 @@ class Client:
                     f"{method} {self.url}{path}: the answer is not JSON; is {ENV_URL} the URL of "
                     "Label Studio itself (not a login page or proxy in front of it)?"
                 ) from None
-        waited = sum(self.backoff * 2**i for i in range(self.attempts - 1))
+        waited = sum(self.backoff * 2**i for i in range(attempts - 1))
         raise LabelStudioUnreachable(
-            f"{self.url}: Label Studio did not answer {method} {path} after {self.attempts} attempts "
+            f"{self.url}: Label Studio did not answer {method} {path} after {attempts} attempt(s) "
             f"over {waited:g} s ({failure}); is it running at {ENV_URL}?"
         )
 
@@ -181,9 +196,18 @@ class Client:
         try:
             return self.call("GET", f"/api/projects/{project_id}")
         except LabelStudioError as e:
-            if "HTTP 404" in str(e):
+            if e.status == 404:
                 return None
             raise
+
+    def projects(self) -> list[dict]:
+        projects, page = [], 1
+        while True:
+            answer = self.call("GET", "/api/projects", params={"page": page, "page_size": 100})
+            projects += answer["results"]
+            if not answer.get("next"):
+                return projects
+            page += 1
 
     def create_project(self, title: str, label_config: str, description: str) -> dict:
         return self.call(
@@ -328,11 +352,14 @@ class Sync:
                 )
             ui = interface_of(project["label_config"], concept, f"{self.project_url(project_id)}")
         else:
-            project = self.client.create_project(
-                f"{concept} (seals-al)"[:50],
-                label_config(concept),
-                f"SEALS active learning for {concept!r}; campaign {self.campaign.storage.uri}",
-            )
+            # One created before its id was recorded (a lost answer, a crash) is taken, not doubled.
+            description = f"SEALS active learning for {concept!r}; campaign {self.campaign.storage.uri}"
+            made = [p for p in self.client.projects() if p.get("description") == description]
+            project = made[0] if made else None
+            if project is None:
+                project = self.client.create_project(
+                    f"{concept} (seals-al)"[:50], label_config(concept), description
+                )
             project_id, ui = project["id"], Interface()
         if record["project"] != project_id:
             record["project"] = project_id
@@ -366,19 +393,23 @@ class Sync:
             state = self._open_state()
             record = self.record()
             project_id, ui = self._project(record)
-            existing = self._ours(self.client.tasks(project_id))
-            known = record["tasks"]
-            for item, task in existing.items():  # adopt tasks a crashed push imported but never recorded
-                known.setdefault(item, {"task": task["id"], "round": task["data"].get("round")})
-            deleted = sorted(
-                row["id"] for row in state.batch if row["id"] in known and row["id"] not in existing
-            )
-            new = [row for row in state.batch if row["id"] not in known]
-            uri = self.campaign.storage.uri
-            if new:
-                ids = self.client.import_tasks(
-                    project_id, [task_of(row, self.campaign.config.concept, uri, ui) for row in new]
-                )
+            known, imported, uri = record["tasks"], 0, self.campaign.storage.uri
+            for attempt in range(self.client.attempts):
+                existing = self._ours(self.client.tasks(project_id))
+                for item, task in existing.items():  # tasks an interrupted push imported, unrecorded
+                    known.setdefault(item, {"task": task["id"], "round": task["data"].get("round")})
+                new = [row for row in state.batch if row["id"] not in known]
+                if not new:
+                    break
+                try:
+                    ids = self.client.import_tasks(
+                        project_id, [task_of(row, self.campaign.config.concept, uri, ui) for row in new]
+                    )
+                except LabelStudioUnreachable:
+                    if attempt + 1 == self.client.attempts:
+                        raise
+                    self.client.pause(attempt + 1)  # then look again at what got in
+                    continue
                 if len(ids) != len(new):
                     raise LabelStudioError(
                         f"{self.url}: imported {len(new)} tasks into project {project_id} but got "
@@ -386,9 +417,13 @@ class Sync:
                     )
                 for row, task_id in zip(new, ids, strict=True):
                     known[row["id"]] = {"task": task_id, "round": row["round"]}
+                    existing[row["id"]] = {"id": task_id}
+                imported += len(new)
+                break
+            deleted = sorted(row["id"] for row in state.batch if row["id"] not in existing)
             self._save(record)
             return Pushed(
-                project_id, self.project_url(project_id), len(new), len(state.batch) - len(deleted), deleted
+                project_id, self.project_url(project_id), imported, len(state.batch) - len(deleted), deleted
             )
 
     # -- progress and pull -------------------------------------------------------------------------

@@ -129,6 +129,11 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up waiting
             self.wfile.write(body)
 
+    def do_POST(self):
+        type(self).seen += 1
+        self.send_response(503)
+        self.end_headers()
+
     def log_message(self, *args):
         pass
 
@@ -157,13 +162,22 @@ def test_a_server_that_stays_down_or_slow_fails_naming_the_url(flaky):
     closed = closed_url()
     waits: list[float] = []
     with pytest.raises(
-        LabelStudioError, match=rf"{closed}: Label Studio did not answer GET /api/projects/7 after 5"
+        LabelStudioError, match=rf"{closed}: Label Studio did not answer GET /api/projects/7 after 5 attempt"
     ):
         Client(Connection(closed, "t"), sleep=waits.append).project(7)
     assert waits == [1.0, 2.0, 4.0, 8.0]
     _Flaky.delay = 1.0
-    with pytest.raises(LabelStudioError, match=rf"{flaky}: .* after 3 attempts .*ReadTimeout"):
+    with pytest.raises(LabelStudioError, match=rf"{flaky}: .* after 3 attempt\(s\) .*ReadTimeout"):
         Client(Connection(flaky, "t"), attempts=3, timeout=0.2, sleep=lambda s: None).project(7)
+
+
+@pytest.mark.hostile
+def test_a_request_that_changes_something_is_sent_once(flaky):
+    """An import whose answer is lost may have happened: the push looks before sending again."""
+    waits: list[float] = []
+    with pytest.raises(LabelStudioError, match=r"did not answer POST /api/projects/7/import after 1 attempt"):
+        Client(Connection(flaky, "t"), sleep=waits.append).import_tasks(7, [{"data": {}}])
+    assert (_Flaky.seen, waits) == (1, [])
 
 
 @pytest.mark.hostile
@@ -338,6 +352,30 @@ def test_skips_ties_majorities_deletions_and_edits_follow_the_policies(campaign,
             "source": "inbox/001/label-studio.json",
         }
     ]
+
+
+def test_a_push_interrupted_after_creating_or_importing_is_finished_without_doubles(campaign, ls_env):
+    """The project or the tasks got in but their ids were never recorded (a lost answer, a crash):
+    the next push finds them by the campaign they name and imports nothing twice."""
+    campaign.round()
+    sync = Sync.of(campaign)
+    concept = campaign.config.concept
+    description = f"SEALS active learning for {concept!r}; campaign {campaign.storage.uri}"
+    project = sync.client.create_project("made, never recorded", label_config(concept), description)
+    batch = campaign.state().batch
+    half = [task_of(row, concept, campaign.storage.uri) for row in batch[: BATCH // 2]]
+    sync.client.import_tasks(project["id"], half)
+    pushed = sync.push()
+    assert (pushed.project, pushed.imported, pushed.batch_tasks, pushed.deleted) == (
+        project["id"],
+        BATCH // 2,
+        BATCH,
+        [],
+    )
+    tasks = Person(ls_env).tasks(project["id"])
+    assert len(tasks) == BATCH, "no task twice"
+    recorded = campaign.storage.read_json(RECORD)["tasks"]
+    assert {i: r["task"] for i, r in recorded.items()} == {i: t["id"] for i, t in tasks.items()}
 
 
 @pytest.mark.hostile
