@@ -407,6 +407,9 @@ def test_a_wrong_token_is_a_clear_error_that_does_not_print_it(campaign, ls_env,
     assert "not-the-token-0123" not in err
     assert campaign.committed_rounds() == [0], "the round committed; only the push failed"
     assert "round 0 is committed, but its batch was not pushed" in err
+    monkeypatch.setenv(ENV_KEY, ls_env.token)  # fixed: the next round, with nothing new, pushes
+    assert main(["round", campaign.storage.uri]) == 0
+    assert f"{BATCH} task(s) of the open batch, {BATCH} imported now" in capsys.readouterr().out
 
 
 def test_a_personal_access_token_works_too(campaign, ls_env, monkeypatch):
