@@ -402,8 +402,10 @@ def interface_of(config: str, concept: str, where: str) -> Interface:
     )
 
 
-def task_of(row: dict, concept: str, campaign: str, ui: Interface = Interface()) -> dict:
-    """A batch row as a Label Studio task, with the model's guess as a prediction (pre-annotation)."""
+def task_of(row: dict, concept: str, campaign: str | None = None, ui: Interface = Interface()) -> dict:
+    """A batch row as a Label Studio task, with the model's guess as a prediction (pre-annotation);
+    a push marks it with its campaign's URI (``meta.seals_campaign``), so two campaigns can
+    share a project."""
     task: dict = {
         "data": {
             ui.text_key: row.get("text", ""),
@@ -413,8 +415,10 @@ def task_of(row: dict, concept: str, campaign: str, ui: Interface = Interface())
             "score": row["score"],
             "reached_from": row.get("reached_from"),
         },
-        "meta": {"seals_campaign": campaign, "concept": concept, "strategy": row.get("strategy")},
+        "meta": {"concept": concept, "strategy": row.get("strategy")},
     }
+    if campaign is not None:
+        task["meta"]["seals_campaign"] = campaign
     probability = row.get("probability")
     if probability is not None:
         guess = concept if probability >= 0.5 else f"not {concept}"
@@ -435,6 +439,7 @@ def task_of(row: dict, concept: str, campaign: str, ui: Interface = Interface())
     return task
 
 
-def label_studio_tasks(batch: list[dict], concept: str, campaign: str) -> list[dict]:
-    """The batch as tasks for a project with :func:`label_config` (the file a round publishes)."""
-    return [task_of(row, concept, campaign) for row in batch]
+def label_studio_tasks(batch: list[dict], concept: str) -> list[dict]:
+    """The batch as tasks for a project with :func:`label_config` (the file a round publishes; it
+    names no location, so a campaign's files do not depend on where it lives)."""
+    return [task_of(row, concept) for row in batch]

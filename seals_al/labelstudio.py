@@ -367,14 +367,15 @@ class Sync:
         return project_id, ui
 
     def _ours(self, tasks: list[dict]) -> dict[str, dict]:
-        """This campaign's tasks of the project, by item id."""
+        """This campaign's tasks of the project, by item id: marked with its URI by a push, or
+        unmarked (imported by hand from ``to_label.labelstudio.json``); never another campaign's."""
         uri = self.campaign.storage.uri
         return {
             t["data"]["seals_id"]: t
             for t in tasks
             if isinstance(t.get("data"), dict)
             and "seals_id" in t["data"]
-            and (t.get("meta") or {}).get("seals_campaign") == uri
+            and (t.get("meta") or {}).get("seals_campaign", uri) == uri
         }
 
     def _open_state(self) -> State:

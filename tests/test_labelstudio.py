@@ -81,6 +81,8 @@ def test_a_batch_row_becomes_a_task_with_the_models_guess():
     assert prediction["result"][0]["value"] == {"choices": ["not c"]}
     assert prediction["score"] == pytest.approx(0.8)
     assert (prediction["result"][0]["from_name"], prediction["result"][0]["to_name"]) == ("lab", "txt")
+    assert task["meta"] == {"concept": "c", "strategy": None, "seals_campaign": "gs://b/camp"}
+    assert "seals_campaign" not in task_of(row, "c")["meta"], "the published file names no location"
 
 
 def test_the_connection_comes_from_the_environment_first(monkeypatch):
@@ -363,8 +365,10 @@ def test_a_push_interrupted_after_creating_or_importing_is_finished_without_doub
     description = f"SEALS active learning for {concept!r}; campaign {campaign.storage.uri}"
     project = sync.client.create_project("made, never recorded", label_config(concept), description)
     batch = campaign.state().batch
-    half = [task_of(row, concept, campaign.storage.uri) for row in batch[: BATCH // 2]]
-    sync.client.import_tasks(project["id"], half)
+    half = [task_of(row, concept, campaign.storage.uri) for row in batch[:3]]
+    half += [task_of(row, concept) for row in batch[3 : BATCH // 2]]  # imported by hand from the file
+    other = dict(task_of(batch[-1], concept, "gs://b/another-campaign"))  # not this campaign's
+    sync.client.import_tasks(project["id"], [*half, other])
     pushed = sync.push()
     assert (pushed.project, pushed.imported, pushed.batch_tasks, pushed.deleted) == (
         project["id"],
@@ -372,10 +376,17 @@ def test_a_push_interrupted_after_creating_or_importing_is_finished_without_doub
         BATCH,
         [],
     )
-    tasks = Person(ls_env).tasks(project["id"])
-    assert len(tasks) == BATCH, "no task twice"
+    tasks = Person(ls_env).api("GET", "/api/tasks", params={"project": project["id"], "page_size": 100})[
+        "tasks"
+    ]
+    assert len(tasks) == BATCH + 1, "no task twice (and the other campaign's task is left alone)"
     recorded = campaign.storage.read_json(RECORD)["tasks"]
-    assert {i: r["task"] for i, r in recorded.items()} == {i: t["id"] for i, t in tasks.items()}
+    ours = {
+        t["data"]["seals_id"]: t["id"]
+        for t in tasks
+        if t["meta"].get("seals_campaign") != "gs://b/another-campaign"
+    }
+    assert {i: r["task"] for i, r in recorded.items()} == ours
 
 
 @pytest.mark.hostile

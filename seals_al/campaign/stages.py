@@ -312,7 +312,7 @@ class Campaign(StateReader):
         candidates.save(st, keys.pool)
         failpoint("during_publish")
         st.write_text(keys.to_label, "".join(json.dumps(row) + "\n" for row in batch))
-        st.write_json(keys.label_studio, label_studio_tasks(batch, self.config.concept, st.uri))
+        st.write_json(keys.label_studio, label_studio_tasks(batch, self.config.concept))
         st.write_json(keys.metrics, record.to_json())
         if self._lease is not None:
             self._lease.check()  # a stage that lost its lease (stalled, taken over) never commits
