@@ -9,6 +9,10 @@ storage (a GCS emulator on 127.0.0.1), KFP's pipeline root and the run's workspa
    run goes on past its wait.
 4. A round whose select container is killed mid-publish (exit 137, its lease left behind); a new
    run takes the expired lease over and commits a round identical to a never-killed run's.
+5. Label Studio (a real server on 127.0.0.1, tests/labelstudio_server.py): the one-round pipeline
+   in containers, with its URL and token in their environment as the Secret gives them on a
+   cluster, pushes the open batch, a person annotates it through the REST API, and the next run
+   pulls, commits the round and pushes the next batch; the token is in no file it left.
 
 Prints one summary line; exits non-zero on the first thing that does not hold.
 """
@@ -27,6 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.labelstudio_server: the same Label Studio the tests start
 BUCKET = "seals-e2e"
 LEASE_SECONDS = 8  # short, so the killed round's lease expires within the test
 TIMING_KEYS = ("_seconds", "committed_at")
@@ -168,12 +173,14 @@ def truth_of(items: Path, concept: str) -> dict[str, int]:
         return {row["id"]: int(row["label"] == concept) for row in csv.DictReader(f)}
 
 
-def copy_campaign(source: str, target: str) -> None:
+def copy_campaign(source: str, target: str, skip: str | None = None) -> None:
+    """Copy every object of a campaign (but those under ``skip``)."""
     from seals_al.storage import open_storage
 
     src, dst = open_storage(source), open_storage(target)
     for key in src.list():
-        dst.write_bytes(key, src.read_bytes(key))
+        if skip is None or not key.startswith(skip):
+            dst.write_bytes(key, src.read_bytes(key))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,7 +322,69 @@ def scenarios(args, work: Path, env: dict[str, str]) -> str:
         {k: v for k, v in campaign_files(clean).items() if k.startswith("rounds/002/")},
     )
     check(not diff, f"the resumed round differs from a never-killed one: {diff[:5]}")
+
+    # 5. Label Studio: the batch goes there and the annotations come back, every step in a container.
+    from tests.labelstudio_server import running
+
+    begun = time.perf_counter()
+    with running() as studio:
+        timings["label-studio-start"] = time.perf_counter() - begun
+        labeled_uri = f"{gs}/campaigns/label-studio"
+        copy_campaign(looped_uri, labeled_uri, skip="inbox/001/")  # batch 1 unanswered: for Label Studio
+        with_studio = docker_runner(
+            {**env, "LABEL_STUDIO_URL": studio.url, "LABEL_STUDIO_API_KEY": studio.token}
+        )
+        check(
+            timed("label-studio-push", with_studio, seals_one_round, campaign_uri=labeled_uri),
+            "the one-round pipeline failed to push the open batch to Label Studio",
+        )
+        person = LabelStudioPerson(studio)
+        project = open_storage(labeled_uri).read_json("labelstudio.json")["project"]
+        batch = person.tasks(project)
+        check(len(batch) == 20, f"Label Studio project {project}: {len(batch)} tasks, not the batch's 20")
+        for item, task in batch.items():
+            person.annotate(task["id"], args.concept if truth[item] else f"not {args.concept}")
+        check(
+            timed("label-studio-round", with_studio, seals_one_round, campaign_uri=labeled_uri),
+            "the one-round pipeline failed to pull the annotations and run the round",
+        )
+        check(_committed(labeled_uri, 2), f"{labeled_uri}: no round 2 after the annotations came back")
+        sources = {row["source"] for row in Campaign(labeled_uri, progress=False).state().labeled.values()}
+        check("inbox/001/label-studio.json" in sources, f"{labeled_uri}: labels came from {sorted(sources)}")
+        check(len(person.tasks(project)) == 40, "round 2's batch was not pushed")
+        leaked = [
+            str(path)
+            for path in (work / "label-studio-round").rglob("*")
+            if path.is_file() and studio.token.encode() in path.read_bytes()
+        ]
+        leaked += [k for k, v in campaign_files(labeled_uri).items() if studio.token in repr(v)]
+        check(not leaked, f"the Label Studio token was written to {leaked[:3]}")
     return ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+
+
+class LabelStudioPerson:
+    """Someone annotating in Label Studio, through its REST API."""
+
+    def __init__(self, studio):
+        import requests
+
+        self.url, self.session = studio.url, requests.Session()
+        self.session.headers["Authorization"] = f"Token {studio.token}"
+
+    def tasks(self, project: int) -> dict[str, dict]:
+        answer = self.session.get(
+            f"{self.url}/api/tasks", params={"project": project, "page_size": 1000}, timeout=30
+        )
+        answer.raise_for_status()
+        return {t["data"]["seals_id"]: t for t in answer.json()["tasks"]}
+
+    def annotate(self, task: int, choice: str) -> None:
+        result = [
+            {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [choice]}}
+        ]
+        self.session.post(
+            f"{self.url}/api/tasks/{task}/annotations", json={"result": result}, timeout=30
+        ).raise_for_status()
 
 
 def _seed_key(uri: str) -> str:

@@ -225,7 +225,7 @@ def _stage(args: argparse.Namespace, console: Console) -> int:
 
     campaign = Campaign(args.campaign)
     if args.stage == "ingest":
-        _pull_first(campaign, console)
+        _sync_first(campaign, console)
         staged = campaign.ingest()
         console.print(
             "no new labels: nothing to do"
@@ -283,13 +283,12 @@ def _labelstudio(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _pull_first(campaign, console: Console) -> None:
-    """Before an ingest: bring Label Studio's annotations into the inbox, when it is in use."""
-    from seals_al.labelstudio import pull_if_pushed
+def _sync_first(campaign, console: Console) -> None:
+    """Before an ingest, when Label Studio is in use: push what is missing, pull the annotations."""
+    from seals_al.labelstudio import sync_before_ingest
 
-    pulled = pull_if_pushed(campaign)
-    if pulled is not None:
-        console.print(pulled.summary(), highlight=False)
+    for line in sync_before_ingest(campaign):
+        console.print(line, highlight=False)
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:
@@ -318,11 +317,10 @@ def _round(args: argparse.Namespace, console: Console) -> int:
     from seals_al.campaign import Campaign
 
     campaign = Campaign(args.campaign)
-    _pull_first(campaign, console)
+    _sync_first(campaign, console)
     metrics = campaign.round()
     if metrics is None:
         console.print(f"nothing new: waiting for {campaign.status()['waiting_for']}", highlight=False)
-        _push_after(campaign, console, "the open batch")  # in case an earlier push failed
         return 0
     r = metrics["round"]
     shown = {k: v for k, v in metrics.items() if k not in ("round",)}

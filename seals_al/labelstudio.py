@@ -570,9 +570,11 @@ def push_if_configured(campaign: Campaign) -> Pushed | None:
     return sync.push()
 
 
-def pull_if_pushed(campaign: Campaign) -> Pulled | None:
-    """Pull when Label Studio is configured and this campaign pushed to it."""
+def sync_before_ingest(campaign: Campaign) -> list[str]:
+    """What an ingest does first when Label Studio is configured: push the open batch's missing
+    tasks (a campaign that had none, or a push that failed, is caught up by the next run) and pull
+    the annotations into the inbox. Returns what each did, one line each."""
     sync = Sync.of(campaign)
-    if sync is None or not sync.record()["project"] or campaign.state().round < 0:
-        return None
-    return sync.pull()
+    if sync is None or campaign.state().round < 0:
+        return []
+    return [sync.push().summary(), sync.pull().summary()]

@@ -423,6 +423,19 @@ def test_a_wrong_token_is_a_clear_error_that_does_not_print_it(campaign, ls_env,
     assert f"{BATCH} task(s) of the open batch, {BATCH} imported now" in capsys.readouterr().out
 
 
+def test_a_campaign_begun_without_label_studio_is_caught_up_by_its_next_ingest(
+    campaign, ls_env, monkeypatch, capsys
+):
+    monkeypatch.delenv(ENV_URL)
+    campaign.round()  # round 0, with no Label Studio configured
+    monkeypatch.setenv(ENV_URL, ls_env.url)
+    assert main(["ingest", campaign.storage.uri]) == 0
+    out = capsys.readouterr().out
+    assert f"{BATCH} task(s) of the open batch, {BATCH} imported now" in out
+    assert "no new labels: nothing to do" in out
+    assert len(Person(ls_env).tasks(project_of(campaign))) == BATCH
+
+
 def test_a_personal_access_token_works_too(campaign, ls_env, monkeypatch):
     person = Person(ls_env)
     response = person.session.post(f"{ls_env.url}/api/token/", timeout=30)

@@ -7,8 +7,9 @@ from components._base import seals_component
 def label_ingest(campaign_uri: str, workspace: str = "") -> bool:
     """Stage 1 of a round: validate every label file not ingested yet (the seeds before round 0, then
     `inbox/NNN/` of the open batch): CSV, JSONL or Label Studio export. With Label Studio configured
-    (`LABEL_STUDIO_URL` and `LABEL_STUDIO_API_KEY`, from a Kubernetes Secret) it first pulls the
-    annotations of the campaign's tasks into the inbox. A malformed file is rejected
+    (`LABEL_STUDIO_URL` and `LABEL_STUDIO_API_KEY`, from a Kubernetes Secret) it first imports the
+    open batch's missing tasks and pulls the annotations of the campaign's tasks into the inbox.
+    A malformed file is rejected
     whole (problems with their lines under `reports/`) and the step fails naming the file and line;
     relabels are recorded, never silent. Stages `rounds/NNN/labeled.jsonl`, `relabels.jsonl`,
     `ingested.json` and raw copies.
@@ -25,12 +26,11 @@ def label_ingest(campaign_uri: str, workspace: str = "") -> bool:
 
     use_workspace(workspace)
     from seals_al.campaign import Campaign
-    from seals_al.labelstudio import pull_if_pushed
+    from seals_al.labelstudio import sync_before_ingest
 
     campaign = Campaign(campaign_uri)
-    pulled = pull_if_pushed(campaign)
-    if pulled is not None:
-        print(pulled.summary())
+    for line in sync_before_ingest(campaign):
+        print(line)
     staged = campaign.ingest()
     if staged is None:
         print("no new labels: nothing to do")
