@@ -60,7 +60,32 @@ def start_emulator() -> tuple[object, str]:
 def docker_runner(env: dict[str, str]):
     from kfp import local
 
+    _read_real_exit_codes()
     return local.DockerRunner(network_mode="host", user="10001", environment=env)
+
+
+def _read_real_exit_codes() -> None:
+    """kfp.local 2.17.3's DockerRunner starts containers with ``auto_remove=True`` and reports one
+    that Docker removed before its exit code was read as a success (kubeflow/pipelines#13332;
+    the fix, #13907, is not released): a task that failed fast passed here once. Until it is, its
+    containers run without auto-removal, and each is removed after its real exit code is read."""
+    from kfp.local import docker_task_handler as handler
+
+    def run_docker_container(client, image: str, command: list[str], volumes: dict, **run_args) -> int:
+        image = handler.add_latest_tag_if_not_present(image=image)
+        if not any(image in (i.tags + i.attrs["RepoDigests"]) for i in client.images.list()):
+            client.images.pull(image)
+        container = client.containers.run(
+            image=image, command=command, detach=True, stdout=True, stderr=True, volumes=volumes, **run_args
+        )
+        try:
+            for line in container.logs(stream=True):
+                print(line.decode(), end="")
+            return container.wait()["StatusCode"]
+        finally:
+            container.remove(force=True)
+
+    handler.run_docker_container = run_docker_container
 
 
 def run(runner, work: Path, pipeline, **arguments) -> bool:
