@@ -366,7 +366,8 @@ def scenarios(args, work: Path, env: dict[str, str]) -> str:
         person = LabelStudioPerson(studio)
         project = open_storage(labeled_uri).read_json("labelstudio.json")["project"]
         batch = person.tasks(project)
-        check(len(batch) == 20, f"Label Studio project {project}: {len(batch)} tasks, not the batch's 20")
+        pending = {row["id"] for row in Campaign(labeled_uri, progress=False).state().pending}
+        check(set(batch) == pending, f"Label Studio project {project}: {len(batch)} tasks, not the batch's")
         for item, task in batch.items():
             person.annotate(task["id"], args.concept if truth[item] else f"not {args.concept}")
         check(
@@ -376,7 +377,8 @@ def scenarios(args, work: Path, env: dict[str, str]) -> str:
         check(_committed(labeled_uri, 2), f"{labeled_uri}: no round 2 after the annotations came back")
         sources = {row["source"] for row in Campaign(labeled_uri, progress=False).state().labeled.values()}
         check("inbox/001/label-studio.json" in sources, f"{labeled_uri}: labels came from {sorted(sources)}")
-        check(len(person.tasks(project)) == 40, "round 2's batch was not pushed")
+        batch_2 = {row["id"] for row in Campaign(labeled_uri, progress=False).state().batch}
+        check(batch_2 <= set(person.tasks(project)), "round 2's batch was not pushed")
         leaked = [
             str(path)
             for path in (work / "label-studio-round").rglob("*")
