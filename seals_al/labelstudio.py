@@ -479,6 +479,8 @@ class Sync:
         found, deleted = self._batch_tasks(state, record, exported)
         wanted = set(state.labeled) | {row["id"] for row in state.batch}
         kept = [t for item, t in sorted(exported.items()) if item in wanted]
+        if not kept:  # every task deleted, say: nothing to take in
+            return Pulled(0, 0, deleted, None, 0)
         data = json.dumps(kept, indent=1, sort_keys=True).encode()
         key = label_studio_export(state.round)
         labeled = {i: row["label"] for i, row in state.labeled.items()}

@@ -436,6 +436,18 @@ def test_a_campaign_begun_without_label_studio_is_caught_up_by_its_next_ingest(
     assert len(Person(ls_env).tasks(project_of(campaign))) == BATCH
 
 
+def test_a_pull_when_every_task_was_deleted_writes_nothing(campaign, ls_env):
+    campaign.round()
+    sync = Sync.of(campaign)
+    pushed = sync.push()
+    person = Person(ls_env)
+    for task in person.tasks(pushed.project).values():
+        person.api("DELETE", f"/api/tasks/{task['id']}")
+    pulled = sync.pull()
+    assert (pulled.labeled, pulled.pending, pulled.written, len(pulled.deleted)) == (0, 0, None, BATCH)
+    assert not campaign.storage.list("inbox")
+
+
 def test_a_personal_access_token_works_too(campaign, ls_env, monkeypatch):
     person = Person(ls_env)
     response = person.session.post(f"{ls_env.url}/api/token/", timeout=30)
