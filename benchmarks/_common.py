@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -31,6 +32,20 @@ def update_section(name: str, body: str) -> None:
         pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     )
     write_text_atomic(BENCHMARKS_MD, text)
+
+
+def reproducing_command(
+    script: str, parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str
+) -> str:
+    """The command that reproduces this run: the script, and each named option whose value is not
+    its default (a list option's values space-separated)."""
+    command = f"python benchmarks/{script}"
+    for name in names:
+        value = getattr(args, name)
+        if value != parser.get_default(name):
+            shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+            command += f" --{name.replace('_', '-')} {shown}"
+    return command
 
 
 def write_json(path: Path, data: object) -> None:

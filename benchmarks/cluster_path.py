@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # e2e/: its emulator and runner
-from _common import DOCS, ROOT, update_section, write_json
+from _common import DOCS, ROOT, reproducing_command, update_section, write_json
 
 from e2e.run import BUCKET, copy_campaign, docker_runner, start_emulator
 from e2e.run import run as run_pipeline
@@ -222,9 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     write_json(RESULTS, result)
-    command = "python benchmarks/cluster_path.py"
-    if args.repeats != parser.get_default("repeats"):
-        command += f" --repeats {args.repeats}"
+    command = reproducing_command("cluster_path.py", parser, args, "repeats")
     update_section("cluster_path", markdown(result, command))
     print(markdown(result, command))
     return 0

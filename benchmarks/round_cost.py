@@ -46,7 +46,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DOCS, run_measured, update_section, write_json
+from _common import DOCS, reproducing_command, run_measured, update_section, write_json
 
 import seals_al
 from seals_al.campaign import Campaign
@@ -391,11 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [measure_size(n, args.rounds, args.work, env) for n in args.sizes]
     write_json(RESULTS, results)
     plot(results)
-    command = "python benchmarks/round_cost.py"
-    if args.sizes != parser.get_default("sizes"):
-        command += " --sizes " + " ".join(map(str, args.sizes))
-    if args.rounds != parser.get_default("rounds"):
-        command += f" --rounds {args.rounds}"
+    command = reproducing_command("round_cost.py", parser, args, "sizes", "rounds")
     update_section("round_cost", markdown(results, command))
     print(markdown(results, command))
     return 0
