@@ -337,20 +337,17 @@ def _round(args: argparse.Namespace, console: Console) -> int:
         f"drop labels in: {campaign.storage.where(keys.inbox)}/ or run `seals-al label`",
         highlight=False,
     )
-    _push_after(campaign, console, f"round {r} is committed, but its batch")
-    return 0
-
-
-def _push_after(campaign, console: Console, what: str) -> None:
-    """Push the open batch when Label Studio is configured; a failure says what is already done."""
     from seals_al.labelstudio import LabelStudioError, push_if_configured
 
     try:
         pushed = push_if_configured(campaign)
     except LabelStudioError as e:
-        raise SealsError(f"{what} was not pushed: {e}; run `seals-al labelstudio push`") from e
+        raise SealsError(
+            f"round {r} is committed, but its batch was not pushed: {e}; run `seals-al labelstudio push`"
+        ) from e
     if pushed is not None:
         console.print(pushed.summary(), highlight=False)
+    return 0
 
 
 def _status(args: argparse.Namespace, console: Console) -> int:

@@ -324,14 +324,6 @@ class Sync:
         return None if conn is None else cls(campaign, conn)
 
     # -- the record -------------------------------------------------------------------------------
-    def record(self) -> dict:
-        st = self.campaign.storage
-        return (
-            st.read_json(LABEL_STUDIO_RECORD)
-            if st.exists(LABEL_STUDIO_RECORD)
-            else {"project": None, "tasks": {}}
-        )
-
     def _save(self, record: dict) -> None:
         self.campaign.storage.write_json(LABEL_STUDIO_RECORD, record)
 
@@ -392,7 +384,7 @@ class Sync:
         batch imports nothing), and record the task ids."""
         with self.campaign.leased():
             state = self._open_state()
-            record = self.record()
+            record = self.campaign.label_studio_record()
             project_id, ui = self._project(record)
             known, imported, uri = record["tasks"], 0, self.campaign.storage.uri
             for attempt in range(self.client.attempts):
@@ -441,7 +433,7 @@ class Sync:
         return found, sorted(deleted)
 
     def _pushed_record(self) -> dict:
-        record = self.record()
+        record = self.campaign.label_studio_record()
         if not record["project"]:
             raise SealsError(
                 f"{self.campaign.storage.uri}: nothing pushed to Label Studio yet; run "
@@ -496,7 +488,6 @@ class Sync:
         except LabelFileError as e:
             raise SealsError(f"{self.project_url(record['project'])}: {e.detail}") from e
         batch_ids = {t["data"]["seals_id"] for t in found}
-        answered = {a.item_id for a in checked.answers}
         answers = {a.item_id: a.label for a in checked.answers}
         news = bool(checked.new or checked.relabels)
         written = None
@@ -505,8 +496,8 @@ class Sync:
             campaign.storage.write_bytes(key, data)
             written = key
         return Pulled(
-            labeled=len(batch_ids & answered),
-            pending=len(batch_ids - answered),
+            labeled=len(batch_ids & answers.keys()),
+            pending=len(batch_ids - answers.keys()),
             deleted=deleted,
             written=written,
             relabels=len(checked.relabels),

@@ -181,16 +181,16 @@ class StateReader:
             "label_files": files,
             "interrupted_round": interrupted[0] if interrupted else None,
             "lock": holder(self.storage),
-            "label_studio_project": self.label_studio_project(),
+            "label_studio_project": self.label_studio_record()["project"],
             "waiting_for": waiting,
         }
 
-    def label_studio_project(self) -> int | None:
-        """The Label Studio project the campaign pushed its batches to, if any."""
-        record = (
-            self.storage.read_json(LABEL_STUDIO_RECORD) if self.storage.exists(LABEL_STUDIO_RECORD) else {}
-        )
-        return record.get("project")
+    def label_studio_record(self) -> dict:
+        """The Label Studio project the campaign pushed its batches to, and every task it pushed
+        (seals_al.labelstudio); no project and no task before the first push."""
+        if not self.storage.exists(LABEL_STUDIO_RECORD):
+            return {"project": None, "tasks": {}}
+        return self.storage.read_json(LABEL_STUDIO_RECORD)
 
     def next_step(self, target_metric: str = "", target_value: float = 0.0) -> tuple[bool, str]:
         """Whether another round should run after the last committed one, and why (or why not):
