@@ -349,7 +349,7 @@ def scenarios(args, work: Path, env: dict[str, str]) -> str:
     check(not diff, f"the resumed round differs from a never-killed one: {diff[:5]}")
 
     # 5. Label Studio: the batch goes there and the annotations come back, every step in a container.
-    from tests.labelstudio_server import running
+    from tests.labelstudio_server import Person, running
 
     begun = time.perf_counter()
     with running() as studio:
@@ -363,13 +363,13 @@ def scenarios(args, work: Path, env: dict[str, str]) -> str:
             timed("label-studio-push", with_studio, seals_one_round, campaign_uri=labeled_uri),
             "the one-round pipeline failed to push the open batch to Label Studio",
         )
-        person = LabelStudioPerson(studio)
+        annotator = Person(studio)
         project = open_storage(labeled_uri).read_json("labelstudio.json")["project"]
-        batch = person.tasks(project)
+        batch = annotator.tasks(project)
         pending = {row["id"] for row in Campaign(labeled_uri, progress=False).state().pending}
         check(set(batch) == pending, f"Label Studio project {project}: {len(batch)} tasks, not the batch's")
         for item, task in batch.items():
-            person.annotate(task["id"], args.concept if truth[item] else f"not {args.concept}")
+            annotator.annotate(task["id"], args.concept if truth[item] else f"not {args.concept}")
         check(
             timed("label-studio-round", with_studio, seals_one_round, campaign_uri=labeled_uri),
             "the one-round pipeline failed to pull the annotations and run the round",
@@ -378,7 +378,7 @@ def scenarios(args, work: Path, env: dict[str, str]) -> str:
         sources = {row["source"] for row in Campaign(labeled_uri, progress=False).state().labeled.values()}
         check("inbox/001/label-studio.json" in sources, f"{labeled_uri}: labels came from {sorted(sources)}")
         batch_2 = {row["id"] for row in Campaign(labeled_uri, progress=False).state().batch}
-        check(batch_2 <= set(person.tasks(project)), "round 2's batch was not pushed")
+        check(batch_2 <= set(annotator.tasks(project)), "round 2's batch was not pushed")
         leaked = [
             str(path)
             for path in (work / "label-studio-round").rglob("*")
@@ -387,31 +387,6 @@ def scenarios(args, work: Path, env: dict[str, str]) -> str:
         leaked += [k for k, v in campaign_files(labeled_uri).items() if studio.token in repr(v)]
         check(not leaked, f"the Label Studio token was written to {leaked[:3]}")
     return ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-
-
-class LabelStudioPerson:
-    """Someone annotating in Label Studio, through its REST API."""
-
-    def __init__(self, studio):
-        import requests
-
-        self.url, self.session = studio.url, requests.Session()
-        self.session.headers["Authorization"] = f"Token {studio.token}"
-
-    def tasks(self, project: int) -> dict[str, dict]:
-        answer = self.session.get(
-            f"{self.url}/api/tasks", params={"project": project, "page_size": 1000}, timeout=30
-        )
-        answer.raise_for_status()
-        return {t["data"]["seals_id"]: t for t in answer.json()["tasks"]}
-
-    def annotate(self, task: int, choice: str) -> None:
-        result = [
-            {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [choice]}}
-        ]
-        self.session.post(
-            f"{self.url}/api/tasks/{task}/annotations", json={"result": result}, timeout=30
-        ).raise_for_status()
 
 
 def _seed_key(uri: str) -> str:

@@ -1,6 +1,7 @@
-"""A real Label Studio server for the tests: the pinned release, installed once into its own
-virtualenv (it pins Django and friends differently from this project, so never into .venv),
-started offline on a free 127.0.0.1 port with a temporary data directory.
+"""A real Label Studio server for the tests and `make e2e`: the pinned release, installed once into
+its own virtualenv (it pins Django and friends differently from this project, so never into
+.venv), started offline on a free 127.0.0.1 port with a temporary data directory; and a person
+using it through its REST API.
 
 Also runnable by hand: ``python tests/labelstudio_server.py`` installs it (if needed), starts it
 and prints the URL and token until interrupted.
@@ -22,6 +23,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+
+import requests
 
 VERSION = "1.23.2"
 VENV = Path(
@@ -123,6 +126,36 @@ def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
     raise RuntimeError(
         f"label-studio did not answer {url}/health in {START_TIMEOUT:g} s:\n{log.read_text()[-3000:]}"
     )
+
+
+class Person:
+    """Someone working in Label Studio, through its REST API."""
+
+    def __init__(self, server):
+        self.url = server.url
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Token {server.token}"
+
+    def api(self, method: str, path: str, **kwargs):
+        response = self.session.request(method, self.url + path, timeout=30, **kwargs)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def tasks(self, project: int) -> dict[str, dict]:
+        answer = self.api("GET", "/api/tasks", params={"project": project, "page_size": 1000})
+        return {t["data"]["seals_id"]: t for t in answer["tasks"]}
+
+    def annotate(self, task: int, choice: str | None, cancelled: bool = False) -> int:
+        result = [] if choice is None else [choice_result(choice)]
+        done = self.api(
+            "POST", f"/api/tasks/{task}/annotations", json={"result": result, "was_cancelled": cancelled}
+        )
+        return done["id"]
+
+
+def choice_result(choice: str) -> dict:
+    """A single-choice result for the labeling config seals-al creates."""
+    return {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [choice]}}
 
 
 if __name__ == "__main__":

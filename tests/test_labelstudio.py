@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from pipelines.looped import make_looped
 from pipelines.one_round import seals_one_round
@@ -33,6 +32,7 @@ from seals_al.labelstudio import (
 )
 
 from . import labelstudio_server
+from .labelstudio_server import Person, choice_result
 from .test_campaign import BATCH, CONCEPT, truth_of, write_config
 
 
@@ -208,35 +208,6 @@ def ls_env(label_studio, monkeypatch):
     return label_studio
 
 
-class Person:
-    """Someone working in Label Studio, through its REST API."""
-
-    def __init__(self, server):
-        self.url = server.url
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {server.token}"
-
-    def api(self, method: str, path: str, **kwargs):
-        response = self.session.request(method, self.url + path, timeout=30, **kwargs)
-        response.raise_for_status()
-        return response.json() if response.content else None
-
-    def tasks(self, project: int) -> dict[str, dict]:
-        answer = self.api("GET", "/api/tasks", params={"project": project, "page_size": 1000})
-        return {t["data"]["seals_id"]: t for t in answer["tasks"]}
-
-    def annotate(self, task: int, choice: str | None, cancelled: bool = False) -> int:
-        result = [] if choice is None else [_choice(choice)]
-        done = self.api(
-            "POST", f"/api/tasks/{task}/annotations", json={"result": result, "was_cancelled": cancelled}
-        )
-        return done["id"]
-
-
-def _choice(choice: str) -> dict:
-    return {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [choice]}}
-
-
 def name_of(label: int) -> str:
     return CONCEPT if label else f"not {CONCEPT}"
 
@@ -338,7 +309,7 @@ def test_skips_ties_majorities_deletions_and_edits_follow_the_policies(campaign,
 
     # An annotation edited after it was ingested comes back as a relabel.
     flipped = name_of(1 - truth[edited])
-    person.api("PATCH", f"/api/annotations/{edited_annotation}", json={"result": [_choice(flipped)]})
+    person.api("PATCH", f"/api/annotations/{edited_annotation}", json={"result": [choice_result(flipped)]})
     assert main(["labelstudio", "pull", uri]) == 0
     assert "1 label(s) changed" in capsys.readouterr().out
     assert main(["round", uri]) == 0
