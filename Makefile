@@ -66,11 +66,21 @@ clean:
 # BASE_IMAGE: any Debian-based Python 3.11 (make e2e builds one with debootstrap).
 IMAGE = $(shell $(BIN)/python -c 'from seals_al.version import IMAGE; print(IMAGE)')
 BASE_IMAGE ?= python:3.11-slim
+# The build stage is tagged too ($(IMAGE)-build), so the dependency layers stay cached while the
+# superseded images of this Dockerfile (label org.seals-al.image, no tag left) are removed: each
+# rebuild would otherwise leave 2 GB behind. images/disk-check.sh stops early when Docker's disk is
+# nearly full, saying so, instead of failing mid-build with "no space left on device".
 image: $(STAMP)
+	bash images/disk-check.sh
 	torch_index=$$(PYTHON=$(BIN)/python images/pip-settings.sh) && \
-	docker build --network host -f images/Dockerfile -t $(IMAGE) \
-		--build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg TORCH_INDEX="$$torch_index" \
-		--build-arg VERSION=$$($(BIN)/python -c 'from seals_al.version import __version__; print(__version__)') .
+	version=$$($(BIN)/python -c 'from seals_al.version import __version__; print(__version__)') && \
+	for target in build final; do \
+		docker build --network host -f images/Dockerfile \
+			$$([ $$target = build ] && echo "--target build -t $(IMAGE)-build" || echo "-t $(IMAGE)") \
+			--build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg TORCH_INDEX="$$torch_index" \
+			--build-arg VERSION=$$version . || exit 1; \
+	done
+	docker image prune --force --filter label=org.seals-al.image=seals-al
 
 # The cluster path, proven with containers: Docker (installed and started if missing, no bridge,
 # host networking), a debootstrapped bookworm base, the image, a GCS emulator on 127.0.0.1, and
