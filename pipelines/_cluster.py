@@ -44,13 +44,15 @@ RESOURCES: dict[str, Resources] = {
     "train": Resources("1", "2Gi", "2", "4Gi"),
     "select-round": Resources("2", "4Gi", "4", "8Gi"),
     "report": Resources("500m", "1Gi", "1", "2Gi"),
+    "score": Resources("2", "4Gi", "4", "8Gi"),
     "oracle-labeler": Resources("500m", "1Gi", "1", "2Gi"),
     "wait-for-labels": Resources("100m", "256Mi", "500m", "512Mi"),
     "label-studio-push": Resources("100m", "256Mi", "500m", "1Gi"),
 }
 
 # Campaign steps are idempotent (each resumes or redoes its round; a killed one's lease expires
-# and the retry takes it over): a pod lost to preemption or an OOM-kill is retried.
+# and the retry takes it over): a pod lost to preemption or an OOM-kill is retried. Not score: with
+# new_only, a retry after the first attempt recorded what it scored would find nothing new.
 RETRIED = frozenset(
     {
         "init-campaign",

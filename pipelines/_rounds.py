@@ -12,6 +12,7 @@ from components.init_campaign.component import init_campaign
 from components.label_ingest.component import label_ingest
 from components.label_studio_push.component import label_studio_push
 from components.report.component import report
+from components.score.component import score
 from components.select_round.component import select_round
 from components.train.component import train
 from pipelines._cluster import Cluster
@@ -62,12 +63,20 @@ def start_campaign(cluster: Cluster, index: dsl.PipelineTask, parameters: dict, 
 
 
 def one_round(
-    cluster: Cluster, campaign_uri, target_metric, target_value, r: int, after=None, gated: bool = False
-) -> dsl.PipelineTask:
+    cluster: Cluster,
+    campaign_uri, target_metric, target_value,
+    r: int,
+    after=None,
+    gated: bool = False,
+    score_corpus=None,
+    score_new_only=None,
+) -> dsl.PipelineTask:  # fmt: skip
     """label_ingest -> train -> select_round -> report for round r (and label_studio_push after
     select, with the cluster's Label Studio Secret); returns the report task.
 
     ``gated``: train and the rest run only if the ingest staged new labels (one round per run).
+    ``score_corpus`` (a pipeline parameter, or None for no such step): when true, the round ends by
+    scoring the corpus with its model (``score_new_only``: only items not scored before).
     """
     ingested = cluster.step(label_ingest, campaign_uri=campaign_uri)
     ingested.set_display_name(f"round {r}: label ingest")
@@ -84,6 +93,10 @@ def one_round(
         trained.set_display_name(f"round {r}: train")
         selected.set_display_name(f"round {r}: select")
         reported.set_display_name(f"round {r}: report")
+        if score_corpus is not None:
+            with dsl.If(score_corpus == True, name="score-corpus"):  # noqa: E712
+                scored = cluster.step(score, campaign_uri=campaign_uri, new_only=score_new_only)
+                scored.after(reported).set_display_name(f"round {r}: score the corpus")
         if cluster.label_studio_secret:
             pushed = cluster.step(label_studio_push, campaign_uri=campaign_uri).after(selected)
             pushed.set_display_name(f"round {r}: push to Label Studio")

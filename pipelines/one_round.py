@@ -1,5 +1,6 @@
 """One round per run: for recurring runs and event triggers; no compute is held while people
-label. Ingest new labels if any; if there were, train, select, publish and report; then end."""
+label. Ingest new labels if any; if there were, train, select, publish and report, and (with
+``score_corpus``) score the corpus with the new model; then end."""
 
 from kfp import dsl
 
@@ -16,8 +17,23 @@ def make_one_round(cluster: Cluster = DEFAULT):
         description="Advance an existing SEALS campaign by one round if new labels came back; "
         "a run with no new labels changes nothing.",
     )
-    def seals_one_round(campaign_uri: str, target_metric: str = "", target_value: float = 1.0):
-        one_round(cluster, campaign_uri, target_metric, target_value, 0, gated=True)
+    def seals_one_round(
+        campaign_uri: str,
+        target_metric: str = "",
+        target_value: float = 1.0,
+        score_corpus: bool = False,
+        score_new_only: bool = True,
+    ):
+        one_round(
+            cluster,
+            campaign_uri,
+            target_metric,
+            target_value,
+            0,
+            gated=True,
+            score_corpus=score_corpus,
+            score_new_only=score_new_only,
+        )
 
     return seals_one_round
 

@@ -22,6 +22,7 @@ from seals_al.settings import (
     DEFAULT_MODE,
     DEFAULT_RAM_BUDGET_MB,
     DEFAULT_STRATEGY,
+    EXPORT_PRECISIONS,
     LAYOUTS,
     MODES,
     SEED_NEGATIVES,
@@ -218,6 +219,72 @@ def _add_campaign_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-metric", default="", help="stop once this metric reaches --target-value")
     p.add_argument("--target-value", type=float, default=1.0)
     p.set_defaults(handler=_report)
+    p = sub.add_parser(
+        "export",
+        help="write a round's model as portable JSON: classifier, embedding model and version, "
+        "concept, round, labeled-set digest, operating thresholds",
+    )
+    p.add_argument("campaign")
+    p.add_argument("--out", required=True, help="the model file to write (.json; local or gs://)")
+    p.add_argument("--round", type=int, help="default: the newest trained round")
+    p.add_argument("--precisions", default=",".join(map(str, EXPORT_PRECISIONS)), help=_PRECISIONS)
+    p.set_defaults(handler=_export)
+    p = sub.add_parser(
+        "score",
+        help="score every item with a round's model (Beam RunInference) and write them ranked",
+        description="Score the campaign's items (as its data is now) with a round's classifier and "
+        "write a Parquet file of id, score (P(concept)) and rank, with the count of items above each "
+        "operating threshold. Options it does not know are Beam pipeline options (e.g. --runner).",
+    )
+    p.add_argument("campaign")
+    p.add_argument("--out", required=True, help="the Parquet file to write (local or gs://)")
+    p.add_argument("--new-only", action="store_true", help="only items no earlier score run scored")
+    p.add_argument("--round", type=int, help="default: the newest trained round")
+    p.add_argument("--model", help="an exported model (seals-al export) instead of the campaign's")
+    p.add_argument("--precisions", default=",".join(map(str, EXPORT_PRECISIONS)), help=_PRECISIONS)
+    p.set_defaults(handler=_score)
+
+
+_PRECISIONS = "operating thresholds: the evaluation-split precisions to reach, comma-separated"
+
+
+def _export(args: argparse.Namespace, console: Console) -> int:
+    from seals_al.campaign import Campaign
+    from seals_al.export import export_round, parse_precisions, write_model
+
+    precisions = parse_precisions(args.precisions)
+    model = export_round(Campaign(args.campaign), args.round, precisions)
+    where = write_model(model, args.out)
+    console.print(f"round {model.round} model of {model.concept!r}: {where}", highlight=False)
+    for t in model.thresholds:
+        at = (
+            "not reached"
+            if t["threshold"] is None
+            else f"P >= {t['threshold']:.4f}, recall {t['recall']:.3f}"
+        )
+        console.print(f"  precision {t['precision']:g}: {at}", highlight=False)
+    return 0
+
+
+def _score(args: argparse.Namespace, console: Console) -> int:
+    from seals_al.campaign import Campaign
+    from seals_al.export import parse_precisions
+    from seals_al.score import score_campaign
+
+    if not args.out.endswith(".parquet"):
+        raise SealsError(f"{args.out}: the output must be a .parquet file")
+    summary = score_campaign(
+        Campaign(args.campaign),
+        args.out,
+        new_only=args.new_only,
+        r=args.round,
+        model_uri=args.model,
+        precisions=parse_precisions(args.precisions),
+        beam_args=args.beam_args,
+    )
+    for line in summary.lines():
+        console.print(line, highlight=False)
+    return 0
 
 
 def _stage(args: argparse.Namespace, console: Console) -> int:
@@ -476,10 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    # Only `embed` takes options it does not declare: they are Beam's, and the pipeline rejects any
-    # that no Beam options class knows. Every other command parses strictly.
+    # Only `embed` and `score` take options they do not declare: they are Beam's, and the pipeline
+    # rejects any that no Beam options class knows. Every other command parses strictly.
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "embed":
+    if extra and args.command not in ("embed", "score"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.beam_args = extra
     console = Console(soft_wrap=True)  # a long path or URL stays on one line, whole

@@ -51,6 +51,7 @@ from seals_al.storage import (
     local_file,
     open_storage,
     read_manifest,
+    split_uri,
 )
 from seals_al.store import MANIFEST, EmbeddingStore, RowLookup, rows_digest
 
@@ -110,7 +111,7 @@ def data_version(config: DataConfig) -> dict:
             published = remote_version(uri)  # a folder published there (a store), by its listing
             if published is not None:
                 return published
-            parent, _, name = uri.rstrip("/").rpartition("/")
+            parent, name = split_uri(uri)
             return open_storage(parent).version(name)
         path = Path(uri.removeprefix("file://"))
         if path.is_dir():  # a store: its manifest names every shard's checksum; the id table by stat
@@ -283,6 +284,12 @@ class Prepared:
             bad = ids[int(np.flatnonzero(found < 0)[0])]
             raise SealsError(f"{where or self.manifest['source']['data']}: unknown id {shown(bad)}")
         return found
+
+    def id_hashes(self) -> np.ndarray:
+        """The 64-bit hash of every item's id, by item position (read from the lookup, not the ids)."""
+        hashes = np.empty(self.count, np.uint64)
+        hashes[self._array("ids.order")[:]] = self._array("ids.hash")[:]
+        return hashes
 
     def row_ids_at(self, items: np.ndarray) -> np.ndarray:
         items = np.asarray(items, np.int64)

@@ -29,6 +29,7 @@ DEFAULT_EVAL_SPLIT = "test"
 # the embeddings take at most this many MB (1M x 384-d is 1,465 MB), and memory-maps them otherwise.
 DEFAULT_RAM_BUDGET_MB = 2048
 SEED_POSITIVES, SEED_NEGATIVES = 5, 95  # the paper's seed set
+EXPORT_PRECISIONS = (0.5, 0.8, 0.9, 0.95)  # where an exported model's operating thresholds go
 WAIT_POLL_SECONDS = 60.0  # how often a wait for labels looks in the inbox
 WAIT_TIMEOUT_SECONDS = 86_400.0  # and when it gives up
 

@@ -545,14 +545,26 @@ def use_workspace(workspace: str) -> None:
         os.environ["SEALS_CACHE_DIR"] = str(Path(workspace) / WORKSPACE_CACHE)
 
 
+def split_uri(uri: str) -> tuple[str, str]:
+    """A file's URI as (its folder, its name), for :func:`open_storage` and a key: a local path
+    (relative ones from the working directory) or gs://bucket/path/to/file."""
+    if uri.startswith("gs://"):
+        parent, _, name = uri.rstrip("/").rpartition("/")
+        if not name or parent == "gs:":
+            raise SealsError(f"{uri}: expected gs://bucket/path/to/file")
+        return parent, name
+    path = Path(uri.removeprefix("file://")).absolute()
+    if not path.name:
+        raise SealsError(f"{uri}: expected a file path")
+    return str(path.parent), path.name
+
+
 def local_file(uri: str, cache_dir: str | Path) -> Path:
     """A local path for a file URI: itself if local, else a copy of the gs:// object in the cache
     (fetched again each time, so a changed object is seen)."""
     if not uri.startswith("gs://"):
         return Path(uri.removeprefix("file://"))
-    parent, _, name = uri.rstrip("/").rpartition("/")
-    if not name or parent == "gs:":
-        raise SealsError(f"{uri}: expected gs://bucket/path/to/file")
+    parent, name = split_uri(uri)
     target = Path(cache_dir) / "downloads" / hashlib.sha256(uri.encode()).hexdigest()[:16] / name
     data = open_storage(parent).read_bytes(name)
     with atomic_path(target) as tmp:

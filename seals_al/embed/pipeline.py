@@ -29,8 +29,9 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from seals_al.beam_options import beam_options
 from seals_al.embed.handlers import EfficientNetLiteHandler, MiniLMHandler
 from seals_al.embed.transforms import DEAD, EmbedItems, LoadImage, ReadItems, WriteShards
 from seals_al.encoder import IMAGE_MODEL, IMAGE_MODEL_DIM, TEXT_MODEL, TEXT_MODEL_DIM
@@ -142,18 +143,11 @@ def run(
     Returns:
         The store's manifest.
     """
-    options = PipelineOptions(argv)
-    unknown = sorted(
-        set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options())
-    )
-    if unknown:
-        raise SealsError(f"unknown option(s): {', '.join('--' + u for u in unknown)}")
+    options = beam_options(argv)
     embed = options.view_as(EmbedOptions)
     missing = [f"--{name}" for name in ("input", "output") if not getattr(embed, name)]
     if missing:
         raise SealsError(f"missing required option(s): {', '.join(missing)}")
-    if options.view_as(StandardOptions).runner is None:
-        options.view_as(StandardOptions).runner = "FnApiRunner"
     # Checked before embedding, not after: a gs:// output is written locally, then published.
     with output_folder(embed.output, STORE_FORMAT) as out:
         work_dir = embed.work_dir or f"{out}.parts"

@@ -1,0 +1,328 @@
+"""Search the corpus with a round's model: score every item, or only the items not scored before,
+and write them ranked.
+
+    seals-al score CAMPAIGN --out scores.parquet [--new-only] [--round R] [--model MODEL.json]
+
+The items are the campaign's data as it is now (:mod:`seals_al.prepared`: an item not embedded yet
+is embedded first, with the campaign's encoder). The classifier runs in an Apache Beam pipeline
+(RunInference; each worker loads the exported model once) over the stored embeddings, a chunk of
+rows per element, and the driver ranks the scores::
+
+    scores.parquet   id (string), score (float64, P(concept)), rank (int64, 1 = most likely)
+
+plus, for each operating threshold of the model (:mod:`seals_al.export`), how many items score at
+or above it. The campaign keeps what was scored (``scores/``: the ids' 64-bit hashes and the last
+summary), so ``--new-only`` scores only items that arrived since.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+
+from seals_al.beam_options import beam_options
+from seals_al.errors import SealsError
+from seals_al.export import ExportedModel, export_round, read_model, write_model
+from seals_al.settings import EXPORT_PRECISIONS
+from seals_al.storage import open_storage, split_uri
+
+if TYPE_CHECKING:
+    from seals_al.campaign import Campaign
+    from seals_al.dataset import Dataset
+
+CHUNK_ROWS = 65_536  # rows per element: large enough that Beam's per-element cost is negligible
+SCORED_IDS = "scores/scored-ids.npy"  # uint64, sorted: the hashes of every item id scored so far
+LAST_SUMMARY = "scores/last.json"
+
+
+class LinearModelHandler(ModelHandler[np.ndarray, PredictionResult, ExportedModel]):
+    """The exported classifier, read from its JSON once per worker; an example is a chunk of
+    embedding rows and its inference that chunk's P(concept)."""
+
+    def __init__(self, model_uri: str):
+        super().__init__()
+        self.model_uri = model_uri
+
+    def load_model(self) -> ExportedModel:
+        return read_model(self.model_uri)
+
+    def run_inference(
+        self, batch: Sequence[np.ndarray], model: ExportedModel, inference_args: dict | None = None
+    ) -> list[PredictionResult]:
+        return [PredictionResult(None, model.predict_proba(x)) for x in batch]
+
+    def batch_elements_kwargs(self) -> dict:
+        return {"min_batch_size": 1, "max_batch_size": 1}  # an element is a chunk already
+
+
+class ReadChunks(beam.DoFn):
+    """(chunk number, row ids) -> (chunk number, their embeddings), the store opened once per
+    worker."""
+
+    def __init__(self, store_path: str):
+        self.store_path = store_path
+        self.rows = beam.metrics.Metrics.counter("seals", "rows_scored")
+
+    def setup(self) -> None:
+        from seals_al.store import EmbeddingStore
+
+        self.store = EmbeddingStore.open(self.store_path)
+
+    def process(self, element: tuple[int, np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        chunk, row_ids = element
+        self.rows.inc(len(row_ids))
+        yield chunk, self.store.vectors(row_ids)
+
+
+class WriteScores(beam.DoFn):
+    """(chunk number, PredictionResult) -> ``scores-NNNNNN.npy`` in the work directory."""
+
+    def __init__(self, work_dir: str):
+        self.work_dir = work_dir
+
+    def process(self, element: tuple[int, PredictionResult]) -> Iterator[int]:
+        from apache_beam.io.filesystems import FileSystems
+
+        chunk, result = element
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(result.inference, dtype=np.float64), allow_pickle=False)
+        with FileSystems.create(f"{self.work_dir}/scores-{chunk:06d}.npy") as f:
+            f.write(buffer.getvalue())
+        yield chunk
+
+
+def score_rows(
+    store_path: str,
+    row_ids: np.ndarray,
+    model_uri: str,
+    work_dir: str,
+    *,
+    chunk_rows: int = CHUNK_ROWS,
+    beam_args: Sequence[str] = (),
+    test_pipeline: beam.Pipeline | None = None,
+) -> np.ndarray:
+    """P(concept) of each row, in the order given, through the Beam pipeline.
+
+    Args:
+        store_path: the embeddings store holding the rows.
+        row_ids: the global row ids to score.
+        model_uri: an exported model (JSON) each worker loads.
+        work_dir: where workers write score chunks (emptied first).
+        chunk_rows: rows per element.
+        beam_args: Beam pipeline options (default: the in-process FnApiRunner).
+        test_pipeline: a pipeline to run on instead (tests).
+
+    Returns:
+        float64 scores, one per row id.
+    """
+    row_ids = np.asarray(row_ids, np.int64)
+    chunks = [(i, row_ids[s : s + chunk_rows]) for i, s in enumerate(range(0, len(row_ids), chunk_rows))]
+    options = beam_options(beam_args)
+    with test_pipeline or beam.Pipeline(options=options) as p:
+        _ = (
+            p
+            | "Chunks" >> beam.Create(chunks)
+            | "Read" >> beam.ParDo(ReadChunks(store_path))
+            | "Classify" >> RunInference(KeyedModelHandler(LinearModelHandler(model_uri)))
+            | "Write" >> beam.ParDo(WriteScores(work_dir))
+        )
+    parts = [np.load(Path(work_dir) / f"scores-{i:06d}.npy", allow_pickle=False) for i, _ in chunks]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float64)
+
+
+def ranked(scores: np.ndarray) -> np.ndarray:
+    """The order of items by score, highest first; ties keep item order (deterministic)."""
+    return np.argsort(-np.asarray(scores, np.float64), kind="stable")
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """What one scoring did; ``counts`` has, per operating threshold, the items at or above it."""
+
+    round: int
+    concept: str
+    items: int  # items in the data
+    scored: int  # items scored this time
+    new_only: bool
+    out: str
+    counts: list[dict]
+    seconds: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def metric_values(self) -> dict[str, float]:
+        """Scalar metrics for the pipeline UI: items scored, and items at each threshold."""
+        values = {"items": float(self.items), "scored": float(self.scored)}
+        for c in self.counts:
+            if c["count"] is not None:
+                values[f"items_at_precision_{c['precision']:g}"] = float(c["count"])
+        return values
+
+    def markdown(self) -> str:
+        """The counts as a table, for a Markdown artifact."""
+        scope = "items not scored before" if self.new_only else "every item"
+        rows = [
+            f"# {self.concept}: round {self.round} model over {scope}",
+            "",
+            f"Scored {self.scored:,} of {self.items:,} items; ranked in `{self.out}` (id, score, rank).",
+            "",
+            "| precision on the evaluation split | threshold on P(concept) | items at or above |",
+            "|---|---|---|",
+        ]
+        for c in self.counts:
+            if c["threshold"] is None:
+                rows.append(f"| {c['precision']:g} | not reached | |")
+            else:
+                rows.append(f"| {c['precision']:g} | {c['threshold']:.4f} | {c['count']:,} |")
+        if not self.counts:
+            rows.append("| (no ground truth on the evaluation split: no thresholds) | | |")
+        return "\n".join(rows) + "\n"
+
+    def lines(self) -> list[str]:
+        head = f"round {self.round} model: scored {self.scored:,} of {self.items:,} items"
+        lines = [head + (" (new only)" if self.new_only else "") + f" in {self.seconds:.1f} s -> {self.out}"]
+        for c in self.counts:
+            if c["threshold"] is None:
+                lines.append(
+                    f"  precision {c['precision']:g}: no threshold reaches it on the evaluation split"
+                )
+            else:
+                lines.append(
+                    f"  precision {c['precision']:g} (P >= {c['threshold']:.4f}): {c['count']:,} items"
+                )
+        return lines
+
+
+def score_campaign(
+    campaign: Campaign,
+    out: str,
+    *,
+    new_only: bool = False,
+    r: int | None = None,
+    model_uri: str | None = None,
+    precisions: Sequence[float] = EXPORT_PRECISIONS,
+    beam_args: Sequence[str] = (),
+) -> ScoreSummary:
+    """Score the campaign's items with a round's model and write them ranked to ``out``.
+
+    Args:
+        campaign: the campaign (its data, as it is now, is what is scored).
+        out: the Parquet file to write (local path or gs://).
+        new_only: score only items not scored by an earlier call.
+        r: the round whose model scores (default: the newest trained); ignored with ``model_uri``.
+        model_uri: an exported model to use instead of the campaign's.
+        precisions: operating thresholds, when the campaign's model is exported here.
+        beam_args: Beam pipeline options.
+
+    Returns:
+        What was scored and how many items are above each threshold.
+    """
+    started = time.perf_counter()
+    model = read_model(model_uri) if model_uri else export_round(campaign, r, precisions)
+    dataset = campaign.dataset()
+    model.check_embedding(dataset.store, model_uri or campaign.storage.uri)
+    items = np.arange(dataset.prepared.count)
+    ids_hash = dataset.prepared.id_hashes()
+    if new_only:
+        items = items[~_scored_before(campaign, ids_hash)]
+    scores = _score(dataset, items, model, beam_args)
+    order = ranked(scores)
+    ids = dataset.prepared.ids_at(items[order])
+    written = _write_parquet(out, ids, scores[order])
+    counts = [
+        {**t, "count": None if t["threshold"] is None else int((scores >= t["threshold"]).sum())}
+        for t in model.thresholds
+    ]
+    summary = ScoreSummary(
+        model.round,
+        model.concept,
+        dataset.prepared.count,
+        len(items),
+        new_only,
+        written,
+        counts,
+        round(time.perf_counter() - started, 3),
+    )
+    _remember(campaign, ids_hash, summary)
+    return summary
+
+
+def _score(dataset: Dataset, items: np.ndarray, model: ExportedModel, beam_args: Sequence[str]) -> np.ndarray:
+    if not len(items):
+        return np.zeros(0, np.float64)
+    with tempfile.TemporaryDirectory(prefix="seals-score-") as tmp:
+        model_uri = write_model(model, str(Path(tmp) / "model.json"))
+        work = Path(tmp) / "work"
+        work.mkdir()
+        row_ids = dataset.prepared.row_ids_at(items)
+        return score_rows(str(dataset.store.path), row_ids, model_uri, str(work), beam_args=beam_args)
+
+
+def _scored_before(campaign: Campaign, ids_hash: np.ndarray) -> np.ndarray:
+    """bool per item: its id was scored by an earlier call."""
+    st = campaign.storage
+    if not st.exists(SCORED_IDS):
+        return np.zeros(len(ids_hash), bool)
+    seen = _load_hashes(st.read_bytes(SCORED_IDS), st.where(SCORED_IDS))
+    return np.isin(ids_hash, seen)
+
+
+def _load_hashes(data: bytes, where: str) -> np.ndarray:
+    try:
+        hashes = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as e:
+        raise SealsError(f"{where}: not a .npy array of id hashes: {e}") from None
+    if hashes.dtype != np.uint64 or hashes.ndim != 1:
+        raise SealsError(f"{where}: expected a 1-d uint64 array, found {hashes.dtype} {hashes.shape}")
+    return hashes
+
+
+def _remember(campaign: Campaign, ids_hash: np.ndarray, summary: ScoreSummary) -> None:
+    """Record every id of the data as scored (those scored before stay scored) and the summary."""
+    st = campaign.storage
+    seen = ids_hash
+    if summary.new_only and st.exists(SCORED_IDS):
+        seen = np.concatenate([_load_hashes(st.read_bytes(SCORED_IDS), st.where(SCORED_IDS)), ids_hash])
+    buffer = io.BytesIO()
+    np.save(buffer, np.unique(seen), allow_pickle=False)
+    st.write_bytes(SCORED_IDS, buffer.getvalue())
+    st.write_json(LAST_SUMMARY, summary.to_json())
+
+
+def _write_parquet(out: str, ids: list[str], scores: np.ndarray) -> str:
+    """The ranked table, written whole then published in one step; returns where it is."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "score": pa.array(scores, pa.float64()),
+            "rank": pa.array(np.arange(1, len(ids) + 1, dtype=np.int64)),
+        }
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    parent, name = split_uri(out)
+    storage = open_storage(parent)
+    storage.write_bytes(name, buffer.getvalue())
+    return storage.where(name)
+
+
+def read_scores(uri: str) -> dict[str, Any]:
+    """A scores file as columns (for tests and notebooks): id, score, rank."""
+    import pyarrow.parquet as pq
+
+    parent, name = split_uri(uri)
+    table = pq.read_table(io.BytesIO(open_storage(parent).read_bytes(name)))
+    return {name: table.column(name).to_pylist() for name in table.column_names}
