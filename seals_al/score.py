@@ -38,71 +38,91 @@ from seals_al.storage import open_storage, split_uri
 if TYPE_CHECKING:
     from seals_al.campaign import Campaign
     from seals_al.dataset import Dataset
+    from seals_al.store import EmbeddingStore
 
-CHUNK_ROWS = 65_536  # rows per element: large enough that Beam's per-element cost is negligible
+CHUNK_ROWS = 262_144  # rows per element at most: Beam's cost per element is then negligible
 SCORED_IDS = "scores/scored-ids.npy"  # uint64, sorted: the hashes of every item id scored so far
 LAST_SUMMARY = "scores/last.json"
 
 
-class LinearModelHandler(ModelHandler[np.ndarray, PredictionResult, ExportedModel]):
-    """The exported classifier, read from its JSON once per worker; an example is a chunk of
-    embedding rows and its inference that chunk's P(concept)."""
+@dataclass(frozen=True)
+class StoredScorer:
+    """What a worker loads once: the exported classifier and the embeddings store, mapped."""
 
-    def __init__(self, model_uri: str):
+    model: ExportedModel
+    store: EmbeddingStore
+
+    def scores(self, start: int, stop: int) -> np.ndarray:
+        """P(concept) of the rows at storage positions start..stop-1 (one shard's view: no copy)."""
+        return self.model.predict_proba(self.store.block(start, stop))
+
+
+class StoredEmbeddingsHandler(ModelHandler[tuple[int, int], PredictionResult, StoredScorer]):
+    """RunInference over stored embeddings: an example is a range of storage positions inside one
+    shard, its inference those rows' P(concept). The model (JSON) and the store are opened once per
+    worker, and no vector crosses a stage boundary: each range is read where it is scored."""
+
+    def __init__(self, model_uri: str, store_path: str):
         super().__init__()
         self.model_uri = model_uri
-
-    def load_model(self) -> ExportedModel:
-        return read_model(self.model_uri)
-
-    def run_inference(
-        self, batch: Sequence[np.ndarray], model: ExportedModel, inference_args: dict | None = None
-    ) -> list[PredictionResult]:
-        return [PredictionResult(None, model.predict_proba(x)) for x in batch]
-
-    def batch_elements_kwargs(self) -> dict:
-        return {"min_batch_size": 1, "max_batch_size": 1}  # an element is a chunk already
-
-
-class ReadChunks(beam.DoFn):
-    """(chunk number, row ids) -> (chunk number, their embeddings), the store opened once per
-    worker."""
-
-    def __init__(self, store_path: str):
         self.store_path = store_path
-        self.rows = beam.metrics.Metrics.counter("seals", "rows_scored")
 
-    def setup(self) -> None:
+    def load_model(self) -> StoredScorer:
         from seals_al.store import EmbeddingStore
 
-        self.store = EmbeddingStore.open(self.store_path)
+        return StoredScorer(read_model(self.model_uri), EmbeddingStore.open(self.store_path, access="mapped"))
 
-    def process(self, element: tuple[int, np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
-        chunk, row_ids = element
-        self.rows.inc(len(row_ids))
-        yield chunk, self.store.vectors(row_ids)
+    def run_inference(
+        self, batch: Sequence[tuple[int, int]], model: StoredScorer, inference_args: dict | None = None
+    ) -> list[PredictionResult]:
+        return [PredictionResult(example, model.scores(*example)) for example in batch]
+
+    def batch_elements_kwargs(self) -> dict:
+        return {"min_batch_size": 1, "max_batch_size": 1}  # an example is a whole range already
 
 
 class WriteScores(beam.DoFn):
-    """(chunk number, PredictionResult) -> ``scores-NNNNNN.npy`` in the work directory."""
+    """(range number, PredictionResult) -> ``scores-NNNNNN.npy`` in the work directory."""
 
     def __init__(self, work_dir: str):
         self.work_dir = work_dir
+        self.rows = beam.metrics.Metrics.counter("seals", "rows_scored")
 
     def process(self, element: tuple[int, PredictionResult]) -> Iterator[int]:
         from apache_beam.io.filesystems import FileSystems
 
-        chunk, result = element
+        number, result = element
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(result.inference, dtype=np.float64), allow_pickle=False)
-        with FileSystems.create(f"{self.work_dir}/scores-{chunk:06d}.npy") as f:
+        with FileSystems.create(f"{self.work_dir}/scores-{number:06d}.npy") as f:
             f.write(buffer.getvalue())
-        yield chunk
+        self.rows.inc(len(result.inference))
+        yield number
 
 
-def score_rows(
+def position_ranges(
+    positions: np.ndarray, shard_starts: np.ndarray, chunk_rows: int
+) -> list[tuple[int, int]]:
+    """Sorted unique storage positions as ranges (start, stop) of consecutive positions, each
+    inside one shard and at most ``chunk_rows`` long, in order."""
+    positions = np.asarray(positions, np.int64)
+    if not len(positions):
+        return []
+    # Where a run of consecutive positions ends: a gap, or a shard's end.
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    inner = np.searchsorted(positions, shard_starts[1:-1])
+    cuts = np.unique(np.concatenate([[0], breaks, inner, [len(positions)]]))
+    ranges = []
+    for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+        for lo in range(a, b, chunk_rows):
+            hi = min(lo + chunk_rows, b)
+            ranges.append((int(positions[lo]), int(positions[hi - 1]) + 1))
+    return ranges
+
+
+def score_positions(
     store_path: str,
-    row_ids: np.ndarray,
+    positions: np.ndarray,
     model_uri: str,
     work_dir: str,
     *,
@@ -110,32 +130,35 @@ def score_rows(
     beam_args: Sequence[str] = (),
     test_pipeline: beam.Pipeline | None = None,
 ) -> np.ndarray:
-    """P(concept) of each row, in the order given, through the Beam pipeline.
+    """P(concept) of the rows at these storage positions, through the Beam pipeline.
 
     Args:
-        store_path: the embeddings store holding the rows.
-        row_ids: the global row ids to score.
+        store_path: the embeddings store.
+        positions: sorted, unique storage positions to score.
         model_uri: an exported model (JSON) each worker loads.
-        work_dir: where workers write score chunks (emptied first).
-        chunk_rows: rows per element.
+        work_dir: an empty folder where workers write each range's scores.
+        chunk_rows: the most rows in one element.
         beam_args: Beam pipeline options (default: the in-process FnApiRunner).
         test_pipeline: a pipeline to run on instead (tests).
 
     Returns:
-        float64 scores, one per row id.
+        float64 scores, one per position, in the order given.
     """
-    row_ids = np.asarray(row_ids, np.int64)
-    chunks = [(i, row_ids[s : s + chunk_rows]) for i, s in enumerate(range(0, len(row_ids), chunk_rows))]
-    options = beam_options(beam_args)
-    with test_pipeline or beam.Pipeline(options=options) as p:
+    from seals_al.store import EmbeddingStore
+
+    positions = np.asarray(positions, np.int64)
+    if len(positions) and np.any(np.diff(positions) <= 0):
+        raise SealsError("score: storage positions must be sorted and unique")
+    starts = EmbeddingStore.open(store_path).shard_starts
+    ranges = list(enumerate(position_ranges(positions, starts, chunk_rows)))
+    with test_pipeline or beam.Pipeline(options=beam_options(beam_args)) as p:
         _ = (
             p
-            | "Chunks" >> beam.Create(chunks)
-            | "Read" >> beam.ParDo(ReadChunks(store_path))
-            | "Classify" >> RunInference(KeyedModelHandler(LinearModelHandler(model_uri)))
+            | "Ranges" >> beam.Create(ranges)
+            | "Classify" >> RunInference(KeyedModelHandler(StoredEmbeddingsHandler(model_uri, store_path)))
             | "Write" >> beam.ParDo(WriteScores(work_dir))
         )
-    parts = [np.load(Path(work_dir) / f"scores-{i:06d}.npy", allow_pickle=False) for i, _ in chunks]
+    parts = [np.load(Path(work_dir) / f"scores-{i:06d}.npy", allow_pickle=False) for i, _ in ranges]
     return np.concatenate(parts) if parts else np.zeros(0, np.float64)
 
 
@@ -258,14 +281,21 @@ def score_campaign(
 
 
 def _score(dataset: Dataset, items: np.ndarray, model: ExportedModel, beam_args: Sequence[str]) -> np.ndarray:
+    """The items' scores, in the order given (scored in storage order)."""
     if not len(items):
         return np.zeros(0, np.float64)
+    positions = dataset.store.positions(dataset.prepared.row_ids_at(items))
+    order = np.argsort(positions, kind="stable")
     with tempfile.TemporaryDirectory(prefix="seals-score-") as tmp:
         model_uri = write_model(model, str(Path(tmp) / "model.json"))
         work = Path(tmp) / "work"
         work.mkdir()
-        row_ids = dataset.prepared.row_ids_at(items)
-        return score_rows(str(dataset.store.path), row_ids, model_uri, str(work), beam_args=beam_args)
+        scored = score_positions(
+            str(dataset.store.path), positions[order], model_uri, str(work), beam_args=beam_args
+        )
+    scores = np.empty(len(items), np.float64)
+    scores[order] = scored
+    return scores
 
 
 def _scored_before(campaign: Campaign, ids_hash: np.ndarray) -> np.ndarray:

@@ -435,6 +435,20 @@ class EmbeddingStore:
             out[mask] = self._shards[s][positions[mask] - self._offsets[s]]
         return out
 
+    @property
+    def shard_starts(self) -> np.ndarray:
+        """The storage position where each shard starts, then the row count."""
+        return self._offsets.copy()
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start..stop-1`` by storage position, within one shard: a view of the shard
+        (nothing copied) when it is memory-mapped or in RAM."""
+        s = int(np.searchsorted(self._offsets, start, side="right")) - 1
+        if not 0 <= start <= stop <= self._offsets[min(s + 1, len(self._offsets) - 1)]:
+            raise SealsError(f"{self.path}: rows {start}..{stop} are not inside one shard")
+        base = int(self._offsets[s])
+        return self._shards[s][start - base : stop - base]
+
     def iter_chunks(self, chunk_rows: int = 65_536) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (start position, float32 block) in storage order, one chunk in memory at a time.
 

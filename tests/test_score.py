@@ -27,8 +27,8 @@ from seals_al.export import (
     read_model,
     write_model,
 )
-from seals_al.oracle import seed_file_from_truth
-from seals_al.score import SCORED_IDS, read_scores, score_rows
+from seals_al.oracle import label_open_batch, seed_file_from_truth
+from seals_al.score import SCORED_IDS, position_ranges, read_scores, score_positions
 from seals_al.settings import EXPORT_PRECISIONS, DataConfig, RoundConfig
 from seals_al.store import write_store
 from seals_al.train import LinearModel
@@ -128,29 +128,34 @@ def test_a_bad_model_file_is_refused_naming_it(trained, tmp_path, change, messag
     assert str(bad) in str(e.value)
 
 
-def test_the_beam_scorer_gives_the_classifiers_own_scores_in_order(tmp_path):
+def test_position_ranges_stay_inside_shards_and_runs():
+    starts = np.asarray([0, 10, 20, 30])
+    positions = np.asarray([1, 2, 3, 8, 9, 10, 11, 25, 26, 27, 28, 29])
+    assert position_ranges(positions, starts, 3) == [(1, 4), (8, 10), (10, 12), (25, 28), (28, 30)]
+    assert position_ranges(np.zeros(0, np.int64), starts, 3) == []
+
+
+def test_the_beam_scorer_gives_the_classifiers_own_scores(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1000, 16)).astype(np.float32)
     row_ids = rng.permutation(5000)[:1000]
-    store = write_store(
-        tmp_path / "s", [f"i{i}" for i in range(1000)], x, model="m", normalized=False, row_ids=row_ids
-    )
+    ids = [f"i{i}" for i in range(1000)]
+    store = write_store(tmp_path / "s", ids, x, model="m", normalized=False, row_ids=row_ids, shard_rows=300)
     classifier = LinearModel(rng.normal(size=16), 0.3)
     model = ExportedModel(classifier, {"model": "m", "dim": 16}, "c", 0, 0, 0, "", [], "")
     uri = write_model(model, str(tmp_path / "model.json"))
-    wanted = row_ids[rng.permutation(1000)[:700]]  # any subset, any order
+    positions = np.sort(rng.permutation(1000)[:700])  # any subset, across shards and gaps
     work = tmp_path / "work"
     work.mkdir()
-    scores = score_rows(
-        str(store.path),
-        wanted,
-        uri,
-        str(work),
-        chunk_rows=64,
-        test_pipeline=BeamTestPipeline(options=PipelineOptions(["--runner=FnApiRunner"])),
+    pipeline = BeamTestPipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
+    scores = score_positions(
+        str(store.path), positions, uri, str(work), chunk_rows=64, test_pipeline=pipeline
     )
-    np.testing.assert_array_equal(scores, classifier.predict_proba(store.vectors(wanted)))
-    assert len(list(work.glob("scores-*.npy"))) == 11  # ceil(700 / 64) chunks, one file each
+    np.testing.assert_allclose(scores, classifier.predict_proba(x[positions]), rtol=1e-6)
+    expected = len(position_ranges(positions, store.shard_starts, 64))
+    assert len(list(work.glob("scores-*.npy"))) == expected, "one file per range"
+    with pytest.raises(SealsError, match="sorted and unique"):
+        score_positions(str(store.path), positions[::-1], uri, str(work))
 
 
 def test_score_ranks_every_item_and_new_only_scores_just_what_arrived(tmp_path, clinc_slice, cache_dir):
@@ -260,3 +265,30 @@ def test_the_one_round_pipeline_exports_the_model_and_scores_the_corpus(tmp_path
     assert logged["items_at_precision_0.9"] == above
     summary = Path(output["artifacts"]["summary"]["artifacts"][0]["uri"]).read_text()
     assert f"| 0.9 | {exported.thresholds[2]['threshold']:.4f} | {above:,} |" in summary
+
+
+def test_a_campaign_over_a_folder_takes_in_a_new_file_and_scores_just_its_items(
+    tmp_path, clinc_slice, cache_dir
+):
+    folder = tmp_path / "items"
+    folder.mkdir()
+    (folder / "2026-11-30.csv").write_bytes(clinc_slice.read_bytes())
+    uri = str(tmp_path / "campaign")
+    init(CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir, data=str(folder))), uri)
+    campaign = Campaign(uri, progress=False)
+    campaign.round()
+    before = campaign.dataset().prepared.count
+    assert main(["score", uri, "--out", str(tmp_path / "all.parquet")]) == 0
+
+    with CLINC.open(newline="") as f:
+        extra = [r for r in csv.DictReader(f) if r["label"] == "change_speed"][:12]
+    with (folder / "2026-12-01.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(extra[0]))
+        writer.writeheader()
+        writer.writerows(extra)
+    label_open_batch(campaign)
+    grown = Campaign(uri, progress=False)
+    assert grown.round()["round"] == 1, "the next round runs over the grown data"
+    assert grown.dataset().prepared.count == before + 12
+    assert main(["score", uri, "--out", str(tmp_path / "new.parquet"), "--new-only"]) == 0
+    assert sorted(read_scores(str(tmp_path / "new.parquet"))["id"]) == sorted(r["id"] for r in extra)
