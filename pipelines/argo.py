@@ -25,7 +25,8 @@ RETRY = {"limit": "2", "retryPolicy": "Always", "backoff": {"duration": "60s", "
 
 def workflow_template():
     """The template: round(remaining) = ingest (pulling from Label Studio when configured), then, if
-    it staged labels, train, select, report and the Label Studio push; then, if the report says
+    it staged labels, train, select, report, (with score-corpus) score the new items, and the Label
+    Studio push; then, if the report says
     keep going and rounds remain (or nothing was staged: resumed too early), wait (suspend, or
     on Label Studio) and run the next round (the same round again when nothing was staged)."""
     from hera.workflows import Container, Parameter, Step, Steps, Suspend, WorkflowTemplate
@@ -133,6 +134,13 @@ def workflow_template():
                 description="between rounds: suspend until `argo resume`, or wait on Label Studio",
             ),
             Parameter(name="labeled-fraction", value="1.0"),
+            Parameter(
+                name="score-corpus",
+                value="false",
+                enum=["false", "true"],
+                description="after each round, score the items not scored before with its model "
+                "(Parquet under the campaign's scores/)",
+            ),
             Parameter(name="wait-timeout-seconds", value=str(int(WAIT_TIMEOUT_SECONDS))),
         ],
     ) as template:
@@ -155,6 +163,16 @@ def workflow_template():
                 "--target-value={{workflow.parameters.target-value}}",
             ],
             outputs=[Parameter(name="keep-going", value_from=ValueFrom(path="/tmp/report/keep_going"))],
+        )
+        score = step_container(
+            "score",
+            "score",
+            [
+                "score",
+                campaign,
+                "--new-only",
+                f"--out={campaign}/scores/{{{{workflow.name}}}}-{{{{inputs.parameters.remaining}}}}.parquet",
+            ],
         )
         push = step_container(
             "label-studio-push", "label-studio-push", ["labelstudio", "push", campaign, "--if-configured"]
@@ -180,6 +198,11 @@ def workflow_template():
             Step(name="ingest", template=ingest)
             for name, container in (("train", train), ("select", select), ("report", report)):
                 Step(name=name, template=container, when=staged)
+            Step(
+                name="score",
+                template=score,
+                when=f"{staged} && {{{{workflow.parameters.score-corpus}}}} == true",
+            )
             Step(name="label-studio-push", template=push, when=staged)
             waiting = f"({advanced} || {early})"
             Step(name="wait-for-labels", template=wait, when=f"{waiting} && {mode} == suspend")

@@ -48,7 +48,7 @@ def test_the_argo_template_is_valid_and_suspends_between_rounds():
     steps = [group[0] for group in templates["round"]["steps"]]
     names = [s["name"] for s in steps]
     assert names == [
-        "ingest", "train", "select", "report", "label-studio-push", "wait-for-labels",
+        "ingest", "train", "select", "report", "score", "label-studio-push", "wait-for-labels",
         "wait-in-label-studio", "next-round", "same-round",
     ]  # fmt: skip
     by_name = {s["name"]: s for s in steps}
@@ -76,6 +76,16 @@ def test_the_argo_template_is_valid_and_suspends_between_rounds():
     ]
     for name in ("train", "select", "report", "label-studio-push"):
         assert by_name[name]["when"] == "{{steps.ingest.outputs.parameters.staged}} == true"
+    # score-corpus=true: each round that trained a model scores what arrived since, into scores/.
+    assert by_name["score"]["when"] == (
+        "{{steps.ingest.outputs.parameters.staged}} == true && {{workflow.parameters.score-corpus}} == true"
+    )
+    assert parameters["score-corpus"]["value"] == "false"
+    assert templates["score"]["container"]["args"][:3] == [
+        "score",
+        "{{workflow.parameters.campaign-uri}}",
+        "--new-only",
+    ]
     assert templates["label-studio-push"]["container"]["args"] == [
         "labelstudio", "push", "{{workflow.parameters.campaign-uri}}", "--if-configured",
     ]  # fmt: skip
@@ -100,6 +110,7 @@ def test_the_argo_template_runs_as_a_cluster_expects():
         "train",
         "select",
         "report",
+        "score",
         "label-studio-push",
         "wait-in-label-studio",
     }
@@ -110,7 +121,9 @@ def test_the_argo_template_runs_as_a_cluster_expects():
         assert c["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert {"name": "workspace", "mountPath": "/workspace"} in c["volumeMounts"]
         assert {"name": "SEALS_CACHE_DIR", "value": "/workspace/seals-al-cache"} in c["env"]
-        if name != "wait-in-label-studio":  # a wait that timed out is re-submitted, not retried
+        # Not retried: a wait that timed out is re-submitted; a score with --new-only retried after
+        # it recorded what it scored would find nothing new.
+        if name not in ("wait-in-label-studio", "score"):
             assert int(t["retryStrategy"]["limit"]) == 2, f"{name} is idempotent and retried"
         # Only the steps that talk to Label Studio see its Secret, which is optional.
         secrets = [e for e in c["env"] if "valueFrom" in e]
