@@ -25,6 +25,65 @@ MAX_CELL_CHARS = 131_072
 MAX_JSONL_LINE_CHARS = 8 * MAX_CELL_CHARS
 
 
+ITEM_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
+WILDCARDS = "*?["
+
+
+def item_files(uri: str) -> list[str]:
+    """The item files that a ``data:`` (or ``items_uri``) names, local or gs://: a file; a folder,
+    meaning its item files (.csv, .jsonl, .ndjson, .parquet) directly inside; or a glob such as
+    ``items/*.csv``, whose ``*`` does not cross a ``/``. Sorted by name, so that files added later
+    with later names (``2026-12-01.csv``) append their rows after the earlier ones'.
+
+    Raises:
+        SealsError: a folder or glob that names no item file.
+    """
+    from fnmatch import fnmatchcase
+
+    from seals_al.storage import open_storage
+
+    if any(c in uri for c in WILDCARDS):
+        first = min(uri.index(c) for c in WILDCARDS if c in uri)
+        root = uri[:first].rpartition("/")[0] or "."
+        pattern = uri[len(root) + 1 :] if uri[:first].rpartition("/")[0] else uri
+        depth = pattern.count("/")
+        storage = open_storage(root)
+        files = [
+            storage.where(key)
+            for key in storage.list()
+            if key.count("/") == depth and fnmatchcase(key, pattern)
+        ]
+        if not files:
+            raise SealsError(f"{uri}: no file matches")
+        for file in files:
+            if not file.lower().endswith(ITEM_SUFFIXES):
+                raise SealsError(
+                    f"{file}: matched by {uri} but not an item file ({', '.join(ITEM_SUFFIXES)})"
+                )
+        return files
+    folder = uri.startswith("gs://") and (uri.endswith("/") or not _gcs_object_exists(uri))
+    if folder or (not uri.startswith("gs://") and Path(uri.removeprefix("file://")).is_dir()):
+        storage = open_storage(uri.rstrip("/"))
+        files = [
+            storage.where(key)
+            for key in storage.list()
+            if "/" not in key and key.lower().endswith(ITEM_SUFFIXES)
+        ]
+        if not files:
+            raise SealsError(
+                f"{uri}: no such item file, nor a folder with item files ({', '.join(ITEM_SUFFIXES)})"
+            )
+        return files
+    return [uri]
+
+
+def _gcs_object_exists(uri: str) -> bool:
+    from seals_al.storage import open_storage, split_uri
+
+    parent, name = split_uri(uri)
+    return open_storage(parent).exists(name)
+
+
 def read_items(path: str | Path, columns: Sequence[str], id_column: str) -> Columns:
     """Read the named columns of an item table.
 
@@ -184,6 +243,27 @@ def _check_ids(path: Path, id_column: str, ids: Sequence[str]) -> None:
         seen[item_id] = row
 
 
+def _read_all(paths: Sequence[Path], columns: Sequence[str], id_column: str) -> Columns:
+    """Several item files as one table, in order; an id in two files is an error naming both."""
+    if len(paths) == 1:
+        return read_items(paths[0], columns, id_column)
+    table: Columns = {}
+    first: dict[str, tuple[Path, int]] = {}
+    for path in paths:
+        part = read_items(path, columns, id_column)
+        for row, item_id in enumerate(part[id_column], start=1):
+            if item_id in first:
+                where, at = first[item_id]
+                raise SealsError(
+                    f"{path}, data row {row}: {id_column!r} {shown(item_id)} is also in {where} (data row "
+                    f"{at}); an id names one item across every file"
+                )
+            first[item_id] = (path, row)
+        for c, values in part.items():
+            table.setdefault(c, []).extend(values)
+    return table
+
+
 @dataclass(frozen=True)
 class Items:
     """The item table's columns that a run needs, in file order, validated before any embedding
@@ -203,11 +283,12 @@ class Items:
         """Read the columns ``config`` names; texts are read when they will be embedded, or when
         they are there beside given embeddings (for labelers)."""
         columns = [c for c in (config.truth_column, config.split_column) if c]
-        path = local_file(config.data, config.cache_dir or default_cache_dir())
-        with_texts = config.embeddings is None or has_column(path, config.text_column)
+        cache = config.cache_dir or default_cache_dir()
+        paths = [local_file(uri, cache) for uri in item_files(config.data)]
+        with_texts = config.embeddings is None or has_column(paths[0], config.text_column)
         if with_texts:
             columns.append(config.text_column)
-        table = read_items(path, columns, config.id_column)
+        table = _read_all(paths, columns, config.id_column)
         is_eval = np.zeros(len(table[config.id_column]), dtype=bool)
         if config.split_column:
             split = np.asarray(table[config.split_column], dtype=object)

@@ -40,7 +40,7 @@ import numpy as np
 
 from seals_al.arrays import ArrayFile, open_array, pread_exact, search_sorted, sparse_sample
 from seals_al.errors import SealsError, shown
-from seals_al.items import Items
+from seals_al.items import Items, item_files
 from seals_al.published import is_remote, materialize_if_published
 from seals_al.published import version as remote_version
 from seals_al.settings import DataConfig
@@ -123,10 +123,14 @@ def data_version(config: DataConfig) -> dict:
             return hashlib.sha256(data).hexdigest() + " " + file_version(ids)
         return file_version(path)
 
+    files = item_files(config.data)
     return {
         "format": FORMAT,
         "data": config.data,
-        "data_version": stat(config.data),
+        # One file: its version, as always; a folder or glob: each file's name and version.
+        "data_version": stat(config.data)
+        if files == [config.data]
+        else "; ".join(f"{uri} {stat(uri)}" for uri in files),
         "embeddings": config.embeddings,
         "embeddings_version": stat(config.embeddings) if config.embeddings else None,
         "columns": [config.id_column, config.text_column, config.truth_column, config.split_column],

@@ -142,6 +142,24 @@ def test_ensure_embeddings_reuses_a_store_made_from_the_same_items(tmp_path):
     assert sorted(EmbeddingStore.open(out).ids) == ["a", "c"]
 
 
+def test_a_folder_of_item_files_is_embedded_whole_and_again_when_a_file_arrives(tmp_path):
+    folder = tmp_path / "items"
+    folder.mkdir()
+    (folder / "1.csv").write_text(f"id,text\na,{TEXTS['a']}\n")
+    (folder / "2.jsonl").write_text(json.dumps({"id": "b", "text": TEXTS["b"]}) + "\n")
+    (folder / "notes.txt").write_text("not an item file")
+    out = str(tmp_path / "store")
+    assert not ensure_embeddings(str(folder), out)[1]
+    assert sorted(EmbeddingStore.open(out).ids) == ["a", "b"]
+    assert ensure_embeddings(str(folder), out)[1], "the same files: reused"
+    assert ensure_embeddings(f"{folder}/[12].*", out)[0]["count"] == 2
+    with pytest.raises(SealsError, match=r"notes.txt: matched by .*/\* but not an item file"):
+        ensure_embeddings(f"{folder}/*", out)
+    (folder / "3.csv").write_text(f"id,text\nc,{TEXTS['c']}\n")
+    assert not ensure_embeddings(str(folder), out)[1], "a new file: embedded again"
+    assert sorted(EmbeddingStore.open(out).ids) == ["a", "b", "c"]
+
+
 def test_unknown_options_are_an_error_not_silently_dropped(tmp_path):
     with pytest.raises(SealsError, match="unknown option"):
         run([f"--input={tmp_path}/*.csv", f"--output={tmp_path / 'o'}", "--colour=blue"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tracemalloc
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,7 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from seals_al.errors import SealsError
-from seals_al.items import MAX_CELL_CHARS, MAX_JSONL_LINE_CHARS, has_column, read_items
+from seals_al.items import MAX_CELL_CHARS, MAX_JSONL_LINE_CHARS, Items, has_column, item_files, read_items
+from seals_al.settings import DataConfig
+from seals_al.storage import open_storage
+
+from .conftest import BUCKET
 
 ROWS = [{"id": "a", "text": "first"}, {"id": "b", "text": "second, with a comma"}]
 
@@ -133,3 +138,55 @@ def test_read_items_rejects_bad_encoding(tmp_path):
     path.write_bytes("id,text,label\na,caf\xe9,x\n".encode("latin-1"))
     with pytest.raises(SealsError, match="not valid UTF-8"):
         read_items(path, ["text", "label"], "id")
+
+
+def test_data_may_be_a_folder_or_a_glob_of_item_files(tmp_path, monkeypatch):
+    folder = tmp_path / "items"
+    folder.mkdir()
+    write(folder / "2026-12-02.jsonl", [{"id": "c", "text": "third"}])
+    write(folder / "2026-12-01.csv", ROWS)
+    (folder / "README.md").write_text("not items")
+    (folder / "old").mkdir()
+    write(folder / "old" / "x.csv", [{"id": "z", "text": "in a subfolder"}])
+    by_name = [str(folder / "2026-12-01.csv"), str(folder / "2026-12-02.jsonl")]
+    assert item_files(str(folder)) == by_name, "item files directly inside, by name"
+    assert item_files(f"{folder}/*.csv") == by_name[:1]
+    assert item_files(f"{folder}/*/x.csv") == [str(folder / "old" / "x.csv")], "* stops at /"
+    with pytest.raises(SealsError, match=r"README.md: matched by .*/\*\.\* but not an item file"):
+        item_files(f"{folder}/*.*")
+    monkeypatch.chdir(tmp_path)
+    assert item_files("items/2026-*") == by_name, "relative to the working directory"
+    assert item_files(str(folder / "2026-12-01.csv")) == by_name[:1], "a file is itself"
+    with pytest.raises(SealsError, match=r"items/\*\.parquet: no file matches"):
+        item_files("items/*.parquet")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SealsError, match="empty: no such item file, nor a folder with item files"):
+        item_files(str(tmp_path / "empty"))
+
+    items = Items.load(DataConfig(data=str(folder)))
+    assert items.ids == ["a", "b", "c"], "the files' rows in the files' order"
+    assert items.texts == ["first", "second, with a comma", "third"]
+
+
+def test_an_id_in_two_item_files_is_an_error_naming_both(tmp_path):
+    write(tmp_path / "a.csv", ROWS)
+    write(tmp_path / "b.jsonl", [{"id": "new", "text": "x"}, {"id": "b", "text": "again"}])
+    with pytest.raises(SealsError) as e:
+        Items.load(DataConfig(data=str(tmp_path)))
+    assert str(e.value) == (
+        f"{tmp_path / 'b.jsonl'}, data row 2: 'id' 'b' is also in {tmp_path / 'a.csv'} (data row 2); "
+        "an id names one item across every file"
+    )
+
+
+def test_item_files_on_gcs(gcs_emulator):
+    prefix = f"gs://{BUCKET}/items-{uuid.uuid4().hex}"
+    storage = open_storage(prefix)
+    storage.write_text("b.csv", "id,text\nb,x\n")
+    storage.write_text("a.csv", "id,text\na,y\n")
+    storage.write_text("notes.txt", "no")
+    assert item_files(prefix) == [f"{prefix}/a.csv", f"{prefix}/b.csv"]
+    assert item_files(f"{prefix}/") == [f"{prefix}/a.csv", f"{prefix}/b.csv"]
+    assert item_files(f"{prefix}/b*") == [f"{prefix}/b.csv"]
+    assert item_files(f"{prefix}/a.csv") == [f"{prefix}/a.csv"]
+    assert Items.load(DataConfig(data=f"{prefix}/*.csv")).ids == ["a", "b"]

@@ -36,6 +36,7 @@ from seals_al.embed.handlers import EfficientNetLiteHandler, MiniLMHandler
 from seals_al.embed.transforms import DEAD, EmbedItems, LoadImage, ReadItems, WriteShards
 from seals_al.encoder import IMAGE_MODEL, IMAGE_MODEL_DIM, TEXT_MODEL, TEXT_MODEL_DIM
 from seals_al.errors import EXIT_USAGE, SealsError
+from seals_al.items import item_files
 from seals_al.published import check_target, output_folder, read_manifest_at
 from seals_al.store import FORMAT as STORE_FORMAT
 from seals_al.store import StoreWriter
@@ -183,14 +184,23 @@ def ensure_embeddings(
     from apache_beam.io.filesystems import FileSystems
 
     check_target(output, STORE_FORMAT)  # a bad output fails before reading or embedding
-    digest = hashlib.sha256()
-    with FileSystems.open(items, compression_type="uncompressed") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+
+    def sha256(uri: str) -> str:
+        digest = hashlib.sha256()
+        with FileSystems.open(uri, compression_type="uncompressed") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    files = item_files(items)
+    if files == [items]:
+        content = sha256(items)
+    else:  # a folder or glob: every file's name and content
+        content = hashlib.sha256("".join(f"{uri}\t{sha256(uri)}\n" for uri in files).encode()).hexdigest()
     model = IMAGE_MODEL if modality == "image" else TEXT_MODEL
     source = {
         "items": items,
-        "sha256": digest.hexdigest(),
+        "sha256": content,
         "id_column": id_column,
         "text_column": text_column,
         "modality": modality,

@@ -17,6 +17,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunIn
 from seals_al.embed.handlers import MiniLMHandler
 from seals_al.encoder import preprocess_image
 from seals_al.errors import SealsError
+from seals_al.items import item_files
 
 DEAD = "dead"
 
@@ -76,17 +77,19 @@ class ParseItems(beam.DoFn):
 
 
 class ReadItems(beam.PTransform):
-    """Item files matching a pattern -> tagged outputs "items" ((id, text) pairs) and "dead"."""
+    """Item files -> tagged outputs "items" ((id, text) pairs) and "dead". ``source``: a file, a
+    folder or a glob (:func:`seals_al.items.item_files`), listed when the pipeline is built."""
 
-    def __init__(self, pattern: str, id_column: str = "id", text_column: str = "text"):
+    def __init__(self, source: str, id_column: str = "id", text_column: str = "text"):
         super().__init__()
-        self.pattern = pattern
+        self.files = item_files(source)
         self.parse = ParseItems(id_column, text_column)
 
     def expand(self, pipeline):
         return (
             pipeline
-            | "Match" >> fileio.MatchFiles(self.pattern)
+            | "Files" >> beam.Create(self.files)
+            | "Match" >> fileio.MatchAll()
             | "Open" >> fileio.ReadMatches()
             | "Parse" >> beam.ParDo(self.parse).with_outputs(DEAD, main="items")
         )
