@@ -19,7 +19,6 @@ no threshold reaches it. Without ground truth on the evaluation split there are 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from seals_al.campaign.state import jsonl_rows
 from seals_al.errors import SealsError
 from seals_al.settings import EXPORT_PRECISIONS
 from seals_al.storage import open_storage, split_uri
@@ -232,7 +232,7 @@ def export_round(
     saved = st.read_json(campaign.keys(r).model)
     classifier = LinearModel.from_json(saved)
     dataset = campaign.dataset()
-    labeled = [row["label"] for row in _jsonl(st.read_text(campaign.keys(r).labeled))]
+    labeled = [row["label"] for row in jsonl_rows(st.read_text(campaign.keys(r).labeled))]
     thresholds, on = [], "no ground truth on the evaluation split"
     if dataset.has_truth:
         y = dataset.eval_truth(campaign.config.concept)
@@ -251,10 +251,6 @@ def export_round(
         thresholds,
         on,
     )
-
-
-def _jsonl(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def write_model(model: ExportedModel, uri: str) -> str:
