@@ -81,6 +81,13 @@ class Dataset:
         return self.prepared.store
 
     @property
+    def growth_marker(self) -> str | None:
+        """None for data that never grew; after items were appended to the embeddings
+        (:func:`seals_al.embed.local.embed_texts` with a base), the digest of U's rows, which a
+        saved pool records so that a pool of an earlier version is not restored over this one."""
+        return self.prepared.u_digest if "appended_to" in self.store.manifest.get("extra", {}) else None
+
+    @property
     def cache_dir(self) -> Path:
         """This machine's cache directory (prepared data, indexes, graphs, pools)."""
         return Path(self.config.cache_dir or default_cache_dir())

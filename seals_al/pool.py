@@ -188,12 +188,16 @@ class CandidatePool:
         self._slot = {r: i for i, r in enumerate(self._ids[: self._n].tolist())}
 
     # -- persistence (no pickle: plain arrays and JSON) ------------------------------------
-    def save(self, storage: Storage, prefix: str, cache: MemberVectors | None = None) -> None:
+    def save(
+        self, storage: Storage, prefix: str, cache: MemberVectors | None = None, marker: str | None = None
+    ) -> None:
         """Write the pool state (expanded set, members, sources, densities) as .npz + JSON.
 
         Each object is written atomically; pool.json, written last, names the counts that
         :meth:`load` checks pool.npz against, so files from two different saves are detected.
-        ``cache`` keeps the members' vectors on this machine for the next :meth:`load`.
+        ``cache`` keeps the members' vectors on this machine for the next :meth:`load`. ``marker``
+        (data that has grown: the digest of U's rows) is recorded, so that a load over other data
+        knows the pool is not its own.
         """
         self._compact()
         n = self._n
@@ -214,6 +218,7 @@ class CandidatePool:
             "queries": self.queries,
             "size": n,
             "expanded": len(self.expanded),
+            **({"data": marker} if marker is not None else {}),
         }
         storage.write_json(f"{prefix}/pool.json", meta)
 
@@ -225,10 +230,17 @@ class CandidatePool:
         neighbours: faiss.Index | Neighbours,
         store: EmbeddingStore,
         cache: MemberVectors | None = None,
-    ) -> CandidatePool:
+        marker: str | None = None,
+    ) -> CandidatePool | None:
         """Read a saved pool (no pickle); member vectors come from ``cache`` when it holds them
-        for this exact pool.npz, else they are gathered again from the store."""
+        for this exact pool.npz, else they are gathered again from the store.
+
+        ``marker``: the digest of U's rows when the data has grown (else None). When it is not what
+        the pool was saved with, the pool's neighbour lists are of other data: None is returned,
+        and the caller builds the pool again over the data as it is."""
         meta = storage.read_json(f"{prefix}/pool.json")
+        if meta.get("data") != marker:
+            return None
         saved = storage.read_bytes(f"{prefix}/pool.npz")
         with np.load(io.BytesIO(saved), allow_pickle=False) as data:
             if len(data["ids"]) != meta["size"] or len(data["expanded"]) != meta["expanded"]:

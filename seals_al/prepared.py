@@ -52,6 +52,7 @@ from seals_al.storage import (
     open_storage,
     read_manifest,
     split_uri,
+    write_json_atomic,
 )
 from seals_al.store import MANIFEST, EmbeddingStore, RowLookup, rows_digest
 
@@ -367,8 +368,53 @@ def prepare(
             return Prepared.open(folder, access)
         except SealsError:
             pass  # its store was removed or replaced: prepare again
-    _write(folder, config, version, items or Items.load(config), progress)
+    items = items or Items.load(config)
+    lineage = _lineage(config)
+    _write(folder, config, version, items, progress, _grown_from(lineage, config, items))
+    write_json_atomic(lineage, {"prepared": key})  # last: a crash before it leaves the old pointer
     return Prepared.open(folder, access)
+
+
+def _lineage(config: DataConfig) -> Path:
+    """Where the newest prepared version of this data source (the same ``data:``, columns and
+    embeddings setting) is named, so that the next version can grow from it."""
+    source = json.dumps([config.data, config.id_column, config.text_column, config.embeddings])
+    name = hashlib.sha256(source.encode()).hexdigest()[:24]
+    return Path(config.cache_dir or default_cache_dir()) / "prepared" / "lineage" / f"{name}.json"
+
+
+def _grown_from(lineage: Path, config: DataConfig, items: Items) -> EmbeddingStore | None:
+    """The embeddings of the data's previous prepared version, when the new version only adds
+    items to it: then only the new items are embedded (appended to that store). None when there is
+    no previous version here, it is gone, it had imported embeddings, or items left the data (a
+    file removed or rows deleted): the new version is then embedded whole.
+
+    Raises:
+        SealsError: an item kept its id but its text changed (its vector would no longer be its).
+    """
+    if config.embeddings is not None or items.texts is None or not lineage.is_file():
+        return None
+    try:
+        key = json.loads(lineage.read_text())["prepared"]
+        previous = Prepared.open(lineage.parent.parent / str(key))
+    except (SealsError, OSError, ValueError, KeyError, TypeError):
+        return None
+    if not previous.has_texts:
+        return None
+    everything = np.arange(previous.count)
+    old_ids = previous.ids_at(everything)
+    where = {item_id: i for i, item_id in enumerate(items.ids)}
+    if any(item_id not in where for item_id in old_ids):
+        return None
+    for item_id, text in zip(old_ids, previous.texts_at(everything), strict=True):
+        now = items.texts[where[item_id]]
+        if now != text:
+            raise SealsError(
+                f"{config.data}: the text of id {shown(item_id)} changed since it was embedded "
+                f"(was {shown(text)}, now {shown(now)}); an item's text is fixed once embedded: "
+                "give the new text a new id"
+            )
+    return previous.store
 
 
 def embeddings_path(config: DataConfig) -> Path:
@@ -379,14 +425,16 @@ def embeddings_path(config: DataConfig) -> Path:
     return materialize_if_published(uri, cache) or local_file(uri, cache)
 
 
-def _write(folder: Path, config: DataConfig, version: dict, items: Items, progress: bool) -> None:
+def _write(
+    folder: Path, config: DataConfig, version: dict, items: Items, progress: bool, base: EmbeddingStore | None
+) -> None:
     from seals_al.embed.local import embed_texts, import_embeddings
     from seals_al.encoder import TEXT_MODEL_DIM
     from seals_al.index.build import check_factory
 
     if config.embeddings is None:
         check_factory(TEXT_MODEL_DIM, config.index_factory)  # a bad string fails before the embedding
-        store = embed_texts(items.ids, items.texts, cache_dir=config.cache_dir, progress=progress)
+        store = embed_texts(items.ids, items.texts, cache_dir=config.cache_dir, progress=progress, base=base)
     else:
         store = import_embeddings(
             embeddings_path(config), items.ids, cache_dir=config.cache_dir, column=config.embeddings_column

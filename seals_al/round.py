@@ -75,10 +75,13 @@ class Candidates(ABC):
 class SealsCandidates(Candidates):
     """The candidate pool P: the neighbours of every labeled or selected example, minus those."""
 
-    def __init__(self, pool: CandidatePool, cache: MemberVectors, restored: bool = False):
+    def __init__(
+        self, pool: CandidatePool, cache: MemberVectors, restored: bool = False, marker: str | None = None
+    ):
         self.pool = pool
         self.cache = cache
         self.restored = restored
+        self.marker = marker  # saved with the pool: Dataset.growth_marker
 
     def __len__(self) -> int:
         return len(self.pool)
@@ -94,7 +97,7 @@ class SealsCandidates(Candidates):
         return select_seals(self.pool, model, strategy, want, seed=seed, round_index=r)
 
     def save(self, storage: Storage, prefix: str) -> None:
-        self.pool.save(storage, prefix, self.cache)
+        self.pool.save(storage, prefix, self.cache, self.marker)
 
 
 class GlobalCandidates(Candidates):
@@ -162,20 +165,26 @@ class RoundEngine:
             pool = CandidatePool(
                 source, self.dataset.store, self.config.k, with_density=self.strategy.needs_density
             )
-            return SealsCandidates(pool, self._member_vectors())
+            return SealsCandidates(pool, self._member_vectors(), marker=self.dataset.growth_marker)
         density = (
             self.dataset.u_density(self.config.k, self.progress) if self.strategy.needs_density else None
         )
         return GlobalCandidates(self.dataset, density)
 
     def restore(self, storage: Storage, prefix: str) -> Candidates:
-        """Candidates as a round saved them: the SEALS pool; global candidates are fresh."""
+        """Candidates as a round saved them: the SEALS pool; global candidates are fresh. A pool
+        saved before the data grew is not restored: fresh candidates are returned, which the
+        caller expands with every labeled and selected example, so the pool is the one built from
+        scratch over the grown data (new items near labeled examples can be selected at once)."""
         if self.config.mode != "seals":
             return self.candidates()
         source = self.dataset.neighbours(self.config.k, self.progress)
         cache = self._member_vectors()
-        pool = CandidatePool.load(storage, prefix, source, self.dataset.store, cache)
-        return SealsCandidates(pool, cache, restored=True)
+        marker = self.dataset.growth_marker
+        pool = CandidatePool.load(storage, prefix, source, self.dataset.store, cache, marker)
+        if pool is None:
+            return self.candidates()
+        return SealsCandidates(pool, cache, restored=True, marker=marker)
 
     def _member_vectors(self) -> MemberVectors:
         """Where this machine keeps saved pools' member vectors (the cache directory's pools/)."""

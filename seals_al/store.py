@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +158,27 @@ class StoreWriter:
         self._shards.append({"path": name, "rows": len(ids), "sha256": file_sha256(self._tmp / name)})
         self._ids.extend(ids)
         self._row_ids.append(np.asarray(row_ids, dtype=np.int64))
+
+    def add_store(self, base: EmbeddingStore) -> None:
+        """Take every shard of an existing store first, hard-linked (copied where a link cannot
+        be made), with its ids and row ids: appending to a store writes only the new shards, and
+        the base store is left as it was."""
+        if base.dim != self.dim:
+            raise SealsError(f"{base.path}: vectors of dimension {base.dim}, this store's are {self.dim}")
+        for shard in base.manifest["shards"]:
+            name = f"shard-{len(self._shards):05d}.npy"
+            try:
+                os.link(base.path / shard["path"], self._tmp / name)
+            except OSError:
+                shutil.copyfile(base.path / shard["path"], self._tmp / name)
+            self._shards.append({"path": name, "rows": int(shard["rows"]), "sha256": shard["sha256"]})
+        self._ids.extend(base.ids)
+        self._row_ids.append(np.asarray(base.row_ids, dtype=np.int64))
+
+    @property
+    def count(self) -> int:
+        """Rows added so far."""
+        return len(self._ids)
 
     def add_file(self, name: str, data: bytes) -> None:
         """Publish another file with the store (a dead-letter list, a report)."""

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from seals_al.encoder import MiniLMEncoder
 from seals_al.errors import SealsError, shown
+from seals_al.failpoints import failpoint
 from seals_al.storage import default_cache_dir
 from seals_al.store import EmbeddingStore, StoreWriter, l2_normalize, write_store
 
@@ -36,6 +37,7 @@ def embed_texts(
     encoder: MiniLMEncoder | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    base: EmbeddingStore | None = None,
 ) -> EmbeddingStore:
     """Embed texts into a store under the cache, or open the cached store from an earlier run.
 
@@ -45,9 +47,13 @@ def embed_texts(
         encoder: the text encoder (default: all-MiniLM-L6-v2).
         cache_dir: where stores are kept, one per (data, model) key.
         progress: show a progress bar while encoding.
+        base: a store that holds some of these items already, with these texts (the previous
+            version of the same data): only the ids it lacks are embedded, and the new store is
+            its shards (hard-linked, unchanged, their row ids kept) then one new shard.
 
     Returns:
-        The store; row ids are the positions 0..n-1 of the input.
+        The store; without ``base``, row ids are the positions 0..n-1 of the input; with it, the
+        new items' row ids follow the base's largest.
     """
     encoder = encoder or MiniLMEncoder()
     for item_id, text in zip(ids, texts, strict=True):
@@ -56,14 +62,35 @@ def embed_texts(
     store_dir = Path(cache_dir or default_cache_dir()) / "embeddings" / cache_key(encoder.name, ids, texts)
     if (store_dir / "manifest.json").is_file():
         return EmbeddingStore.open(store_dir)
+    if base is None:
+        vectors = _encode(encoder, texts, progress)
+        return write_store(store_dir, ids, vectors, model=encoder.name, normalized=True)
+    if base.model != encoder.name or base.dim != encoder.dim:
+        raise SealsError(
+            f"{base.path}: embedded by {base.model} ({base.dim}-d); new items would be embedded by "
+            f"{encoder.name} ({encoder.dim}-d), and one store holds one model's vectors"
+        )
+    known = set(base.ids)
+    new = [i for i, item_id in enumerate(ids) if item_id not in known]
+    vectors = _encode(encoder, [texts[i] for i in new], progress)
+    first = int(base.row_ids.max()) + 1 if len(base) else 0
+    extra = {"appended_to": base.digest(), "appended": len(new), "base_count": len(base)}
+    with StoreWriter(store_dir, dim=encoder.dim, model=encoder.name, normalized=True, extra=extra) as writer:
+        writer.add_store(base)
+        if new:
+            writer.add([ids[i] for i in new], vectors, np.arange(first, first + len(new), dtype=np.int64))
+        failpoint("during_append")  # killed here: nothing is published, the base is as it was
+    return EmbeddingStore.open(store_dir)
+
+
+def _encode(encoder: MiniLMEncoder, texts: Sequence[str], progress: bool) -> np.ndarray:
     step = 1024
     blocks = []
     with tqdm(total=len(texts), desc="embedding", unit="text", disable=not progress) as bar:
         for start in range(0, len(texts), step):
             blocks.append(encoder.encode(texts[start : start + step]))
             bar.update(len(blocks[-1]))
-    vectors = np.concatenate(blocks) if blocks else np.zeros((0, encoder.dim), np.float32)
-    return write_store(store_dir, ids, vectors, model=encoder.name, normalized=True)
+    return np.concatenate(blocks) if blocks else np.zeros((0, encoder.dim), np.float32)
 
 
 def import_embeddings(

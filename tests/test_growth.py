@@ -1,0 +1,185 @@
+"""Data that grows: a campaign's items as a folder to which files are added. Only the new items are
+embedded (the real model), appended to the previous version's store, whose shards and row ids stay;
+a changed text, a removed file and a crash mid-append each end as documented."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seals_al.embed.local import embed_texts
+from seals_al.errors import SealsError
+from seals_al.prepared import prepare
+from seals_al.settings import DataConfig
+
+from .conftest import CLINC
+
+
+def clinc_rows(n: int, skip: int = 0) -> list[dict]:
+    with CLINC.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows[skip : skip + n]
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def grown(tmp_path):
+    """A folder of items prepared once (40 rows), then again after a second file (12 rows)."""
+    folder = tmp_path / "items"
+    folder.mkdir()
+    write_csv(folder / "2026-11-30.csv", clinc_rows(40))
+    config = DataConfig(data=str(folder), cache_dir=str(tmp_path / "cache"))
+    before = prepare(config, progress=False)
+    write_csv(folder / "2026-12-01.csv", clinc_rows(12, skip=40))
+    return config, before
+
+
+def test_only_new_items_are_embedded_and_appended_after_the_old_rows(grown, tmp_path):
+    config, before = grown
+    after = prepare(config, progress=False)
+    old, new = before.store, after.store
+    assert new.path != old.path, "a new store: the old version stays as it was"
+    assert (len(old), len(new)) == (40, 52)
+    assert new.manifest["extra"] == {"appended_to": old.digest(), "appended": 12, "base_count": 40}
+    assert new.manifest["row_ids"] == "positions", "old rows keep their row ids, new ones follow"
+    for shard in old.manifest["shards"]:  # hard-linked, not copied, not rewritten
+        assert os.stat(new.path / shard["path"]).st_ino == os.stat(old.path / shard["path"]).st_ino
+    old_ids = before.ids_at(np.arange(40))
+    np.testing.assert_array_equal(after.row_ids_at(after.items_of(old_ids)), before.row_ids_at(np.arange(40)))
+    new_ids = [r["id"] for r in clinc_rows(12, skip=40)]
+    assert sorted(after.row_ids_at(after.items_of(new_ids)).tolist()) == list(range(40, 52))
+    # The appended vectors are the model's own, as a whole embedding of all 52 items gives them.
+    rows = clinc_rows(52)
+    whole = embed_texts(
+        [r["id"] for r in rows], [r["text"] for r in rows], cache_dir=tmp_path / "other", progress=False
+    )
+    ids = [r["id"] for r in rows]
+    np.testing.assert_allclose(
+        new.vectors(new.row_ids_of(ids)), whole.vectors(whole.row_ids_of(ids)), atol=1e-5
+    )
+    assert prepare(config, progress=False).folder == after.folder, "prepared once per version"
+
+
+def test_a_changed_text_is_an_error_naming_the_id_and_nothing_is_written(grown, tmp_path):
+    config, _ = grown
+    first = Path(config.data) / "2026-11-30.csv"
+    rows = clinc_rows(40)
+    rows[3] = {**rows[3], "text": "a text changed after it was embedded"}
+    write_csv(first, rows)
+    stores = sorted((tmp_path / "cache" / "embeddings").iterdir())
+    with pytest.raises(SealsError, match=rf"the text of id '{rows[3]['id']}' changed since it was embedded"):
+        prepare(config, progress=False)
+    assert sorted((tmp_path / "cache" / "embeddings").iterdir()) == stores, "no store written"
+
+
+def test_items_that_leave_mean_the_version_is_embedded_whole(grown):
+    config, _ = grown
+    (Path(config.data) / "2026-11-30.csv").unlink()
+    after = prepare(config, progress=False)
+    assert len(after.store) == 12
+    assert "extra" not in after.store.manifest, "not an append: embedded whole"
+
+
+def test_a_crash_mid_append_leaves_the_previous_version_and_the_next_run_completes_it(grown, tmp_path):
+    config, before = grown
+    code = (
+        "from seals_al.prepared import prepare\n"
+        "from seals_al.settings import DataConfig\n"
+        f"prepare(DataConfig(data={config.data!r}, cache_dir={config.cache_dir!r}), progress=False)\n"
+    )
+    env = {**os.environ, "SEALS_FAILPOINT": "during_append"}
+    killed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert killed.returncode == 137, killed.stderr
+    stores = [p for p in (tmp_path / "cache" / "embeddings").iterdir() if not p.name.startswith(".")]
+    assert [p.name for p in stores] == [before.store.path.name], "only the previous store is published"
+    assert before.store.digest() == type(before).open(before.folder).store.digest(), "intact"
+    after = prepare(config, progress=False)
+    assert len(after.store) == 52
+    assert after.store.manifest["extra"]["appended"] == 12
+
+
+def brute_force_pool(dataset, expanded: list[str], k: int) -> tuple[set[str], set[str]]:
+    """The pool built from scratch over U as it is now: (sure members, members at a tie with the
+    k-th neighbour), by exhaustive cosine similarity."""
+    u_rows = dataset.u_rows
+    u_ids = dataset.external_ids(u_rows)
+    x = dataset.store.vectors(u_rows)
+    at = {item_id: i for i, item_id in enumerate(u_ids)}
+    sure, tied = set(), set()
+    for item_id in expanded:
+        sims = x @ x[at[item_id]]
+        sims[at[item_id]] = -np.inf  # itself excluded
+        kth = np.sort(sims)[-k]
+        sure.update(u_ids[i] for i in np.flatnonzero(sims > kth + 1e-5))
+        tied.update(u_ids[i] for i in np.flatnonzero(np.abs(sims - kth) <= 1e-5))
+    return sure - set(expanded), tied - set(expanded)
+
+
+def test_after_each_growth_the_pool_is_the_one_built_from_scratch(tmp_path, clinc_slice, cache_dir):
+    from seals_al.campaign import Campaign, CampaignConfig, init
+    from seals_al.oracle import label_open_batch
+
+    from .test_campaign import write_config
+
+    folder = tmp_path / "items"
+    folder.mkdir()
+    (folder / "0.csv").write_bytes(clinc_slice.read_bytes())
+    config = write_config(tmp_path, clinc_slice, cache_dir, data=str(folder), index_factory="Flat")
+    uri = str(tmp_path / "campaign")
+    init(CampaignConfig.from_yaml(config), uri)
+    Campaign(uri, progress=False).round()
+    with CLINC.open(newline="") as f:  # more of the concept and of others, all outside the test split
+        more = [
+            r for r in csv.DictReader(f) if r["split"] != "test" and r["label"] in ("report_fraud", "cancel")
+        ]
+    known = {r["id"] for r in csv.DictReader(clinc_slice.open(newline=""))}
+    more = [r for r in more if r["id"] not in known]
+    for step in (1, 2, 3):
+        campaign = Campaign(uri, progress=False)
+        labeled = sorted(campaign.state().labeled)[step * 5 : step * 5 + 5]
+        texts = dict(
+            zip(
+                campaign.dataset().prepared.ids_at(np.arange(campaign.dataset().prepared.count)),
+                campaign.dataset().prepared.texts_at(np.arange(campaign.dataset().prepared.count)),
+                strict=True,
+            )
+        )
+        near = [
+            {**more[0], "id": f"near-{step}-{i}", "text": texts[i] + " right now", "label": "x"}
+            for i in labeled
+        ]
+        added = near + more[(step - 1) * 10 : step * 10]
+        write_csv(folder / f"{step}.csv", added)
+        label_open_batch(campaign)
+        campaign = Campaign(uri, progress=False)
+        record = campaign.round()
+        assert record["round"] == step
+        dataset = campaign.dataset()
+        assert dataset.store.manifest["extra"]["appended"] == 15, "only the new file was embedded"
+        state = campaign.state()
+        expanded = sorted(set(state.labeled) | {row["id"] for row in state.batch})
+        with np.load(Path(uri) / f"rounds/{step:03d}/pool/pool.npz") as saved:
+            pool = set(dataset.external_ids(saved["ids"]))
+            sources = dataset.external_ids(saved["reached_from"])
+            reached = dict(zip(dataset.external_ids(saved["ids"]), sources, strict=True))
+        sure, tied = brute_force_pool(dataset, expanded, campaign.config.learning.k)
+        assert sure <= pool <= sure | tied, f"step {step}: the kNN of every labeled and selected example"
+        # A new item next to a labeled one is selectable in the very round it arrives.
+        batch = {row["id"] for row in state.batch}
+        for item in near:
+            assert item["id"] in pool | batch, item["id"]
+            if item["id"] in pool:
+                assert reached[item["id"]] in expanded
