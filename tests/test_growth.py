@@ -169,6 +169,8 @@ def test_after_each_growth_the_pool_is_the_one_built_from_scratch(tmp_path, clin
         assert record["round"] == step
         dataset = campaign.dataset()
         assert dataset.store.manifest["extra"]["appended"] == 15, "only the new file was embedded"
+        graph = dataset.neighbours(campaign.config.learning.k)
+        assert graph.manifest["grown_rows"] == 15, "the neighbour graph grown, not built again"
         state = campaign.state()
         expanded = sorted(set(state.labeled) | {row["id"] for row in state.batch})
         with np.load(Path(uri) / f"rounds/{step:03d}/pool/pool.npz") as saved:
@@ -183,3 +185,50 @@ def test_after_each_growth_the_pool_is_the_one_built_from_scratch(tmp_path, clin
             assert item["id"] in pool | batch, item["id"]
             if item["id"] in pool:
                 assert reached[item["id"]] in expanded
+
+
+def recall(graph, exact_ids: np.ndarray, rows: np.ndarray, k: int) -> float:
+    """Mean fraction of each row's exact k neighbours that the graph lists."""
+    got = graph.ids(rows, k)
+    return float(
+        np.mean([len(set(a) & set(b)) / k for a, b in zip(got.tolist(), exact_ids.tolist(), strict=True)])
+    )
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat"])
+def test_a_grown_graph_is_the_rebuilt_one_for_an_exact_index_and_no_worse_for_ivf(tmp_path, factory):
+    from seals_al.index.build import build_index
+    from seals_al.index.neighbours import build_neighbour_graph, grow_neighbour_graph
+    from seals_al.store import write_store
+
+    from .conftest import clustered_vectors
+
+    x, _ = clustered_vectors(3000, 32, 40, seed=3)
+    store = write_store(tmp_path / "store", [f"i{i}" for i in range(3000)], x, model="m", normalized=True)
+    k = 20
+    steps = [2400, 2600, 2640, 3000]  # the rows in U after each growth
+    rows = np.arange(steps[0])
+    graph = build_neighbour_graph(
+        build_index(store, rows, factory, progress=False), store, rows, k, tmp_path / "g0", progress=False
+    )
+    for step, n in enumerate(steps[1:], start=1):
+        rows = np.arange(n)
+        graph = grow_neighbour_graph(
+            graph, store, rows, tmp_path / f"g{step}", chunk_rows=500, progress=False
+        )
+        assert graph.manifest["grown_rows"] == n - steps[step - 1]
+    rebuilt = build_neighbour_graph(
+        build_index(store, rows, factory, progress=False), store, rows, k, tmp_path / "r", progress=False
+    )
+    exact = build_neighbour_graph(
+        build_index(store, rows, "Flat", progress=False), store, rows, k, tmp_path / "e", progress=False
+    )
+    exact_sims, exact_ids = exact.knn(rows, k)
+    if factory == "Flat":
+        grown_sims, grown_ids = graph.knn(rows, k)
+        np.testing.assert_allclose(grown_sims, exact_sims, atol=1e-5)
+        # Equal similarities at every position: where an id differs, it is a tie's other member.
+        assert np.mean(np.all(grown_ids == exact_ids, axis=1)) > 0.99
+    else:
+        grown_recall, rebuilt_recall = recall(graph, exact_ids, rows, k), recall(rebuilt, exact_ids, rows, k)
+        assert grown_recall >= rebuilt_recall - 0.01, (grown_recall, rebuilt_recall)

@@ -24,7 +24,7 @@ from seals_al.arrays import ArrayFile, open_array
 from seals_al.errors import SealsError
 from seals_al.index.build import search
 from seals_al.published import materialize, materialize_if_published, output_folder
-from seals_al.storage import atomic_dir, read_manifest
+from seals_al.storage import atomic_dir, read_manifest, write_json_atomic
 from seals_al.store import EmbeddingStore, RowLookup
 
 
@@ -205,6 +205,101 @@ def build_neighbour_graph(
     return NeighbourGraph.open(out_dir)
 
 
+def _top(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k best (similarity, id) pairs, best first; ties keep the columns' order.
+    ``ids`` is per entry ([rows, columns]) or per column ([columns])."""
+    kk = min(k, sims.shape[1])
+    if sims.shape[1] > kk:
+        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        part.sort(axis=1)  # columns' order again, for ties
+        sims = np.take_along_axis(sims, part, 1)
+        ids = ids[part] if ids.ndim == 1 else np.take_along_axis(ids, part, 1)
+    elif ids.ndim == 1:
+        ids = np.broadcast_to(ids, sims.shape)
+    order = np.argsort(-sims, axis=1, kind="stable")
+    return np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def _merge(lists: tuple[np.ndarray, np.ndarray], more: tuple[np.ndarray, np.ndarray], k: int):
+    """Two sets of (similarities, ids) lists for the same rows, merged: each row's k best."""
+    return _top(np.concatenate([lists[0], more[0]], axis=1), np.concatenate([lists[1], more[1]], axis=1), k)
+
+
+def grow_neighbour_graph(
+    base: NeighbourGraph,
+    store: EmbeddingStore,
+    row_ids: np.ndarray,
+    out_dir: str | Path,
+    *,
+    chunk_rows: int = 2048,
+    progress: bool = True,
+) -> NeighbourGraph:
+    """The graph of ``row_ids`` (the base graph's rows and new ones) from the base graph, without
+    querying an index: one pass over the old rows computes their similarities to the new rows,
+    which gives each old row the new rows that enter its top k (merged into its list) and each new
+    row its neighbours among the old rows; the new rows among themselves are one product.
+
+    Every list is then exactly what an exhaustive search gives for the pairs that involve a new
+    row, and the base's own for pairs of old rows: for a graph built with an exact (Flat) index the
+    result is the graph of the grown rows, as if built from scratch. Cost: O(old x new x dim)
+    multiply-adds, against O(rows^2 x dim) for a Flat rebuild.
+
+    Args:
+        base: the graph of the previous rows (a subset of ``row_ids``).
+        store: the vectors of every row (unit rows: similarity is the inner product).
+        row_ids: the rows to cover.
+        out_dir: the graph directory to write (atomically).
+        chunk_rows: old rows per pass.
+        progress: show a progress bar.
+    """
+    started = time.perf_counter()
+    k = base.k
+    row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
+    old = np.asarray(base._row_ids[:], dtype=np.int64)
+    if not np.isin(old, row_ids).all():
+        raise SealsError(f"{base.path}: rows of the base graph are gone; build the graph again")
+    new = np.setdiff1d(row_ids, old)
+    x_new = store.vectors(new)
+    new_sims = np.full((len(new), k), -np.inf, np.float32)
+    new_ids = np.full((len(new), k), -1, np.int64)
+    with atomic_dir(out_dir, GRAPH_FORMAT) as tmp:
+        np.save(tmp / "row_ids.npy", row_ids)
+        id_type = base._ids.dtype
+        if len(store) and int(store.row_ids.max()) > np.iinfo(np.int32).max:
+            id_type = np.int64
+        shape = (len(row_ids), k)
+        ids = np.lib.format.open_memmap(tmp / "neighbours.npy", mode="w+", dtype=id_type, shape=shape)
+        sims = np.lib.format.open_memmap(tmp / "similarities.npy", mode="w+", dtype=np.float32, shape=shape)
+        at_old = np.searchsorted(row_ids, old)
+        with tqdm(total=len(old), desc=f"kNN graph k={k}, grow", unit="row", disable=not progress) as bar:
+            for start in range(0, len(old), chunk_rows):
+                rows = old[start : start + chunk_rows]
+                block = store.vectors(rows) @ x_new.T  # old rows x new rows
+                where = at_old[start : start + len(rows)]
+                sims[where], ids[where] = _merge(base.knn(rows, k), _top(block, new, k), k)
+                new_sims, new_ids = _merge((new_sims, new_ids), _top(block.T, rows, k), k)
+                bar.update(len(rows))
+        among = x_new @ x_new.T
+        np.fill_diagonal(among, -np.inf)  # a row is not its own neighbour
+        new_sims, new_ids = _merge((new_sims, new_ids), _top(among, new, k), k)
+        new_ids[~np.isfinite(new_sims)] = -1
+        at_new = np.searchsorted(row_ids, new)
+        sims[at_new], ids[at_new] = new_sims, new_ids
+        ids.flush()
+        sims.flush()
+        del ids, sims
+        manifest = {
+            **base.manifest,
+            "count": len(row_ids),
+            "store": str(store.path),
+            "grown_from": str(base.path),
+            "grown_rows": len(new),
+            "build_seconds": time.perf_counter() - started,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return NeighbourGraph.open(out_dir)
+
+
 def cached_neighbour_graph(
     index: Callable[[], faiss.Index],
     store: EmbeddingStore,
@@ -236,10 +331,34 @@ def cached_neighbour_graph(
                 build_neighbour_graph(index(), store, row_ids(), k, out, progress=progress)
             path = materialize(uri, "a neighbour graph", cache_dir, progress)  # the cache has it
         return NeighbourGraph.open(path, access=access)
-    path = Path(cache_dir) / "graphs" / name
+    graphs = Path(cache_dir) / "graphs"
+    path = graphs / name
     if not (path / "manifest.json").is_file():
-        build_neighbour_graph(index(), store, row_ids(), k, path, progress=progress)
+        base = _graph_of_base_store(graphs, store, factory, k)
+        if base is not None and np.isin(np.asarray(base._row_ids[:]), row_ids()).all():
+            grow_neighbour_graph(base, store, row_ids(), path, progress=progress)
+        else:
+            build_neighbour_graph(index(), store, row_ids(), k, path, progress=progress)
+        write_json_atomic(_lineage(graphs, store.digest(), factory, k), {"graph": name})
     return NeighbourGraph.open(path, access=access)
+
+
+def _lineage(graphs: Path, store_digest: str, factory: str, k: int) -> Path:
+    """Which cached graph (of this factory and k) was built over the store with this digest."""
+    key = hashlib.sha256(f"{store_digest}\n{factory}\n{k}".encode()).hexdigest()[:24]
+    return graphs / "lineage" / f"{key}.json"
+
+
+def _graph_of_base_store(graphs: Path, store: EmbeddingStore, factory: str, k: int) -> NeighbourGraph | None:
+    """The cached graph over the store this one was appended to (seals_al.embed.local), if any."""
+    base = store.manifest.get("extra", {}).get("appended_to")
+    record = _lineage(graphs, base, factory, k) if base else None
+    if record is None or not record.is_file():
+        return None
+    try:
+        return NeighbourGraph.open(graphs / json.loads(record.read_text())["graph"])
+    except (SealsError, OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _describe(index: faiss.Index) -> str:
