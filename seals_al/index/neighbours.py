@@ -220,6 +220,18 @@ def _top(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     return np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
 
 
+def _entries(owner: np.ndarray, sims: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """Scattered (owner, similarity, id) entries, owners ascending, as padded per-owner lists:
+    (the owners, (similarities, ids)); padding is -inf and -1."""
+    owners, first, counts = np.unique(owner, return_index=True, return_counts=True)
+    slot = np.arange(len(owner)) - np.repeat(first, counts)
+    row = np.repeat(np.arange(len(owners)), counts)
+    out_sims = np.full((len(owners), int(counts.max())), -np.inf, np.float32)
+    out_ids = np.full((len(owners), int(counts.max())), -1, np.int64)
+    out_sims[row, slot], out_ids[row, slot] = sims, ids
+    return owners, (out_sims, out_ids)
+
+
 def _merge(lists: tuple[np.ndarray, np.ndarray], more: tuple[np.ndarray, np.ndarray], k: int):
     """Two sets of (similarities, ids) lists for the same rows, merged: each row's k best."""
     return _top(np.concatenate([lists[0], more[0]], axis=1), np.concatenate([lists[1], more[1]], axis=1), k)
@@ -260,8 +272,17 @@ def grow_neighbour_graph(
         raise SealsError(f"{base.path}: rows of the base graph are gone; build the graph again")
     new = np.setdiff1d(row_ids, old)
     x_new = store.vectors(new)
-    new_sims = np.full((len(new), k), -np.inf, np.float32)
-    new_ids = np.full((len(new), k), -1, np.int64)
+    # The new rows among themselves first: their lists then start with a finite k-th similarity,
+    # which most old rows do not beat.
+    among = x_new @ x_new.T
+    np.fill_diagonal(among, -np.inf)  # a row is not its own neighbour
+    new_sims, new_ids = _top(among, new, k)
+    new_sims, new_ids = np.array(new_sims), np.array(new_ids)
+    if new_sims.shape[1] < k:  # fewer new rows than k: pad
+        pad = k - new_sims.shape[1]
+        new_sims = np.pad(new_sims, ((0, 0), (0, pad)), constant_values=-np.inf)
+        new_ids = np.pad(new_ids, ((0, 0), (0, pad)), constant_values=-1)
+    del among
     with atomic_dir(out_dir, GRAPH_FORMAT) as tmp:
         np.save(tmp / "row_ids.npy", row_ids)
         id_type = base._ids.dtype
@@ -275,13 +296,20 @@ def grow_neighbour_graph(
             for start in range(0, len(old), chunk_rows):
                 rows = old[start : start + chunk_rows]
                 block = store.vectors(rows) @ x_new.T  # old rows x new rows
+                listed_sims, listed_ids = base.knn(rows, k)
+                listed_sims, listed_ids = np.array(listed_sims), np.array(listed_ids, np.int64)
+                # Only the pairs that beat a list's k-th similarity change it: merge just those.
+                r, c = np.nonzero(block > listed_sims[:, -1:])
+                if len(r):
+                    at, more = _entries(r, block[r, c], new[c])
+                    listed_sims[at], listed_ids[at] = _merge((listed_sims[at], listed_ids[at]), more, k)
                 where = at_old[start : start + len(rows)]
-                sims[where], ids[where] = _merge(base.knn(rows, k), _top(block, new, k), k)
-                new_sims, new_ids = _merge((new_sims, new_ids), _top(block.T, rows, k), k)
+                sims[where], ids[where] = listed_sims, listed_ids
+                c, r = np.nonzero(new_sims[:, -1:] < block.T)
+                if len(c):
+                    at, more = _entries(c, block[r, c], rows[r])
+                    new_sims[at], new_ids[at] = _merge((new_sims[at], new_ids[at]), more, k)
                 bar.update(len(rows))
-        among = x_new @ x_new.T
-        np.fill_diagonal(among, -np.inf)  # a row is not its own neighbour
-        new_sims, new_ids = _merge((new_sims, new_ids), _top(among, new, k), k)
         new_ids[~np.isfinite(new_sims)] = -1
         at_new = np.searchsorted(row_ids, new)
         sims[at_new], ids[at_new] = new_sims, new_ids
