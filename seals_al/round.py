@@ -171,11 +171,14 @@ class RoundEngine:
         )
         return GlobalCandidates(self.dataset, density)
 
-    def restore(self, storage: Storage, prefix: str) -> Candidates:
-        """Candidates as a round saved them: the SEALS pool; global candidates are fresh. A pool
-        saved before the data grew is not restored: fresh candidates are returned, which the
-        caller expands with every labeled and selected example, so the pool is the one built from
-        scratch over the grown data (new items near labeled examples can be selected at once)."""
+    def restore(self, storage: Storage, prefix: str, taken: set[str]) -> Candidates:
+        """Candidates as a round saved them: the SEALS pool; global candidates are fresh.
+
+        A pool that is not of this data is not restored: one saved before the data grew, or whose
+        expanded rows are no longer examples in ``taken`` (every labeled and selected id: the data
+        changed and its rows were numbered again). Fresh candidates are returned instead, which
+        the caller expands with every labeled and selected example: the pool built from scratch
+        over the data as it is (new items near labeled examples can be selected at once)."""
         if self.config.mode != "seals":
             return self.candidates()
         source = self.dataset.neighbours(self.config.k, self.progress)
@@ -183,6 +186,9 @@ class RoundEngine:
         marker = self.dataset.growth_marker
         pool = CandidatePool.load(storage, prefix, source, self.dataset.store, cache, marker)
         if pool is None:
+            return self.candidates()
+        expanded = np.fromiter(pool.expanded, dtype=np.int64, count=len(pool.expanded))
+        if not set(self.dataset.external_ids(expanded)) <= taken:
             return self.candidates()
         return SealsCandidates(pool, cache, restored=True, marker=marker)
 

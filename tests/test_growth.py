@@ -232,3 +232,37 @@ def test_a_grown_graph_is_the_rebuilt_one_for_an_exact_index_and_no_worse_for_iv
     else:
         grown_recall, rebuilt_recall = recall(graph, exact_ids, rows, k), recall(rebuilt, exact_ids, rows, k)
         assert grown_recall >= rebuilt_recall - 0.01, (grown_recall, rebuilt_recall)
+
+
+def test_when_items_leave_and_rows_are_numbered_again_the_pool_is_rebuilt(tmp_path, clinc_slice, cache_dir):
+    from seals_al.campaign import Campaign, CampaignConfig, init
+    from seals_al.oracle import label_open_batch
+
+    from .test_campaign import write_config
+
+    rows = list(csv.DictReader(clinc_slice.open(newline="")))
+    leaving = [r for r in rows if r["split"] == "test"][:30]  # never labeled, never selected
+    folder = tmp_path / "items"
+    folder.mkdir()
+    write_csv(folder / "0-leaving.csv", leaving)
+    write_csv(folder / "1.csv", [r for r in rows if r not in leaving])
+    config = write_config(tmp_path, clinc_slice, cache_dir, data=str(folder), index_factory="Flat")
+    uri = str(tmp_path / "campaign")
+    init(CampaignConfig.from_yaml(config), uri)
+    campaign = Campaign(uri, progress=False)
+    campaign.round()
+    before = campaign.dataset()
+    (folder / "0-leaving.csv").unlink()
+    label_open_batch(campaign)
+    campaign = Campaign(uri, progress=False)
+    assert campaign.round()["round"] == 1
+    dataset = campaign.dataset()
+    assert "extra" not in dataset.store.manifest, "items left: embedded whole, rows numbered again"
+    kept = rows[100]["id"] if rows[100] not in leaving else rows[101]["id"]
+    assert dataset.row_ids_of([kept]) != before.row_ids_of([kept])
+    state = campaign.state()
+    expanded = sorted(set(state.labeled) | {row["id"] for row in state.batch})
+    with np.load(Path(uri) / "rounds/001/pool/pool.npz") as saved:
+        pool = set(dataset.external_ids(saved["ids"]))
+    sure, tied = brute_force_pool(dataset, expanded, campaign.config.learning.k)
+    assert sure <= pool <= sure | tied

@@ -259,8 +259,9 @@ class Campaign(StateReader):
         evaluation.pop("round")
         # The candidates: the pool as the last round left it, or fresh; then everything taken since
         # (the newly labeled examples, and examples still out for labeling) leaves them.
+        examples = {*state.labeled, *(row["id"] for row in state.batch)}  # expanded when last saved
         candidates = (
-            engine.restore(self.storage, self.keys(state.round).pool)
+            engine.restore(self.storage, self.keys(state.round).pool, examples)
             if state.round >= 0
             else engine.candidates()
         )
