@@ -57,6 +57,8 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/round_cost.py  # about an hour, 30 GB of disk in /tmp
 	$(BIN)/python benchmarks/bad_inputs.py  # docs/RELIABILITY.md
 	$(BIN)/python benchmarks/cluster_path.py  # after make image (or make e2e); uses round_cost's 1M data
+	$(BIN)/python benchmarks/score_throughput.py  # 4M rows: 6 GB of disk and RAM
+	$(BIN)/python benchmarks/growth_cost.py --workdir /tmp  # 1M rows: about 25 minutes, 6 GB of disk
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .cache .pytest_cache .ruff_cache

@@ -34,6 +34,13 @@ def update_section(name: str, body: str) -> None:
     write_text_atomic(BENCHMARKS_MD, text)
 
 
+def publish(name: str, lines: list[str]) -> None:
+    """Write this benchmark's section of docs/BENCHMARKS.md and print it."""
+    text = "\n".join(lines)
+    update_section(name, text)
+    print(text)
+
+
 def reproducing_command(
     script: str, parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str
 ) -> str:

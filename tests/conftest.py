@@ -175,3 +175,22 @@ def kfp_local(tmp_path, monkeypatch, cache_dir) -> Path:
     root = tmp_path / "pipeline-root"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     return root
+
+
+def campaign_over_built(built: dict, uri: str, batch_size: int = 20):
+    """A report_fraud campaign over the session's published embeddings and index, seeded from
+    ground truth (5 + 95), as the pipelines' tests start one."""
+    from seals_al.campaign import Campaign, CampaignConfig, ensure_campaign
+    from seals_al.oracle import seed_file_from_truth
+    from seals_al.settings import DataConfig, RoundConfig
+
+    data = DataConfig(
+        data=built["items_uri"],
+        embeddings=built["embeddings_uri"],
+        index=built["index_uri"],
+        truth_column="label",
+        split_column="split",
+    )
+    config = CampaignConfig("report_fraud", "", data, RoundConfig(batch_size=batch_size))
+    ensure_campaign(config, uri, lambda: seed_file_from_truth(config))
+    return Campaign(uri, progress=False)

@@ -20,10 +20,11 @@ from pipelines.looped import make_looped
 from pipelines.many_concepts import make_many_concepts
 from pipelines.one_round import seals_one_round
 from pipelines.simulation import make_simulation
-from seals_al.campaign import Campaign, CampaignConfig, ensure_campaign
-from seals_al.oracle import label_open_batch, seed_file_from_truth
-from seals_al.settings import DataConfig, RoundConfig
+from seals_al.campaign import Campaign
+from seals_al.oracle import label_open_batch
 from seals_al.version import IMAGE, __version__
+
+from .conftest import campaign_over_built
 
 CONCEPT = "report_fraud"
 
@@ -178,16 +179,7 @@ def test_looped_pipeline_times_out_clearly_and_the_campaign_resumes(tmp_path, bu
 
 def test_one_round_per_run_advances_one_round_per_labels_and_is_idempotent(tmp_path, built, kfp_local):
     campaign_uri = str(tmp_path / "campaign")
-    data = DataConfig(
-        data=built["items_uri"],
-        embeddings=built["embeddings_uri"],
-        index=built["index_uri"],
-        truth_column="label",
-        split_column="split",
-    )
-    config = CampaignConfig(CONCEPT, "", data, RoundConfig(batch_size=20))
-    ensure_campaign(config, campaign_uri, lambda: seed_file_from_truth(config))
-    campaign = Campaign(campaign_uri, progress=False)
+    campaign = campaign_over_built(built, campaign_uri)
 
     def snapshot() -> dict[str, bytes]:
         return {k: campaign.storage.read_bytes(k) for k in campaign.storage.list("")}

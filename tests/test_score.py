@@ -16,7 +16,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from components import readme
 from pipelines.one_round import seals_one_round
-from seals_al.campaign import Campaign, CampaignConfig, ensure_campaign, init
+from seals_al.campaign import Campaign, CampaignConfig, init
 from seals_al.cli import main
 from seals_al.errors import SealsError
 from seals_al.export import (
@@ -27,13 +27,13 @@ from seals_al.export import (
     read_model,
     write_model,
 )
-from seals_al.oracle import label_open_batch, seed_file_from_truth
+from seals_al.oracle import label_open_batch
 from seals_al.score import SCORED_IDS, position_ranges, read_scores, score_positions
-from seals_al.settings import EXPORT_PRECISIONS, DataConfig, RoundConfig
+from seals_al.settings import EXPORT_PRECISIONS
 from seals_al.store import write_store
 from seals_al.train import LinearModel
 
-from .conftest import BUCKET, CLINC
+from .conftest import BUCKET, CLINC, campaign_over_built
 from .test_campaign import write_config
 
 
@@ -229,17 +229,8 @@ def test_the_precision_defaults_of_the_components_are_the_cores():
 
 def test_the_one_round_pipeline_exports_the_model_and_scores_the_corpus(tmp_path, built, kfp_local):
     uri = str(tmp_path / "campaign")
-    data = DataConfig(
-        data=built["items_uri"],
-        embeddings=built["embeddings_uri"],
-        index=built["index_uri"],
-        truth_column="label",
-        split_column="split",
-    )
-    config = CampaignConfig("report_fraud", "", data, RoundConfig(batch_size=20))
-    ensure_campaign(config, uri, lambda: seed_file_from_truth(config))
+    campaign = campaign_over_built(built, uri)
     seals_one_round(campaign_uri=uri, score_corpus=True)
-    campaign = Campaign(uri, progress=False)
     assert campaign.committed_rounds() == [0]
 
     (train_output,) = kfp_local.glob("*/train/executor_output.json")
