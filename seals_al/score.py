@@ -256,8 +256,9 @@ def score_campaign(
     model.check_embedding(dataset.store, model_uri or campaign.storage.uri)
     items = np.arange(dataset.prepared.count)
     ids_hash = dataset.prepared.id_hashes()
+    before = _scored_ids(campaign) if new_only else np.zeros(0, np.uint64)
     if new_only:
-        items = items[~_scored_before(campaign, ids_hash)]
+        items = items[~np.isin(ids_hash, before)]
     scores = _score(dataset, items, model, beam_args)
     order = ranked(scores)
     ids = dataset.prepared.ids_at(items[order])
@@ -276,7 +277,7 @@ def score_campaign(
         counts,
         round(time.perf_counter() - started, 3),
     )
-    _remember(campaign, ids_hash, summary)
+    _remember(campaign, np.union1d(before, ids_hash), summary)
     return summary
 
 
@@ -298,13 +299,12 @@ def _score(dataset: Dataset, items: np.ndarray, model: ExportedModel, beam_args:
     return scores
 
 
-def _scored_before(campaign: Campaign, ids_hash: np.ndarray) -> np.ndarray:
-    """bool per item: its id was scored by an earlier call."""
+def _scored_ids(campaign: Campaign) -> np.ndarray:
+    """The hashes of every id an earlier call scored (none before the first), read once."""
     st = campaign.storage
     if not st.exists(SCORED_IDS):
-        return np.zeros(len(ids_hash), bool)
-    seen = _load_hashes(st.read_bytes(SCORED_IDS), st.where(SCORED_IDS))
-    return np.isin(ids_hash, seen)
+        return np.zeros(0, np.uint64)
+    return _load_hashes(st.read_bytes(SCORED_IDS), st.where(SCORED_IDS))
 
 
 def _load_hashes(data: bytes, where: str) -> np.ndarray:
@@ -317,14 +317,11 @@ def _load_hashes(data: bytes, where: str) -> np.ndarray:
     return hashes
 
 
-def _remember(campaign: Campaign, ids_hash: np.ndarray, summary: ScoreSummary) -> None:
-    """Record every id of the data as scored (those scored before stay scored) and the summary."""
+def _remember(campaign: Campaign, scored: np.ndarray, summary: ScoreSummary) -> None:
+    """Record the ids scored so far (sorted, unique hashes) and the summary."""
     st = campaign.storage
-    seen = ids_hash
-    if summary.new_only and st.exists(SCORED_IDS):
-        seen = np.concatenate([_load_hashes(st.read_bytes(SCORED_IDS), st.where(SCORED_IDS)), ids_hash])
     buffer = io.BytesIO()
-    np.save(buffer, np.unique(seen), allow_pickle=False)
+    np.save(buffer, np.unique(scored), allow_pickle=False)
     st.write_bytes(SCORED_IDS, buffer.getvalue())
     st.write_json(LAST_SUMMARY, summary.to_json())
 
