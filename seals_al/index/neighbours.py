@@ -374,7 +374,7 @@ def cached_neighbour_graph(
 def _lineage(graphs: Path, store_digest: str, factory: str, k: int) -> Path:
     """Which cached graph (of this factory and k) was built over the store with this digest."""
     key = hashlib.sha256(f"{store_digest}\n{factory}\n{k}".encode()).hexdigest()[:24]
-    return graphs / "lineage" / f"{key}.json"
+    return graphs.parent / "lineage" / "graphs" / f"{key}.json"  # beside graphs/, which holds only graphs
 
 
 def _graph_of_base_store(graphs: Path, store: EmbeddingStore, factory: str, k: int) -> NeighbourGraph | None:
