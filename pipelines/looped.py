@@ -56,6 +56,8 @@ def make_looped(max_rounds: int = MAX_ROUNDS, cluster: Cluster = DEFAULT):
         labeled_fraction: float = 1.0,
         label_studio_url: str = "",
         label_studio_project: int = 0,
+        removed_uri: str = "",
+        train_on_removed: bool = False,
     ):
         index = prepare(
             cluster, items_uri, embeddings_uri, index_uri, id_column, text_column, split_column, eval_split,

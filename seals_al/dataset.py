@@ -46,6 +46,7 @@ class Dataset:
     _index: faiss.Index | None = None
     _graphs: dict[int, NeighbourGraph] = field(default_factory=dict)
     _u_density: dict[int, np.ndarray] = field(default_factory=dict)
+    _removed: tuple[frozenset[str], np.ndarray] | None = None
 
     @classmethod
     def prepare(
@@ -81,11 +82,20 @@ class Dataset:
         return self.prepared.store
 
     @property
-    def growth_marker(self) -> str | None:
-        """None for data that never grew; after items were appended to the embeddings
-        (:func:`seals_al.embed.local.embed_texts` with a base), the digest of U's rows, which a
-        saved pool records so that a pool of an earlier version is not restored over this one."""
-        return self.prepared.u_digest if "appended_to" in self.store.manifest.get("extra", {}) else None
+    def pool_marker(self) -> str | None:
+        """What a saved pool records of the data so that it is restored only over the same data:
+        None for data that never grew and has no tombstoned item (the pool is as it always was);
+        else the digest of U's rows once items were appended to the embeddings
+        (:func:`seals_al.embed.local.embed_texts` with a base), and the digest of the tombstoned
+        rows. A pool saved under another marker is built again from the labeled and selected
+        examples, as if from scratch over the data as it is."""
+        grown = "appended_to" in self.store.manifest.get("extra", {})
+        marker = self.prepared.u_digest if grown else None
+        rows = self.removed_rows()
+        if len(rows):
+            removed = hashlib.sha256(np.sort(rows).astype("<i8").tobytes()).hexdigest()[:32]
+            marker = f"{marker or ''} removed {removed}".strip()
+        return marker
 
     @property
     def cache_dir(self) -> Path:
@@ -117,6 +127,32 @@ class Dataset:
         if self._items is None:
             self._items = self.prepared.items()
         return self._items
+
+    # -- items that left: the tombstone list ----------------------------------------------------
+    def _tombstones(self) -> tuple[frozenset[str], np.ndarray]:
+        """(every id of the tombstone list, item positions of those still in the data); read once
+        per process (a round reads it once, at its start)."""
+        if self._removed is None:
+            from seals_al.items import read_removed
+
+            ids = read_removed(self.config.removed, self.cache_dir) if self.config.removed else frozenset()
+            found = self.prepared.find(sorted(ids)) if ids else np.empty(0, np.int64)
+            self._removed = ids, np.sort(found[found >= 0])
+        return self._removed
+
+    @property
+    def removed_ids(self) -> frozenset[str]:
+        """Every id of the tombstone list (``removed``), in the data or not; empty without one."""
+        return self._tombstones()[0]
+
+    @property
+    def removed_items(self) -> np.ndarray:
+        """Item positions of the tombstoned ids that are still in the data (ascending)."""
+        return self._tombstones()[1]
+
+    def removed_rows(self) -> np.ndarray:
+        """Global row ids of the tombstoned items still in the data: never a candidate again."""
+        return self.prepared.row_ids_at(self.removed_items)
 
     # -- by id -------------------------------------------------------------------------------------
     def row_ids_of(self, ids: Sequence[str], where: str = "") -> np.ndarray:

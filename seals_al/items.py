@@ -77,6 +77,37 @@ def item_files(uri: str) -> list[str]:
     return [uri]
 
 
+MAX_REMOVED_BYTES = 256 * 2**20  # a tombstone list of some 10M ids
+
+
+def read_removed(uri: str, cache_dir: str | Path | None = None) -> frozenset[str]:
+    """The ids of a tombstone list (the ``removed`` setting): items removed for retention or
+    privacy. A UTF-8 text file, local or gs://, one id per line; blank lines and lines starting with
+    ``#`` are skipped and each line is stripped. Read again on every call, since the list grows
+    between rounds. An id that is not (or no longer) in the data is allowed: removing it from the
+    data files as well is the usual end of a removal.
+
+    Raises:
+        SealsError: the file is missing, over :data:`MAX_REMOVED_BYTES`, or a line is not UTF-8
+            (naming the file and the line).
+    """
+    path = local_file(uri, cache_dir or default_cache_dir())
+    require_file(path, uri)
+    size = path.stat().st_size
+    if size > MAX_REMOVED_BYTES:
+        raise SealsError(f"{uri}: {size:,} bytes, over a tombstone list's limit of {MAX_REMOVED_BYTES:,}")
+    ids = set()
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").removeprefix("\ufeff").strip()
+            except UnicodeDecodeError as e:
+                raise SealsError(f"{uri}: line {number}: not UTF-8 text ({e.reason})") from None
+            if line and not line.startswith("#"):
+                ids.add(line)
+    return frozenset(ids)
+
+
 def _gcs_object_exists(uri: str) -> bool:
     from seals_al.storage import open_storage, split_uri
 

@@ -152,6 +152,26 @@ class CandidatePool:
         self._append(arrivals)
         return arrivals
 
+    def remove(self, row_ids: Iterable[int]) -> int:
+        """Take rows out for good without expanding them (items that left: the tombstone list):
+        members leave the pool, and no neighbour list brings them back. Their own neighbours are
+        not queried; rows already expanded stay expanded.
+
+        Returns:
+            How many members left the pool.
+        """
+        rows = np.fromiter(map(int, row_ids), dtype=np.int64)
+        if not len(rows):
+            return 0
+        self._known[self.store.positions(rows)] = True
+        left = 0
+        for r in rows.tolist():
+            at = self._slot.pop(r, None)
+            if at is not None:
+                self._alive[at] = False
+                left += 1
+        return left
+
     def _empty_arrivals(self) -> Arrivals:
         empty = np.empty(0, np.int64)
         density = np.empty(0, np.float32) if self.with_density else None

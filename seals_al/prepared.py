@@ -171,6 +171,30 @@ class Prepared:
         return cls(folder, manifest, store, access)
 
     @property
+    def key(self) -> str:
+        """The data version: the name of its prepared folder (a digest of what identifies it)."""
+        return self.folder.name
+
+    def changes_since(self, key: str, store_digest: str) -> tuple[int, int] | None:
+        """(items added, items gone) since the prepared version ``key`` whose store had
+        ``store_digest``: counted by id while that version is still prepared in this cache; else,
+        when this store was appended to that store, its appended rows and none gone; else None
+        (not known on this machine)."""
+        if key == self.key:
+            return 0, 0
+        try:
+            previous = Prepared.open(self.folder.parent / key)
+        except (SealsError, OSError):
+            previous = None  # pruned, or prepared on another machine
+        if previous is not None:
+            now, before = self.id_hashes(), previous.id_hashes()
+            return int((~np.isin(now, before)).sum()), int((~np.isin(before, now)).sum())
+        extra = self.store.manifest.get("extra", {})
+        if extra.get("appended_to") == store_digest:
+            return int(extra["appended"]), 0
+        return None
+
+    @property
     def count(self) -> int:
         """Items in the table."""
         return int(self.manifest["items"])

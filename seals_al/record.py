@@ -29,6 +29,10 @@ class RoundRecord:
     selected: int = 0  # examples selected this round
     knn_queries: int = 0  # kNN look-ups this round (expanding new labels and each pick)
     positives_total: int | None = None  # positives of U (ground truth known)
+    # Data that changes (a campaign whose data grew or lost items; absent while it never did):
+    items_added: int | None = None  # items new to the data since the last round
+    items_removed: int | None = None  # items gone from the data or newly tombstoned since then
+    index_rows: int | None = None  # rows of U in the index (tombstoned ones included, never picked)
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -52,6 +56,9 @@ UI_METRICS = (
     "scored",
     "batch",
     "knn_queries",
+    "items_added",
+    "items_removed",
+    "index_rows",
 )
 
 # The live tables: (record key, header, format).

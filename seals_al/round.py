@@ -63,6 +63,11 @@ class Candidates(ABC):
     def exclude(self, row_ids: np.ndarray) -> None: ...
 
     @abstractmethod
+    def remove(self, row_ids: np.ndarray) -> None:
+        """Take rows out for good without treating them as taken (the tombstone list): they are
+        never selected, and (SEALS) their neighbours do not join the pool through them."""
+
+    @abstractmethod
     def select(
         self, model: LinearModel, strategy: Strategy, want: int, *, seed: int, r: int
     ) -> Selection: ...
@@ -81,7 +86,7 @@ class SealsCandidates(Candidates):
         self.pool = pool
         self.cache = cache
         self.restored = restored
-        self.marker = marker  # saved with the pool: Dataset.growth_marker
+        self.marker = marker  # saved with the pool: Dataset.pool_marker
 
     def __len__(self) -> int:
         return len(self.pool)
@@ -92,6 +97,9 @@ class SealsCandidates(Candidates):
 
     def exclude(self, row_ids: np.ndarray) -> None:
         self.pool.expand(np.asarray(row_ids, dtype=np.int64).tolist())
+
+    def remove(self, row_ids: np.ndarray) -> None:
+        self.pool.remove(np.asarray(row_ids, dtype=np.int64).tolist())
 
     def select(self, model: LinearModel, strategy: Strategy, want: int, *, seed: int, r: int) -> Selection:
         return select_seals(self.pool, model, strategy, want, seed=seed, round_index=r)
@@ -116,6 +124,9 @@ class GlobalCandidates(Candidates):
     def exclude(self, row_ids: np.ndarray) -> None:
         if len(row_ids):
             self.mask[self.dataset.store.positions(np.asarray(row_ids, dtype=np.int64))] = False
+
+    def remove(self, row_ids: np.ndarray) -> None:
+        self.exclude(row_ids)  # global candidates are only ever taken out
 
     def select(self, model: LinearModel, strategy: Strategy, want: int, *, seed: int, r: int) -> Selection:
         selection = select_global(
@@ -165,7 +176,7 @@ class RoundEngine:
             pool = CandidatePool(
                 source, self.dataset.store, self.config.k, with_density=self.strategy.needs_density
             )
-            return SealsCandidates(pool, self._member_vectors(), marker=self.dataset.growth_marker)
+            return SealsCandidates(pool, self._member_vectors(), marker=self.dataset.pool_marker)
         density = (
             self.dataset.u_density(self.config.k, self.progress) if self.strategy.needs_density else None
         )
@@ -174,7 +185,8 @@ class RoundEngine:
     def restore(self, storage: Storage, prefix: str, taken: set[str]) -> Candidates:
         """Candidates as a round saved them: the SEALS pool; global candidates are fresh.
 
-        A pool that is not of this data is not restored: one saved before the data grew, or whose
+        A pool that is not of this data is not restored: one saved before the data grew or other
+        items were tombstoned (:attr:`~seals_al.dataset.Dataset.pool_marker`), or whose
         expanded rows are no longer examples in ``taken`` (every labeled and selected id: the data
         changed and its rows were numbered again). Fresh candidates are returned instead, which
         the caller expands with every labeled and selected example: the pool built from scratch
@@ -183,7 +195,7 @@ class RoundEngine:
             return self.candidates()
         source = self.dataset.neighbours(self.config.k, self.progress)
         cache = self._member_vectors()
-        marker = self.dataset.growth_marker
+        marker = self.dataset.pool_marker
         pool = CandidatePool.load(storage, prefix, source, self.dataset.store, cache, marker)
         if pool is None:
             return self.candidates()

@@ -254,11 +254,11 @@ def score_campaign(
     model = read_model(model_uri) if model_uri else export_round(campaign, r, precisions)
     dataset = campaign.dataset()
     model.check_embedding(dataset.store, model_uri or campaign.storage.uri)
-    items = np.arange(dataset.prepared.count)
+    items = np.setdiff1d(np.arange(dataset.prepared.count), dataset.removed_items)  # never tombstoned
     ids_hash = dataset.prepared.id_hashes()
     before = _scored_ids(campaign) if new_only else np.zeros(0, np.uint64)
     if new_only:
-        items = items[~np.isin(ids_hash, before)]
+        items = items[~np.isin(ids_hash[items], before)]
     scores = _score(dataset, items, model, beam_args)
     order = ranked(scores)
     ids = dataset.prepared.ids_at(items[order])
@@ -277,7 +277,7 @@ def score_campaign(
         counts,
         round(time.perf_counter() - started, 3),
     )
-    _remember(campaign, np.union1d(before, ids_hash), summary)
+    _remember(campaign, np.union1d(before, ids_hash[items]), summary)
     return summary
 
 

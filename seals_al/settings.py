@@ -55,6 +55,10 @@ class DataConfig:
     index: str | None = None  # a built index directory (seals-al build-index) instead of the factory
     cache_dir: str | None = None
     knn_graph: bool = True  # precompute U's neighbour lists once instead of one query per pick
+    # A tombstone list: a text file of ids removed for retention or privacy, one per line (local or
+    # gs://, read again every round). They leave the pool and every future batch; the data need not
+    # change (seals_al.items.read_removed).
+    removed: str | None = None
 
 
 @dataclass(frozen=True)

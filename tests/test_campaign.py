@@ -139,6 +139,8 @@ def test_three_rounds_from_csv_jsonl_and_label_studio(tmp_path, clinc_slice, cac
     state = c.state()
     assert state.round == 3
     assert third["positives"] == sum(truth[i] for i in state.labeled)
+    # The data never changed: the round records are as they always were.
+    assert not {"items_added", "items_removed", "index_rows"} & {*first, *third}
     assert {row["source"] for row in state.labeled.values()} == {
         "seed/seeds.csv",
         "inbox/000/labels.csv",
@@ -336,7 +338,8 @@ def test_items_the_campaign_has_used_must_stay_in_the_items_file(tmp_path, clinc
         Campaign(str(tmp_path / "c"), progress=False).round()
     assert str(error.value) == (
         f"{items}: 1 item(s) this campaign has labeled or sent out for labeling are no longer in it "
-        f"(the first: {batch[0]!r}); put them back, or start a new campaign over the new items"
+        f"(the first: {batch[0]!r}); put them back, list them in the tombstone list (the removed "
+        "setting), or start a new campaign over the new items"
     )
     assert snapshot(campaign) == before, "nothing written"
 

@@ -73,6 +73,18 @@ def test_only_new_items_are_embedded_and_appended_after_the_old_rows(grown, tmp_
     assert prepare(config, progress=False).folder == after.folder, "prepared once per version"
 
 
+def test_what_changed_since_a_version_is_counted_by_id_or_else_from_the_append(grown):
+    import shutil
+
+    config, before = grown
+    after = prepare(config, progress=False)
+    assert after.changes_since(after.key, after.store.digest()) == (0, 0)
+    assert after.changes_since(before.key, before.store.digest()) == (12, 0), "counted by id"
+    shutil.rmtree(before.folder)  # prepared on another machine, or pruned: the store's own record
+    assert after.changes_since(before.key, before.store.digest()) == (12, 0)
+    assert after.changes_since(before.key, "another store") is None, "not known here"
+
+
 def test_a_changed_text_is_an_error_naming_the_id_and_nothing_is_written(grown, tmp_path):
     config, _ = grown
     first = Path(config.data) / "2026-11-30.csv"
@@ -168,6 +180,12 @@ def test_after_each_growth_the_pool_is_the_one_built_from_scratch(tmp_path, clin
         record = campaign.round()
         assert record["round"] == step
         dataset = campaign.dataset()
+        assert (record["items_added"], record["items_removed"], record["index_rows"]) == (
+            15,
+            0,
+            dataset.u_count,
+        )
+        assert campaign.status()["data_version"].startswith(f"{dataset.prepared.key} in round {step}:")
         assert dataset.store.manifest["extra"]["appended"] == 15, "only the new file was embedded"
         graph = dataset.neighbours(campaign.config.learning.k)
         assert graph.manifest["grown_rows"] == 15, "the neighbour graph grown, not built again"

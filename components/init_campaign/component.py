@@ -28,6 +28,8 @@ def init_campaign(
     folder_per_concept: bool = False,
     label_studio_url: str = "",
     label_studio_project: int = 0,
+    removed_uri: str = "",
+    train_on_removed: bool = False,
     workspace: str = "",
 ) -> str:
     """Create the campaign (configuration + seed labels) at a storage URI, or find the same one there
@@ -56,6 +58,9 @@ def init_campaign(
         folder_per_concept: put the campaign in a folder named after the concept.
         label_studio_url: Label Studio's URL ("" for none; `LABEL_STUDIO_URL` wins over it).
         label_studio_project: an existing Label Studio project to use; 0 to create one.
+        removed_uri: a tombstone list (ids removed for retention or privacy, one per line), read
+            every round: they leave the pool and every later batch; "" for none.
+        train_on_removed: whether tombstoned items' labels still train while they are in the data.
         workspace: the run's shared workspace (KFP's workspace path), used as the cache of
             downloaded stores, indexes, graphs and prepared data; "" for a pod-local cache.
 
@@ -84,9 +89,11 @@ def init_campaign(
             truth_column=truth_column or None,
             split_column=split_column or None,
             eval_split=eval_split,
+            removed=removed_uri or None,
         ),
         learning=RoundConfig(strategy=strategy, mode=mode, k=k, batch_size=batch_size, seed=seed),
         budget=budget,
+        train_on_removed=train_on_removed,
         label_studio_url=label_studio_url or None,
         label_studio_project=label_studio_project or None,
     )

@@ -37,7 +37,7 @@ from seals_al.storage import (
 )
 
 REQUIRED = ("concept", "data", "seed_labels")
-PATHS = ("data", "seed_labels", "embeddings", "index")  # relative to the YAML file
+PATHS = ("data", "seed_labels", "embeddings", "index", "removed")  # relative to the YAML file
 
 
 def _one_line(error: Exception) -> str:
@@ -76,6 +76,10 @@ class CampaignConfig:
     dataset: DataConfig
     learning: RoundConfig = field(default_factory=RoundConfig)
     budget: int = DEFAULT_BUDGET
+    # Whether the labels of items in the tombstone list (``removed``) still train the model while
+    # the items are in the data. False: from the round after their removal they are kept only in
+    # the audit history. An item gone from the data never trains.
+    train_on_removed: bool = False
     # Label Studio (seals_al.labelstudio): its URL ($LABEL_STUDIO_URL wins over it) and, to use an
     # existing project instead of creating one, its id. The API token is never a setting.
     label_studio_url: str | None = None

@@ -12,6 +12,7 @@ rounds/NNN/                   written by one round, committed by COMMITTED, writ
     model.json                the classifier (coefficients, no pickle) and the labels' sha256
     evaluation.json           AP, recall, ROC points and confusion matrix (ground truth known)
     metrics.json              the round record (seals_al.record.RoundRecord)
+    data.json                 the data version the round ran on: items, tombstoned, index rows
     to_label.jsonl            the batch: id, text, score, strategy, round, rank, why it was picked
     to_label.labelstudio.json the batch as Label Studio tasks
     pool/pool.npz, pool.json  the candidate pool after selection (SEALS mode)
@@ -74,6 +75,10 @@ class RoundKeys:
     @property
     def metrics(self) -> str:
         return f"{self.dir}/metrics.json"
+
+    @property
+    def data(self) -> str:
+        return f"{self.dir}/data.json"
 
     @property
     def to_label(self) -> str:

@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -155,7 +155,8 @@ class Campaign(StateReader):
         self._check_items_kept(state)
         # Seeds may be any item of U (never of the evaluation split); later labels, the open batch.
         in_u = dataset.id_set(in_u=True)
-        open_batch = in_u if state.round < 0 else {row["id"] for row in state.batch}
+        # After round 0, the open batch; and a tombstoned id, whose late label is kept in the history.
+        open_batch = in_u if state.round < 0 else {row["id"] for row in state.batch} | dataset.removed_ids
         known = dataset.id_set()
         labeled = {i: dict(row) for i, row in state.labeled.items()}
         relabels, ingested = [], list(state.ingested)
@@ -201,7 +202,8 @@ class Campaign(StateReader):
     def _check_items_kept(self, state: State) -> None:
         """The items may change between rounds (a new data version is prepared), but every item the
         campaign has labeled or sent out for labeling must still be there."""
-        used = [*state.labeled, *(row["id"] for row in state.batch)]
+        removed = self.dataset().removed_ids
+        used = [i for i in (*state.labeled, *(row["id"] for row in state.batch)) if i not in removed]
         if not used:
             return
         present = self.dataset().prepared.contains(used)
@@ -210,8 +212,23 @@ class Campaign(StateReader):
             raise SealsError(
                 f"{self.config.dataset.data}: {len(missing)} item(s) this campaign has labeled or sent "
                 f"out for labeling are no longer in it (the first: {shown(missing[0])}); put them back, "
-                "or start a new campaign over the new items"
+                "list them in the tombstone list (the removed setting), or start a new campaign over "
+                "the new items"
             )
+
+    def _training_ids(self, labeled: dict[str, dict]) -> list[str]:
+        """The labeled ids the model is fit on, sorted: every one, but a tombstoned item's only
+        with ``train_on_removed`` and while it is still in the data."""
+        dataset = self.dataset()
+        removed = dataset.removed_ids
+        ids = sorted(labeled)
+        if not removed:
+            return ids
+        kept = [i for i in ids if i not in removed]
+        if self.config.train_on_removed:
+            out = [i for i in ids if i in removed]
+            kept += [i for i, present in zip(out, dataset.prepared.contains(out), strict=True) if present]
+        return sorted(kept)
 
     def _staged(self, stage: str, state: State) -> tuple[int, dict[str, dict], str]:
         """The round being built (last committed + 1), its staged labeled set and that file's
@@ -230,7 +247,7 @@ class Campaign(StateReader):
     def _train_stage(self, state: State) -> dict:
         r, labeled, digest = self._staged("train", state)
         engine = self.engine()
-        ids = sorted(labeled)
+        ids = self._training_ids(labeled)
         y = np.asarray([labeled[i]["label"] for i in ids])
         model = engine.train(engine.dataset.row_ids_of(ids), y)
         evaluation = {"round": r, **_without_none(asdict(engine.evaluate(model, y, curves=True)))}
@@ -265,8 +282,17 @@ class Campaign(StateReader):
             if state.round >= 0
             else engine.candidates()
         )
-        carried = [dict(row, carried_over=True) for row in state.batch if row["id"] not in labeled]
+        # Tombstoned items leave the candidates and the batch, and no longer expand the pool.
+        removed = engine.dataset.removed_ids
+        candidates.remove(engine.dataset.removed_rows())
+        carried = [
+            dict(row, carried_over=True)
+            | ({"reached_from": None} if row.get("reached_from") in removed else {})
+            for row in state.batch
+            if row["id"] not in labeled and row["id"] not in removed
+        ]
         taken = sorted(set(labeled) - set(state.labeled)) if candidates.restored else sorted(labeled)
+        taken = [i for i in taken if i not in removed]
         queries = candidates.queries
         candidates.exclude(engine.dataset.row_ids_of([*taken, *(row["id"] for row in carried)]))
         queries = candidates.queries - queries
@@ -276,8 +302,36 @@ class Campaign(StateReader):
         outcome = engine.select(candidates, model, want, r)
         batch = carried + self._batch_rows(outcome.selection, model, r)
         record = engine.record(r, Evaluation(**evaluation), outcome, len(batch), queries)
-        self._publish(r, record, batch, candidates)
+        data, changes = self._data_record(state)
+        record = replace(record, **changes)
+        self._publish(r, record, batch, candidates, data)
         return record.to_json()
+
+    def _data_record(self, state: State) -> tuple[dict, dict]:
+        """This round's data.json, and what the round record gains from it: nothing while the
+        data never changed (the record is as it always was); from the first round whose data
+        differs from the last round's (another version, or other items tombstoned) on, the items
+        added and removed since the last round and the index's rows."""
+        dataset = self.dataset()
+        prepared = dataset.prepared
+        data = {
+            "version": prepared.key,
+            "store": dataset.store.digest(),
+            "items": prepared.count,
+            "u_items": prepared.u_count,
+            "removed": len(dataset.removed_items),
+        }
+        last = self.keys(state.round)
+        if state.round < 0 or not self.storage.exists(last.data):
+            return data, {}
+        before = self.storage.read_json(last.data)
+        changed = (before["version"], before["removed"]) != (data["version"], data["removed"])
+        if not changed and "index_rows" not in self.storage.read_json(last.metrics):
+            return data, {}
+        counted = prepared.changes_since(str(before["version"]), str(before["store"]))
+        added, gone = counted if counted is not None else (None, None)
+        removed = None if gone is None else max(0, gone + data["removed"] - int(before["removed"]))
+        return data, {"items_added": added, "items_removed": removed, "index_rows": prepared.u_count}
 
     def _batch_rows(self, selection: Selection, model: LinearModel, r: int) -> list[dict]:
         """The picks as rows for labelers: external id, text, score, the model's probability that
@@ -307,11 +361,14 @@ class Campaign(StateReader):
             )
         ]
 
-    def _publish(self, r: int, record: RoundRecord, batch: list[dict], candidates: Candidates) -> None:
+    def _publish(
+        self, r: int, record: RoundRecord, batch: list[dict], candidates: Candidates, data: dict
+    ) -> None:
         """Write the rest of the round folder, object by object; COMMITTED last makes it current."""
         keys, st = self.keys(r), self.storage
         candidates.save(st, keys.pool)
         failpoint("during_publish")
+        st.write_json(keys.data, data)
         st.write_text(keys.to_label, "".join(json.dumps(row) + "\n" for row in batch))
         st.write_json(keys.label_studio, label_studio_tasks(batch, self.config.concept))
         st.write_json(keys.metrics, record.to_json())

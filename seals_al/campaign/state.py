@@ -176,6 +176,7 @@ class StateReader:
             "open_batch": len(state.batch),
             "pending": len(state.pending),
             "pool_size": metrics.get("pool_size"),
+            "data_version": self._data_version(state.round),
             "average_precision": metrics.get("average_precision"),
             "new_label_files": len(files := self.label_files(state)),
             "label_files": files,
@@ -184,6 +185,16 @@ class StateReader:
             "label_studio_project": self.label_studio_record()["project"],
             "waiting_for": waiting,
         }
+
+    def _data_version(self, r: int) -> str | None:
+        """The data version round ``r`` ran on, with its items and tombstoned items (None before
+        round 0, or for a round written before rounds recorded it)."""
+        key = self.keys(r).data
+        if r < 0 or not self.storage.exists(key):
+            return None
+        data = self.storage.read_json(key)
+        text = f"{data['version']} in round {r}: {data['items']:,} items, {data['u_items']:,} in U"
+        return text + (f", {data['removed']:,} tombstoned" if data["removed"] else "")
 
     def label_studio_record(self) -> dict:
         """The Label Studio project the campaign pushed its batches to, and every task it pushed
