@@ -270,6 +270,7 @@ class Dataset:
                 progress=progress,
                 access=self.access,
                 published=self.graphs_uri,
+                keep_index=not self.config.index,  # a configured index is not this cache's to extend
             )
         return self._graphs[k]
 

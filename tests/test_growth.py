@@ -252,6 +252,61 @@ def test_a_grown_graph_is_the_rebuilt_one_for_an_exact_index_and_no_worse_for_iv
         assert grown_recall >= rebuilt_recall - 0.01, (grown_recall, rebuilt_recall)
 
 
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "HNSW16"])
+def test_an_approximate_graph_is_extended_through_its_saved_index_over_growth_steps(tmp_path, factory):
+    """The cache keeps an approximate index beside its graph; each appended store's graph is then
+    the base's, extended (the new rows added to that index, old rows updated by reverse kNN), and
+    its recall stays within 0.01 of a graph built again with the same factory."""
+    from seals_al.index.build import build_index, set_search_parameters
+    from seals_al.index.neighbours import SAVED_INDEX, build_neighbour_graph, cached_neighbour_graph
+    from seals_al.store import EmbeddingStore, StoreWriter, write_store
+
+    from .conftest import clustered_vectors
+
+    x, _ = clustered_vectors(3000, 32, 40, seed=3)
+    ids = [f"i{i}" for i in range(3000)]
+    steps = [2400, 2600, 2640, 3000]
+    k, cache = 20, tmp_path / "cache"
+
+    def index_of(store, rows):
+        index = build_index(store, rows, factory, progress=False)
+        if factory.startswith("IVF"):
+            set_search_parameters(index, nprobe=8)
+        return index
+
+    def graph_of(store, n):
+        rows = np.arange(n)
+        return cached_neighbour_graph(
+            lambda: index_of(store, rows),
+            store, lambda: rows, f"rows {n}", factory, k, cache, progress=False,
+        )  # fmt: skip
+
+    store = write_store(tmp_path / "s0", ids[: steps[0]], x[: steps[0]], model="m", normalized=True)
+    graph = graph_of(store, steps[0])
+    assert (graph.path / SAVED_INDEX).is_file()
+    for step, n in enumerate(steps[1:], start=1):
+        before, base = steps[step - 1], store
+        extra = {"appended_to": base.digest(), "appended": n - before, "base_count": before}
+        with StoreWriter(tmp_path / f"s{step}", dim=32, model="m", normalized=True, extra=extra) as writer:
+            writer.add_store(base)
+            writer.add(ids[before:n], x[before:n], np.arange(before, n))
+        store = EmbeddingStore.open(tmp_path / f"s{step}")
+        previous, graph = graph, graph_of(store, n)
+        assert graph.manifest["grown_rows"] == n - before
+        assert graph.manifest["updated_rows"] > 0, "old rows took new neighbours in"
+        assert (graph.path / SAVED_INDEX).is_file()
+        assert not (previous.path / SAVED_INDEX).exists(), "superseded by the grown index"
+    rows = np.arange(steps[-1])
+    rebuilt = build_neighbour_graph(index_of(store, rows), store, rows, k, tmp_path / "r", progress=False)
+    exact = build_neighbour_graph(
+        build_index(store, rows, "Flat", progress=False), store, rows, k, tmp_path / "e", progress=False
+    )
+    exact_ids = exact.knn(rows, k)[1]
+    grown_recall, rebuilt_recall = recall(graph, exact_ids, rows, k), recall(rebuilt, exact_ids, rows, k)
+    assert rebuilt_recall > 0.8, "a meaningful reference"
+    assert grown_recall >= rebuilt_recall - 0.01, (grown_recall, rebuilt_recall)
+
+
 def test_when_items_leave_and_rows_are_numbered_again_the_pool_is_rebuilt(tmp_path, clinc_slice, cache_dir):
     from seals_al.campaign import Campaign, CampaignConfig, init
     from seals_al.oracle import label_open_batch

@@ -24,7 +24,7 @@ from seals_al.arrays import ArrayFile, open_array
 from seals_al.errors import SealsError
 from seals_al.index.build import search
 from seals_al.published import materialize, materialize_if_published, output_folder
-from seals_al.storage import atomic_dir, read_manifest, write_json_atomic
+from seals_al.storage import atomic_dir, atomic_path, read_manifest, write_json_atomic
 from seals_al.store import EmbeddingStore, RowLookup
 
 
@@ -328,6 +328,101 @@ def grow_neighbour_graph(
     return NeighbourGraph.open(out_dir)
 
 
+def extend_neighbour_graph(
+    base: NeighbourGraph,
+    index: faiss.Index,
+    store: EmbeddingStore,
+    row_ids: np.ndarray,
+    out_dir: str | Path,
+    *,
+    reverse: int = 2,
+    progress: bool = True,
+) -> NeighbourGraph:
+    """The graph of ``row_ids`` from the base graph and the approximate index (IVF, HNSW) it was
+    built with, the new rows added to that index: its trained quantizer is kept, nothing is
+    trained or rebuilt.
+
+    Each new row's list is one query of the grown index, as in a rebuild. An old row's list
+    changes only where a new row beats its k-th similarity; those old rows are found from the new
+    rows' side (reverse kNN): the old rows among each new row's ``reverse`` x k nearest, each
+    merged with the new rows that beat its list. Cost: a query per new row and a copy of the lists,
+    against a query per row for a rebuild. It is as approximate as the index: an old row whose new
+    neighbour does not list it among its ``reverse`` x k nearest keeps its list (recall measured in
+    docs/BENCHMARKS.md, "Growing data"). For an exact index use :func:`grow_neighbour_graph`.
+
+    Args:
+        base: the graph of the previous rows (a subset of ``row_ids``), built with ``index``.
+        index: the index over the base's rows; the new rows are added to it (it is changed).
+        store: the vectors of every row.
+        row_ids: the rows to cover.
+        out_dir: the graph directory to write (atomically).
+        reverse: how many times k neighbours of each new row are looked at for old rows to update.
+        progress: show a progress bar.
+    """
+    started = time.perf_counter()
+    k = base.k
+    row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
+    old = np.asarray(base._row_ids[:], dtype=np.int64)
+    if not np.isin(old, row_ids).all():
+        raise SealsError(f"{base.path}: rows of the base graph are gone; build the graph again")
+    new = np.setdiff1d(row_ids, old)
+    if index.ntotal != len(old):
+        raise SealsError(f"{base.path}: the saved index holds {index.ntotal:,} rows, the graph {len(old):,}")
+    x_new = store.vectors(new)
+    index.add_with_ids(x_new, new)
+    D, I = search(index, x_new, reverse * k, new)
+    new_sims, new_ids = D[:, :k], I[:, :k]
+    # Reverse kNN: (old row, similarity, new row) for every old row near a new one.
+    near = (I >= 0) & ~np.isin(I, new)
+    owner, sim, source = I[near], D[near], np.broadcast_to(new[:, None], I.shape)[near]
+    order = np.argsort(owner, kind="stable")
+    owner, sim, source = owner[order], sim[order], source[order]
+    owners = np.unique(owner)
+    listed_sims, listed_ids = base.knn(owners, k)
+    listed_sims, listed_ids = np.array(listed_sims), np.array(listed_ids, np.int64)
+    beats = sim > listed_sims[np.searchsorted(owners, owner), -1]
+    changed, more = _entries(owner[beats], sim[beats], source[beats]) if beats.any() else (owners[:0], None)
+    if more is not None:
+        at = np.searchsorted(owners, changed)
+        listed_sims, listed_ids = _merge((listed_sims[at], listed_ids[at]), more, k)
+    with atomic_dir(out_dir, GRAPH_FORMAT) as tmp:
+        np.save(tmp / "row_ids.npy", row_ids)
+        id_type = base._ids.dtype
+        if len(store) and int(store.row_ids.max()) > np.iinfo(np.int32).max:
+            id_type = np.int64
+        shape = (len(row_ids), k)
+        ids = np.lib.format.open_memmap(tmp / "neighbours.npy", mode="w+", dtype=id_type, shape=shape)
+        sims = np.lib.format.open_memmap(tmp / "similarities.npy", mode="w+", dtype=np.float32, shape=shape)
+        at_old = np.searchsorted(row_ids, old)
+        chunk = 65_536
+        with tqdm(total=len(old), desc=f"kNN graph k={k}, extend", unit="row", disable=not progress) as bar:
+            for start in range(0, len(old), chunk):  # the old lists, copied
+                where = at_old[start : start + chunk]
+                sims[where] = base._sims[start : start + chunk]
+                ids[where] = base._ids[start : start + chunk]
+                bar.update(len(where))
+        if len(changed):
+            where = np.searchsorted(row_ids, changed)
+            sims[where], ids[where] = listed_sims, listed_ids
+        at_new = np.searchsorted(row_ids, new)
+        sims[at_new], ids[at_new] = new_sims, new_ids
+        ids.flush()
+        sims.flush()
+        del ids, sims
+        manifest = {
+            **base.manifest,
+            "count": len(row_ids),
+            "index": _describe(index),
+            "store": str(store.path),
+            "grown_from": str(base.path),
+            "grown_rows": len(new),
+            "updated_rows": len(changed),
+            "build_seconds": time.perf_counter() - started,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return NeighbourGraph.open(out_dir)
+
+
 def cached_neighbour_graph(
     index: Callable[[], faiss.Index],
     store: EmbeddingStore,
@@ -339,6 +434,7 @@ def cached_neighbour_graph(
     progress: bool = True,
     access: str = "mapped",
     published: str | None = None,
+    keep_index: bool = True,
 ) -> NeighbourGraph:
     """The graph of these rows for this store, factory and k: opened from ``cache_dir/graphs`` if
     an earlier run built it, else built and cached. ``index`` and ``row_ids`` are called only to
@@ -348,7 +444,13 @@ def cached_neighbour_graph(
     With ``published`` (a gs:// folder, e.g. beside a gs:// index), the graph is shared between
     machines: read from ``published/k<k>-<key>`` (materialized in the cache) when some task
     published it there, else built here and published, so the graph is built once per cluster,
-    not once per pod."""
+    not once per pod.
+
+    On this machine's cache, a graph over a store that was appended to (a data version that only
+    added items) is grown from the base store's graph, not built again: extended through the
+    base's saved approximate index (:func:`extend_neighbour_graph`; ``keep_index`` saves an
+    approximate index beside the graph it builds), or else by the exact pass
+    (:func:`grow_neighbour_graph`)."""
     key = f"{rows_sha256}\n{store.digest()}\n{factory}\n{k}"
     name = hashlib.sha256(key.encode()).hexdigest()[:24]
     if published is not None:
@@ -364,11 +466,46 @@ def cached_neighbour_graph(
     if not (path / "manifest.json").is_file():
         base = _graph_of_base_store(graphs, store, factory, k)
         if base is not None and np.isin(np.asarray(base._row_ids[:]), row_ids()).all():
-            grow_neighbour_graph(base, store, row_ids(), path, progress=progress)
+            saved = _saved_index(base.path)
+            if saved is not None:  # approximate: the new rows added to the base's trained index
+                extend_neighbour_graph(base, saved, store, row_ids(), path, progress=progress)
+                _save_index(saved, path)
+                (base.path / SAVED_INDEX).unlink(missing_ok=True)  # the grown graph's index supersedes it
+            else:  # exact, or the base's index is not here: every old row against the new ones
+                grow_neighbour_graph(base, store, row_ids(), path, progress=progress)
         else:
-            build_neighbour_graph(index(), store, row_ids(), k, path, progress=progress)
+            built = index()
+            build_neighbour_graph(built, store, row_ids(), k, path, progress=progress)
+            if keep_index and not _is_exact(built):
+                _save_index(built, path)
         write_json_atomic(_lineage(graphs, store.digest(), factory, k), {"graph": name})
     return NeighbourGraph.open(path, access=access)
+
+
+SAVED_INDEX = "index.faiss"  # in a cached graph's folder: the approximate index it was built with
+
+
+def _is_exact(index: faiss.Index) -> bool:
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    return isinstance(inner, faiss.IndexFlat)
+
+
+def _save_index(index: faiss.Index, graph: Path) -> None:
+    """Keep the index an approximate graph was built with beside it in this machine's cache (faiss's
+    own format, never read from shared storage), so the next data version extends both."""
+    with atomic_path(graph / SAVED_INDEX) as tmp:
+        faiss.write_index(index, str(tmp))
+
+
+def _saved_index(graph: Path) -> faiss.Index | None:
+    """The index saved beside a cached graph, or None (exact, built elsewhere, or pruned)."""
+    path = graph / SAVED_INDEX
+    if not path.is_file():
+        return None
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError:  # cut short: the exact pass is used instead
+        return None
 
 
 def _lineage(graphs: Path, store_digest: str, factory: str, k: int) -> Path:
