@@ -9,7 +9,11 @@ storage (a GCS emulator on 127.0.0.1), KFP's pipeline root and the run's workspa
    run goes on past its wait.
 4. A round whose select container is killed mid-publish (exit 137, its lease left behind); a new
    run takes the expired lease over and commits a round identical to a never-killed run's.
-5. Label Studio (a real server on 127.0.0.1, tests/labelstudio_server.py): the one-round pipeline
+5. Items that arrive: a campaign over a gs:// folder of item files, its store and index published;
+   a second file arrives and the one-round pipeline with ``refresh_data=true`` embeds only that
+   file's items (in a container) into the published store, rebuilds the index, and reaches a new
+   item next to a labeled one in the very round.
+6. Label Studio (a real server on 127.0.0.1, tests/labelstudio_server.py): the one-round pipeline
    in containers, with its URL and token in their environment as the Secret gives them on a
    cluster, pushes the open batch, a person annotates it through the REST API, and the next run
    pulls, commits the round and pushes the next batch; the token is in no file it left.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import shutil
@@ -193,6 +198,65 @@ class Labeler(threading.Thread):
                 labeled.add(r)
 
 
+SLICE = ("report_fraud", "transfer", "timer", "pay_bill", "translate")  # as the tests' slice
+
+
+def grow_campaign(gs: str, items: Path, concept: str) -> str:
+    """A campaign over gs://.../growing/items/ (one file: a few intents of the items), its store
+    and index published there in this process (Beam and faiss, as the pipeline's first steps
+    would); returns its URI."""
+    from seals_al.campaign import CampaignConfig, ensure_campaign
+    from seals_al.dataset import index_over_u
+    from seals_al.embed.pipeline import ensure_embeddings
+    from seals_al.oracle import seed_file_from_truth
+    from seals_al.settings import DataConfig
+    from seals_al.storage import open_storage
+
+    with items.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [row for row in reader if row["label"] in SLICE]
+        fields = reader.fieldnames
+    open_storage(f"{gs}/growing/items").write_text("0.csv", _csv(fields, rows))
+    folder, store, index = (f"{gs}/growing/{name}" for name in ("items", "embeddings", "index"))
+    ensure_embeddings(folder, store)
+    index_over_u(folder, store, index, split_column="split")
+    data = DataConfig(folder, embeddings=store, index=index, truth_column="label", split_column="split")
+    config = CampaignConfig(concept, "", data)
+    uri = f"{gs}/campaigns/growing"
+    ensure_campaign(config, uri, lambda: seed_file_from_truth(config))
+    return uri
+
+
+def add_items(gs: str, uri: str, items: Path, concept: str) -> list[str]:
+    """A second file in the folder: a near copy of three labeled positives and 12 other items;
+    returns the near copies' ids."""
+    from seals_al.campaign import Campaign
+    from seals_al.storage import open_storage
+
+    campaign = Campaign(uri, progress=False)
+    labeled = sorted(i for i, row in campaign.state().labeled.items() if row["label"] == 1)[:3]
+    dataset = campaign.dataset()
+    texts = dataset.texts_of(dataset.row_ids_of(labeled))
+    with items.open(newline="") as f:
+        reader = csv.DictReader(f)
+        others = [row for row in reader if row["label"] not in SLICE and row["split"] != "test"][:12]
+        fields = reader.fieldnames
+    near = [
+        {**others[0], "id": f"near-{i}", "text": f"{t} right now", "label": concept}
+        for i, t in zip(labeled, texts, strict=True)
+    ]
+    open_storage(f"{gs}/growing/items").write_text("1.csv", _csv(fields, near + others))
+    return [row["id"] for row in near]
+
+
+def _csv(fields, rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
 def truth_of(items: Path, concept: str) -> dict[str, int]:
     with items.open(newline="") as f:
         return {row["id"]: int(row["label"] == concept) for row in csv.DictReader(f)}
@@ -348,7 +412,43 @@ def scenarios(args, work: Path, env: dict[str, str]) -> str:
     )
     check(not diff, f"the resumed round differs from a never-killed one: {diff[:5]}")
 
-    # 5. Label Studio: the batch goes there and the annotations come back, every step in a container.
+    # 5. Items that arrive: a campaign over a gs:// folder of item files; a second file arrives and
+    # the one-round pipeline's refresh_data step (a container) embeds only its items into the
+    # published store and rebuilds the index, and the round reaches a new item next to a labeled one.
+    growing = grow_campaign(gs, Path(args.items), args.concept)
+    check(
+        timed(
+            "refresh-round-0", docker_runner(env), seals_one_round, campaign_uri=growing, refresh_data=True
+        ),
+        "the one-round pipeline with refresh_data failed on data that did not change",
+    )
+    near = add_items(gs, growing, Path(args.items), args.concept)
+    drop_labels(growing, 0, truth)
+    check(
+        timed(
+            "refresh-round-1", docker_runner(env), seals_one_round, campaign_uri=growing, refresh_data=True
+        ),
+        "the one-round pipeline with refresh_data failed after items arrived",
+    )
+    import numpy as np
+
+    store = open_storage(f"{gs}/growing/embeddings").read_json("manifest.json")
+    check(
+        (store["extra"].get("appended"), store["extra"].get("embedded")) == (len(near) + 12,) * 2,
+        f"the refresh embedded {store['extra'].get('embedded')} items, not only the new file's",
+    )
+    record = open_storage(growing).read_json("rounds/001/metrics.json")
+    check(record.get("items_added") == len(near) + 12, f"round 1 records {record.get('items_added')} added")
+    state = Campaign(growing, progress=False)
+    dataset = state.dataset()
+    pool = open_storage(growing).read_bytes("rounds/001/pool/pool.npz")
+    with np.load(io.BytesIO(pool)) as saved:
+        reachable = set(dataset.external_ids(saved["ids"])) | {row["id"] for row in state.state().batch}
+    check(
+        set(near) <= reachable, f"new items next to labeled ones are not selectable: {set(near) - reachable}"
+    )
+
+    # 6. Label Studio: the batch goes there and the annotations come back, every step in a container.
     from tests.labelstudio_server import Person, running
 
     begun = time.perf_counter()

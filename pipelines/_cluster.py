@@ -45,14 +45,16 @@ RESOURCES: dict[str, Resources] = {
     "select-round": Resources("2", "4Gi", "4", "8Gi"),
     "report": Resources("500m", "1Gi", "1", "2Gi"),
     "score": Resources("2", "4Gi", "4", "8Gi"),
+    "refresh-data": Resources("2", "6Gi", "4", "16Gi"),
     "oracle-labeler": Resources("500m", "1Gi", "1", "2Gi"),
     "wait-for-labels": Resources("100m", "256Mi", "500m", "512Mi"),
     "label-studio-push": Resources("100m", "256Mi", "500m", "1Gi"),
 }
 
-# Campaign steps are idempotent (each resumes or redoes its round; a killed one's lease expires
-# and the retry takes it over): a pod lost to preemption or an OOM-kill is retried. Not score: with
-# new_only, a retry after the first attempt recorded what it scored would find nothing new.
+# Campaign steps are idempotent (each resumes or redoes its round, refresh_data finds what it
+# published; a killed one's lease expires and the retry takes it over): a pod lost to preemption or
+# an OOM-kill is retried. Not score: with new_only, a retry after the first attempt recorded what
+# it scored would find nothing new.
 RETRIED = frozenset(
     {
         "init-campaign",
@@ -62,6 +64,7 @@ RETRIED = frozenset(
         "report",
         "oracle-labeler",
         "label-studio-push",
+        "refresh-data",
     }
 )
 

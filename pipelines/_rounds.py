@@ -11,6 +11,7 @@ from components.embed.component import embed
 from components.init_campaign.component import init_campaign
 from components.label_ingest.component import label_ingest
 from components.label_studio_push.component import label_studio_push
+from components.refresh_data.component import refresh_data
 from components.report.component import report
 from components.score.component import score
 from components.select_round.component import select_round
@@ -70,9 +71,15 @@ def one_round(
     gated: bool = False,
     score_corpus=None,
     score_new_only=None,
+    refresh=None,
 ) -> dsl.PipelineTask:  # fmt: skip
     """label_ingest -> train -> select_round -> report for round r (and label_studio_push after
     select, with the cluster's Label Studio Secret); returns the report task.
+
+    ``refresh`` (a pipeline parameter, or None for no such step): the round starts with
+    refresh_data, which when true embeds new items into the published store and rebuilds the
+    index (a step that always runs, and does nothing when false: a task outside a ``dsl.If``
+    cannot wait for one inside it).
 
     ``gated``: train and the rest run only if the ingest staged new labels (one round per run).
     ``score_corpus`` (a pipeline parameter, or None for no such step): when true, the round ends by
@@ -80,8 +87,13 @@ def one_round(
     """
     ingested = cluster.step(label_ingest, campaign_uri=campaign_uri)
     ingested.set_display_name(f"round {r}: label ingest")
+    first = ingested
+    if refresh is not None:
+        first = cluster.step(refresh_data, campaign_uri=campaign_uri, enabled=refresh)
+        first.set_display_name(f"round {r}: refresh data")
+        ingested.after(first)
     if after is not None:
-        ingested.after(after)
+        first.after(after)
     with ExitStack() as gate:
         if gated:
             gate.enter_context(dsl.If(ingested.output == True, name="new-labels"))  # noqa: E712
@@ -104,10 +116,13 @@ def one_round(
 
 
 def rounds(
-    cluster: Cluster, campaign_uri, max_rounds: int, labeler: Labeler, target_metric, target_value
-) -> None:
+    cluster: Cluster,
+    campaign_uri, max_rounds: int, labeler: Labeler, target_metric, target_value,
+    refresh=None,
+) -> None:  # fmt: skip
     """Round 0 from the seeds; each later round runs inside dsl.If(the previous report says keep
-    going), after the labeler (a person via wait_for_labels, or the oracle) brought labels back."""
+    going), after the labeler (a person via wait_for_labels, or the oracle) brought labels back.
+    ``refresh``: each later round refreshes the data first (see :func:`one_round`)."""
     if max_rounds < 1:
         raise ValueError(f"max_rounds must be at least 1, got {max_rounds}")
     last = one_round(cluster, campaign_uri, target_metric, target_value, 0)
@@ -116,4 +131,6 @@ def rounds(
             keep_going = last.outputs["Output"] == True  # noqa: E712 (a pipeline condition)
             nested.enter_context(dsl.If(keep_going, name=f"round-{r}"))
             labels = labeler(campaign_uri, r).after(last)
-            last = one_round(cluster, campaign_uri, target_metric, target_value, r, after=labels)
+            last = one_round(
+                cluster, campaign_uri, target_metric, target_value, r, after=labels, refresh=refresh
+            )

@@ -58,6 +58,7 @@ def make_looped(max_rounds: int = MAX_ROUNDS, cluster: Cluster = DEFAULT):
         label_studio_project: int = 0,
         removed_uri: str = "",
         train_on_removed: bool = False,
+        refresh_data: bool = False,
     ):
         index = prepare(
             cluster, items_uri, embeddings_uri, index_uri, id_column, text_column, split_column, eval_split,
@@ -74,7 +75,7 @@ def make_looped(max_rounds: int = MAX_ROUNDS, cluster: Cluster = DEFAULT):
                 labeled_fraction=labeled_fraction,
             ).set_display_name(f"round {r}: wait for labels")
 
-        rounds(cluster, campaign_uri, max_rounds, wait, target_metric, target_value)
+        rounds(cluster, campaign_uri, max_rounds, wait, target_metric, target_value, refresh=refresh_data)
 
     return seals_looped
 

@@ -1,6 +1,7 @@
 """One round per run: for recurring runs and event triggers; no compute is held while people
-label. Ingest new labels if any; if there were, train, select, publish and report, and (with
-``score_corpus``) score the corpus with the new model; then end."""
+label. With ``refresh_data``, first embed the items that arrived into the published store and
+rebuild the index; ingest new labels if any; if there were, train, select, publish and report, and
+(with ``score_corpus``) score the corpus with the new model; then end."""
 
 from kfp import dsl
 
@@ -23,6 +24,7 @@ def make_one_round(cluster: Cluster = DEFAULT):
         target_value: float = 1.0,
         score_corpus: bool = False,
         score_new_only: bool = True,
+        refresh_data: bool = False,
     ):
         one_round(
             cluster,
@@ -33,6 +35,7 @@ def make_one_round(cluster: Cluster = DEFAULT):
             gated=True,
             score_corpus=score_corpus,
             score_new_only=score_new_only,
+            refresh=refresh_data,
         )
 
     return seals_one_round

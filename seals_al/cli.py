@@ -157,6 +157,15 @@ def _add_campaign_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("round", help="ingest new labels, retrain, select and publish the next batch")
     p.add_argument("campaign")
     p.set_defaults(handler=_round)
+    p = sub.add_parser(
+        "refresh",
+        help="embed new items into the campaign's published store and rebuild its index",
+        description="Bring the campaign's published embeddings and index up to date with its items: "
+        "items new since the store was made are embedded (Beam) and appended; the index is built "
+        "again over the grown U. Options it does not know are Beam pipeline options.",
+    )
+    p.add_argument("campaign")
+    p.set_defaults(handler=_refresh)
     p = sub.add_parser("status", help="rounds, labels, positives, pool size and what the campaign waits for")
     p.add_argument("campaign")
     p.set_defaults(handler=_status)
@@ -380,6 +389,15 @@ def _init(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _refresh(args: argparse.Namespace, console: Console) -> int:
+    from seals_al.campaign import Campaign
+    from seals_al.campaign.refresh import refresh_data
+
+    done = refresh_data(Campaign(args.campaign), beam_args=args.beam_args)
+    console.print("\n".join(done.lines()), highlight=False)
+    return 0
+
+
 def _round(args: argparse.Namespace, console: Console) -> int:
     from seals_al.campaign import Campaign
 
@@ -546,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Only `embed` and `score` take options they do not declare: they are Beam's, and the pipeline
     # rejects any that no Beam options class knows. Every other command parses strictly.
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("embed", "score"):
+    if extra and args.command not in ("embed", "score", "refresh"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.beam_args = extra
     console = Console(soft_wrap=True)  # a long path or URL stays on one line, whole

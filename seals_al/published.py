@@ -107,7 +107,9 @@ def check_target(uri: str | Path, content_format: str) -> None:
 
 def publish(local: Path, uri: str, content_format: str, progress: bool = True) -> dict:
     """Upload the files of a local folder to ``uri``, then its listing; the files a previous
-    listing there named and this one does not are removed afterwards.
+    listing there named and this one does not are removed afterwards. A file the previous listing
+    names with the same bytes (sha256) is not uploaded again: an appended store uploads its new
+    shards only.
 
     Returns:
         The listing written.
@@ -123,7 +125,9 @@ def publish(local: Path, uri: str, content_format: str, progress: bool = True) -
         for name in names:
             path = local / name
             files[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
-            storage.upload(path, name)
+            kept = previous is not None and previous[0]["files"].get(name) == files[name]
+            if not (kept and storage.exists(name)):
+                storage.upload(path, name)
             bar.update(files[name]["bytes"])
     listing = {"format": FORMAT, "content": content_format, "files": files}
     storage.write_bytes(LISTING, _listing_bytes(listing))

@@ -142,7 +142,7 @@ def test_ensure_embeddings_reuses_a_store_made_from_the_same_items(tmp_path):
     assert sorted(EmbeddingStore.open(out).ids) == ["a", "c"]
 
 
-def test_a_folder_of_item_files_is_embedded_whole_and_again_when_a_file_arrives(tmp_path):
+def test_a_folder_of_item_files_is_embedded_and_a_new_file_appended(tmp_path):
     folder = tmp_path / "items"
     folder.mkdir()
     (folder / "1.csv").write_text(f"id,text\na,{TEXTS['a']}\n")
@@ -156,7 +156,7 @@ def test_a_folder_of_item_files_is_embedded_whole_and_again_when_a_file_arrives(
     with pytest.raises(SealsError, match=r"notes.txt: matched by .*/\* but not an item file"):
         ensure_embeddings(f"{folder}/*", out)
     (folder / "3.csv").write_text(f"id,text\nc,{TEXTS['c']}\n")
-    assert not ensure_embeddings(str(folder), out)[1], "a new file: embedded again"
+    assert not ensure_embeddings(str(folder), out)[1], "a new file: its items embedded"
     assert sorted(EmbeddingStore.open(out).ids) == ["a", "b", "c"]
 
 
@@ -248,3 +248,56 @@ def test_invalid_json_lines_are_dead_letters_with_their_reason(tmp_path):
             equal_to([("line 2", "invalid JSON")]),
             label="dead",
         )
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_items_that_only_grow_are_embedded_once_and_appended_to_the_published_store(
+    tmp_path, where, request, monkeypatch
+):
+    """The pipelines' embed step over a folder that grows: only the new file's items go through
+    the model; the store published at the same place keeps its rows (and, on gs://, its shard
+    objects, not uploaded again) and gains the new ones after them."""
+    from seals_al.storage import open_storage
+
+    monkeypatch.setenv("SEALS_CACHE_DIR", str(tmp_path / "cache"))
+    if where == "gcs":
+        from .conftest import BUCKET
+
+        request.getfixturevalue("gcs_emulator")
+        root = f"gs://{BUCKET}/grow-{tmp_path.name}"
+    else:
+        root = str(tmp_path)
+    items, out = open_storage(f"{root}/items"), f"{root}/store"
+    items.write_text("1.csv", f"id,text\na,{TEXTS['a']}\nb,{TEXTS['b']}\n")
+    first, _ = ensure_embeddings(f"{root}/items", out)
+    from seals_al.published import materialize
+
+    first_ids = EmbeddingStore.open(materialize(out, "a store")).ids
+    shard = open_storage(out).version("shard-00000.npy")
+    items.write_text("2.csv", f"id,text\nc,{TEXTS['c']}\n")
+    grown, reused = ensure_embeddings(f"{root}/items", out)
+    assert not reused
+    extra = grown["extra"]
+    assert (extra["embedded"], extra["appended"], extra["base_count"]) == (1, 1, 2), "only c embedded"
+    assert (
+        extra["appended_to"]
+        == hashlib.sha256(",".join(s["sha256"] for s in first["shards"]).encode()).hexdigest()
+    )
+    assert open_storage(out).version("shard-00000.npy") == shard, "the old shard is not written again"
+    store = EmbeddingStore.open(materialize(out, "a store"))
+    rows = dict(zip(store.ids, store.row_ids.tolist(), strict=True))
+    assert rows == {"a": 0, "b": 1, "c": 2}, "old rows keep their row ids; the new one follows"
+    assert store.ids[:2] == first_ids, "the old rows first, as they were"
+    np.testing.assert_allclose(
+        store.vectors(np.arange(3)), MiniLMEncoder().encode([TEXTS[i] for i in "abc"]), atol=1e-5
+    )
+    # An id of the store in a new file as well is an error naming both files.
+    items.write_text("3.csv", f"id,text\na,{TEXTS['a']}\n")
+    with pytest.raises(SealsError, match=r"3.csv: id 'a' is also in .*1.csv"):
+        ensure_embeddings(f"{root}/items", out)
+    items.delete("3.csv")
+    # Items left: embedded whole, not appended.
+    items.write_text("1.csv", f"id,text\na,{TEXTS['a']}\n")
+    whole, _ = ensure_embeddings(f"{root}/items", out)
+    assert "appended_to" not in whole["extra"]
+    assert whole["count"] == 2

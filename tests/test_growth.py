@@ -307,6 +307,44 @@ def test_an_approximate_graph_is_extended_through_its_saved_index_over_growth_st
     assert grown_recall >= rebuilt_recall - 0.01, (grown_recall, rebuilt_recall)
 
 
+def test_an_approximate_index_is_trained_again_once_u_has_grown_past_the_retrain_fraction(tmp_path):
+    from seals_al.index.build import build_index
+    from seals_al.index.neighbours import SAVED_INDEX, cached_neighbour_graph
+    from seals_al.settings import RETRAIN_GROWTH
+    from seals_al.store import EmbeddingStore, StoreWriter, write_store
+
+    from .conftest import clustered_vectors
+
+    x, _ = clustered_vectors(2000, 32, 20, seed=5)
+    ids = [f"i{i}" for i in range(2000)]
+    first, grown = 1000, int(1000 * (1 + RETRAIN_GROWTH)) + 1
+    built = []
+
+    def graph_of(store, n):
+        rows = np.arange(n)
+
+        def index():
+            built.append(n)
+            return build_index(store, rows, "IVF8,Flat", progress=False)
+
+        return cached_neighbour_graph(
+            index, store, lambda: rows, f"rows {n}", "IVF8,Flat", 10, tmp_path / "c"
+        )
+
+    base = write_store(tmp_path / "s0", ids[:first], x[:first], model="m", normalized=True)
+    before = graph_of(base, first)
+    extra = {"appended_to": base.digest(), "appended": grown - first}
+    with StoreWriter(tmp_path / "s1", dim=32, model="m", normalized=True, extra=extra) as writer:
+        writer.add_store(base)
+        writer.add(ids[first:grown], x[first:grown], np.arange(first, grown))
+    after = graph_of(EmbeddingStore.open(tmp_path / "s1"), grown)
+    assert built == [first, grown], "trained again on the grown rows, not extended"
+    assert "grown_rows" not in after.manifest
+    assert after.manifest["trained_on_rows"] == grown
+    assert (after.path / SAVED_INDEX).is_file()
+    assert not (before.path / SAVED_INDEX).exists()
+
+
 def test_when_items_leave_and_rows_are_numbered_again_the_pool_is_rebuilt(tmp_path, clinc_slice, cache_dir):
     from seals_al.campaign import Campaign, CampaignConfig, init
     from seals_al.oracle import label_open_batch

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipelines.compile import COMPILED, pipelines
@@ -196,6 +197,54 @@ def test_one_round_per_run_advances_one_round_per_labels_and_is_idempotent(tmp_p
     label_open_batch(campaign)
     seals_one_round(campaign_uri=campaign_uri)
     assert campaign.committed_rounds() == [0, 1, 2], "exactly one round per run with labels"
+
+
+def test_one_round_with_refresh_data_embeds_only_the_new_items_and_they_are_selectable(
+    tmp_path, clinc_slice, kfp_local
+):
+    """A recurring run over a folder of items that grows: the refresh step appends only the new
+    file's items to the published store and rebuilds the index, and the round then reaches a new
+    item next to a labeled one."""
+    from seals_al.campaign import CampaignConfig, ensure_campaign
+    from seals_al.dataset import index_over_u
+    from seals_al.embed.pipeline import ensure_embeddings
+    from seals_al.oracle import seed_file_from_truth
+    from seals_al.settings import DataConfig, RoundConfig
+    from seals_al.store import EmbeddingStore
+
+    folder = tmp_path / "items"
+    folder.mkdir()
+    (folder / "0.csv").write_bytes(clinc_slice.read_bytes())
+    store, index = str(tmp_path / "store"), str(tmp_path / "index")
+    ensure_embeddings(str(folder), store)
+    index_over_u(str(folder), store, index, split_column="split")
+    data = DataConfig(str(folder), embeddings=store, index=index, truth_column="label", split_column="split")
+    config = CampaignConfig(CONCEPT, "", data, RoundConfig(batch_size=20))
+    campaign_uri = str(tmp_path / "campaign")
+    ensure_campaign(config, campaign_uri, lambda: seed_file_from_truth(config))
+    seals_one_round(campaign_uri=campaign_uri, refresh_data=True)  # up to date: round 0
+    campaign = Campaign(campaign_uri, progress=False)
+    labeled = sorted(i for i, row in campaign.state().labeled.items() if row["label"] == 1)[:3]
+    dataset = campaign.dataset()
+    texts = dict(zip(labeled, dataset.texts_of(dataset.row_ids_of(labeled)), strict=True))
+    with (folder / "1.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text", "label", "split"])
+        writer.writerows([f"near-{i}", f"{texts[i]} right now", CONCEPT, "train"] for i in labeled)
+    label_open_batch(campaign)
+    seals_one_round(campaign_uri=campaign_uri, refresh_data=True)
+    campaign = Campaign(campaign_uri, progress=False)
+    assert campaign.committed_rounds() == [0, 1]
+    grown = EmbeddingStore.open(store)
+    assert grown.manifest["extra"]["appended"] == 3, "only the new file's items were embedded"
+    assert grown.manifest["extra"]["embedded"] == 3
+    record = json.loads((Path(campaign_uri) / "rounds/001/metrics.json").read_text())
+    assert record["items_added"] == 3
+    assert record["index_rows"] == json.loads((Path(index) / "manifest.json").read_text())["ntotal"]
+    dataset = campaign.dataset()
+    with np.load(Path(campaign_uri) / "rounds/001/pool/pool.npz") as saved:
+        reachable = set(dataset.external_ids(saved["ids"])) | {row["id"] for row in campaign.state().batch}
+    assert {f"near-{i}" for i in labeled} <= reachable
 
 
 def normalized(text: str) -> str:

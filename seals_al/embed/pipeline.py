@@ -33,13 +33,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from seals_al.beam_options import beam_options
 from seals_al.embed.handlers import EfficientNetLiteHandler, MiniLMHandler
-from seals_al.embed.transforms import DEAD, EmbedItems, LoadImage, ReadItems, WriteShards
+from seals_al.embed.transforms import DEAD, EmbedItems, LoadImage, ReadItems, SkipKnown, WriteShards
 from seals_al.encoder import IMAGE_MODEL, IMAGE_MODEL_DIM, TEXT_MODEL, TEXT_MODEL_DIM
-from seals_al.errors import EXIT_USAGE, SealsError
+from seals_al.errors import EXIT_USAGE, SealsError, shown
 from seals_al.items import item_files
 from seals_al.published import check_target, output_folder, read_manifest_at
 from seals_al.store import FORMAT as STORE_FORMAT
-from seals_al.store import StoreWriter
+from seals_al.store import EmbeddingStore, StoreWriter
 
 
 class EmbedOptions(PipelineOptions):
@@ -57,16 +57,20 @@ class EmbedOptions(PipelineOptions):
         parser.add_argument("--work_dir", help="where workers write parts (default: OUTPUT.parts)")
 
 
-def build(p: beam.Pipeline, options: EmbedOptions, work_dir: str):
-    """Wire the pipeline on ``p``; returns the (parts, dead letters) PCollections."""
+def build(p: beam.Pipeline, options: EmbedOptions, work_dir: str, known_uri: str | None = None):
+    """Wire the pipeline on ``p``; returns the (parts, dead letters) PCollections. With
+    ``known_uri`` (a file of ids, one per line), items with those ids are skipped: an append."""
     parsed = p | "Read" >> ReadItems(options.input, options.id_column, options.text_column)
     dead_inputs = [parsed[DEAD]]
+    items = parsed.items
+    if known_uri is not None:
+        items = items | "SkipKnown" >> beam.ParDo(SkipKnown(known_uri))
     if options.modality == "image":
-        images = parsed.items | "LoadImages" >> beam.ParDo(LoadImage()).with_outputs(DEAD, main="images")
+        images = items | "LoadImages" >> beam.ParDo(LoadImage()).with_outputs(DEAD, main="images")
         dead_inputs.append(images[DEAD])
         embedded = images.images | "Embed" >> EmbedItems(EfficientNetLiteHandler())
     else:
-        embedded = parsed.items | "Embed" >> EmbedItems(MiniLMHandler())
+        embedded = items | "Embed" >> EmbedItems(MiniLMHandler())
     parts = (
         embedded["embedded"]
         | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=options.shard_rows)
@@ -87,10 +91,13 @@ def finalize(
     model: str = TEXT_MODEL,
     dim: int = TEXT_MODEL_DIM,
     source: dict | None = None,
+    base: EmbeddingStore | None = None,
 ) -> None:
     """Assemble the workers' parts (local or gs://) into a local store, then remove the parts.
 
     The row id of an item is the rank of its id in sorted order: stable whatever the sharding.
+    With ``base`` (an append) the base store's shards come first, hard-linked, with their row ids,
+    and the new items' row ids follow the base's largest, in the order of their ids.
     """
     from apache_beam.io.filesystems import FileSystems
 
@@ -106,7 +113,8 @@ def finalize(
     all_ids = [i for ids in part_ids for i in ids]
     if len(set(all_ids)) != len(all_ids):
         raise SealsError(f"{work_dir}: an id was embedded twice; ids must be unique across the input")
-    rank = {item: r for r, item in enumerate(sorted(all_ids))}
+    first = 0 if base is None or not len(base) else int(base.row_ids.max()) + 1
+    rank = {item: first + r for r, item in enumerate(sorted(all_ids))}
     dead = [line for path in matching("dead*.jsonl") for line in read(path).decode().splitlines() if line]
     reasons: dict[str, int] = {}
     for line in dead:
@@ -115,7 +123,11 @@ def finalize(
     extra = {"embedded": len(all_ids), "dead_letter": len(dead), "dead_letter_reasons": reasons}
     if source is not None:
         extra["source"] = source
+    if base is not None:
+        extra |= {"appended_to": base.digest(), "appended": len(all_ids), "base_count": len(base)}
     with StoreWriter(output, dim=dim, model=model, normalized=True, extra=extra) as writer:
+        if base is not None:
+            writer.add_store(base)
         for path, ids in zip(parts, part_ids, strict=True):  # one part in memory at a time
             vectors = np.load(io.BytesIO(read(path)), allow_pickle=False)
             writer.add(ids, vectors, np.asarray([rank[i] for i in ids], dtype=np.int64))
@@ -135,11 +147,14 @@ def run(
     test_pipeline: beam.Pipeline | None = None,
     *,
     source: dict | None = None,
+    base: EmbeddingStore | None = None,
 ) -> dict:
     """Run the embedding pipeline and publish the store (a local folder, or gs:// through
     :mod:`seals_al.published`); Beam options pass through.
 
     ``source`` (what the store was made from) is recorded in the manifest; see ensure_embeddings.
+    ``base``: a store to append to: only items whose ids it lacks are embedded, and the published
+    store holds its rows (same row ids) and then the new ones.
 
     Returns:
         The store's manifest.
@@ -152,15 +167,22 @@ def run(
     # Checked before embedding, not after: a gs:// output is written locally, then published.
     with output_folder(embed.output, STORE_FORMAT) as out:
         work_dir = embed.work_dir or f"{out}.parts"
+        known_uri = None
+        if base is not None:  # the ids to skip, beside the parts (read once per worker)
+            from apache_beam.io.filesystems import FileSystems
+
+            known_uri = f"{work_dir}/known-ids.txt"
+            with FileSystems.create(known_uri) as f:
+                f.write("".join(json.dumps(i) + "\n" for i in base.ids).encode())
         p = test_pipeline or beam.Pipeline(options=options)
-        build(p, embed, work_dir)
+        build(p, embed, work_dir, known_uri)
         result = p.run()
         result.wait_until_finish()
         _log_counters(result)
         if embed.modality == "image":
-            finalize(work_dir, str(out), IMAGE_MODEL, IMAGE_MODEL_DIM, source)
+            finalize(work_dir, str(out), IMAGE_MODEL, IMAGE_MODEL_DIM, source, base)
         else:
-            finalize(work_dir, str(out), source=source)
+            finalize(work_dir, str(out), source=source, base=base)
         manifest = json.loads((out / "manifest.json").read_text())
     return manifest
 
@@ -209,6 +231,7 @@ def ensure_embeddings(
     manifest = read_manifest_at(output, STORE_FORMAT)
     if manifest is not None and manifest.get("extra", {}).get("source") == source:
         return manifest, True
+    base = _appendable(manifest, source, output, files, id_column)
     argv = [
         f"--input={items}",
         f"--output={output}",
@@ -217,7 +240,38 @@ def ensure_embeddings(
         f"--modality={modality}",
         *beam_args,
     ]
-    return run(argv, source=source), False
+    return run(argv, source=source, base=base), False
+
+
+def _appendable(
+    manifest: dict | None, source: dict, output: str, files: list[str], id_column: str
+) -> EmbeddingStore | None:
+    """The store published at ``output``, when the new items only add to what it was made from:
+    the same columns, modality and model, and every id it holds still among the items (their ids
+    are read here, one file at a time). Then only the new items are embedded and appended. Else
+    None: the items are embedded whole (items left, or the store is of other settings).
+
+    An item's text is taken as unchanged on this path: the store keeps vectors, not texts (the
+    local path, :func:`seals_al.prepared.prepare`, compares them)."""
+    from seals_al.items import read_items
+    from seals_al.published import materialize
+    from seals_al.storage import default_cache_dir, local_file
+
+    if manifest is None:
+        return None
+    made_from = manifest.get("extra", {}).get("source") or {}
+    same = ("id_column", "text_column", "modality", "model")
+    if any(made_from.get(key) != source[key] for key in same):
+        return None
+    cache = default_cache_dir()
+    ids: dict[str, str] = {}
+    for uri in files:
+        for item_id in read_items(local_file(uri, cache), [id_column], id_column)[id_column]:
+            other = ids.setdefault(item_id, uri)
+            if other != uri:
+                raise SealsError(f"{uri}: id {shown(item_id)} is also in {other}; ids must be unique")
+    base = EmbeddingStore.open(materialize(output, "an embeddings store", cache))
+    return base if ids.keys() >= set(base.ids) else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

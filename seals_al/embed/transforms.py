@@ -121,6 +121,29 @@ def _records(name: str, readable: fileio.ReadableFile) -> Iterator[tuple[str, di
             raise SealsError(f"{name}: unsupported item file type (use .csv, .jsonl or .parquet)")
 
 
+class SkipKnown(beam.DoFn):
+    """(id, text) pairs whose id is not in the store being appended to: only new items are
+    embedded. The known ids (one JSON string per line at ``known_uri``) are read once per worker,
+    as a model is, not shipped in the pipeline graph."""
+
+    def __init__(self, known_uri: str):
+        self.known_uri = known_uri
+        self.skipped = beam.metrics.Metrics.counter("seals", "items_known")
+        self._known: frozenset[str] = frozenset()
+
+    def setup(self) -> None:
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(self.known_uri, compression_type="uncompressed") as f:
+            self._known = frozenset(json.loads(line) for line in f.read().decode().splitlines())
+
+    def process(self, pair: tuple[str, str]) -> Iterator[tuple[str, str]]:
+        if pair[0] in self._known:
+            self.skipped.inc()
+        else:
+            yield pair
+
+
 class WriteShards(beam.DoFn):
     """Batches of (id, vector) -> one shard file of vectors and one of ids, in a work directory."""
 

@@ -24,6 +24,7 @@ from seals_al.arrays import ArrayFile, open_array
 from seals_al.errors import SealsError
 from seals_al.index.build import search
 from seals_al.published import materialize, materialize_if_published, output_folder
+from seals_al.settings import RETRAIN_GROWTH
 from seals_al.storage import atomic_dir, atomic_path, read_manifest, write_json_atomic
 from seals_al.store import EmbeddingStore, RowLookup
 
@@ -199,6 +200,7 @@ def build_neighbour_graph(
             "count": len(row_ids),
             "index": _describe(index),
             "store": str(store.path),
+            "trained_on_rows": len(row_ids),  # kept by a grown graph: when to train again
             "build_seconds": time.perf_counter() - started,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -450,7 +452,9 @@ def cached_neighbour_graph(
     added items) is grown from the base store's graph, not built again: extended through the
     base's saved approximate index (:func:`extend_neighbour_graph`; ``keep_index`` saves an
     approximate index beside the graph it builds), or else by the exact pass
-    (:func:`grow_neighbour_graph`)."""
+    (:func:`grow_neighbour_graph`). Once U has grown by more than
+    :data:`~seals_al.settings.RETRAIN_GROWTH` since that index was trained, the index is trained
+    and the graph built again instead."""
     key = f"{rows_sha256}\n{store.digest()}\n{factory}\n{k}"
     name = hashlib.sha256(key.encode()).hexdigest()[:24]
     if published is not None:
@@ -465,19 +469,28 @@ def cached_neighbour_graph(
     path = graphs / name
     if not (path / "manifest.json").is_file():
         base = _graph_of_base_store(graphs, store, factory, k)
-        if base is not None and np.isin(np.asarray(base._row_ids[:]), row_ids()).all():
+        saved, superseded = None, None
+        if base is not None and not np.isin(np.asarray(base._row_ids[:]), row_ids()).all():
+            base = None  # rows left: nothing to grow from
+        if base is not None:
+            superseded = base.path / SAVED_INDEX  # the new graph's index, if any, replaces it
             saved = _saved_index(base.path)
-            if saved is not None:  # approximate: the new rows added to the base's trained index
-                extend_neighbour_graph(base, saved, store, row_ids(), path, progress=progress)
-                _save_index(saved, path)
-                (base.path / SAVED_INDEX).unlink(missing_ok=True)  # the grown graph's index supersedes it
-            else:  # exact, or the base's index is not here: every old row against the new ones
-                grow_neighbour_graph(base, store, row_ids(), path, progress=progress)
+            trained = int(base.manifest.get("trained_on_rows", 0))
+            if saved is not None and len(row_ids()) > (1 + RETRAIN_GROWTH) * trained:
+                base = None  # grown too far from what the index was trained on: train it again
+        if base is not None and saved is not None:
+            # Approximate: the new rows added to the base's trained index.
+            extend_neighbour_graph(base, saved, store, row_ids(), path, progress=progress)
+            _save_index(saved, path)
+        elif base is not None:  # exact, or the base's index is not here: every old row against the new
+            grow_neighbour_graph(base, store, row_ids(), path, progress=progress)
         else:
             built = index()
             build_neighbour_graph(built, store, row_ids(), k, path, progress=progress)
             if keep_index and not _is_exact(built):
                 _save_index(built, path)
+        if superseded is not None:
+            superseded.unlink(missing_ok=True)
         write_json_atomic(_lineage(graphs, store.digest(), factory, k), {"graph": name})
     return NeighbourGraph.open(path, access=access)
 
