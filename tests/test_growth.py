@@ -140,7 +140,18 @@ def brute_force_pool(dataset, expanded: list[str], k: int) -> tuple[set[str], se
     return sure - set(expanded), tied - set(expanded)
 
 
-def test_after_each_growth_the_pool_is_the_one_built_from_scratch(tmp_path, clinc_slice, cache_dir):
+def graph_pool(dataset, expanded: list[str], k: int) -> tuple[set[str], set[str]]:
+    """The pool built from scratch over the neighbour graph as it is now (an approximate index's:
+    the reference is its lists, not exhaustive kNN): (members, no ties)."""
+    lists = dataset.neighbours(k).ids(dataset.row_ids_of(expanded), k)
+    members = set(dataset.external_ids(np.unique(lists[lists >= 0])))
+    return members - set(expanded), set()
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat"])
+def test_after_each_growth_the_pool_is_the_one_built_from_scratch(tmp_path, clinc_slice, cache_dir, factory):
+    """Exact index: the pool is exhaustive kNN's. IVF: the graph is extended through the saved
+    index, and the pool is the one its lists give, as if built from scratch."""
     from seals_al.campaign import Campaign, CampaignConfig, init
     from seals_al.oracle import label_open_batch
 
@@ -149,7 +160,8 @@ def test_after_each_growth_the_pool_is_the_one_built_from_scratch(tmp_path, clin
     folder = tmp_path / "items"
     folder.mkdir()
     (folder / "0.csv").write_bytes(clinc_slice.read_bytes())
-    config = write_config(tmp_path, clinc_slice, cache_dir, data=str(folder), index_factory="Flat")
+    cache_dir = tmp_path / "cache" if factory != "Flat" else cache_dir  # its own saved index
+    config = write_config(tmp_path, clinc_slice, cache_dir, data=str(folder), index_factory=factory)
     uri = str(tmp_path / "campaign")
     init(CampaignConfig.from_yaml(config), uri)
     Campaign(uri, progress=False).round()
@@ -189,13 +201,15 @@ def test_after_each_growth_the_pool_is_the_one_built_from_scratch(tmp_path, clin
         assert dataset.store.manifest["extra"]["appended"] == 15, "only the new file was embedded"
         graph = dataset.neighbours(campaign.config.learning.k)
         assert graph.manifest["grown_rows"] == 15, "the neighbour graph grown, not built again"
+        assert ("updated_rows" in graph.manifest) == (factory != "Flat"), "IVF: extended by its index"
         state = campaign.state()
         expanded = sorted(set(state.labeled) | {row["id"] for row in state.batch})
         with np.load(Path(uri) / f"rounds/{step:03d}/pool/pool.npz") as saved:
             pool = set(dataset.external_ids(saved["ids"]))
             sources = dataset.external_ids(saved["reached_from"])
             reached = dict(zip(dataset.external_ids(saved["ids"]), sources, strict=True))
-        sure, tied = brute_force_pool(dataset, expanded, campaign.config.learning.k)
+        reference = brute_force_pool if factory == "Flat" else graph_pool
+        sure, tied = reference(dataset, expanded, campaign.config.learning.k)
         assert sure <= pool <= sure | tied, f"step {step}: the kNN of every labeled and selected example"
         # A new item next to a labeled one is selectable in the very round it arrives.
         batch = {row["id"] for row in state.batch}
