@@ -58,7 +58,7 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/bad_inputs.py  # docs/RELIABILITY.md
 	$(BIN)/python benchmarks/cluster_path.py  # after make image (or make e2e); uses round_cost's 1M data
 	$(BIN)/python benchmarks/score_throughput.py  # 4M rows: 6 GB of disk and RAM
-	$(BIN)/python benchmarks/growth_cost.py --workdir /tmp  # 1M rows: about 25 minutes, 6 GB of disk
+	$(BIN)/python benchmarks/growth_cost.py --workdir /tmp  # 1M rows: about 25 minutes, 10 GB of disk
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .cache .pytest_cache .ruff_cache

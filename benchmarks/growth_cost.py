@@ -22,7 +22,7 @@ on a CPU), in an append only the new ones, so these ratios understate the saving
 the graphs against exhaustive search, on --sample rows (old and new). Writes its section of
 docs/BENCHMARKS.md.
 
-    python benchmarks/growth_cost.py --workdir /tmp          # 1M rows: about 25 minutes, 9 GB of disk
+    python benchmarks/growth_cost.py --workdir /tmp          # 1M rows: about 25 minutes, 10 GB of disk
 """
 
 from __future__ import annotations
