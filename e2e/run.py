@@ -11,8 +11,8 @@ storage (a GCS emulator on 127.0.0.1), KFP's pipeline root and the run's workspa
    run takes the expired lease over and commits a round identical to a never-killed run's.
 5. Items that arrive: a campaign over a gs:// folder of item files, its store and index published;
    a second file arrives and the one-round pipeline with ``refresh_data=true`` embeds only that
-   file's items (in a container) into the published store, rebuilds the index, and reaches a new
-   item next to a labeled one in the very round.
+   file's items (in a container) into the published store and adds them to the published index;
+   the round grows the published neighbour graph and reaches a new item next to a labeled one.
 6. Label Studio (a real server on 127.0.0.1, tests/labelstudio_server.py): the one-round pipeline
    in containers, with its URL and token in their environment as the Secret gives them on a
    cluster, pushes the open batch, a person annotates it through the REST API, and the next run
@@ -446,6 +446,12 @@ def scenarios(args, work: Path, env: dict[str, str]) -> str:
         reachable = set(dataset.external_ids(saved["ids"])) | {row["id"] for row in state.state().batch}
     check(
         set(near) <= reachable, f"new items next to labeled ones are not selectable: {set(near) - reachable}"
+    )
+    index = open_storage(f"{gs}/growing/index").read_json("manifest.json")
+    check("grown_from" in index, "the published index was built again, not extended")
+    graph = dataset.neighbours(state.config.learning.k).manifest
+    check(
+        graph.get("grown_rows") == len(near) + 12, "the published neighbour graph was built again, not grown"
     )
 
     # 6. Label Studio: the batch goes there and the annotations come back, every step in a container.

@@ -77,8 +77,8 @@ def one_round(
     select, with the cluster's Label Studio Secret); returns the report task.
 
     ``refresh`` (a pipeline parameter, or None for no such step): the round starts with
-    refresh_data, which when true embeds new items into the published store and rebuilds the
-    index (a step that always runs, and does nothing when false: a task outside a ``dsl.If``
+    refresh_data, which when true embeds new items into the published store and adds them to
+    the index (a step that always runs, and does nothing when false: a task outside a ``dsl.If``
     cannot wait for one inside it).
 
     ``gated``: train and the rest run only if the ingest staged new labels (one round per run).

@@ -1,6 +1,6 @@
 """One round per run: for recurring runs and event triggers; no compute is held while people
 label. With ``refresh_data``, first embed the items that arrived into the published store and
-rebuild the index; ingest new labels if any; if there were, train, select, publish and report, and
+add them to the index; ingest new labels if any; if there were, train, select, publish and report, and
 (with ``score_corpus``) score the corpus with the new model; then end."""
 
 from kfp import dsl

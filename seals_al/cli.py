@@ -159,10 +159,10 @@ def _add_campaign_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_round)
     p = sub.add_parser(
         "refresh",
-        help="embed new items into the campaign's published store and rebuild its index",
+        help="embed new items into the campaign's published store and add them to its index",
         description="Bring the campaign's published embeddings and index up to date with its items: "
-        "items new since the store was made are embedded (Beam) and appended; the index is built "
-        "again over the grown U. Options it does not know are Beam pipeline options.",
+        "items new since the store was made are embedded (Beam) and appended, and added to the "
+        "index. Options it does not know are Beam pipeline options.",
     )
     p.add_argument("campaign")
     p.set_defaults(handler=_refresh)

@@ -244,6 +244,16 @@ class Dataset:
             )
         return "index " + hashlib.sha256(manifest).hexdigest()
 
+    def _index_base(self) -> tuple[str, str, str] | None:
+        """(rows digest, store digest, key) of the index the configured one was extended from
+        (seals_al.index.directory.extend_index_dir), whose graph this one's can grow from."""
+        from seals_al.published import read_file
+
+        grown = json.loads(read_file(self.config.index, "manifest.json") or b"{}").get("grown_from")
+        if not grown:
+            return None
+        return grown["rows_sha256"], grown["store_sha256"], "index " + grown["manifest_sha256"]
+
     def check_factory(self) -> None:
         """A clear error for a factory string faiss refuses (the data may have been prepared with
         another one)."""
@@ -271,6 +281,7 @@ class Dataset:
                 access=self.access,
                 published=self.graphs_uri,
                 keep_index=not self.config.index,  # a configured index is not this cache's to extend
+                base_of=self._index_base if self.config.index else None,
             )
         return self._graphs[k]
 

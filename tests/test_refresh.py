@@ -5,6 +5,7 @@ U with its own settings, nothing done when nothing changed."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -16,10 +17,12 @@ from seals_al.campaign.refresh import refresh_data
 from seals_al.dataset import index_over_u
 from seals_al.embed.pipeline import ensure_embeddings
 from seals_al.errors import SealsError
-from seals_al.oracle import seed_file_from_truth
+from seals_al.oracle import label_open_batch, seed_file_from_truth
+from seals_al.published import read_file
 from seals_al.settings import DataConfig
+from seals_al.storage import open_storage
 
-from .conftest import CLINC
+from .conftest import BUCKET, CLINC
 
 
 def campaign_over(tmp_path: Path, data: DataConfig) -> Campaign:
@@ -28,36 +31,55 @@ def campaign_over(tmp_path: Path, data: DataConfig) -> Campaign:
     return Campaign(str(tmp_path / "campaign"), progress=False)
 
 
-def test_new_items_are_appended_to_the_published_store_and_the_index_built_again(
-    tmp_path, clinc_slice, monkeypatch
+@pytest.mark.parametrize(
+    ("where", "factory"), [("local", "IVF4,Flat"), ("gcs", "IVF4,Flat"), ("gcs", "Flat")]
+)
+def test_new_items_are_appended_to_the_published_store_and_index_and_the_graph_grown(
+    tmp_path, clinc_slice, monkeypatch, request, where, factory
 ):
+    """The store gains only the new items' rows, the index gets them added (an IVF quantizer as
+    trained), and on gs:// the graph the first round published is grown, not built again:
+    extended through the index (IVF), or by the exact pass (Flat)."""
     monkeypatch.setenv("SEALS_CACHE_DIR", str(tmp_path / "cache"))
-    folder = tmp_path / "items"
-    folder.mkdir()
-    (folder / "0.csv").write_bytes(clinc_slice.read_bytes())
-    store, index = str(tmp_path / "store"), str(tmp_path / "index")
-    ensure_embeddings(str(folder), store)
-    index_over_u(str(folder), store, index, "IVF4,Flat", split_column="split", search_params={"nprobe": 2})
-    data = DataConfig(str(folder), embeddings=store, index=index, truth_column="label", split_column="split")
+    if where == "gcs":
+        request.getfixturevalue("gcs_emulator")
+        root = f"gs://{BUCKET}/refresh-{tmp_path.name}"
+    else:
+        root = str(tmp_path)
+    folder, store, index = f"{root}/items", f"{root}/store", f"{root}/index"
+    open_storage(folder).write_bytes("0.csv", clinc_slice.read_bytes())
+    ensure_embeddings(folder, store)
+    params = {"nprobe": 2} if factory.startswith("IVF") else {}
+    index_over_u(folder, store, index, factory, split_column="split", search_params=params)
+    data = DataConfig(folder, embeddings=store, index=index, truth_column="label", split_column="split")
     campaign = campaign_over(tmp_path, data)
 
     done = refresh_data(campaign)
-    assert (done.embedded, done.index_rebuilt) == (0, False)
+    assert (done.embedded, done.index_updated) == (0, False)
     assert done.lines() == ["data up to date: 750 rows embedded"]
+    campaign.round()
+    label_open_batch(campaign)
 
     with CLINC.open(newline="") as f:
         known = {row["id"] for row in csv.DictReader(clinc_slice.open(newline=""))}
         new = [row for row in csv.DictReader(f) if row["id"] not in known][:12]
-    with (folder / "1.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(new[0]))
-        writer.writeheader()
-        writer.writerows(new)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(new[0]))
+    writer.writeheader()
+    writer.writerows(new)
+    open_storage(folder).write_text("1.csv", out.getvalue())
     done = refresh_data(campaign)
-    assert (done.embedded, done.appended, done.store_rows, done.index_rebuilt) == (12, True, 762, True)
-    built = json.loads((Path(index) / "manifest.json").read_text())
+    assert (done.embedded, done.appended, done.store_rows, done.index_extended) == (12, True, 762, True)
+    built = json.loads(read_file(index, "manifest.json"))
     assert built["ntotal"] == done.index_rows == 600 + sum(row["split"] != "test" for row in new)
-    assert (built["source"]["factory"], built["source"]["search_params"]) == ("IVF4,Flat", {"nprobe": 2})
-    assert campaign.round()["round"] == 0, "a round runs over the refreshed data"
+    assert built["grown_from"]["ntotal"] == 600, "the rows added to the index, not built again"
+    assert (built["source"]["factory"], built["source"]["search_params"]) == (factory, params)
+    campaign = Campaign(campaign.storage.uri, progress=False)
+    assert campaign.round()["round"] == 1, "a round runs over the refreshed data"
+    graph = campaign.dataset().neighbours(campaign.config.learning.k)
+    if where == "gcs":  # the graph published beside the index is grown from the last one's
+        assert graph.manifest["grown_rows"] == built["ntotal"] - 600
+        assert ("updated_rows" in graph.manifest) == (factory != "Flat"), "Flat: the exact pass"
     assert refresh_data(campaign).embedded == 0, "and a second refresh finds it up to date"
 
 

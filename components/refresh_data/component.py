@@ -1,4 +1,4 @@
-"""refresh_data: embed the campaign's new items into its published store and rebuild its index."""
+"""refresh_data: embed the campaign's new items into its published store and add them to its index."""
 
 from typing import NamedTuple
 
@@ -13,11 +13,12 @@ def refresh_data(
     metrics: dsl.Output[dsl.Metrics],
     enabled: bool = True,
     workspace: str = "",
-) -> NamedTuple("Outputs", [("embedded", int), ("index_rebuilt", bool)]):
+) -> NamedTuple("Outputs", [("embedded", int), ("index_updated", bool)]):
     """Bring the campaign's published embeddings and index up to date with its items before a
     round: items new since the store was made are embedded (Beam) and appended to it, old rows
-    keeping their row ids; the index is built again over the grown U with its own factory, layout
-    and search parameters. Unchanged data costs the manifest checks alone.
+    keeping their row ids; their rows are added to the index (a single-file index keeps its IVF
+    quantizer as trained; any other is built again with its own factory, layout and search
+    parameters). Unchanged data costs the manifest checks alone.
 
     Args:
         campaign_uri: the campaign (its data, embeddings and index settings).
@@ -27,7 +28,7 @@ def refresh_data(
             downloaded stores, indexes, graphs and prepared data; "" for a pod-local cache.
 
     Returns:
-        How many items were embedded now, and whether the index was built again.
+        How many items were embedded now, and whether the index changed.
     """
     from seals_al.storage import use_workspace
 
@@ -37,7 +38,7 @@ def refresh_data(
     from seals_al.campaign import Campaign
     from seals_al.campaign.refresh import refresh_data as refresh
 
-    outputs = namedtuple("Outputs", ["embedded", "index_rebuilt"])
+    outputs = namedtuple("Outputs", ["embedded", "index_updated"])
     if not enabled:
         return outputs(0, False)
     done = refresh(Campaign(campaign_uri, progress=False))
@@ -46,4 +47,4 @@ def refresh_data(
     if done.index_rows is not None:
         metrics.log_metric("index_rows", done.index_rows)
     print("\n".join(done.lines()))
-    return outputs(done.embedded, done.index_rebuilt)
+    return outputs(done.embedded, done.index_updated)

@@ -3,9 +3,10 @@ embeddings and the index are published folders (the pipelines' ``embeddings_uri`
 ``index_uri``), which a data version that grew would otherwise not match.
 
 New items are embedded (Beam) and appended to the published store, whose rows keep their row ids
-(:func:`seals_al.embed.pipeline.ensure_embeddings`); the published index is built again over the
-grown U with the factory, layout and search parameters it was built with. Unchanged data costs the
-manifest checks alone.
+(:func:`seals_al.embed.pipeline.ensure_embeddings`); the new rows are added to the published index
+(a single-file index: its IVF quantizer as trained; any other is built again over the grown U with
+the factory, layout and search parameters it was built with). Unchanged data costs the manifest
+checks alone.
 """
 
 from __future__ import annotations
@@ -24,32 +25,34 @@ class Refreshed:
     embedded: int  # items that went through the model now (0: the store was up to date)
     appended: bool  # the store was appended to (not embedded whole)
     store_rows: int  # rows of the store after it
-    index_rebuilt: bool  # the index was built again over U
+    index_updated: bool  # the index was extended or built again over U
     index_rows: int | None  # rows of the published index (None: the campaign has none)
+    index_extended: bool = False  # the new rows were added to it (not built again)
 
     def lines(self) -> list[str]:
         if not self.store_rows:
             return ["no published embeddings: each round prepares the data on its machine"]
-        if not self.embedded and not self.index_rebuilt:
+        if not self.embedded and not self.index_updated:
             return [f"data up to date: {self.store_rows:,} rows embedded"]
         how = "appended to the store" if self.appended else "embedded whole"
         out = [f"{self.embedded:,} item(s) {how}: {self.store_rows:,} rows"]
-        if self.index_rebuilt:
-            out.append(f"index built again over U: {self.index_rows:,} rows")
+        if self.index_updated:
+            how = "the new rows added to the index" if self.index_extended else "index built again over U"
+            out.append(f"{how}: {self.index_rows:,} rows")
         return out
 
 
 def refresh_data(campaign: Campaign, beam_args: Sequence[str] = ()) -> Refreshed:
-    """Embed the campaign's new items into its published store and rebuild its published index
-    over the grown U; a campaign whose data is not published (embedded on this machine) is
-    prepared by its round instead, and this does nothing.
+    """Embed the campaign's new items into its published store and add them to its published
+    index (or build it again over the grown U); a campaign whose data is not published (embedded
+    on this machine) is prepared by its round instead, and this does nothing.
 
     Args:
         campaign: the campaign (its ``data``, ``embeddings`` and ``index`` settings).
         beam_args: Beam pipeline options for the embedding.
 
     Returns:
-        What was embedded and rebuilt.
+        What was embedded, and what became of the index.
 
     Raises:
         SealsError: the embeddings setting names a file (.npy, .parquet) rather than a store, or
@@ -83,7 +86,7 @@ def _refresh(campaign: Campaign, beam_args: Sequence[str]) -> Refreshed:
     )
     extra = store.get("extra", {})
     embedded = 0 if reused else int(extra.get("embedded", store["count"]))
-    rebuilt, index_rows = False, None
+    updated, extended, index_rows = False, False, None
     if config.index:
         built = read_manifest_at(config.index, INDEX_FORMAT)
         if built is None:
@@ -100,7 +103,7 @@ def _refresh(campaign: Campaign, beam_args: Sequence[str]) -> Refreshed:
             layout=source["layout"],
             search_params=source["search_params"],
         )
-        rebuilt, index_rows = not kept, int(manifest["ntotal"])
-    return Refreshed(
-        embedded, "appended_to" in extra and not reused, int(store["count"]), rebuilt, index_rows
-    )
+        updated, index_rows = not kept, int(manifest["ntotal"])
+        extended = updated and "grown_from" in manifest
+    appended = "appended_to" in extra and not reused
+    return Refreshed(embedded, appended, int(store["count"]), updated, index_rows, extended)

@@ -15,7 +15,7 @@ from seals_al.errors import SealsError
 from seals_al.index.build import add_rows, empty_index, set_search_parameters, train
 from seals_al.index.recall import measure_recall
 from seals_al.published import output_folder, read_manifest_at
-from seals_al.settings import DEFAULT_FACTORY, DEFAULT_K, LAYOUTS
+from seals_al.settings import DEFAULT_FACTORY, DEFAULT_K, LAYOUTS, RETRAIN_GROWTH
 from seals_al.storage import atomic_dir, check_replaceable, read_manifest, write_json_atomic
 from seals_al.store import EmbeddingStore, rows_digest
 
@@ -175,7 +175,75 @@ def ensure_index_dir(
         )
         if manifest.get("source") == wanted:
             return manifest, True
+        new_rows = _appended_rows(store, row_ids, manifest, wanted)
+        if new_rows is not None:
+            progress = options.get("progress", True)
+            return extend_index_dir(store, out_dir, manifest, new_rows, wanted, progress=progress), False
     return publish_index_dir(store, out_dir, factory, **options), False
+
+
+def _appended_rows(
+    store: EmbeddingStore, row_ids: np.ndarray, manifest: dict, wanted: dict
+) -> np.ndarray | None:
+    """The rows to add when the index can be extended instead of built again: a single-file index
+    of the same factory, layout and search parameters over the store this one was appended to,
+    whose rows are exactly the wanted ones that are not appended, and U not grown past
+    :data:`~seals_al.settings.RETRAIN_GROWTH` since it was trained; else None."""
+    built = manifest.get("source", {})
+    same = all(built.get(key) == wanted[key] for key in ("factory", "layout", "search_params"))
+    extra = store.manifest.get("extra", {})
+    if not same or built.get("layout") != "single" or extra.get("appended_to") != built.get("store_sha256"):
+        return None
+    appended = np.asarray(store.row_ids[int(extra["base_count"]) :], dtype=np.int64)
+    row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
+    new = np.intersect1d(row_ids, appended)
+    if rows_digest(np.setdiff1d(row_ids, new)) != built.get("rows_sha256"):
+        return None  # the old rows of U changed (a split moved): build it again
+    if len(row_ids) > (1 + RETRAIN_GROWTH) * manifest.get("trained_on_rows", manifest["ntotal"]):
+        return None  # grown too far from what it was trained on: train it again
+    return new
+
+
+def extend_index_dir(
+    store: EmbeddingStore,
+    uri: str | Path,
+    manifest: dict,
+    new_rows: np.ndarray,
+    source: dict,
+    *,
+    progress: bool = True,
+) -> dict:
+    """The published single-file index at ``uri`` with ``new_rows`` added (its IVF quantizer and
+    PQ codebooks as trained; an HNSW graph or a flat index by adding), published again. The
+    manifest records ``grown_from``: the previous manifest's sha256 and what it was built from, so
+    a neighbour graph of that index can be extended rather than built again
+    (:func:`seals_al.index.neighbours.cached_neighbour_graph`). Recall is not measured again."""
+    import hashlib
+
+    from seals_al.published import materialize, read_file
+
+    started = time.perf_counter()
+    previous = read_file(uri, "manifest.json")
+    index = faiss.read_index(str(materialize(uri, "an index directory", progress=progress) / "index.faiss"))
+    add_rows(index, store, new_rows, progress=progress, desc="index: new rows")
+    out_manifest = {k: v for k, v in manifest.items() if k != "recall"}
+    out_manifest |= {
+        "ntotal": int(index.ntotal),
+        "store": str(store.path),
+        "source": source,
+        "grown_from": {
+            "manifest_sha256": hashlib.sha256(previous).hexdigest(),
+            "rows_sha256": manifest["source"]["rows_sha256"],
+            "store_sha256": manifest["source"]["store_sha256"],
+            "ntotal": manifest["ntotal"],
+        },
+        "trained_on_rows": manifest.get("trained_on_rows", manifest["ntotal"]),
+        "build_seconds": time.perf_counter() - started,
+    }
+    with output_folder(uri, INDEX_FORMAT) as out, atomic_dir(out, INDEX_FORMAT) as tmp:
+        faiss.write_index(index, str(tmp / "index.faiss"))
+        (tmp / "manifest.json").write_text(json.dumps(out_manifest, indent=2) + "\n")
+    return out_manifest
 
 
 def publish_index_dir(

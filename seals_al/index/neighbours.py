@@ -338,11 +338,13 @@ def extend_neighbour_graph(
     out_dir: str | Path,
     *,
     reverse: int = 2,
+    add: bool = True,
     progress: bool = True,
 ) -> NeighbourGraph:
     """The graph of ``row_ids`` from the base graph and the approximate index (IVF, HNSW) it was
-    built with, the new rows added to that index: its trained quantizer is kept, nothing is
-    trained or rebuilt.
+    built with, the new rows added to that index (``add``; without it, the index holds them
+    already: a published index extended by its own step): its trained quantizer is kept, nothing
+    is trained or rebuilt.
 
     Each new row's list is one query of the grown index, as in a rebuild. An old row's list
     changes only where a new row beats its k-th similarity; those old rows are found from the new
@@ -354,11 +356,13 @@ def extend_neighbour_graph(
 
     Args:
         base: the graph of the previous rows (a subset of ``row_ids``), built with ``index``.
-        index: the index over the base's rows; the new rows are added to it (it is changed).
+        index: the index over the base's rows; the new rows are added to it (it is changed); with
+            ``add`` false, the index over every row of ``row_ids``.
         store: the vectors of every row.
         row_ids: the rows to cover.
         out_dir: the graph directory to write (atomically).
         reverse: how many times k neighbours of each new row are looked at for old rows to update.
+        add: add the new rows to ``index`` first.
         progress: show a progress bar.
     """
     started = time.perf_counter()
@@ -368,10 +372,12 @@ def extend_neighbour_graph(
     if not np.isin(old, row_ids).all():
         raise SealsError(f"{base.path}: rows of the base graph are gone; build the graph again")
     new = np.setdiff1d(row_ids, old)
-    if index.ntotal != len(old):
-        raise SealsError(f"{base.path}: the saved index holds {index.ntotal:,} rows, the graph {len(old):,}")
+    expected = len(old) if add else len(row_ids)
+    if index.ntotal != expected:
+        raise SealsError(f"{base.path}: the index holds {index.ntotal:,} rows, not the {expected:,} expected")
     x_new = store.vectors(new)
-    index.add_with_ids(x_new, new)
+    if add:
+        index.add_with_ids(x_new, new)
     D, I = search(index, x_new, reverse * k, new)
     new_sims, new_ids = D[:, :k], I[:, :k]
     # Reverse kNN: (old row, similarity, new row) for every old row near a new one.
@@ -437,6 +443,7 @@ def cached_neighbour_graph(
     access: str = "mapped",
     published: str | None = None,
     keep_index: bool = True,
+    base_of: Callable[[], tuple[str, str, str] | None] | None = None,
 ) -> NeighbourGraph:
     """The graph of these rows for this store, factory and k: opened from ``cache_dir/graphs`` if
     an earlier run built it, else built and cached. ``index`` and ``row_ids`` are called only to
@@ -446,7 +453,9 @@ def cached_neighbour_graph(
     With ``published`` (a gs:// folder, e.g. beside a gs:// index), the graph is shared between
     machines: read from ``published/k<k>-<key>`` (materialized in the cache) when some task
     published it there, else built here and published, so the graph is built once per cluster,
-    not once per pod.
+    not once per pod. ``base_of`` gives (rows digest, store digest, factory) of the index this
+    one was extended from (:func:`seals_al.index.directory.extend_index_dir`), if any: that index's
+    published graph is then extended (:func:`extend_neighbour_graph`), not built again.
 
     On this machine's cache, a graph over a store that was appended to (a data version that only
     added items) is grown from the base store's graph, not built again: extended through the
@@ -455,14 +464,14 @@ def cached_neighbour_graph(
     (:func:`grow_neighbour_graph`). Once U has grown by more than
     :data:`~seals_al.settings.RETRAIN_GROWTH` since that index was trained, the index is trained
     and the graph built again instead."""
-    key = f"{rows_sha256}\n{store.digest()}\n{factory}\n{k}"
-    name = hashlib.sha256(key.encode()).hexdigest()[:24]
+    name = _name(rows_sha256, store.digest(), factory, k)
     if published is not None:
-        uri = f"{published.rstrip('/')}/k{k}-{name}"
+        uri = f"{published.rstrip('/')}/k{k}-{_name(rows_sha256, store.digest(), factory, k)}"
         path = materialize_if_published(uri, cache_dir, progress)
         if path is None:
+            base = _published_base(published, base_of, k, cache_dir, progress)
             with output_folder(uri, GRAPH_FORMAT, cache_dir, progress) as out:
-                build_neighbour_graph(index(), store, row_ids(), k, out, progress=progress)
+                _grow_or_build(base, index, store, row_ids(), k, out, progress)
             path = materialize(uri, "a neighbour graph", cache_dir, progress)  # the cache has it
         return NeighbourGraph.open(path, access=access)
     graphs = Path(cache_dir) / "graphs"
@@ -493,6 +502,44 @@ def cached_neighbour_graph(
             superseded.unlink(missing_ok=True)
         write_json_atomic(_lineage(graphs, store.digest(), factory, k), {"graph": name})
     return NeighbourGraph.open(path, access=access)
+
+
+def _name(rows_sha256: str, store_digest: str, factory: str, k: int) -> str:
+    """A graph's name: what it depends on (its rows, the store, the factory or index, k)."""
+    return hashlib.sha256(f"{rows_sha256}\n{store_digest}\n{factory}\n{k}".encode()).hexdigest()[:24]
+
+
+def _grow_or_build(
+    base: NeighbourGraph | None,
+    index: Callable[[], faiss.Index],
+    store: EmbeddingStore,
+    row_ids: np.ndarray,
+    k: int,
+    out: Path,
+    progress: bool,
+) -> None:
+    """A published graph: grown from ``base`` (the graph of the index this one was extended from)
+    when every base row is still here (the exact pass for a Flat index, else extended through the
+    index, which holds the new rows already); else built."""
+    if base is not None and not np.isin(np.asarray(base._row_ids[:]), row_ids).all():
+        base = None  # rows left: nothing to grow from
+    if base is None:
+        build_neighbour_graph(index(), store, row_ids, k, out, progress=progress)
+    elif str(base.manifest.get("index", "")).startswith("IndexFlat"):
+        grow_neighbour_graph(base, store, row_ids, out, progress=progress)
+    else:
+        extend_neighbour_graph(base, index(), store, row_ids, out, add=False, progress=progress)
+
+
+def _published_base(
+    published: str, base_of: Callable[[], tuple[str, str, str] | None] | None, k: int, cache_dir, progress
+) -> NeighbourGraph | None:
+    """The published graph of the index this one was extended from, when there is one."""
+    base = base_of() if base_of is not None else None
+    if base is None:
+        return None
+    path = materialize_if_published(f"{published.rstrip('/')}/k{k}-{_name(*base, k)}", cache_dir, progress)
+    return None if path is None else NeighbourGraph.open(path)
 
 
 SAVED_INDEX = "index.faiss"  # in a cached graph's folder: the approximate index it was built with
