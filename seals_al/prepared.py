@@ -410,8 +410,9 @@ def _lineage(config: DataConfig) -> Path:
 def _grown_from(lineage: Path, config: DataConfig, items: Items) -> EmbeddingStore | None:
     """The embeddings of the data's previous prepared version, when the new version only adds
     items to it: then only the new items are embedded (appended to that store). None when there is
-    no previous version here, it is gone, it had imported embeddings, or items left the data (a
-    file removed or rows deleted): the new version is then embedded whole.
+    no previous version here, it is gone, it had imported embeddings, another model embedded it,
+    or items left the data (a file removed or rows deleted): the new version is then embedded
+    whole.
 
     Raises:
         SealsError: an item kept its id but its text changed (its vector would no longer be its).
@@ -425,6 +426,10 @@ def _grown_from(lineage: Path, config: DataConfig, items: Items) -> EmbeddingSto
         return None
     if not previous.has_texts:
         return None
+    from seals_al.encoder import TEXT_MODEL, TEXT_MODEL_DIM
+
+    if (previous.store.model, previous.store.dim) != (TEXT_MODEL, TEXT_MODEL_DIM):
+        return None  # embedded by another model: one store holds one model's vectors
     everything = np.arange(previous.count)
     old_ids = previous.ids_at(everything)
     where = {item_id: i for i, item_id in enumerate(items.ids)}

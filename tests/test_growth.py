@@ -85,6 +85,16 @@ def test_what_changed_since_a_version_is_counted_by_id_or_else_from_the_append(g
     assert after.changes_since(before.key, "another store") is None, "not known here"
 
 
+def test_a_store_of_another_model_is_not_appended_to_but_embedded_whole(grown, monkeypatch):
+    """The model changed since the last version was embedded (a new package): one store holds one
+    model's vectors, so the new version is embedded whole."""
+    config, before = grown
+    monkeypatch.setattr("seals_al.encoder.TEXT_MODEL", "another/model")
+    after = prepare(config, progress=False)
+    assert len(after.store) == 52
+    assert "appended_to" not in after.store.manifest.get("extra", {})
+
+
 def test_a_changed_text_is_an_error_naming_the_id_and_nothing_is_written(grown, tmp_path):
     config, _ = grown
     first = Path(config.data) / "2026-11-30.csv"
