@@ -88,7 +88,7 @@ def test_what_changed_since_a_version_is_counted_by_id_or_else_from_the_append(g
 def test_a_store_of_another_model_is_not_appended_to_but_embedded_whole(grown, monkeypatch):
     """The model changed since the last version was embedded (a new package): one store holds one
     model's vectors, so the new version is embedded whole."""
-    config, before = grown
+    config, _ = grown
     monkeypatch.setattr("seals_al.encoder.TEXT_MODEL", "another/model")
     after = prepare(config, progress=False)
     assert len(after.store) == 52
