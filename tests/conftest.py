@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,16 @@ def gcs_emulator():
         os.environ.pop("STORAGE_EMULATOR_HOST", None)
     else:
         os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+def storage_root(where: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh place for a test's published folders: ``tmp_path`` (local) or a prefix of the
+    emulated bucket (gcs, the emulator started), with this machine's cache in ``tmp_path``."""
+    request.getfixturevalue("monkeypatch").setenv("SEALS_CACHE_DIR", str(tmp_path / "cache"))
+    if where == "local":
+        return str(tmp_path)
+    request.getfixturevalue("gcs_emulator")
+    return f"gs://{BUCKET}/{uuid.uuid4().hex}"
 
 
 def modules_loaded_by(args: list[str]) -> set[str]:

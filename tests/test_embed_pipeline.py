@@ -251,22 +251,15 @@ def test_invalid_json_lines_are_dead_letters_with_their_reason(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["local", "gcs"])
-def test_items_that_only_grow_are_embedded_once_and_appended_to_the_published_store(
-    tmp_path, where, request, monkeypatch
-):
+def test_items_that_only_grow_are_embedded_once_and_appended_to_the_published_store(tmp_path, where, request):
     """The pipelines' embed step over a folder that grows: only the new file's items go through
     the model; the store published at the same place keeps its rows (and, on gs://, its shard
     objects, not uploaded again) and gains the new ones after them."""
     from seals_al.storage import open_storage
 
-    monkeypatch.setenv("SEALS_CACHE_DIR", str(tmp_path / "cache"))
-    if where == "gcs":
-        from .conftest import BUCKET
+    from .conftest import storage_root
 
-        request.getfixturevalue("gcs_emulator")
-        root = f"gs://{BUCKET}/grow-{tmp_path.name}"
-    else:
-        root = str(tmp_path)
+    root = storage_root(where, request, tmp_path)
     items, out = open_storage(f"{root}/items"), f"{root}/store"
     items.write_text("1.csv", f"id,text\na,{TEXTS['a']}\nb,{TEXTS['b']}\n")
     first, _ = ensure_embeddings(f"{root}/items", out)

@@ -22,7 +22,7 @@ from seals_al.published import read_file
 from seals_al.settings import DataConfig
 from seals_al.storage import open_storage
 
-from .conftest import BUCKET, CLINC
+from .conftest import CLINC, storage_root
 
 
 def campaign_over(tmp_path: Path, data: DataConfig) -> Campaign:
@@ -35,17 +35,12 @@ def campaign_over(tmp_path: Path, data: DataConfig) -> Campaign:
     ("where", "factory"), [("local", "IVF4,Flat"), ("gcs", "IVF4,Flat"), ("gcs", "Flat")]
 )
 def test_new_items_are_appended_to_the_published_store_and_index_and_the_graph_grown(
-    tmp_path, clinc_slice, monkeypatch, request, where, factory
+    tmp_path, clinc_slice, request, where, factory
 ):
     """The store gains only the new items' rows, the index gets them added (an IVF quantizer as
     trained), and on gs:// the graph the first round published is grown, not built again:
     extended through the index (IVF), or by the exact pass (Flat)."""
-    monkeypatch.setenv("SEALS_CACHE_DIR", str(tmp_path / "cache"))
-    if where == "gcs":
-        request.getfixturevalue("gcs_emulator")
-        root = f"gs://{BUCKET}/refresh-{tmp_path.name}"
-    else:
-        root = str(tmp_path)
+    root = storage_root(where, request, tmp_path)
     folder, store, index = f"{root}/items", f"{root}/store", f"{root}/index"
     open_storage(folder).write_bytes("0.csv", clinc_slice.read_bytes())
     ensure_embeddings(folder, store)

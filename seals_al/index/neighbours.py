@@ -268,11 +268,7 @@ def grow_neighbour_graph(
     """
     started = time.perf_counter()
     k = base.k
-    row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
-    old = np.asarray(base._row_ids[:], dtype=np.int64)
-    if not np.isin(old, row_ids).all():
-        raise SealsError(f"{base.path}: rows of the base graph are gone; build the graph again")
-    new = np.setdiff1d(row_ids, old)
+    row_ids, old, new = _old_and_new(base, row_ids)
     x_new = store.vectors(new)
     # The new rows among themselves first: their lists then start with a finite k-th similarity,
     # which most old rows do not beat.
@@ -286,13 +282,7 @@ def grow_neighbour_graph(
         new_ids = np.pad(new_ids, ((0, 0), (0, pad)), constant_values=-1)
     del among
     with atomic_dir(out_dir, GRAPH_FORMAT) as tmp:
-        np.save(tmp / "row_ids.npy", row_ids)
-        id_type = base._ids.dtype
-        if len(store) and int(store.row_ids.max()) > np.iinfo(np.int32).max:
-            id_type = np.int64
-        shape = (len(row_ids), k)
-        ids = np.lib.format.open_memmap(tmp / "neighbours.npy", mode="w+", dtype=id_type, shape=shape)
-        sims = np.lib.format.open_memmap(tmp / "similarities.npy", mode="w+", dtype=np.float32, shape=shape)
+        ids, sims = _grown_arrays(tmp, base, store, row_ids)
         at_old = np.searchsorted(row_ids, old)
         with tqdm(total=len(old), desc=f"kNN graph k={k}, grow", unit="row", disable=not progress) as bar:
             for start in range(0, len(old), chunk_rows):
@@ -315,19 +305,48 @@ def grow_neighbour_graph(
         new_ids[~np.isfinite(new_sims)] = -1
         at_new = np.searchsorted(row_ids, new)
         sims[at_new], ids[at_new] = new_sims, new_ids
-        ids.flush()
-        sims.flush()
-        del ids, sims
-        manifest = {
-            **base.manifest,
-            "count": len(row_ids),
-            "store": str(store.path),
-            "grown_from": str(base.path),
-            "grown_rows": len(new),
-            "build_seconds": time.perf_counter() - started,
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _finish_grown(tmp, ids, sims, base, store, len(row_ids), len(new), started)
     return NeighbourGraph.open(out_dir)
+
+
+def _old_and_new(base: NeighbourGraph, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the rows to cover, sorted; the base graph's rows; the rows new to it); the base's rows
+    must all still be there."""
+    row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
+    old = np.asarray(base._row_ids[:], dtype=np.int64)
+    if not np.isin(old, row_ids).all():
+        raise SealsError(f"{base.path}: rows of the base graph are gone; build the graph again")
+    return row_ids, old, np.setdiff1d(row_ids, old)
+
+
+def _grown_arrays(tmp: Path, base: NeighbourGraph, store: EmbeddingStore, row_ids: np.ndarray):
+    """A grown graph's row ids written, and its (neighbours, similarities) arrays opened for writing."""
+    np.save(tmp / "row_ids.npy", row_ids)
+    id_type = base._ids.dtype
+    if len(store) and int(store.row_ids.max()) > np.iinfo(np.int32).max:
+        id_type = np.int64
+    shape = (len(row_ids), base.k)
+    ids = np.lib.format.open_memmap(tmp / "neighbours.npy", mode="w+", dtype=id_type, shape=shape)
+    sims = np.lib.format.open_memmap(tmp / "similarities.npy", mode="w+", dtype=np.float32, shape=shape)
+    return ids, sims
+
+
+def _finish_grown(
+    tmp: Path, ids, sims, base: NeighbourGraph, store: EmbeddingStore, count: int, grown: int, started, **more
+) -> None:
+    """Flush a grown graph's arrays and write its manifest: the base's, with what grew."""
+    ids.flush()
+    sims.flush()
+    manifest = {
+        **base.manifest,
+        "count": count,
+        "store": str(store.path),
+        "grown_from": str(base.path),
+        "grown_rows": grown,
+        **more,
+        "build_seconds": time.perf_counter() - started,
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def extend_neighbour_graph(
@@ -367,11 +386,7 @@ def extend_neighbour_graph(
     """
     started = time.perf_counter()
     k = base.k
-    row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
-    old = np.asarray(base._row_ids[:], dtype=np.int64)
-    if not np.isin(old, row_ids).all():
-        raise SealsError(f"{base.path}: rows of the base graph are gone; build the graph again")
-    new = np.setdiff1d(row_ids, old)
+    row_ids, old, new = _old_and_new(base, row_ids)
     expected = len(old) if add else len(row_ids)
     if index.ntotal != expected:
         raise SealsError(f"{base.path}: the index holds {index.ntotal:,} rows, not the {expected:,} expected")
@@ -394,13 +409,7 @@ def extend_neighbour_graph(
         at = np.searchsorted(owners, changed)
         listed_sims, listed_ids = _merge((listed_sims[at], listed_ids[at]), more, k)
     with atomic_dir(out_dir, GRAPH_FORMAT) as tmp:
-        np.save(tmp / "row_ids.npy", row_ids)
-        id_type = base._ids.dtype
-        if len(store) and int(store.row_ids.max()) > np.iinfo(np.int32).max:
-            id_type = np.int64
-        shape = (len(row_ids), k)
-        ids = np.lib.format.open_memmap(tmp / "neighbours.npy", mode="w+", dtype=id_type, shape=shape)
-        sims = np.lib.format.open_memmap(tmp / "similarities.npy", mode="w+", dtype=np.float32, shape=shape)
+        ids, sims = _grown_arrays(tmp, base, store, row_ids)
         at_old = np.searchsorted(row_ids, old)
         chunk = 65_536
         with tqdm(total=len(old), desc=f"kNN graph k={k}, extend", unit="row", disable=not progress) as bar:
@@ -414,20 +423,8 @@ def extend_neighbour_graph(
             sims[where], ids[where] = listed_sims, listed_ids
         at_new = np.searchsorted(row_ids, new)
         sims[at_new], ids[at_new] = new_sims, new_ids
-        ids.flush()
-        sims.flush()
-        del ids, sims
-        manifest = {
-            **base.manifest,
-            "count": len(row_ids),
-            "index": _describe(index),
-            "store": str(store.path),
-            "grown_from": str(base.path),
-            "grown_rows": len(new),
-            "updated_rows": len(changed),
-            "build_seconds": time.perf_counter() - started,
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        more = {"index": _describe(index), "updated_rows": len(changed)}
+        _finish_grown(tmp, ids, sims, base, store, len(row_ids), len(new), started, **more)
     return NeighbourGraph.open(out_dir)
 
 
