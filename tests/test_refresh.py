@@ -93,3 +93,18 @@ def test_embeddings_in_a_file_are_not_refreshed_and_say_so(tmp_path, clinc_slice
     )
     with pytest.raises(SealsError, match=r"vectors.npy: precomputed embeddings in a file are not refreshed"):
         refresh_data(campaign)
+
+
+def test_the_refresh_command_says_what_it_did_and_names_what_it_cannot_refresh(tmp_path, clinc_slice, capsys):
+    from seals_al.cli import main
+
+    campaign = campaign_over(tmp_path, DataConfig(str(clinc_slice), truth_column="label"))
+    assert main(["refresh", campaign.storage.uri]) == 0
+    assert "no published embeddings" in capsys.readouterr().out
+    vectors = tmp_path / "v.npy"
+    np.save(vectors, np.ones((750, 4), np.float32))
+    other = campaign_over(
+        tmp_path / "b", DataConfig(str(clinc_slice), embeddings=str(vectors), truth_column="label")
+    )
+    assert main(["refresh", other.storage.uri]) == 2
+    assert "v.npy: precomputed embeddings in a file are not refreshed" in capsys.readouterr().err
