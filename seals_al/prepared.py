@@ -441,7 +441,7 @@ def _grown_from(lineage: Path, config: DataConfig, items: Items) -> EmbeddingSto
             raise SealsError(
                 f"{config.data}: the text of id {shown(item_id)} changed since it was embedded "
                 f"(was {shown(text)}, now {shown(now)}); an item's text is fixed once embedded: "
-                "give the new text a new id"
+                f"give the new text a new id, or remove {lineage} to embed the data whole"
             )
     return previous.store
 

@@ -102,9 +102,16 @@ def test_a_changed_text_is_an_error_naming_the_id_and_nothing_is_written(grown, 
     rows[3] = {**rows[3], "text": "a text changed after it was embedded"}
     write_csv(first, rows)
     stores = sorted((tmp_path / "cache" / "embeddings").iterdir())
-    with pytest.raises(SealsError, match=rf"the text of id '{rows[3]['id']}' changed since it was embedded"):
+    with pytest.raises(
+        SealsError, match=rf"the text of id '{rows[3]['id']}' changed since it was embedded"
+    ) as e:
         prepare(config, progress=False)
     assert sorted((tmp_path / "cache" / "embeddings").iterdir()) == stores, "no store written"
+    lineage = Path(str(e.value).rsplit("or remove ", 1)[1].split(" to embed")[0])
+    lineage.unlink()  # the way out the message names: the new data embedded whole
+    whole = prepare(config, progress=False).store
+    assert len(whole) == 52
+    assert "appended_to" not in whole.manifest.get("extra", {})
 
 
 def test_items_that_leave_mean_the_version_is_embedded_whole(grown):

@@ -452,7 +452,7 @@ def cached_neighbour_graph(
     published it there, else built here and published, so the graph is built once per cluster,
     not once per pod. ``base_of`` gives (rows digest, store digest, factory) of the index this
     one was extended from (:func:`seals_al.index.directory.extend_index_dir`), if any: that index's
-    published graph is then extended (:func:`extend_neighbour_graph`), not built again.
+    graph (published, or in this cache) is then grown, not built again.
 
     On this machine's cache, a graph over a store that was appended to (a data version that only
     added items) is grown from the base store's graph, not built again: extended through the
@@ -473,6 +473,11 @@ def cached_neighbour_graph(
         return NeighbourGraph.open(path, access=access)
     graphs = Path(cache_dir) / "graphs"
     path = graphs / name
+    configured = None if (path / "manifest.json").is_file() or base_of is None else base_of()
+    if configured is not None:  # a built index, extended from one whose graph may be here
+        base_path = graphs / _name(*configured, k)
+        base = NeighbourGraph.open(base_path) if (base_path / "manifest.json").is_file() else None
+        _grow_or_build(base, index, store, row_ids(), k, path, progress)
     if not (path / "manifest.json").is_file():
         base = _graph_of_base_store(graphs, store, factory, k)
         saved, superseded = None, None
@@ -515,9 +520,9 @@ def _grow_or_build(
     out: Path,
     progress: bool,
 ) -> None:
-    """A published graph: grown from ``base`` (the graph of the index this one was extended from)
-    when every base row is still here (the exact pass for a Flat index, else extended through the
-    index, which holds the new rows already); else built."""
+    """The graph of a built index: grown from ``base`` (the graph of the index this one was
+    extended from) when every base row is still here (the exact pass for a Flat index, else
+    extended through the index, which holds the new rows already); else built."""
     if base is not None and not np.isin(np.asarray(base._row_ids[:]), row_ids).all():
         base = None  # rows left: nothing to grow from
     if base is None:
