@@ -28,9 +28,9 @@ DEFAULT_EVAL_SPLIT = "test"
 # A simulation (every round in one process) reads the embeddings and neighbour lists into RAM when
 # the embeddings take at most this many MB (1M x 384-d is 1,465 MB), and memory-maps them otherwise.
 DEFAULT_RAM_BUDGET_MB = 2048
-# An approximate index (IVF, PQ, HNSW) kept for growing data is trained again, with the graph built
-# again, once U has grown by more than this fraction since it was trained: its centroids and codes
-# were fit to the data as it was then (docs/ARCHITECTURE.md, "Growing data").
+# A trained index (IVF, PQ) kept for growing data is trained again, with the graph built again,
+# once U has grown by more than this fraction since it was trained: its centroids and codes were
+# fit to the data as it was then (docs/ARCHITECTURE.md, "Growing data"). HNSW and Flat only add.
 RETRAIN_GROWTH = 0.5
 SEED_POSITIVES, SEED_NEGATIVES = 5, 95  # the paper's seed set
 EXPORT_PRECISIONS = (0.5, 0.8, 0.9, 0.95)  # where an exported model's operating thresholds go

@@ -338,7 +338,12 @@ def test_an_approximate_graph_is_extended_through_its_saved_index_over_growth_st
     assert grown_recall >= rebuilt_recall - 0.01, (grown_recall, rebuilt_recall)
 
 
-def test_an_approximate_index_is_trained_again_once_u_has_grown_past_the_retrain_fraction(tmp_path):
+@pytest.mark.parametrize(("factory", "trained"), [("IVF8,Flat", True), ("HNSW8", False)])
+def test_a_trained_index_is_trained_again_once_u_has_grown_past_the_retrain_fraction(
+    tmp_path, factory, trained
+):
+    """IVF is trained again (and the graph built again) past RETRAIN_GROWTH; HNSW, which is not
+    trained, keeps growing by adding."""
     from seals_al.index.build import build_index
     from seals_al.index.neighbours import SAVED_INDEX, cached_neighbour_graph
     from seals_al.settings import RETRAIN_GROWTH
@@ -356,11 +361,9 @@ def test_an_approximate_index_is_trained_again_once_u_has_grown_past_the_retrain
 
         def index():
             built.append(n)
-            return build_index(store, rows, "IVF8,Flat", progress=False)
+            return build_index(store, rows, factory, progress=False)
 
-        return cached_neighbour_graph(
-            index, store, lambda: rows, f"rows {n}", "IVF8,Flat", 10, tmp_path / "c"
-        )
+        return cached_neighbour_graph(index, store, lambda: rows, f"rows {n}", factory, 10, tmp_path / "c")
 
     base = write_store(tmp_path / "s0", ids[:first], x[:first], model="m", normalized=True)
     before = graph_of(base, first)
@@ -369,11 +372,15 @@ def test_an_approximate_index_is_trained_again_once_u_has_grown_past_the_retrain
         writer.add_store(base)
         writer.add(ids[first:grown], x[first:grown], np.arange(first, grown))
     after = graph_of(EmbeddingStore.open(tmp_path / "s1"), grown)
-    assert built == [first, grown], "trained again on the grown rows, not extended"
-    assert "grown_rows" not in after.manifest
-    assert after.manifest["trained_on_rows"] == grown
     assert (after.path / SAVED_INDEX).is_file()
     assert not (before.path / SAVED_INDEX).exists()
+    if trained:
+        assert built == [first, grown], "trained again on the grown rows, not extended"
+        assert "grown_rows" not in after.manifest
+        assert after.manifest["trained_on_rows"] == grown
+    else:
+        assert built == [first], "extended: the saved index took the new rows"
+        assert after.manifest["grown_rows"] == grown - first
 
 
 def test_when_items_leave_and_rows_are_numbered_again_the_pool_is_rebuilt(tmp_path, clinc_slice, cache_dir):

@@ -89,6 +89,12 @@ def check_factory(dim: int, factory: str) -> faiss.Index:
         raise SealsError(f"invalid faiss factory string {shown(factory)}: {e}") from e
 
 
+def needs_training(dim: int, factory: str) -> bool:
+    """Whether the factory's index is trained (IVF centroids, PQ codebooks), so that data that
+    drifts from its training sample calls for training it again; Flat and HNSW are not."""
+    return not check_factory(dim, factory).is_trained
+
+
 def set_search_parameters(index: faiss.Index, **params: float) -> None:
     """Set search-time parameters such as nprobe (IVF) or efSearch (HNSW) through the IDMap."""
     space = faiss.ParameterSpace()

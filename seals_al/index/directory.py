@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 
 from seals_al.errors import SealsError
-from seals_al.index.build import add_rows, empty_index, set_search_parameters, train
+from seals_al.index.build import add_rows, empty_index, needs_training, set_search_parameters, train
 from seals_al.index.recall import measure_recall
 from seals_al.published import output_folder, read_manifest_at
 from seals_al.settings import DEFAULT_FACTORY, DEFAULT_K, LAYOUTS, RETRAIN_GROWTH
@@ -187,19 +187,23 @@ def _appended_rows(
 ) -> np.ndarray | None:
     """The rows to add when the index can be extended instead of built again: a single-file index
     of the same factory, layout and search parameters over the store this one was appended to,
-    whose rows are exactly the wanted ones that are not appended, and U not grown past
-    :data:`~seals_al.settings.RETRAIN_GROWTH` since it was trained; else None."""
+    whose rows are exactly the wanted ones that are not appended, and (an index that is trained:
+    IVF, PQ) U not grown past :data:`~seals_al.settings.RETRAIN_GROWTH` since it was trained;
+    else None."""
     built = manifest.get("source", {})
     same = all(built.get(key) == wanted[key] for key in ("factory", "layout", "search_params"))
     extra = store.manifest.get("extra", {})
     if not same or built.get("layout") != "single" or extra.get("appended_to") != built.get("store_sha256"):
+        return None
+    if "base_count" not in extra:
         return None
     appended = np.asarray(store.row_ids[int(extra["base_count"]) :], dtype=np.int64)
     row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
     new = np.intersect1d(row_ids, appended)
     if rows_digest(np.setdiff1d(row_ids, new)) != built.get("rows_sha256"):
         return None  # the old rows of U changed (a split moved): build it again
-    if len(row_ids) > (1 + RETRAIN_GROWTH) * manifest.get("trained_on_rows", manifest["ntotal"]):
+    trained = manifest.get("trained_on_rows", manifest["ntotal"])
+    if needs_training(store.dim, wanted["factory"]) and len(row_ids) > (1 + RETRAIN_GROWTH) * trained:
         return None  # grown too far from what it was trained on: train it again
     return new
 

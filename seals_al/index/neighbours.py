@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from seals_al.arrays import ArrayFile, open_array
 from seals_al.errors import SealsError
-from seals_al.index.build import search
+from seals_al.index.build import needs_training, search
 from seals_al.published import materialize, materialize_if_published, output_folder
 from seals_al.settings import RETRAIN_GROWTH
 from seals_al.storage import atomic_dir, atomic_path, read_manifest, write_json_atomic
@@ -487,7 +487,8 @@ def cached_neighbour_graph(
             superseded = base.path / SAVED_INDEX  # the new graph's index, if any, replaces it
             saved = _saved_index(base.path)
             trained = int(base.manifest.get("trained_on_rows", 0))
-            if saved is not None and len(row_ids()) > (1 + RETRAIN_GROWTH) * trained:
+            grown_far = len(row_ids()) > (1 + RETRAIN_GROWTH) * trained
+            if saved is not None and grown_far and needs_training(store.dim, factory):
                 base = None  # grown too far from what the index was trained on: train it again
         if base is not None and saved is not None:
             # Approximate: the new rows added to the base's trained index.
