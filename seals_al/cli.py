@@ -561,8 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    # Only `embed` and `score` take options they do not declare: they are Beam's, and the pipeline
-    # rejects any that no Beam options class knows. Every other command parses strictly.
+    # Only `embed`, `score` and `refresh` take options they do not declare: they are Beam's, and the
+    # pipeline rejects any that no Beam options class knows. Every other command parses strictly.
     args, extra = parser.parse_known_args(argv)
     if extra and args.command not in ("embed", "score", "refresh"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -59,7 +59,8 @@ class EmbedOptions(PipelineOptions):
 
 def build(p: beam.Pipeline, options: EmbedOptions, work_dir: str, known_uri: str | None = None):
     """Wire the pipeline on ``p``; returns the (parts, dead letters) PCollections. With
-    ``known_uri`` (a file of ids, one per line), items with those ids are skipped: an append."""
+    ``known_uri`` (a file of ids, one JSON string per line), items with those ids are skipped: an
+    append."""
     parsed = p | "Read" >> ReadItems(options.input, options.id_column, options.text_column)
     dead_inputs = [parsed[DEAD]]
     items = parsed.items

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from seals_al.errors import SealsError, shown
-from seals_al.settings import DEFAULT_FACTORY
+from seals_al.settings import DEFAULT_FACTORY, RETRAIN_GROWTH
 from seals_al.store import EmbeddingStore
 
 
@@ -89,10 +89,12 @@ def check_factory(dim: int, factory: str) -> faiss.Index:
         raise SealsError(f"invalid faiss factory string {shown(factory)}: {e}") from e
 
 
-def needs_training(dim: int, factory: str) -> bool:
-    """Whether the factory's index is trained (IVF centroids, PQ codebooks), so that data that
-    drifts from its training sample calls for training it again; Flat and HNSW are not."""
-    return not check_factory(dim, factory).is_trained
+def due_for_training(dim: int, factory: str, rows: int, trained_on: int) -> bool:
+    """Whether an index kept for growing data should be trained again before it takes more rows:
+    it is trained (IVF centroids, PQ codebooks, fit to the rows it was trained on; Flat and HNSW
+    are not) and U has grown to more than (1 + :data:`~seals_al.settings.RETRAIN_GROWTH`) times
+    the ``trained_on`` rows."""
+    return rows > (1 + RETRAIN_GROWTH) * trained_on and not check_factory(dim, factory).is_trained
 
 
 def set_search_parameters(index: faiss.Index, **params: float) -> None:

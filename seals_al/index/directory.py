@@ -12,10 +12,10 @@ import faiss
 import numpy as np
 
 from seals_al.errors import SealsError
-from seals_al.index.build import add_rows, empty_index, needs_training, set_search_parameters, train
+from seals_al.index.build import add_rows, due_for_training, empty_index, set_search_parameters, train
 from seals_al.index.recall import measure_recall
 from seals_al.published import output_folder, read_manifest_at
-from seals_al.settings import DEFAULT_FACTORY, DEFAULT_K, LAYOUTS, RETRAIN_GROWTH
+from seals_al.settings import DEFAULT_FACTORY, DEFAULT_K, LAYOUTS
 from seals_al.storage import atomic_dir, check_replaceable, read_manifest, write_json_atomic
 from seals_al.store import EmbeddingStore, rows_digest
 
@@ -187,9 +187,8 @@ def _appended_rows(
 ) -> np.ndarray | None:
     """The rows to add when the index can be extended instead of built again: a single-file index
     of the same factory, layout and search parameters over the store this one was appended to,
-    whose rows are exactly the wanted ones that are not appended, and (an index that is trained:
-    IVF, PQ) U not grown past :data:`~seals_al.settings.RETRAIN_GROWTH` since it was trained;
-    else None."""
+    whose rows are exactly the wanted ones that are not appended, and not due for training again
+    (:func:`~seals_al.index.build.due_for_training`); else None."""
     built = manifest.get("source", {})
     same = all(built.get(key) == wanted[key] for key in ("factory", "layout", "search_params"))
     extra = store.manifest.get("extra", {})
@@ -202,10 +201,14 @@ def _appended_rows(
     new = np.intersect1d(row_ids, appended)
     if rows_digest(np.setdiff1d(row_ids, new)) != built.get("rows_sha256"):
         return None  # the old rows of U changed (a split moved): build it again
-    trained = manifest.get("trained_on_rows", manifest["ntotal"])
-    if needs_training(store.dim, wanted["factory"]) and len(row_ids) > (1 + RETRAIN_GROWTH) * trained:
+    if due_for_training(store.dim, wanted["factory"], len(row_ids), _trained_on(manifest)):
         return None  # grown too far from what it was trained on: train it again
     return new
+
+
+def _trained_on(manifest: dict) -> int:
+    """The rows an index was trained on: all it held when built, until it was extended."""
+    return int(manifest.get("trained_on_rows", manifest["ntotal"]))
 
 
 def extend_index_dir(
@@ -241,7 +244,7 @@ def extend_index_dir(
             "store_sha256": manifest["source"]["store_sha256"],
             "ntotal": manifest["ntotal"],
         },
-        "trained_on_rows": manifest.get("trained_on_rows", manifest["ntotal"]),
+        "trained_on_rows": _trained_on(manifest),
         "build_seconds": time.perf_counter() - started,
     }
     with output_folder(uri, INDEX_FORMAT) as out, atomic_dir(out, INDEX_FORMAT) as tmp:

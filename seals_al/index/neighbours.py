@@ -22,9 +22,8 @@ from tqdm import tqdm
 
 from seals_al.arrays import ArrayFile, open_array
 from seals_al.errors import SealsError
-from seals_al.index.build import needs_training, search
+from seals_al.index.build import due_for_training, search
 from seals_al.published import materialize, materialize_if_published, output_folder
-from seals_al.settings import RETRAIN_GROWTH
 from seals_al.storage import atomic_dir, atomic_path, read_manifest, write_json_atomic
 from seals_al.store import EmbeddingStore, RowLookup
 
@@ -463,7 +462,7 @@ def cached_neighbour_graph(
     and the graph built again instead."""
     name = _name(rows_sha256, store.digest(), factory, k)
     if published is not None:
-        uri = f"{published.rstrip('/')}/k{k}-{_name(rows_sha256, store.digest(), factory, k)}"
+        uri = f"{published.rstrip('/')}/k{k}-{name}"
         path = materialize_if_published(uri, cache_dir, progress)
         if path is None:
             base = _published_base(published, base_of, k, cache_dir, progress)
@@ -479,16 +478,13 @@ def cached_neighbour_graph(
         base = NeighbourGraph.open(base_path) if (base_path / "manifest.json").is_file() else None
         _grow_or_build(base, index, store, row_ids(), k, path, progress)
     if not (path / "manifest.json").is_file():
-        base = _graph_of_base_store(graphs, store, factory, k)
+        base = _covering(_graph_of_base_store(graphs, store, factory, k), row_ids())
         saved, superseded = None, None
-        if base is not None and not np.isin(np.asarray(base._row_ids[:]), row_ids()).all():
-            base = None  # rows left: nothing to grow from
         if base is not None:
             superseded = base.path / SAVED_INDEX  # the new graph's index, if any, replaces it
             saved = _saved_index(base.path)
             trained = int(base.manifest.get("trained_on_rows", 0))
-            grown_far = len(row_ids()) > (1 + RETRAIN_GROWTH) * trained
-            if saved is not None and grown_far and needs_training(store.dim, factory):
+            if saved is not None and due_for_training(store.dim, factory, len(row_ids()), trained):
                 base = None  # grown too far from what the index was trained on: train it again
         if base is not None and saved is not None:
             # Approximate: the new rows added to the base's trained index.
@@ -524,14 +520,21 @@ def _grow_or_build(
     """The graph of a built index: grown from ``base`` (the graph of the index this one was
     extended from) when every base row is still here (the exact pass for a Flat index, else
     extended through the index, which holds the new rows already); else built."""
-    if base is not None and not np.isin(np.asarray(base._row_ids[:]), row_ids).all():
-        base = None  # rows left: nothing to grow from
+    base = _covering(base, row_ids)
     if base is None:
         build_neighbour_graph(index(), store, row_ids, k, out, progress=progress)
     elif str(base.manifest.get("index", "")).startswith("IndexFlat"):
         grow_neighbour_graph(base, store, row_ids, out, progress=progress)
     else:
         extend_neighbour_graph(base, index(), store, row_ids, out, add=False, progress=progress)
+
+
+def _covering(base: NeighbourGraph | None, row_ids: np.ndarray) -> NeighbourGraph | None:
+    """``base`` when every one of its rows is still among ``row_ids`` (a graph to grow from);
+    None when rows left."""
+    if base is None or not np.isin(np.asarray(base._row_ids[:]), row_ids).all():
+        return None
+    return base
 
 
 def _published_base(
