@@ -240,10 +240,12 @@ def _add_campaign_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_export)
     p = sub.add_parser(
         "score",
-        help="score every item with a round's model (Beam RunInference) and write them ranked",
+        help="score every item with a round's model and write them ranked",
         description="Score the campaign's items (as its data is now) with a round's classifier and "
         "write a Parquet file of id, score (P(concept)) and rank, with the count of items above each "
-        "operating threshold. Options it does not know are Beam pipeline options (e.g. --runner).",
+        "operating threshold. The stored embeddings are scored in this process; options it does not "
+        "know are Beam pipeline options (e.g. --runner), and with any the scoring runs as a Beam "
+        "pipeline (RunInference).",
     )
     p.add_argument("campaign")
     p.add_argument("--out", required=True, help="the Parquet file to write (local or gs://)")
@@ -278,7 +280,7 @@ def _export(args: argparse.Namespace, console: Console) -> int:
 def _score(args: argparse.Namespace, console: Console) -> int:
     from seals_al.campaign import Campaign
     from seals_al.export import parse_precisions
-    from seals_al.score import score_campaign
+    from seals_al.score.corpus import score_campaign
 
     if not args.out.endswith(".parquet"):
         raise SealsError(f"{args.out}: the output must be a .parquet file")

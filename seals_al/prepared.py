@@ -58,6 +58,7 @@ from seals_al.store import MANIFEST, EmbeddingStore, RowLookup, rows_digest
 
 FORMAT = "seals-prepared/1"
 U, EVAL = 0, 1
+SPAN_READ_BYTES = 1 << 20  # strings within this many bytes are read in one go, however few
 
 
 def _hash64(values: Sequence[str]) -> np.ndarray:
@@ -69,8 +70,9 @@ def _hash64(values: Sequence[str]) -> np.ndarray:
 
 
 class Strings:
-    """A column of strings: UTF-8 bytes and their offsets; read by position (each string with its
-    own positioned read)."""
+    """A column of strings: UTF-8 bytes and their offsets; read by position: each string with its
+    own positioned read, or, when the strings asked for fill most of the bytes they span (a scan
+    of every item, a run of new items), that span in one read."""
 
     def __init__(self, folder: Path, name: str, access: str = "rows"):
         self.offsets = open_array(folder / f"{name}.offsets.npy", access)
@@ -91,10 +93,19 @@ class Strings:
 
     def at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
         positions = np.asarray(positions, np.int64)
+        n = len(positions)
+        if not n:
+            return []
         bounds = self.offsets[np.concatenate([positions, positions + 1])]
-        starts, stops = bounds[: len(positions)].tolist(), bounds[len(positions) :].tolist()
+        starts, stops = bounds[:n], bounds[n:]
+        low, high = int(bounds.min()), int(bounds.max())
+        if high - low <= max(SPAN_READ_BYTES, 2 * int((stops - starts).sum())):
+            span = bytearray(high - low)  # the strings fill at least half of it: one read
+            pread_exact(self._fd, memoryview(span), low, self._path)
+            pairs = zip((starts - low).tolist(), (stops - low).tolist(), strict=True)
+            return [span[a:b].decode() for a, b in pairs]
         out = []
-        for start, stop in zip(starts, stops, strict=True):
+        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
             data = bytearray(stop - start)
             if data:
                 pread_exact(self._fd, memoryview(data), start, self._path)

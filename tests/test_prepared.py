@@ -300,3 +300,18 @@ def test_precomputed_vectors_are_imported_a_shard_at_a_time(tmp_path, monkeypatc
     np.save(tmp_path / "v.npy", vectors)
     with pytest.raises(SealsError, match=r"v.npy: embedding of id 'x1700' has NaN or infinite values"):
         local.import_embeddings(tmp_path / "v.npy", ids, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("access", ["rows", "mapped"])
+def test_strings_read_the_same_one_by_one_and_as_one_span(tmp_path, access):
+    """A scan reads the strings' span in one go; a few strings far apart, each on its own: both
+    give every string, empty and non-ASCII ones included, in the order asked."""
+    values = [f"id-{i}-{'é' * (i % 7)}" if i % 11 else "" for i in range(200_000)]  # over 1 MiB
+    prepared_module.Strings.write(tmp_path, "ids", values)
+    strings = prepared_module.Strings(tmp_path, "ids", access)
+    everything = np.random.default_rng(0).permutation(len(values))
+    assert strings.at(everything) == [values[i] for i in everything]
+    far = np.asarray([199_999, 0, 11, 100_000])  # 4 strings across the whole file
+    assert strings.at(far) == [values[i] for i in far]
+    assert strings.at(np.arange(5, 9)) == values[5:9]
+    assert strings.at([]) == []

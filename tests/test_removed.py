@@ -128,7 +128,7 @@ def test_tombstoned_items_leave_the_pool_and_the_batch_and_their_labels_stay_in_
 
 
 def test_scoring_leaves_tombstoned_items_out(tmp_path, clinc_slice, cache_dir):
-    from seals_al.score import read_scores, score_campaign
+    from seals_al.score.corpus import read_scores, score_campaign
 
     removed = tmp_path / "removed.txt"
     with clinc_slice.open(newline="") as f:

@@ -1,5 +1,5 @@
-"""A round's model exported as portable JSON, and the corpus scored with it (Beam RunInference over
-the stored embeddings, the real model and a real campaign on CLINC150)."""
+"""A round's model exported as portable JSON, and the corpus scored with it (in this process, and by
+Beam RunInference over the stored embeddings; the real model and a real campaign on CLINC150)."""
 
 from __future__ import annotations
 
@@ -28,12 +28,14 @@ from seals_al.export import (
     write_model,
 )
 from seals_al.oracle import label_open_batch
-from seals_al.score import SCORED_IDS, position_ranges, read_scores, score_positions
+from seals_al.score.corpus import SCORED_IDS, read_scores
+from seals_al.score.pipeline import score_with_beam
+from seals_al.score.stored import position_ranges, score_in_process
 from seals_al.settings import EXPORT_PRECISIONS
 from seals_al.store import write_store
 from seals_al.train import LinearModel
 
-from .conftest import BUCKET, CLINC, campaign_over_built
+from .conftest import BUCKET, CLINC, campaign_over_built, modules_loaded_by
 from .test_campaign import write_config
 
 
@@ -135,7 +137,10 @@ def test_position_ranges_stay_inside_shards_and_runs():
     assert position_ranges(np.zeros(0, np.int64), starts, 3) == []
 
 
-def test_the_beam_scorer_gives_the_classifiers_own_scores(tmp_path):
+@pytest.fixture
+def stored(tmp_path):
+    """1,000 rows in shards of 300 whose row ids are not their positions, a classifier, and the
+    positions of any 700 of them (across shards and gaps)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1000, 16)).astype(np.float32)
     row_ids = rng.permutation(5000)[:1000]
@@ -143,19 +148,33 @@ def test_the_beam_scorer_gives_the_classifiers_own_scores(tmp_path):
     store = write_store(tmp_path / "s", ids, x, model="m", normalized=False, row_ids=row_ids, shard_rows=300)
     classifier = LinearModel(rng.normal(size=16), 0.3)
     model = ExportedModel(classifier, {"model": "m", "dim": 16}, "c", 0, 0, 0, "", [], "")
+    return store, model, x, np.sort(rng.permutation(1000)[:700])
+
+
+def test_the_beam_scorer_gives_the_classifiers_own_scores(tmp_path, stored):
+    store, model, x, positions = stored
     uri = write_model(model, str(tmp_path / "model.json"))
-    positions = np.sort(rng.permutation(1000)[:700])  # any subset, across shards and gaps
     work = tmp_path / "work"
     work.mkdir()
     pipeline = BeamTestPipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
-    scores = score_positions(
+    scores = score_with_beam(
         str(store.path), positions, uri, str(work), chunk_rows=64, test_pipeline=pipeline
     )
-    np.testing.assert_allclose(scores, classifier.predict_proba(x[positions]), rtol=1e-6)
+    np.testing.assert_allclose(scores, model.predict_proba(x[positions]), rtol=1e-6)
     expected = len(position_ranges(positions, store.shard_starts, 64))
     assert len(list(work.glob("scores-*.npy"))) == expected, "one file per range"
     with pytest.raises(SealsError, match="sorted and unique"):
-        score_positions(str(store.path), positions[::-1], uri, str(work))
+        score_with_beam(str(store.path), positions[::-1], uri, str(work))
+
+
+def test_the_in_process_scorer_gives_the_classifiers_own_scores(stored):
+    store, model, x, positions = stored
+    scores = score_in_process(store, positions, model, chunk_rows=64, progress=False)
+    np.testing.assert_allclose(scores, model.predict_proba(x[positions]), rtol=1e-6)
+    assert scores.dtype == np.float64
+    assert score_in_process(store, np.zeros(0, np.int64), model, progress=False).shape == (0,)
+    with pytest.raises(SealsError, match="sorted and unique"):
+        score_in_process(store, positions[::-1], model, progress=False)
 
 
 def test_score_ranks_every_item_and_new_only_scores_just_what_arrived(tmp_path, clinc_slice, cache_dir):
@@ -179,7 +198,14 @@ def test_score_ranks_every_item_and_new_only_scores_just_what_arrived(tmp_path, 
     np.testing.assert_allclose(scores["score"], expected, rtol=1e-6, atol=1e-9)
     assert all(a >= b for a, b in zip(scores["score"], scores["score"][1:], strict=False)), "highest first"
     last = campaign.storage.read_json("scores/last.json")
-    assert (last["items"], last["scored"], last["round"]) == (n, n, 0)
+    assert (last["items"], last["scored"], last["round"], last["engine"]) == (n, n, 0, "in-process")
+
+    # With a Beam option, a Beam pipeline scores: the same scores, the same ranking.
+    assert main(["score", uri, "--out", str(tmp_path / "beam.parquet"), "--runner=FnApiRunner"]) == 0
+    by_beam = read_scores(str(tmp_path / "beam.parquet"))
+    assert campaign.storage.read_json("scores/last.json")["engine"] == "beam"
+    np.testing.assert_allclose(by_beam["score"], scores["score"], rtol=1e-6, atol=1e-9)
+    assert by_beam["rank"] == scores["rank"]
     for count, t in zip(last["counts"], model.thresholds, strict=True):
         assert count["count"] == sum(s >= t["threshold"] for s in scores["score"])
 
@@ -202,6 +228,13 @@ def test_score_ranks_every_item_and_new_only_scores_just_what_arrived(tmp_path, 
     assert len(hashes) == n + 12
 
 
+def test_scoring_in_this_process_never_imports_beam(trained, tmp_path):
+    """Importing Beam takes about 4 s of a fresh process: a score pod without Beam options skips it."""
+    out = str(tmp_path / "scores.parquet")
+    assert "apache_beam" not in modules_loaded_by(["score", trained.storage.uri, "--out", out])
+    assert len(read_scores(out)["id"]) == trained.dataset().prepared.count
+
+
 def test_score_on_gcs_and_a_model_that_does_not_fit_the_data(trained, tmp_path, gcs_emulator, capsys):
     out = f"gs://{BUCKET}/scores/{uuid.uuid4().hex}.parquet"
     assert main(["score", trained.storage.uri, "--out", out]) == 0
@@ -215,6 +248,7 @@ def test_score_on_gcs_and_a_model_that_does_not_fit_the_data(trained, tmp_path, 
         (["--out", str(tmp_path / "x.parquet"), "--model", str(path)], "fit on model 'another-encoder'"),
         (["--out", str(tmp_path / "x.csv")], "x.csv: the output must be a .parquet file"),
         (["--out", str(tmp_path / "x.parquet"), "--no_such_option"], "unknown option(s): --no_such_option"),
+        (["--out", str(tmp_path / "x.parquet"), "--runner=DataflowRunner"], "Beam's local runners only"),
     ):
         assert main(["score", trained.storage.uri, *bad]) == 2
         assert message in capsys.readouterr().err

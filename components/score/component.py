@@ -15,13 +15,14 @@ def score(
     summary: dsl.Output[dsl.Markdown],
     new_only: bool = False,
     precisions: str = "0.5,0.8,0.9,0.95",
+    beam_args: list = [],  # noqa: B006 (KFP reads the default from the signature)
     workspace: str = "",
 ) -> NamedTuple("Outputs", [("scored", int), ("round", int)]):
     """Score every item of the campaign's data (as it is now) with the newest trained round's
-    classifier, in a Beam pipeline (RunInference over the stored embeddings; an item not embedded
-    yet is embedded first), and write them ranked: Parquet with id, score (P(concept)) and rank.
-    The Metrics and the Markdown summary give how many items score at or above each operating
-    threshold.
+    classifier over the stored embeddings (an item not embedded yet is embedded first), in this
+    pod, or in a Beam pipeline (RunInference) when Beam options are given, and write them ranked:
+    Parquet with id, score (P(concept)) and rank. The Metrics and the Markdown summary give how
+    many items score at or above each operating threshold.
 
     Args:
         campaign_uri: the campaign (a round must have been trained).
@@ -31,6 +32,9 @@ def score(
         new_only: score only the items that no earlier score run scored (a recurring run).
         precisions: where the operating thresholds are: comma-separated precisions on the evaluation
             split.
+        beam_args: Beam pipeline options; with any, a Beam pipeline (RunInference) scores, on
+            one of Beam's local runners (its workers map the store in this pod); none (the
+            default) scores in this pod's own process, faster.
         workspace: the run's shared workspace (KFP's workspace path), used as the cache of
             downloaded stores, indexes, graphs and prepared data; "" for a pod-local cache.
 
@@ -44,10 +48,14 @@ def score(
 
     from seals_al.campaign import Campaign
     from seals_al.export import parse_precisions
-    from seals_al.score import score_campaign
+    from seals_al.score.corpus import score_campaign
 
     done = score_campaign(
-        Campaign(campaign_uri), scores.path, new_only=new_only, precisions=parse_precisions(precisions)
+        Campaign(campaign_uri),
+        scores.path,
+        new_only=new_only,
+        precisions=parse_precisions(precisions),
+        beam_args=[str(a) for a in beam_args],
     )
     scores.metadata.update({"rows": done.scored, "round": done.round, "format": "parquet"})
     for name, value in done.metric_values().items():
