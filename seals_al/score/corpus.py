@@ -6,8 +6,8 @@ and write them ranked.
 The items are the campaign's data as it is now (:mod:`seals_al.prepared`: an item not embedded yet
 is embedded first, with the campaign's encoder). The classifier then runs over the stored
 embeddings in this process (:func:`.stored.score_in_process`), or, when Beam pipeline options are
-given, in an Apache Beam pipeline (:func:`.pipeline.score_with_beam`: RunInference, the way to
-spread a corpus over many workers, ``--runner DataflowRunner``).
+given, in an Apache Beam pipeline on one of Beam's local runners (:func:`.pipeline.score_with_beam`:
+RunInference).
 
 The driver then ranks the scores::
 
