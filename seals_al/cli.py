@@ -20,6 +20,7 @@ from seals_al.settings import (
     DEFAULT_FACTORY,
     DEFAULT_K,
     DEFAULT_MODE,
+    DEFAULT_NPROBE,
     DEFAULT_RAM_BUDGET_MB,
     DEFAULT_STRATEGY,
     EXPORT_PRECISIONS,
@@ -501,7 +502,7 @@ def _add_build_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", default="single", choices=LAYOUTS)
     p.add_argument("--shard-rows", type=int, default=1_000_000, help="rows per shard (ondisk, shards)")
     p.add_argument("--train-size", type=int, default=100_000, help="rows sampled to train IVF/PQ")
-    p.add_argument("--nprobe", type=int, help="IVF lists probed per query")
+    p.add_argument("--nprobe", type=int, help=f"IVF lists probed per query (default {DEFAULT_NPROBE})")
     p.add_argument("--ef-search", type=int, help="HNSW search breadth")
     p.add_argument("--recall-queries", type=int, default=1000, help="queries for recall@k (0: skip)")
     p.add_argument("--k", type=int, default=DEFAULT_K, help="the k of recall@k")

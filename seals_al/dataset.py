@@ -227,9 +227,12 @@ class Dataset:
         return None
 
     def _index_key(self) -> str:
-        """What the cached graph depends on besides the rows: the factory, or the built index."""
+        """What the cached graph depends on besides the rows: the factory (with the lists an IVF
+        index probes), or the built index."""
         if not self.config.index:
-            return self.config.index_factory
+            from seals_al.index.build import search_key
+
+            return search_key(self.store.dim, self.config.index_factory)
         from seals_al.published import read_file
 
         # The manifest alone: a round that reads a published graph never needs the index itself.

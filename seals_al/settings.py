@@ -20,6 +20,7 @@ MODES = ("seals", "global")
 DEFAULT_STRATEGY = "maxent"
 DEFAULT_MODE = "seals"
 DEFAULT_FACTORY = "Flat"
+DEFAULT_NPROBE = 16  # IVF lists an index probes per query unless told otherwise (faiss: 1)
 LAYOUTS = ("single", "ondisk", "shards")  # index directory layouts (seals_al.index.directory)
 DEFAULT_K = 100  # neighbours per labeled example (the paper's k)
 DEFAULT_BATCH_SIZE = 100  # b

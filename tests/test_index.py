@@ -6,11 +6,13 @@ import json
 import re
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
+from components import readme
 from seals_al.errors import SealsError
-from seals_al.index.build import build_index, search, set_search_parameters
+from seals_al.index.build import build_index, search, search_key, set_search_parameters
 from seals_al.index.directory import build_index_dir, open_index_dir
 from seals_al.index.neighbours import (
     IndexNeighbours,
@@ -19,6 +21,7 @@ from seals_al.index.neighbours import (
     knn_density,
     neighbour_density,
 )
+from seals_al.settings import DEFAULT_NPROBE
 from seals_al.store import EmbeddingStore, write_store
 
 
@@ -85,6 +88,31 @@ def test_factory_types_build_and_answer_with_global_ids(synthetic, factory, para
         ]
     )
     assert hits >= (0.99 if factory != "IVF16,PQ4" else 0.3), f"recall@10 {hits:.2f}"
+
+
+def test_an_ivf_index_probes_the_default_lists_unless_told_otherwise(synthetic):
+    """faiss probes 1 list by default, which misses true neighbours; an index built here probes
+    DEFAULT_NPROBE, and the graph cache's key says so."""
+    index = build_index(synthetic.store, synthetic.row_ids, "IVF64,Flat", train_size=1500, progress=False)
+    assert faiss.extract_index_ivf(index).nprobe == DEFAULT_NPROBE
+    queries = synthetic.row_ids[:50]
+
+    def recall() -> float:
+        _, I = search(index, synthetic.store.vectors(queries), 10, queries)
+        exact = [set(synthetic.exact_knn(int(q), 10)) for q in queries]
+        return float(np.mean([len(set(row.tolist()) & e) / 10 for row, e in zip(I, exact, strict=True)]))
+
+    default = recall()
+    set_search_parameters(index, nprobe=1)
+    assert default >= 0.95 > recall(), "probing one list misses neighbours the default finds"
+    assert search_key(16, "IVF64,Flat") == f"IVF64,Flat nprobe={DEFAULT_NPROBE}"
+    assert search_key(16, "IVF8,Flat") == "IVF8,Flat nprobe=8", "never more lists than there are"
+    assert search_key(16, "HNSW16") == "HNSW16"
+    assert search_key(16, "Flat") == "Flat"
+
+
+def test_the_build_index_components_nprobe_is_the_cores():
+    assert readme.load("build_index").component_spec.inputs["nprobe"].default == DEFAULT_NPROBE
 
 
 def test_index_over_a_subset_only_returns_that_subset(synthetic):

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from seals_al.errors import SealsError, shown
-from seals_al.settings import DEFAULT_FACTORY, RETRAIN_GROWTH
+from seals_al.settings import DEFAULT_FACTORY, DEFAULT_NPROBE, RETRAIN_GROWTH
 from seals_al.store import EmbeddingStore
 
 
@@ -50,9 +50,23 @@ def build_index(
 
 def empty_index(dim: int, factory: str) -> faiss.Index:
     """An empty index keyed by external ids: IVF indexes keep ids in their inverted lists (so
-    shards can be merged); others are wrapped in an IndexIDMap2."""
+    shards can be merged); others are wrapped in an IndexIDMap2. An IVF index probes
+    :data:`~seals_al.settings.DEFAULT_NPROBE` lists per query (faiss's own default, 1, misses
+    many true neighbours); its file keeps that, and an index directory's search parameters
+    override it."""
     inner = check_factory(dim, factory)
-    return inner if faiss.try_extract_index_ivf(inner) is not None else faiss.IndexIDMap2(inner)
+    ivf = faiss.try_extract_index_ivf(inner)
+    if ivf is None:
+        return faiss.IndexIDMap2(inner)
+    ivf.nprobe = min(DEFAULT_NPROBE, ivf.nlist)
+    return inner
+
+
+def search_key(dim: int, factory: str) -> str:
+    """The factory string and, for an IVF index, the lists it probes: what a neighbour graph
+    built through a factory's index depends on besides the rows."""
+    ivf = faiss.try_extract_index_ivf(empty_index(dim, factory))
+    return factory if ivf is None else f"{factory} nprobe={ivf.nprobe}"
 
 
 def train(index: faiss.Index, store: EmbeddingStore, row_ids: np.ndarray, train_size: int, seed: int) -> None:
