@@ -139,6 +139,10 @@ def score_campaign(
         What was scored and how many items are above each threshold.
     """
     started = time.perf_counter()
+    if beam_args:  # a runner that cannot run here is refused before any work
+        from seals_al.score.pipeline import local_options
+
+        local_options(beam_args)
     model = read_model(model_uri) if model_uri else export_round(campaign, r, precisions)
     dataset = campaign.dataset()
     model.check_embedding(dataset.store, model_uri or campaign.storage.uri)

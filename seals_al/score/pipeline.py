@@ -98,8 +98,7 @@ def score_with_beam(
     from seals_al.store import EmbeddingStore
 
     positions = checked_positions(positions)
-    options = beam_options(beam_args)
-    _check_local(options, store_path)
+    options = local_options(beam_args)
     starts = EmbeddingStore.open(store_path).shard_starts
     ranges = list(enumerate(position_ranges(positions, starts, chunk_rows)))
     with test_pipeline or beam.Pipeline(options=options) as p:
@@ -113,13 +112,15 @@ def score_with_beam(
     return np.concatenate(parts) if parts else np.zeros(0, np.float64)
 
 
-def _check_local(options: PipelineOptions, store_path: str) -> None:
-    """An error naming the runner unless its workers run on this machine."""
+def local_options(beam_args: Sequence[str]) -> PipelineOptions:
+    """Beam options whose runner's workers run on this machine; else an error naming the runner."""
+    options = beam_options(beam_args)
     runner = options.view_as(StandardOptions).runner
     name = runner if isinstance(runner, str) else type(runner).__name__
     if name not in LOCAL_RUNNERS:
         raise SealsError(
-            f"--runner {name}: scoring reads the embeddings from this machine's cache ({store_path}), "
-            f"so it runs on Beam's local runners only ({', '.join(LOCAL_RUNNERS)}); without Beam "
-            "options it scores in this process, faster"
+            f"--runner {name}: scoring reads the embeddings from this machine's cache, so it runs on "
+            f"Beam's local runners only ({', '.join(LOCAL_RUNNERS)}); without Beam options it scores "
+            "in this process, faster"
         )
+    return options
