@@ -71,8 +71,9 @@ def _hash64(values: Sequence[str]) -> np.ndarray:
 
 class Strings:
     """A column of strings: UTF-8 bytes and their offsets; read by position: each string with its
-    own positioned read, or, when the strings asked for fill most of the bytes they span (a scan
-    of every item, a run of new items), that span in one read."""
+    own positioned read, or, when the strings asked for fill at least half of the bytes they span
+    or that span is at most :data:`SPAN_READ_BYTES` (a scan of every item, a run of new items),
+    the span in one read."""
 
     def __init__(self, folder: Path, name: str, access: str = "rows"):
         self.offsets = open_array(folder / f"{name}.offsets.npy", access)

@@ -3,9 +3,10 @@ rows inside one shard, each range scored where it lies in its memory-mapped shar
 copied). :func:`score_in_process` runs them in this process; :mod:`.pipeline` runs the same
 :class:`StoredScorer` in a Beam pipeline.
 
-A linear classifier over stored rows is a matrix-vector product: in this process it runs at the
-speed of the same product over the matrix in RAM, and starting even the in-process Beam runner
-(0.14 s) takes longer than scoring 1M rows (docs/BENCHMARKS.md, "Scoring throughput").
+A linear classifier over stored rows is a matrix-vector product: in this process it runs as fast
+as the same product over numpy's own memory map of the store, and within about 10% of it over a
+matrix already in RAM, while starting even the in-process Beam runner (0.1-0.2 s) takes longer
+than scoring 1M rows (docs/BENCHMARKS.md, "Scoring throughput").
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ CHUNK_ROWS = 262_144  # rows scored in one call (one Beam element) at most: the 
 
 @dataclass(frozen=True)
 class StoredScorer:
-    """What a worker loads once: the exported classifier and the embeddings store, mapped."""
+    """What scoring loads once (this process, or each Beam worker): the exported classifier and
+    the embeddings store, mapped."""
 
     model: ExportedModel
     store: EmbeddingStore
