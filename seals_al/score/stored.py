@@ -3,8 +3,8 @@ rows inside one shard, each range scored where it lies in its memory-mapped shar
 copied). :func:`score_in_process` runs them in this process; :mod:`.pipeline` runs the same
 :class:`StoredScorer` in a Beam pipeline.
 
-A linear classifier over stored rows is a matrix-vector product: in this process it runs as fast
-as the same product over numpy's own memory map of the store, and within about 10% of it over a
+A linear classifier over stored rows is a matrix-vector product: in this process it runs within
+6% of the same product over numpy's own memory map of the store, and about 10% of it over a
 matrix already in RAM, while starting even the in-process Beam runner (0.1-0.2 s) takes longer
 than scoring 1M rows (docs/BENCHMARKS.md, "Scoring throughput").
 """
