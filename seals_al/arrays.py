@@ -34,6 +34,13 @@ ACCESS = ("rows", "mapped", "ram")
 SAMPLE_EVERY = 4096  # a sorted file's sparse sample: one value per block of this many
 
 
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` by sorting. numpy 2.4's own takes a hash-based path when asked for
+    the values alone: 0.6-0.7 s for 1M 64-bit ids here, sorted or not, against 0.01 s to sort."""
+    values = np.sort(values)
+    return values[np.concatenate([[True], values[1:] != values[:-1]])] if len(values) else values
+
+
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """An .npz that ``np.load`` reads, whose bytes depend only on the arrays. ``np.savez``'s zip
     headers depend on the Python release (3.11.7 writes its forced zip64 as version 4.5, 3.11.2 as

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seals_al.arrays import ACCESS, ArrayFile, open_array, search_sorted, sparse_sample
+from seals_al.arrays import ACCESS, ArrayFile, open_array, search_sorted, sorted_unique, sparse_sample
 from seals_al.errors import SealsError, shown
 from seals_al.storage import atomic_dir, check_replaceable, file_sha256, read_manifest
 
@@ -189,7 +189,7 @@ class StoreWriter:
     def __exit__(self, kind, value, traceback) -> None:
         if kind is None:
             row_ids = np.concatenate(self._row_ids) if self._row_ids else np.empty(0, np.int64)
-            if len(np.unique(row_ids)) != len(row_ids):
+            if len(sorted_unique(row_ids)) != len(row_ids):
                 error = SealsError(f"{self.out_dir}: row ids must be unique, one per vector")
                 self._publish.__exit__(SealsError, error, None)
                 raise error

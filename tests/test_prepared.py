@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from seals_al import prepared as prepared_module
-from seals_al.arrays import SAMPLE_EVERY, ArrayFile, open_array, search_sorted, sparse_sample
+from seals_al.arrays import SAMPLE_EVERY, ArrayFile, open_array, search_sorted, sorted_unique, sparse_sample
 from seals_al.campaign import Campaign, CampaignConfig, init
 from seals_al.dataset import Dataset
 from seals_al.errors import SealsError
@@ -315,3 +315,13 @@ def test_strings_read_the_same_one_by_one_and_as_one_span(tmp_path, access):
     assert strings.at(far) == [values[i] for i in far]
     assert strings.at(np.arange(5, 9)) == values[5:9]
     assert strings.at([]) == []
+
+
+def test_sorted_unique_is_numpys_unique():
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 50, 1000)
+    hashes = rng.integers(0, 2**62, 1000).astype(np.uint64)
+    for values in (small, hashes, np.sort(small), np.zeros(0, np.int64)):
+        got = sorted_unique(values)
+        np.testing.assert_array_equal(got, np.unique(values))
+        assert got.dtype == values.dtype

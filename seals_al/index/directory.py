@@ -198,8 +198,8 @@ def _appended_rows(
         return None
     appended = np.asarray(store.row_ids[int(extra["base_count"]) :], dtype=np.int64)
     row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
-    new = np.intersect1d(row_ids, appended)
-    if rows_digest(np.setdiff1d(row_ids, new)) != built.get("rows_sha256"):
+    new = np.intersect1d(row_ids, appended, assume_unique=True)  # each a set of rows
+    if rows_digest(np.setdiff1d(row_ids, new, assume_unique=True)) != built.get("rows_sha256"):
         return None  # the old rows of U changed (a split moved): build it again
     if due_for_training(store.dim, wanted["factory"], len(row_ids), _trained_on(manifest)):
         return None  # grown too far from what it was trained on: train it again

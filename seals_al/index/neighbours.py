@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from seals_al.arrays import ArrayFile, open_array
+from seals_al.arrays import ArrayFile, open_array, sorted_unique
 from seals_al.errors import SealsError
 from seals_al.index.build import due_for_training, search
 from seals_al.published import materialize, materialize_if_published, output_folder
@@ -315,7 +315,7 @@ def _old_and_new(base: NeighbourGraph, row_ids: np.ndarray) -> tuple[np.ndarray,
     old = np.asarray(base._row_ids[:], dtype=np.int64)
     if not np.isin(old, row_ids).all():
         raise SealsError(f"{base.path}: rows of the base graph are gone; build the graph again")
-    return row_ids, old, np.setdiff1d(row_ids, old)
+    return row_ids, old, np.setdiff1d(row_ids, old, assume_unique=True)  # each a set of rows
 
 
 def _grown_arrays(tmp: Path, base: NeighbourGraph, store: EmbeddingStore, row_ids: np.ndarray):
@@ -399,7 +399,7 @@ def extend_neighbour_graph(
     owner, sim, source = I[near], D[near], np.broadcast_to(new[:, None], I.shape)[near]
     order = np.argsort(owner, kind="stable")
     owner, sim, source = owner[order], sim[order], source[order]
-    owners = np.unique(owner)
+    owners = sorted_unique(owner)
     listed_sims, listed_ids = base.knn(owners, k)
     listed_sims, listed_ids = np.array(listed_sims), np.array(listed_ids, np.int64)
     beats = sim > listed_sims[np.searchsorted(owners, owner), -1]
