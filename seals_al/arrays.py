@@ -1,10 +1,11 @@
 """Arrays on disk (.npy files), opened one of three ways (:data:`ACCESS`):
 
-- ``rows``: read by position with positioned reads, one per run of nearby rows; nothing is
-  mapped or read whole. What a one-round process uses: a round touches a few thousand rows of
-  files with millions, and reads exactly those. (A memory map is no substitute: its page faults
-  map whole cached folios, and gathering 1,000 scattered rows of a 768 MB shard made all of it
-  resident here.)
+- ``rows``: read by position, one read per run of nearby rows (:mod:`seals_al.ranges`: a
+  positioned read of a local file, a ranged GET of an object on gs://); nothing is mapped or read
+  whole. What a one-round process uses: a round touches a few thousand rows of files with
+  millions, and reads exactly those, on this machine's disk or on object storage. (A memory map
+  is no substitute: its page faults map whole cached folios, and gathering 1,000 scattered rows
+  of a 768 MB shard made all of it resident here.)
 - ``mapped``: memory-mapped, for a long-lived process that reads rows as it goes; each first
   touch of a page is a page fault.
 - ``ram``: memory-mapped with every page read in and mapped at once (``MADV_POPULATE_READ``), for
@@ -15,20 +16,23 @@
 :class:`ArrayFile` (``rows``) answers the indexing a caller needs, ``a[positions]``,
 ``a[start:stop]`` and ``a[i]``, so code reads an array the same whichever way it was opened; and
 :func:`search_sorted` finds values in a sorted array either way, through a sparse sample kept in
-RAM when the array is on disk.
+RAM when the array is on disk. The rows a step needs from several arrays are read as one batch
+(:func:`gather`): on object storage their requests are in flight together.
 """
 
 from __future__ import annotations
 
 import io
 import mmap
-import os
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from seals_al import ranges
 from seals_al.errors import SealsError
+from seals_al.ranges import LocalFile, Source
 
 ACCESS = ("rows", "mapped", "ram")
 SAMPLE_EVERY = 4096  # a sorted file's sparse sample: one value per block of this many
@@ -54,28 +58,31 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return out.getvalue()
 
 
-def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, byte offset of the data) of a C-order .npy file of plain numbers."""
+def npy_header(path: str | Path | Source) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, byte offset of the data) of a C-order .npy file of plain numbers, local or
+    remote (its first bytes read: one request)."""
+    source = path if isinstance(path, Source) else LocalFile(path)
+    head = source.read(0, min(source.size, 4096))
     try:
-        f = open(path, "rb")  # noqa: SIM115 (closed below; the error names the path)
-    except FileNotFoundError:
-        raise SealsError(f"{path}: no such file") from None
-    with f:
-        try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        except ValueError as e:
-            raise SealsError(f"{path}: not a .npy array: {e}") from e
-        offset = f.tell()
-        size = os.fstat(f.fileno()).st_size
+        f = io.BytesIO(head)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except ValueError as e:
+        raise SealsError(f"{source.where}: not a .npy array: {e}") from e
+    offset = f.tell()
     if fortran or dtype.hasobject:
-        raise SealsError(f"{path}: expected a C-order array of numbers")
-    if offset + int(np.prod(shape)) * dtype.itemsize > size:
-        raise SealsError(f"{path}: truncated ({size:,} bytes for shape {shape})")
+        raise SealsError(f"{source.where}: expected a C-order array of numbers")
+    check_npy_size(source, shape, dtype, offset)
     return shape, dtype, offset
+
+
+def check_npy_size(source: Source, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> None:
+    """A .npy file's data must fit in the file: a shorter file was cut short."""
+    if offset + int(np.prod(shape)) * dtype.itemsize > source.size:
+        raise SealsError(f"{source.where}: truncated ({source.size:,} bytes for shape {shape})")
 
 
 MADV_POPULATE_READ = 22  # Linux 5.14+; not among Python 3.11's mmap constants
@@ -96,43 +103,34 @@ def map_array(path: Path, populate: bool = False) -> np.ndarray:
     return np.ndarray(shape, dtype, buffer=mapped, offset=offset)
 
 
-def open_array(path: Path, access: str = "rows") -> np.ndarray | ArrayFile:
-    """A .npy file opened for reading as ``access`` says (:data:`ACCESS`)."""
-    if access == "rows":
+def open_array(path: str | Path | Source, access: str = "rows") -> np.ndarray | ArrayFile:
+    """A .npy file opened for reading as ``access`` says (:data:`ACCESS`); a remote file is read
+    by rows whatever ``access`` says (it has no pages to map)."""
+    if access not in ACCESS:
+        raise SealsError(f"unknown array access {access!r}; use one of {', '.join(ACCESS)}")
+    if access == "rows" or isinstance(path, Source):
         return ArrayFile(path)
-    if access == "mapped":
-        return map_array(path)
-    if access == "ram":
-        return map_array(path, populate=True)
-    raise SealsError(f"unknown array access {access!r}; use one of {', '.join(ACCESS)}")
-
-
-def pread_exact(fd: int, view: memoryview, offset: int, where: Path) -> None:
-    """Fill ``view`` from ``offset`` of the file (a short read is retried; end of file is an error)."""
-    done = 0
-    while done < len(view):
-        got = os.preadv(fd, [view[done:]], offset + done)
-        if got == 0:
-            raise SealsError(f"{where}: truncated")
-        done += got
+    return map_array(Path(path), populate=access == "ram")
 
 
 class ArrayFile:
-    """A .npy array read by position: ``a[positions]``, ``a[start:stop]``, ``a[i]`` read just
-    those rows (one positioned read per run of rows less than a page apart)."""
+    """A .npy array read by position, locally or on object storage: ``a[positions]``,
+    ``a[start:stop]``, ``a[i]`` read just those rows, in one batch of reads (:func:`gather`
+    reads rows of several arrays in one batch)."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.shape, self.dtype, self._offset = npy_header(self.path)
+    def __init__(
+        self, source: str | Path | Source, header: tuple[tuple[int, ...], np.dtype, int] | None = None
+    ):
+        self.source = source if isinstance(source, Source) else LocalFile(source)
+        self.path = self.source.where  # for messages
+        if header is None:
+            header = npy_header(self.source)
+        else:
+            check_npy_size(self.source, *header)
+        self.shape, self.dtype, self._offset = header
         self.ndim = len(self.shape)
         self._row_shape = self.shape[1:]
         self._row_bytes = self.dtype.itemsize * int(np.prod(self._row_shape))
-        self._fd = os.open(self.path, os.O_RDONLY)
-
-    def __del__(self) -> None:
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            os.close(fd)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -152,37 +150,62 @@ class ArrayFile:
         """Rows start..stop-1 with one read."""
         stop = max(start, min(stop, len(self)))
         out = np.empty((stop - start, *self._row_shape), self.dtype)
-        if len(out):
-            pread_exact(
-                self._fd, memoryview(out).cast("B"), self._offset + start * self._row_bytes, self.path
-            )
+        ranges.read([(self.source, self._offset + start * self._row_bytes, memoryview(out).cast("B"))])
         return out
 
-    def take(self, positions: np.ndarray) -> np.ndarray:
-        """Rows at the given positions, in the order given (repeats allowed)."""
+    def take(self, positions: np.ndarray, merge: bool = True) -> np.ndarray:
+        """Rows at the given positions, in the order given (repeats allowed); ``merge`` reads
+        nearby rows as one range, the gap included (off: one range per run of adjacent rows)."""
+        return gather([(self, positions)], merge)[0]
+
+    def _plan(
+        self, positions: np.ndarray, merge: bool
+    ) -> tuple[list[ranges.Request], Callable[[], np.ndarray]]:
+        """The reads that fetch these rows, and what assembles them once read."""
         positions = np.asarray(positions, dtype=np.int64)
         if positions.ndim != 1:
             raise SealsError(f"{self.path}: positions must be one-dimensional")
         if not len(positions):
-            return np.empty((0, *self._row_shape), self.dtype)
+            empty = np.empty((0, *self._row_shape), self.dtype)
+            return [], lambda: empty
         if positions.min() < 0 or positions.max() >= len(self):
             bad = int(positions[(positions < 0) | (positions >= len(self))][0])
             raise SealsError(f"{self.path}: position {bad} outside 0..{len(self) - 1}")
         unique, inverse = np.unique(positions, return_inverse=True)
         out = np.empty((len(unique), *self._row_shape), self.dtype)
         view, size = memoryview(out).cast("B"), self._row_bytes
-        # One read per span: rows less than a page apart are read together, gap included (cheaper
-        # than another call; for small rows, such as ids, a lookup becomes a few reads).
-        breaks = np.flatnonzero(np.diff(unique) > max(1, 4096 // max(size, 1))) + 1
+        # One read per span: rows less than the source's merge gap apart are read together, gap
+        # included (cheaper than another call; for small rows, such as ids, a lookup becomes a few
+        # reads).
+        gap = max(1, self.source.merge_gap // max(size, 1)) if merge else 1
+        breaks = np.flatnonzero(np.diff(unique) > gap) + 1
         starts, ends = np.concatenate([[0], breaks]).tolist(), np.append(breaks, len(unique)).tolist()
+        requests: list[ranges.Request] = []
+        spans: list[tuple[int, int, np.ndarray]] = []  # (first slot, last slot, the span's rows read)
         for s, e in zip(starts, ends, strict=True):
             first, last = int(unique[s]), int(unique[e - 1])
             if last - first + 1 == e - s:  # adjacent rows: straight into place
-                pread_exact(self._fd, view[s * size : e * size], self._offset + first * size, self.path)
+                requests.append((self.source, self._offset + first * size, view[s * size : e * size]))
             else:
-                out[s:e] = self.read(first, last + 1)[unique[s:e] - first]
-        in_order = len(unique) == len(positions) and bool((positions[1:] > positions[:-1]).all())
-        return out if in_order else out[inverse]
+                block = np.empty((last - first + 1, *self._row_shape), self.dtype)
+                requests.append((self.source, self._offset + first * size, memoryview(block).cast("B")))
+                spans.append((s, e, block))
+
+        def assemble() -> np.ndarray:
+            for s, e, block in spans:
+                out[s:e] = block[unique[s:e] - unique[s]]
+            in_order = len(unique) == len(positions) and bool((positions[1:] > positions[:-1]).all())
+            return out if in_order else out[inverse]
+
+        return requests, assemble
+
+
+def gather(parts: Sequence[tuple[ArrayFile, np.ndarray]], merge: bool = True) -> list[np.ndarray]:
+    """The rows asked of each array (as :meth:`ArrayFile.take`), read as one batch: on object
+    storage, every range of every array in flight at once."""
+    plans = [array._plan(positions, merge) for array, positions in parts]
+    ranges.read([request for requests, _ in plans for request in requests])
+    return [assemble() for _, assemble in plans]
 
 
 def search_sorted(
@@ -190,7 +213,7 @@ def search_sorted(
 ) -> np.ndarray:
     """``np.searchsorted(sorted_values, wanted)`` (left), for an array in memory or on disk; on
     disk, ``sample`` (from :func:`sparse_sample`) picks the one block each value can be in, and
-    only that block is read."""
+    only those blocks are read, as one batch."""
     if not isinstance(sorted_values, ArrayFile):
         return np.searchsorted(sorted_values, wanted)
     wanted = np.asarray(wanted)
@@ -198,17 +221,26 @@ def search_sorted(
     out = np.empty(len(wanted), np.int64)
     # Value v is at or after block b's first value and before block b + 1's.
     blocks = np.maximum(np.searchsorted(sample, wanted, side="left") - 1, 0)
-    for b in np.unique(blocks).tolist():
-        start = b * SAMPLE_EVERY
-        # Read one more value than the block, so a value equal to the next block's first lands there.
-        block = sorted_values.read(start, min(n, start + SAMPLE_EVERY + 1))
+    needed = np.unique(blocks).tolist()
+    # Each block read with one more value than it holds, so a value equal to the next block's
+    # first lands there.
+    spans = [np.arange(b * SAMPLE_EVERY, min(n, (b + 1) * SAMPLE_EVERY + 1)) for b in needed]
+    read = gather([(sorted_values, span) for span in spans], merge=False)
+    for b, block in zip(needed, read, strict=True):
         mask = blocks == b
-        out[mask] = start + np.searchsorted(block, wanted[mask])
+        out[mask] = b * SAMPLE_EVERY + np.searchsorted(block, wanted[mask])
     return out
 
 
 def sparse_sample(sorted_values: np.ndarray | ArrayFile) -> np.ndarray | None:
-    """Every :data:`SAMPLE_EVERY`-th value of a sorted array on disk (None in memory)."""
+    """Every :data:`SAMPLE_EVERY`-th value of a sorted array on disk (None in memory). Writers
+    of sorted arrays that are read remotely publish it beside them (:func:`sample_of`), so a
+    reader fetches it with one request instead of one per value."""
     if not isinstance(sorted_values, ArrayFile):
         return None
-    return sorted_values.take(np.arange(0, len(sorted_values), SAMPLE_EVERY))
+    return sorted_values.take(np.arange(0, len(sorted_values), SAMPLE_EVERY), merge=False)
+
+
+def sample_of(sorted_values: np.ndarray) -> np.ndarray:
+    """The sparse sample of a sorted array in memory, as :func:`sparse_sample` reads it."""
+    return np.ascontiguousarray(sorted_values[::SAMPLE_EVERY])

@@ -19,7 +19,7 @@ from seals_al.items import Items
 from seals_al.prepared import IdSet, Prepared, prepare
 from seals_al.settings import DEFAULT_FACTORY, DataConfig
 from seals_al.storage import default_cache_dir
-from seals_al.store import EmbeddingStore
+from seals_al.store import EmbeddingStore, RowLookup
 
 if TYPE_CHECKING:  # faiss and the index modules are imported when an index or graph is used
     import faiss
@@ -47,6 +47,8 @@ class Dataset:
     _graphs: dict[int, NeighbourGraph] = field(default_factory=dict)
     _u_density: dict[int, np.ndarray] = field(default_factory=dict)
     _removed: tuple[frozenset[str], np.ndarray] | None = None
+    _known_rows: dict[str, int] = field(default_factory=dict)  # remember(): id -> row id
+    _known_ids: dict[int, str] = field(default_factory=dict)  # and back
 
     @classmethod
     def prepare(
@@ -56,6 +58,7 @@ class Dataset:
         progress: bool = True,
         access: str = "rows",
         ram_budget_mb: int = 0,
+        derived: str | None = None,
     ) -> Dataset:
         """Open the data as it is now, preparing it first if no earlier run did (reading and
         checking the items, embedding or importing, checking the index factory).
@@ -70,11 +73,14 @@ class Dataset:
                 for one that runs many rounds; ``ram`` maps them with every page read in at once.
             ram_budget_mb: open them as ``ram`` anyway when the embeddings take at most this many
                 MB (a simulation: memory speed from its first round).
+            derived: where a campaign on gs:// publishes what it builds from U for its other
+                tasks (:func:`seals_al.prepared.shared_root`), when the data has no published
+                store to keep it beside.
         """
-        prepared = prepare(config, items, progress, access)
+        prepared = prepare(config, items, progress, access, derived)
         if access != "ram" and prepared.store_bytes <= ram_budget_mb * 2**20:
             access = "ram"
-            prepared = Prepared.open(prepared.folder, access)
+            prepared = prepared.reopen(access)
         return cls(config, prepared, progress, access, items)
 
     @property
@@ -116,7 +122,11 @@ class Dataset:
     @property
     def eval_rows(self) -> np.ndarray:
         """Global row ids of the evaluation split (never selectable)."""
-        return self.prepared.row_ids_at(self.prepared.eval_items)
+        return self.prepared.eval_rows()
+
+    def eval_vectors(self) -> np.ndarray:
+        """The evaluation split's vectors, in :attr:`eval_rows` order (one read)."""
+        return self.prepared.eval_vectors()
 
     @property
     def has_truth(self) -> bool:
@@ -155,16 +165,45 @@ class Dataset:
         return self.prepared.row_ids_at(self.removed_items)
 
     # -- by id -------------------------------------------------------------------------------------
+    def remember(self, ids: Sequence[str], row_ids: np.ndarray, vectors: np.ndarray | None = None) -> None:
+        """Ids, row ids (and vectors) this process already knows, for this data version (what a
+        campaign's last round saved of its examples): looked up and read from here, not from the
+        prepared columns and the store."""
+        rows = np.asarray(row_ids, np.int64).tolist()
+        self._known_rows.update(zip(ids, rows, strict=True))
+        self._known_ids.update(zip(rows, ids, strict=True))
+        if vectors is not None:
+            self.store.remember(np.asarray(rows, np.int64), vectors)
+
     def row_ids_of(self, ids: Sequence[str], where: str = "") -> np.ndarray:
         """Global row ids of external ids; an unknown id is an error naming it (and ``where``)."""
-        return self.prepared.row_ids_at(self.prepared.items_of(ids, where))
+        known = self._known_rows
+        rest = [i for i in ids if i not in known]
+        if rest:
+            found = dict(
+                zip(rest, self.prepared.row_ids_at(self.prepared.items_of(rest, where)).tolist(), strict=True)
+            )
+            return np.asarray([known[i] if i in known else found[i] for i in ids], np.int64)
+        return np.asarray([known[i] for i in ids], np.int64)
 
     def external_ids(self, row_ids: np.ndarray) -> list[str]:
-        return self.prepared.ids_at(self.prepared.items_at_rows(row_ids))
+        return self.ids_and_texts(row_ids, np.empty(0, np.int64))[0]
 
     def texts_of(self, row_ids: np.ndarray) -> list[str]:
         """Texts of rows ("" for each when the table has no text column)."""
         return self.prepared.texts_at(self.prepared.items_at_rows(row_ids))
+
+    def ids_and_texts(self, id_rows: np.ndarray, text_rows: np.ndarray) -> tuple[list[str], list[str]]:
+        """The ids of some rows and the texts of others, read together (on gs://, two round
+        trips for them all); ids this process remembers are not read."""
+        id_rows = np.asarray(id_rows, np.int64)
+        known = self._known_ids
+        rest = np.asarray([r for r in id_rows.tolist() if r not in known], np.int64)
+        prepared = self.prepared
+        items = prepared.items_at_rows(np.concatenate([rest, np.asarray(text_rows, np.int64)]))
+        ids, texts = prepared.ids_and_texts_at(items[: len(rest)], items[len(rest) :])
+        found = dict(zip(rest.tolist(), ids, strict=True))
+        return [known[r] if r in known else found[r] for r in id_rows.tolist()], texts
 
     def id_set(self, in_u: bool = False) -> IdSet:
         """Every item id (of U, with ``in_u``) as a container that looks each id up."""
@@ -202,9 +241,14 @@ class Dataset:
             else:
                 self.check_factory()
                 self._index = build_index(
-                    self.store, self.u_rows, self.config.index_factory, progress=self.progress
+                    self.scan_store(), self.u_rows, self.config.index_factory, progress=self.progress
                 )
         return self._index
+
+    def scan_store(self) -> EmbeddingStore:
+        """The store to read every row of U from, several times over (an index or a graph
+        build): the store itself on this machine, a published one copied into the cache first."""
+        return self.store.local_copy(self.cache_dir, self.progress)
 
     @property
     def index_path(self) -> Path:
@@ -218,12 +262,15 @@ class Dataset:
     @property
     def graphs_uri(self) -> str | None:
         """Where neighbour graphs are shared between machines: under a gs:// index, in its
-        ``graphs/`` folder (the index's own listing does not name them); else None: this
-        machine's cache."""
+        ``graphs/`` folder (the index's own listing does not name them); without an index, where
+        this data's prepared versions are published (:func:`seals_al.prepared.shared_root`);
+        else None: this machine's cache."""
         from seals_al.published import is_remote
 
         if self.config.index and is_remote(self.config.index):
             return f"{self.config.index.rstrip('/')}/graphs"
+        if not self.config.index and self.prepared.shared is not None:
+            return f"{self.prepared.shared}/graphs"
         return None
 
     def _index_key(self) -> str:
@@ -285,7 +332,17 @@ class Dataset:
                 published=self.graphs_uri,
                 keep_index=not self.config.index,  # a configured index is not this cache's to extend
                 base_of=self._index_base if self.config.index else None,
+                scan=self.scan_store,
             )
+            if self.prepared.positions_are_rows and len(self._graphs[k]) == self.u_count:
+                # U's rows are 0..n-1 but the evaluation split's: a row's place in the graph is
+                # found without reading its rows.
+                excluded = np.sort(self.eval_rows)
+                self._graphs[k].use_lookup(
+                    RowLookup.complement(
+                        self.prepared.count, excluded, self._graphs[k].uri, "row id {} is not in the graph"
+                    )
+                )
         return self._graphs[k]
 
     def u_density(self, k: int, progress: bool = True) -> np.ndarray:
@@ -341,6 +398,6 @@ def index_over_u(
     )
     from seals_al.index.directory import ensure_index_dir
 
-    dataset = Dataset.prepare(config)
+    dataset = Dataset.prepare(config, access="mapped")  # an index build reads every row of U
     dataset.check_factory()
     return ensure_index_dir(dataset.store, out_dir, factory, row_ids=dataset.u_rows, **options)

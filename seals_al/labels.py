@@ -26,8 +26,9 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 from xml.etree import ElementTree
 from xml.sax.saxutils import quoteattr
 
@@ -296,6 +297,14 @@ def check_size(name: str, size: int) -> None:
         )
 
 
+@runtime_checkable
+class Prefetching(Protocol):
+    """A container of ids that looks them up (:class:`seals_al.prepared.IdSet`): asked for many
+    ids at once, it reads them in one batch, and each later test reads nothing."""
+
+    def prefetch(self, ids: Sequence[str]) -> None: ...
+
+
 def check_label_file(
     name: str,
     data: bytes,
@@ -320,6 +329,15 @@ def check_label_file(
     """
     check_size(name, len(data))
     fmt, answers, pending, problems = read_label_file(name, data, concept)
+    # Sets that look ids up are asked for every id they will be asked about, at once: the open
+    # batch about every id, the others only about ids outside it.
+    asked = [answer.item_id for answer in answers]
+    if isinstance(open_batch, Prefetching):
+        open_batch.prefetch(asked)
+    outside = [i for i in asked if i not in open_batch and i not in labeled]
+    for container in (known, in_u):
+        if isinstance(container, Prefetching) and outside:
+            container.prefetch(outside)
     seen: dict[str, Answer] = {}
     for answer in answers:
         earlier = seen.get(answer.item_id)

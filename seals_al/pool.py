@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ import numpy as np
 from seals_al.arrays import ArrayFile, npz_bytes
 from seals_al.errors import SealsError
 from seals_al.index.neighbours import Neighbours, as_neighbours, neighbour_density
-from seals_al.storage import Storage, atomic_path
+from seals_al.storage import NotFoundError, Storage, atomic_path
 from seals_al.store import EmbeddingStore
 
 
@@ -65,6 +65,7 @@ class CandidatePool:
         self._density = np.empty(0, np.float32)
         self._alive = np.empty(0, bool)
         self._vectors = _Blocks(store.dim)
+        self._left: dict[int, np.ndarray] = {}  # members expanded in this process: their vectors
         # Members and expanded rows flagged by storage position, so a neighbour list is filtered by
         # one gather rather than a dict lookup per neighbour: one byte per row of the store (10 MB
         # at 10M rows, a small fraction of the store), zero pages until touched.
@@ -82,11 +83,13 @@ class CandidatePool:
         return int(self._from[self._slot[row_id]])
 
     def slots(self) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None, np.ndarray]:
-        """(ids, vector blocks, density, alive) views of every slot, removed members included.
+        """(ids, vector blocks, density, alive) views of every slot, removed members included: the
+        start of a selection (the last selection's :meth:`left_vectors` are let go).
 
         Scoring every slot block by block and masking is cheaper than copying the members out
         each round; the buffers are compacted once removed members pass a quarter of them.
         """
+        self._left.clear()  # a new selection: the last one's picks are no longer asked for
         if self._n and len(self._slot) < 0.75 * self._n:
             self._compact()
         n = self._n
@@ -125,6 +128,7 @@ class CandidatePool:
                 outsiders.append(r)
             else:
                 self._alive[at] = False
+                self._left[r] = self._vectors.rows(np.asarray([at]))[0]
         if outsiders:
             self._known[self.store.positions(np.asarray(outsiders, dtype=np.int64))] = True
         ids = neighbours.ravel()
@@ -151,6 +155,25 @@ class CandidatePool:
         arrivals = Arrivals(ids, sources, vectors, density)
         self._append(arrivals)
         return arrivals
+
+    def prefetch(self, row_ids: np.ndarray) -> None:
+        """Let the neighbour source read these rows' lists ahead, in one batch (the likely picks:
+        on object storage a pick then waits for one read, its arrivals, not two)."""
+        prefetch = getattr(self.neighbours, "prefetch", None)
+        if prefetch is not None:
+            prefetch(np.asarray(row_ids, np.int64))
+
+    def left_vectors(self, row_ids: Sequence[int]) -> np.ndarray:
+        """The vectors of members that left the pool when they were expanded in this process
+        (a round's picks); a row that was never a member here is read from the store."""
+        missing = [r for r in row_ids if r not in self._left]
+        found = (
+            dict(zip(missing, self.store.vectors(np.asarray(missing, np.int64)), strict=True))
+            if missing
+            else {}
+        )
+        rows = [self._left[r] if r in self._left else found[r] for r in row_ids]
+        return np.stack(rows) if rows else np.empty((0, self.store.dim), np.float32)
 
     def remove(self, row_ids: Iterable[int]) -> int:
         """Take rows out for good without expanding them (items that left: the tombstone list):
@@ -230,14 +253,17 @@ class CandidatePool:
             }
         )
         storage.write_bytes(f"{prefix}/pool.npz", data)
+        vectors = _npy_bytes(self._vectors.blocks(n), self.store.dim)
+        storage.write_bytes(f"{prefix}/{VECTORS}", vectors)
         if cache is not None:
-            cache.write(data, self._vectors.blocks(n))
+            cache.write(data, vectors)
         meta = {
             "k": self.k,
             "with_density": self.with_density,
             "queries": self.queries,
             "size": n,
             "expanded": len(self.expanded),
+            "vectors": {"sha256": hashlib.sha256(vectors).hexdigest(), "store": self.store.digest()},
             **({"data": marker} if marker is not None else {}),
         }
         storage.write_json(f"{prefix}/pool.json", meta)
@@ -253,7 +279,8 @@ class CandidatePool:
         marker: str | None = None,
     ) -> CandidatePool | None:
         """Read a saved pool (no pickle); member vectors come from ``cache`` when it holds them
-        for this exact pool.npz, else they are gathered again from the store.
+        for this exact pool.npz, else from the vectors saved with it (one read; checked against
+        its sha256 and the store's digest), else they are gathered again from the store.
 
         ``marker``: the digest of U's rows when the data has grown (else None). When it is not what
         the pool was saved with, the pool's neighbour lists are of other data: None is returned,
@@ -276,10 +303,43 @@ class CandidatePool:
             pool._known[positions] = True
             vectors = cache.read(saved, len(ids)) if cache is not None else None
             if vectors is None:
+                vectors = _saved_vectors(storage, prefix, meta, store, len(ids))
+            if vectors is None:
                 vectors = store.vectors_at(positions)
             pool._append(Arrivals(ids, data["reached_from"], vectors, density))
         pool.queries = int(meta["queries"])
         return pool
+
+
+VECTORS = "vectors.npy"  # beside pool.npz: the members' vectors, in its order
+
+
+def _npy_bytes(blocks: list[np.ndarray], dim: int) -> bytes:
+    """Float32 rows, block after block, as the bytes of one .npy file."""
+    out = io.BytesIO()
+    header = {"descr": "<f4", "fortran_order": False, "shape": (sum(map(len, blocks)), dim)}
+    np.lib.format.write_array_header_1_0(out, header)
+    for block in blocks:
+        out.write(np.ascontiguousarray(block, dtype="<f4").data)
+    return out.getvalue()
+
+
+def _saved_vectors(
+    storage: Storage, prefix: str, meta: dict, store: EmbeddingStore, n: int
+) -> np.ndarray | None:
+    """The members' vectors saved with a pool, or None when they are not usable: not saved (a
+    pool saved before they were), pruned, of another store, or not matching their checksum."""
+    expected = meta.get("vectors")
+    if not isinstance(expected, dict) or expected.get("store") != store.digest():
+        return None
+    try:
+        raw = storage.read_bytes(f"{prefix}/{VECTORS}")
+    except NotFoundError:
+        return None
+    if hashlib.sha256(raw).hexdigest() != expected.get("sha256"):
+        return None
+    vectors = np.load(io.BytesIO(raw), allow_pickle=False)
+    return vectors if vectors.shape == (n, store.dim) and vectors.dtype == np.float32 else None
 
 
 class MemberVectors:
@@ -314,14 +374,11 @@ class MemberVectors:
         except (SealsError, OSError):  # absent, pruned meanwhile, or cut short: gather them again
             return None
 
-    def write(self, saved_pool: bytes, blocks: list[np.ndarray]) -> None:
-        """Keep the members' vectors (in the order of pool.npz) for the next load."""
-        header = {"descr": "<f4", "fortran_order": False, "shape": (sum(map(len, blocks)), self.dim)}
+    def write(self, saved_pool: bytes, vectors: bytes) -> None:
+        """Keep the members' vectors (an .npy's bytes, in the order of pool.npz) for the next load."""
         written = self._path(saved_pool)
-        with atomic_path(written) as tmp, open(tmp, "wb") as f:
-            np.lib.format.write_array_header_1_0(f, header)
-            for block in blocks:
-                f.write(np.ascontiguousarray(block, dtype=np.float32).data)
+        with atomic_path(written) as tmp:
+            tmp.write_bytes(vectors)
         others = []
         for path in self.folder.glob("*.npy"):
             if path != written and not path.name.startswith("."):  # "." : being written

@@ -1,36 +1,44 @@
-"""Prepared data: the item table's columns in memory-mapped files, read by position or by id,
-prepared once per data version, so that a round reads only the rows it touches, whatever the size
-of U (docs/ARCHITECTURE.md).
+"""Prepared data: the item table's columns in files read by position and by id, prepared once per
+data version, so that a round reads only the rows it touches, whatever the size of U, on this
+machine's disk or where they are published on gs:// (docs/ARCHITECTURE.md, "What a round reads").
 
 A data version is the items file and the embeddings as they are now: their sizes and modification
 times (a gs:// object's generation), the embeddings store's manifest, and the column settings.
-Its prepared folder lives under the cache directory, named by a digest of all that::
+Its prepared folder is named by a digest of all that, and lives in the cache directory; when the
+data is on gs:// it is also published (:mod:`seals_al.published`) beside a published store, or
+under the campaign (``derived``), by whichever process prepares it first, and every later process
+on any machine opens it there in O(1): its listing and manifest, then ranges as it reads::
 
-    manifest.json        format, what it was prepared from, counts, the store, truth values
-    ids.offsets.npy      int64 [n + 1]: item i's id is ids.bytes[offsets[i]:offsets[i + 1]] (UTF-8)
+    manifest.json          format, what it was prepared from, counts, the store, truth values
+    ids.offsets.npy        int64 [n + 1]: item i's id is ids.bytes[offsets[i]:offsets[i + 1]] (UTF-8)
     ids.bytes
-    ids.hash.npy         uint64, sorted: 64-bit BLAKE2b of each id, for lookups by id
-    ids.order.npy        int64: the item position of each hash
-    texts.offsets.npy    the texts, the same way (when the table has a text column)
+    ids.hash.npy           uint64, sorted: 64-bit BLAKE2b of each id, for lookups by id
+    ids.hash.sample.npy    every 4,096th of them (arrays.SAMPLE_EVERY): which block to read
+    ids.order.npy          int64: the item position of each hash
+    texts.offsets.npy      the texts, the same way (when the table has a text column)
     texts.bytes
-    eval.npy             bool per item: in the evaluation split
-    eval_items.npy       int64: the positions of the evaluation split
-    truth.npy            int32 per item: index into manifest["truth"]["values"] (with a truth column)
-    row_ids.npy          int64 per item: its row id in the store    } absent when every item's row id
-    rows.sorted.npy      int64: those row ids sorted                } is its position (embedded or
-    rows.order.npy       int64: the item position of each           } imported here)
-    store.sorted.npy     int64: the store's row ids sorted, and     } absent when the store declares
-    store.order.npy      int64: their storage positions             } its row ids to be its positions
+    eval.npy               bool per item: in the evaluation split
+    eval_items.npy         int64: the positions of the evaluation split
+    eval_truth.npy         int32: their truth codes (with a truth column)
+    eval_vectors.npy       float32: their vectors, one read for an evaluation
+    truth.npy              int32 per item: index into manifest["truth"]["values"] (with a truth column)
+    row_ids.npy            int64 per row of the items file: its row id      } see "positions"
+    rows.sorted.npy        int64: the items' row ids sorted, and            } only when the row ids
+    rows.order.npy         int64: the item position of each (+ .sample)     } are not 0..n-1
+    store.sorted.npy       int64: the store's row ids sorted, and           } absent when the store
+    store.order.npy        int64: their storage positions (+ .sample)       } declares them positions
 
-Item positions follow the items file's row order. Opening maps the files and reads the manifest;
-a lookup of m ids reads O(m log n) bytes.
+Positions: when the items' row ids are 0..n-1 (what embedding, importing and the Beam pipeline
+write), an item's position is its row id: the columns are in row-id order, and going between rows
+and items reads nothing (``row_ids.npy`` keeps the items file's order, for :meth:`Prepared.items`).
+Otherwise positions follow the items file's order and ``rows.*`` map between the two.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -38,10 +46,20 @@ from pathlib import Path
 
 import numpy as np
 
-from seals_al.arrays import ArrayFile, open_array, pread_exact, search_sorted, sparse_sample
+from seals_al import ranges
+from seals_al.arrays import ArrayFile, gather, sample_of, search_sorted
 from seals_al.errors import SealsError, shown
 from seals_al.items import Items, item_files
-from seals_al.published import is_remote, materialize_if_published
+from seals_al.published import (
+    Folder,
+    LocalFolder,
+    check_target,
+    is_remote,
+    materialize,
+    materialize_if_published,
+    open_folder,
+    publish,
+)
 from seals_al.published import version as remote_version
 from seals_al.settings import DataConfig
 from seals_al.storage import (
@@ -50,13 +68,14 @@ from seals_al.storage import (
     file_version,
     local_file,
     open_storage,
-    read_manifest,
+    parse_manifest,
     split_uri,
     write_json_atomic,
 )
+from seals_al.store import FORMAT as STORE_FORMAT
 from seals_al.store import MANIFEST, EmbeddingStore, RowLookup, rows_digest
 
-FORMAT = "seals-prepared/1"
+FORMAT = "seals-prepared/2"
 U, EVAL = 0, 1
 SPAN_READ_BYTES = 1 << 20  # strings within this many bytes are read in one go, however few
 
@@ -71,18 +90,14 @@ def _hash64(values: Sequence[str]) -> np.ndarray:
 
 class Strings:
     """A column of strings: UTF-8 bytes and their offsets; read by position: each string with its
-    own positioned read, or, when the strings asked for fill at least half of the bytes they span
-    or that span is at most :data:`SPAN_READ_BYTES` (a scan of every item, a run of new items),
-    the span in one read."""
+    own read, or, when the strings asked for fill at least half of the bytes they span or that
+    span is at most :data:`SPAN_READ_BYTES` (a scan of every item, a run of new items), the span
+    in one read. :func:`strings_at` reads several columns in one batch."""
 
-    def __init__(self, folder: Path, name: str, access: str = "rows"):
-        self.offsets = open_array(folder / f"{name}.offsets.npy", access)
-        self._path = folder / f"{name}.bytes"
-        self._fd = os.open(self._path, os.O_RDONLY)
-
-    def __del__(self) -> None:
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+    def __init__(self, folder: Folder | Path, name: str, access: str = "rows"):
+        folder = folder if isinstance(folder, Folder) else LocalFolder(folder)
+        self.offsets = folder.array(f"{name}.offsets.npy", access)
+        self.source = folder.source(f"{name}.bytes")
 
     @staticmethod
     def write(folder: Path, name: str, values: Sequence[str]) -> None:
@@ -93,25 +108,46 @@ class Strings:
         (folder / f"{name}.bytes").write_bytes(b"".join(encoded))
 
     def at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
-        positions = np.asarray(positions, np.int64)
-        n = len(positions)
-        if not n:
-            return []
-        bounds = self.offsets[np.concatenate([positions, positions + 1])]
+        return strings_at([(self, positions)])[0]
+
+    def _plan(self, bounds: np.ndarray, n: int):
+        """The reads of n strings whose offsets are ``bounds`` (starts, then stops), and what
+        decodes them once read."""
         starts, stops = bounds[:n], bounds[n:]
         low, high = int(bounds.min()), int(bounds.max())
         if high - low <= max(SPAN_READ_BYTES, 2 * int((stops - starts).sum())):
             span = bytearray(high - low)  # the strings fill at least half of it: one read
-            pread_exact(self._fd, memoryview(span), low, self._path)
-            pairs = zip((starts - low).tolist(), (stops - low).tolist(), strict=True)
-            return [span[a:b].decode() for a, b in pairs]
-        out = []
-        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
-            data = bytearray(stop - start)
-            if data:
-                pread_exact(self._fd, memoryview(data), start, self._path)
-            out.append(data.decode())
-        return out
+            pairs = list(zip((starts - low).tolist(), (stops - low).tolist(), strict=True))
+            return [(self.source, low, memoryview(span))], lambda: [span[a:b].decode() for a, b in pairs]
+        parts = [bytearray(b - a) for a, b in zip(starts.tolist(), stops.tolist(), strict=True)]
+        requests = [
+            (self.source, int(a), memoryview(part))
+            for a, part in zip(starts.tolist(), parts, strict=True)
+            if len(part)
+        ]
+        return requests, lambda: [part.decode() for part in parts]
+
+
+def strings_at(columns: Sequence[tuple[Strings, Sequence[int] | np.ndarray]]) -> list[list[str]]:
+    """The strings at the given positions of each column, read as two batches (every column's
+    offsets, then every column's bytes): on object storage, two round trips for them all."""
+    asked = [np.asarray(positions, np.int64) for _, positions in columns]
+    bounds = [
+        (s.offsets, np.concatenate([p, p + 1])) for (s, _), p in zip(columns, asked, strict=True) if len(p)
+    ]
+    offsets = iter(_read_rows(bounds))
+    plans = []
+    for (strings, _), positions in zip(columns, asked, strict=True):
+        plans.append(strings._plan(next(offsets), len(positions)) if len(positions) else ([], list))
+    ranges.read([request for requests, _ in plans for request in requests])
+    return [decode() for _, decode in plans]
+
+
+def _read_rows(parts: list[tuple[np.ndarray | ArrayFile, np.ndarray]]) -> list[np.ndarray]:
+    """Rows of arrays that are on disk (one batch) or in memory."""
+    on_disk = [(a, p) for a, p in parts if isinstance(a, ArrayFile)]
+    read = iter(gather(on_disk))
+    return [next(read) if isinstance(a, ArrayFile) else np.asarray(a[p]) for a, p in parts]
 
 
 def data_version(config: DataConfig) -> dict:
@@ -157,47 +193,67 @@ class Prepared:
     """A prepared data version, opened: the item columns, the lookups between ids, item positions
     and row ids, and the embeddings store."""
 
-    folder: Path
+    folder: Folder
     manifest: dict
     store: EmbeddingStore
     access: str = "rows"  # how the columns and the store are read (seals_al.arrays.ACCESS)
+    shared: str | None = None  # where this data's versions are published (None: this machine only)
+    cache_dir: str | Path | None = None  # this machine's cache (None: $SEALS_CACHE_DIR)
     _arrays: dict[str, np.ndarray | ArrayFile] = field(default_factory=dict, repr=False, compare=False)
     _columns: dict[str, Strings] = field(default_factory=dict, repr=False, compare=False)
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
-    def open(cls, folder: Path, access: str = "rows") -> Prepared:
-        """Open a prepared folder; ``access``: ``rows`` for a one-round process (each lookup reads
-        just its rows), ``mapped`` for a long-lived one, ``ram`` to read it all in at once."""
-        manifest = read_manifest(folder, FORMAT, "a prepared data set")
+    def open(
+        cls,
+        folder: Folder | Path,
+        access: str = "rows",
+        cache_dir: str | Path | None = None,
+        shared: str | None = None,
+    ) -> Prepared:
+        """Open a prepared folder (local, or published on gs:// and read by range); ``access``:
+        ``rows`` for a one-round process (each lookup reads just its rows), ``mapped`` for a
+        long-lived one, ``ram`` to read it all in at once (a local folder)."""
+        folder = folder if isinstance(folder, Folder) else LocalFolder(folder)
+        if not folder.has("manifest.json"):
+            raise SealsError(f"{folder.uri}: not a prepared data set (no manifest.json)")
+        manifest = parse_manifest(folder.read_bytes("manifest.json"), folder.where("manifest.json"), FORMAT)
         lookup = None
-        if (folder / "store.sorted.npy").is_file():
+        if folder.has("store.sorted.npy"):
             lookup = RowLookup.presorted(
-                open_array(folder / "store.sorted.npy", access),
-                open_array(folder / "store.order.npy", access),
+                folder.array("store.sorted.npy", access),
+                folder.array("store.order.npy", access),
                 manifest["store"],
+                sample=_sample(folder, "store.sorted"),
             )
-        store = EmbeddingStore.open(manifest["store"], lookup=lookup, access=access)
+        store = EmbeddingStore.open(
+            _store_folder(manifest["store"], access, cache_dir), lookup=lookup, access=access
+        )
         if store.digest() != manifest["store_digest"]:
-            raise SealsError(f"{manifest['store']}: the store changed since {folder} was prepared")
-        return cls(folder, manifest, store, access)
+            raise SealsError(f"{manifest['store']}: the store changed since {folder.uri} was prepared")
+        return cls(folder, manifest, store, access, shared, cache_dir)
+
+    def reopen(self, access: str) -> Prepared:
+        """The same data opened another way (a published folder is copied into this machine's
+        cache to be mapped)."""
+        folder = self.folder
+        if folder.local is None and access != "rows":
+            folder = LocalFolder(materialize(folder.uri, "a prepared data set", self.cache_dir))
+        return Prepared.open(folder, access, self.cache_dir, self.shared)
 
     @property
     def key(self) -> str:
         """The data version: the name of its prepared folder (a digest of what identifies it)."""
-        return self.folder.name
+        return str(self.manifest["key"])
 
     def changes_since(self, key: str, store_digest: str) -> tuple[int, int] | None:
         """(items added, items gone) since the prepared version ``key`` whose store had
-        ``store_digest``: counted by id while that version is still prepared in this cache; else,
-        when this store was appended to that store, its appended rows and none gone; else None
-        (not known on this machine)."""
+        ``store_digest``: counted by id while that version is still prepared (in this machine's
+        cache, or where this data is published); else, when this store was appended to that
+        store, its appended rows and none gone; else None (not known here)."""
         if key == self.key:
             return 0, 0
-        try:
-            previous = Prepared.open(self.folder.parent / key)
-        except (SealsError, OSError):
-            previous = None  # pruned, or prepared on another machine
+        previous = _find(key, self.shared, self.access, self.cache_dir)
         if previous is not None:
             now, before = self.id_hashes(), previous.id_hashes()
             return int((~np.isin(now, before)).sum()), int((~np.isin(before, now)).sum())
@@ -230,6 +286,11 @@ class Prepared:
         return bool(self.manifest["texts"])
 
     @property
+    def positions_are_rows(self) -> bool:
+        """Whether an item's position is its row id (the items' row ids are 0..n-1)."""
+        return bool(self.manifest["row_ids_are_positions"])
+
+    @property
     def truth_values(self) -> list[str] | None:
         truth = self.manifest.get("truth")
         return None if truth is None else list(truth["values"])
@@ -242,7 +303,7 @@ class Prepared:
     # -- columns (opened on first use) -------------------------------------------------------------
     def _array(self, name: str) -> np.ndarray | ArrayFile:
         if name not in self._arrays:
-            self._arrays[name] = open_array(self.folder / f"{name}.npy", self.access)
+            self._arrays[name] = self.folder.array(f"{name}.npy", self.access)
         return self._arrays[name]
 
     def _strings(self, name: str) -> Strings:
@@ -253,16 +314,21 @@ class Prepared:
     @cached_property
     def _hash_sample(self) -> np.ndarray | None:
         """The id hashes' sparse sample, read once per process."""
-        return sparse_sample(self._array("ids.hash"))
+        hashes = self._array("ids.hash")
+        return _sample(self.folder, "ids.hash") if isinstance(hashes, ArrayFile) else None
 
     @cached_property
     def _item_lookup(self) -> RowLookup:
         """Item positions by row id, built once per process (its sparse sample read once)."""
         unknown = "row id {} is not an item"
-        if self.manifest["row_ids_are_positions"]:
-            return RowLookup.positions(self.count, self.folder, unknown)
+        if self.positions_are_rows:
+            return RowLookup.positions(self.count, self.folder.uri, unknown)
         return RowLookup.presorted(
-            self._array("rows.sorted"), self._array("rows.order"), self.folder, unknown
+            self._array("rows.sorted"),
+            self._array("rows.order"),
+            self.folder.uri,
+            unknown,
+            sample=_sample(self.folder, "rows.sorted"),
         )
 
     @property
@@ -270,10 +336,19 @@ class Prepared:
         """Positions of the evaluation split (read whole: it is what a round evaluates on)."""
         return self._array("eval_items")[:]
 
+    def eval_rows(self) -> np.ndarray:
+        """Row ids of the evaluation split, in :attr:`eval_items` order."""
+        return self.row_ids_at(self.eval_items)
+
     def eval_truth(self, concept: str) -> np.ndarray:
         """1 where the evaluation split's truth is the concept, else 0, in :attr:`eval_items` order
         (one read: the split's truth codes are stored together)."""
         return self._is(self._array("eval_truth")[:], concept)
+
+    def eval_vectors(self) -> np.ndarray:
+        """The evaluation split's vectors in :attr:`eval_items` order (one read of a copy made at
+        preparation, not a read per row of the store)."""
+        return self._array("eval_vectors")[:]
 
     def ids_at(self, items: np.ndarray) -> list[str]:
         return self._strings("ids").at(items)
@@ -281,6 +356,13 @@ class Prepared:
     def texts_at(self, items: np.ndarray) -> list[str]:
         """Texts by item position ("" for every item when the table has none)."""
         return self._strings("texts").at(items) if self.has_texts else [""] * len(items)
+
+    def ids_and_texts_at(self, ids_at: np.ndarray, texts_at: np.ndarray) -> tuple[list[str], list[str]]:
+        """Ids at some positions and texts at others, read together (two round trips on gs://)."""
+        if not self.has_texts:
+            return self.ids_at(ids_at), [""] * len(texts_at)
+        ids, texts = strings_at([(self._strings("ids"), ids_at), (self._strings("texts"), texts_at)])
+        return ids, texts
 
     def truth_at(self, items: np.ndarray, concept: str) -> np.ndarray:
         """1 where the truth column equals the concept, else 0 (int8), by item position."""
@@ -299,13 +381,13 @@ class Prepared:
         """Item positions of external ids, -1 where an id is not an item."""
         hashes, order = self._array("ids.hash"), self._array("ids.order")
         wanted = _hash64(ids)
-        at = np.minimum(search_sorted(hashes, wanted, self._hash_sample), len(hashes) - 1)
         found = np.full(len(ids), -1, np.int64)
         if not len(ids) or not len(hashes):
             return found
+        at = np.minimum(search_sorted(hashes, wanted, self._hash_sample), len(hashes) - 1)
         # The usual case in three batched reads: the hash there, its item, that item's id.
-        hit = np.flatnonzero(hashes[at] == wanted)
-        items = np.asarray(order[at[hit]], np.int64)
+        hit = np.flatnonzero(_read_rows([(hashes, at)])[0] == wanted)
+        items = np.asarray(_read_rows([(order, at[hit])])[0], np.int64)
         same = np.asarray([a == ids[i] for a, i in zip(self.ids_at(items), hit.tolist(), strict=True)], bool)
         found[hit[same]] = items[same]
         for i in hit[~same].tolist():  # another id with the same 64-bit hash first: look further
@@ -334,7 +416,7 @@ class Prepared:
 
     def row_ids_at(self, items: np.ndarray) -> np.ndarray:
         items = np.asarray(items, np.int64)
-        return items if self.manifest["row_ids_are_positions"] else self._array("row_ids")[items]
+        return items if self.positions_are_rows else self._array("row_ids")[items]
 
     def items_at_rows(self, row_ids: np.ndarray) -> np.ndarray:
         """Item positions of global row ids."""
@@ -353,17 +435,20 @@ class Prepared:
         return inside
 
     def items(self) -> Items:
-        """The whole table in memory (every column read: for simulations and seed draws, not rounds)."""
+        """The whole table in memory, in the items file's order (every column read: for
+        simulations and seed draws, not rounds)."""
         everything = np.arange(self.count)
+        if self.positions_are_rows and self.folder.has("row_ids.npy"):
+            everything = self._array("row_ids")[:]  # the file's rows, by position
         values = self.truth_values
-        truth = None if values is None else np.asarray(values, dtype=object)[self._array("truth")[:]]
+        truth = None if values is None else np.asarray(values, dtype=object)[self._array("truth")[everything]]
         source, columns = self.manifest["source"], self.manifest["source"]["columns"]
         return Items(
             source["data"],
             self.ids_at(everything),
             self.texts_at(everything) if self.has_texts else None,
             truth,
-            self._array("eval")[:],
+            self._array("eval")[everything],
             columns[2],
             source["eval_split"],
         )
@@ -371,44 +456,107 @@ class Prepared:
 
 class IdSet:
     """The ids of a prepared data set (or of its U) as a container, for label checks: each test
-    looks one id up, so checking a label file reads only its own ids."""
+    looks one id up, so checking a label file reads only its own ids. :meth:`prefetch` looks many
+    up at once (a batch of reads), and later tests of those ids read nothing."""
 
     def __init__(self, prepared: Prepared, in_u: bool = False):
         self.prepared = prepared
         self.in_u = in_u
+        self._known: dict[str, bool] = {}
+
+    def prefetch(self, ids: Sequence[str]) -> None:
+        asked = sorted({i for i in ids if isinstance(i, str) and i not in self._known})
+        if asked:
+            self._known.update(
+                zip(asked, self.prepared.contains(asked, in_u=self.in_u).tolist(), strict=True)
+            )
 
     def __contains__(self, item_id: object) -> bool:
-        return isinstance(item_id, str) and bool(self.prepared.contains([item_id], in_u=self.in_u)[0])
+        if not isinstance(item_id, str):
+            return False
+        if item_id not in self._known:
+            self.prefetch([item_id])
+        return self._known[item_id]
+
+
+def _sample(folder: Folder, name: str) -> np.ndarray | None:
+    """The published sparse sample of a sorted array (one read), or None when it has none."""
+    return folder.array(f"{name}.sample.npy", "rows")[:] if folder.has(f"{name}.sample.npy") else None
+
+
+def _store_folder(uri: str, access: str, cache_dir: str | Path | None) -> Folder:
+    """The store a prepared folder names: a local one in place; a published one where it is (read
+    by range) for ``rows``, else its copy in this machine's cache."""
+    if is_remote(uri) and access != "rows":
+        return LocalFolder(materialize(uri, "an embeddings store", cache_dir))
+    folder = open_folder(uri, cache_dir)
+    if folder is None:
+        raise SealsError(f"{uri}: no embeddings store is published there any more")
+    return folder
+
+
+def shared_root(config: DataConfig, derived: str | None = None) -> str | None:
+    """Where what is built from this data is published for other machines: beside the embeddings
+    when they are a store published on gs://, else ``derived`` (a gs:// campaign's own folder);
+    None when the items are not on gs:// (another machine could not read them either)."""
+    if not is_remote(config.data):
+        return None
+    if config.embeddings and is_remote(config.embeddings) and remote_version(config.embeddings) is not None:
+        return config.embeddings.rstrip("/")
+    return derived.rstrip("/") if derived and is_remote(derived) else None
+
+
+def _find(key: str, shared: str | None, access: str, cache_dir: str | Path | None) -> Prepared | None:
+    """The prepared version ``key``, when this machine's cache or the shared folder has it."""
+    local = Path(cache_dir or default_cache_dir()) / "prepared" / key
+    try:
+        if (local / "manifest.json").is_file():
+            return Prepared.open(local, access, cache_dir, shared)
+        if shared is not None:
+            uri = f"{shared}/prepared/{key}"
+            if access != "rows":
+                path = materialize_if_published(uri, cache_dir, progress=False)
+                return None if path is None else Prepared.open(path, access, cache_dir, shared)
+            folder = open_folder(uri, cache_dir)
+            return None if folder is None else Prepared.open(folder, access, cache_dir, shared)
+    except (SealsError, OSError):
+        return None  # its store was removed or replaced, or it was pruned: prepared again
+    return None
 
 
 def prepare(
-    config: DataConfig, items: Items | None = None, progress: bool = True, access: str = "rows"
+    config: DataConfig,
+    items: Items | None = None,
+    progress: bool = True,
+    access: str = "rows",
+    derived: str | None = None,
 ) -> Prepared:
-    """The prepared folder of the data as it is now: opened if an earlier run prepared it, else
-    prepared first (items read and checked, texts embedded or embeddings imported, columns written).
+    """The prepared folder of the data as it is now: opened if an earlier run prepared it, here or
+    on any machine that published it, else prepared first (items read and checked, texts embedded
+    or embeddings imported, columns written) and published for other machines.
 
     Args:
         config: the data settings.
         items: the table, when the caller has read it already.
         progress: show progress while embedding.
         access: how it is read (:meth:`Prepared.open`).
+        derived: where a gs:// campaign keeps what it builds from U (:func:`shared_root`).
 
     Returns:
         The prepared data, opened.
     """
     version = data_version(config)
     key = hashlib.sha256(json.dumps(version, sort_keys=True).encode()).hexdigest()[:24]
+    shared = shared_root(config, derived)
+    found = _find(key, shared, access, config.cache_dir)
+    if found is not None:
+        return found
     folder = Path(config.cache_dir or default_cache_dir()) / "prepared" / key
-    if (folder / "manifest.json").is_file():
-        try:
-            return Prepared.open(folder, access)
-        except SealsError:
-            pass  # its store was removed or replaced: prepare again
     items = items or Items.load(config)
     lineage = _lineage(config)
-    _write(folder, config, version, items, progress, _grown_from(lineage, config, items))
+    _write(folder, key, config, version, items, progress, _grown_from(lineage, config, items), shared, access)
     write_json_atomic(lineage, {"prepared": key})  # last: a crash before it leaves the old pointer
-    return Prepared.open(folder, access)
+    return Prepared.open(folder, access, config.cache_dir, shared)
 
 
 def _lineage(config: DataConfig) -> Path:
@@ -433,10 +581,10 @@ def _grown_from(lineage: Path, config: DataConfig, items: Items) -> EmbeddingSto
         return None
     try:
         key = json.loads(lineage.read_text())["prepared"]
-        previous = Prepared.open(lineage.parent.parent / str(key))
+        previous = Prepared.open(lineage.parent.parent / str(key), "rows", config.cache_dir)
     except (SealsError, OSError, ValueError, KeyError, TypeError):
         return None
-    if not previous.has_texts:
+    if not previous.has_texts or previous.store.folder.local is None:
         return None
     from seals_al.encoder import TEXT_MODEL, TEXT_MODEL_DIM
 
@@ -459,67 +607,145 @@ def _grown_from(lineage: Path, config: DataConfig, items: Items) -> EmbeddingSto
 
 
 def embeddings_path(config: DataConfig) -> Path:
-    """A local path for the configured embeddings: a gs:// store materialized in the cache, a
-    gs:// file (.npy, .parquet) downloaded, a local one as it is."""
-    uri = str(config.embeddings)
-    cache = config.cache_dir or default_cache_dir()
-    return materialize_if_published(uri, cache) or local_file(uri, cache)
+    """A local path for configured embeddings that are a file (.npy, .parquet): a gs:// one
+    downloaded, a local one as it is."""
+    return local_file(str(config.embeddings), config.cache_dir or default_cache_dir())
 
 
-def _write(
-    folder: Path, config: DataConfig, version: dict, items: Items, progress: bool, base: EmbeddingStore | None
-) -> None:
+def _store_of(
+    config: DataConfig,
+    items: Items,
+    progress: bool,
+    base: EmbeddingStore | None,
+    shared: str | None,
+    access: str,
+) -> tuple[EmbeddingStore, str]:
+    """The items' embeddings, and what the prepared folder names as their store: a store given as
+    ``embeddings`` is opened where it is (a published one by range: preparing reads its id table
+    and the evaluation split's rows, not every vector; copied here first when the process reads
+    it all anyway, ``access`` other than rows) and named by its URI; texts embedded or a file
+    imported make a store here, named by its path, or, when ``shared``, published there first so
+    other machines read it too."""
     from seals_al.embed.local import embed_texts, import_embeddings
     from seals_al.encoder import TEXT_MODEL_DIM
     from seals_al.index.build import check_factory
 
-    if config.embeddings is None:
-        check_factory(TEXT_MODEL_DIM, config.index_factory)  # a bad string fails before the embedding
-        store = embed_texts(items.ids, items.texts, cache_dir=config.cache_dir, progress=progress, base=base)
-    else:
+    if config.embeddings is not None:
+        given = config.embeddings
+        folder = open_folder(given, config.cache_dir) if is_remote(given) else None
+        if folder is not None and folder.local is None and access != "rows":
+            folder = LocalFolder(materialize(given, "an embeddings store", config.cache_dir, progress))
+        if folder is not None or Path(given.removeprefix("file://")).is_dir():
+            store = EmbeddingStore.open(folder or LocalFolder(given), access="rows")
+            store.row_ids_of(items.ids)  # every item must be in the store
+            return store, given.rstrip("/") if is_remote(given) else str(store.path.resolve())
         store = import_embeddings(
             embeddings_path(config), items.ids, cache_dir=config.cache_dir, column=config.embeddings_column
         )
+    else:
+        check_factory(TEXT_MODEL_DIM, config.index_factory)  # a bad string fails before the embedding
+        store = embed_texts(items.ids, items.texts, cache_dir=config.cache_dir, progress=progress, base=base)
+    if shared is None:
+        return store, str(store.path.resolve())
+    uri = f"{shared}/stores/{store.digest()[:24]}"
+    if remote_version(uri) is None:
+        check_target(uri, STORE_FORMAT)
+        publish(store.path, uri, STORE_FORMAT, progress)
+    return store, uri
+
+
+def _write(
+    folder: Path,
+    key: str,
+    config: DataConfig,
+    version: dict,
+    items: Items,
+    progress: bool,
+    base: EmbeddingStore | None,
+    shared: str | None,
+    access: str,
+) -> None:
+    from seals_al.index.build import check_factory
+
+    store, store_ref = _store_of(config, items, progress, base, shared, access)
     check_factory(store.dim, config.index_factory)
     row_ids = store.row_ids_of(items.ids)
-    identity = bool(np.array_equal(row_ids, np.arange(len(row_ids))))
+    n = len(row_ids)
+    # Positions: the row ids themselves when they are 0..n-1 (unique: the columns in row-id
+    # order), else the items file's order.
+    dense = bool(n and row_ids.min() == 0 and row_ids.max() == n - 1)
+    order = np.argsort(row_ids, kind="stable") if dense else np.arange(n)  # position -> file row
+
+    def at(column: Sequence[str]) -> Sequence[str]:
+        return [column[i] for i in order.tolist()] if dense else column
+
+    is_eval = items.is_eval[order]
+    positions_rows = row_ids[order]
     store_positions = store.manifest.get("row_ids") == "positions"
+    eval_items = np.flatnonzero(is_eval).astype(np.int64)
     truth = None
     with atomic_dir(folder, FORMAT) as tmp:
-        Strings.write(tmp, "ids", items.ids)
-        hashes = _hash64(items.ids)
-        order = np.argsort(hashes, kind="stable")
-        np.save(tmp / "ids.hash.npy", hashes[order])
-        np.save(tmp / "ids.order.npy", order.astype(np.int64))
+        ids = at(items.ids)
+        Strings.write(tmp, "ids", ids)
+        hashes = _hash64(ids)
+        hash_order = np.argsort(hashes, kind="stable")
+        np.save(tmp / "ids.hash.npy", hashes[hash_order])
+        np.save(tmp / "ids.hash.sample.npy", sample_of(hashes[hash_order]))
+        np.save(tmp / "ids.order.npy", hash_order.astype(np.int64))
         if items.texts is not None:
-            Strings.write(tmp, "texts", items.texts)
-        np.save(tmp / "eval.npy", items.is_eval)
-        np.save(tmp / "eval_items.npy", np.flatnonzero(items.is_eval).astype(np.int64))
+            Strings.write(tmp, "texts", at(items.texts))
+        np.save(tmp / "eval.npy", is_eval)
+        np.save(tmp / "eval_items.npy", eval_items)
+        np.save(tmp / "eval_vectors.npy", store.vectors(positions_rows[eval_items]))
         if items.truth is not None:
             values, codes = np.unique(items.truth.astype(str), return_inverse=True)
+            codes = codes[order]
             np.save(tmp / "truth.npy", codes.astype(np.int32))
-            np.save(tmp / "eval_truth.npy", codes[items.is_eval].astype(np.int32))
-            u_counts = np.bincount(codes[~items.is_eval], minlength=len(values))
+            np.save(tmp / "eval_truth.npy", codes[is_eval].astype(np.int32))
+            u_counts = np.bincount(codes[~is_eval], minlength=len(values))
             truth = {"values": values.tolist(), "u_counts": u_counts.tolist()}
-        if not identity:
+        if dense:
+            if not np.array_equal(row_ids, np.arange(n)):
+                np.save(tmp / "row_ids.npy", row_ids)  # the items file's order, for items()
+        else:
             np.save(tmp / "row_ids.npy", row_ids)
             rows_order = np.argsort(row_ids, kind="stable")
             np.save(tmp / "rows.sorted.npy", row_ids[rows_order])
+            np.save(tmp / "rows.sorted.sample.npy", sample_of(row_ids[rows_order]))
             np.save(tmp / "rows.order.npy", rows_order.astype(np.int64))
         if not store_positions:
             store_order = np.argsort(store.row_ids, kind="stable")
             np.save(tmp / "store.sorted.npy", store.row_ids[store_order])
+            np.save(tmp / "store.sorted.sample.npy", sample_of(store.row_ids[store_order]))
             np.save(tmp / "store.order.npy", store_order.astype(np.int64))
         manifest = {
             "format": FORMAT,
+            "key": key,
             "source": version,
-            "items": len(items.ids),
-            "u_items": int((~items.is_eval).sum()),
+            "items": n,
+            "u_items": int((~is_eval).sum()),
             "u_rows_sha256": rows_digest(row_ids[~items.is_eval]),
             "texts": items.texts is not None,
             "truth": truth,
-            "row_ids_are_positions": identity,
-            "store": str(store.path.resolve()),
+            "row_ids_are_positions": dense,
+            "store": store_ref,
             "store_digest": store.digest(),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    if shared is not None:
+        _share(folder, f"{shared}/prepared/{key}", progress)
+
+
+def _share(folder: Path, uri: str, progress: bool) -> None:
+    """Publish a prepared folder for other machines; a failure (no permission to write there)
+    leaves this machine's copy to use and says so: every other machine prepares it again."""
+    from google.api_core.exceptions import GoogleAPIError
+
+    try:
+        check_target(uri, FORMAT)
+        publish(folder, uri, FORMAT, progress)
+    except (SealsError, GoogleAPIError) as e:
+        print(
+            f"warning: {uri}: prepared data not published ({e}); other machines prepare it again",
+            file=sys.stderr,
+        )

@@ -1,18 +1,31 @@
 """Folders shared between tasks through object storage: an embeddings store, an index, a neighbour
-graph. Writers publish; readers materialize a local copy in a cache (docs/ARCHITECTURE.md).
+graph, prepared data. Writers publish; readers open them where they are, reading only the ranges
+they need, or materialize a local copy in a cache (docs/ARCHITECTURE.md).
 
 A folder published at a URI (``gs://bucket/prefix`` or a local path) holds its files and, written
 last, ``published.json``::
 
     {"format": "seals-published/1", "content": "seals-index/1",
-     "files": {"index.faiss": {"bytes": 1536045, "sha256": "..."}, "manifest.json": {...}}}
+     "files": {"index.faiss": {"bytes": 1536045, "sha256": "...", "generation": 17966...},
+               "ids.npy": {..., "npy": {"shape": [1000000], "dtype": "<i8", "offset": 128}}}}
 
 A reader trusts nothing that ``published.json`` does not list: a folder without it is missing or
-its writer did not finish, and either is a clear error naming the object. Materializing copies the
-listed files into ``CACHE/published/<sha256 of published.json>/``, checks every checksum, and
-moves the folder into place in one rename, so two processes filling the cache at once both end
-with one complete copy; a pod downloads each version of a folder at most once per cache (in a
-pipeline, the run's workspace). A local folder is used in place: local writers publish atomically
+its writer did not finish, and either is a clear error naming the object.
+
+Two ways to read one:
+
+- :func:`open_folder` (what a round does): the listing is read (one request) and each file is
+  read by range where it is (:mod:`seals_al.ranges`), pinned to the generation the listing
+  records, so a file replaced since it was published is an error, never another version's bytes;
+  a small file read whole is checked against its sha256. An array's header is in the listing, so
+  opening a folder of arrays costs that one request. A version this machine's cache holds
+  already is read there instead.
+- :func:`materialize` (a process that reads it all: a simulation, an index build): the listed
+  files are copied into ``CACHE/published/<sha256 of published.json>/``, every checksum checked,
+  and the folder moved into place in one rename, so two processes filling the cache at once both
+  end with one complete copy.
+
+A local folder is used in place: local writers publish atomically
 (:func:`seals_al.storage.atomic_dir`).
 """
 
@@ -27,10 +40,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
+from seals_al import ranges
+from seals_al.arrays import ACCESS, ArrayFile, npy_header, open_array
 from seals_al.errors import SealsError, shown
 from seals_al.storage import (
+    GCSStorage,
+    NotFoundError,
     check_key,
     check_replaceable,
     default_cache_dir,
@@ -54,11 +72,12 @@ def is_remote(uri: str | Path) -> bool:
 
 
 def _listing(uri: str) -> tuple[dict, bytes] | None:
-    """A remote folder's listing and its bytes; None when there is none."""
+    """A remote folder's listing and its bytes (one request); None when there is none."""
     storage = open_storage(uri)
-    if not storage.exists(LISTING):
+    try:
+        data = storage.read_bytes(LISTING, MAX_LISTING_BYTES)
+    except NotFoundError:
         return None
-    data = storage.read_bytes(LISTING, MAX_LISTING_BYTES)
     try:
         listing = json.loads(data)
     except ValueError as e:
@@ -118,22 +137,50 @@ def publish(local: Path, uri: str, content_format: str, progress: bool = True) -
     previous = _listing(uri)
     if previous is not None:  # readers see "not published", never old names with new bytes
         storage.delete(LISTING)
+    # A folder materialized from a publish holds that publish's listing: never a file of its own.
     names = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    names = [name for name in names if name != LISTING]
     files = {}
     total = sum((local / n).stat().st_size for n in names)
     with tqdm(total=total, desc=f"publish {uri}", unit="B", unit_scale=True, disable=not progress) as bar:
         for name in names:
             path = local / name
-            files[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
-            kept = previous is not None and previous[0]["files"].get(name) == files[name]
-            if not (kept and storage.exists(name)):
-                storage.upload(path, name)
-            bar.update(files[name]["bytes"])
+            entry = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+            before = previous[0]["files"].get(name, {}) if previous is not None else {}
+            same = {k: before.get(k) for k in entry} == entry
+            if same and isinstance(storage, GCSStorage):
+                try:  # kept: the object as it is now must still be those bytes
+                    generation, size = storage.generation(name)
+                except NotFoundError:
+                    generation, size = None, None
+                same = size == entry["bytes"] and before.get("generation") in (None, generation)
+                if same:
+                    entry["generation"] = generation
+            elif same:
+                same = storage.exists(name)
+            if not same:
+                generation = storage.upload(path, name)
+                if generation is not None:
+                    entry["generation"] = generation
+            files[name] = entry | _array_header(path)
+            bar.update(entry["bytes"])
     listing = {"format": FORMAT, "content": content_format, "files": files}
     storage.write_bytes(LISTING, _listing_bytes(listing))
     for stale in sorted(set(previous[0]["files"]) - set(files)) if previous else ():
         storage.delete(stale)
     return listing
+
+
+def _array_header(path: Path) -> dict:
+    """{"npy": shape, dtype and data offset} of a .npy file (so a remote reader needs no request
+    for it), {} for any other file."""
+    if path.suffix != ".npy":
+        return {}
+    try:
+        shape, dtype, offset = npy_header(path)
+    except SealsError:
+        return {}
+    return {"npy": {"shape": list(shape), "dtype": dtype.str, "offset": offset}}
 
 
 def _listing_bytes(listing: dict) -> bytes:
@@ -271,3 +318,142 @@ def output_folder(
             os.replace(local, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# -- folders read where they are -----------------------------------------------------------------
+class Folder:
+    """A folder of files to read: a local directory, or a published folder on gs:// read by range
+    (:class:`RemoteFolder`)."""
+
+    uri: str  # a local path or gs:// URI: for messages and records
+
+    def where(self, name: str) -> str:
+        return f"{self.uri.rstrip('/')}/{name}"
+
+    @property
+    def local(self) -> Path | None:
+        """The directory on this machine's disk, or None for a remote folder."""
+        return None
+
+    def has(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def source(self, name: str) -> ranges.Source:
+        """The file, for reads by range."""
+        raise NotImplementedError
+
+    def read_bytes(self, name: str) -> bytes:
+        """The whole file (a manifest, an id table); a missing one is an error naming it."""
+        raise NotImplementedError
+
+    def array(self, name: str, access: str = "rows") -> np.ndarray | ArrayFile:
+        """A .npy file opened as ``access`` says (:data:`seals_al.arrays.ACCESS`)."""
+        raise NotImplementedError
+
+
+class LocalFolder(Folder):
+    def __init__(self, path: str | Path):
+        self.path = Path(str(path).removeprefix("file://"))
+        self.uri = str(self.path)
+
+    @property
+    def local(self) -> Path:
+        return self.path
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).is_file()
+
+    def source(self, name: str) -> ranges.Source:
+        return ranges.LocalFile(self.path / name)
+
+    def read_bytes(self, name: str) -> bytes:
+        path = self.path / name
+        if not path.is_file():
+            raise SealsError(f"{path}: no such file")
+        return path.read_bytes()
+
+    def array(self, name: str, access: str = "rows") -> np.ndarray | ArrayFile:
+        return open_array(self.path / name, access)
+
+
+class RemoteFolder(Folder):
+    """A published folder on gs://, read where it is: each file by range, pinned to the
+    generation its listing records (a listing written before generations were recorded: the
+    object's metadata, read once, whose size must match the listing's)."""
+
+    def __init__(self, uri: str, listing: dict):
+        self.uri = uri.rstrip("/")
+        self.listing = listing
+        self._storage = open_storage(self.uri)
+        self._sources: dict[str, ranges.RemoteObject] = {}
+
+    def _entry(self, name: str) -> dict:
+        entry = self.listing["files"].get(name)
+        if entry is None:
+            raise SealsError(f"{self.where(name)}: not among the files {self.where(LISTING)} lists")
+        return entry
+
+    def has(self, name: str) -> bool:
+        return name in self.listing["files"]
+
+    def source(self, name: str) -> ranges.RemoteObject:
+        if name not in self._sources:
+            entry = self._entry(name)
+            storage = self._storage
+            if not isinstance(storage, GCSStorage):
+                raise SealsError(f"{self.uri}: not on object storage")
+            generation = entry.get("generation")
+            if generation is None:
+                generation, size = storage.generation(name)
+                if size != int(entry["bytes"]):
+                    raise ranges.ReplacedError(
+                        f"{self.where(name)}: {size:,} bytes, but {LISTING} lists {int(entry['bytes']):,} "
+                        "(changed since it was published); publish it again"
+                    )
+            self._sources[name] = storage.object(name, int(generation), int(entry["bytes"]))
+        return self._sources[name]
+
+    def read_bytes(self, name: str) -> bytes:
+        data = self.source(name).read(0, int(self._entry(name)["bytes"]))
+        if hashlib.sha256(data).hexdigest() != self._entry(name)["sha256"]:
+            raise ranges.ReplacedError(
+                f"{self.where(name)}: does not match its checksum in {LISTING} (changed since it "
+                "was published, or damaged); publish it again"
+            )
+        return data
+
+    def array(self, name: str, access: str = "rows") -> ArrayFile:
+        if access not in ACCESS:
+            raise SealsError(f"unknown array access {access!r}; use one of {', '.join(ACCESS)}")
+        header = self._entry(name).get("npy")
+        if header is None:  # listed before headers were: read it (one request)
+            return ArrayFile(self.source(name))
+        shape = tuple(int(n) for n in header["shape"])
+        return ArrayFile(self.source(name), (shape, np.dtype(header["dtype"]), int(header["offset"])))
+
+
+def open_folder(uri: str | Path, cache_dir: str | Path | None = None) -> Folder | None:
+    """The folder at ``uri`` to read where it is: a local folder as it is; a gs:// one as
+    published now, from this machine's cache when it holds that version (materialized earlier),
+    else remotely (:class:`RemoteFolder`). None when nothing is published at a gs:// ``uri``."""
+    if not is_remote(uri):
+        return LocalFolder(uri)
+    found = _listing(str(uri))
+    if found is None:
+        return None
+    listing, data = found
+    cached = cache_root(cache_dir) / hashlib.sha256(data).hexdigest()[:32]
+    if (cached / LISTING).is_file():
+        return LocalFolder(cached)
+    return RemoteFolder(str(uri), listing)
+
+
+def open_published(uri: str | Path, kind: str, cache_dir: str | Path | None = None) -> Folder:
+    """As :func:`open_folder`; nothing published there is an error naming ``uri``."""
+    folder = open_folder(uri, cache_dir)
+    if folder is None:
+        raise SealsError(
+            f"{uri}: not {kind}: no {LISTING} there (nothing was published, or its writer did not "
+            "finish; run the step that writes it)"
+        )
+    return folder

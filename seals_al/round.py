@@ -76,6 +76,10 @@ class Candidates(ABC):
     def save(self, storage: Storage, prefix: str) -> None:
         """Keep what the next round restores."""
 
+    @abstractmethod
+    def vectors_of(self, row_ids: np.ndarray) -> np.ndarray:
+        """The vectors of rows just selected (held in memory when the candidates have them)."""
+
 
 class SealsCandidates(Candidates):
     """The candidate pool P: the neighbours of every labeled or selected example, minus those."""
@@ -106,6 +110,9 @@ class SealsCandidates(Candidates):
 
     def save(self, storage: Storage, prefix: str) -> None:
         self.pool.save(storage, prefix, self.cache, self.marker)
+
+    def vectors_of(self, row_ids: np.ndarray) -> np.ndarray:
+        return self.pool.left_vectors(np.asarray(row_ids, np.int64).tolist())
 
 
 class GlobalCandidates(Candidates):
@@ -144,6 +151,9 @@ class GlobalCandidates(Candidates):
 
     def save(self, storage: Storage, prefix: str) -> None:
         """Nothing to keep: global candidates follow from the rows taken."""
+
+    def vectors_of(self, row_ids: np.ndarray) -> np.ndarray:
+        return self.dataset.store.vectors(np.asarray(row_ids, np.int64))
 
 
 @dataclass(frozen=True)
@@ -236,7 +246,7 @@ class RoundEngine:
         """The evaluation split's vectors and truth, read once."""
         if self._eval is None:
             dataset = self.dataset
-            self._eval = dataset.store.vectors(dataset.eval_rows), dataset.eval_truth(self.concept)
+            self._eval = dataset.eval_vectors(), dataset.eval_truth(self.concept)
         return self._eval
 
     def select(self, candidates: Candidates, model: LinearModel, want: int, r: int) -> SelectionOutcome:

@@ -83,6 +83,7 @@ def select_seals(
     ties = tiebreak_keys(ids[top], seed, round_index)
     at = np.lexsort((ties, -scores[top]))
     order_ids, order_scores, order_ties = ids[top][at].tolist(), scores[top][at].tolist(), ties[at].tolist()
+    pool.prefetch(ids[top][at][:batch_size])  # the likely picks' neighbour lists, in one batch
     # Members arriving during the batch: at most k per pick and at most every row of the store,
     # so the buffer never grows. Their tie keys are computed only when a tie needs one.
     capacity = min(batch_size * pool.k, len(pool.store))

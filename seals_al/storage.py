@@ -27,10 +27,15 @@ from contextlib import contextmanager, suppress
 from pathlib import Path, PurePosixPath
 
 from seals_al.errors import SealsError, shown
+from seals_al.ranges import RemoteObject, count_alone
 
 
 class AlreadyExistsError(SealsError):
     """A write-once key was written already."""
+
+
+class NotFoundError(SealsError):
+    """A key that was to be read is not there."""
 
 
 class ChangedError(SealsError):
@@ -228,8 +233,9 @@ class Storage(ABC):
         """Copy the object to a local file (streamed, never whole in memory); missing: an error."""
 
     @abstractmethod
-    def upload(self, path: Path, key: str) -> None:
-        """Write a local file's bytes to the key (streamed), atomically."""
+    def upload(self, path: Path, key: str) -> int | None:
+        """Write a local file's bytes to the key (streamed), atomically; returns the new object's
+        generation on GCS (None locally)."""
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -304,6 +310,8 @@ class LocalStorage(Storage):
 
     def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         path = self._path(key)
+        if not path.exists():
+            raise NotFoundError(f"{self.where(key)}: no such file")
         require_file(path, self.where(key))
         self._too_big(key, path.stat().st_size, max_bytes)
         return path.read_bytes()
@@ -404,7 +412,10 @@ class LocalStorage(Storage):
 
 
 class GCSStorage(Storage):
-    """gs://bucket/prefix through google-cloud-storage (STORAGE_EMULATOR_HOST is respected)."""
+    """gs://bucket/prefix through google-cloud-storage (STORAGE_EMULATOR_HOST is respected).
+
+    Every GET it makes is counted in :func:`seals_al.ranges.stats`, each as a batch of one; ranged
+    reads of published files go through :meth:`object` and :mod:`seals_al.ranges` instead."""
 
     def __init__(self, uri: str, client=None):
         bucket, _, prefix = uri.removeprefix("gs://").partition("/")
@@ -416,24 +427,48 @@ class GCSStorage(Storage):
         if prefix.strip("/"):
             check_key(prefix.strip("/"), uri)
         self.uri = f"gs://{bucket}/{prefix.strip('/')}".rstrip("/")
-        self._prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        self.bucket_name = bucket
+        self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self._client = client or _gcs_client()
         self._bucket = self._client.bucket(bucket)
 
-    def _blob(self, key: str):
-        return self._bucket.blob(self._prefix + check_key(key, self.uri))
+    def _blob(self, key: str, generation: int | None = None):
+        return self._bucket.blob(self.prefix + check_key(key, self.uri), generation=generation)
+
+    def _metadata(self, key: str):
+        """The object's metadata (one GET), or None when it is not there."""
+        blob = self._bucket.get_blob(self.prefix + check_key(key, self.uri))
+        count_alone(0)
+        return blob
+
+    def object(self, key: str, generation: int, size: int) -> RemoteObject:
+        """One generation of an object, for ranged reads (:mod:`seals_al.ranges`)."""
+        return RemoteObject(self.bucket_name, self.prefix + check_key(key, self.uri), generation, size)
+
+    def generation(self, key: str) -> tuple[int, int]:
+        """(generation, size) of the object as it is now; a missing key is an error."""
+        blob = self._metadata(key)
+        if blob is None:
+            raise NotFoundError(f"{self.where(key)}: no such object")
+        return int(blob.generation), int(blob.size or 0)
 
     def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
-        from google.api_core.exceptions import NotFound
+        from google.api_core.exceptions import NotFound, RequestRangeNotSatisfiable
 
-        blob = self._bucket.get_blob(self._prefix + check_key(key, self.uri))
-        if blob is None:
-            raise SealsError(f"{self.where(key)}: no such object")
-        self._too_big(key, int(blob.size or 0), max_bytes)
+        # One GET: with a limit, only up to one byte past it is asked for.
+        start = None if max_bytes is None else 0
         try:
-            return blob.download_as_bytes()
+            data = self._blob(key).download_as_bytes(start=start, end=max_bytes, raw_download=True)
         except NotFound as e:
-            raise SealsError(f"{self.where(key)}: no such object") from e
+            count_alone(0)
+            raise NotFoundError(f"{self.where(key)}: no such object") from e
+        except RequestRangeNotSatisfiable:  # a byte range of an empty object
+            data = b""
+        count_alone(len(data))
+        if max_bytes is not None and len(data) > max_bytes:
+            blob = self._metadata(key)  # the size, for the message
+            self._too_big(key, int(blob.size) if blob is not None else len(data), max_bytes)
+        return data
 
     def write_bytes(self, key: str, data: bytes, *, once: bool = False) -> None:
         from google.api_core.exceptions import PreconditionFailed
@@ -449,13 +484,19 @@ class GCSStorage(Storage):
         try:
             self._blob(key).download_to_filename(str(path))
         except NotFound as e:
-            raise SealsError(f"{self.where(key)}: no such object") from e
+            count_alone(0)
+            raise NotFoundError(f"{self.where(key)}: no such object") from e
+        count_alone(path.stat().st_size)
 
-    def upload(self, path: Path, key: str) -> None:
-        self._blob(key).upload_from_filename(str(path))  # one object: all or nothing
+    def upload(self, path: Path, key: str) -> int | None:
+        blob = self._blob(key)
+        blob.upload_from_filename(str(path))  # one object: all or nothing
+        return None if blob.generation is None else int(blob.generation)
 
     def exists(self, key: str) -> bool:
-        return self._blob(key).exists()
+        exists = self._blob(key).exists()
+        count_alone(0)
+        return exists
 
     def delete(self, key: str) -> None:
         from google.api_core.exceptions import NotFound
@@ -464,24 +505,26 @@ class GCSStorage(Storage):
             self._blob(key).delete()
 
     def version(self, key: str) -> str:
-        blob = self._bucket.get_blob(self._prefix + check_key(key, self.uri))
+        blob = self._metadata(key)
         if blob is None:
-            raise SealsError(f"{self.where(key)}: no such object")
+            raise NotFoundError(f"{self.where(key)}: no such object")
         return f"generation {blob.generation}, {blob.size} bytes"
 
     # Compare-and-swap on GCS: a token is the object's generation, and every conditional call
     # carries if_generation_match, which GCS checks atomically.
     def read_versioned(self, key: str) -> tuple[bytes, str]:
-        from google.api_core.exceptions import NotFound, PreconditionFailed
+        from google.api_core.exceptions import NotFound
 
-        blob = self._bucket.get_blob(self._prefix + check_key(key, self.uri))
-        if blob is None:
-            raise SealsError(f"{self.where(key)}: no such object")
-        try:
-            generation = blob.generation  # before the download, which may reset it
-            return blob.download_as_bytes(if_generation_match=generation), str(generation)
-        except (NotFound, PreconditionFailed) as e:
-            raise ChangedError(f"{self.where(key)}: changed while it was read") from e
+        blob = self._blob(key)
+        try:  # one GET: the generation comes back with the bytes, so the two always agree
+            data = blob.download_as_bytes(raw_download=True)
+        except NotFound as e:
+            count_alone(0)
+            raise NotFoundError(f"{self.where(key)}: no such object") from e
+        count_alone(len(data))
+        if blob.generation is None:  # GCS sends x-goog-generation; an emulator might not
+            raise SealsError(f"{self.where(key)}: the server named no generation for the object")
+        return data, str(blob.generation)
 
     def replace_if(self, key: str, data: bytes, token: str) -> str:
         from google.api_core.exceptions import NotFound, PreconditionFailed
@@ -493,6 +536,7 @@ class GCSStorage(Storage):
             raise ChangedError(f"{self.where(key)}: changed since it was read") from e
         if blob.generation is None:  # GCS returns it with the upload; an emulator may not
             blob.reload()
+            count_alone(0)
         return str(blob.generation)
 
     def delete_if(self, key: str, token: str) -> None:
@@ -504,9 +548,12 @@ class GCSStorage(Storage):
             raise ChangedError(f"{self.where(key)}: changed since it was read") from e
 
     def list(self, prefix: str = "") -> list[str]:
-        start = self._prefix + (check_key(prefix, self.uri).rstrip("/") + "/" if prefix else "")
-        names = (blob.name for blob in self._client.list_blobs(self._bucket, prefix=start))
-        return sorted(name[len(self._prefix) :] for name in names)
+        start = self.prefix + (check_key(prefix, self.uri).rstrip("/") + "/" if prefix else "")
+        names = []
+        for page in self._client.list_blobs(self._bucket, prefix=start).pages:
+            count_alone(0)
+            names += [blob.name for blob in page]
+        return sorted(name[len(self.prefix) :] for name in names)
 
 
 def _gcs_client():

@@ -9,7 +9,8 @@ A store is a directory::
 
 Row ids are global and stable: the faiss index and the candidate pool are keyed by them, never by
 a position inside a shard. A store is written into a temporary sibling directory and published
-with one ``os.replace``, so a reader never sees half a store.
+with one ``os.replace``, so a reader never sees half a store. A store is read where it is: a
+local folder, or a published folder on gs:// read by range (:mod:`seals_al.published`).
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from seals_al.arrays import ACCESS, ArrayFile, open_array, search_sorted, sorted_unique, sparse_sample
+from seals_al.arrays import ACCESS, ArrayFile, gather, search_sorted, sorted_unique, sparse_sample
 from seals_al.errors import SealsError, shown
-from seals_al.storage import atomic_dir, check_replaceable, file_sha256, read_manifest
+from seals_al.published import Folder, LocalFolder
+from seals_al.storage import atomic_dir, check_replaceable, file_sha256, parse_manifest
 
 FORMAT = "seals-embeddings/1"
 MANIFEST = "manifest.json"
@@ -159,6 +161,54 @@ class StoreWriter:
         self._ids.extend(ids)
         self._row_ids.append(np.asarray(row_ids, dtype=np.int64))
 
+    def add_scattered(
+        self,
+        ids: Sequence[str],
+        row_ids: np.ndarray,
+        parts: Iterable[tuple[np.ndarray, np.ndarray]],
+        shard_rows: int,
+    ) -> None:
+        """Append shards that hold ``ids`` in this order (with ``row_ids``), whose vectors come in
+        parts in any order, each (positions among ``ids``, vectors): every part is written where
+        its rows go, one part in memory at a time. Workers that embed in any order thus still
+        give a store whose rows are in the order asked for (row id order: no lookup to find a
+        row). Every position must come exactly once."""
+        n, first_shard = len(ids), len(self._shards)
+        if len(row_ids) != n:
+            raise SealsError(f"{self.out_dir}: {len(row_ids)} row ids for {n} ids")
+        starts = list(range(0, n, shard_rows))
+        names = [f"shard-{first_shard + i:05d}.npy" for i in range(len(starts))]
+        files = [
+            np.lib.format.open_memmap(
+                self._tmp / name, mode="w+", dtype=np.float32, shape=(min(shard_rows, n - start), self.dim)
+            )
+            for name, start in zip(names, starts, strict=True)
+        ]
+        written = np.zeros(n, bool)
+        for positions, vectors in parts:
+            positions = np.asarray(positions, np.int64)
+            vectors = np.asarray(vectors, np.float32)
+            if vectors.shape != (len(positions), self.dim):
+                raise SealsError(
+                    f"{self.out_dir}: a part of {len(positions)} rows has vectors of shape {vectors.shape}"
+                )
+            if len(positions) and (positions.min() < 0 or positions.max() >= n or written[positions].any()):
+                raise SealsError(f"{self.out_dir}: a part's rows are outside 0..{n - 1} or came twice")
+            written[positions] = True
+            shard = positions // shard_rows
+            for s in np.unique(shard).tolist():
+                mask = shard == s
+                files[s][positions[mask] - s * shard_rows] = vectors[mask]
+        if not written.all():
+            missing = int(np.flatnonzero(~written)[0])
+            raise SealsError(f"{self.out_dir}: no vector came for id {shown(ids[missing])}")
+        for name, array in zip(names, files, strict=True):
+            array.flush()
+            self._shards.append({"path": name, "rows": len(array), "sha256": file_sha256(self._tmp / name)})
+        del files
+        self._ids.extend(ids)
+        self._row_ids.append(np.asarray(row_ids, dtype=np.int64))
+
     def add_store(self, base: EmbeddingStore) -> None:
         """Take every shard of an existing store first, hard-linked (copied where a link cannot
         be made), with its ids and row ids: appending to a store writes only the new shards, and
@@ -231,6 +281,7 @@ class RowLookup:
     neighbour graph and the prepared columns."""
 
     _sample: np.ndarray | None = None  # a sorted array on disk: its sparse sample, once read
+    _excluded: np.ndarray | None = None  # complement(): the rows of 0..n-1 that are not there
 
     def __init__(self, row_ids: np.ndarray, where: str | Path, unknown: str = "unknown row id {}"):
         order = None  # None: the ids are sorted already (a graph's rows)
@@ -254,12 +305,27 @@ class RowLookup:
         order: np.ndarray | ArrayFile | None,
         where: str | Path,
         unknown: str = "unknown row id {}",
+        sample: np.ndarray | None = None,
     ) -> RowLookup:
         """A lookup from ids known to be sorted (``order``: their positions, None when the sorted
         ids are the positions' own order), such as a graph's rows or a prepared data set's
-        columns: nothing is read to check them, so opening costs O(1)."""
+        columns: nothing is read to check them, so opening costs O(1). ``sample``: the sorted
+        ids' sparse sample when it was published beside them (else read on first use)."""
         lookup = cls.__new__(cls)
         lookup._setup(sorted_ids, order, where, unknown)
+        lookup._sample = sample
+        return lookup
+
+    @classmethod
+    def complement(
+        cls, n: int, excluded: np.ndarray, where: str | Path, unknown: str = "unknown row id {}"
+    ) -> RowLookup:
+        """The lookup of the rows 0..n-1 but ``excluded`` (sorted), in order: a row's position is
+        the row id less the excluded ones before it; nothing on disk is read."""
+        lookup = cls.__new__(cls)
+        lookup.where, lookup.unknown, lookup._n = where, unknown, n
+        lookup._order, lookup._sorted, lookup._dense, lookup._permutation = None, None, False, False
+        lookup._excluded = np.asarray(excluded, np.int64)
         return lookup
 
     @classmethod
@@ -273,6 +339,15 @@ class RowLookup:
     def __call__(self, row_ids: np.ndarray) -> np.ndarray:
         """Positions of the given row ids, in the order asked."""
         row_ids = np.asarray(row_ids, dtype=np.int64)
+        if self._excluded is not None:
+            before = np.searchsorted(self._excluded, row_ids)
+            hit = np.minimum(before, max(len(self._excluded) - 1, 0))
+            bad = (row_ids < 0) | (row_ids >= self._n)
+            if len(self._excluded):
+                bad |= self._excluded[hit] == row_ids
+            if bad.any():
+                raise SealsError(f"{self.where}: {self.unknown.format(int(row_ids[np.flatnonzero(bad)[0]]))}")
+            return row_ids - before
         if self._dense or self._permutation:
             if row_ids.size and (row_ids.min() < 0 or row_ids.max() >= self._n):
                 bad = int(row_ids[np.flatnonzero((row_ids < 0) | (row_ids >= self._n))[0]])
@@ -281,7 +356,7 @@ class RowLookup:
         if self._sample is None and isinstance(self._sorted, ArrayFile):
             self._sample = sparse_sample(self._sorted)
         at = np.minimum(search_sorted(self._sorted, row_ids, self._sample), max(self._n - 1, 0))
-        missing = self._sorted[at] != row_ids if self._n else np.ones(len(row_ids), bool)
+        missing = np.asarray(self._sorted[at]) != row_ids if self._n else np.ones(len(row_ids), bool)
         if missing.any():
             bad = int(row_ids[np.flatnonzero(missing)[0]])
             raise SealsError(f"{self.where}: {self.unknown.format(bad)}")
@@ -303,22 +378,25 @@ def _write_id_table(path: Path, ids: Sequence[str], row_ids: np.ndarray) -> None
 
 class EmbeddingStore:
     """Read access to a store by global row id; its shards read by rows, memory-mapped or read
-    into RAM (``access``, :data:`seals_al.arrays.ACCESS`).
+    into RAM (``access``, :data:`seals_al.arrays.ACCESS`), locally or (by rows) on gs://.
 
     Opening reads the manifest and the shards' headers, nothing more: the id table is read on first
     use of :attr:`ids` or :attr:`row_ids`, and a store whose row ids are its positions (what
-    embedding and importing write) is looked up without it.
+    embedding and importing write) is looked up without it. Rows a process already holds (a
+    campaign's labeled examples, read back with its round) can be handed to :meth:`remember`:
+    they are then served from memory, not read again.
     """
 
     def __init__(
         self,
-        path: Path,
+        folder: Folder,
         manifest: dict,
-        shards: list[np.ndarray],
+        shards: list[np.ndarray | ArrayFile],
         mapped: bool = True,
         lookup: RowLookup | None = None,
     ):
-        self.path = path
+        self.folder = folder
+        self.uri = folder.uri
         self.manifest = manifest
         self.dim = int(manifest["dim"])
         self._shards = shards
@@ -326,16 +404,18 @@ class EmbeddingStore:
         self._offsets = np.cumsum([0] + [s.shape[0] for s in shards])
         self._count = int(self._offsets[-1])
         if lookup is None and manifest.get("row_ids") == "positions":
-            lookup = RowLookup.positions(self._count, path)
+            lookup = RowLookup.positions(self._count, self.uri)
         self._lookup = lookup
         self._ids: list[str] | None = None
         self._row_ids: np.ndarray | None = None
         self._by_external: dict[str, int] | None = None
+        self._known_positions = np.empty(0, np.int64)  # sorted; rows held in memory (remember)
+        self._known_vectors = np.empty((0, self.dim), np.float32)
 
     @classmethod
     def open(
         cls,
-        path: str | Path,
+        path: str | Path | Folder,
         verify: bool = False,
         in_memory: bool = False,
         lookup: RowLookup | None = None,
@@ -344,48 +424,77 @@ class EmbeddingStore:
         """Open a store.
 
         Args:
-            path: the store directory.
-            verify: also check every shard's sha256 against the manifest.
+            path: the store directory, or a folder (:func:`seals_al.published.open_folder`: a
+                published store on gs:// is read by range).
+            verify: also check every shard's sha256 against the manifest (a local store).
             in_memory: copy the shards into one array in RAM (a gather is then one fancy index,
                 and no page of it can be evicted: for benchmarks that time reads in RAM).
             lookup: where each row id is stored, when the caller has it prepared (a store whose
                 row ids are not its positions); default: from the id table when first needed.
             access: how shards are read (:data:`seals_al.arrays.ACCESS`): ``rows`` reads just the
                 rows asked for (a one-round process), ``mapped`` maps them (a long-lived one),
-                ``ram`` maps them with every page read in at once.
+                ``ram`` maps them with every page read in at once. A remote store is read by rows.
         """
-        path = Path(path)
-        manifest = read_manifest(path, FORMAT, "an embeddings store")
+        folder = path if isinstance(path, Folder) else LocalFolder(path)
+        if not folder.has(MANIFEST):
+            raise SealsError(f"{folder.uri}: not an embeddings store (no {MANIFEST})")
+        manifest = parse_manifest(folder.read_bytes(MANIFEST), folder.where(MANIFEST), FORMAT)
         if access not in ACCESS:
             raise SealsError(f"unknown store access {access!r}; use one of {', '.join(ACCESS)}")
         shards = []
         for shard in manifest["shards"]:
-            if verify and file_sha256(path / shard["path"]) != shard["sha256"]:
-                raise SealsError(f"{path / shard['path']}: checksum does not match the manifest")
-            array = open_array(path / shard["path"], "mapped" if in_memory else access)
+            where = folder.where(shard["path"])
+            if (
+                verify
+                and folder.local is not None
+                and file_sha256(folder.local / shard["path"]) != shard["sha256"]
+            ):
+                raise SealsError(f"{where}: checksum does not match the manifest")
+            array = folder.array(shard["path"], "mapped" if in_memory else access)
             if array.dtype != np.float32 or array.ndim != 2 or array.shape[1] != manifest["dim"]:
                 raise SealsError(
-                    f"{path / shard['path']}: expected float32 [rows, {manifest['dim']}], "
-                    f"found {array.dtype} {array.shape}"
+                    f"{where}: expected float32 [rows, {manifest['dim']}], found {array.dtype} {array.shape}"
                 )
             shards.append(array)
         if sum(s.shape[0] for s in shards) != manifest["count"]:
-            raise SealsError(f"{path}: shard rows and manifest count disagree")
+            raise SealsError(f"{folder.uri}: shard rows and manifest count disagree")
         if in_memory:  # one contiguous array: a gather is a single fancy index, whatever the shards
             whole = np.empty((manifest["count"], manifest["dim"]), np.float32)
             start = 0
             for array in shards:
-                whole[start : start + len(array)] = array
+                whole[start : start + len(array)] = array[:]
                 start += len(array)
             shards = [whole]
-        return cls(path, manifest, shards, mapped=not in_memory, lookup=lookup)
+        return cls(folder, manifest, shards, mapped=not in_memory, lookup=lookup)
+
+    def local_copy(self, cache_dir: str | Path | None = None, progress: bool = True) -> EmbeddingStore:
+        """This store on this machine's disk, memory-mapped, for reading every row (an index or a
+        graph build): itself when it is local, else its published version copied into the cache
+        first (:func:`seals_al.published.materialize`)."""
+        if self.folder.local is not None:
+            return self
+        from seals_al.published import materialize
+
+        path = materialize(self.uri, "an embeddings store", cache_dir, progress)
+        return EmbeddingStore.open(path, lookup=self._lookup, access="mapped")
+
+    @property
+    def path(self) -> Path:
+        """The store's directory on this machine (a store read on gs:// has none)."""
+        if self.folder.local is None:
+            raise SealsError(f"{self.uri}: read where it is published, not from a local folder")
+        return self.folder.local
 
     def _id_table(self, column: str):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(self.path / self.manifest.get("id_table", ID_TABLE), columns=[column])
+        name = self.manifest.get("id_table", ID_TABLE)
+        local = self.folder.local
+        source = local / name if local is not None else pa.BufferReader(self.folder.read_bytes(name))
+        table = pq.read_table(source, columns=[column])
         if table.num_rows != self._count:
-            raise SealsError(f"{self.path}: id table and manifest count disagree")
+            raise SealsError(f"{self.uri}: id table and manifest count disagree")
         return table.column(column)
 
     @property
@@ -412,7 +521,7 @@ class EmbeddingStore:
     def positions(self, row_ids: np.ndarray) -> np.ndarray:
         """Storage positions of global row ids; an unknown row id is an error naming the store."""
         if self._lookup is None:
-            self._lookup = RowLookup(self.row_ids, self.path)
+            self._lookup = RowLookup(self.row_ids, self.uri)
         return self._lookup(row_ids)
 
     @property
@@ -430,7 +539,7 @@ class EmbeddingStore:
         out = np.empty(len(external_ids), dtype=np.int64)
         for i, e in enumerate(external_ids):
             if e not in self._by_external:
-                raise SealsError(f"{self.path}: unknown id {shown(e)}")
+                raise SealsError(f"{self.uri}: unknown id {shown(e)}")
             out[i] = self._by_external[e]
         return out
 
@@ -442,20 +551,51 @@ class EmbeddingStore:
         """Gather the vectors of global row ids into a new float32 array, in the order asked."""
         return self.vectors_at(self.positions(row_ids))
 
+    def remember(self, row_ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Hold these rows' vectors in memory: later gathers take them from here, not from the
+        shards (a campaign hands over the vectors its last round saved)."""
+        positions = self.positions(np.asarray(row_ids, dtype=np.int64))
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(positions), self.dim):
+            raise SealsError(f"{self.uri}: {vectors.shape} vectors for {len(positions)} rows of {self.dim}-d")
+        merged = np.concatenate([self._known_positions, positions])
+        stacked = np.concatenate([self._known_vectors, vectors])
+        keep = np.unique(merged, return_index=True)[1]  # sorted, each position once
+        self._known_positions, self._known_vectors = merged[keep], stacked[keep]
+
     def vectors_at(self, positions: np.ndarray) -> np.ndarray:
-        """Gather vectors by storage position (0..len-1)."""
+        """Gather vectors by storage position (0..len-1); on disk or gs://, every shard's rows in
+        one batch of reads."""
         positions = np.asarray(positions, dtype=np.int64)
         if not self._mapped:  # in RAM: one array, one fancy index
             return self._shards[0][positions]
         out = np.empty((len(positions), self.dim), dtype=np.float32)
-        if len(self._shards) == 1:
-            order = np.argsort(positions, kind="stable")  # sequential reads from the memory map
+        wanted = np.ones(len(positions), bool)
+        if len(self._known_positions) and len(positions):
+            at = np.minimum(np.searchsorted(self._known_positions, positions), len(self._known_positions) - 1)
+            held = self._known_positions[at] == positions
+            out[held] = self._known_vectors[at[held]]
+            wanted = ~held
+        if not wanted.any():
+            return out
+        if len(self._shards) == 1 and not isinstance(self._shards[0], ArrayFile):
+            at = np.flatnonzero(wanted)
+            order = at[np.argsort(positions[at], kind="stable")]  # sequential reads from the map
             out[order] = self._shards[0][positions[order]]
             return out
-        shard_of = np.searchsorted(self._offsets, positions, side="right") - 1
-        for s in np.unique(shard_of):
-            mask = shard_of == s
-            out[mask] = self._shards[s][positions[mask] - self._offsets[s]]
+        at = np.flatnonzero(wanted)
+        shard_of = np.searchsorted(self._offsets, positions[at], side="right") - 1
+        on_disk, groups = [], []
+        for s in np.unique(shard_of).tolist():
+            mask = at[shard_of == s]
+            rows = positions[mask] - self._offsets[s]
+            if isinstance(self._shards[s], ArrayFile):
+                on_disk.append((self._shards[s], rows))
+                groups.append(mask)
+            else:
+                out[mask] = self._shards[s][rows]
+        for mask, rows in zip(groups, gather(on_disk), strict=True):
+            out[mask] = rows
         return out
 
     @property
@@ -468,7 +608,7 @@ class EmbeddingStore:
         (nothing copied) when it is memory-mapped or in RAM."""
         s = int(np.searchsorted(self._offsets, start, side="right")) - 1
         if not 0 <= start <= stop <= self._offsets[min(s + 1, len(self._offsets) - 1)]:
-            raise SealsError(f"{self.path}: rows {start}..{stop} are not inside one shard")
+            raise SealsError(f"{self.uri}: rows {start}..{stop} are not inside one shard")
         base = int(self._offsets[s])
         return self._shards[s][start - base : stop - base]
 
@@ -482,6 +622,6 @@ class EmbeddingStore:
                 yield start, self._shards[0][start : start + chunk_rows]
             return
         for s, shard in enumerate(self.manifest["shards"]):
-            reader = ArrayFile(self.path / shard["path"])
+            reader = self.folder.array(shard["path"], "rows")
             for start in range(0, len(reader), chunk_rows):
                 yield int(self._offsets[s]) + start, reader.read(start, start + chunk_rows)

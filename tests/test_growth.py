@@ -70,7 +70,7 @@ def test_only_new_items_are_embedded_and_appended_after_the_old_rows(grown, tmp_
     np.testing.assert_allclose(
         new.vectors(new.row_ids_of(ids)), whole.vectors(whole.row_ids_of(ids)), atol=1e-5
     )
-    assert prepare(config, progress=False).folder == after.folder, "prepared once per version"
+    assert prepare(config, progress=False).key == after.key, "prepared once per version"
 
 
 def test_what_changed_since_a_version_is_counted_by_id_or_else_from_the_append(grown):
@@ -80,7 +80,7 @@ def test_what_changed_since_a_version_is_counted_by_id_or_else_from_the_append(g
     after = prepare(config, progress=False)
     assert after.changes_since(after.key, after.store.digest()) == (0, 0)
     assert after.changes_since(before.key, before.store.digest()) == (12, 0), "counted by id"
-    shutil.rmtree(before.folder)  # prepared on another machine, or pruned: the store's own record
+    shutil.rmtree(before.folder.local)  # prepared on another machine, or pruned: the store's own record
     assert after.changes_since(before.key, before.store.digest()) == (12, 0)
     assert after.changes_since(before.key, "another store") is None, "not known here"
 
@@ -134,7 +134,7 @@ def test_a_crash_mid_append_leaves_the_previous_version_and_the_next_run_complet
     assert killed.returncode == 137, killed.stderr
     stores = [p for p in (tmp_path / "cache" / "embeddings").iterdir() if not p.name.startswith(".")]
     assert [p.name for p in stores] == [before.store.path.name], "only the previous store is published"
-    assert before.store.digest() == type(before).open(before.folder).store.digest(), "intact"
+    assert before.store.digest() == type(before).open(before.folder.local).store.digest(), "intact"
     after = prepare(config, progress=False)
     assert len(after.store) == 52
     assert after.store.manifest["extra"]["appended"] == 12

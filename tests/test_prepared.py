@@ -274,11 +274,11 @@ def test_items_on_gcs_are_prepared_once_per_object_generation(tmp_path, gcs_emul
     bucket.write_bytes("items.csv", original)
     data = replace(config.dataset, data=f"gs://{BUCKET}/prepared-test/items.csv")
     first = Dataset.prepare(data, progress=False)
-    assert Dataset.prepare(data, progress=False).prepared.folder == first.prepared.folder
+    assert Dataset.prepare(data, progress=False).prepared.key == first.prepared.key
     assert first.row_ids_of(["id-00002"]).tolist() == [2]
     bucket.write_bytes("items.csv", original.replace(b"text of 2 ", b"new text of 2 "))
     second = Dataset.prepare(data, progress=False)
-    assert second.prepared.folder != first.prepared.folder
+    assert second.prepared.key != first.prepared.key
     assert second.texts_of(np.asarray([2])) == ["new text of 2 \u00e9"]
 
 

@@ -15,8 +15,16 @@ rounds/NNN/                   written by one round, committed by COMMITTED, writ
     data.json                 the data version the round ran on: items, tombstoned, index rows
     to_label.jsonl            the batch: id, text, score, strategy, round, rank, why it was picked
     to_label.labelstudio.json the batch as Label Studio tasks
+    examples.npz              the ids, row ids and vectors of every example labeled or out for
+                              labeling, for the data version in data.json: the next round's
+                              stages take them from here instead of looking each one up
     pool/pool.npz, pool.json  the candidate pool after selection (SEALS mode)
+    pool/vectors.npy          its members' vectors, so a stage on any machine restores the pool
+                              in one read (kept for the last two rounds: it is derived data)
 reports/                      rejection reports of label files
+derived/                      what a campaign on gs:// builds from U for its tasks on other
+                              machines, when the data has no published store to keep it beside:
+                              prepared data, an embedded or imported store, neighbour graphs
 labelstudio.json              the Label Studio project and every task pushed (seals_al.labelstudio)
 LOCK                          held while a stage runs
 """
@@ -31,6 +39,7 @@ CONFIG = "campaign.json"
 SEED = "seed"
 LOCK = "LOCK"
 ROUNDS = "rounds"
+DERIVED = "derived"
 MAX_CONFIG_BYTES = 1 << 20
 
 
@@ -91,6 +100,10 @@ class RoundKeys:
     @property
     def pool(self) -> str:
         return f"{self.dir}/pool"
+
+    @property
+    def examples(self) -> str:
+        return f"{self.dir}/examples.npz"
 
     @property
     def committed(self) -> str:

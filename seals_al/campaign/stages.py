@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from seals_al.campaign import examples
 from seals_al.campaign.config import CampaignConfig
-from seals_al.campaign.layout import CONFIG, MAX_CONFIG_BYTES
+from seals_al.campaign.layout import CONFIG, DERIVED, MAX_CONFIG_BYTES
 from seals_al.campaign.lease import Lease
 from seals_al.campaign.state import Oversized, State, StateReader, jsonl_rows, report_key, sha256
 from seals_al.errors import SealsError, shown
@@ -75,12 +76,28 @@ class Campaign(StateReader):
     # -- what the stages read ----------------------------------------------------------------
     def dataset(self) -> Dataset:
         """The prepared items and embeddings (prepared on first use by any campaign or run over
-        the same data version): each stage reads only the ids, rows and texts it needs."""
+        the same data version, on any machine when the data is on gs://): each stage reads only
+        the ids, rows and texts it needs."""
         if self._dataset is None:
             from seals_al.dataset import Dataset
+            from seals_al.published import is_remote
 
-            self._dataset = Dataset.prepare(self.config.dataset, progress=self.progress)
+            derived = self.storage.where(DERIVED) if is_remote(self.storage.uri) else None
+            self._dataset = Dataset.prepare(self.config.dataset, progress=self.progress, derived=derived)
         return self._dataset
+
+    def _remember(self, state: State) -> None:
+        """Hand the dataset the examples the last round saved (ids, row ids, vectors), when they
+        are of the data version in use: the stage then reads none of them again."""
+        if state.round < 0 or not self.storage.exists(self.keys(state.round).data):
+            return
+        dataset = self.dataset()
+        data = self.storage.read_json(self.keys(state.round).data)
+        if (data.get("version"), data.get("store")) != (dataset.prepared.key, dataset.store.digest()):
+            return
+        saved = examples.load(self.storage, self.keys(state.round).examples)
+        if saved is not None:
+            dataset.remember(*saved)
 
     def engine(self) -> RoundEngine:
         if self._engine is None:
@@ -152,7 +169,8 @@ class Campaign(StateReader):
             (the labeled set after these files, the relabels, the ingested-files list).
         """
         dataset = self.dataset()
-        self._check_items_kept(state)
+        if not self._same_data(state):
+            self._check_items_kept(state)
         # Seeds may be any item of U (never of the evaluation split); later labels, the open batch.
         in_u = dataset.id_set(in_u=True)
         # After round 0, the open batch; and a tombstoned id, whose late label is kept in the history.
@@ -198,6 +216,18 @@ class Campaign(StateReader):
                 labeled[item_id] = {"id": item_id, "label": new, "round": r, "source": key}
             ingested.append({"file": key, "sha256": result.sha256, "round": r, "report": result.report()})
         return labeled, relabels, ingested
+
+    def _same_data(self, state: State) -> bool:
+        """Whether the data version in use is the one the last round ran on (then every item it
+        labeled or sent out is still there, and nothing needs looking up to know it)."""
+        if state.round < 0 or not self.storage.exists(self.keys(state.round).data):
+            return False
+        before = self.storage.read_json(self.keys(state.round).data)
+        dataset = self.dataset()
+        return (before.get("version"), before.get("removed")) == (
+            dataset.prepared.key,
+            len(dataset.removed_items),
+        )
 
     def _check_items_kept(self, state: State) -> None:
         """The items may change between rounds (a new data version is prepared), but every item the
@@ -247,6 +277,7 @@ class Campaign(StateReader):
     def _train_stage(self, state: State) -> dict:
         r, labeled, digest = self._staged("train", state)
         engine = self.engine()
+        self._remember(state)
         ids = self._training_ids(labeled)
         y = np.asarray([labeled[i]["label"] for i in ids])
         model = engine.train(engine.dataset.row_ids_of(ids), y)
@@ -274,6 +305,7 @@ class Campaign(StateReader):
             )
         evaluation = self.storage.read_json(keys.evaluation)
         evaluation.pop("round")
+        self._remember(state)
         # The candidates: the pool as the last round left it, or fresh; then everything taken since
         # (the newly labeled examples, and examples still out for labeling) leaves them.
         examples = {*state.labeled, *(row["id"] for row in state.batch)}  # expanded when last saved
@@ -300,12 +332,32 @@ class Campaign(StateReader):
         want = max(0, min(self.config.learning.batch_size - len(carried), budget))
         model = LinearModel.from_json(saved)
         outcome = engine.select(candidates, model, want, r)
-        batch = carried + self._batch_rows(outcome.selection, model, r)
+        batch = carried + self._batch_rows(outcome.selection, model, r, candidates)
         record = engine.record(r, Evaluation(**evaluation), outcome, len(batch), queries)
         data, changes = self._data_record(state)
         record = replace(record, **changes)
-        self._publish(r, record, batch, candidates, data)
+        self._publish(
+            r, record, batch, candidates, data, self._examples(labeled, batch, outcome.selection, candidates)
+        )
         return record.to_json()
+
+    def _examples(
+        self, labeled: dict[str, dict], batch: list[dict], selection: Selection, candidates: Candidates
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(ids, row ids, vectors) of every example labeled or out for labeling after this round,
+        for the next round to take instead of looking them up: the picks' vectors are the ones
+        selection scored; the others this stage holds already, or reads."""
+        dataset = self.dataset()
+        picked = {p.row_id for p in selection.picks}
+        ids = sorted({*labeled, *(row["id"] for row in batch)} - dataset.removed_ids)
+        rows = dataset.row_ids_of(ids)
+        vectors = np.empty((len(ids), dataset.store.dim), np.float32)
+        mine = np.asarray([r in picked for r in rows.tolist()], bool)
+        if mine.any():
+            vectors[mine] = candidates.vectors_of(rows[mine])
+        if (~mine).any():
+            vectors[~mine] = dataset.store.vectors(rows[~mine])
+        return ids, rows, vectors
 
     def _data_record(self, state: State) -> tuple[dict, dict]:
         """This round's data.json, and what the round record gains from it: nothing while the
@@ -333,17 +385,19 @@ class Campaign(StateReader):
         removed = None if gone is None else max(0, gone + data["removed"] - int(before["removed"]))
         return data, {"items_added": added, "items_removed": removed, "index_rows": prepared.u_count}
 
-    def _batch_rows(self, selection: Selection, model: LinearModel, r: int) -> list[dict]:
+    def _batch_rows(
+        self, selection: Selection, model: LinearModel, r: int, candidates: Candidates
+    ) -> list[dict]:
         """The picks as rows for labelers: external id, text, score, the model's probability that
         it is the concept, and why each was picked."""
         dataset = self.dataset()
         picked = np.asarray([p.row_id for p in selection.picks], dtype=np.int64)
-        external, texts = dataset.external_ids(picked), dataset.texts_of(picked)
-        probabilities = model.predict_proba(dataset.store.vectors(picked)) if len(picked) else []
         sources = sorted({p.reached_from for p in selection.picks if p.reached_from is not None})
-        source_ids = dict(
-            zip(sources, dataset.external_ids(np.asarray(sources, dtype=np.int64)), strict=True)
-        )
+        # Every id and text at once: two round trips on object storage.
+        named, texts = dataset.ids_and_texts(np.concatenate([picked, np.asarray(sources, np.int64)]), picked)
+        external = named[: len(picked)]
+        probabilities = model.predict_proba(candidates.vectors_of(picked)) if len(picked) else []
+        source_ids = dict(zip(sources, named[len(picked) :], strict=True))
         return [
             {
                 "id": item,
@@ -362,12 +416,21 @@ class Campaign(StateReader):
         ]
 
     def _publish(
-        self, r: int, record: RoundRecord, batch: list[dict], candidates: Candidates, data: dict
+        self,
+        r: int,
+        record: RoundRecord,
+        batch: list[dict],
+        candidates: Candidates,
+        data: dict,
+        known: tuple[list[str], np.ndarray, np.ndarray],
     ) -> None:
-        """Write the rest of the round folder, object by object; COMMITTED last makes it current."""
+        """Write the rest of the round folder, object by object; COMMITTED last makes it current.
+        The pool's saved vectors of two rounds back are let go after (derived data; a round
+        restores from the last one)."""
         keys, st = self.keys(r), self.storage
         candidates.save(st, keys.pool)
         failpoint("during_publish")
+        examples.save(st, keys.examples, *known)
         st.write_json(keys.data, data)
         st.write_text(keys.to_label, "".join(json.dumps(row) + "\n" for row in batch))
         st.write_json(keys.label_studio, label_studio_tasks(batch, self.config.concept))
@@ -375,6 +438,10 @@ class Campaign(StateReader):
         if self._lease is not None:
             self._lease.check()  # a stage that lost its lease (stalled, taken over) never commits
         st.write_json(keys.committed, {"round": r, "committed_at": time.time()})
+        if r >= 2:
+            from seals_al.pool import VECTORS
+
+            st.delete(f"{self.keys(r - 2).pool}/{VECTORS}")
 
 
 def _without_none(values: dict) -> dict:

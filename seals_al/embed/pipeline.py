@@ -93,12 +93,15 @@ def finalize(
     dim: int = TEXT_MODEL_DIM,
     source: dict | None = None,
     base: EmbeddingStore | None = None,
+    shard_rows: int = 100_000,
 ) -> None:
     """Assemble the workers' parts (local or gs://) into a local store, then remove the parts.
 
     The row id of an item is the rank of its id in sorted order: stable whatever the sharding.
-    With ``base`` (an append) the base store's shards come first, hard-linked, with their row ids,
-    and the new items' row ids follow the base's largest, in the order of their ids.
+    The rows are written in that order, each part's rows where they go, so a row's row id is its
+    position (a reader finds a row with no lookup, on disk or on gs://). With ``base`` (an append)
+    the base store's shards come first, hard-linked, with their row ids, and the new items' row
+    ids follow the base's largest, in the order of their ids.
     """
     from apache_beam.io.filesystems import FileSystems
 
@@ -126,12 +129,18 @@ def finalize(
         extra["source"] = source
     if base is not None:
         extra |= {"appended_to": base.digest(), "appended": len(all_ids), "base_count": len(base)}
+    in_order = sorted(all_ids)
+
+    def scattered():  # one part in memory at a time
+        for path, ids in zip(parts, part_ids, strict=True):
+            vectors = np.load(io.BytesIO(read(path)), allow_pickle=False)
+            yield np.asarray([rank[i] - first for i in ids], dtype=np.int64), vectors
+
     with StoreWriter(output, dim=dim, model=model, normalized=True, extra=extra) as writer:
         if base is not None:
             writer.add_store(base)
-        for path, ids in zip(parts, part_ids, strict=True):  # one part in memory at a time
-            vectors = np.load(io.BytesIO(read(path)), allow_pickle=False)
-            writer.add(ids, vectors, np.asarray([rank[i] for i in ids], dtype=np.int64))
+        rows = np.arange(first, first + len(in_order), dtype=np.int64)
+        writer.add_scattered(in_order, rows, scattered(), max(1, shard_rows))
         writer.add_file("dead_letter.jsonl", "".join(line + "\n" for line in dead).encode())
     FileSystems.delete([work_dir])
 
@@ -181,9 +190,9 @@ def run(
         result.wait_until_finish()
         _log_counters(result)
         if embed.modality == "image":
-            finalize(work_dir, str(out), IMAGE_MODEL, IMAGE_MODEL_DIM, source, base)
+            finalize(work_dir, str(out), IMAGE_MODEL, IMAGE_MODEL_DIM, source, base, embed.shard_rows)
         else:
-            finalize(work_dir, str(out), source=source, base=base)
+            finalize(work_dir, str(out), source=source, base=base, shard_rows=embed.shard_rows)
         manifest = json.loads((out / "manifest.json").read_text())
     return manifest
 

@@ -86,7 +86,7 @@ def build_index_dir(
             "seed": seed,
             "search_params": search_params,
             "files": files,
-            "store": str(store.path),
+            "store": store.uri,
             "source": _index_source(store, row_ids, factory, layout, search_params),
             "build_seconds": time.perf_counter() - started,
         }
@@ -236,7 +236,7 @@ def extend_index_dir(
     out_manifest = {k: v for k, v in manifest.items() if k != "recall"}
     out_manifest |= {
         "ntotal": int(index.ntotal),
-        "store": str(store.path),
+        "store": store.uri,
         "source": source,
         "grown_from": {
             "manifest_sha256": hashlib.sha256(previous).hexdigest(),

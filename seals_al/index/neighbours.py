@@ -20,11 +20,18 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from seals_al.arrays import ArrayFile, open_array, sorted_unique
+from seals_al.arrays import ArrayFile, gather, sample_of, sorted_unique
 from seals_al.errors import SealsError
 from seals_al.index.build import due_for_training, search
-from seals_al.published import materialize, materialize_if_published, output_folder
-from seals_al.storage import atomic_dir, atomic_path, read_manifest, write_json_atomic
+from seals_al.published import (
+    Folder,
+    LocalFolder,
+    materialize,
+    materialize_if_published,
+    open_folder,
+    output_folder,
+)
+from seals_al.storage import atomic_dir, atomic_path, parse_manifest, write_json_atomic
 from seals_al.store import EmbeddingStore, RowLookup
 
 
@@ -85,47 +92,96 @@ class IndexNeighbours:
 
 
 GRAPH_FORMAT = "seals-knn-graph/1"
+ROWS_SAMPLE = "row_ids.sample.npy"  # the sorted rows' sparse sample: which block to read
 
 
 class NeighbourGraph:
-    """The k neighbours (ids and similarities) of every row of U, memory-mapped, rows sorted by id."""
+    """The k neighbours (ids and similarities) of every row of U, rows sorted by id; memory-mapped,
+    or read by rows (on this machine's disk or where it is published on gs://)."""
 
-    def __init__(self, path: Path, manifest: dict, row_ids: np.ndarray, ids: np.ndarray, sims: np.ndarray):
-        self.path = path
+    def __init__(
+        self,
+        folder: Folder,
+        manifest: dict,
+        row_ids: np.ndarray | ArrayFile,
+        ids: np.ndarray | ArrayFile,
+        sims: np.ndarray | ArrayFile,
+        sample: np.ndarray | None = None,
+    ):
+        self.folder = folder
+        self.uri = folder.uri
         self.manifest = manifest
         self.k = int(manifest["k"])
         self._row_ids = row_ids
         self._ids = ids
         self._sims = sims
+        self._cached: dict[int, int] = {}  # row id -> slot of lists read ahead (prefetch)
+        self._cached_ids = np.empty((0, self.k), np.int64)
         # The rows are sorted by the format (the builder sorts them): nothing is read to check it.
-        self._lookup = RowLookup.presorted(row_ids, None, path, "row id {} is not in the graph")
+        self._lookup = RowLookup.presorted(
+            row_ids, None, self.uri, "row id {} is not in the graph", sample=sample
+        )
+
+    @property
+    def path(self) -> Path:
+        """The graph's directory on this machine (a graph read on gs:// has none)."""
+        if self.folder.local is None:
+            raise SealsError(f"{self.uri}: read where it is published, not from a local folder")
+        return self.folder.local
 
     @classmethod
-    def open(cls, path: str | Path, in_memory: bool = False, access: str = "mapped") -> NeighbourGraph:
+    def open(
+        cls, path: str | Path | Folder, in_memory: bool = False, access: str = "mapped"
+    ) -> NeighbourGraph:
         """Open a graph.
 
         Args:
-            path: the graph directory.
+            path: the graph directory, or a folder (:func:`seals_al.published.open_folder`: a
+                published graph on gs:// is read by range).
             in_memory: copy its row ids and neighbour lists into RAM (the similarities, needed
-                only for information density, stay mapped).
+                only for information density, stay mapped; a local graph).
             access: otherwise, how its arrays are read (:data:`seals_al.arrays.ACCESS`): ``rows``
                 reads only the lists asked for (a one-round process), ``mapped`` maps them.
         """
-        path = Path(path)
-        manifest = read_manifest(path, GRAPH_FORMAT, "a neighbour graph")
+        folder = path if isinstance(path, Folder) else LocalFolder(path)
+        if not folder.has("manifest.json"):
+            raise SealsError(f"{folder.uri}: not a neighbour graph (no manifest.json)")
+        manifest = parse_manifest(
+            folder.read_bytes("manifest.json"), folder.where("manifest.json"), GRAPH_FORMAT
+        )
 
         def lists(name: str) -> np.ndarray | ArrayFile:
-            if in_memory:
-                return np.load(path / name, allow_pickle=False)
-            return open_array(path / name, access)
+            if in_memory and folder.local is not None:
+                return np.load(folder.local / name, allow_pickle=False)
+            return folder.array(name, access)
 
+        sample = folder.array(ROWS_SAMPLE, "rows")[:] if folder.has(ROWS_SAMPLE) else None
         return cls(
-            path,
+            folder,
             manifest,
             lists("row_ids.npy"),
             lists("neighbours.npy"),
-            open_array(path / "similarities.npy", "mapped" if in_memory else access),
+            folder.array("similarities.npy", "mapped" if in_memory else access),
+            sample,
         )
+
+    def use_lookup(self, lookup: RowLookup) -> None:
+        """Find rows with ``lookup`` instead of searching the graph's row ids (a caller that knows
+        the rows are 0..n-1 but some: nothing is read to find a row)."""
+        self._lookup = lookup
+
+    def prefetch(self, row_ids: np.ndarray) -> None:
+        """Read these rows' neighbour lists now, in one batch, for :meth:`ids` to answer later
+        without a read (the likely picks of a selection, on object storage)."""
+        row_ids = np.asarray(
+            [r for r in np.asarray(row_ids, np.int64).tolist() if r not in self._cached], np.int64
+        )
+        if not len(row_ids) or not isinstance(self._ids, ArrayFile):
+            return
+        lists = np.asarray(self._ids[self._lookup(row_ids)], np.int64)
+        start = len(self._cached_ids)
+        self._cached_ids = np.concatenate([self._cached_ids, lists])
+        self._cached.update(zip(row_ids.tolist(), range(start, start + len(row_ids)), strict=True))
 
     def __len__(self) -> int:
         return len(self._row_ids)
@@ -134,17 +190,27 @@ class NeighbourGraph:
         self, row_ids: np.ndarray, k: int, vectors: VectorsOf | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         at = self._rows(row_ids, k)
+        if isinstance(self._sims, ArrayFile) and isinstance(self._ids, ArrayFile):
+            sims, ids = gather([(self._sims, at), (self._ids, at)])  # one batch of reads
+            return sims[:, :k], ids[:, :k]
         return self._sims[at][:, :k], self._ids[at][:, :k]
 
     def ids(self, row_ids: np.ndarray, k: int, vectors: VectorsOf | None = None) -> np.ndarray:
         """Only the neighbour ids: the similarities (memory-mapped) are not read."""
+        row_ids = np.asarray(row_ids, np.int64)
+        if self._cached and all(r in self._cached for r in row_ids.tolist()):
+            if k > self.k:
+                raise SealsError(
+                    f"{self.uri}: the graph holds {self.k} neighbours per row; {k} were asked for"
+                )
+            return self._cached_ids[[self._cached[r] for r in row_ids.tolist()]][:, :k]
         at = self._rows(row_ids, k)
         return self._ids[at] if k == self.k else self._ids[at][:, :k]
 
     def _rows(self, row_ids: np.ndarray, k: int) -> np.ndarray:
         """Where the given rows are in the graph; an unknown row or a k over the graph's is an error."""
         if k > self.k:
-            raise SealsError(f"{self.path}: the graph holds {self.k} neighbours per row; {k} were asked for")
+            raise SealsError(f"{self.uri}: the graph holds {self.k} neighbours per row; {k} were asked for")
         return self._lookup(row_ids)
 
 
@@ -176,6 +242,7 @@ def build_neighbour_graph(
     row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
     with atomic_dir(out_dir, GRAPH_FORMAT) as tmp:
         np.save(tmp / "row_ids.npy", row_ids)
+        np.save(tmp / ROWS_SAMPLE, sample_of(row_ids))
         shape = (len(row_ids), k)
         # int32 ids when every row id of the store (so every possible neighbour) fits; -1 pads
         # short lists. Half the size: a 10M x 100 graph's lists fit in 4 GB of RAM.
@@ -198,7 +265,7 @@ def build_neighbour_graph(
             "k": k,
             "count": len(row_ids),
             "index": _describe(index),
-            "store": str(store.path),
+            "store": store.uri,
             "trained_on_rows": len(row_ids),  # kept by a grown graph: when to train again
             "build_seconds": time.perf_counter() - started,
         }
@@ -314,13 +381,14 @@ def _old_and_new(base: NeighbourGraph, row_ids: np.ndarray) -> tuple[np.ndarray,
     row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
     old = np.asarray(base._row_ids[:], dtype=np.int64)
     if not np.isin(old, row_ids).all():
-        raise SealsError(f"{base.path}: rows of the base graph are gone; build the graph again")
+        raise SealsError(f"{base.uri}: rows of the base graph are gone; build the graph again")
     return row_ids, old, np.setdiff1d(row_ids, old, assume_unique=True)  # each a set of rows
 
 
 def _grown_arrays(tmp: Path, base: NeighbourGraph, store: EmbeddingStore, row_ids: np.ndarray):
     """A grown graph's row ids written, and its (neighbours, similarities) arrays opened for writing."""
     np.save(tmp / "row_ids.npy", row_ids)
+    np.save(tmp / ROWS_SAMPLE, sample_of(row_ids))
     id_type = base._ids.dtype
     if len(store) and int(store.row_ids.max()) > np.iinfo(np.int32).max:
         id_type = np.int64
@@ -339,8 +407,8 @@ def _finish_grown(
     manifest = {
         **base.manifest,
         "count": count,
-        "store": str(store.path),
-        "grown_from": str(base.path),
+        "store": store.uri,
+        "grown_from": base.uri,
         "grown_rows": grown,
         **more,
         "build_seconds": time.perf_counter() - started,
@@ -388,7 +456,7 @@ def extend_neighbour_graph(
     row_ids, old, new = _old_and_new(base, row_ids)
     expected = len(old) if add else len(row_ids)
     if index.ntotal != expected:
-        raise SealsError(f"{base.path}: the index holds {index.ntotal:,} rows, not the {expected:,} expected")
+        raise SealsError(f"{base.uri}: the index holds {index.ntotal:,} rows, not the {expected:,} expected")
     x_new = store.vectors(new)
     if add:
         index.add_with_ids(x_new, new)
@@ -440,6 +508,7 @@ def cached_neighbour_graph(
     published: str | None = None,
     keep_index: bool = True,
     base_of: Callable[[], tuple[str, str, str] | None] | None = None,
+    scan: Callable[[], EmbeddingStore] | None = None,
 ) -> NeighbourGraph:
     """The graph of these rows for this store, factory and k: opened from ``cache_dir/graphs`` if
     an earlier run built it, else built and cached. ``index`` and ``row_ids`` are called only to
@@ -459,24 +528,34 @@ def cached_neighbour_graph(
     approximate index beside the graph it builds), or else by the exact pass
     (:func:`grow_neighbour_graph`). Once U has grown by more than
     :data:`~seals_al.settings.RETRAIN_GROWTH` since that index was trained, the index is trained
-    and the graph built again instead."""
+    and the graph built again instead. ``scan`` gives the store to read every row from when a
+    graph is built or grown (a published store copied to this machine first; default ``store``).
+    """
     name = _name(rows_sha256, store.digest(), factory, k)
+
+    def whole() -> EmbeddingStore:
+        return scan() if scan is not None else store
+
     if published is not None:
         uri = f"{published.rstrip('/')}/k{k}-{name}"
-        path = materialize_if_published(uri, cache_dir, progress)
-        if path is None:
+        folder = open_folder(uri, cache_dir)  # this cache's copy, else read where it is
+        if folder is None:
             base = _published_base(published, base_of, k, cache_dir, progress)
             with output_folder(uri, GRAPH_FORMAT, cache_dir, progress) as out:
-                _grow_or_build(base, index, store, row_ids(), k, out, progress)
-            path = materialize(uri, "a neighbour graph", cache_dir, progress)  # the cache has it
-        return NeighbourGraph.open(path, access=access)
+                _grow_or_build(base, index, whole(), row_ids(), k, out, progress)
+            folder = open_folder(uri, cache_dir)  # the cache has it now
+        if access != "rows" and folder is not None and folder.local is None:
+            folder = LocalFolder(materialize(uri, "a neighbour graph", cache_dir, progress))
+        if folder is None:
+            raise SealsError(f"{uri}: the neighbour graph published here is gone")
+        return NeighbourGraph.open(folder, access=access)
     graphs = Path(cache_dir) / "graphs"
     path = graphs / name
     configured = None if (path / "manifest.json").is_file() or base_of is None else base_of()
     if configured is not None:  # a built index, extended from one whose graph may be here
         base_path = graphs / _name(*configured, k)
         base = NeighbourGraph.open(base_path) if (base_path / "manifest.json").is_file() else None
-        _grow_or_build(base, index, store, row_ids(), k, path, progress)
+        _grow_or_build(base, index, whole(), row_ids(), k, path, progress)
     if not (path / "manifest.json").is_file():
         base = _covering(_graph_of_base_store(graphs, store, factory, k), row_ids())
         saved, superseded = None, None
@@ -488,13 +567,13 @@ def cached_neighbour_graph(
                 base = None  # grown too far from what the index was trained on: train it again
         if base is not None and saved is not None:
             # Approximate: the new rows added to the base's trained index.
-            extend_neighbour_graph(base, saved, store, row_ids(), path, progress=progress)
+            extend_neighbour_graph(base, saved, whole(), row_ids(), path, progress=progress)
             _save_index(saved, path)
         elif base is not None:  # exact, or the base's index is not here: every old row against the new
-            grow_neighbour_graph(base, store, row_ids(), path, progress=progress)
+            grow_neighbour_graph(base, whole(), row_ids(), path, progress=progress)
         else:
             built = index()
-            build_neighbour_graph(built, store, row_ids(), k, path, progress=progress)
+            build_neighbour_graph(built, whole(), row_ids(), k, path, progress=progress)
             if keep_index and not _is_exact(built):
                 _save_index(built, path)
         if superseded is not None:
