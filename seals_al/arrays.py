@@ -79,6 +79,19 @@ def npy_header(path: str | Path | Source) -> tuple[tuple[int, ...], np.dtype, in
     return shape, dtype, offset
 
 
+def describe_dtype(dtype: np.dtype) -> str | list:
+    """A dtype as JSON can hold it (records' fields included), for :func:`dtype_of`."""
+    return np.lib.format.dtype_to_descr(dtype)
+
+
+def dtype_of(described: str | list) -> np.dtype:
+    """The dtype :func:`describe_dtype` described (after a round trip through JSON)."""
+    if isinstance(described, str):
+        return np.dtype(described)
+    fields = [tuple(tuple(v) if isinstance(v, list) else v for v in field) for field in described]
+    return np.lib.format.descr_to_dtype(fields)
+
+
 def check_npy_size(source: Source, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> None:
     """A .npy file's data must fit in the file: a shorter file was cut short."""
     if offset + int(np.prod(shape)) * dtype.itemsize > source.size:

@@ -49,6 +49,7 @@ class Dataset:
     _removed: tuple[frozenset[str], np.ndarray] | None = None
     _known_rows: dict[str, int] = field(default_factory=dict)  # remember(): id -> row id
     _known_ids: dict[int, str] = field(default_factory=dict)  # and back
+    _index_manifest_bytes: bytes | None = None
 
     @classmethod
     def prepare(
@@ -196,14 +197,18 @@ class Dataset:
     def ids_and_texts(self, id_rows: np.ndarray, text_rows: np.ndarray) -> tuple[list[str], list[str]]:
         """The ids of some rows and the texts of others, read together (on gs://, two round
         trips for them all); ids this process remembers are not read."""
-        id_rows = np.asarray(id_rows, np.int64)
-        known = self._known_ids
-        rest = np.asarray([r for r in id_rows.tolist() if r not in known], np.int64)
-        prepared = self.prepared
-        items = prepared.items_at_rows(np.concatenate([rest, np.asarray(text_rows, np.int64)]))
-        ids, texts = prepared.ids_and_texts_at(items[: len(rest)], items[len(rest) :])
-        found = dict(zip(rest.tolist(), ids, strict=True))
-        return [known[r] if r in known else found[r] for r in id_rows.tolist()], texts
+        id_rows, text_rows = np.asarray(id_rows, np.int64), np.asarray(text_rows, np.int64)
+        known, with_text = self._known_ids, set(text_rows.tolist())
+        wanted = [
+            r
+            for r in dict.fromkeys([*text_rows.tolist(), *id_rows.tolist()])
+            if r in with_text or r not in known
+        ]
+        items = self.prepared.items_at_rows(np.asarray(wanted, np.int64))
+        ids, texts = self.prepared.ids_and_texts_at(items) if with_text else (self.prepared.ids_at(items), [])
+        found_ids, found_texts = dict(zip(wanted, ids, strict=True)), dict(zip(wanted, texts, strict=False))
+        named = [known[r] if r in known else found_ids[r] for r in id_rows.tolist()]
+        return named, [found_texts[r] for r in text_rows.tolist()]
 
     def id_set(self, in_u: bool = False) -> IdSet:
         """Every item id (of U, with ``in_u``) as a container that looks each id up."""
@@ -280,12 +285,8 @@ class Dataset:
             from seals_al.index.build import search_key
 
             return search_key(self.store.dim, self.config.index_factory)
-        from seals_al.published import read_file
-
         # The manifest alone: a round that reads a published graph never needs the index itself.
-        manifest = read_file(self.config.index, "manifest.json")
-        if manifest is None:
-            raise SealsError(f"{self.config.index}: not an index directory (no manifest.json)")
+        manifest = self._index_manifest()
         source = json.loads(manifest).get("source", {})
         if source.get("rows_sha256") != self.prepared.u_digest:
             raise SealsError(
@@ -297,12 +298,21 @@ class Dataset:
     def _index_base(self) -> tuple[str, str, str] | None:
         """(rows digest, store digest, key) of the index the configured one was extended from
         (seals_al.index.directory.extend_index_dir), whose graph this one's can grow from."""
-        from seals_al.published import read_file
-
-        grown = json.loads(read_file(self.config.index, "manifest.json") or b"{}").get("grown_from")
+        grown = json.loads(self._index_manifest()).get("grown_from")
         if not grown:
             return None
         return grown["rows_sha256"], grown["store_sha256"], "index " + grown["manifest_sha256"]
+
+    def _index_manifest(self) -> bytes:
+        """The configured index's manifest.json (read once, with its listing when on gs://)."""
+        if self._index_manifest_bytes is None:
+            from seals_al.published import open_folder
+
+            folder = open_folder(str(self.config.index), self.cache_dir, ("manifest.json",))
+            if folder is None or not folder.has("manifest.json"):
+                raise SealsError(f"{self.config.index}: not an index directory (no manifest.json)")
+            self._index_manifest_bytes = folder.read_bytes("manifest.json")
+        return self._index_manifest_bytes
 
     def check_factory(self) -> None:
         """A clear error for a factory string faiss refuses (the data may have been prepared with

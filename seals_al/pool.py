@@ -24,7 +24,7 @@ import numpy as np
 
 from seals_al.arrays import ArrayFile, npz_bytes
 from seals_al.errors import SealsError
-from seals_al.index.neighbours import Neighbours, as_neighbours, neighbour_density
+from seals_al.index.neighbours import NeighbourGraph, Neighbours, as_neighbours, neighbour_density
 from seals_al.storage import NotFoundError, Storage, atomic_path
 from seals_al.store import EmbeddingStore
 
@@ -55,6 +55,10 @@ class CandidatePool:
         self.neighbours = as_neighbours(neighbours)
         self.store = store
         self.k = k
+        # A graph read on object storage with its records: arrivals come with their lists (their
+        # kNN density is the graph's, for the graph's own k).
+        graph = self.neighbours
+        self._records = isinstance(graph, NeighbourGraph) and graph.has_records and graph.k == k
         self.with_density = with_density
         self.expanded: set[int] = set()
         self.queries = 0  # kNN queries made so far (expansions + density look-ups)
@@ -146,13 +150,19 @@ class CandidatePool:
         if not len(ids):
             return self._empty_arrivals()
         self._known[positions] = True
-        vectors = self.store.vectors_at(positions)
         density = None
-        if self.with_density:
-            D, _ = self.neighbours.knn(ids, self.k, lambda: vectors)
-            self.queries += len(ids)
-            density = neighbour_density(D)
-        arrivals = Arrivals(ids, sources, vectors, density)
+        if self._records:  # each arrival's vector, density and own list in one read
+            vectors, recorded = self.neighbours.records_of(ids)
+            if self.with_density:
+                self.queries += len(ids)
+                density = np.asarray(recorded, np.float32)
+        else:
+            vectors = self.store.vectors_at(positions)
+            if self.with_density:
+                D, _ = self.neighbours.knn(ids, self.k, lambda: vectors)
+                self.queries += len(ids)
+                density = neighbour_density(D)
+        arrivals = Arrivals(ids, sources, np.asarray(vectors, np.float32), density)
         self._append(arrivals)
         return arrivals
 

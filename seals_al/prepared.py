@@ -10,13 +10,11 @@ under the campaign (``derived``), by whichever process prepares it first, and ev
 on any machine opens it there in O(1): its listing and manifest, then ranges as it reads::
 
     manifest.json          format, what it was prepared from, counts, the store, truth values
-    ids.offsets.npy        int64 [n + 1]: item i's id is ids.bytes[offsets[i]:offsets[i + 1]] (UTF-8)
-    ids.bytes
+    strings.offsets.npy    int64 [n + 1, 2]: item i's id is strings.bytes[o[i, 0]:o[i, 1]] (UTF-8),
+    strings.bytes          its text strings.bytes[o[i, 1]:o[i + 1, 0]] (one column without texts)
     ids.hash.npy           uint64, sorted: 64-bit BLAKE2b of each id, for lookups by id
     ids.hash.sample.npy    every 4,096th of them (arrays.SAMPLE_EVERY): which block to read
     ids.order.npy          int64: the item position of each hash
-    texts.offsets.npy      the texts, the same way (when the table has a text column)
-    texts.bytes
     eval.npy               bool per item: in the evaluation split
     eval_items.npy         int64: the positions of the evaluation split
     eval_truth.npy         int32: their truth codes (with a truth column)
@@ -49,7 +47,7 @@ import numpy as np
 from seals_al import ranges
 from seals_al.arrays import ArrayFile, gather, sample_of, search_sorted
 from seals_al.errors import SealsError, shown
-from seals_al.items import Items, item_files
+from seals_al.items import WILDCARDS, Items, item_files
 from seals_al.published import (
     Folder,
     LocalFolder,
@@ -63,6 +61,7 @@ from seals_al.published import (
 from seals_al.published import version as remote_version
 from seals_al.settings import DataConfig
 from seals_al.storage import (
+    NotFoundError,
     atomic_dir,
     default_cache_dir,
     file_version,
@@ -76,6 +75,8 @@ from seals_al.store import FORMAT as STORE_FORMAT
 from seals_al.store import MANIFEST, EmbeddingStore, RowLookup, rows_digest
 
 FORMAT = "seals-prepared/2"
+# Read with a published version's listing, in one batch: what every stage opens it with.
+PRELOAD = ("manifest.json", "eval_items.npy", "eval_truth.npy", "ids.hash.sample.npy")
 U, EVAL = 0, 1
 SPAN_READ_BYTES = 1 << 20  # strings within this many bytes are read in one go, however few
 
@@ -89,58 +90,63 @@ def _hash64(values: Sequence[str]) -> np.ndarray:
 
 
 class Strings:
-    """A column of strings: UTF-8 bytes and their offsets; read by position: each string with its
-    own read, or, when the strings asked for fill at least half of the bytes they span or that
-    span is at most :data:`SPAN_READ_BYTES` (a scan of every item, a run of new items), the span
-    in one read. :func:`strings_at` reads several columns in one batch."""
+    """Columns of strings stored item by item: each item's strings side by side (UTF-8) in one
+    bytes file, their offsets in one array ``[n + 1, columns]`` (column j of item i starts at
+    ``offsets[i, j]`` and ends where the next string starts). Reading items' strings, whatever
+    columns are asked for, is then two reads per item (on gs://: two batches for them all): their
+    offsets, then their bytes. When the items asked for fill at least half of the bytes they span,
+    or that span is at most :data:`SPAN_READ_BYTES` (a scan of every item, a run of new items),
+    the span is read at once."""
 
-    def __init__(self, folder: Folder | Path, name: str, access: str = "rows"):
+    def __init__(self, folder: Folder | Path, columns: Sequence[str], access: str = "rows"):
         folder = folder if isinstance(folder, Folder) else LocalFolder(folder)
-        self.offsets = folder.array(f"{name}.offsets.npy", access)
-        self.source = folder.source(f"{name}.bytes")
+        self.columns = list(columns)
+        self.offsets = folder.array("strings.offsets.npy", access)
+        self.source = folder.source("strings.bytes")
 
     @staticmethod
-    def write(folder: Path, name: str, values: Sequence[str]) -> None:
-        encoded = [v.encode() for v in values]
-        offsets = np.zeros(len(encoded) + 1, np.int64)
-        np.cumsum([len(e) for e in encoded], out=offsets[1:])
-        np.save(folder / f"{name}.offsets.npy", offsets)
-        (folder / f"{name}.bytes").write_bytes(b"".join(encoded))
+    def write(folder: Path, columns: dict[str, Sequence[str]]) -> None:
+        """Write the columns (each one string per item, in item order)."""
+        values = list(columns.values())
+        n = len(values[0])
+        offsets = np.zeros((n + 1, len(values)), np.int64)
+        at = 0
+        with open(folder / "strings.bytes", "wb") as out:
+            for i in range(n):
+                for j, column in enumerate(values):
+                    encoded = column[i].encode()
+                    offsets[i, j] = at
+                    out.write(encoded)
+                    at += len(encoded)
+        offsets[n, :] = at
+        np.save(folder / "strings.offsets.npy", offsets)
 
-    def at(self, positions: Sequence[int] | np.ndarray) -> list[str]:
-        return strings_at([(self, positions)])[0]
-
-    def _plan(self, bounds: np.ndarray, n: int):
-        """The reads of n strings whose offsets are ``bounds`` (starts, then stops), and what
-        decodes them once read."""
-        starts, stops = bounds[:n], bounds[n:]
-        low, high = int(bounds.min()), int(bounds.max())
-        if high - low <= max(SPAN_READ_BYTES, 2 * int((stops - starts).sum())):
-            span = bytearray(high - low)  # the strings fill at least half of it: one read
-            pairs = list(zip((starts - low).tolist(), (stops - low).tolist(), strict=True))
-            return [(self.source, low, memoryview(span))], lambda: [span[a:b].decode() for a, b in pairs]
-        parts = [bytearray(b - a) for a, b in zip(starts.tolist(), stops.tolist(), strict=True)]
-        requests = [
-            (self.source, int(a), memoryview(part))
-            for a, part in zip(starts.tolist(), parts, strict=True)
-            if len(part)
-        ]
-        return requests, lambda: [part.decode() for part in parts]
-
-
-def strings_at(columns: Sequence[tuple[Strings, Sequence[int] | np.ndarray]]) -> list[list[str]]:
-    """The strings at the given positions of each column, read as two batches (every column's
-    offsets, then every column's bytes): on object storage, two round trips for them all."""
-    asked = [np.asarray(positions, np.int64) for _, positions in columns]
-    bounds = [
-        (s.offsets, np.concatenate([p, p + 1])) for (s, _), p in zip(columns, asked, strict=True) if len(p)
-    ]
-    offsets = iter(_read_rows(bounds))
-    plans = []
-    for (strings, _), positions in zip(columns, asked, strict=True):
-        plans.append(strings._plan(next(offsets), len(positions)) if len(positions) else ([], list))
-    ranges.read([request for requests, _ in plans for request in requests])
-    return [decode() for _, decode in plans]
+    def at(self, positions: Sequence[int] | np.ndarray, columns: Sequence[str] = ("ids",)) -> list[list[str]]:
+        """The asked columns' strings of the items at these positions (a list per column)."""
+        positions = np.asarray(positions, np.int64)
+        n, asked = len(positions), [self.columns.index(c) for c in columns]
+        if not n:
+            return [[] for _ in asked]
+        bounds = _read_rows([(self.offsets, np.concatenate([positions, positions + 1]))])[0]
+        here = bounds[:n]
+        ends = np.concatenate([here[:, 1:], bounds[n:, :1]], axis=1)  # where each string ends
+        low, high = here[:, min(asked)], ends[:, max(asked)]
+        span_low, span_high = int(low.min()), int(high.max())
+        if span_high - span_low <= max(SPAN_READ_BYTES, 2 * int((high - low).sum())):
+            span = bytearray(span_high - span_low)  # the strings fill at least half of it: one read
+            ranges.read([(self.source, span_low, memoryview(span))])
+            parts, origin = [span] * n, np.full(n, span_low)
+        else:
+            parts = [bytearray(int(b - a)) for a, b in zip(low, high, strict=True)]
+            ranges.read(
+                [(self.source, int(a), memoryview(part)) for a, part in zip(low, parts, strict=True) if part]
+            )
+            origin = low
+        out = []
+        for j in asked:
+            a, b = (here[:, j] - origin).tolist(), (ends[:, j] - origin).tolist()
+            out.append([parts[i][a[i] : b[i]].decode() for i in range(n)])
+        return out
 
 
 def _read_rows(parts: list[tuple[np.ndarray | ArrayFile, np.ndarray]]) -> list[np.ndarray]:
@@ -152,16 +158,34 @@ def _read_rows(parts: list[tuple[np.ndarray | ArrayFile, np.ndarray]]) -> list[n
 
 def data_version(config: DataConfig) -> dict:
     """What identifies the data as it is now, read without reading the data: the items file's size
-    and modification time (a gs:// object's generation), the embeddings' (a store's manifest), and
-    every column setting. Any change makes a new version, prepared again."""
+    and modification time (a gs:// object's generation), the embeddings' (a store's manifest, a
+    published store's listing), and every column setting. Any change makes a new version,
+    prepared again. On gs:// the items' and the embeddings' versions are read at once."""
 
-    def stat(uri: str) -> str:
+    def file_stat(uri: str) -> str:
         if is_remote(uri):
-            published = remote_version(uri)  # a folder published there (a store), by its listing
-            if published is not None:
-                return published
             parent, name = split_uri(uri)
             return open_storage(parent).version(name)
+        return file_version(Path(uri.removeprefix("file://")))
+
+    def data_stat() -> str:
+        uri = config.data
+        if is_remote(uri) and not uri.endswith("/") and not any(c in uri for c in WILDCARDS):
+            try:  # one object: its generation, in one request
+                return file_stat(uri)
+            except NotFoundError:
+                pass  # a folder of item files
+        files = item_files(uri)
+        # One file: its version, as always; a folder or glob: each file's name and version.
+        return file_stat(uri) if files == [uri] else "; ".join(f"{f} {file_stat(f)}" for f in files)
+
+    def embeddings_stat() -> str | None:
+        uri = config.embeddings
+        if uri is None:
+            return None
+        if is_remote(uri):
+            published = remote_version(uri)  # a folder published there (a store), by its listing
+            return published if published is not None else file_stat(uri)
         path = Path(uri.removeprefix("file://"))
         if path.is_dir():  # a store: its manifest names every shard's checksum; the id table by stat
             manifest = path / MANIFEST
@@ -172,16 +196,13 @@ def data_version(config: DataConfig) -> dict:
             return hashlib.sha256(data).hexdigest() + " " + file_version(ids)
         return file_version(path)
 
-    files = item_files(config.data)
+    data, embeddings = ranges.concurrently([data_stat, embeddings_stat])
     return {
         "format": FORMAT,
         "data": config.data,
-        # One file: its version, as always; a folder or glob: each file's name and version.
-        "data_version": stat(config.data)
-        if files == [config.data]
-        else "; ".join(f"{uri} {stat(uri)}" for uri in files),
+        "data_version": data,
         "embeddings": config.embeddings,
-        "embeddings_version": stat(config.embeddings) if config.embeddings else None,
+        "embeddings_version": embeddings,
         "columns": [config.id_column, config.text_column, config.truth_column, config.split_column],
         "embeddings_column": config.embeddings_column,
         "eval_split": config.eval_split,
@@ -200,7 +221,6 @@ class Prepared:
     shared: str | None = None  # where this data's versions are published (None: this machine only)
     cache_dir: str | Path | None = None  # this machine's cache (None: $SEALS_CACHE_DIR)
     _arrays: dict[str, np.ndarray | ArrayFile] = field(default_factory=dict, repr=False, compare=False)
-    _columns: dict[str, Strings] = field(default_factory=dict, repr=False, compare=False)
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -226,9 +246,7 @@ class Prepared:
                 manifest["store"],
                 sample=_sample(folder, "store.sorted"),
             )
-        store = EmbeddingStore.open(
-            _store_folder(manifest["store"], access, cache_dir), lookup=lookup, access=access
-        )
+        store = EmbeddingStore.open(_store_folder(manifest, access, cache_dir), lookup=lookup, access=access)
         if store.digest() != manifest["store_digest"]:
             raise SealsError(f"{manifest['store']}: the store changed since {folder.uri} was prepared")
         return cls(folder, manifest, store, access, shared, cache_dir)
@@ -306,10 +324,9 @@ class Prepared:
             self._arrays[name] = self.folder.array(f"{name}.npy", self.access)
         return self._arrays[name]
 
-    def _strings(self, name: str) -> Strings:
-        if name not in self._columns:
-            self._columns[name] = Strings(self.folder, name, self.access)
-        return self._columns[name]
+    @cached_property
+    def _strings(self) -> Strings:
+        return Strings(self.folder, ["ids", "texts"] if self.has_texts else ["ids"], self.access)
 
     @cached_property
     def _hash_sample(self) -> np.ndarray | None:
@@ -351,17 +368,17 @@ class Prepared:
         return self._array("eval_vectors")[:]
 
     def ids_at(self, items: np.ndarray) -> list[str]:
-        return self._strings("ids").at(items)
+        return self._strings.at(items, ["ids"])[0]
 
     def texts_at(self, items: np.ndarray) -> list[str]:
         """Texts by item position ("" for every item when the table has none)."""
-        return self._strings("texts").at(items) if self.has_texts else [""] * len(items)
+        return self._strings.at(items, ["texts"])[0] if self.has_texts else [""] * len(items)
 
-    def ids_and_texts_at(self, ids_at: np.ndarray, texts_at: np.ndarray) -> tuple[list[str], list[str]]:
-        """Ids at some positions and texts at others, read together (two round trips on gs://)."""
+    def ids_and_texts_at(self, items: np.ndarray) -> tuple[list[str], list[str]]:
+        """Ids and texts of the same items, read together (two round trips on gs://)."""
         if not self.has_texts:
-            return self.ids_at(ids_at), [""] * len(texts_at)
-        ids, texts = strings_at([(self._strings("ids"), ids_at), (self._strings("texts"), texts_at)])
+            return self.ids_at(items), [""] * len(items)
+        ids, texts = self._strings.at(items, ["ids", "texts"])
         return ids, texts
 
     def truth_at(self, items: np.ndarray, concept: str) -> np.ndarray:
@@ -484,25 +501,36 @@ def _sample(folder: Folder, name: str) -> np.ndarray | None:
     return folder.array(f"{name}.sample.npy", "rows")[:] if folder.has(f"{name}.sample.npy") else None
 
 
-def _store_folder(uri: str, access: str, cache_dir: str | Path | None) -> Folder:
+def _store_folder(manifest: dict, access: str, cache_dir: str | Path | None) -> Folder:
     """The store a prepared folder names: a local one in place; a published one where it is (read
-    by range) for ``rows``, else its copy in this machine's cache."""
+    by range) for ``rows``, opened from the listing and manifest the prepared folder recorded (no
+    request), else its copy in this machine's cache."""
+    uri = manifest["store"]
     if is_remote(uri) and access != "rows":
         return LocalFolder(materialize(uri, "an embeddings store", cache_dir))
-    folder = open_folder(uri, cache_dir)
+    recorded = manifest.get("store_listing")
+    held = {MANIFEST: manifest["store_manifest"].encode()} if "store_manifest" in manifest else None
+    folder = open_folder(uri, cache_dir, listing=recorded.encode() if recorded else None, held=held)
     if folder is None:
         raise SealsError(f"{uri}: no embeddings store is published there any more")
     return folder
 
 
-def shared_root(config: DataConfig, derived: str | None = None) -> str | None:
+def shared_root(config: DataConfig, derived: str | None = None, version: dict | None = None) -> str | None:
     """Where what is built from this data is published for other machines: beside the embeddings
     when they are a store published on gs://, else ``derived`` (a gs:// campaign's own folder);
-    None when the items are not on gs:// (another machine could not read them either)."""
+    None when the items are not on gs:// (another machine could not read them either).
+    ``version``: the data's :func:`data_version`, when the caller has it (no request then)."""
     if not is_remote(config.data):
         return None
-    if config.embeddings and is_remote(config.embeddings) and remote_version(config.embeddings) is not None:
-        return config.embeddings.rstrip("/")
+    if config.embeddings and is_remote(config.embeddings):
+        published = (
+            str(version["embeddings_version"]).startswith("published ")
+            if version is not None
+            else remote_version(config.embeddings) is not None
+        )
+        if published:
+            return config.embeddings.rstrip("/")
     return derived.rstrip("/") if derived and is_remote(derived) else None
 
 
@@ -517,7 +545,7 @@ def _find(key: str, shared: str | None, access: str, cache_dir: str | Path | Non
             if access != "rows":
                 path = materialize_if_published(uri, cache_dir, progress=False)
                 return None if path is None else Prepared.open(path, access, cache_dir, shared)
-            folder = open_folder(uri, cache_dir)
+            folder = open_folder(uri, cache_dir, PRELOAD)
             return None if folder is None else Prepared.open(folder, access, cache_dir, shared)
     except (SealsError, OSError):
         return None  # its store was removed or replaced, or it was pruned: prepared again
@@ -547,7 +575,7 @@ def prepare(
     """
     version = data_version(config)
     key = hashlib.sha256(json.dumps(version, sort_keys=True).encode()).hexdigest()[:24]
-    shared = shared_root(config, derived)
+    shared = shared_root(config, derived, version)
     found = _find(key, shared, access, config.cache_dir)
     if found is not None:
         return found
@@ -686,14 +714,12 @@ def _write(
     truth = None
     with atomic_dir(folder, FORMAT) as tmp:
         ids = at(items.ids)
-        Strings.write(tmp, "ids", ids)
+        Strings.write(tmp, {"ids": ids} | ({"texts": at(items.texts)} if items.texts is not None else {}))
         hashes = _hash64(ids)
         hash_order = np.argsort(hashes, kind="stable")
         np.save(tmp / "ids.hash.npy", hashes[hash_order])
         np.save(tmp / "ids.hash.sample.npy", sample_of(hashes[hash_order]))
         np.save(tmp / "ids.order.npy", hash_order.astype(np.int64))
-        if items.texts is not None:
-            Strings.write(tmp, "texts", at(items.texts))
         np.save(tmp / "eval.npy", is_eval)
         np.save(tmp / "eval_items.npy", eval_items)
         np.save(tmp / "eval_vectors.npy", store.vectors(positions_rows[eval_items]))
@@ -730,10 +756,19 @@ def _write(
             "row_ids_are_positions": dense,
             "store": store_ref,
             "store_digest": store.digest(),
+            **_store_record(store, store_ref),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     if shared is not None:
         _share(folder, f"{shared}/prepared/{key}", progress)
+
+
+def _store_record(store: EmbeddingStore, ref: str) -> dict:
+    """What opens a published store without a request: its listing and manifest as published."""
+    listing = store.folder.published_listing()
+    if not is_remote(ref) or listing is None:
+        return {}
+    return {"store_listing": listing.decode(), "store_manifest": store.folder.read_bytes(MANIFEST).decode()}
 
 
 def _share(folder: Path, uri: str, progress: bool) -> None:

@@ -32,19 +32,21 @@ A local folder is used in place: local writers publish atomically
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from seals_al import ranges
-from seals_al.arrays import ACCESS, ArrayFile, npy_header, open_array
+from seals_al.arrays import ACCESS, ArrayFile, describe_dtype, dtype_of, npy_header, open_array
 from seals_al.errors import SealsError, shown
 from seals_al.storage import (
     GCSStorage,
@@ -78,17 +80,21 @@ def _listing(uri: str) -> tuple[dict, bytes] | None:
         data = storage.read_bytes(LISTING, MAX_LISTING_BYTES)
     except NotFoundError:
         return None
+    return _parsed_listing(data, storage.where(LISTING)), data
+
+
+def _parsed_listing(data: bytes, where: str) -> dict:
     try:
         listing = json.loads(data)
     except ValueError as e:
-        raise SealsError(f"{storage.where(LISTING)}: not valid JSON: {e}") from e
+        raise SealsError(f"{where}: not valid JSON: {e}") from e
     if (
         not isinstance(listing, dict)
         or listing.get("format") != FORMAT
         or not isinstance(listing.get("files"), dict)
     ):
-        raise SealsError(f"{storage.where(LISTING)}: not a {FORMAT} listing")
-    return listing, data
+        raise SealsError(f"{where}: not a {FORMAT} listing")
+    return listing
 
 
 def version(uri: str | Path) -> str | None:
@@ -180,7 +186,7 @@ def _array_header(path: Path) -> dict:
         shape, dtype, offset = npy_header(path)
     except SealsError:
         return {}
-    return {"npy": {"shape": list(shape), "dtype": dtype.str, "offset": offset}}
+    return {"npy": {"shape": list(shape), "dtype": describe_dtype(dtype), "offset": offset}}
 
 
 def _listing_bytes(listing: dict) -> bytes:
@@ -338,6 +344,10 @@ class Folder:
     def has(self, name: str) -> bool:
         raise NotImplementedError
 
+    def published_listing(self) -> bytes | None:
+        """The listing this folder was published with (None for a local folder that never was)."""
+        return None
+
     def source(self, name: str) -> ranges.Source:
         """The file, for reads by range."""
         raise NotImplementedError
@@ -363,6 +373,10 @@ class LocalFolder(Folder):
     def has(self, name: str) -> bool:
         return (self.path / name).is_file()
 
+    def published_listing(self) -> bytes | None:
+        listing = self.path / LISTING  # a materialized copy keeps it
+        return listing.read_bytes() if listing.is_file() else None
+
     def source(self, name: str) -> ranges.Source:
         return ranges.LocalFile(self.path / name)
 
@@ -381,11 +395,13 @@ class RemoteFolder(Folder):
     generation its listing records (a listing written before generations were recorded: the
     object's metadata, read once, whose size must match the listing's)."""
 
-    def __init__(self, uri: str, listing: dict):
+    def __init__(self, uri: str, listing: dict, held: dict[str, bytes] | None = None, raw: bytes = b""):
         self.uri = uri.rstrip("/")
         self.listing = listing
+        self.listing_bytes = raw  # the listing as published (what names this version)
         self._storage = open_storage(self.uri)
         self._sources: dict[str, ranges.RemoteObject] = {}
+        self._held = dict(held or {})  # small files read with the listing, checked
 
     def _entry(self, name: str) -> dict:
         entry = self.listing["files"].get(name)
@@ -395,6 +411,9 @@ class RemoteFolder(Folder):
 
     def has(self, name: str) -> bool:
         return name in self.listing["files"]
+
+    def published_listing(self) -> bytes | None:
+        return self.listing_bytes
 
     def source(self, name: str) -> ranges.RemoteObject:
         if name not in self._sources:
@@ -414,6 +433,8 @@ class RemoteFolder(Folder):
         return self._sources[name]
 
     def read_bytes(self, name: str) -> bytes:
+        if name in self._held:
+            return self._held[name]
         data = self.source(name).read(0, int(self._entry(name)["bytes"]))
         if hashlib.sha256(data).hexdigest() != self._entry(name)["sha256"]:
             raise ranges.ReplacedError(
@@ -422,35 +443,68 @@ class RemoteFolder(Folder):
             )
         return data
 
-    def array(self, name: str, access: str = "rows") -> ArrayFile:
+    def array(self, name: str, access: str = "rows") -> np.ndarray | ArrayFile:
         if access not in ACCESS:
             raise SealsError(f"unknown array access {access!r}; use one of {', '.join(ACCESS)}")
+        if name in self._held:  # read with the listing: in memory already
+            return np.load(io.BytesIO(self._held[name]), allow_pickle=False)
         header = self._entry(name).get("npy")
         if header is None:  # listed before headers were: read it (one request)
             return ArrayFile(self.source(name))
         shape = tuple(int(n) for n in header["shape"])
-        return ArrayFile(self.source(name), (shape, np.dtype(header["dtype"]), int(header["offset"])))
+        return ArrayFile(self.source(name), (shape, dtype_of(header["dtype"]), int(header["offset"])))
 
 
-def open_folder(uri: str | Path, cache_dir: str | Path | None = None) -> Folder | None:
+def open_folder(
+    uri: str | Path,
+    cache_dir: str | Path | None = None,
+    preload: Sequence[str] = (),
+    listing: bytes | None = None,
+    held: dict[str, bytes] | None = None,
+) -> Folder | None:
     """The folder at ``uri`` to read where it is: a local folder as it is; a gs:// one as
     published now, from this machine's cache when it holds that version (materialized earlier),
-    else remotely (:class:`RemoteFolder`). None when nothing is published at a gs:// ``uri``."""
+    else remotely (:class:`RemoteFolder`). None when nothing is published at a gs:// ``uri``.
+
+    ``preload``: small files of it read with its listing, in one batch (read then as checked
+    against the listing's checksums, never again). ``listing`` (and ``held`` files): its
+    listing's bytes (and some files'), when the caller holds them (a prepared folder records its
+    store's): no request to open it."""
     if not is_remote(uri):
         return LocalFolder(uri)
-    found = _listing(str(uri))
-    if found is None:
-        return None
-    listing, data = found
-    cached = cache_root(cache_dir) / hashlib.sha256(data).hexdigest()[:32]
+    uri = str(uri).rstrip("/")
+    storage = open_storage(uri)
+    held = dict(held or {})
+    if listing is None:
+        names = [LISTING, *preload]
+
+        def read(name: str) -> bytes | None:
+            try:
+                return storage.read_bytes(name, MAX_LISTING_BYTES)
+            except NotFoundError:
+                return None
+
+        found = ranges.concurrently([partial(read, name) for name in names])
+        listing = found[0]
+        if listing is None:
+            return None
+        held |= {name: data for name, data in zip(preload, found[1:], strict=True) if data is not None}
+    parsed = _parsed_listing(listing, storage.where(LISTING))
+    cached = cache_root(cache_dir) / hashlib.sha256(listing).hexdigest()[:32]
     if (cached / LISTING).is_file():
         return LocalFolder(cached)
-    return RemoteFolder(str(uri), listing)
+    for name, data in list(held.items()):
+        entry = parsed["files"].get(name)
+        if entry is None or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            del held[name]  # not this version's (published again meanwhile): read it pinned, later
+    return RemoteFolder(uri, parsed, held, listing)
 
 
-def open_published(uri: str | Path, kind: str, cache_dir: str | Path | None = None) -> Folder:
+def open_published(
+    uri: str | Path, kind: str, cache_dir: str | Path | None = None, preload: Sequence[str] = ()
+) -> Folder:
     """As :func:`open_folder`; nothing published there is an error naming ``uri``."""
-    folder = open_folder(uri, cache_dir)
+    folder = open_folder(uri, cache_dir, preload)
     if folder is None:
         raise SealsError(
             f"{uri}: not {kind}: no {LISTING} there (nothing was published, or its writer did not "

@@ -31,13 +31,17 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 from seals_al.errors import SealsError
+
+T = TypeVar("T")
 
 CONCURRENCY = int(os.environ.get("SEALS_GCS_CONCURRENCY", "32"))  # GETs in flight at once
 PART_BYTES = 8 << 20  # a longer request is fetched as parts of this size, side by side
@@ -176,13 +180,40 @@ def read(requests: Sequence[Request]) -> None:
     if not remote:
         return
     _STATS.add_batch(len(remote), sum(len(view) for _, _, view in remote))
-    if len(remote) == 1:
-        source, offset, view = remote[0]
-        source._fill(offset, view)
+    if len(remote) == 1 or _in_pool():  # one request, or already on a pool thread: no hand-off
+        for source, offset, view in remote:
+            source._fill(offset, view)
         return
     futures = [_pool().submit(source._fill, offset, view) for source, offset, view in remote]
     for future in futures:
         future.result()
+
+
+def concurrently(calls: Sequence[Callable[[], T]]) -> list[T]:
+    """Run calls that each make requests (google-cloud-storage reads of small objects) at once,
+    their results in order; their requests count as one batch."""
+    if not calls:
+        return []
+    sizes: list[int] = []
+
+    def run(call: Callable[[], T]) -> T:
+        token = _collecting.set(sizes)
+        try:
+            return call()
+        finally:
+            _collecting.reset(token)
+
+    if len(calls) == 1 or _in_pool():
+        results = [run(call) for call in calls]
+    else:
+        futures = [_pool().submit(run, call) for call in calls]
+        results = [future.result() for future in futures]
+    _STATS.add_batch(len(sizes), sum(sizes))
+    return results
+
+
+def _in_pool() -> bool:
+    return threading.current_thread().name.startswith(POOL_PREFIX)
 
 
 def _back_off(attempt: int) -> None:
@@ -190,6 +221,7 @@ def _back_off(attempt: int) -> None:
 
 
 # -- the HTTP client and the thread pool, one per process -------------------------------------------
+POOL_PREFIX = "seals-gcs"
 _lock = threading.Lock()
 _client = None
 _executor: ThreadPoolExecutor | None = None
@@ -234,7 +266,7 @@ def _pool() -> ThreadPoolExecutor:
     global _executor
     with _lock:
         if _executor is None:
-            _executor = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="seals-gcs")
+            _executor = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix=POOL_PREFIX)
         return _executor
 
 
@@ -292,9 +324,19 @@ def stats() -> Stats:
     return _STATS
 
 
+# Inside concurrently(): where the requests made are collected, to be counted as one batch.
+_collecting: ContextVar[list[int] | None] = ContextVar("seals_collecting", default=None)
+
+
 def count_alone(size: int) -> None:
-    """Count a GET made outside this module (a whole small object, a listing, metadata)."""
-    _STATS.add_alone(size)
+    """Count a GET made outside this module (a whole small object, a listing, metadata): a batch
+    of its own, or part of the batch :func:`concurrently` is running."""
+    collecting = _collecting.get()
+    if collecting is None:
+        _STATS.add_alone(size)
+    else:
+        collecting.append(size)
+        _STATS.add_request(size)
 
 
 def _write_stats() -> None:

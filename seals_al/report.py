@@ -153,6 +153,16 @@ def round_report(
         raise SealsError(f"{campaign.storage.uri}: no committed round to report on")
     r = committed[-1]
     st, keys = campaign.storage, campaign.keys(r)
+    # Everything the report reads, in one batch (on gs://, one round trip).
+    st.prefetch(
+        [
+            *(campaign.keys(i).metrics for i in committed),
+            keys.evaluation,
+            keys.to_label,
+            keys.labeled,
+            keys.ingested,
+        ]
+    )
     history = [st.read_json(campaign.keys(i).metrics) for i in committed]
     metrics = {k: history[-1][k] for k in UI_METRICS if history[-1].get(k) is not None}
     evaluation = st.read_json(keys.evaluation)

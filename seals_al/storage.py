@@ -22,12 +22,13 @@ import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from seals_al.errors import SealsError, shown
-from seals_al.ranges import RemoteObject, count_alone
+from seals_al.ranges import RemoteObject, concurrently, count_alone
 
 
 class AlreadyExistsError(SealsError):
@@ -216,37 +217,128 @@ def check_key(key: str, root: str) -> str:
 
 
 class Storage(ABC):
-    """Files under one root URI, addressed by relative keys."""
+    """Files under one root URI, addressed by relative keys.
+
+    :meth:`prefetch` reads several keys at once (on GCS: concurrently, one round trip) and keeps
+    them: later reads of those keys by this object are served from memory, and its own writes
+    keep what it holds current (:meth:`hold_writes`: what it writes too). A stage prefetches what
+    it will read of its campaign while it holds the campaign's lease, so nobody else changes
+    those keys meanwhile."""
 
     uri: str
 
-    @abstractmethod
+    @property
+    def _held(self) -> dict[str, bytes | None]:
+        """Keys prefetched: their bytes, or None for a key that was not there."""
+        return self.__dict__.setdefault("_held_reads", {})
+
     def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         """The object's bytes; a missing key, or one larger than ``max_bytes``, is an error."""
+        if key in self._held:
+            data = self._held[key]
+            if data is None:
+                raise NotFoundError(f"{self.where(key)}: no such object")
+            self._too_big(key, len(data), max_bytes)
+            return data
+        return self._read(key, max_bytes)
+
+    def exists(self, key: str) -> bool:
+        if key in self._held:
+            return self._held[key] is not None
+        return self._exists(key)
+
+    def prefetch(self, keys: Iterable[str], max_bytes: int | None = None) -> None:
+        """Read these keys now and keep them (a missing one as missing) for later reads; a key
+        over ``max_bytes`` is left unread (a later read finds it too large, unread)."""
+        for key in dict.fromkeys(keys):
+            if key not in self._held:
+                self._hold(key, max_bytes)
+
+    def forget(self) -> None:
+        """Let go of every key held: later reads go to storage again (a new stage begins)."""
+        self._held.clear()
+
+    def _hold(self, key: str, max_bytes: int | None) -> None:
+        try:
+            self._held[key] = self._read(key, max_bytes)
+        except NotFoundError:
+            self._held[key] = None
+        except TooLargeError:
+            pass
+
+    def write_bytes(self, key: str, data: bytes, *, once: bool = False) -> None:
+        """Write atomically; with ``once``, raise :class:`AlreadyExistsError` if the key exists.
+        With :meth:`hold_writes`, this object's later reads of the key are served what it wrote."""
+        self._held.pop(key, None)
+        self._write(key, data, once)
+        if self.__dict__.get("_holds_writes"):
+            self._held[key] = bytes(data)
+
+    def hold_writes(self) -> None:
+        """Keep what this object writes for its own later reads: for the one writer of its keys
+        (a stage holding its campaign's lease)."""
+        self.__dict__["_holds_writes"] = True
+
+    def create(self, key: str, data: bytes) -> str:
+        """Write a key that must not exist yet (else :class:`AlreadyExistsError`); returns the
+        new version's token (for :meth:`replace_if` and :meth:`delete_if`)."""
+        self._held.pop(key, None)
+        return self._create(key, data)
+
+    def upload(self, path: Path, key: str) -> int | None:
+        """Write a local file's bytes to the key (streamed), atomically; returns the new object's
+        generation on GCS (None locally)."""
+        self._held.pop(key, None)
+        return self._upload(path, key)
+
+    def delete(self, key: str) -> None:
+        """Remove a key if it exists."""
+        self._held.pop(key, None)
+        self._delete(key)
+
+    def replace_if(self, key: str, data: bytes, token: str) -> str:
+        """Write ``data`` only if the object is still the version ``token`` names (a
+        compare-and-swap); raise :class:`ChangedError` otherwise. Returns the new version's token."""
+        self._held.pop(key, None)
+        return self._replace_if(key, data, token)
+
+    def delete_if(self, key: str, token: str) -> None:
+        """Delete the object only if it is still the version ``token`` names; else
+        :class:`ChangedError`."""
+        self._held.pop(key, None)
+        self._delete_if(key, token)
 
     @abstractmethod
-    def write_bytes(self, key: str, data: bytes, *, once: bool = False) -> None:
-        """Write atomically; with ``once``, raise :class:`AlreadyExistsError` if the key exists."""
+    def _read(self, key: str, max_bytes: int | None) -> bytes: ...
+
+    @abstractmethod
+    def _exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def _write(self, key: str, data: bytes, once: bool) -> None: ...
+
+    @abstractmethod
+    def _create(self, key: str, data: bytes) -> str: ...
+
+    @abstractmethod
+    def _upload(self, path: Path, key: str) -> int | None: ...
+
+    @abstractmethod
+    def _delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def _replace_if(self, key: str, data: bytes, token: str) -> str: ...
+
+    @abstractmethod
+    def _delete_if(self, key: str, token: str) -> None: ...
 
     @abstractmethod
     def download(self, key: str, path: Path) -> None:
         """Copy the object to a local file (streamed, never whole in memory); missing: an error."""
 
     @abstractmethod
-    def upload(self, path: Path, key: str) -> int | None:
-        """Write a local file's bytes to the key (streamed), atomically; returns the new object's
-        generation on GCS (None locally)."""
-
-    @abstractmethod
-    def exists(self, key: str) -> bool: ...
-
-    @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
         """Keys under ``prefix`` (a folder-like key, or "" for all), sorted."""
-
-    @abstractmethod
-    def delete(self, key: str) -> None:
-        """Remove a key if it exists."""
 
     @abstractmethod
     def version(self, key: str) -> str:
@@ -257,16 +349,6 @@ class Storage(ABC):
     def read_versioned(self, key: str) -> tuple[bytes, str]:
         """The object's bytes and a token of this exact version, for :meth:`replace_if` and
         :meth:`delete_if`; a missing key is an error."""
-
-    @abstractmethod
-    def replace_if(self, key: str, data: bytes, token: str) -> str:
-        """Write ``data`` only if the object is still the version ``token`` names (a
-        compare-and-swap); raise :class:`ChangedError` otherwise. Returns the new version's token."""
-
-    @abstractmethod
-    def delete_if(self, key: str, token: str) -> None:
-        """Delete the object only if it is still the version ``token`` names; else
-        :class:`ChangedError`."""
 
     def read_text(self, key: str, max_bytes: int | None = None) -> str:
         data = self.read_bytes(key, max_bytes)
@@ -308,7 +390,7 @@ class LocalStorage(Storage):
             raise SealsError(f"{self.uri}: key {shown(key, 80)} leads outside the campaign")
         return path
 
-    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+    def _read(self, key: str, max_bytes: int | None) -> bytes:
         path = self._path(key)
         if not path.exists():
             raise NotFoundError(f"{self.where(key)}: no such file")
@@ -316,7 +398,13 @@ class LocalStorage(Storage):
         self._too_big(key, path.stat().st_size, max_bytes)
         return path.read_bytes()
 
-    def write_bytes(self, key: str, data: bytes, *, once: bool = False) -> None:
+    def _create(self, key: str, data: bytes) -> str:
+        path = self._path(key)
+        with self._exclusive(path):
+            self._write(key, data, once=True)
+            return self._token(path) or ""
+
+    def _write(self, key: str, data: bytes, once: bool) -> None:
         path = self._path(key)
         if not once:
             with atomic_path(path) as tmp:
@@ -338,14 +426,14 @@ class LocalStorage(Storage):
         require_file(source, self.where(key))
         shutil.copyfile(source, path)
 
-    def upload(self, path: Path, key: str) -> None:
+    def _upload(self, path: Path, key: str) -> None:
         with atomic_path(self._path(key)) as tmp:
             shutil.copyfile(path, tmp)
 
-    def exists(self, key: str) -> bool:
+    def _exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def delete(self, key: str) -> None:
+    def _delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
     def version(self, key: str) -> str:
@@ -383,7 +471,7 @@ class LocalStorage(Storage):
                 raise SealsError(f"{self.where(key)}: no such file")
             return path.read_bytes(), token
 
-    def replace_if(self, key: str, data: bytes, token: str) -> str:
+    def _replace_if(self, key: str, data: bytes, token: str) -> str:
         path = self._path(key)
         with self._exclusive(path):
             if self._token(path) != token:
@@ -392,7 +480,7 @@ class LocalStorage(Storage):
                 tmp.write_bytes(data)
             return self._token(path) or ""
 
-    def delete_if(self, key: str, token: str) -> None:
+    def _delete_if(self, key: str, token: str) -> None:
         path = self._path(key)
         with self._exclusive(path):
             if self._token(path) != token:
@@ -452,7 +540,7 @@ class GCSStorage(Storage):
             raise NotFoundError(f"{self.where(key)}: no such object")
         return int(blob.generation), int(blob.size or 0)
 
-    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+    def _read(self, key: str, max_bytes: int | None) -> bytes:
         from google.api_core.exceptions import NotFound, RequestRangeNotSatisfiable
 
         # One GET: with a limit, only up to one byte past it is asked for.
@@ -470,13 +558,29 @@ class GCSStorage(Storage):
             self._too_big(key, int(blob.size) if blob is not None else len(data), max_bytes)
         return data
 
-    def write_bytes(self, key: str, data: bytes, *, once: bool = False) -> None:
+    def prefetch(self, keys: Iterable[str], max_bytes: int | None = None) -> None:
+        """Read every key not held yet concurrently: one round trip for them all."""
+        wanted = [key for key in dict.fromkeys(keys) if key not in self._held]
+        concurrently([partial(self._hold, key, max_bytes) for key in wanted])
+
+    def _write(self, key: str, data: bytes, once: bool) -> None:
+        if once:
+            self._create(key, data)
+        else:
+            self._blob(key).upload_from_string(data)
+
+    def _create(self, key: str, data: bytes) -> str:
         from google.api_core.exceptions import PreconditionFailed
 
+        blob = self._blob(key)
         try:
-            self._blob(key).upload_from_string(data, if_generation_match=0 if once else None)
+            blob.upload_from_string(data, if_generation_match=0)
         except PreconditionFailed as e:
             raise AlreadyExistsError(f"{self.where(key)}: already written") from e
+        if blob.generation is None:  # GCS returns it with the upload; an emulator may not
+            blob.reload()
+            count_alone(0)
+        return str(blob.generation)
 
     def download(self, key: str, path: Path) -> None:
         from google.api_core.exceptions import NotFound
@@ -488,17 +592,17 @@ class GCSStorage(Storage):
             raise NotFoundError(f"{self.where(key)}: no such object") from e
         count_alone(path.stat().st_size)
 
-    def upload(self, path: Path, key: str) -> int | None:
+    def _upload(self, path: Path, key: str) -> int | None:
         blob = self._blob(key)
         blob.upload_from_filename(str(path))  # one object: all or nothing
         return None if blob.generation is None else int(blob.generation)
 
-    def exists(self, key: str) -> bool:
+    def _exists(self, key: str) -> bool:
         exists = self._blob(key).exists()
         count_alone(0)
         return exists
 
-    def delete(self, key: str) -> None:
+    def _delete(self, key: str) -> None:
         from google.api_core.exceptions import NotFound
 
         with suppress(NotFound):
@@ -526,7 +630,7 @@ class GCSStorage(Storage):
             raise SealsError(f"{self.where(key)}: the server named no generation for the object")
         return data, str(blob.generation)
 
-    def replace_if(self, key: str, data: bytes, token: str) -> str:
+    def _replace_if(self, key: str, data: bytes, token: str) -> str:
         from google.api_core.exceptions import NotFound, PreconditionFailed
 
         blob = self._blob(key)
@@ -539,7 +643,7 @@ class GCSStorage(Storage):
             count_alone(0)
         return str(blob.generation)
 
-    def delete_if(self, key: str, token: str) -> None:
+    def _delete_if(self, key: str, token: str) -> None:
         from google.api_core.exceptions import NotFound, PreconditionFailed
 
         try:
@@ -556,23 +660,45 @@ class GCSStorage(Storage):
         return sorted(name[len(self.prefix) :] for name in names)
 
 
+_clients: dict[str, object] = {}
+
+
 def _gcs_client():
+    """One google-cloud-storage client per process (per emulator host), its connection pool big
+    enough for :func:`seals_al.ranges.concurrently`: every gs:// storage reuses its connections."""
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    if emulator not in _clients:
+        _clients[emulator] = _new_gcs_client(emulator)
+    return _clients[emulator]
+
+
+def _new_gcs_client(emulator: str):
+    import requests
     from google.cloud import storage
 
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
+    from seals_al.ranges import CONCURRENCY
+
+    if emulator:
         from google.auth.credentials import AnonymousCredentials
 
         project = os.environ.get("GOOGLE_CLOUD_PROJECT", "local")
-        return storage.Client(project=project, credentials=AnonymousCredentials())
-    from google.auth.exceptions import DefaultCredentialsError
+        client = storage.Client(project=project, credentials=AnonymousCredentials())
+    else:
+        from google.auth.exceptions import DefaultCredentialsError
 
-    try:
-        return storage.Client()
-    except DefaultCredentialsError as e:
-        raise SealsError(
-            "gs://: no Google Cloud credentials found (set GOOGLE_APPLICATION_CREDENTIALS, or run "
-            "where Application Default Credentials exist, e.g. a pod with Workload Identity)"
-        ) from e
+        try:
+            client = storage.Client()
+        except DefaultCredentialsError as e:
+            raise SealsError(
+                "gs://: no Google Cloud credentials found (set GOOGLE_APPLICATION_CREDENTIALS, or run "
+                "where Application Default Credentials exist, e.g. a pod with Workload Identity)"
+            ) from e
+    # The library's own session holds 10 connections; concurrent reads need as many as run at once
+    # (the way googleapis/python-storage#253 recommends).
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=CONCURRENCY)
+    client._http.mount("https://", adapter)
+    client._http.mount("http://", adapter)
+    return client
 
 
 def default_cache_dir() -> Path:

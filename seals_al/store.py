@@ -421,7 +421,8 @@ class EmbeddingStore:
         lookup: RowLookup | None = None,
         access: str = "mapped",
     ) -> EmbeddingStore:
-        """Open a store.
+        """Open a store (its manifest read, and its shards' headers unless a published listing
+        has them).
 
         Args:
             path: the store directory, or a folder (:func:`seals_al.published.open_folder`: a

@@ -305,16 +305,19 @@ def test_precomputed_vectors_are_imported_a_shard_at_a_time(tmp_path, monkeypatc
 @pytest.mark.parametrize("access", ["rows", "mapped"])
 def test_strings_read_the_same_one_by_one_and_as_one_span(tmp_path, access):
     """A scan reads the strings' span in one go; a few strings far apart, each on its own: both
-    give every string, empty and non-ASCII ones included, in the order asked."""
+    give every string of the columns asked for, empty and non-ASCII ones included, in the order
+    asked."""
     values = [f"id-{i}-{'é' * (i % 7)}" if i % 11 else "" for i in range(200_000)]  # over 1 MiB
-    prepared_module.Strings.write(tmp_path, "ids", values)
-    strings = prepared_module.Strings(tmp_path, "ids", access)
+    texts = [f"text {i}" * (i % 3) for i in range(200_000)]
+    prepared_module.Strings.write(tmp_path, {"ids": values, "texts": texts})
+    strings = prepared_module.Strings(tmp_path, ["ids", "texts"], access)
     everything = np.random.default_rng(0).permutation(len(values))
-    assert strings.at(everything) == [values[i] for i in everything]
+    assert strings.at(everything) == [[values[i] for i in everything]]
     far = np.asarray([199_999, 0, 11, 100_000])  # 4 strings across the whole file
-    assert strings.at(far) == [values[i] for i in far]
-    assert strings.at(np.arange(5, 9)) == values[5:9]
-    assert strings.at([]) == []
+    assert strings.at(far, ["ids", "texts"]) == [[values[i] for i in far], [texts[i] for i in far]]
+    assert strings.at(far, ["texts"]) == [[texts[i] for i in far]]
+    assert strings.at(np.arange(5, 9), ["ids"]) == [values[5:9]]
+    assert strings.at([], ["ids", "texts"]) == [[], []]
 
 
 def test_sorted_unique_is_numpys_unique():

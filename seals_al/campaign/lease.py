@@ -69,8 +69,7 @@ class Lease:
 
     def _create(self) -> None:
         data, expires = self._record()
-        self.storage.write_bytes(LOCK, data, once=True)
-        _, self._token = self.storage.read_versioned(LOCK)
+        self._token = self.storage.create(LOCK, data)
         self._expires = expires
 
     def _swap(self, token: str) -> None:

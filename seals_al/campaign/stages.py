@@ -29,7 +29,7 @@ from seals_al.errors import SealsError, shown
 from seals_al.failpoints import failpoint
 from seals_al.labels import LabelFileError, Problem, check_label_file, check_size, label_studio_tasks
 from seals_al.record import RoundRecord
-from seals_al.storage import open_storage
+from seals_al.storage import NotFoundError, open_storage
 
 if TYPE_CHECKING:  # imported where used: a stage that only reads or ingests starts without them
     from seals_al.dataset import Dataset
@@ -54,9 +54,14 @@ class Campaign(StateReader):
 
     def __init__(self, uri: str, progress: bool = True):
         storage = open_storage(uri)
-        if not storage.exists(CONFIG):
-            raise SealsError(f"{storage.uri}: not a campaign (no {CONFIG}); create one with seals-al init")
-        config = CampaignConfig.from_json(storage.read_json(CONFIG, MAX_CONFIG_BYTES), storage.where(CONFIG))
+        try:
+            raw = storage.read_json(CONFIG, MAX_CONFIG_BYTES)
+        except NotFoundError:
+            raise SealsError(
+                f"{storage.uri}: not a campaign (no {CONFIG}); create one with seals-al init"
+            ) from None
+        config = CampaignConfig.from_json(raw, storage.where(CONFIG))
+        storage.hold_writes()  # its stages write under the lease and read back what they wrote
         super().__init__(storage, config)
         self.progress = progress
         self._dataset: Dataset | None = None
@@ -116,7 +121,8 @@ class Campaign(StateReader):
             The new round's record (as in metrics.json), or None when no label came back.
         """
         with self.leased():
-            state = self.state()  # unchanged until select commits: the lease is held throughout
+            # Unchanged until select commits: the lease is held throughout.
+            state = self.state(also=self._ingest_reads)
             if self._ingest_stage(state) is None:
                 return None
             failpoint("after_ingest")
@@ -133,17 +139,33 @@ class Campaign(StateReader):
             What was staged, or None when no new label came back (nothing is written).
         """
         with self.leased():
-            return self._ingest_stage(self.state())
+            return self._ingest_stage(self.state(also=self._ingest_reads))
 
     def train(self) -> dict:
         """Stage 2: fit the classifier on the staged labeled set and evaluate it."""
         with self.leased():
-            return self._train_stage(self.state())
+            return self._train_stage(self.state(also=self._train_reads))
 
     def select(self) -> dict:
         """Stage 3: expand the pool, select the batch, publish and commit the round."""
         with self.leased():
-            return self._select_stage(self.state())
+            return self._select_stage(self.state(also=self._select_reads))
+
+    # What each stage reads of the campaign, given the last committed round r: read with the
+    # state, in one batch (on gs://, one round trip instead of one per file).
+    def _ingest_reads(self, r: int) -> list[str]:
+        return [self.keys(r).data] if r >= 0 else []
+
+    def _train_reads(self, r: int) -> list[str]:
+        last, new = self.keys(r), self.keys(r + 1)
+        return [*self._ingest_reads(r), last.examples, new.ingested, new.labeled]
+
+    def _select_reads(self, r: int) -> list[str]:
+        from seals_al.pool import VECTORS
+
+        last, new = self.keys(r), self.keys(r + 1)
+        pool = [f"{last.pool}/{name}" for name in ("pool.json", "pool.npz", VECTORS)]
+        return [*self._train_reads(r), last.metrics, *pool, new.model, new.evaluation, new.relabels]
 
     def _ingest_stage(self, state: State) -> StagedLabels | None:
         files = self.new_label_files(state)
@@ -336,28 +358,19 @@ class Campaign(StateReader):
         record = engine.record(r, Evaluation(**evaluation), outcome, len(batch), queries)
         data, changes = self._data_record(state)
         record = replace(record, **changes)
-        self._publish(
-            r, record, batch, candidates, data, self._examples(labeled, batch, outcome.selection, candidates)
-        )
+        self._publish(r, record, batch, candidates, data, self._examples(labeled, batch))
         return record.to_json()
 
     def _examples(
-        self, labeled: dict[str, dict], batch: list[dict], selection: Selection, candidates: Candidates
+        self, labeled: dict[str, dict], batch: list[dict]
     ) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(ids, row ids, vectors) of every example labeled or out for labeling after this round,
-        for the next round to take instead of looking them up: the picks' vectors are the ones
-        selection scored; the others this stage holds already, or reads."""
+        for the next round to take instead of looking them up: the stage holds them already (the
+        last round's, and this round's picks, remembered as they were named), but new seeds."""
         dataset = self.dataset()
-        picked = {p.row_id for p in selection.picks}
         ids = sorted({*labeled, *(row["id"] for row in batch)} - dataset.removed_ids)
         rows = dataset.row_ids_of(ids)
-        vectors = np.empty((len(ids), dataset.store.dim), np.float32)
-        mine = np.asarray([r in picked for r in rows.tolist()], bool)
-        if mine.any():
-            vectors[mine] = candidates.vectors_of(rows[mine])
-        if (~mine).any():
-            vectors[~mine] = dataset.store.vectors(rows[~mine])
-        return ids, rows, vectors
+        return ids, rows, dataset.store.vectors(rows)
 
     def _data_record(self, state: State) -> tuple[dict, dict]:
         """This round's data.json, and what the round record gains from it: nothing while the
@@ -396,7 +409,9 @@ class Campaign(StateReader):
         # Every id and text at once: two round trips on object storage.
         named, texts = dataset.ids_and_texts(np.concatenate([picked, np.asarray(sources, np.int64)]), picked)
         external = named[: len(picked)]
-        probabilities = model.predict_proba(candidates.vectors_of(picked)) if len(picked) else []
+        vectors = candidates.vectors_of(picked)
+        dataset.remember(external, picked, vectors)  # the round's examples now: nothing to look up
+        probabilities = model.predict_proba(vectors) if len(picked) else []
         source_ids = dict(zip(sources, named[len(picked) :], strict=True))
         return [
             {

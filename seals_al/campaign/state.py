@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from seals_al import labels
@@ -68,11 +68,18 @@ class StateReader:
         keys = self.storage.list(ROUNDS)
         return sorted(r for k in keys if k.endswith("/COMMITTED") and (r := round_of(k)) is not None)
 
-    def state(self) -> State:
+    def state(self, also: Callable[[int], Iterable[str]] | None = None) -> State:
+        """The last committed round. ``also``: the keys a stage will read, given that round (its
+        own and the next round's files): read with the state's own files, in one batch. What
+        was read before (by an earlier stage of this object) is read again."""
+        self.storage.forget()
         rounds = self.committed_rounds()
+        r = rounds[-1] if rounds else -1
+        keys = self.keys(r)
+        own = [keys.labeled, keys.ingested, keys.to_label] if r >= 0 else []
+        self.storage.prefetch([*own, *(also(r) if also is not None else ())])
         if not rounds:
             return State(-1, {}, [], [])
-        keys = self.keys(rounds[-1])
         labeled = {row["id"]: row for row in jsonl_rows(self.storage.read_text(keys.labeled))}
         ingested = self.storage.read_json(keys.ingested)
         return State(rounds[-1], labeled, ingested, jsonl_rows(self.storage.read_text(keys.to_label)))
@@ -92,6 +99,7 @@ class StateReader:
             keys = [
                 k for k in self.storage.list(INBOX) if (r := inbox_round(k)) is not None and r <= state.round
             ]
+        self.storage.prefetch(keys, labels.MAX_LABEL_FILE_BYTES)
         fresh: dict[str, bytes | Oversized] = {}
         for key in keys:
             try:  # the size is checked before the file is read: a huge file is never read

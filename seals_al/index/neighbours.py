@@ -93,6 +93,40 @@ class IndexNeighbours:
 
 GRAPH_FORMAT = "seals-knn-graph/1"
 ROWS_SAMPLE = "row_ids.sample.npy"  # the sorted rows' sparse sample: which block to read
+PRELOAD = ("manifest.json", ROWS_SAMPLE)  # read with a published graph's listing, in one batch
+# A published graph's rows again, each with its vector and kNN density beside its list: a round
+# reading the graph on object storage gets an arrival's vector and its own list in one read.
+RECORDS = "records.npy"
+
+
+def records_dtype(dim: int, k: int, id_type: np.dtype) -> np.dtype:
+    """One row of :data:`RECORDS`: its id, kNN density, vector and neighbour ids."""
+    return np.dtype(
+        [("row", "<i8"), ("density", "<f4"), ("vector", "<f4", (dim,)), ("neighbours", id_type, (k,))]
+    )
+
+
+def write_records(
+    graph: Path, store: EmbeddingStore, *, chunk_rows: int = 16_384, progress: bool = True
+) -> None:
+    """Write :data:`RECORDS` into a graph folder whose lists are written: one pass over its rows,
+    in the graph's order, the vectors read a chunk at a time."""
+    rows = np.load(graph / "row_ids.npy", mmap_mode="r")
+    ids = np.load(graph / "neighbours.npy", mmap_mode="r")
+    sims = np.load(graph / "similarities.npy", mmap_mode="r")
+    dtype = records_dtype(store.dim, ids.shape[1], ids.dtype)
+    out = np.lib.format.open_memmap(graph / RECORDS, mode="w+", dtype=dtype, shape=(len(rows),))
+    with tqdm(total=len(rows), desc="kNN graph records", unit="row", disable=not progress) as bar:
+        for start in range(0, len(rows), chunk_rows):
+            stop = min(start + chunk_rows, len(rows))
+            block = out[start:stop]
+            block["row"] = rows[start:stop]
+            block["density"] = neighbour_density(np.asarray(sims[start:stop]))
+            block["vector"] = store.vectors(np.asarray(rows[start:stop]))
+            block["neighbours"] = ids[start:stop]
+            bar.update(stop - start)
+    out.flush()
+    del out
 
 
 class NeighbourGraph:
@@ -107,6 +141,7 @@ class NeighbourGraph:
         ids: np.ndarray | ArrayFile,
         sims: np.ndarray | ArrayFile,
         sample: np.ndarray | None = None,
+        records: ArrayFile | None = None,
     ):
         self.folder = folder
         self.uri = folder.uri
@@ -115,8 +150,8 @@ class NeighbourGraph:
         self._row_ids = row_ids
         self._ids = ids
         self._sims = sims
-        self._cached: dict[int, int] = {}  # row id -> slot of lists read ahead (prefetch)
-        self._cached_ids = np.empty((0, self.k), np.int64)
+        self._records = records
+        self._lists: dict[int, np.ndarray] = {}  # row id -> its list, read ahead (prefetch, records)
         # The rows are sorted by the format (the builder sorts them): nothing is read to check it.
         self._lookup = RowLookup.presorted(
             row_ids, None, self.uri, "row id {} is not in the graph", sample=sample
@@ -156,6 +191,7 @@ class NeighbourGraph:
             return folder.array(name, access)
 
         sample = folder.array(ROWS_SAMPLE, "rows")[:] if folder.has(ROWS_SAMPLE) else None
+        records = folder.array(RECORDS, "rows") if access == "rows" and folder.has(RECORDS) else None
         return cls(
             folder,
             manifest,
@@ -163,6 +199,7 @@ class NeighbourGraph:
             lists("neighbours.npy"),
             folder.array("similarities.npy", "mapped" if in_memory else access),
             sample,
+            records,
         )
 
     def use_lookup(self, lookup: RowLookup) -> None:
@@ -173,15 +210,26 @@ class NeighbourGraph:
     def prefetch(self, row_ids: np.ndarray) -> None:
         """Read these rows' neighbour lists now, in one batch, for :meth:`ids` to answer later
         without a read (the likely picks of a selection, on object storage)."""
-        row_ids = np.asarray(
-            [r for r in np.asarray(row_ids, np.int64).tolist() if r not in self._cached], np.int64
-        )
-        if not len(row_ids) or not isinstance(self._ids, ArrayFile):
+        row_ids = [r for r in np.asarray(row_ids, np.int64).tolist() if r not in self._lists]
+        if not row_ids or not isinstance(self._ids, ArrayFile):
             return
-        lists = np.asarray(self._ids[self._lookup(row_ids)], np.int64)
-        start = len(self._cached_ids)
-        self._cached_ids = np.concatenate([self._cached_ids, lists])
-        self._cached.update(zip(row_ids.tolist(), range(start, start + len(row_ids)), strict=True))
+        lists = np.asarray(self._ids[self._lookup(np.asarray(row_ids, np.int64))], np.int64)
+        self._lists.update(zip(row_ids, lists, strict=True))
+
+    @property
+    def has_records(self) -> bool:
+        """Whether each row's vector and kNN density are read with its list (:meth:`records_of`)."""
+        return self._records is not None
+
+    def records_of(self, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors, kNN densities) of rows, read with their neighbour lists in one batch
+        (:data:`RECORDS`); the lists are kept, so a row picked later needs no read of its own."""
+        if self._records is None:
+            raise SealsError(f"{self.uri}: this graph has no {RECORDS}")
+        row_ids = np.asarray(row_ids, np.int64)
+        found = self._records[self._lookup(row_ids)]
+        self._lists.update(zip(row_ids.tolist(), np.asarray(found["neighbours"], np.int64), strict=True))
+        return found["vector"], found["density"]
 
     def __len__(self) -> int:
         return len(self._row_ids)
@@ -198,12 +246,12 @@ class NeighbourGraph:
     def ids(self, row_ids: np.ndarray, k: int, vectors: VectorsOf | None = None) -> np.ndarray:
         """Only the neighbour ids: the similarities (memory-mapped) are not read."""
         row_ids = np.asarray(row_ids, np.int64)
-        if self._cached and all(r in self._cached for r in row_ids.tolist()):
+        if self._lists and all(r in self._lists for r in row_ids.tolist()):
             if k > self.k:
                 raise SealsError(
                     f"{self.uri}: the graph holds {self.k} neighbours per row; {k} were asked for"
                 )
-            return self._cached_ids[[self._cached[r] for r in row_ids.tolist()]][:, :k]
+            return np.stack([self._lists[r] for r in row_ids.tolist()])[:, :k]
         at = self._rows(row_ids, k)
         return self._ids[at] if k == self.k else self._ids[at][:, :k]
 
@@ -538,11 +586,12 @@ def cached_neighbour_graph(
 
     if published is not None:
         uri = f"{published.rstrip('/')}/k{k}-{name}"
-        folder = open_folder(uri, cache_dir)  # this cache's copy, else read where it is
+        folder = open_folder(uri, cache_dir, PRELOAD)  # this cache's copy, else read where it is
         if folder is None:
             base = _published_base(published, base_of, k, cache_dir, progress)
             with output_folder(uri, GRAPH_FORMAT, cache_dir, progress) as out:
                 _grow_or_build(base, index, whole(), row_ids(), k, out, progress)
+                write_records(out, whole(), progress=progress)
             folder = open_folder(uri, cache_dir)  # the cache has it now
         if access != "rows" and folder is not None and folder.local is None:
             folder = LocalFolder(materialize(uri, "a neighbour graph", cache_dir, progress))
