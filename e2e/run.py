@@ -8,7 +8,9 @@ storage (a GCS emulator on 127.0.0.1), KFP's pipeline root and the run's workspa
 3. The looped pipeline: a thread drops label files into the gs:// inbox as a person would, and the
    run goes on past its wait.
 4. A round whose select container is killed mid-publish (exit 137, its lease left behind); a new
-   run takes the expired lease over and commits a round identical to a never-killed run's.
+   run takes the expired lease over and commits a round identical to a never-killed run's. The
+   never-killed run's round tasks each read far less than the store from the bucket (counted by
+   each process, $SEALS_IO_STATS_DIR): a task that downloaded a whole store or graph would fail.
 5. Items that arrive: a campaign over a gs:// folder of item files, its store and index published;
    a second file arrives and the one-round pipeline with ``refresh_data=true`` embeds only that
    file's items (in a container) into the published store and adds them to the published index;
@@ -29,7 +31,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import sys
 import threading
 import time
@@ -52,14 +53,11 @@ def check(condition: bool, message: str) -> None:
 
 
 def start_emulator() -> tuple[object, str]:
-    from gcp_storage_emulator.server import create_server
+    """fake-gcs-server on a free loopback port (tests/gcs_server.py), with the bucket."""
+    from tests.gcs_server import Server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-    server.start()
-    return server, f"http://127.0.0.1:{port}"
+    server = Server((BUCKET,))
+    return server, server.url
 
 
 def docker_runner(env: dict[str, str]):
@@ -111,6 +109,23 @@ def run(runner, work: Path, pipeline, **arguments) -> bool:
         print(f"e2e: {work.name}: {e}", file=sys.stderr)
         return False
     return True
+
+
+ROUND_TASKS = ("label_ingest", "train", "select_round", "report")
+READ_BOUND = 0.5  # of the store's bytes: what one round task may read from the bucket, at most
+
+
+def reads_per_task(folder: Path) -> dict[str, int]:
+    """Bytes each component read from object storage, by its function's name (the counts every
+    process of a task wrote to ``folder``)."""
+    reads: dict[str, int] = {}
+    for path in folder.glob("*.json"):
+        record = json.loads(path.read_text())
+        argv = record["argv"]
+        if "--function_to_execute" in argv:
+            task = argv[argv.index("--function_to_execute") + 1]
+            reads[task] = reads.get(task, 0) + int(record["bytes"])
+    return reads
 
 
 def metrics_artifacts(work: Path) -> list[dict]:
@@ -401,10 +416,25 @@ def scenarios(args, work: Path, env: dict[str, str]) -> str:
         timed("one-round-resumed", docker_runner(env), seals_one_round, campaign_uri=killed),
         "the run after the killed one failed",
     )
+    counted = work / "one-round-clean" / "pipeline-root" / "io"  # kfp.local mounts the root
     check(
-        timed("one-round-clean", docker_runner(env), seals_one_round, campaign_uri=clean),
+        timed(
+            "one-round-clean",
+            docker_runner({**env, "SEALS_IO_STATS_DIR": str(counted)}),
+            seals_one_round,
+            campaign_uri=clean,
+        ),
         "the never-killed run failed",
     )
+    store = open_storage(data["embeddings_uri"]).read_json("manifest.json")
+    reads = reads_per_task(counted)
+    check(set(ROUND_TASKS) <= set(reads), f"no read counts for {sorted(set(ROUND_TASKS) - set(reads))}")
+    bound = store["count"] * store["dim"] * 4 * READ_BOUND
+    heavy = {task: size for task, size in reads.items() if task in ROUND_TASKS and size > bound}
+    check(
+        not heavy, f"round tasks read more than {READ_BOUND:.0%} of the store ({bound:,.0f} bytes): {heavy}"
+    )
+    timings.update({f"{task} read MB": size / 1e6 for task, size in sorted(reads.items())})
     check(_committed(killed, 2), f"{killed}: round 2 was not committed after the takeover")
     diff = differences(
         {k: v for k, v in campaign_files(killed).items() if k.startswith("rounds/002/")},
@@ -492,7 +522,7 @@ def scenarios(args, work: Path, env: dict[str, str]) -> str:
         ]
         leaked += [k for k, v in campaign_files(labeled_uri).items() if studio.token in repr(v)]
         check(not leaked, f"the Label Studio token was written to {leaked[:3]}")
-    return ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+    return ", ".join(f"{k} {v:.1f}" if k.endswith("MB") else f"{k} {v:.0f} s" for k, v in timings.items())
 
 
 def _seed_key(uri: str) -> str:

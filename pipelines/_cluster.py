@@ -1,7 +1,9 @@
-"""What a pipeline asks of the cluster, fixed when it is compiled: the run's workspace (a volume
-every task of one run shares as its cache), CPU and memory per component, retries, and the
-Kubernetes Secret the Label Studio steps read its URL and API token from.
+"""What a pipeline asks of the cluster, fixed when it is compiled: CPU and memory per component,
+retries, the Kubernetes Secret the Label Studio steps read its URL and API token from, and,
+when asked for, a run's workspace (a volume every task of one run shares as its cache).
 
+By default there is no workspace: tasks share nothing but object storage and read it by range
+(docs/CLUSTER.md), so a stock cluster, whose default storage class is ReadWriteOnce, runs them.
 ``seals-al compile --workspace-size 50Gi --storage-class standard-rwx --resources select_round=4,16Gi``
 changes them; docs/CLUSTER.md says what each is for.
 """
@@ -78,7 +80,7 @@ LABEL_STUDIO_KEYS = {"url": "LABEL_STUDIO_URL", "api-key": "LABEL_STUDIO_API_KEY
 class Cluster:
     """Compile-time settings of every pipeline."""
 
-    workspace_size: str = "20Gi"  # "" = no workspace: each pod caches on its own disk
+    workspace_size: str = ""  # "" = no workspace: each pod caches on its own disk (the default)
     storage_class: str = ""  # "" = the cluster's default; tasks of a run may share nodes or not
     access_mode: str = "ReadWriteMany"
     resources: Mapping[str, Resources] = field(default_factory=lambda: dict(RESOURCES))

@@ -16,8 +16,7 @@ SERVICE_ACCOUNT = "seals-al-runner"
 CONFIG_MAP = "seals-al-config"
 
 
-WORKSPACE = "/workspace"  # the workflow's volume claim: every step's cache (seals_al.storage)
-WORKSPACE_SIZE = "20Gi"
+CACHE = "/cache"  # each step's own scratch volume (emptyDir): its cache (seals_al.storage)
 LABEL_STUDIO_SECRET = "label-studio"  # keys: url, api-key (manifests/argo/label-studio-secret.yaml)
 DEADLINE_SECONDS = 30 * 24 * 3600  # the whole campaign, waits for people included
 RETRY = {"limit": "2", "retryPolicy": "Always", "backoff": {"duration": "60s", "factor": "2"}}
@@ -33,12 +32,10 @@ def workflow_template():
     from hera.workflows.models import (
         Capabilities,
         ConfigMapEnvSource,
+        EmptyDirVolumeSource,
         EnvFromSource,
         EnvVar,
         EnvVarSource,
-        ObjectMeta,
-        PersistentVolumeClaim,
-        PersistentVolumeClaimSpec,
         PodGC,
         PodSecurityContext,
         ResourceRequirements,
@@ -48,8 +45,8 @@ def workflow_template():
         SecurityContext,
         TTLStrategy,
         ValueFrom,
+        Volume,
         VolumeMount,
-        VolumeResourceRequirements,
     )
 
     from pipelines._cluster import LABEL_STUDIO_KEYS, LABEL_STUDIO_STEPS, RESOURCES, RETRIED
@@ -68,7 +65,7 @@ def workflow_template():
         seccomp_profile=seccomp,
     )
     env_from = [EnvFromSource(config_map_ref=ConfigMapEnvSource(name=CONFIG_MAP, optional=True))]
-    env = [EnvVar(name="SEALS_CACHE_DIR", value=f"{WORKSPACE}/{WORKSPACE_CACHE}")]
+    env = [EnvVar(name="SEALS_CACHE_DIR", value=f"{CACHE}/{WORKSPACE_CACHE}")]
     # The Label Studio steps read its URL and token from an optional Secret (manifests/argo/).
     label_studio_env = [
         EnvVar(
@@ -79,7 +76,9 @@ def workflow_template():
         )
         for key, variable in LABEL_STUDIO_KEYS.items()
     ]
-    mounts = [VolumeMount(name="workspace", mount_path=WORKSPACE)]
+    # Steps share nothing but object storage, read by range: each pod's cache is its own scratch
+    # volume, so no volume claim (and no ReadWriteMany class) is needed.
+    mounts = [VolumeMount(name="cache", mount_path=CACHE)]
 
     def step_container(name: str, component: str, args: list[str], **extra) -> Container:
         res = RESOURCES[component]
@@ -111,19 +110,9 @@ def workflow_template():
         pod_gc=PodGC(strategy="OnPodSuccess"),  # failed pods stay for their logs
         ttl_strategy=TTLStrategy(seconds_after_success=24 * 3600, seconds_after_failure=7 * 24 * 3600),
         active_deadline_seconds=DEADLINE_SECONDS,
-        volume_claim_templates=[
-            PersistentVolumeClaim(
-                metadata=ObjectMeta(name="workspace"),
-                spec=PersistentVolumeClaimSpec(
-                    access_modes=["ReadWriteOnce"],  # the steps run one at a time
-                    resources=VolumeResourceRequirements(requests={"storage": WORKSPACE_SIZE}),
-                ),
-            )
-        ],
+        volumes=[Volume(name="cache", empty_dir=EmptyDirVolumeSource())],
         arguments=[
-            Parameter(
-                name="campaign-uri", description="an existing campaign (seals-al init), gs:// or a PVC path"
-            ),
+            Parameter(name="campaign-uri", description="an existing campaign (seals-al init) on gs://"),
             Parameter(name="max-rounds", value="10"),
             Parameter(name="target-metric", value=""),
             Parameter(name="target-value", value="1.0"),

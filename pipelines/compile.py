@@ -44,7 +44,12 @@ def compile_all(out_dir: str | Path = COMPILED, cluster=None) -> list[Path]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="write the compiled YAML of every pipeline (needs kfp)")
     p.add_argument("--out", default=str(COMPILED), help="output folder")
-    p.add_argument("--workspace-size", default="20Gi", help='each run\'s shared cache volume; "" for none')
+    p.add_argument(
+        "--workspace-size",
+        default="",
+        help='a shared cache volume for each run (ReadWriteMany), e.g. 20Gi; "" (default) for none: '
+        "tasks read object storage by range",
+    )
     p.add_argument(
         "--storage-class", default="", help="the workspace's storage class (default: the cluster's)"
     )

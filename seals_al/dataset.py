@@ -50,6 +50,7 @@ class Dataset:
     _known_rows: dict[str, int] = field(default_factory=dict)  # remember(): id -> row id
     _known_ids: dict[int, str] = field(default_factory=dict)  # and back
     _index_manifest_bytes: bytes | None = None
+    _eval_vectors: np.ndarray | None = None
 
     @classmethod
     def prepare(
@@ -126,8 +127,10 @@ class Dataset:
         return self.prepared.eval_rows()
 
     def eval_vectors(self) -> np.ndarray:
-        """The evaluation split's vectors, in :attr:`eval_rows` order (one read)."""
-        return self.prepared.eval_vectors()
+        """The evaluation split's vectors, in :attr:`eval_rows` order (one read, once)."""
+        if self._eval_vectors is None:
+            self._eval_vectors = self.prepared.eval_vectors()
+        return self._eval_vectors
 
     @property
     def has_truth(self) -> bool:

@@ -237,7 +237,7 @@ def export_round(
     if dataset.has_truth:
         y = dataset.eval_truth(campaign.config.concept)
         if len(y) and y.any():
-            proba = sigmoid(classifier.decision_function(dataset.store.vectors(dataset.eval_rows)))
+            proba = sigmoid(classifier.decision_function(dataset.eval_vectors()))
             thresholds = operating_thresholds(y, proba, precisions)
             on = f"evaluation split: {len(y)} items, {int(y.sum())} positives"
     return ExportedModel(

@@ -29,6 +29,9 @@ from seals_al.strategies import Strategy, random_keys, tiebreak_keys
 from seals_al.train import LinearModel, sigmoid
 
 _NO_KEYS = np.empty(0)
+# Members are picked in score order (arrivals may come between them): their neighbour lists are
+# read ahead this many at a time, in one batch (on object storage, one round trip for them all).
+READ_AHEAD = 16
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,6 @@ def select_seals(
     ties = tiebreak_keys(ids[top], seed, round_index)
     at = np.lexsort((ties, -scores[top]))
     order_ids, order_scores, order_ties = ids[top][at].tolist(), scores[top][at].tolist(), ties[at].tolist()
-    pool.prefetch(ids[top][at][:batch_size])  # the likely picks' neighbour lists, in one batch
     # Members arriving during the batch: at most k per pick and at most every row of the store,
     # so the buffer never grows. Their tie keys are computed only when a tie needs one.
     capacity = min(batch_size * pool.k, len(pool.store))
@@ -101,6 +103,8 @@ def select_seals(
             best = arrival
             new_scores[arrival[3]] = -np.inf
         elif best is not None:
+            if cursor % READ_AHEAD == 0:  # members are picked in this order: read their lists ahead
+                pool.prefetch(np.asarray(order_ids[cursor : cursor + READ_AHEAD], np.int64))
             cursor += 1
         if best is None:
             return Selection(picks, scored, exhausted=True)

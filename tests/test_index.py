@@ -15,11 +15,14 @@ from seals_al.errors import SealsError
 from seals_al.index.build import build_index, search, search_key, set_search_parameters
 from seals_al.index.directory import build_index_dir, open_index_dir
 from seals_al.index.neighbours import (
+    RECORDS,
     IndexNeighbours,
     NeighbourGraph,
     build_neighbour_graph,
     knn_density,
+    locality_order,
     neighbour_density,
+    write_records,
 )
 from seals_al.settings import DEFAULT_NPROBE
 from seals_al.store import EmbeddingStore, write_store
@@ -166,6 +169,47 @@ def test_neighbour_graph_equals_live_search(synthetic, tmp_path):
         graph.knn(np.asarray([5]), 3)
     with pytest.raises(SealsError, match="not a neighbour graph"):
         NeighbourGraph.open(tmp_path)
+
+
+@pytest.mark.parametrize("factory", ["IVF8,Flat", "Flat"])
+def test_a_graphs_records_hold_each_rows_vector_density_and_list_near_its_neighbours(
+    synthetic, tmp_path, factory
+):
+    """What a round on object storage reads: each row's record holds its vector, kNN density and
+    list, and where each neighbour's record is, so an arrival's list comes with it; in an IVF
+    index's list order (near rows near: the rows of one list are one run), else the graph's own."""
+    index = build_index(synthetic.store, synthetic.row_ids, factory, train_size=1500, progress=False)
+    build_neighbour_graph(index, synthetic.store, synthetic.row_ids, 10, tmp_path / "g", progress=False)
+    rows = np.sort(synthetic.row_ids)
+    order = locality_order(index, rows)
+    if factory == "Flat":
+        assert order is None
+    else:
+        assert sorted(order.tolist()) == list(range(len(rows))), "a permutation of the graph's rows"
+        lists = faiss.extract_index_ivf(index).invlists
+        runs = [np.searchsorted(rows, np.sort(faiss.rev_swig_ptr(lists.get_ids(n), lists.list_size(n))))
+                for n in range(8) if lists.list_size(n)]  # fmt: skip
+        placed = np.empty(len(rows), np.int64)
+        placed[order] = np.arange(len(rows))
+        for run in runs:  # each list's rows take consecutive records
+            assert placed[run].max() - placed[run].min() == len(run) - 1
+    write_records(tmp_path / "g", synthetic.store, order, chunk_rows=97, progress=False)
+    graph = NeighbourGraph.open(tmp_path / "g", access="rows")
+    assert graph.has_records
+    local = NeighbourGraph.open(tmp_path / "g")  # mapped: no records
+    asked = synthetic.row_ids[::11]
+    vectors, density = graph.records_of(asked)
+    np.testing.assert_array_equal(vectors, synthetic.store.vectors(asked))
+    np.testing.assert_array_equal(density, neighbour_density(local.knn(asked, 10)[0]))
+    np.testing.assert_array_equal(graph.ids(asked, 10), local.ids(asked, 10))
+    # Their neighbours' records are found through the lists just read: no lookup is needed.
+    neighbours = np.unique(local.ids(asked, 10))
+    neighbours = neighbours[neighbours >= 0]
+    assert all(int(r) in graph._positions for r in neighbours)
+    vectors, _ = graph.records_of(neighbours)
+    np.testing.assert_array_equal(vectors, synthetic.store.vectors(neighbours))
+    records = np.load(tmp_path / "g" / RECORDS)
+    assert sorted(records["row"].tolist()) == rows.tolist()
 
 
 def test_neighbour_graph_over_dense_row_ids(tmp_path):

@@ -102,8 +102,8 @@ def test_the_argo_template_runs_as_a_cluster_expects():
     assert spec["podGC"] == {"strategy": "OnPodSuccess"}
     assert set(spec["ttlStrategy"]) == {"secondsAfterSuccess", "secondsAfterFailure"}
     assert spec["activeDeadlineSeconds"] >= 7 * 24 * 3600, "long enough for people to label"
-    (claim,) = spec["volumeClaimTemplates"]
-    assert claim["metadata"]["name"] == "workspace"
+    assert "volumeClaimTemplates" not in spec, "no volume claim: steps share only object storage"
+    assert spec["volumes"] == [{"name": "cache", "emptyDir": {}}]
     containers = {t["name"]: t for t in spec["templates"] if "container" in t}
     assert set(containers) == {
         "ingest",
@@ -119,8 +119,8 @@ def test_the_argo_template_runs_as_a_cluster_expects():
         assert set(c["resources"]["requests"]) == {"cpu", "memory"}, name
         assert set(c["resources"]["limits"]) == {"cpu", "memory"}, name
         assert c["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert {"name": "workspace", "mountPath": "/workspace"} in c["volumeMounts"]
-        assert {"name": "SEALS_CACHE_DIR", "value": "/workspace/seals-al-cache"} in c["env"]
+        assert {"name": "cache", "mountPath": "/cache"} in c["volumeMounts"]
+        assert {"name": "SEALS_CACHE_DIR", "value": "/cache/seals-al-cache"} in c["env"]
         # Not retried: a wait that timed out is re-submitted; a score with --new-only retried after
         # it recorded what it scored would find nothing new.
         if name not in ("wait-in-label-studio", "score"):

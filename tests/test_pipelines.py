@@ -300,24 +300,27 @@ def test_every_task_asks_for_resources_and_the_campaign_steps_are_retried():
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["init-campaign"]["retryPolicy"]["maxRetryCount"] == 2
     assert "retryPolicy" not in tasks["embed"], "embed is not a campaign step"
-    workspace = platform["platforms"]["kubernetes"]["pipelineConfig"]["workspace"]
-    assert workspace["size"] == "20Gi"
-    assert workspace["kubernetes"]["pvcSpecPatch"] == {"accessModes": ["ReadWriteMany"]}
-    assert "{{$.workspace_path}}" in (COMPILED / "seals_looped.yaml").read_text()
+    # No workspace: the tasks share nothing but object storage, so a stock cluster (whose default
+    # storage class is ReadWriteOnce) runs them; each pod caches on its own disk.
+    assert "pipelineConfig" not in platform["platforms"]["kubernetes"]
+    assert "workspace_path" not in (COMPILED / "seals_looped.yaml").read_text()
 
 
 def test_compile_settings_change_the_workspace_and_resources(tmp_path):
     import yaml
 
     done = compiled_with(
-        tmp_path, "--workspace-size", "", "--resources", "select_round=4,16Gi", "--retries", "0",
+        tmp_path, "--workspace-size", "20Gi", "--resources", "select_round=4,16Gi", "--retries", "0",
         "--label-studio-secret", "",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     text = (tmp_path / "seals_one_round.yaml").read_text()
-    (spec,) = yaml.safe_load_all(text)  # no platform document: no workspace, no Secret
+    spec, platform = yaml.safe_load_all(text)
     assert "label-studio-push" not in text, "no Label Studio step without its Secret"
-    assert "workspace_path" not in text, "without a workspace each pod caches on its own disk"
+    workspace = platform["platforms"]["kubernetes"]["pipelineConfig"]["workspace"]
+    assert workspace["size"] == "20Gi", "a workspace when asked for"
+    assert workspace["kubernetes"]["pvcSpecPatch"] == {"accessModes": ["ReadWriteMany"]}
+    assert "{{$.workspace_path}}" in text
     select = spec["deploymentSpec"]["executors"]["exec-select-round"]["container"]["resources"]
     assert select["cpuRequest"] == select["cpuLimit"] == 4
     assert "retryPolicy" not in text

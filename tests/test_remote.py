@@ -176,3 +176,186 @@ def test_a_store_on_gcs_gathers_rows_by_row_id_as_a_local_one_does(tmp_path, uri
     np.testing.assert_array_equal(remote.vectors(asked[[0, 20]])[0], np.zeros(24))
     with pytest.raises(SealsError, match="read where it is published"):
         remote.path  # noqa: B018
+
+
+def _campaign_data(tmp_path: Path, root: str) -> tuple[str, str, str]:
+    """A synthetic data set (2,000 rows, 16-d, the concept a cluster, every fifth row held out)
+    at ``root`` (local or gs://): items, a published store and an index over U (IVF, so the graph
+    is built through it)."""
+    from seals_al.dataset import index_over_u
+
+    vectors, cluster = clustered_vectors(2_000, 16, 20, seed=7)
+    ids = [f"r{n:05d}" for n in range(len(vectors))]
+    rows = ["id,text,label,split"] + [
+        f"{i},text of {i},{'hit' if c == 0 else f'c{c}'},{'test' if n % 5 == 0 else 'train'}"
+        for n, (i, c) in enumerate(zip(ids, cluster.tolist(), strict=True))
+    ]
+    open_storage(root).write_text("items.csv", "\n".join(rows) + "\n")
+    store = write_store(tmp_path / "built-store", ids, vectors, model="m", normalized=True, shard_rows=700)
+    publish(store.path, f"{root}/store", STORE_FORMAT, progress=False)
+    items, index = f"{root}/items.csv", f"{root}/index"
+    index_over_u(
+        items, f"{root}/store", index, "IVF16,Flat", split_column="split", search_params={"nprobe": 4}
+    )
+    return items, f"{root}/store", index
+
+
+def _rounds(uri: str, caches, rounds: int = 3) -> dict[str, bytes]:
+    """Run rounds of a campaign, each stage in its own cache (``caches()`` gives each one), the
+    oracle answering in between; every committed round file, timing fields aside."""
+    import json
+    import os
+
+    from seals_al.campaign import Campaign
+    from seals_al.oracle import label_open_batch
+
+    for _ in range(rounds):
+        for stage in ("ingest", "train", "select"):
+            os.environ["SEALS_CACHE_DIR"] = str(caches())
+            getattr(Campaign(uri, progress=False), stage)()
+        os.environ["SEALS_CACHE_DIR"] = str(caches())
+        label_open_batch(Campaign(uri, progress=False))
+    storage, out = open_storage(uri), {}
+    for key in storage.list("rounds"):
+        data = storage.read_bytes(key)
+        out[key] = _without_timing(json.loads(data)) if key.endswith((".json", "COMMITTED")) else data
+    return out
+
+
+def _without_timing(value: object) -> object:
+    if isinstance(value, dict):
+        return {
+            k: _without_timing(v) for k, v in value.items() if not k.endswith(("_seconds", "committed_at"))
+        }
+    return [_without_timing(v) for v in value] if isinstance(value, list) else value
+
+
+def _warm(cache: Path, store: str, index: str) -> None:
+    """A pod's disk holding the store, its prepared data and the index's graphs already."""
+    for root, under in ((store, "prepared"), (index, "graphs")):
+        for key in open_storage(root).list(under):
+            if key.endswith(LISTING):
+                materialize(f"{root}/{key.rsplit('/', 1)[0]}", "a published folder", cache, progress=False)
+    materialize(store, "a store", cache, progress=False)
+
+
+@pytest.mark.parametrize("strategy", ["maxent", "id"])  # id: the density comes with the records
+def test_a_round_on_empty_caches_commits_what_a_warm_cache_and_local_disk_do(
+    tmp_path, monkeypatch, gcs_emulator, strategy
+):
+    """The cluster path: a campaign on gs:// whose every stage runs on an empty cache (a new pod)
+    reads the prepared data, the graph's records, the pool's and the examples' vectors by range,
+    and commits round files identical to a copy whose stages share one warm cache; the same
+    campaign on local disk picks the same batches."""
+    from seals_al.campaign import CampaignConfig, init
+    from seals_al.oracle import seed_file_from_truth
+    from seals_al.settings import DataConfig, RoundConfig
+
+    monkeypatch.setenv("SEALS_CACHE_DIR", str(tmp_path / "setup"))
+    root = f"gs://{BUCKET}/rounds/{uuid.uuid4().hex}"
+    local = tmp_path / "local"
+    local.mkdir()
+    results = {}
+    for where, data_root in (("gs", root), ("local", str(local))):
+        items, store, index = _campaign_data(tmp_path / where, data_root)
+        data = DataConfig(items, embeddings=store, index=index, truth_column="label", split_column="split")
+        learning = RoundConfig(strategy=strategy, k=10, batch_size=12)
+        config = CampaignConfig("hit", "", data, learning, budget=400)
+        seeds = seed_file_from_truth(config)
+        ways = {"cold": None, "warm": tmp_path / "warm"} if where == "gs" else {"local": tmp_path / "lc"}
+        for way, warm in ways.items():
+            uri = f"{root}/campaign-{way}" if where == "gs" else str(local / "campaign")
+            init(config, uri, seeds)
+            if way == "warm":  # after the cold campaign built and published the graph
+                _warm(warm, store, index)
+            fresh = iter(tmp_path / f"{way}-{n}" for n in range(1000))
+            results[way] = _rounds(uri, (lambda warm=warm, fresh=fresh: warm or next(fresh)))
+    cold, warm = results["cold"], results["warm"]
+    assert sorted(cold) == sorted(warm)
+    assert [k for k in cold if cold[k] != warm[k]] == [], "the empty caches committed other files"
+    assert any(k.endswith("pool/vectors.npy") for k in cold), "the pool's vectors are saved with the round"
+    # On local disk the graph is built in the cache (no records): the same batches, the same pools.
+    for r in range(3):
+        for name in ("to_label.jsonl", "pool/pool.npz"):
+            key = f"rounds/{r:03d}/{name}"
+            assert results["local"][key] == cold[key], key
+    # Round 0's select built the graph (it copied the store and the index, and kept the graph it
+    # published); every stage after it, each on an empty cache, copied nothing whole there.
+    assert (tmp_path / "cold-2" / "published").is_dir()
+    assert not any((tmp_path / f"cold-{n}" / "published").exists() for n in range(3, 12))
+
+
+def test_prepared_data_is_published_once_and_opened_remotely_in_two_round_trips(
+    tmp_path, monkeypatch, gcs_emulator
+):
+    """The first process over a data version prepares and publishes it beside the store; a process
+    on another machine opens it with two batches of requests (the data's versions; the listing
+    with the manifest and small arrays) and looks ids, texts and rows up by range as a local copy
+    does."""
+    from seals_al.dataset import Dataset
+    from seals_al.settings import DataConfig
+
+    root = f"gs://{BUCKET}/prepared/{uuid.uuid4().hex}"
+    items, store, _ = _campaign_data(tmp_path, root)
+    config = DataConfig(items, embeddings=store, truth_column="label", split_column="split")
+    monkeypatch.setenv("SEALS_CACHE_DIR", str(tmp_path / "first"))
+    first = Dataset.prepare(config, progress=False)
+    assert open_storage(store).exists(f"prepared/{first.prepared.key}/{LISTING}")
+    monkeypatch.setenv("SEALS_CACHE_DIR", str(tmp_path / "second"))
+    monkeypatch.setattr(ranges, "_STATS", ranges.Stats())
+    second = Dataset.prepare(config, progress=False)
+    assert len(ranges.stats().batches) == 2, ranges.stats().batches
+    assert isinstance(second.prepared.folder, RemoteFolder)
+    assert not (tmp_path / "second").exists(), "nothing was downloaded to open it"
+    asked = ["r00007", "r01999", "r00100"]
+    rows = second.row_ids_of(asked)
+    assert rows.tolist() == first.row_ids_of(asked).tolist() == [7, 1999, 100]
+    assert second.ids_and_texts(rows, rows) == (asked, [f"text of {i}" for i in asked])
+    np.testing.assert_array_equal(second.eval_vectors(), first.eval_vectors())
+    np.testing.assert_array_equal(second.eval_rows, first.eval_rows)
+    assert second.truth_of(asked, "hit") == first.truth_of(asked, "hit")
+    with pytest.raises(SealsError, match="unknown id 'nope'"):
+        second.row_ids_of(["nope"])
+
+
+def test_a_campaign_over_a_gcs_npy_without_an_index_publishes_what_it_builds_under_itself(
+    tmp_path, monkeypatch, gcs_emulator
+):
+    """Embeddings given as a .npy on gs:// and no built index: the first task imports the vectors,
+    builds the neighbour graph from the factory and publishes store, prepared data and graph under
+    the campaign's derived/; a task on another machine reads them there by range, importing and
+    building nothing again."""
+    from seals_al.campaign import Campaign, CampaignConfig, init
+    from seals_al.oracle import label_open_batch, seed_file_from_truth
+    from seals_al.settings import DataConfig, RoundConfig
+
+    root = f"gs://{BUCKET}/npy/{uuid.uuid4().hex}"
+    vectors, cluster = clustered_vectors(1_500, 16, 15, seed=3)
+    rows = ["id,label,split"] + [
+        f"n{n},{'hit' if c == 0 else 'other'},{'test' if n % 5 == 0 else 'train'}"
+        for n, c in enumerate(cluster)
+    ]
+    open_storage(root).write_text("items.csv", "\n".join(rows) + "\n")
+    np.save(tmp_path / "vectors.npy", vectors)
+    open_storage(root).upload(tmp_path / "vectors.npy", "vectors.npy")
+    data = DataConfig(
+        f"{root}/items.csv",
+        embeddings=f"{root}/vectors.npy",
+        truth_column="label",
+        split_column="split",
+        index_factory="IVF8,Flat",
+    )
+    config = CampaignConfig("hit", "", data, RoundConfig(k=8, batch_size=10), budget=300)
+    uri = f"{root}/campaign"
+    init(config, uri, seed_file_from_truth(config))
+    monkeypatch.setenv("SEALS_CACHE_DIR", str(tmp_path / "first-pod"))
+    Campaign(uri, progress=False).round()
+    derived = open_storage(f"{uri}/derived").list()
+    for kind in ("stores", "prepared", "graphs"):
+        assert any(k.startswith(f"{kind}/") and k.endswith(LISTING) for k in derived), kind
+    label_open_batch(Campaign(uri, progress=False))
+    monkeypatch.setenv("SEALS_CACHE_DIR", str(tmp_path / "second-pod"))
+    record = Campaign(uri, progress=False).round()
+    assert record["round"] == 1
+    kept = sorted(p.name for p in (tmp_path / "second-pod").iterdir())
+    assert kept == ["pools"], "nothing imported, built or downloaded whole; only the pool it saved"

@@ -94,39 +94,114 @@ class IndexNeighbours:
 GRAPH_FORMAT = "seals-knn-graph/1"
 ROWS_SAMPLE = "row_ids.sample.npy"  # the sorted rows' sparse sample: which block to read
 PRELOAD = ("manifest.json", ROWS_SAMPLE)  # read with a published graph's listing, in one batch
-# A published graph's rows again, each with its vector and kNN density beside its list: a round
-# reading the graph on object storage gets an arrival's vector and its own list in one read.
+# A published graph's rows again, each with its vector and kNN density beside its list, and where
+# each neighbour's own record is: a round reading the graph on object storage gets an arrival's
+# vector and its own list in one read. The records are in an order that keeps near rows near (by
+# the index's inverted lists), so the arrivals of one pick, which are near each other, are mostly
+# a few ranges rather than one request each; RECORD_OF says where each graph row's record is.
 RECORDS = "records.npy"
+RECORD_OF = "record_of.npy"
 
 
 def records_dtype(dim: int, k: int, id_type: np.dtype) -> np.dtype:
-    """One row of :data:`RECORDS`: its id, kNN density, vector and neighbour ids."""
+    """One row of :data:`RECORDS`: its id, kNN density, vector, neighbour ids and the positions of
+    the neighbours' own records (-1 where the list is padded)."""
     return np.dtype(
-        [("row", "<i8"), ("density", "<f4"), ("vector", "<f4", (dim,)), ("neighbours", id_type, (k,))]
+        [
+            ("row", "<i8"),
+            ("density", "<f4"),
+            ("vector", "<f4", (dim,)),
+            ("neighbours", id_type, (k,)),
+            ("positions", "<i4", (k,)),
+        ]
     )
 
 
+def locality_order(index: faiss.Index, rows: np.ndarray) -> np.ndarray | None:
+    """The graph's positions (of the sorted ``rows``) in an order that keeps near rows near: by
+    the index's inverted list, the lists one after another nearest centroid first, each list's
+    rows in row-id order. None for an index without inverted lists (the records then keep the
+    graph's order)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return None
+    rows = np.asarray(rows, np.int64)
+    list_of = np.full(len(rows), ivf.nlist, np.int64)  # rows in no list go last
+    invlists = ivf.invlists
+    for number in range(ivf.nlist):
+        size = invlists.list_size(number)
+        if not size:
+            continue
+        pointer = invlists.get_ids(number)
+        ids = faiss.rev_swig_ptr(pointer, size).astype(np.int64)
+        invlists.release_ids(number, pointer)
+        at = np.minimum(np.searchsorted(rows, ids), len(rows) - 1)
+        found = rows[at] == ids
+        list_of[at[found]] = number
+    try:
+        centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    except RuntimeError:  # a quantizer that cannot give its centroids back: lists in their order
+        centroids = None
+    rank = np.arange(ivf.nlist + 1)
+    if centroids is not None:
+        rank[_chain(centroids)] = np.arange(ivf.nlist)
+    return np.lexsort((np.arange(len(rows)), rank[list_of]))
+
+
+def _chain(points: np.ndarray) -> np.ndarray:
+    """The points in the order of a walk that always steps to the nearest point not visited yet."""
+    points = np.asarray(points, np.float32)
+    squares = (points * points).sum(axis=1)
+    left = np.ones(len(points), bool)
+    order = np.empty(len(points), np.int64)
+    at = 0
+    for step in range(len(points)):
+        order[step] = at
+        left[at] = False
+        if step + 1 < len(points):
+            distance = squares - 2 * (points @ points[at])  # |p - q|^2 less |q|^2
+            distance[~left] = np.inf
+            at = int(distance.argmin())
+    return order
+
+
 def write_records(
-    graph: Path, store: EmbeddingStore, *, chunk_rows: int = 16_384, progress: bool = True
+    graph: Path,
+    store: EmbeddingStore,
+    order: np.ndarray | None = None,
+    *,
+    chunk_rows: int = 16_384,
+    progress: bool = True,
 ) -> None:
-    """Write :data:`RECORDS` into a graph folder whose lists are written: one pass over its rows,
-    in the graph's order, the vectors read a chunk at a time."""
+    """Write :data:`RECORDS` and :data:`RECORD_OF` into a graph folder whose lists are written,
+    the records in ``order`` (the graph's positions; default: its own order), a chunk at a time."""
     rows = np.load(graph / "row_ids.npy", mmap_mode="r")
     ids = np.load(graph / "neighbours.npy", mmap_mode="r")
     sims = np.load(graph / "similarities.npy", mmap_mode="r")
+    n = len(rows)
+    order = np.arange(n) if order is None else np.asarray(order, np.int64)
+    record_of = np.empty(n, np.int64)
+    record_of[order] = np.arange(n)
+    every = np.asarray(rows, np.int64)
     dtype = records_dtype(store.dim, ids.shape[1], ids.dtype)
-    out = np.lib.format.open_memmap(graph / RECORDS, mode="w+", dtype=dtype, shape=(len(rows),))
-    with tqdm(total=len(rows), desc="kNN graph records", unit="row", disable=not progress) as bar:
-        for start in range(0, len(rows), chunk_rows):
-            stop = min(start + chunk_rows, len(rows))
+    out = np.lib.format.open_memmap(graph / RECORDS, mode="w+", dtype=dtype, shape=(n,))
+    with tqdm(total=n, desc="kNN graph records", unit="row", disable=not progress) as bar:
+        for start in range(0, n, chunk_rows):
+            stop = min(start + chunk_rows, n)
+            at = order[start:stop]
             block = out[start:stop]
-            block["row"] = rows[start:stop]
-            block["density"] = neighbour_density(np.asarray(sims[start:stop]))
-            block["vector"] = store.vectors(np.asarray(rows[start:stop]))
-            block["neighbours"] = ids[start:stop]
+            lists = np.asarray(ids[at])
+            block["row"] = every[at]
+            block["density"] = neighbour_density(np.asarray(sims[at]))
+            block["vector"] = store.vectors(every[at])
+            block["neighbours"] = lists
+            graph_at = np.minimum(np.searchsorted(every, lists), n - 1)
+            listed = (lists >= 0) & (every[graph_at] == lists)
+            block["positions"] = np.where(listed, record_of[graph_at], -1)
             bar.update(stop - start)
     out.flush()
     del out
+    np.save(graph / RECORD_OF, record_of.astype(np.int32 if n < 2**31 else np.int64))
 
 
 class NeighbourGraph:
@@ -142,6 +217,7 @@ class NeighbourGraph:
         sims: np.ndarray | ArrayFile,
         sample: np.ndarray | None = None,
         records: ArrayFile | None = None,
+        record_of: ArrayFile | None = None,
     ):
         self.folder = folder
         self.uri = folder.uri
@@ -151,7 +227,9 @@ class NeighbourGraph:
         self._ids = ids
         self._sims = sims
         self._records = records
+        self._record_of = record_of
         self._lists: dict[int, np.ndarray] = {}  # row id -> its list, read ahead (prefetch, records)
+        self._positions: dict[int, int] = {}  # row id -> its record, known from a list read
         # The rows are sorted by the format (the builder sorts them): nothing is read to check it.
         self._lookup = RowLookup.presorted(
             row_ids, None, self.uri, "row id {} is not in the graph", sample=sample
@@ -191,7 +269,7 @@ class NeighbourGraph:
             return folder.array(name, access)
 
         sample = folder.array(ROWS_SAMPLE, "rows")[:] if folder.has(ROWS_SAMPLE) else None
-        records = folder.array(RECORDS, "rows") if access == "rows" and folder.has(RECORDS) else None
+        with_records = access == "rows" and folder.has(RECORDS) and folder.has(RECORD_OF)
         return cls(
             folder,
             manifest,
@@ -199,7 +277,8 @@ class NeighbourGraph:
             lists("neighbours.npy"),
             folder.array("similarities.npy", "mapped" if in_memory else access),
             sample,
-            records,
+            folder.array(RECORDS, "rows") if with_records else None,
+            folder.array(RECORD_OF, "rows") if with_records else None,
         )
 
     def use_lookup(self, lookup: RowLookup) -> None:
@@ -213,6 +292,9 @@ class NeighbourGraph:
         row_ids = [r for r in np.asarray(row_ids, np.int64).tolist() if r not in self._lists]
         if not row_ids or not isinstance(self._ids, ArrayFile):
             return
+        if self._records is not None:  # with the records: where their neighbours' records are too
+            self.records_of(np.asarray(row_ids, np.int64))
+            return
         lists = np.asarray(self._ids[self._lookup(np.asarray(row_ids, np.int64))], np.int64)
         self._lists.update(zip(row_ids, lists, strict=True))
 
@@ -224,11 +306,18 @@ class NeighbourGraph:
     def records_of(self, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(vectors, kNN densities) of rows, read with their neighbour lists in one batch
         (:data:`RECORDS`); the lists are kept, so a row picked later needs no read of its own."""
-        if self._records is None:
+        if self._records is None or self._record_of is None:
             raise SealsError(f"{self.uri}: this graph has no {RECORDS}")
         row_ids = np.asarray(row_ids, np.int64)
-        found = self._records[self._lookup(row_ids)]
-        self._lists.update(zip(row_ids.tolist(), np.asarray(found["neighbours"], np.int64), strict=True))
+        where = np.asarray([self._positions.get(r, -1) for r in row_ids.tolist()], np.int64)
+        unknown = where < 0
+        if unknown.any():  # not reached through a list read here: look its record up first
+            where[unknown] = self._record_of[self._lookup(row_ids[unknown])]
+        found = self._records[where]
+        lists, positions = np.asarray(found["neighbours"], np.int64), found["positions"]
+        self._lists.update(zip(row_ids.tolist(), lists, strict=True))
+        listed = positions >= 0
+        self._positions.update(zip(lists[listed].tolist(), positions[listed].tolist(), strict=True))
         return found["vector"], found["density"]
 
     def __len__(self) -> int:
@@ -246,6 +335,8 @@ class NeighbourGraph:
     def ids(self, row_ids: np.ndarray, k: int, vectors: VectorsOf | None = None) -> np.ndarray:
         """Only the neighbour ids: the similarities (memory-mapped) are not read."""
         row_ids = np.asarray(row_ids, np.int64)
+        if self._records is not None:  # with the records: where their neighbours' records are too
+            self.prefetch(row_ids)
         if self._lists and all(r in self._lists for r in row_ids.tolist()):
             if k > self.k:
                 raise SealsError(
@@ -591,7 +682,8 @@ def cached_neighbour_graph(
             base = _published_base(published, base_of, k, cache_dir, progress)
             with output_folder(uri, GRAPH_FORMAT, cache_dir, progress) as out:
                 _grow_or_build(base, index, whole(), row_ids(), k, out, progress)
-                write_records(out, whole(), progress=progress)
+                rows = np.load(out / "row_ids.npy")
+                write_records(out, whole(), locality_order(index(), rows), progress=progress)
             folder = open_folder(uri, cache_dir)  # the cache has it now
         if access != "rows" and folder is not None and folder.local is None:
             folder = LocalFolder(materialize(uri, "a neighbour graph", cache_dir, progress))

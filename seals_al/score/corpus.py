@@ -189,8 +189,9 @@ def _score(
     positions = dataset.store.positions(dataset.prepared.row_ids_at(items))
     order = np.argsort(positions, kind="stable")
     scores = np.empty(len(items), np.float64)
+    local = dataset.scan_store()  # scoring reads every row: a published store is copied here first
     if not beam_args:
-        store = EmbeddingStore.open(dataset.store.path, access="mapped")
+        store = EmbeddingStore.open(local.path, access="mapped")
         scores[order] = score_in_process(store, positions[order], model, progress=progress)
         return scores
     from seals_al.score.pipeline import score_with_beam  # imports Beam
@@ -200,7 +201,7 @@ def _score(
         work = Path(tmp) / "work"
         work.mkdir()
         scores[order] = score_with_beam(
-            str(dataset.store.path), positions[order], model_uri, str(work), beam_args=beam_args
+            str(local.path), positions[order], model_uri, str(work), beam_args=beam_args
         )
     return scores
 
