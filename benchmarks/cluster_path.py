@@ -144,6 +144,14 @@ def publish_data(n: int, dim: int, work: Path, env: dict[str, str]) -> tuple[str
     return items_uri, store_uri, index_uri, seeds
 
 
+def clear_bucket(uri: str) -> None:
+    from seals_al.storage import open_storage
+
+    storage = open_storage(uri)
+    for key in storage.list():
+        storage.delete(key)
+
+
 def oracle(uri: str, env: dict[str, str], work: Path) -> None:
     seals(["oracle", uri], {**env, "SEALS_CACHE_DIR": str(work / "oracle-cache")})
 
@@ -206,7 +214,9 @@ def measure_size(n: int, dim: int, rounds: int, work: Path, env: dict[str, str],
         print(
             f"{n:,} x {dim} {mode}: round 0 (prepares the data; SEALS builds the neighbour graph)", flush=True
         )
-        first = task(["round", uri], env, Path(tempfile.mkdtemp(dir=work)), server, work)
+        builder = Path(tempfile.mkdtemp(dir=work))
+        first = task(["round", uri], env, builder, server, work)
+        shutil.rmtree(builder)
         oracle(uri, env, work)
         warm_uri = f"{uri}-warm"
         ways = {"cold": uri}
@@ -481,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             result["sizes"].append(size)
             write_json(RESULTS, result)
+            clear_bucket(f"gs://{BUCKET}/n{n}-d{dim}")  # the next size needs the disk
         command = reproducing_command("cluster_path.py", parser, args, "sizes", "rounds")
         plot(result["sizes"])
         update_section("cluster_path", markdown(result, command))

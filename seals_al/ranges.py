@@ -118,48 +118,65 @@ class RemoteObject(Source):
         end = offset + len(view)
         if offset < 0 or end > self.size:
             raise SealsError(f"{self.where}: bytes {offset:,}..{end:,} are outside its {self.size:,} bytes")
+        why = ""
         for attempt in range(ATTEMPTS):
+            if attempt:
+                _back_off(attempt - 1)
             try:
-                response = _http().urlopen(
-                    "GET",
-                    self._url,
-                    headers={"Range": f"bytes={offset}-{end - 1}", "Accept-Encoding": "identity"},
-                    preload_content=False,
-                    retries=False,
-                    decode_content=False,
+                why = self._get(offset, view)
+            except _transient() as e:  # the connection failed or broke off mid-body: again
+                why = f"{type(e).__name__}: {e}"
+            if not why:
+                _STATS.add_request(len(view))
+                return
+        raise SealsError(
+            f"{self.where}: bytes {offset:,}..{end:,} could not be read in {ATTEMPTS} tries ({why})"
+        )
+
+    def _get(self, offset: int, view: memoryview) -> str:
+        """One GET of the range into ``view``: "" when it was read whole, else why it is worth
+        trying again; an answer never worth trying again is an error."""
+        end = offset + len(view)
+        response = _http().urlopen(
+            "GET",
+            self._url,
+            headers={"Range": f"bytes={offset}-{end - 1}", "Accept-Encoding": "identity"},
+            preload_content=False,
+            retries=False,
+            decode_content=False,
+        )
+        try:
+            if response.status == 404:
+                raise ReplacedError(
+                    f"{self.where}: generation {self.generation} is gone (the object was replaced "
+                    "or deleted since it was published); run again to read what is published now"
                 )
-            except Exception as e:  # urllib3's connection errors and timeouts: try again
-                if attempt + 1 == ATTEMPTS:
-                    raise SealsError(f"{self.where}: cannot be read ({type(e).__name__}: {e})") from e
-                _back_off(attempt)
-                continue
-            try:
-                if response.status in (200, 206):
-                    if response.status == 200 and (offset, end) != (0, self.size):
-                        raise SealsError(f"{self.where}: the server ignored the byte range asked for")
-                    got = response.readinto(view)
-                    while got < len(view):  # readinto may stop short of a large buffer
-                        more = response.readinto(view[got:])
-                        if not more:
-                            break
-                        got += more
-                    if got == len(view):
-                        _STATS.add_request(len(view))
-                        return
-                elif response.status == 404:
-                    raise ReplacedError(
-                        f"{self.where}: generation {self.generation} is gone (the object was replaced "
-                        "or deleted since it was published); run again to read what is published now"
-                    )
-                elif response.status in (401, 403):
-                    raise SealsError(f"{self.where}: permission denied (HTTP {response.status})")
-                elif response.status not in RETRIED_STATUS:
-                    raise SealsError(f"{self.where}: HTTP {response.status} reading bytes {offset}..{end}")
-            finally:
-                response.release_conn()
-            if attempt + 1 == ATTEMPTS:
-                raise SealsError(f"{self.where}: bytes {offset}..{end} could not be read in {ATTEMPTS} tries")
-            _back_off(attempt)
+            if response.status in (401, 403):
+                raise SealsError(f"{self.where}: permission denied (HTTP {response.status})")
+            if response.status in RETRIED_STATUS:
+                return f"HTTP {response.status}"
+            if response.status not in (200, 206):
+                raise SealsError(f"{self.where}: HTTP {response.status} reading bytes {offset:,}..{end:,}")
+            if response.status == 200 and (offset, end) != (0, self.size):
+                raise SealsError(f"{self.where}: the server ignored the byte range asked for")
+            got = 0
+            while got < len(view):  # readinto may stop short of a large buffer
+                more = response.readinto(view[got:])
+                if not more:
+                    return f"{got:,} of {len(view):,} bytes came"
+                got += more
+            return ""
+        finally:
+            response.release_conn()
+
+
+def _transient() -> tuple[type[BaseException], ...]:
+    """What a GET may fail with that is worth trying again: a connection refused, reset or timed
+    out, also midway through the body (urllib3's errors, the socket's, google-auth's transport)."""
+    import urllib3
+    from google.auth.exceptions import TransportError
+
+    return (urllib3.exceptions.HTTPError, OSError, TransportError)
 
 
 Request = tuple[Source, int, memoryview]  # fill the buffer from this offset of the source

@@ -359,3 +359,50 @@ def test_a_campaign_over_a_gcs_npy_without_an_index_publishes_what_it_builds_und
     assert record["round"] == 1
     kept = sorted(p.name for p in (tmp_path / "second-pod").iterdir())
     assert kept == ["pools"], "nothing imported, built or downloaded whole; only the pool it saved"
+
+
+def test_a_read_is_tried_again_after_a_busy_server_or_a_body_cut_short(monkeypatch):
+    """A 503 and a response that stops midway are tried again (with back-off); a range that keeps
+    failing is an error naming the object, never short data."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    data = bytes(range(256)) * 64
+    answers = ["busy", "short", "whole"]  # then, once they are used up: always busy
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            answer = answers.pop(0) if answers else "busy"
+            if answer == "busy":
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            first, last = (int(v) for v in self.headers["Range"].removeprefix("bytes=").split("-"))
+            body = data[first : last + 1]
+            self.send_response(206)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body if answer == "whole" else body[: len(body) // 2])
+            if answer == "short":
+                self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setattr(ranges, "_back_off", lambda attempt: None)
+    try:
+        source = ranges.RemoteObject("bucket", "some/object", 7, len(data))
+        assert source.read(100, 1000) == data[100:1100], "third time: the whole range"
+        with pytest.raises(
+            SealsError,
+            match=r"gs://bucket/some/object: bytes 0..10 could not be read in 5 tries \(HTTP 503\)",
+        ):
+            source.read(0, 10)
+        with pytest.raises(SealsError, match="outside its 16,384 bytes"):
+            source.read(16_000, 1_000)
+    finally:
+        server.shutdown()
