@@ -466,7 +466,9 @@ def containers_markdown(found: dict, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=["1000000:384", "1000000:128", "10000000:128"])
+    parser.add_argument(
+        "--sizes", nargs="*", default=["1000000:384", "1000000:128", "10000000:128"], help="rows:dimension"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each way in the containers section")
     parser.add_argument("--skip-containers", action="store_true")
@@ -481,7 +483,10 @@ def main(argv: list[str] | None = None) -> int:
             if child != kept:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     args.work.mkdir(parents=True, exist_ok=True)
-    result: dict = {"sizes": []}
+    # One section may be measured again alone: the other's figures are kept.
+    result: dict = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    if args.sizes:
+        result["sizes"] = []
     with running(BUCKET, on_disk=True) as server:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "STORAGE_EMULATOR_HOST": server.url}
         for text in args.sizes:
@@ -492,10 +497,11 @@ def main(argv: list[str] | None = None) -> int:
             result["sizes"].append(size)
             write_json(RESULTS, result)
             clear_bucket(f"gs://{BUCKET}/n{n}-d{dim}")  # the next size needs the disk
-        command = reproducing_command("cluster_path.py", parser, args, "sizes", "rounds")
-        plot(result["sizes"])
-        update_section("cluster_path", markdown(result, command))
-        print(markdown(result, command))
+        if args.sizes:
+            command = reproducing_command("cluster_path.py", parser, args, "sizes", "rounds")
+            plot(result["sizes"])
+            update_section("cluster_path", markdown(result, command))
+            print(markdown(result, command))
         if not args.skip_containers:
             found = round_three_ways(args.work, env, args.repeats)
             result["containers"] = found
