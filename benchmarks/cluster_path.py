@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # e2e/ and tests/: the emulator, the runner
 from _common import DOCS, ROOT, reproducing_command, update_section, write_json
 
+from e2e.run import campaign_files, differences
 from seals_al.version import IMAGE
 
 RESULTS = DOCS / "benchmarks" / "cluster_path.json"
@@ -53,7 +54,6 @@ STAGES = ("ingest", "train", "select", "report")
 BUCKET = "seals-bench"
 CLINC = ROOT / "data" / "clinc150" / "clinc150.csv"
 LATENCY, CONCURRENCY, BANDWIDTH = 0.030, 32, 100e6  # the model of real object storage
-TIMING_KEYS = ("_seconds", "committed_at")
 
 
 def modelled(batches: list[list[int]]) -> float:
@@ -164,29 +164,6 @@ def copy_campaign(source: str, target: str) -> None:
         dst.write_bytes(key, src.read_bytes(key))
 
 
-def campaign_files(uri: str) -> dict[str, object]:
-    """Every committed round file, JSON parsed with its timing fields dropped."""
-    from seals_al.storage import open_storage
-
-    storage = open_storage(uri)
-    out: dict[str, object] = {}
-    for key in storage.list("rounds"):
-        data = storage.read_bytes(key)
-        try:
-            out[key] = _without_timing(json.loads(data))
-        except ValueError:
-            out[key] = data
-    return out
-
-
-def _without_timing(value: object) -> object:
-    if isinstance(value, dict):
-        return {k: _without_timing(v) for k, v in value.items() if not k.endswith(TIMING_KEYS)}
-    if isinstance(value, list):
-        return [_without_timing(v) for v in value]
-    return value
-
-
 def warm_cache(cache: Path, uris: list[str]) -> None:
     """A pod's disk that already holds these published folders (the store, the prepared data,
     the graph)."""
@@ -247,8 +224,7 @@ def measure_size(n: int, dim: int, rounds: int, work: Path, env: dict[str, str],
                 per_way[way].append(tasks)
                 oracle(campaign, env, work)
             if "warm" in ways:
-                cold_files, warm_files = campaign_files(ways["cold"]), campaign_files(ways["warm"])
-                same.append(cold_files == warm_files)
+                same.append(not differences(campaign_files(ways["cold"]), campaign_files(ways["warm"])))
             print(f"{n:,} x {dim} {mode}: round {r} {_line(per_way['cold'][-1])}", flush=True)
         result["modes"][mode] = {
             "first_round": first,

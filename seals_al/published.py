@@ -131,10 +131,12 @@ def check_target(uri: str | Path, content_format: str) -> None:
 
 
 def publish(local: Path, uri: str, content_format: str, progress: bool = True) -> dict:
-    """Upload the files of a local folder to ``uri``, then its listing; the files a previous
+    """Upload the files of a local folder to ``uri``, then its listing; the objects a previous
     listing there named and this one does not are removed afterwards. A file the previous listing
-    names with the same bytes (sha256) is not uploaded again: an appended store uploads its new
-    shards only.
+    names with the same bytes (sha256), still there as listed, is not uploaded again: an appended
+    store uploads its new shards only. On gs:// a file over :data:`OBJECT_PART_BYTES` is uploaded as
+    parts of that size (``NAME.part-00000`` ...), which the listing names: readers put them
+    together again (:func:`materialize`) or read across them by range.
 
     Returns:
         The listing written.
@@ -153,18 +155,15 @@ def publish(local: Path, uri: str, content_format: str, progress: bool = True) -
             path = local / name
             entry = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
             before = previous[0]["files"].get(name, {}) if previous is not None else {}
-            same = {k: before.get(k) for k in entry} == entry
-            if same and isinstance(storage, GCSStorage):
-                try:  # kept: the object as it is now must still be those bytes
-                    generation, size = storage.generation(name)
-                except NotFoundError:
-                    generation, size = None, None
-                same = size == entry["bytes"] and before.get("generation") in (None, generation)
-                if same:
-                    entry["generation"] = generation
-            elif same:
-                same = storage.exists(name)
-            if not same:
+            kept = {k: before.get(k) for k in entry} == entry and _still_there(storage, name, before)
+            if kept:
+                entry |= {k: before[k] for k in ("generation", "parts") if k in before}
+            elif isinstance(storage, GCSStorage) and entry["bytes"] > OBJECT_PART_BYTES:
+                entry["parts"] = [
+                    {"bytes": length, "generation": storage.upload_range(path, offset, length, part)}
+                    for part, offset, length in _parts(name, entry["bytes"])
+                ]
+            else:
                 generation = storage.upload(path, name)
                 if generation is not None:
                     entry["generation"] = generation
@@ -172,9 +171,53 @@ def publish(local: Path, uri: str, content_format: str, progress: bool = True) -
             bar.update(entry["bytes"])
     listing = {"format": FORMAT, "content": content_format, "files": files}
     storage.write_bytes(LISTING, _listing_bytes(listing))
-    for stale in sorted(set(previous[0]["files"]) - set(files)) if previous else ():
+    for stale in sorted(_objects(previous[0]) - _objects(listing)) if previous else ():
         storage.delete(stale)
     return listing
+
+
+OBJECT_PART_BYTES = 512 << 20  # a file published to gs:// over this size is stored as parts of this size
+
+
+def _parts(name: str, size: int) -> list[tuple[str, int, int]]:
+    """The parts a file of ``size`` bytes is stored as: (object name, offset, length)."""
+    return [
+        (f"{name}.part-{n:05d}", offset, min(OBJECT_PART_BYTES, size - offset))
+        for n, offset in enumerate(range(0, size, OBJECT_PART_BYTES))
+    ]
+
+
+def _objects(listing: dict) -> set[str]:
+    """Every object a listing names: its files, or their parts."""
+    names = set()
+    for name, entry in listing["files"].items():
+        parts = entry.get("parts")
+        names |= {part for part, _, _ in _parts(name, int(entry["bytes"]))} if parts else {name}
+    return names
+
+
+def _still_there(storage, name: str, entry: dict) -> bool:
+    """Whether the objects a listing entry names are still there as listed (on gs://: each with
+    its generation and size)."""
+    if not entry:
+        return False
+    if not isinstance(storage, GCSStorage):
+        return storage.exists(name)
+    if "parts" in entry:
+        pieces = [
+            (part, listed)
+            for (part, _, _), listed in zip(_parts(name, int(entry["bytes"])), entry["parts"], strict=True)
+        ]
+    else:
+        pieces = [(name, {"bytes": entry["bytes"], "generation": entry.get("generation")})]
+    for key, listed in pieces:
+        try:
+            generation, size = storage.generation(key)
+        except NotFoundError:
+            return False
+        if size != int(listed["bytes"]) or listed.get("generation") not in (None, generation):
+            return False
+    return True
 
 
 def _array_header(path: Path) -> dict:
@@ -258,7 +301,12 @@ def _download(uri: str, listing: dict, into: Path, progress: bool) -> None:
             path = into / check_key(name, storage.where(LISTING))  # no name leaves the folder
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                storage.download(name, path)
+                if "parts" in expected:  # put together again, part after part
+                    with open(path, "wb") as out:
+                        for part, _, _ in _parts(name, int(expected["bytes"])):
+                            storage.download_to(part, out)
+                else:
+                    storage.download(name, path)
             except SealsError as e:  # the only error a download raises itself: no such object
                 raise SealsError(
                     f"{storage.where(name)}: listed in {LISTING} but missing (a partial or "
@@ -400,7 +448,7 @@ class RemoteFolder(Folder):
         self.listing = listing
         self.listing_bytes = raw  # the listing as published (what names this version)
         self._storage = open_storage(self.uri)
-        self._sources: dict[str, ranges.RemoteObject] = {}
+        self._sources: dict[str, ranges.Source] = {}
         self._held = dict(held or {})  # small files read with the listing, checked
 
     def _entry(self, name: str) -> dict:
@@ -415,12 +463,20 @@ class RemoteFolder(Folder):
     def published_listing(self) -> bytes | None:
         return self.listing_bytes
 
-    def source(self, name: str) -> ranges.RemoteObject:
+    def source(self, name: str) -> ranges.Source:
         if name not in self._sources:
             entry = self._entry(name)
             storage = self._storage
             if not isinstance(storage, GCSStorage):
                 raise SealsError(f"{self.uri}: not on object storage")
+            if "parts" in entry:  # stored as parts: read across them
+                pieces = zip(_parts(name, int(entry["bytes"])), entry["parts"], strict=True)
+                objects = [
+                    storage.object(part, int(listed["generation"]), length)
+                    for (part, _, length), listed in pieces
+                ]
+                self._sources[name] = ranges.Parted(objects, self.where(name))
+                return self._sources[name]
             generation = entry.get("generation")
             if generation is None:
                 generation, size = storage.generation(name)

@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
+import numpy as np
+
 from seals_al.errors import SealsError
 
 T = TypeVar("T")
@@ -179,6 +181,37 @@ def _transient() -> tuple[type[BaseException], ...]:
     return (urllib3.exceptions.HTTPError, OSError, TransportError)
 
 
+class Parted(Source):
+    """One file stored as several objects one after another (a large file published in parts):
+    a range is read from the parts it spans."""
+
+    merge_gap = REMOTE_MERGE_GAP
+
+    def __init__(self, parts: Sequence[RemoteObject], where: str):
+        self.parts = list(parts)
+        self.where = where
+        self._starts = np.cumsum([0] + [part.size for part in self.parts])
+        self.size = int(self._starts[-1])
+
+    def split(self, offset: int, view: memoryview) -> list[tuple[RemoteObject, int, memoryview]]:
+        """The request as requests of the parts it spans."""
+        end = offset + len(view)
+        if offset < 0 or end > self.size:
+            raise SealsError(f"{self.where}: bytes {offset:,}..{end:,} are outside its {self.size:,} bytes")
+        out = []
+        first = int(np.searchsorted(self._starts, offset, side="right")) - 1
+        for n in range(first, len(self.parts)):
+            start = int(self._starts[n])
+            if start >= end:
+                break
+            low, high = max(offset, start), min(end, int(self._starts[n + 1]))
+            out.append((self.parts[n], low - start, view[low - offset : high - offset]))
+        return out
+
+    def _fill(self, offset: int, view: memoryview) -> None:
+        read(self.split(offset, view))
+
+
 Request = tuple[Source, int, memoryview]  # fill the buffer from this offset of the source
 
 
@@ -186,7 +219,14 @@ def read(requests: Sequence[Request]) -> None:
     """Fill every request's buffer: local ones with one positioned read each, remote ones as one
     batch of concurrent GETs (long ones in parts). Any error is raised after the batch stops."""
     remote: list[tuple[Source, int, memoryview]] = []
-    for source, offset, view in requests:
+    expanded: list[Request] = []
+    for source, offset, view in requests:  # a range of a parted file: ranges of its parts
+        expanded += (
+            source.split(offset, view)
+            if isinstance(source, Parted) and len(view)
+            else [(source, offset, view)]
+        )
+    for source, offset, view in expanded:
         if not len(view):
             continue
         if isinstance(source, RemoteObject):

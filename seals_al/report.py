@@ -148,22 +148,19 @@ def round_report(
     """The report of the last committed round: metrics, curves, an HTML page with plots of the
     campaign so far and the batch with its scores, a Markdown summary, and whether to go on
     (budget left, pool not exhausted, ``target_metric`` below ``target_value``)."""
-    committed = campaign.committed_rounds()
-    if not committed:
-        raise SealsError(f"{campaign.storage.uri}: no committed round to report on")
-    r = committed[-1]
-    st, keys = campaign.storage, campaign.keys(r)
-    # Everything the report reads, in one batch (on gs://, one round trip).
-    st.prefetch(
-        [
-            *(campaign.keys(i).metrics for i in committed),
-            keys.evaluation,
-            keys.to_label,
-            keys.labeled,
-            keys.ingested,
+    # Everything the report reads, with the state, in one batch (on gs://, one round trip): the
+    # rounds commit one after another, so rounds 0..r are the committed ones.
+    state = campaign.state(
+        also=lambda last: [
+            *(campaign.keys(i).metrics for i in range(last + 1)),
+            *([campaign.keys(last).evaluation] if last >= 0 else []),
         ]
     )
-    history = [st.read_json(campaign.keys(i).metrics) for i in committed]
+    if state.round < 0:
+        raise SealsError(f"{campaign.storage.uri}: no committed round to report on")
+    r = state.round
+    st, keys = campaign.storage, campaign.keys(r)
+    history = [st.read_json(campaign.keys(i).metrics) for i in range(r + 1)]
     metrics = {k: history[-1][k] for k in UI_METRICS if history[-1].get(k) is not None}
     evaluation = st.read_json(keys.evaluation)
     batch = [json.loads(x) for x in st.read_text(keys.to_label).splitlines() if x]
@@ -196,7 +193,7 @@ def round_report(
         "|---|---|",
         *(f"| {k} | {_fmt(v)} |" for k, v in metrics.items()),
     ]
-    keep_going, reason = campaign.next_step(target_metric, target_value)
+    keep_going, reason = campaign.next_step(target_metric, target_value, state)
     lines += ["", f"Next: {reason}"]
     markdown = "\n".join(lines) + "\n"
     return RoundReport(r, metrics, evaluation.get("classification"), page, markdown, keep_going, reason)

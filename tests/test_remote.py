@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from e2e.run import differences
 from seals_al import ranges
 from seals_al.arrays import gather, search_sorted
 from seals_al.errors import SealsError
@@ -200,12 +201,12 @@ def _campaign_data(tmp_path: Path, root: str) -> tuple[str, str, str]:
     return items, f"{root}/store", index
 
 
-def _rounds(uri: str, caches, rounds: int = 3) -> dict[str, bytes]:
+def _rounds(uri: str, caches, rounds: int = 3) -> dict[str, object]:
     """Run rounds of a campaign, each stage in its own cache (``caches()`` gives each one), the
-    oracle answering in between; every committed round file, timing fields aside."""
-    import json
+    oracle answering in between; then every object of the campaign, timing fields aside."""
     import os
 
+    from e2e.run import campaign_files
     from seals_al.campaign import Campaign
     from seals_al.oracle import label_open_batch
 
@@ -215,19 +216,7 @@ def _rounds(uri: str, caches, rounds: int = 3) -> dict[str, bytes]:
             getattr(Campaign(uri, progress=False), stage)()
         os.environ["SEALS_CACHE_DIR"] = str(caches())
         label_open_batch(Campaign(uri, progress=False))
-    storage, out = open_storage(uri), {}
-    for key in storage.list("rounds"):
-        data = storage.read_bytes(key)
-        out[key] = _without_timing(json.loads(data)) if key.endswith((".json", "COMMITTED")) else data
-    return out
-
-
-def _without_timing(value: object) -> object:
-    if isinstance(value, dict):
-        return {
-            k: _without_timing(v) for k, v in value.items() if not k.endswith(("_seconds", "committed_at"))
-        }
-    return [_without_timing(v) for v in value] if isinstance(value, list) else value
+    return campaign_files(uri)
 
 
 def _warm(cache: Path, store: str, index: str) -> None:
@@ -271,8 +260,7 @@ def test_a_round_on_empty_caches_commits_what_a_warm_cache_and_local_disk_do(
             fresh = iter(tmp_path / f"{way}-{n}" for n in range(1000))
             results[way] = _rounds(uri, (lambda warm=warm, fresh=fresh: warm or next(fresh)))
     cold, warm = results["cold"], results["warm"]
-    assert sorted(cold) == sorted(warm)
-    assert [k for k in cold if cold[k] != warm[k]] == [], "the empty caches committed other files"
+    assert differences(cold, warm) == [], "the empty caches committed other files"
     assert any(k.endswith("pool/vectors.npy") for k in cold), "the pool's vectors are saved with the round"
     # On local disk the graph is built in the cache (no records): the same batches, the same pools.
     for r in range(3):
@@ -406,3 +394,32 @@ def test_a_read_is_tried_again_after_a_busy_server_or_a_body_cut_short(monkeypat
             source.read(16_000, 1_000)
     finally:
         server.shutdown()
+
+
+def test_a_large_file_is_published_in_parts_and_read_across_them(tmp_path, uri, monkeypatch):
+    """A file over the part size is stored as parts (objects of bounded size: uploaded one by one,
+    kept when republished unchanged); readers read ranges across parts, and a copy puts them
+    together again, checked against the whole file's checksum."""
+    from seals_al import published
+
+    monkeypatch.setattr(published, "OBJECT_PART_BYTES", 100_000)
+    arrays = arrays_folder(tmp_path)  # rows.npy is 640,128 bytes: 7 parts
+    listing = publish(tmp_path / "folder", uri, "test", progress=False)
+    assert len(listing["files"]["rows.npy"]["parts"]) == 7
+    assert "parts" not in listing["files"]["manifest.json"], "a small file is one object"
+    names = set(open_storage(uri).list())
+    assert "rows.npy" not in names
+    assert {f"rows.npy.part-{n:05d}" for n in range(7)} <= names
+    rows = open_folder(uri, tmp_path / "cache").array("rows.npy")
+    picks = np.asarray([0, 624, 625, 1250, 3999, 2000])  # rows on both sides of part boundaries
+    np.testing.assert_array_equal(rows[picks], arrays["rows"][picks])
+    np.testing.assert_array_equal(rows[:], arrays["rows"])
+    copy = materialize(uri, "a test folder", tmp_path / "cache", progress=False)
+    np.testing.assert_array_equal(np.load(copy / "rows.npy"), arrays["rows"])
+    again = publish(tmp_path / "folder", uri, "test", progress=False)
+    assert again["files"]["rows.npy"]["parts"] == listing["files"]["rows.npy"]["parts"], "kept, not uploaded"
+    np.save(tmp_path / "folder" / "rows.npy", arrays["rows"][:100])  # smaller: one object again
+    publish(tmp_path / "folder", uri, "test", progress=False)
+    names = set(open_storage(uri).list())
+    assert "rows.npy" in names
+    assert not any(".part-" in name and name.startswith("rows") for name in names), "old parts removed"

@@ -211,11 +211,14 @@ class StateReader:
             return {"project": None, "tasks": {}}
         return self.storage.read_json(LABEL_STUDIO_RECORD)
 
-    def next_step(self, target_metric: str = "", target_value: float = 0.0) -> tuple[bool, str]:
+    def next_step(
+        self, target_metric: str = "", target_value: float = 0.0, state: State | None = None
+    ) -> tuple[bool, str]:
         """Whether another round should run after the last committed one, and why (or why not):
         it stops when the budget is spent, the pool is exhausted, or ``target_metric`` (a key of
-        metrics.json, e.g. average_precision or recall) reached ``target_value``."""
-        state = self.state()
+        metrics.json, e.g. average_precision or recall) reached ``target_value``. ``state``: the
+        campaign's state, when the caller has just read it."""
+        state = state if state is not None else self.state()
         if state.round < 0:
             return True, "round 0 has not run yet"
         metrics = self.storage.read_json(self.keys(state.round).metrics)
