@@ -188,6 +188,7 @@ def measure_size(n: int, dim: int, rounds: int, work: Path, env: dict[str, str],
         uri = f"gs://{BUCKET}/n{n}-d{dim}/campaign-{mode}"
         config = campaign_yaml(work / f"campaign-{mode}.yaml", items, store, index, seeds, mode)
         seals(["init", str(config), uri], {**env, "SEALS_CACHE_DIR": str(work / "init-cache")})
+        shutil.rmtree(work / "init-cache", ignore_errors=True)
         print(
             f"{n:,} x {dim} {mode}: round 0 (prepares the data; SEALS builds the neighbour graph)", flush=True
         )
@@ -226,6 +227,9 @@ def measure_size(n: int, dim: int, rounds: int, work: Path, env: dict[str, str],
             if "warm" in ways:
                 same.append(not differences(campaign_files(ways["cold"]), campaign_files(ways["warm"])))
             print(f"{n:,} x {dim} {mode}: round {r} {_line(per_way['cold'][-1])}", flush=True)
+        if "warm" in ways:
+            shutil.rmtree(shared)
+        shutil.rmtree(work / "oracle-cache", ignore_errors=True)
         result["modes"][mode] = {
             "first_round": first,
             "rounds": per_way,
