@@ -16,6 +16,7 @@ error messages; a small module over google-cloud-storage keeps both in view.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -599,8 +600,7 @@ class GCSStorage(Storage):
         self._held.pop(key, None)
         blob = self._blob(key)
         with open(path, "rb") as f:
-            f.seek(offset)
-            blob.upload_from_file(f, size=length)
+            blob.upload_from_file(_Window(f, offset, length), size=length)
         if blob.generation is None:  # GCS returns it with the upload; an emulator may not
             blob.reload()
             count_alone(0)
@@ -687,6 +687,35 @@ class GCSStorage(Storage):
 
 
 _clients: dict[str, object] = {}
+
+
+class _Window(io.RawIOBase):
+    """A range of an open file, as a file of its own (position 0 at the range's start): what a
+    resumable upload, which seeks back to the start to retry, takes for one part of a file."""
+
+    def __init__(self, f: BinaryIO, offset: int, length: int):
+        self._f, self._offset, self._length, self._at = f, offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: self._length}[whence]
+        self._at = min(max(base + position, 0), self._length)
+        return self._at
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")[: self._length - self._at]
+        self._f.seek(self._offset + self._at)
+        got = self._f.readinto(view)
+        self._at += got
+        return got
 
 
 def _gcs_client():

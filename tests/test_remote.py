@@ -423,3 +423,26 @@ def test_a_large_file_is_published_in_parts_and_read_across_them(tmp_path, uri, 
     names = set(open_storage(uri).list())
     assert "rows.npy" in names
     assert not any(".part-" in name and name.startswith("rows") for name in names), "old parts removed"
+
+
+def test_parts_over_the_librarys_resumable_threshold_upload_and_read_back(tmp_path, uri, monkeypatch):
+    """Parts of more than 8 MB go up as resumable uploads, which need the part as a stream of its
+    own (they seek back to its start to retry)."""
+    from seals_al import published
+
+    monkeypatch.setattr(published, "OBJECT_PART_BYTES", 9_000_000)
+    big = np.random.default_rng(5).normal(size=(2_600_000, 2)).astype(np.float32)  # 20.8 MB: 3 parts
+    (tmp_path / "big").mkdir()
+    np.save(tmp_path / "big" / "big.npy", big)
+    listing = publish(tmp_path / "big", uri, "test", progress=False)
+    assert [part["bytes"] for part in listing["files"]["big.npy"]["parts"]] == [
+        9_000_000,
+        9_000_000,
+        2_800_128,
+    ]
+    remote = open_folder(uri, tmp_path / "cache").array("big.npy")
+    picks = np.asarray([0, 1_124_983, 1_124_984, 2_599_999])  # around the first part's end
+    np.testing.assert_array_equal(remote[picks], big[picks])
+    np.testing.assert_array_equal(
+        np.load(materialize(uri, "big", tmp_path / "cache", progress=False) / "big.npy"), big
+    )
