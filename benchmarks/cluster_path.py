@@ -347,6 +347,15 @@ def plot(sizes: list[dict]) -> None:
     fig.savefig(PLOT, dpi=110)
 
 
+def commit() -> str:
+    """The checkout's commit, marked when it has changes (what measured a size)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+    )
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 def markdown(result: dict, command: str) -> str:
     sizes = result["sizes"]
     lines = [
@@ -379,7 +388,9 @@ def markdown(result: dict, command: str) -> str:
                 f"**{whole['requests']:,.0f}** ({most['requests']:,.0f}); {whole['server_gets']:,.0f} | "
                 f"{whole['modelled_seconds']:.2f} ({most['modelled_seconds']:.2f}) | {whole['seconds']:.1f} |"
             )
-    lines += ["", *goals(result), "", "![cluster path](benchmarks/cluster_path.png)"]
+    measured_at = ", ".join(f"{s['rows']:,} x {s['dim']}: {s.get('commit', 'unrecorded')}" for s in sizes)
+    lines += ["", f"Measured at commit: {measured_at}.", "", *goals(result)]
+    lines += ["", "![cluster path](benchmarks/cluster_path.png)"]
     return "\n".join(lines) + "\n"
 
 
@@ -463,10 +474,9 @@ def main(argv: list[str] | None = None) -> int:
             if child != kept:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     args.work.mkdir(parents=True, exist_ok=True)
-    # One section may be measured again alone: the other's figures are kept.
+    # One section, or one size, may be measured again alone: the others' figures are kept, each
+    # with the commit that measured it.
     result: dict = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    if args.sizes:
-        result["sizes"] = []
     with running(BUCKET, on_disk=True) as server:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "STORAGE_EMULATOR_HOST": server.url}
         for text in args.sizes:
@@ -474,10 +484,13 @@ def main(argv: list[str] | None = None) -> int:
             size = measure_size(
                 n, dim, args.rounds, args.work, env, server, warm=(n, dim) == (1_000_000, 384)
             )
-            result["sizes"].append(size)
+            size["commit"] = commit()
+            kept_sizes = [s for s in result.get("sizes", []) if (s["rows"], s["dim"]) != (n, dim)]
+            result["sizes"] = sorted([*kept_sizes, size], key=lambda s: (s["rows"], -s["dim"]))
             write_json(RESULTS, result)
             clear_bucket(f"gs://{BUCKET}/n{n}-d{dim}")  # the next size needs the disk
         if args.sizes:
+            args.sizes = [f"{s['rows']}:{s['dim']}" for s in result["sizes"]]  # every size shown
             command = reproducing_command("cluster_path.py", parser, args, "sizes", "rounds")
             plot(result["sizes"])
             update_section("cluster_path", markdown(result, command))
