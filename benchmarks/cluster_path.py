@@ -351,7 +351,10 @@ def commit() -> str:
     """The checkout's commit, marked when it has changes (what measured a size)."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
@@ -477,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     # One section, or one size, may be measured again alone: the others' figures are kept, each
     # with the commit that measured it.
     result: dict = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    result = {key: result[key] for key in ("sizes", "containers") if key in result}
     with running(BUCKET, on_disk=True) as server:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "STORAGE_EMULATOR_HOST": server.url}
         for text in args.sizes:

@@ -171,27 +171,28 @@ class ArrayFile:
         nearby rows as one range, the gap included (off: one range per run of adjacent rows)."""
         return gather([(self, positions)], merge)[0]
 
-    def _plan(
-        self, positions: np.ndarray, merge: bool
-    ) -> tuple[list[ranges.Request], Callable[[], np.ndarray]]:
-        """The reads that fetch these rows, and what assembles them once read."""
+    def _unique(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct positions asked for, sorted, and where each asked one is among them."""
         positions = np.asarray(positions, dtype=np.int64)
         if positions.ndim != 1:
             raise SealsError(f"{self.path}: positions must be one-dimensional")
-        if not len(positions):
-            empty = np.empty((0, *self._row_shape), self.dtype)
-            return [], lambda: empty
-        if positions.min() < 0 or positions.max() >= len(self):
+        if len(positions) and (positions.min() < 0 or positions.max() >= len(self)):
             bad = int(positions[(positions < 0) | (positions >= len(self))][0])
             raise SealsError(f"{self.path}: position {bad} outside 0..{len(self) - 1}")
-        unique, inverse = np.unique(positions, return_inverse=True)
+        return np.unique(positions, return_inverse=True)
+
+    def _plan(
+        self, positions: np.ndarray, unique: np.ndarray, inverse: np.ndarray, cut: np.ndarray
+    ) -> tuple[list[ranges.Request], Callable[[], np.ndarray]]:
+        """The reads that fetch these rows, one per span (``cut[i]``: a new span starts at
+        ``unique[i + 1]``; rows in a span are read together, gap included), and what assembles
+        them once read."""
+        if not len(unique):
+            empty = np.empty((0, *self._row_shape), self.dtype)
+            return [], lambda: empty
         out = np.empty((len(unique), *self._row_shape), self.dtype)
         view, size = memoryview(out).cast("B"), self._row_bytes
-        # One read per span: rows less than the source's merge gap apart are read together, gap
-        # included (cheaper than another call; for small rows, such as ids, a lookup becomes a few
-        # reads).
-        gap = max(1, self.source.merge_gap // max(size, 1)) if merge else 1
-        breaks = np.flatnonzero(np.diff(unique) > gap) + 1
+        breaks = np.flatnonzero(cut) + 1
         starts, ends = np.concatenate([[0], breaks]).tolist(), np.append(breaks, len(unique)).tolist()
         requests: list[ranges.Request] = []
         spans: list[tuple[int, int, np.ndarray]] = []  # (first slot, last slot, the span's rows read)
@@ -215,8 +216,30 @@ class ArrayFile:
 
 def gather(parts: Sequence[tuple[ArrayFile, np.ndarray]], merge: bool = True) -> list[np.ndarray]:
     """The rows asked of each array (as :meth:`ArrayFile.take`), read as one batch: on object
-    storage, every range of every array in flight at once."""
-    plans = [array._plan(positions, merge) for array, positions in parts]
+    storage, every range of every array in flight at once. ``merge`` reads rows less than the
+    source's merge gap apart as one range, the gap included (cheaper than another request; for
+    small rows, such as ids, a lookup becomes a few reads), and on object storage, a batch that
+    would take another round trip for a few requests reads through its smallest gaps instead
+    (:func:`ranges.fewer_round_trips`); off, one range per run of adjacent rows."""
+    asked = [(array, np.asarray(positions, np.int64)) for array, positions in parts]
+    found = [array._unique(positions) for array, positions in asked]
+    skipped = [np.diff(unique) - 1 for unique, _ in found]  # rows between two rows asked for
+    cuts = []
+    for (array, _), between in zip(asked, skipped, strict=True):
+        rows = max(1, array.source.merge_gap // max(array._row_bytes, 1)) if merge else 1
+        cuts.append(between >= rows)
+    remote = [n for n, (array, _) in enumerate(asked) if array.source.remote and len(found[n][0])]
+    if merge and remote:  # the smallest gaps, across the batch's remote arrays, read through
+        where = [(n, i) for n in remote for i in np.flatnonzero(cuts[n]).tolist()]
+        gaps = np.asarray([skipped[n][i] * asked[n][0]._row_bytes for n, i in where], np.int64)
+        closed = ranges.fewer_round_trips(gaps, len(where) + len(remote))
+        for at in np.argsort(gaps, kind="stable")[:closed].tolist():
+            n, i = where[at]
+            cuts[n][i] = False
+    plans = [
+        array._plan(positions, unique, inverse, cut)
+        for (array, positions), (unique, inverse), cut in zip(asked, found, cuts, strict=True)
+    ]
     ranges.read([request for requests, _ in plans for request in requests])
     return [assemble() for _, assemble in plans]
 

@@ -8,7 +8,9 @@ of a batch's GETs in flight at once (up to :data:`CONCURRENCY`), a long request 
 :data:`PART_BYTES` fetched side by side. Every GET names the object's generation as it was
 published, so an object replaced or deleted since then answers 404: an error naming it, never
 another version's bytes mixed into this one's. Callers merge nearby ranges themselves
-(:attr:`Source.merge_gap`: what a gap is worth reading through rather than asking again).
+(:attr:`Source.merge_gap`: what a gap is worth reading through rather than asking again), and a
+batch over :data:`CONCURRENCY` requests reads through its smallest gaps when that saves a round
+trip for little transfer (:func:`fewer_round_trips`).
 
 The GETs go through google-auth's urllib3 transport (Application Default Credentials, refreshed
 as needed; none against an emulator, ``STORAGE_EMULATOR_HOST``), not through google-cloud-storage:
@@ -48,9 +50,32 @@ T = TypeVar("T")
 CONCURRENCY = int(os.environ.get("SEALS_GCS_CONCURRENCY", "32"))  # GETs in flight at once
 PART_BYTES = 8 << 20  # a longer request is fetched as parts of this size, side by side
 REMOTE_MERGE_GAP = 32 << 10  # ranges of one object less than this apart: one GET, gap included
+# The model of real object storage the counts are judged by (Stats.modelled_seconds): 30 ms to a
+# request's first byte, 100 MB/s. A batch over CONCURRENCY requests takes another round trip; a
+# gap read through is worth it when it costs at most a tenth of that round trip in transfer.
+LATENCY, BANDWIDTH = 0.030, 100e6
+ROUND_TRIP_WORTH = int(LATENCY * BANDWIDTH / 10)  # 300 KB
 LOCAL_MERGE_GAP = 4096  # a page: one positioned read covers ranges less than this apart
 ATTEMPTS = 5  # tries of a GET that failed in a way worth trying again
 RETRIED_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def fewer_round_trips(gaps: np.ndarray, requests: int) -> int:
+    """How many of a batch's gaps between requests to read through, the smallest first, so the
+    batch takes fewer round trips (ceil(requests / :data:`CONCURRENCY`)): one round trip at a time,
+    while the gaps that save it add at most :data:`ROUND_TRIP_WORTH` bytes. ``gaps``: the bytes
+    between requests that could be one."""
+    smallest = np.cumsum(np.sort(np.asarray(gaps, np.int64)))
+    closed = 0
+    while requests > CONCURRENCY:
+        need = requests - CONCURRENCY * (math.ceil(requests / CONCURRENCY) - 1)  # one round trip fewer
+        if closed + need > len(smallest):
+            break
+        added = smallest[closed + need - 1] - (smallest[closed - 1] if closed else 0)
+        if added > ROUND_TRIP_WORTH:
+            break
+        closed, requests = closed + need, requests - need
+    return closed
 
 
 class ReplacedError(SealsError):
@@ -63,6 +88,7 @@ class Source(ABC):
     where: str  # for messages: a path or gs:// URI
     size: int
     merge_gap: int  # ranges less than this many bytes apart are best read as one
+    remote = True  # each request a round trip (a batch's count matters: fewer_round_trips)
 
     @abstractmethod
     def _fill(self, offset: int, view: memoryview) -> None:
@@ -79,6 +105,7 @@ class LocalFile(Source):
     """A file on this machine's disk."""
 
     merge_gap = LOCAL_MERGE_GAP
+    remote = False
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -356,7 +383,7 @@ class Stats:
             self.batches.append((1, size))
 
     def modelled_seconds(
-        self, latency: float = 0.030, concurrency: int = 32, bandwidth: float = 100e6
+        self, latency: float = LATENCY, concurrency: int = 32, bandwidth: float = BANDWIDTH
     ) -> float:
         """What these reads would take on real object storage if every request waited ``latency``
         for its first byte, ``concurrency`` were in flight at once, and bytes came at ``bandwidth``

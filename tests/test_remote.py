@@ -95,6 +95,33 @@ def test_the_rows_of_a_step_are_one_batch_of_concurrent_requests(tmp_path, uri, 
     )
 
 
+def test_fewer_round_trips_reads_through_the_smallest_gaps_while_a_round_trip_is_worth_them(monkeypatch):
+    monkeypatch.setattr(ranges, "CONCURRENCY", 2)
+    gaps = np.asarray([5, 1, 100, 2, 3])  # six requests: three round trips of two
+    monkeypatch.setattr(ranges, "ROUND_TRIP_WORTH", 10)
+    assert ranges.fewer_round_trips(gaps, 6) == 4, "1 + 2, then 3 + 5: one round trip"
+    monkeypatch.setattr(ranges, "ROUND_TRIP_WORTH", 6)
+    assert ranges.fewer_round_trips(gaps, 6) == 2, "3 + 5 bytes are more than a round trip is worth"
+    assert ranges.fewer_round_trips(gaps, 2) == 0, "one round trip already"
+    assert ranges.fewer_round_trips(np.asarray([1]), 4) == 0, "too few gaps to save one"
+
+
+def test_a_batch_a_few_requests_over_a_round_trip_reads_through_its_smallest_gaps(tmp_path, uri, monkeypatch):
+    arrays = arrays_folder(tmp_path)
+    publish(tmp_path / "folder", uri, "test", progress=False)
+    rows = open_folder(uri, tmp_path / "cache").array("rows.npy")
+    picks = np.arange(0, 3_600, 300)  # 12 rows 48 KB apart: over the merge gap, one request each
+    monkeypatch.setattr(ranges, "CONCURRENCY", 8)
+    monkeypatch.setattr(ranges, "_STATS", ranges.Stats())
+    np.testing.assert_array_equal(rows[picks], arrays["rows"][picks])
+    assert ranges.stats().requests == 8, "four gaps of 48 KB read through: one round trip, not two"
+    assert ranges.stats().bytes == 12 * 160 + 4 * 299 * 160
+    monkeypatch.setattr(ranges, "ROUND_TRIP_WORTH", 150_000)  # four gaps cost 191 KB: not worth it
+    monkeypatch.setattr(ranges, "_STATS", ranges.Stats())
+    np.testing.assert_array_equal(rows[picks[::-1]], arrays["rows"][picks[::-1]])
+    assert (ranges.stats().requests, ranges.stats().bytes) == (12, 12 * 160)
+
+
 def test_a_file_replaced_since_it_was_published_is_an_error_never_mixed_data(tmp_path, uri):
     arrays = arrays_folder(tmp_path)
     publish(tmp_path / "folder", uri, "test", progress=False)
