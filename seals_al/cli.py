@@ -262,10 +262,13 @@ _PRECISIONS = "operating thresholds: the evaluation-split precisions to reach, c
 
 def _export(args: argparse.Namespace, console: Console) -> int:
     from seals_al.campaign import Campaign
-    from seals_al.export import export_round, parse_precisions, write_model
+    from seals_al.export import export_round, is_exported_model, parse_precisions, write_model
+    from seals_al.storage import check_output_file
 
     precisions = parse_precisions(args.precisions)
-    model = export_round(Campaign(args.campaign), args.round, precisions)
+    campaign = Campaign(args.campaign)
+    check_output_file(args.out, campaign.storage.uri, "model", is_exported_model)
+    model = export_round(campaign, args.round, precisions)
     where = write_model(model, args.out)
     console.print(f"round {model.round} model of {model.concept!r}: {where}", highlight=False)
     for t in model.thresholds:
@@ -281,12 +284,15 @@ def _export(args: argparse.Namespace, console: Console) -> int:
 def _score(args: argparse.Namespace, console: Console) -> int:
     from seals_al.campaign import Campaign
     from seals_al.export import parse_precisions
-    from seals_al.score.corpus import score_campaign
+    from seals_al.score.corpus import is_scores_file, score_campaign
+    from seals_al.storage import check_output_file
 
     if not args.out.endswith(".parquet"):
         raise SealsError(f"{args.out}: the output must be a .parquet file")
+    campaign = Campaign(args.campaign)
+    check_output_file(args.out, campaign.storage.uri, "scores file", is_scores_file)
     summary = score_campaign(
-        Campaign(args.campaign),
+        campaign,
         args.out,
         new_only=args.new_only,
         r=args.round,

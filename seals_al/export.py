@@ -19,6 +19,7 @@ no threshold reaches it. Without ground truth on the evaluation split there are 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -259,6 +260,15 @@ def write_model(model: ExportedModel, uri: str) -> str:
     storage = open_storage(parent)
     storage.write_json(name, model.to_json())
     return storage.where(name)
+
+
+def is_exported_model(data: bytes) -> bool:
+    """Whether these bytes are a model :func:`write_model` wrote (what ``export --out`` may replace)."""
+    try:
+        document = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(document, dict) and document.get("format") == FORMAT
 
 
 def read_model(uri: str) -> ExportedModel:

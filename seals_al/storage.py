@@ -781,10 +781,36 @@ def split_uri(uri: str) -> tuple[str, str]:
         if not name or parent == "gs:":
             raise SealsError(f"{uri}: expected gs://bucket/path/to/file")
         return parent, name
+    if "://" in uri and not uri.startswith("file://"):  # as a path it would be a folder named "s3:"
+        raise SealsError(f"{uri}: unsupported URI scheme (use a local path or gs://bucket/path/to/file)")
     path = Path(uri.removeprefix("file://")).absolute()
     if not path.name:
         raise SealsError(f"{uri}: expected a file path")
     return str(path.parent), path.name
+
+
+def check_output_file(uri: str, campaign: str, what: str, ours: Callable[[bytes], bool]) -> str:
+    """Refuse, before any work, an output file a command must not write: one inside the campaign
+    (its own files and data live there), a scheme it cannot write, a folder, or an existing file
+    that ``ours`` (given its bytes) does not recognise as an earlier output of the same kind.
+    Returns where the file is."""
+    parent, name = split_uri(uri)
+    storage = open_storage(parent)
+    where = storage.where(name)
+    root = str(campaign).rstrip("/")
+    if root.startswith("gs://") or where.startswith("gs://"):
+        inside = where.startswith(root + "/")
+    else:
+        inside = Path(where).resolve().is_relative_to(Path(root.removeprefix("file://")).resolve())
+    if inside:
+        raise SealsError(f"{where}: inside the campaign {root}; write the {what} outside it")
+    if not where.startswith("gs://") and Path(where).is_dir():
+        raise SealsError(f"{where}: is a folder; --out names the {what} file to write")
+    if storage.exists(name) and not ours(storage.read_bytes(name)):
+        raise SealsError(
+            f"{where}: exists and is not a {what} seals-al wrote; choose another --out (nothing was written)"
+        )
+    return where
 
 
 def local_file(uri: str, cache_dir: str | Path) -> Path:

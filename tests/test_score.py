@@ -106,6 +106,48 @@ def test_a_round_is_exported_as_json_with_its_provenance_and_thresholds(trained,
     np.testing.assert_array_equal(back.predict_proba(x), proba)
 
 
+def test_export_and_score_never_write_over_what_they_did_not_write(trained, tmp_path, monkeypatch, capsys):
+    """export --out and score --out refuse, before any work: a file inside the campaign, a scheme
+    they cannot write, a folder, and an existing file that is not their own earlier output; their
+    own earlier output they replace."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    uri = trained.storage.uri
+    monkeypatch.chdir(tmp_path)
+    notes, table = tmp_path / "notes.json", tmp_path / "table.parquet"
+    notes.write_text('{"mine": true}\n')
+    pq.write_table(pa.table({"id": ["a"], "text": ["x"]}), table)
+
+    def contents() -> dict[str, bytes]:
+        return {str(p): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
+    before = contents()
+    refused = [
+        ("export", f"{uri}/campaign.json", "inside the campaign"),
+        ("export", f"{uri}/rounds/000/labeled.jsonl", "inside the campaign"),
+        ("score", f"{uri}/scores.parquet", "inside the campaign"),
+        ("export", "s3://bucket/model.json", "unsupported URI scheme"),
+        ("score", "http://host/scores.parquet", "unsupported URI scheme"),
+        ("export", str(tmp_path), "is a folder"),
+        ("export", str(notes), "exists and is not a model seals-al wrote"),
+        ("score", str(table), "exists and is not a scores file seals-al wrote"),
+    ]
+    for command, out, message in refused:
+        assert main([command, uri, "--out", out]) == 2, (command, out)
+        assert message in capsys.readouterr().err, (command, out)
+    assert contents() == before, "nothing written, nothing replaced"
+    assert not (tmp_path / "s3:").exists()
+    assert not (tmp_path / "http:").exists()
+
+    model, scores = tmp_path / "out" / "model.json", tmp_path / "out" / "scores.parquet"
+    for _ in range(2):  # an earlier output of the same command is replaced
+        assert main(["export", uri, "--out", str(model)]) == 0
+        assert main(["score", uri, "--out", str(scores)]) == 0
+    assert read_model(str(model)).round == 0
+    assert len(read_scores(str(scores))["id"]) == trained.dataset().prepared.count
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -15,7 +15,9 @@ from seals_al.storage import (
     GCSStorage,
     LocalStorage,
     atomic_path,
+    check_output_file,
     open_storage,
+    split_uri,
     write_json_atomic,
     write_text_atomic,
 )
@@ -205,6 +207,21 @@ def test_local_symlink_out_of_the_campaign_is_refused(tmp_path):
     storage = LocalStorage(root)
     with pytest.raises(SealsError, match="leads outside the campaign"):
         storage.read_text("link/secret.txt")
+
+
+def test_an_output_file_on_gcs_inside_a_campaign_or_not_ours_is_refused(gcs_emulator):
+    root = f"gs://{BUCKET}/out/{uuid.uuid4().hex}"
+    campaign = f"{root}/campaign"
+    with pytest.raises(SealsError, match="inside the campaign"):
+        check_output_file(f"{campaign}/rounds/000/labeled.jsonl", campaign, "model", lambda data: True)
+    beside = f"{root}/campaign-2/model.json"  # a name that starts like the campaign's: outside it
+    assert check_output_file(beside, campaign, "model", lambda data: False) == beside
+    open_storage(f"{root}/campaign-2").write_text("model.json", "someone else's")
+    with pytest.raises(SealsError, match="exists and is not a model seals-al wrote"):
+        check_output_file(beside, campaign, "model", lambda data: data.startswith(b"{"))
+    assert check_output_file(beside, campaign, "model", lambda data: data == b"someone else's") == beside
+    with pytest.raises(SealsError, match="unsupported URI scheme"):
+        split_uri("s3://bucket/model.json")
 
 
 def test_open_storage_schemes(tmp_path, gcs_emulator):

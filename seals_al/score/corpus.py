@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 SCORED_IDS = "scores/scored-ids.npy"  # uint64, sorted: the hashes of every item id scored so far
 LAST_SUMMARY = "scores/last.json"
+SCORES_FORMAT = "seals-scores/1"  # in the Parquet schema's metadata of every scores file written
 
 
 def ranked(scores: np.ndarray) -> np.ndarray:
@@ -254,11 +255,26 @@ def _write_parquet(out: str, ids: list[str], scores: np.ndarray) -> str:
         }
     )
     buffer = io.BytesIO()
-    pq.write_table(table, buffer)
+    pq.write_table(table.replace_schema_metadata({"format": SCORES_FORMAT}), buffer)
     parent, name = split_uri(out)
     storage = open_storage(parent)
     storage.write_bytes(name, buffer.getvalue())
     return storage.where(name)
+
+
+def is_scores_file(data: bytes) -> bool:
+    """Whether these bytes are a scores file ``score`` wrote (what ``score --out`` may replace):
+    its schema says :data:`SCORES_FORMAT`, or (written before it did) its columns are exactly
+    id, score and rank."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(pa.BufferReader(data))
+    except (pa.ArrowException, OSError):
+        return False
+    marked = (schema.metadata or {}).get(b"format") == SCORES_FORMAT.encode()
+    return marked or schema.names == ["id", "score", "rank"]
 
 
 def read_scores(uri: str) -> dict[str, Any]:
