@@ -28,6 +28,7 @@ Policies (the labels themselves are parsed by :mod:`seals_al.labels`):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -490,10 +491,21 @@ class Sync:
         batch_ids = {t["data"]["seals_id"] for t in found}
         answers = {a.item_id: a.label for a in checked.answers}
         news = bool(checked.new or checked.relabels)
-        written = None
+        written, st = None, campaign.storage
+        there = st.read_bytes(key) if st.exists(key) else None
+        if there is not None and not self._pulled_here(record, state.round, there):
+            if news:  # someone's own file by that name: never replaced
+                raise SealsError(
+                    f"{st.where(key)}: was not written by a pull (a person's own file?) and is "
+                    "left as it is; give it another name in the inbox, then pull again"
+                )
         # Written when it brings something new, or to replace an earlier pull's answers that changed.
-        if (news or campaign.storage.exists(key)) and self._changed(key, answers):
-            campaign.storage.write_bytes(key, data)
+        elif (news or there is not None) and self._changed(key, answers):
+            # Recorded before it is written: a pull that stops between the two still knows its file.
+            pulled = record.setdefault("pulled", {}).setdefault(str(state.round), [])
+            pulled.append(hashlib.sha256(data).hexdigest())
+            self._save(record)
+            st.write_bytes(key, data)
             written = key
         return Pulled(
             labeled=len(batch_ids & answers.keys()),
@@ -501,6 +513,24 @@ class Sync:
             deleted=deleted,
             written=written,
             relabels=len(checked.relabels),
+        )
+
+    def _pulled_here(self, record: dict, round_: int, data: bytes) -> bool:
+        """Whether a pull wrote these bytes into round ``round_``'s inbox (the record keeps the
+        sha256 of each file a pull wrote). A file written by a version that kept no such record
+        counts as a pull's when it is an export of tasks this campaign pushed, and nothing else."""
+        pulled = record.get("pulled")
+        if pulled is not None:
+            return hashlib.sha256(data).hexdigest() in pulled.get(str(round_), [])
+        try:
+            tasks = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            return False
+        uri = self.campaign.storage.uri
+        return (
+            isinstance(tasks, list)
+            and bool(tasks)
+            and all(isinstance(t, dict) and (t.get("meta") or {}).get("seals_campaign") == uri for t in tasks)
         )
 
     def _changed(self, key: str, answers: dict[str, int]) -> bool:

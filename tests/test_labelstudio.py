@@ -419,6 +419,26 @@ def test_a_pull_when_every_task_was_deleted_writes_nothing(campaign, ls_env):
     assert not campaign.storage.list("inbox")
 
 
+def test_a_pull_never_replaces_a_persons_own_file_and_replaces_its_own(campaign, ls_env):
+    campaign.round()
+    sync, person, key = Sync.of(campaign), Person(ls_env), "inbox/000/label-studio.json"
+    tasks = list(person.tasks(sync.push().project).values())
+    person.annotate(tasks[0]["id"], CONCEPT)
+    own = b'{"note": "labels I gave by hand"}\n'
+    campaign.storage.write_bytes(key, own)
+    with pytest.raises(SealsError, match="was not written by a pull"):
+        sync.pull()
+    assert campaign.storage.read_bytes(key) == own, "a person's file is never replaced"
+    campaign.storage.write_bytes("inbox/000/mine.json", own)  # its owner renames it
+    campaign.storage.delete(key)
+    assert sync.pull().written == key
+    first = campaign.storage.read_bytes(key)
+    person.annotate(tasks[1]["id"], CONCEPT)
+    assert sync.pull().written == key, "a pull's own earlier file is replaced"
+    assert campaign.storage.read_bytes(key) != first
+    assert campaign.storage.read_bytes("inbox/000/mine.json") == own
+
+
 def test_a_personal_access_token_works_too(campaign, ls_env, monkeypatch):
     person = Person(ls_env)
     response = person.session.post(f"{ls_env.url}/api/token/", timeout=30)
