@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
@@ -46,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # e2e/ and tests/:
 from _common import DOCS, ROOT, reproducing_command, update_section, write_json
 
 from e2e.run import campaign_files, differences
+from seals_al.ranges import BANDWIDTH, LATENCY, Stats
 from seals_al.version import IMAGE
 
 RESULTS = DOCS / "benchmarks" / "cluster_path.json"
@@ -53,11 +53,11 @@ PLOT = DOCS / "benchmarks" / "cluster_path.png"
 STAGES = ("ingest", "train", "select", "report")
 BUCKET = "seals-bench"
 CLINC = ROOT / "data" / "clinc150" / "clinc150.csv"
-LATENCY, CONCURRENCY, BANDWIDTH = 0.030, 32, 100e6  # the model of real object storage
+CONCURRENCY = 32  # the model of real object storage: ranges.LATENCY per round trip, ranges.BANDWIDTH
 
 
 def modelled(batches: list[list[int]]) -> float:
-    return sum(math.ceil(n / CONCURRENCY) * LATENCY + size / BANDWIDTH for n, size in batches)
+    return Stats(batches=[(n, size) for n, size in batches]).modelled_seconds(concurrency=CONCURRENCY)
 
 
 def seals(args: list[str], env: dict[str, str], stats: Path | None = None) -> float:

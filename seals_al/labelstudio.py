@@ -500,7 +500,7 @@ class Sync:
                     "left as it is; give it another name in the inbox, then pull again"
                 )
         # Written when it brings something new, or to replace an earlier pull's answers that changed.
-        elif (news or there is not None) and self._changed(key, answers):
+        elif (news or there is not None) and self._changed(there, answers):
             # Recorded before it is written: a pull that stops between the two still knows its file.
             pulled = record.setdefault("pulled", {}).setdefault(str(state.round), [])
             pulled.append(hashlib.sha256(data).hexdigest())
@@ -533,15 +533,13 @@ class Sync:
             and all(isinstance(t, dict) and (t.get("meta") or {}).get("seals_campaign") == uri for t in tasks)
         )
 
-    def _changed(self, key: str, answers: dict[str, int]) -> bool:
-        """Whether ``answers`` differ from those of the file already at ``key`` (an export's bytes
-        change with every pull, e.g. its "created_ago" fields; its answers do not)."""
-        st = self.campaign.storage
-        if not st.exists(key):
+    def _changed(self, there: bytes | None, answers: dict[str, int]) -> bool:
+        """Whether ``answers`` differ from those of the earlier pull's file, ``there`` (None: no
+        file yet); an export's bytes change with every pull, e.g. its "created_ago" fields; its
+        answers do not."""
+        if there is None:
             return True
-        _, before, _, _ = read_label_file(
-            LABEL_STUDIO_EXPORT, st.read_bytes(key), self.campaign.config.concept
-        )
+        _, before, _, _ = read_label_file(LABEL_STUDIO_EXPORT, there, self.campaign.config.concept)
         return {a.item_id: a.label for a in before} != answers
 
     def watcher(self, fraction: float) -> Callable[[], str]:

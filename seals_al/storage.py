@@ -773,6 +773,12 @@ def use_workspace(workspace: str) -> None:
         os.environ["SEALS_CACHE_DIR"] = str(Path(workspace) / WORKSPACE_CACHE)
 
 
+def check_scheme(uri: str, gs_form: str) -> None:
+    """Refuse a URI of a scheme other than gs:// and file:// (a local path has none)."""
+    if "://" in uri and not uri.startswith(("gs://", "file://")):
+        raise SealsError(f"{uri}: unsupported URI scheme (use a local path or {gs_form})")
+
+
 def split_uri(uri: str) -> tuple[str, str]:
     """A file's URI as (its folder, its name), for :func:`open_storage` and a key: a local path
     (relative ones from the working directory) or gs://bucket/path/to/file."""
@@ -781,8 +787,7 @@ def split_uri(uri: str) -> tuple[str, str]:
         if not name or parent == "gs:":
             raise SealsError(f"{uri}: expected gs://bucket/path/to/file")
         return parent, name
-    if "://" in uri and not uri.startswith("file://"):  # as a path it would be a folder named "s3:"
-        raise SealsError(f"{uri}: unsupported URI scheme (use a local path or gs://bucket/path/to/file)")
+    check_scheme(uri, "gs://bucket/path/to/file")  # as a path, s3://b/x would be a folder "s3:"
     path = Path(uri.removeprefix("file://")).absolute()
     if not path.name:
         raise SealsError(f"{uri}: expected a file path")
@@ -831,6 +836,5 @@ def open_storage(uri: str | Path) -> Storage:
     text = str(uri)
     if text.startswith("gs://"):
         return GCSStorage(text)
-    if "://" in text and not text.startswith("file://"):
-        raise SealsError(f"{text}: unsupported URI scheme (use a local path or gs://bucket/prefix)")
+    check_scheme(text, "gs://bucket/prefix")
     return LocalStorage(text.removeprefix("file://"))
