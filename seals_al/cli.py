@@ -101,7 +101,7 @@ def _simulate(args: argparse.Namespace, console: Console) -> int:
     data = _settings(DataConfig, args)
     sim = _settings(SimulationConfig, args)
     items = Items.load(data)
-    check_simulation(items, sim)  # fail before the expensive part
+    check_simulation(items, sim, data)  # fail before the expensive part
     check_out_dir(args.out)
     # Many rounds in this process: mapped, so the rows rounds touch stay in after the first read.
     dataset = Dataset.prepare(data, items, access="mapped", ram_budget_mb=args.ram_budget_mb)

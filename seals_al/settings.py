@@ -10,6 +10,7 @@ literals (KFP reads them from the signature); a test holds them equal to the one
 
 from __future__ import annotations
 
+import re
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any, TypeVar, get_args, get_type_hints
 
@@ -89,6 +90,30 @@ class RoundConfig:
             check_positive_int(where, name, getattr(self, name))
         if isinstance(self.C, bool) or not isinstance(self.C, int | float) or not self.C > 0:
             raise SealsError(f"{where}: C must be a positive number, got {shown(self.C)}")
+
+
+def lists_of(factory: str) -> int | None:
+    """How many inverted lists an IVF faiss factory string asks for (``IVF4096,Flat``: 4096,
+    ``PCA64,IVF1024_HNSW32,SQ8``: 1024), read from the string alone; None for an index without."""
+    found = re.match(r"(?:[^,]*,)?IVF(\d+)", factory)
+    return int(found.group(1)) if found else None
+
+
+def check_fits_u(data: DataConfig, learning: RoundConfig, n_u: int, where: str) -> None:
+    """Refuse, before anything is embedded, settings U cannot fill: more neighbours per example
+    than U has other examples, or more IVF lists than U has rows (faiss would train on too few
+    points, and round 0 would grow without bound)."""
+    if learning.k > n_u - 1:
+        raise SealsError(
+            f"{where}: k is {learning.k}, but U has {n_u:,} examples, so each has at most "
+            f"{max(n_u - 1, 0):,} neighbours; set k to at most {max(n_u - 1, 1):,}"
+        )
+    lists = None if data.index else lists_of(data.index_factory)
+    if lists is not None and lists > n_u:
+        raise SealsError(
+            f"{where}: index_factory {shown(data.index_factory)} asks for {lists:,} IVF lists, but U "
+            f"has {n_u:,} examples; use at most {n_u:,} lists (sqrt(|U|) to |U| / 250 is usual)"
+        )
 
 
 def check_positive_int(where: str, name: str, value: object) -> None:

@@ -19,7 +19,7 @@ from seals_al.errors import SealsError, shown
 from seals_al.items import Items, draw_seeds
 from seals_al.round import RoundEngine
 from seals_al.selection import Selection
-from seals_al.settings import SEED_NEGATIVES, SEED_POSITIVES, RoundConfig, to_flat
+from seals_al.settings import SEED_NEGATIVES, SEED_POSITIVES, DataConfig, RoundConfig, check_fits_u, to_flat
 from seals_al.storage import check_output_folder, write_json_atomic, write_text_atomic, written_as
 
 
@@ -37,9 +37,11 @@ class SimulationConfig:
 RoundCallback = Callable[[dict], None]
 
 
-def check_simulation(items: Items, sim: SimulationConfig) -> None:
-    """Fail early, before embedding, on an unknown concept, strategy or mode, or too few seeds."""
+def check_simulation(items: Items, sim: SimulationConfig, data: DataConfig) -> None:
+    """Fail early, before embedding, on an unknown concept, strategy or mode, too few seeds, or
+    a k or IVF list count U cannot fill."""
     sim.learning.check(items.source)
+    check_fits_u(data, sim.learning, int((~items.is_eval).sum()), items.source)
     if items.truth is None:
         raise SealsError(f"{items.source}: a simulation needs a truth column for its oracle")
     positive = items.truth == sim.concept
@@ -88,7 +90,7 @@ def simulate(
     Returns:
         The summary: {"config": ..., "rounds": [records], "stopped": reason or None}.
     """
-    check_simulation(dataset.items(), sim)
+    check_simulation(dataset.items(), sim, dataset.config)
     engine = RoundEngine(dataset, sim.learning, sim.concept, progress)
     out = _prepare_out_dir(out_dir) if out_dir is not None else None
     seeds = draw_seeds(

@@ -823,3 +823,30 @@ def test_next_step_stops_at_the_target_metric(tmp_path, clinc_slice, cache_dir):
     assert reason.startswith("target reached: average_precision ")
     with pytest.raises(SealsError, match=r"target metric 'f1' is not in metrics\.json; known: "):
         c.next_step("f1", 0.5)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"k": "U"}, r"k is \d+, but U has [\d,]+ examples, so each has at most [\d,]+ neighbours"),
+        ({"index_factory": "IVF100000,Flat"}, r"asks for 100,000 IVF lists, but U has [\d,]+ examples"),
+    ],
+)
+def test_init_refuses_settings_u_cannot_fill_before_anything_is_embedded(
+    tmp_path, clinc_slice, cache_dir, extra, message
+):
+    """k over |U| - 1 or more IVF lists than U has rows made round 0 grow without bound; init
+    refuses them, writes nothing, and embeds nothing."""
+    with clinc_slice.open(newline="") as f:
+        n_u = sum(r["split"] != "test" for r in csv.DictReader(f))
+    if extra.get("k") == "U":
+        extra = {"k": n_u}
+    config = CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir, **extra))
+    before = sorted(cache_dir.rglob("*")) if cache_dir.exists() else []
+    with pytest.raises(SealsError, match=message):
+        init(config, str(tmp_path / "c"))
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+    assert (sorted(cache_dir.rglob("*")) if cache_dir.exists() else []) == before
+    if "k" in extra:  # one fewer is every other example of U: accepted
+        config = CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir, k=n_u - 1))
+        init(config, str(tmp_path / "c"))

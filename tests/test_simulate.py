@@ -198,6 +198,8 @@ def write_csv(path: Path, text: str) -> Path:
         ("bad_factory", "invalid faiss factory string 'IVFx'"),
         ("non_empty_out", "is not empty and holds no earlier simulation"),
         ("negative_budget", "--ram-budget-mb must be 0 or more"),
+        ("k_over_u", "k is 100000, but U has"),
+        ("lists_over_u", "asks for 100,000 IVF lists, but U has"),
     ],
 )
 @pytest.mark.hostile
@@ -218,6 +220,10 @@ def test_bad_inputs_exit_2_with_one_line_error(clinc_slice, cache_dir, tmp_path,
         extra = ["--index-factory", "IVFx"]
     elif case == "negative_budget":
         extra = ["--ram-budget-mb", "-1"]
+    elif case == "k_over_u":
+        extra = ["--k", "100000"]
+    elif case == "lists_over_u":
+        extra = ["--index-factory", "IVF100000,Flat"]
     elif case == "non_empty_out":
         out.mkdir()
         (out / "precious.txt").write_text("keep me")

@@ -21,6 +21,7 @@ from seals_al.settings import (
     DEFAULT_BUDGET,
     DataConfig,
     RoundConfig,
+    check_fits_u,
     check_positive_int,
     flat_names,
     from_flat,
@@ -155,9 +156,10 @@ def init(config: CampaignConfig, uri: str, seed_file: tuple[str, bytes] | None =
             "create the campaign in a new or empty folder"
         )
     items = Items.load(config.dataset)  # fail now on a bad items file, not at round 0
+    u = items.u_ids()
+    check_fits_u(config.dataset, config.learning, len(u), storage.where(CONFIG))
     name, data = seed_file or read_seed_file(config)
     seed_name = check_key(name, name)
-    u = items.u_ids()
     seeds = check_label_file(
         seed_name, data, config.concept, open_batch=u, labeled={}, known=set(items.ids), in_u=u
     )
