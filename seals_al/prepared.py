@@ -621,17 +621,20 @@ def _grown_from(lineage: Path, config: DataConfig, items: Items) -> EmbeddingSto
     everything = np.arange(previous.count)
     old_ids = previous.ids_at(everything)
     where = {item_id: i for i, item_id in enumerate(items.ids)}
-    if any(item_id not in where for item_id in old_ids):
-        return None
+    left = False  # an item left: the version is embedded whole, but kept ids keep their texts
     for item_id, text in zip(old_ids, previous.texts_at(everything), strict=True):
-        now = items.texts[where[item_id]]
+        at = where.get(item_id)
+        if at is None:
+            left = True
+            continue
+        now = items.texts[at]
         if now != text:
             raise SealsError(
                 f"{config.data}: the text of id {shown(item_id)} changed since it was embedded "
                 f"(was {shown(text)}, now {shown(now)}); an item's text is fixed once embedded: "
                 f"give the new text a new id, or remove {lineage} to embed the data whole"
             )
-    return previous.store
+    return None if left else previous.store
 
 
 def embeddings_path(config: DataConfig) -> Path:

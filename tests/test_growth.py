@@ -95,12 +95,15 @@ def test_a_store_of_another_model_is_not_appended_to_but_embedded_whole(grown, m
     assert "appended_to" not in after.store.manifest.get("extra", {})
 
 
-def test_a_changed_text_is_an_error_naming_the_id_and_nothing_is_written(grown, tmp_path):
+@pytest.mark.parametrize("another_removed", [False, True])
+def test_a_changed_text_is_an_error_naming_the_id_and_nothing_is_written(grown, tmp_path, another_removed):
+    """Also when another item left in the same version (the new version would be embedded whole,
+    and the changed text was taken silently)."""
     config, _ = grown
     first = Path(config.data) / "2026-11-30.csv"
     rows = clinc_rows(40)
     rows[3] = {**rows[3], "text": "a text changed after it was embedded"}
-    write_csv(first, rows)
+    write_csv(first, [r for i, r in enumerate(rows) if not (another_removed and i == 7)])
     stores = sorted((tmp_path / "cache" / "embeddings").iterdir())
     with pytest.raises(
         SealsError, match=rf"the text of id '{rows[3]['id']}' changed since it was embedded"
@@ -110,7 +113,7 @@ def test_a_changed_text_is_an_error_naming_the_id_and_nothing_is_written(grown, 
     lineage = Path(str(e.value).rsplit("or remove ", 1)[1].split(" to embed")[0])
     lineage.unlink()  # the way out the message names: the new data embedded whole
     whole = prepare(config, progress=False).store
-    assert len(whole) == 52
+    assert len(whole) == 52 - another_removed
     assert "appended_to" not in whole.manifest.get("extra", {})
 
 
