@@ -147,8 +147,10 @@ def test_three_rounds_from_csv_jsonl_and_label_studio(tmp_path, clinc_slice, cac
         "inbox/001/a.jsonl",
         "inbox/002/export.json",
     }
-    for r, name in ((1, "inbox_000_labels.csv"), (2, "inbox_001_a.jsonl"), (3, "inbox_002_export.json")):
-        assert st.exists(f"rounds/{r:03d}/ingested/{name}"), "the raw label file is kept"
+    for r, key in ((1, "inbox/000/labels.csv"), (2, "inbox/001/a.jsonl"), (3, "inbox/002/export.json")):
+        (entry,) = [e for e in st.read_json(f"rounds/{r:03d}/ingested.json") if e["file"] == key]
+        assert entry["copy"].startswith(f"rounds/{r:03d}/ingested/")
+        assert st.read_bytes(entry["copy"]) == st.read_bytes(key), "the raw label file is kept"
     assert st.read_bytes("inbox/000/labels.csv").startswith(b"id,label\n"), "the inbox is left untouched"
 
     before = snapshot(c)
@@ -850,3 +852,37 @@ def test_init_refuses_settings_u_cannot_fill_before_anything_is_embedded(
     if "k" in extra:  # one fewer is every other example of U: accepted
         config = CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir, k=n_u - 1))
         init(config, str(tmp_path / "c"))
+
+
+def test_raw_copies_of_label_files_never_collide_and_a_long_name_is_kept(campaign, clinc_slice):
+    """``x/y.jsonl`` and ``x_y.jsonl`` once shared one raw copy (one person's file lost from the
+    audit trail), and a long but legal name failed the round after part of its folder was written."""
+    truth = truth_of(clinc_slice)
+    campaign.round()
+    batch = [row["id"] for row in open_batch(campaign)]
+    long_name = "l" * 240 + ".csv"
+    files = {
+        "inbox/000/x/y.jsonl": batch[:3],
+        "inbox/000/x_y.jsonl": batch[3:6],
+        f"inbox/000/{long_name}": batch[6:],
+    }
+    for key, ids in files.items():
+        if key.endswith(".csv"):
+            text = "id,label\n" + "".join(f"{i},{truth[i]}\n" for i in ids)
+        else:
+            text = "".join(json.dumps({"id": i, "label": truth[i]}) + "\n" for i in ids)
+        campaign.storage.write_text(key, text)
+    assert campaign.round()["round"] == 1
+    entries = {e["file"]: e for e in campaign.storage.read_json("rounds/001/ingested.json")}
+    copies = [entries[key]["copy"] for key in files]
+    assert len(set(copies)) == 3
+    for key, copy in zip(files, copies, strict=True):
+        assert campaign.storage.read_bytes(copy) == campaign.storage.read_bytes(key), key
+    assert copies[2].endswith(f"/{long_name}"), "the file keeps its own name"
+    # A rejected file with a long name: its report is written, and the error names the file.
+    bad = f"inbox/001/{'b' * 250}.csv"
+    campaign.storage.write_text(bad, "id,label\nno-such-id,1\n")
+    with pytest.raises(SealsError, match=r"b{250}\.csv"):
+        campaign.round()
+    (report,) = [k for k in campaign.storage.list("reports") if "b" * 100 in k]
+    assert campaign.storage.read_json(report)["file"] == bad

@@ -8,7 +8,7 @@ rounds/NNN/                   written by one round, committed by COMMITTED, writ
     labeled.jsonl             the labeled set after this round's ingest (a new version per round)
     relabels.jsonl            label changes recorded this round (id, old, new, source)
     ingested.json             every label file ingested so far, with its sha256 and report
-    ingested/<file>           raw copies of this round's label files
+    ingested/<sha256>/<file>  raw copies of this round's label files, by their bytes' digest
     model.json                the classifier (coefficients, no pickle) and the labels' sha256
     evaluation.json           AP, recall, ROC points and confusion matrix (ground truth known)
     metrics.json              the round record (seals_al.record.RoundRecord)
@@ -31,6 +31,7 @@ LOCK                          held while a stage runs
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from seals_al.storage import check_key
@@ -69,9 +70,12 @@ class RoundKeys:
     def ingested(self) -> str:
         return f"{self.dir}/ingested.json"
 
-    def ingested_copy(self, key: str) -> str:
-        """Where the raw copy of an ingested label file goes."""
-        return f"{self.dir}/ingested/{flat_name(key)}"
+    def ingested_copy(self, key: str, sha256: str) -> str:
+        """Where the raw copy of an ingested label file goes: in a folder named by its bytes'
+        digest, under its own name, so two files share a copy only when their bytes are the same
+        (``x/y.jsonl`` and ``x_y.jsonl`` once collided), and the key stays short whatever the
+        file's path (a long name made the round fail after writing part of its folder)."""
+        return f"{self.dir}/ingested/{sha256[:16]}/{key.rsplit('/', 1)[-1]}"
 
     @property
     def model(self) -> str:
@@ -142,9 +146,12 @@ def seed_key(name: str) -> str:
     return f"{SEED}/{name}"
 
 
-def rejection_report(key: str, sha256: str) -> str:
-    """Where the report of a rejected label file goes."""
-    return f"reports/{flat_name(key)}-{sha256[:12]}.json"
+def rejection_report(key: str, version: str) -> str:
+    """Where the report of one version of a rejected label file goes: its path, made one name
+    and cut to fit, then a digest of the whole path (two paths never share a report) and the
+    version's tag."""
+    of_key = hashlib.sha256(key.encode()).hexdigest()[:8]
+    return f"reports/{_fit(flat_name(key), 200)}-{of_key}-{version[:12]}.json"
 
 
 def oracle_labels(r: int) -> str:
@@ -164,3 +171,8 @@ def concept_folder(root: str, concept: str) -> str:
 
 def flat_name(key: str) -> str:
     return key.replace("/", "_")
+
+
+def _fit(name: str, limit: int) -> str:
+    """``name`` cut to at most ``limit`` bytes of UTF-8, never inside a character."""
+    return name.encode()[:limit].decode(errors="ignore")

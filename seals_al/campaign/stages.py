@@ -178,8 +178,9 @@ class Campaign(StateReader):
         keys, st = self.keys(r), self.storage
         st.write_text(keys.labeled, "".join(json.dumps(labeled[i]) + "\n" for i in sorted(labeled)))
         st.write_text(keys.relabels, "".join(json.dumps(row) + "\n" for row in relabels))
-        for key, data in files.items():
-            st.write_bytes(keys.ingested_copy(key), data)
+        for entry in ingested:
+            if entry["round"] == r:  # this round's files; the list holds every earlier one too
+                st.write_bytes(entry["copy"], files[entry["file"]])
         st.write_json(keys.ingested, ingested)  # last: the stage is complete
         new = len(labeled) - len(state.labeled)
         return StagedLabels(r, new, len(relabels), len(labeled), sorted(files))
@@ -236,7 +237,10 @@ class Campaign(StateReader):
             for item_id, (old, new) in result.relabels.items():
                 relabels.append({"id": item_id, "old": old, "new": new, "round": r, "source": key})
                 labeled[item_id] = {"id": item_id, "label": new, "round": r, "source": key}
-            ingested.append({"file": key, "sha256": result.sha256, "round": r, "report": result.report()})
+            copy = self.keys(r).ingested_copy(key, result.sha256)
+            ingested.append(
+                {"file": key, "sha256": result.sha256, "round": r, "copy": copy, "report": result.report()}
+            )
         return labeled, relabels, ingested
 
     def _same_data(self, state: State) -> bool:
