@@ -267,11 +267,12 @@ class Pushed:
     imported: int  # tasks created by this push
     batch_tasks: int  # tasks of the open batch in Label Studio
     deleted: list[str]  # items of the open batch whose task was deleted in Label Studio
+    moved_from: str | None = None  # where the campaign was when its tasks were pushed, if not here
 
     def summary(self) -> str:
         return (
             f"Label Studio project {self.project_url}: {self.batch_tasks} task(s) of the open batch, "
-            f"{self.imported} imported now" + _deleted(self.deleted)
+            f"{self.imported} imported now" + _deleted(self.deleted) + _moved(self.moved_from)
         )
 
 
@@ -282,6 +283,7 @@ class Pulled:
     deleted: list[str]
     written: str | None  # the inbox file written, None when nothing changed
     relabels: int  # labels that differ from what the campaign holds
+    moved_from: str | None = None  # where the campaign was when its tasks were pushed, if not here
 
     def summary(self) -> str:
         where = f"written to {self.written}" if self.written else "nothing new to write"
@@ -289,6 +291,7 @@ class Pulled:
             f"Label Studio: {self.labeled} task(s) of the open batch labeled, {self.pending} pending; {where}"
             + (f"; {self.relabels} label(s) changed" if self.relabels else "")
             + _deleted(self.deleted)
+            + _moved(self.moved_from)
         )
 
 
@@ -301,6 +304,15 @@ class Progress:
 
     def reached(self, fraction: float) -> bool:
         return self.tasks > 0 and self.annotated >= max(1, math.ceil(fraction * self.tasks - 1e-9))
+
+
+def _moved(moved_from: str | None) -> str:
+    if moved_from is None:
+        return ""
+    return (
+        f"; tasks were pushed when the campaign was at {moved_from}: they are matched by the task "
+        "ids the campaign recorded"
+    )
 
 
 def _deleted(items: list[str]) -> str:
@@ -317,6 +329,7 @@ class Sync:
         self.campaign = campaign
         self.client = client or Client(conn)
         self.url = conn.url
+        self.moved_from: str | None = None  # set when recorded tasks name another location
 
     @classmethod
     def of(cls, campaign: Campaign) -> Sync | None:
@@ -359,17 +372,27 @@ class Sync:
             self._save(record)
         return project_id, ui
 
-    def _ours(self, tasks: list[dict]) -> dict[str, dict]:
-        """This campaign's tasks of the project, by item id: marked with its URI by a push, or
-        unmarked (imported by hand from ``to_label.labelstudio.json``); never another campaign's."""
+    def _ours(self, tasks: list[dict], record: dict) -> dict[str, dict]:
+        """This campaign's tasks of the project, by item id: the tasks it recorded (by task id and
+        item, wherever the campaign has moved since), those marked with its URI by a push that
+        stopped before recording them, and unmarked ones (imported by hand from
+        ``to_label.labelstudio.json``); never another campaign's. A recorded task marked with
+        another URI means the campaign was moved or copied: :attr:`moved_from` says from where."""
         uri = self.campaign.storage.uri
-        return {
-            t["data"]["seals_id"]: t
-            for t in tasks
-            if isinstance(t.get("data"), dict)
-            and "seals_id" in t["data"]
-            and (t.get("meta") or {}).get("seals_campaign", uri) == uri
-        }
+        recorded = {entry["task"]: item for item, entry in record["tasks"].items()}
+        ours = {}
+        for t in tasks:
+            data = t.get("data")
+            if not isinstance(data, dict) or "seals_id" not in data:
+                continue
+            mark = (t.get("meta") or {}).get("seals_campaign", uri)
+            if recorded.get(t.get("id")) == data["seals_id"]:
+                if mark != uri:
+                    self.moved_from = mark
+            elif mark != uri:
+                continue
+            ours[data["seals_id"]] = t
+        return ours
 
     def _open_state(self) -> State:
         state = self.campaign.state()
@@ -389,7 +412,7 @@ class Sync:
             project_id, ui = self._project(record)
             known, imported, uri = record["tasks"], 0, self.campaign.storage.uri
             for attempt in range(self.client.attempts):
-                existing = self._ours(self.client.tasks(project_id))
+                existing = self._ours(self.client.tasks(project_id), record)
                 for item, task in existing.items():  # tasks an interrupted push imported, unrecorded
                     known.setdefault(item, {"task": task["id"], "round": task["data"].get("round")})
                 new = [row for row in state.batch if row["id"] not in known]
@@ -417,7 +440,12 @@ class Sync:
             deleted = sorted(row["id"] for row in state.batch if row["id"] not in existing)
             self._save(record)
             return Pushed(
-                project_id, self.project_url(project_id), imported, len(state.batch) - len(deleted), deleted
+                project_id,
+                self.project_url(project_id),
+                imported,
+                len(state.batch) - len(deleted),
+                deleted,
+                self.moved_from,
             )
 
     # -- progress and pull -------------------------------------------------------------------------
@@ -449,7 +477,7 @@ class Sync:
         at and skipped; it is not waited on again (else one skip would stall every later wait
         that waits for the whole batch). It stays in the batch and counts once annotated."""
         state, record = self._open_state(), self._pushed_record()
-        tasks = self._ours(self.client.tasks(record["project"]))
+        tasks = self._ours(self.client.tasks(record["project"]), record)
         found, deleted = self._batch_tasks(state, record, tasks)
         carried = {row["id"] for row in state.batch if row.get("carried_over")}
         annotated = sum(1 for t in found if t.get("total_annotations", 0) > 0)
@@ -468,12 +496,12 @@ class Sync:
         an annotation is invalid (the error names the task)."""
         campaign = self.campaign
         state, record = self._open_state(), self._pushed_record()
-        exported = self._ours(self.client.export(record["project"]))
+        exported = self._ours(self.client.export(record["project"]), record)
         found, deleted = self._batch_tasks(state, record, exported)
         wanted = set(state.labeled) | {row["id"] for row in state.batch}
         kept = [t for item, t in sorted(exported.items()) if item in wanted]
         if not kept:  # every task deleted, say: nothing to take in
-            return Pulled(0, 0, deleted, None, 0)
+            return Pulled(0, 0, deleted, None, 0, self.moved_from)
         data = json.dumps(kept, indent=1, sort_keys=True).encode()
         key = label_studio_export(state.round)
         labeled = {i: row["label"] for i, row in state.labeled.items()}
@@ -513,6 +541,7 @@ class Sync:
             deleted=deleted,
             written=written,
             relabels=len(checked.relabels),
+            moved_from=self.moved_from,
         )
 
     def _pulled_here(self, record: dict, round_: int, data: bytes) -> bool:

@@ -541,3 +541,31 @@ def test_the_looped_and_one_round_pipelines_run_the_loop_with_no_file_copied(
     for path in kfp_local.rglob("*"):
         if path.is_file():
             assert ls_env.token.encode() not in path.read_bytes(), path
+
+
+def test_a_moved_campaign_still_finds_its_tasks_by_the_ids_it_recorded(campaign, ls_env, tmp_path):
+    """Tasks were matched by the campaign's absolute path: after a move, every task looked deleted,
+    nothing was pulled and a wait timed out. The recorded task ids find them; the pull says the
+    campaign moved."""
+    import shutil
+
+    campaign.round()
+    sync, person = Sync.of(campaign), Person(ls_env)
+    project = sync.push().project
+    tasks = list(person.tasks(project).values())
+    for task in tasks[:3]:
+        person.annotate(task["id"], CONCEPT)
+    old = campaign.storage.uri
+    moved = tmp_path / "moved"
+    shutil.move(old, moved)
+    campaign = Campaign(str(moved), progress=False)
+    sync = Sync.of(campaign)
+    progress = sync.progress()
+    assert (progress.annotated, progress.tasks, progress.deleted) == (3, BATCH, [])
+    pulled = sync.pull()
+    assert (pulled.labeled, pulled.pending, pulled.deleted) == (3, BATCH - 3, [])
+    assert pulled.written == "inbox/000/label-studio.json"
+    assert f"the campaign was at {old}" in pulled.summary()
+    pushed = sync.push()
+    assert (pushed.imported, pushed.batch_tasks) == (0, BATCH), "nothing pushed twice"
+    assert len(person.tasks(project)) == BATCH
