@@ -70,6 +70,9 @@ class CandidatePool:
         self._alive = np.empty(0, bool)
         self._vectors = _Blocks(store.dim)
         self._left: dict[int, np.ndarray] = {}  # members expanded in this process: their vectors
+        # Records of the likely picks' neighbours, read ahead (:meth:`prefetch`): row id ->
+        # (vector, kNN density), taken when the row arrives; dropped when a selection starts.
+        self._ahead: dict[int, tuple[np.ndarray, float]] = {}
         # Members and expanded rows flagged by storage position, so a neighbour list is filtered by
         # one gather rather than a dict lookup per neighbour: one byte per row of the store (10 MB
         # at 10M rows, a small fraction of the store), zero pages until touched.
@@ -94,6 +97,7 @@ class CandidatePool:
         each round; the buffers are compacted once removed members pass a quarter of them.
         """
         self._left.clear()  # a new selection: the last one's picks are no longer asked for
+        self._ahead.clear()
         if self._n and len(self._slot) < 0.75 * self._n:
             self._compact()
         n = self._n
@@ -152,7 +156,7 @@ class CandidatePool:
         self._known[positions] = True
         density = None
         if self._records:  # each arrival's vector, density and own list in one read
-            vectors, recorded = self.neighbours.records_of(ids)
+            vectors, recorded = self._arrival_records(ids)
             if self.with_density:
                 self.queries += len(ids)
                 density = np.asarray(recorded, np.float32)
@@ -167,11 +171,38 @@ class CandidatePool:
         return arrivals
 
     def prefetch(self, row_ids: np.ndarray) -> None:
-        """Let the neighbour source read these rows' lists ahead, in one batch (the likely picks:
-        on object storage a pick then waits for one read, its arrivals, not two)."""
+        """Read ahead what expanding these rows (the likely picks) will need: their lists, in one
+        batch, and, with a graph's records, the records of their neighbours that are not members
+        yet, in a second. On object storage a pick then waits for no read at all; a row read
+        ahead that never arrives costs only its bytes."""
         prefetch = getattr(self.neighbours, "prefetch", None)
-        if prefetch is not None:
-            prefetch(np.asarray(row_ids, np.int64))
+        if prefetch is None:
+            return
+        row_ids = np.asarray(row_ids, np.int64)
+        prefetch(row_ids)
+        if not self._records or not len(row_ids):
+            return
+        ids = self.neighbours.ids(row_ids, self.k).ravel()  # read just now: no second read
+        ids = np.unique(ids[ids >= 0])
+        ids = ids[~self._known[self.store.positions(ids)]]
+        ids = np.asarray([r for r in ids.tolist() if r not in self._ahead], np.int64)
+        if len(ids):
+            vectors, density = self.neighbours.records_of(ids)
+            self._ahead.update(zip(ids.tolist(), zip(vectors, density.tolist(), strict=True), strict=True))
+
+    def _arrival_records(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors, kNN densities) of arriving rows from the graph's records: those read ahead
+        from memory, the others in one batch."""
+        ahead = [self._ahead.pop(r, None) for r in ids.tolist()]
+        vectors = np.empty((len(ids), self.store.dim), np.float32)
+        density = np.empty(len(ids), np.float32)
+        missing = np.asarray([i for i, found in enumerate(ahead) if found is None], np.int64)
+        if len(missing):
+            vectors[missing], density[missing] = self.neighbours.records_of(ids[missing])
+        for i, found in enumerate(ahead):
+            if found is not None:
+                vectors[i], density[i] = found
+        return vectors, density
 
     def left_vectors(self, row_ids: Sequence[int]) -> np.ndarray:
         """The vectors of members that left the pool when they were expanded in this process

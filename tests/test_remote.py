@@ -14,11 +14,23 @@ from e2e.run import differences
 from seals_al import ranges
 from seals_al.arrays import gather, search_sorted
 from seals_al.errors import SealsError
+from seals_al.index.build import build_index
+from seals_al.index.neighbours import (
+    GRAPH_FORMAT,
+    NeighbourGraph,
+    build_neighbour_graph,
+    locality_order,
+    write_records,
+)
+from seals_al.pool import CandidatePool
 from seals_al.published import LISTING, LocalFolder, RemoteFolder, materialize, open_folder, publish
 from seals_al.ranges import ReplacedError
+from seals_al.selection import READ_AHEAD, select_seals
 from seals_al.storage import open_storage
 from seals_al.store import FORMAT as STORE_FORMAT
 from seals_al.store import EmbeddingStore, write_store
+from seals_al.strategies import get_strategy
+from seals_al.train import LinearModel
 
 from .conftest import BUCKET, VERSIONED, clustered_vectors, shuffled_row_ids
 
@@ -120,6 +132,42 @@ def test_a_batch_a_few_requests_over_a_round_trip_reads_through_its_smallest_gap
     monkeypatch.setattr(ranges, "_STATS", ranges.Stats())
     np.testing.assert_array_equal(rows[picks[::-1]], arrays["rows"][picks[::-1]])
     assert (ranges.stats().requests, ranges.stats().bytes) == (12, 12 * 160)
+
+
+def test_a_selection_over_a_published_graph_waits_for_no_read_when_it_picks_a_member(
+    synthetic, tmp_path, uri, monkeypatch
+):
+    """Members are picked in an order known when the round starts: their lists and the records of
+    their neighbours are read ahead, a window at a time, so expanding a member costs no batch of
+    its own; only a pick that arrived during the batch waits for a read. The picks are those of a
+    pool over the graph on local disk."""
+    index = build_index(synthetic.store, synthetic.row_ids, "IVF8,Flat", train_size=1500, progress=False)
+    build_neighbour_graph(index, synthetic.store, synthetic.row_ids, 10, tmp_path / "g", progress=False)
+    write_records(
+        tmp_path / "g", synthetic.store, locality_order(index, np.sort(synthetic.row_ids)), progress=False
+    )
+    publish(tmp_path / "g", uri, GRAPH_FORMAT, progress=False)
+    remote = NeighbourGraph.open(open_folder(uri, tmp_path / "cache"), access="rows")
+    assert remote.has_records
+    labeled = synthetic.row_ids[synthetic.cluster == 0][:6].tolist() + synthetic.row_ids[:20].tolist()
+    model = LinearModel(synthetic.vectors[synthetic.cluster == 0].mean(axis=0) * 8, -5.0)
+    picks = {}
+    for where, graph in (("local", NeighbourGraph.open(tmp_path / "g")), ("gs", remote)):
+        pool = CandidatePool(graph, synthetic.store, 10)
+        pool.expand(labeled)
+        monkeypatch.setattr(ranges, "_STATS", ranges.Stats())
+        selection = select_seals(pool, model, get_strategy("maxent"), 40, seed=3, round_index=1)
+        picks[where] = [p.row_id for p in selection.picks]
+        batches = len(ranges.stats().batches)
+    chosen = set()
+    arrived = 0  # picks that joined the pool during this selection
+    for pick in selection.picks:
+        arrived += pick.reached_from in chosen
+        chosen.add(pick.row_id)
+    assert picks["gs"] == picks["local"]
+    assert 0 < arrived < 40, "the batch mixes members and arrivals"
+    windows = -(-(40 - arrived) // READ_AHEAD)
+    assert batches <= 2 * windows + arrived, f"{batches} batches for {arrived} arrivals"
 
 
 def test_a_file_replaced_since_it_was_published_is_an_error_never_mixed_data(tmp_path, uri):
