@@ -105,10 +105,11 @@ RECORD_OF = "record_of.npy"
 
 def records_dtype(dim: int, k: int, id_type: np.dtype) -> np.dtype:
     """One row of :data:`RECORDS`: its id, kNN density, vector, neighbour ids and the positions of
-    the neighbours' own records (-1 where the list is padded)."""
+    the neighbours' own records (-1 where the list is padded). Ids are ``id_type``: 4 bytes when
+    every row id fits (a smaller record: more of a pick's arrivals in one range)."""
     return np.dtype(
         [
-            ("row", "<i8"),
+            ("row", id_type),
             ("density", "<f4"),
             ("vector", "<f4", (dim,)),
             ("neighbours", id_type, (k,)),
@@ -183,7 +184,8 @@ def write_records(
     record_of = np.empty(n, np.int64)
     record_of[order] = np.arange(n)
     every = np.asarray(rows, np.int64)
-    dtype = records_dtype(store.dim, ids.shape[1], ids.dtype)
+    id_type = np.dtype("<i4") if n and int(every.max()) < 2**31 else np.dtype("<i8")
+    dtype = records_dtype(store.dim, ids.shape[1], id_type)
     out = np.lib.format.open_memmap(graph / RECORDS, mode="w+", dtype=dtype, shape=(n,))
     with tqdm(total=n, desc="kNN graph records", unit="row", disable=not progress) as bar:
         for start in range(0, n, chunk_rows):
