@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,8 +77,22 @@ class LabelStudioUnreachable(LabelStudioError):
 
 @dataclass(frozen=True)
 class Connection:
-    url: str
+    url: str  # what requests go to; may hold credentials (a proxy's): never printed
     token: str = field(repr=False)  # never shown
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as messages print it: any ``user:password@`` replaced by ``***@``."""
+        return _hide_credentials(self.url)
+
+
+_URL_CREDENTIALS = re.compile(r"(https?://)[^/@\s]+@")
+_AUTHORIZATION = re.compile(r"\b(Token|Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+")  # echoed headers
+
+
+def _hide_credentials(text: str) -> str:
+    """``text`` with the ``user:password@`` of every http(s) URL in it replaced by ``***@``."""
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
 
 
 def connection(campaign_url: str | None = None) -> Connection | None:
@@ -86,7 +101,14 @@ def connection(campaign_url: str | None = None) -> Connection | None:
     if not url:
         return None
     if not url.startswith(("http://", "https://")):
-        raise SealsError(f"Label Studio URL {shown(url)}: expected http://host[:port] or https://...")
+        raise SealsError(
+            f"Label Studio URL {shown(_hide_credentials(url))}: expected http://host[:port] or https://..."
+        )
+    if _URL_CREDENTIALS.match(url):
+        raise SealsError(
+            f"Label Studio URL {shown(_hide_credentials(url))}: holds a user and password, which would "
+            f"replace the API token on every request; give the URL without them and the token in {ENV_KEY}"
+        )
     token = os.environ.get(ENV_KEY, "").strip()
     if not token:
         raise SealsError(f"Label Studio at {url}: set {ENV_KEY} to an API token of a user of it")
@@ -105,7 +127,8 @@ class Client:
         timeout: float = TIMEOUT_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        self.url = conn.url
+        self.url = conn.shown_url  # for messages; requests go to conn.url
+        self._base = conn.url
         self._token = conn.token
         self._access: str | None = None  # for a personal access token
         self.attempts, self.backoff, self.timeout, self._sleep = attempts, backoff, timeout, sleep
@@ -159,8 +182,14 @@ class Client:
             if attempt:
                 self.pause(attempt)
             try:
+                # Never redirected: a 3xx would send the token on to wherever it points.
                 response = self.session.request(
-                    method, self.url + path, headers=headers, timeout=self.timeout, **kwargs
+                    method,
+                    self._base + path,
+                    headers=headers,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                    **kwargs,
                 )
             except (requests.ConnectionError, requests.Timeout) as e:
                 failure = f"{type(e).__name__}"
@@ -172,9 +201,18 @@ class Client:
             if response.status_code == 429 or response.status_code >= 500:
                 failure = f"HTTP {response.status_code}"
                 continue
+            if 300 <= response.status_code < 400:
+                where = self._redact(response.headers.get("Location", "(no Location)"))
+                raise LabelStudioError(
+                    f"{method} {self.url}{path}: HTTP {response.status_code}, a redirect to "
+                    f"{cut(where, 200)}; it is not followed (the token would go with it): set "
+                    f"{ENV_URL} to the address Label Studio answers at itself",
+                    response.status_code,
+                )
             if response.status_code >= 400:
                 raise LabelStudioError(
-                    f"{method} {self.url}{path}: HTTP {response.status_code}: {_detail(response)}",
+                    f"{method} {self.url}{path}: HTTP {response.status_code}: "
+                    f"{self._redact(_detail(response))}",
                     response.status_code,
                 )
             if not response.content:
@@ -191,6 +229,14 @@ class Client:
             f"{self.url}: Label Studio did not answer {method} {path} after {attempts} attempt(s) "
             f"over {waited:g} s ({failure}); is it running at {ENV_URL}?"
         )
+
+    def _redact(self, text: str) -> str:
+        """``text`` (an answer's body, a header) with the token, the access token and the URL's
+        credentials replaced by ``***``: a server that echoes the request must not print them."""
+        for secret in (self._token, self._access):
+            if secret:
+                text = text.replace(secret, "***")
+        return _AUTHORIZATION.sub(r"\1 ***", _hide_credentials(text))
 
     # -- the calls used here ------------------------------------------------------------------
     def project(self, project_id: int) -> dict | None:
@@ -328,7 +374,7 @@ class Sync:
     def __init__(self, campaign: Campaign, conn: Connection, client: Client | None = None):
         self.campaign = campaign
         self.client = client or Client(conn)
-        self.url = conn.url
+        self.url = conn.shown_url
         self.moved_from: str | None = None  # set when recorded tasks name another location
 
     @classmethod

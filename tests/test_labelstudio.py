@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import re
 import socket
 import threading
 import time
@@ -28,6 +29,7 @@ from seals_al.labelstudio import (
     Connection,
     LabelStudioError,
     Sync,
+    connection,
     wait_for_labels,
 )
 
@@ -111,6 +113,19 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
     seen = 0
 
     def do_GET(self):
+        if self.path.startswith("/moved"):  # a redirect to another host, which would get the token
+            self.send_response(307)
+            self.send_header("Location", "http://user:pw@127.0.0.1:9/api/projects/7")
+            self.end_headers()
+            return
+        if self.path.startswith("/echo"):  # a 400 whose body echoes the request's headers
+            body = json.dumps({"detail": f"bad request; headers were {dict(self.headers)}"}).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if self.path == "/login":  # a page in front of Label Studio, not its API
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
@@ -186,6 +201,32 @@ def test_a_request_that_changes_something_is_sent_once(flaky):
 def test_an_answer_that_is_not_json_names_the_url(flaky):
     with pytest.raises(LabelStudioError, match=rf"GET {flaky}/login: the answer is not JSON; is {ENV_URL}"):
         Client(Connection(flaky, "t")).call("GET", "/login")
+
+
+@pytest.mark.hostile
+def test_no_redirect_is_followed_and_no_token_or_url_credentials_are_printed(flaky, monkeypatch):
+    """A 307 re-sent the token to the host it pointed at, and a 400 echoing the request's headers
+    printed the token."""
+    token = "secret-token-123"
+    client = Client(Connection(flaky, token), attempts=1)
+    with pytest.raises(
+        LabelStudioError, match=re.escape("HTTP 307, a redirect to http://***@127.0.0.1:9")
+    ) as e:
+        client.call("GET", "/moved")
+    assert _Flaky.seen == 0, "nothing was sent anywhere else"
+    with pytest.raises(LabelStudioError, match="HTTP 400: bad request; headers were") as echo:
+        client.call("GET", "/echo")
+    assert "Token ***" in str(echo.value)
+    for error in (e.value, echo.value):
+        for secret in (token, "pw@"):
+            assert secret not in str(error)
+    # A user and password in the URL would replace the token on every request: refused, not shown.
+    monkeypatch.setenv(ENV_URL, flaky.replace("http://", "http://admin:hunter2@"))
+    monkeypatch.setenv(ENV_KEY, token)
+    with pytest.raises(SealsError, match=re.escape("http://***@127.0.0.1")) as refused:
+        connection(None)
+    assert "hunter2" not in str(refused.value)
+    assert "admin" not in str(refused.value)
 
 
 def closed_url() -> str:
