@@ -10,6 +10,7 @@ literals (KFP reads them from the signature); a test holds them equal to the one
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from typing import Any, TypeVar, get_args, get_type_hints
@@ -23,6 +24,7 @@ DEFAULT_MODE = "seals"
 DEFAULT_FACTORY = "Flat"
 DEFAULT_NPROBE = 16  # IVF lists an index probes per query unless told otherwise (faiss: 1)
 LAYOUTS = ("single", "ondisk", "shards")  # index directory layouts (seals_al.index.directory)
+MAX_SEED = 2**32 - 1  # seeds the solver (numpy's limit) and the tie-break keys
 DEFAULT_K = 100  # neighbours per labeled example (the paper's k)
 DEFAULT_BATCH_SIZE = 100  # b
 DEFAULT_BUDGET = 1000
@@ -88,8 +90,12 @@ class RoundConfig:
             raise SealsError(f"{where}: unknown mode {shown(self.mode)}; choose from {', '.join(MODES)}")
         for name in ("k", "batch_size"):
             check_positive_int(where, name, getattr(self, name))
-        if isinstance(self.C, bool) or not isinstance(self.C, int | float) or not self.C > 0:
-            raise SealsError(f"{where}: C must be a positive number, got {shown(self.C)}")
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise SealsError(f"{where}: seed must be an integer from 0 to {MAX_SEED:,}, got {shown(seed)}")
+        C = self.C
+        if isinstance(C, bool) or not isinstance(C, int | float) or not (C > 0 and math.isfinite(C)):
+            raise SealsError(f"{where}: C must be a positive number, got {shown(C)}")
 
 
 def lists_of(factory: str) -> int | None:

@@ -349,6 +349,11 @@ def test_items_the_campaign_has_used_must_stay_in_the_items_file(tmp_path, clinc
 @pytest.mark.hostile
 def test_config_errors(tmp_path, clinc_slice, cache_dir):
     good = write_config(tmp_path, clinc_slice, cache_dir)
+
+    def with_data(value: str) -> str:
+        lines = good.read_text().splitlines()
+        return "".join(f"data: {value}\n" if line.startswith("data:") else f"{line}\n" for line in lines)
+
     cases = {
         "unknown": ("concept: x\ndata: d\nseed_labels: s\ncolour: blue\n", "unknown setting(s) colour"),
         "missing": ("concept: x\n", "missing setting(s) data, seed_labels"),
@@ -370,6 +375,13 @@ def test_config_errors(tmp_path, clinc_slice, cache_dir):
             "id_column must be a string, got ['a', 'b']",
         ),
         "C not positive": (good.read_text() + "C: 0\n", "C must be a positive number, got 0.0"),
+        "C infinite": (good.read_text() + "C: .inf\n", "C must be a positive number, got inf"),
+        "seed negative": (good.read_text() + "seed: -1\n", "seed must be an integer from 0 to 4,294,967,295"),
+        "seed too large": (good.read_text() + f"seed: {10**20}\n", f"got {10**20}"),
+        "data a number": (with_data("5"), "data must be a string, got 5"),
+        "data a list": (with_data("[a, b]"), "data must be a string, got ['a', 'b']"),
+        "data nested": (with_data("{a: {b: {c: 1}}}"), "data must be a string, got {'a': {'b': {'c': 1}}}"),
+        "embeddings a list": (good.read_text() + "embeddings: [a]\n", "embeddings must be a string or empty"),
         "alias bomb": (
             good.read_text() + 'a: &a ["x", "x"]\nb: &b [*a, *a]\nc: &c [*b, *b]\n',
             f"line {len(good.read_text().splitlines()) + 2}: aliases (*name) are not allowed",

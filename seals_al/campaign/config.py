@@ -107,7 +107,13 @@ class CampaignConfig:
             raise SealsError(f"{path}: missing setting(s) {', '.join(missing)}")
         for name in PATHS:
             value = data.get(name)
-            if value and not str(value).startswith("gs://") and not Path(value).is_absolute():
+            # A path of the wrong type is left as it is, for the type check to name it.
+            if (
+                isinstance(value, str)
+                and value
+                and not value.startswith("gs://")
+                and not Path(value).is_absolute()
+            ):
                 data[name] = str((path.parent / value).resolve())
         config = from_flat(cls, data, str(path))
         config.check(str(path))
