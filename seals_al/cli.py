@@ -170,6 +170,14 @@ def _add_campaign_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="rounds, labels, positives, pool size and what the campaign waits for")
     p.add_argument("campaign")
     p.set_defaults(handler=_status)
+    p = sub.add_parser(
+        "unlock",
+        help="break the campaign's lease, for a stage that died and left one that has not expired",
+        description="Remove the campaign's LOCK whoever holds it. Safe for the data: a stage still "
+        "running finds its lease gone before it commits and commits nothing (it exits 2).",
+    )
+    p.add_argument("campaign")
+    p.set_defaults(handler=_unlock)
     p = sub.add_parser("label", help="label the open batch in the terminal (y / n / skip / undo / quit)")
     p.add_argument("campaign")
     p.set_defaults(handler=_label)
@@ -456,6 +464,21 @@ def _status(args: argparse.Namespace, console: Console) -> int:
             value = "\n".join(value) or None
         table.add_row(key.replace("_", " "), "-" if value is None else str(value))
     console.print(table)
+    return 0
+
+
+def _unlock(args: argparse.Namespace, console: Console) -> int:
+    from seals_al.campaign.lease import break_lease
+    from seals_al.storage import open_storage
+
+    held = break_lease(open_storage(args.campaign))
+    if held is None:
+        console.print(f"{args.campaign}: no lease is held", highlight=False)
+    else:
+        console.print(
+            f"{args.campaign}: broke the lease of {held}; if that stage is still running it commits nothing",
+            highlight=False,
+        )
     return 0
 
 

@@ -596,8 +596,50 @@ def test_a_stage_that_lost_its_lease_never_commits(tmp_path):
             except SealsError as e:
                 error = e
             time.sleep(0.05)
-    assert "another stage took the lease over; nothing was committed" in str(error)
+    assert (
+        "another stage took the lease over, or it was broken (seals-al unlock); nothing was committed"
+        in str(error)
+    )
     assert storage.read_json("LOCK")["holder"] == "someone else"
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("expires", [float("nan"), float("inf"), 32_503_680_000.0])
+def test_a_lease_that_never_ends_is_broken_and_taken_over(tmp_path, expires):
+    """A LOCK saying NaN, Infinity or the year 3000 blocked every stage forever; no holder writes
+    one (leases last at most a day), so any stage may take it over."""
+    storage = LocalStorage(tmp_path)
+    held = {"holder": "x", "pid": 7, "host": "pod-gone-1", "since": time.time(), "expires": expires}
+    (tmp_path / "LOCK").write_text(json.dumps(held))
+    with Lease(storage, seconds=5) as lease:
+        lease.check()
+        assert storage.read_json("LOCK")["holder"] == lease.mine["holder"]
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "86401", "soon"])
+def test_a_lease_length_that_is_not_a_finite_time_is_refused(monkeypatch, value):
+    from seals_al.campaign.lease import lease_seconds
+
+    monkeypatch.setenv("SEALS_LEASE_SECONDS", value)
+    with pytest.raises(SealsError, match=re.escape(f"SEALS_LEASE_SECONDS={value!r}")):
+        lease_seconds()
+
+
+def test_unlock_breaks_a_stuck_lease_and_its_holder_commits_nothing(tmp_path, capsys):
+    """The documented way out of a lease that will not expire soon: ``seals-al unlock``. A stage
+    still holding it finds it gone before it commits."""
+    storage = LocalStorage(tmp_path)
+    assert main(["unlock", str(tmp_path)]) == 0
+    assert "no lease is held" in capsys.readouterr().out
+    with Lease(storage, seconds=600) as lease:
+        assert main(["unlock", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert f"broke the lease of pid {os.getpid()} on " in out
+        assert not storage.exists("LOCK")
+        taken = re.escape("or it was broken (seals-al unlock); nothing was committed")
+        with Lease(storage, seconds=600), pytest.raises(SealsError, match=taken):  # taken at once
+            lease.check()
 
 
 def drive(args: list[str], answers: list[str], cache_dir: Path) -> str:
@@ -898,3 +940,18 @@ def test_raw_copies_of_label_files_never_collide_and_a_long_name_is_kept(campaig
         campaign.round()
     (report,) = [k for k in campaign.storage.list("reports") if "b" * 100 in k]
     assert campaign.storage.read_json(report)["file"] == bad
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--poll-seconds", "nan"], "--poll-seconds must be a positive number of seconds, got nan"),
+        (["--timeout-seconds", "inf"], "--timeout-seconds must be 0 or more seconds, got inf"),
+        (["--fraction", "nan"], "the fraction of tasks to wait for must be in (0, 1], got nan"),
+    ],
+)
+def test_a_wait_with_a_time_that_is_not_finite_is_a_one_line_error(campaign, capsys, flags, message):
+    campaign.round()
+    assert main(["wait", campaign.storage.uri, *flags]) == 2
+    assert message in capsys.readouterr().err

@@ -14,6 +14,7 @@ lease's life (SEALS_LEASE_SECONDS, default 120 s) is far longer than any skew.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import threading
@@ -22,10 +23,12 @@ import uuid
 from contextlib import suppress
 
 from seals_al.campaign.layout import LOCK
-from seals_al.errors import SealsError
+from seals_al.errors import SealsError, shown
 from seals_al.storage import AlreadyExistsError, ChangedError, Storage
 
 LEASE_SECONDS = 120.0
+_TAKEN = "another stage took the lease over, or it was broken (seals-al unlock)"
+MAX_LEASE_SECONDS = 86_400.0  # no holder writes a lease longer than a day: one that says so is broken
 
 
 def lease_seconds() -> float:
@@ -34,8 +37,10 @@ def lease_seconds() -> float:
         seconds = float(value) if value else LEASE_SECONDS
     except ValueError:
         raise SealsError(f"SEALS_LEASE_SECONDS={value!r}: expected a number of seconds") from None
-    if not seconds > 0:
-        raise SealsError(f"SEALS_LEASE_SECONDS={value!r}: must be more than 0")
+    if not 0 < seconds <= MAX_LEASE_SECONDS:  # NaN and inf too
+        raise SealsError(
+            f"SEALS_LEASE_SECONDS={value!r}: must be more than 0 and at most {MAX_LEASE_SECONDS:,.0f} (a day)"
+        )
     return seconds
 
 
@@ -112,10 +117,9 @@ class Lease:
 
     def _stale(self, held: dict) -> str | None:
         """Why a held lease may be taken over (expired, or its process on this host is gone), or None."""
-        expires = held.get("expires")
-        if not isinstance(expires, int | float):  # written before leases expired: by its start
-            since = held.get("since")
-            expires = (since if isinstance(since, int | float) else 0.0) + self.seconds
+        expires = _expiry(held, self.seconds)
+        if not math.isfinite(expires) or expires > time.time() + MAX_LEASE_SECONDS:
+            return "broken"  # no holder writes a lease that never ends: a damaged or forged LOCK
         if time.time() > expires:
             return "expired"
         pid = held.get("pid")
@@ -132,17 +136,23 @@ class Lease:
                 try:
                     self._swap(self._token)
                 except ChangedError:
-                    self._lost = "another stage took the lease over"
+                    self._lost = _TAKEN
                     return
                 except (OSError, SealsError):  # a hiccup: the next tick tries again; anything else
                     continue  # ends the renewals, the lease expires and check() refuses to commit
 
     def check(self) -> None:
         """Raise unless the lease is still this process's own and unexpired: called before a
-        round commits, so a stage that was taken over never commits."""
+        round commits, so a stage that was taken over, or whose lease was broken
+        (:func:`break_lease`), never commits. It renews the lease on storage to know."""
         with self._guard:
             if self._lost is None and time.time() >= self._expires:
                 self._lost = "the lease expired before it could be renewed"
+            if self._lost is None and self._token is not None:
+                try:
+                    self._swap(self._token)
+                except ChangedError:
+                    self._lost = _TAKEN
             if self._lost is not None:
                 raise SealsError(f"{self.storage.where(LOCK)}: {self._lost}; nothing was committed")
 
@@ -153,6 +163,40 @@ class Lease:
         if self._lost is None and self._token is not None:
             with suppress(SealsError):  # taken over or gone; never mask the stage's own outcome
                 self.storage.delete_if(LOCK, self._token)
+
+
+def _expiry(held: dict, seconds: float) -> float:
+    """When a held lease expires (one written before leases expired: its start plus ``seconds``);
+    inf or NaN when the LOCK says so."""
+    expires = held.get("expires")
+    if isinstance(expires, int | float) and not isinstance(expires, bool):
+        return float(expires)
+    since = held.get("since")  # written before leases expired: by its start
+    start = since if isinstance(since, int | float) and not isinstance(since, bool) else 0.0
+    return float(start) + seconds
+
+
+def break_lease(storage: Storage) -> str | None:
+    """Remove the campaign's lease whoever holds it (``seals-al unlock``), for a lease that would
+    otherwise block until it expires. Safe for the campaign's data: a holder that is still running
+    finds its lease gone at its next renewal or before it commits, and commits nothing.
+
+    Returns:
+        Who held it, or None when nobody did.
+    """
+    try:
+        raw, token = storage.read_versioned(LOCK)
+    except (ChangedError, SealsError):
+        return None
+    held = _describe(_parse(raw))
+    try:
+        storage.delete_if(LOCK, token)
+    except ChangedError:
+        raise SealsError(
+            f"{storage.where(LOCK)}: the lease changed hands while it was being broken (a stage "
+            "renewed or took it); look at `seals-al status` and try again"
+        ) from None
+    return held
 
 
 def _parse(raw: bytes) -> dict:
@@ -186,11 +230,18 @@ def holder(storage: Storage) -> str | None:
         held = _parse(storage.read_bytes(LOCK))
     except SealsError:
         return None
+    return _describe(held)
+
+
+def _describe(held: dict) -> str:
     expires = held.get("expires")
     state = ""
-    if isinstance(expires, int | float):
+    if isinstance(expires, int | float) and not isinstance(expires, bool):
         left = expires - time.time()
-        state = f", expires in {_duration(left)}" if left > 0 else f", expired {_duration(-left)} ago"
+        if not math.isfinite(left) or left > MAX_LEASE_SECONDS:
+            state = f", expires {shown(expires)}: broken, any stage may take it over"
+        else:
+            state = f", expires in {_duration(left)}" if left > 0 else f", expired {_duration(-left)} ago"
     return f"pid {held.get('pid')} on {held.get('host')}{state}"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -264,11 +265,10 @@ class StateReader:
         Raises:
             LabelsTimeout: nothing arrived within ``timeout_seconds``.
         """
-        if poll_seconds <= 0 or timeout_seconds < 0:
-            raise SealsError(
-                f"poll interval must be positive and timeout non-negative, got {poll_seconds}, "
-                f"{timeout_seconds}"
-            )
+        if not (math.isfinite(poll_seconds) and poll_seconds > 0):
+            raise SealsError(f"--poll-seconds must be a positive number of seconds, got {poll_seconds}")
+        if not (math.isfinite(timeout_seconds) and timeout_seconds >= 0):
+            raise SealsError(f"--timeout-seconds must be 0 or more seconds, got {timeout_seconds}")
         state = self.state()
         deadline = time.monotonic() + timeout_seconds
         inbox = self.storage.where(self.inbox(state))
