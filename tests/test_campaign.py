@@ -490,9 +490,10 @@ def test_a_round_killed_at_each_step_is_finished_by_the_next_run(
 
 
 @pytest.mark.hostile
-def test_a_second_concurrent_round_fails_clearly(tmp_path, clinc_slice, cache_dir):
-    # Local only: the GCS emulator ignores the write-once precondition that the lock uses there.
-    c = prepared(tmp_path, str(tmp_path / "campaign"), "busy", clinc_slice, cache_dir)
+def test_a_second_concurrent_round_fails_clearly(tmp_path, clinc_slice, cache_dir, campaign_uri):
+    """On a local disk and on gs:// (fake-gcs-server enforces the preconditions the lease is built
+    on): of two concurrent rounds exactly one commits."""
+    c = prepared(tmp_path, campaign_uri, "busy", clinc_slice, cache_dir)
     first = run_cli("round", str(c.storage.uri), cache_dir=cache_dir, failpoint="after_train:sleep")
     deadline = time.monotonic() + 60
     while not c.storage.exists("LOCK") and time.monotonic() < deadline:
@@ -512,13 +513,14 @@ def test_a_second_concurrent_round_fails_clearly(tmp_path, clinc_slice, cache_di
 
 
 @pytest.mark.hostile
-def test_a_lease_held_on_another_host_is_respected_until_it_expires(tmp_path, clinc_slice, cache_dir):
+def test_a_lease_held_on_another_host_is_respected_until_it_expires(
+    tmp_path, clinc_slice, cache_dir, campaign_uri
+):
     """A lease written on another machine cannot be checked from here (its process may be alive
     there): it is respected while it runs, and taken over once it has expired (its holder was
-    killed, OOM-killed or preempted: no renewal came). (Local only: the GCS emulator ignores the
-    preconditions that the lease uses there.)"""
-    init(CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir)), str(tmp_path / "c"))
-    campaign = Campaign(str(tmp_path / "c"), progress=False)
+    killed, OOM-killed or preempted: no renewal came)."""
+    init(CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir)), campaign_uri)
+    campaign = Campaign(campaign_uri, progress=False)
     now = time.time()
     held = {"holder": "x", "pid": 7, "host": "pod-gone-1", "since": now - 3700, "expires": now + 100}
     campaign.storage.write_json("LOCK", held)
@@ -556,10 +558,12 @@ def test_a_lease_from_another_container_on_this_host_is_not_judged_by_its_pid(tm
 
 
 @pytest.mark.hostile
-def test_a_working_stage_renews_its_lease_and_a_killed_one_loses_it(tmp_path, clinc_slice, cache_dir):
+def test_a_working_stage_renews_its_lease_and_a_killed_one_loses_it(
+    tmp_path, clinc_slice, cache_dir, campaign_uri
+):
     """With a 3 s lease, a stage that works for longer keeps it (renewed every second); killed, it
-    stops renewing, and after its expiry the next run takes over and commits. (Local only.)"""
-    c = prepared(tmp_path, str(tmp_path / "campaign"), "lease", clinc_slice, cache_dir)
+    stops renewing, and after its expiry the next run takes over and commits."""
+    c = prepared(tmp_path, campaign_uri, "lease", clinc_slice, cache_dir)
     env = {"SEALS_LEASE_SECONDS": "3"}
     first = run_cli(
         "round", str(c.storage.uri), cache_dir=cache_dir, failpoint="after_train:sleep", env_extra=env
