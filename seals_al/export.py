@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from seals_al.campaign.state import jsonl_rows
-from seals_al.errors import SealsError
+from seals_al.errors import SealsError, cut, shown
 from seals_al.settings import EXPORT_PRECISIONS
 from seals_al.storage import open_storage, split_uri
 from seals_al.train import LinearModel, sigmoid
@@ -181,7 +181,8 @@ class ExportedModel:
 
     @classmethod
     def from_json(cls, data: object, where: str) -> ExportedModel:
-        """Read an exported document, checking every field a scorer relies on."""
+        """Read an exported document, checking every field a scorer relies on: a field of the wrong
+        type or out of range is an error naming it, never a traceback or a silent default."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise SealsError(f"{where}: not an exported SEALS model (format {FORMAT!r} expected)")
         for key in ("classifier", "embedding", "concept", "round", "thresholds"):
@@ -190,27 +191,62 @@ class ExportedModel:
         classifier, embedding = data["classifier"], data["embedding"]
         if not isinstance(classifier, dict) or classifier.get("kind") != "logistic":
             raise SealsError(f"{where}: classifier: only kind 'logistic' is known")
+        if not isinstance(embedding, dict) or not isinstance(embedding.get("model"), str):
+            raise SealsError(f"{where}: embedding: expected a mapping with the embedding model's name")
+        dim = _count(embedding.get("dim"), f"{where}: embedding.dim", 1, MAX_DIM)
         try:
             coef = np.asarray(classifier["coef"], dtype=np.float64)
             intercept = float(classifier["intercept"])
-            dim = int(embedding["dim"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise SealsError(f"{where}: classifier or embedding: {e}") from None
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise SealsError(f"{where}: classifier: {cut(str(e), 200)}") from None
         if coef.ndim != 1 or len(coef) != dim:
             raise SealsError(f"{where}: classifier: {coef.shape} coefficients for dim {dim}")
         if not (np.isfinite(coef).all() and math.isfinite(intercept)):
             raise SealsError(f"{where}: classifier: NaN or infinite coefficients")
+        if not isinstance(data["concept"], str) or not data["concept"]:
+            raise SealsError(f"{where}: concept: expected a non-empty string, got {shown(data['concept'])}")
         return cls(
             LinearModel(coef, intercept),
             dict(embedding),
-            str(data["concept"]),
-            int(data["round"]),
-            int(data.get("labeled", 0)),
-            int(data.get("positives", 0)),
+            data["concept"],
+            _count(data["round"], f"{where}: round"),
+            _count(data.get("labeled", 0), f"{where}: labeled"),
+            _count(data.get("positives", 0), f"{where}: positives"),
             str(data.get("labeled_sha256", "")),
-            list(data["thresholds"]),
+            _thresholds(data["thresholds"], where),
             str(data.get("thresholds_on", "")),
         )
+
+
+MAX_DIM = 1 << 16
+
+
+def _count(value: object, what: str, low: int = 0, high: int = 1 << 62) -> int:
+    """An integer field of an exported model (a boolean, a float or a string is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SealsError(f"{what}: expected an integer from {low:,} to {high:,}, got {shown(value)}")
+    return value
+
+
+def _thresholds(value: object, where: str) -> list[dict]:
+    """The operating thresholds: a list of {precision in (0, 1], threshold in [0, 1] or null}."""
+    if not isinstance(value, list):
+        raise SealsError(f"{where}: thresholds: expected a list, got {shown(value)}")
+    for i, entry in enumerate(value):
+        p = entry.get("precision") if isinstance(entry, dict) else None
+        t = entry.get("threshold", "absent") if isinstance(entry, dict) else None
+        number = (int, float)
+        if (
+            not isinstance(p, number)
+            or isinstance(p, bool)
+            or not 0 < p <= 1
+            or not (t is None or (isinstance(t, number) and not isinstance(t, bool) and 0 <= t <= 1))
+        ):
+            raise SealsError(
+                f"{where}: thresholds[{i}]: expected {{precision in (0, 1], threshold in [0, 1] or "
+                f"null}}, got {shown(entry)}"
+            )
+    return list(value)
 
 
 def export_round(

@@ -243,3 +243,55 @@ def test_random_item_tables_are_read_or_refused_naming_the_file(suffix, data, tm
         assert str(error).startswith(str(path))
     else:
         assert len(table["id"]) == len(table["text"]) == len(set(table["id"]))
+
+
+# -- the exported-model reader ----------------------------------------------------------------------
+def _model_document() -> dict:
+    return {
+        "format": "seals-model/1",
+        "classifier": {"kind": "logistic", "coef": [0.5, -0.25, 1.0], "intercept": -0.1},
+        "embedding": {"model": "m", "dim": 3},
+        "concept": CONCEPT,
+        "round": 2,
+        "labeled": 120,
+        "positives": 9,
+        "thresholds": [{"precision": 0.9, "threshold": 0.8}, {"precision": 0.99, "threshold": None}],
+    }
+
+
+@given(
+    path=st.sampled_from(
+        [
+            ("classifier",),
+            ("classifier", "coef"),
+            ("classifier", "intercept"),
+            ("embedding",),
+            ("embedding", "dim"),
+            ("concept",),
+            ("round",),
+            ("labeled",),
+            ("thresholds",),
+            ("format",),
+        ]
+    ),
+    value=json_values | st.floats(),
+)
+def test_an_exported_model_with_any_field_changed_is_read_or_refused(path, value):
+    """A tampered model file (a field of any JSON type, NaN, infinities) is read or refused with the
+    project's error, never a traceback; what is read predicts finite probabilities."""
+    from seals_al.export import FORMAT, ExportedModel
+
+    document = _model_document()
+    document["format"] = FORMAT
+    target = document
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    try:
+        model = ExportedModel.from_json(json.loads(json.dumps(document)), "model.json")
+    except SealsError:
+        return
+    import numpy as np
+
+    proba = model.predict_proba(np.ones((2, len(model.classifier.coef)), np.float32))
+    assert np.isfinite(proba).all()

@@ -160,6 +160,14 @@ def test_export_and_score_never_write_over_what_they_did_not_write(trained, tmp_
         ),
         (lambda d: {**d, "classifier": {**d["classifier"], "intercept": float("nan")}}, "NaN or infinite"),
         (lambda d: {**d, "classifier": {**d["classifier"], "kind": "pickle"}}, "only kind 'logistic'"),
+        (lambda d: {**d, "round": "abc"}, "round: expected an integer from 0 to"),
+        (lambda d: {**d, "round": 2.5}, "round: expected an integer"),
+        (lambda d: {**d, "thresholds": 5}, "thresholds: expected a list, got 5"),
+        (lambda d: {**d, "thresholds": [{"precision": 2, "threshold": 0.5}]}, r"thresholds\[0\]: expected"),
+        (lambda d: {**d, "thresholds": [{"precision": 0.9}]}, r"thresholds\[0\]: expected"),
+        (lambda d: json.dumps(d).replace('"dim": 384', '"dim": 1e400'), "embedding.dim: expected an integer"),
+        (lambda d: {**d, "embedding": [1]}, "embedding: expected a mapping"),
+        (lambda d: {**d, "concept": 7}, "concept: expected a non-empty string, got 7"),
     ],
 )
 def test_a_bad_model_file_is_refused_naming_it(trained, tmp_path, change, message):
@@ -286,8 +294,15 @@ def test_score_on_gcs_and_a_model_that_does_not_fit_the_data(trained, tmp_path, 
     path = tmp_path / "other.json"
     path.write_text(json.dumps(other))
     capsys.readouterr()
+    another = export_round(trained).to_json()
+    another["concept"] = "some_other_intent"
+    (tmp_path / "another.json").write_text(json.dumps(another))
     for bad, message in (
         (["--out", str(tmp_path / "x.parquet"), "--model", str(path)], "fit on model 'another-encoder'"),
+        (
+            ["--out", str(tmp_path / "x.parquet"), "--model", str(tmp_path / "another.json")],
+            "a model of concept 'some_other_intent', the campaign's is",
+        ),
         (["--out", str(tmp_path / "x.csv")], "x.csv: the output must be a .parquet file"),
         (["--out", str(tmp_path / "x.parquet"), "--no_such_option"], "unknown option(s): --no_such_option"),
         (["--out", str(tmp_path / "x.parquet"), "--runner=DataflowRunner"], "Beam's local runners only"),

@@ -146,6 +146,11 @@ def score_campaign(
 
         local_options(beam_args)
     model = read_model(model_uri) if model_uri else export_round(campaign, r, precisions)
+    if model.concept != campaign.config.concept:
+        raise SealsError(
+            f"{model_uri}: a model of concept {model.concept!r}, the campaign's is "
+            f"{campaign.config.concept!r}; score with a model of this campaign's concept"
+        )
     dataset = campaign.dataset()
     model.check_embedding(dataset.store, model_uri or campaign.storage.uri)
     keep = np.ones(dataset.prepared.count, bool)
