@@ -86,8 +86,21 @@ def _saved_answers(storage: Storage, key: str) -> dict[str, int]:
     """The answers an earlier session saved (id -> label), so a labeler resumes where it stopped."""
     if not storage.exists(key):
         return {}
-    rows = [json.loads(line) for line in storage.read_text(key).splitlines() if line.strip()]
-    return {row["id"]: row["label"] for row in rows}
+    answers = {}
+    for number, line in enumerate(storage.read_text(key).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not (isinstance(row, dict) and isinstance(row.get("id"), str) and row.get("label") in (0, 1)):
+            raise SealsError(
+                f"{storage.where(key)}: line {number}: not a saved answer (expected "
+                '{"id": "...", "label": 0 or 1}); fix or remove that line, then label again'
+            )
+        answers[row["id"]] = int(row["label"])
+    return answers
 
 
 def _panel(row: dict, at: int, total: int) -> Panel:

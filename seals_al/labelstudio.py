@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -103,6 +104,15 @@ def connection(campaign_url: str | None = None) -> Connection | None:
     if not url.startswith(("http://", "https://")):
         raise SealsError(
             f"Label Studio URL {shown(_hide_credentials(url))}: expected http://host[:port] or https://..."
+        )
+    try:
+        host, _ = urlsplit(url).hostname, urlsplit(url).port  # a bad port is a ValueError
+    except ValueError:
+        host = None
+    if not host:
+        raise SealsError(
+            f"Label Studio URL {shown(_hide_credentials(url))}: not a usable URL (expected "
+            "http://host[:port] or https://...)"
         )
     if _URL_CREDENTIALS.match(url):
         raise SealsError(
@@ -239,29 +249,44 @@ class Client:
         return _AUTHORIZATION.sub(r"\1 ***", _hide_credentials(text))
 
     # -- the calls used here ------------------------------------------------------------------
+    def _shaped(self, method: str, path: str, answer: Any, expected: str, fits: bool) -> Any:
+        """``answer`` when ``fits``; else an error naming the call and what came back."""
+        if not fits:
+            raise LabelStudioError(
+                f"{method} {self.url}{path}: expected {expected} in the answer, got "
+                f"{self._redact(shown(answer, 120))}; is {ENV_URL} a Label Studio of a known version?"
+            )
+        return answer
+
     def project(self, project_id: int) -> dict | None:
+        path = f"/api/projects/{project_id}"
         try:
-            return self.call("GET", f"/api/projects/{project_id}")
+            answer = self.call("GET", path)
         except LabelStudioError as e:
             if e.status == 404:
                 return None
             raise
+        fits = _is_project(answer) and isinstance(answer.get("label_config"), str)
+        return self._shaped("GET", path, answer, "a project with an id and a label_config", fits)
 
     def projects(self) -> list[dict]:
         projects, page = [], 1
         while True:
             answer = self.call("GET", "/api/projects", params={"page": page, "page_size": 100})
-            projects += answer["results"]
-            if not answer.get("next"):
+            results = answer.get("results") if isinstance(answer, dict) else None
+            fits = isinstance(results, list) and all(_is_project(p) for p in results)
+            projects += self._shaped("GET", "/api/projects", results, "a list of projects as results", fits)
+            if not results or not answer.get("next"):  # an empty page ends it, whatever "next" says
                 return projects
             page += 1
 
     def create_project(self, title: str, label_config: str, description: str) -> dict:
-        return self.call(
+        answer = self.call(
             "POST",
             "/api/projects",
             json={"title": title, "label_config": label_config, "description": description},
         )
+        return self._shaped("POST", "/api/projects", answer, "the new project's id", _is_project(answer))
 
     def tasks(self, project_id: int) -> list[dict]:
         """Every task of the project, without annotations (their counts only)."""
@@ -271,28 +296,55 @@ class Client:
             answer = self.call(
                 "GET", "/api/tasks", params={"project": project_id, "page": page, "page_size": PAGE_SIZE}
             )
+            fits = (
+                isinstance(answer, dict)
+                and isinstance(answer.get("tasks"), list)
+                and all(_is_task(t) for t in answer["tasks"])
+                and _is_count(answer.get("total"))
+            )
+            self._shaped("GET", "/api/tasks", answer, "tasks (each with an id) and their total", fits)
             tasks += answer["tasks"]
             if not answer["tasks"] or len(tasks) >= answer["total"]:
                 return tasks
             page += 1
 
     def import_tasks(self, project_id: int, tasks: list[dict]) -> list[int]:
-        answer = self.call(
-            "POST", f"/api/projects/{project_id}/import", params={"return_task_ids": "true"}, json=tasks
-        )
-        return list(answer.get("task_ids", []))
+        path = f"/api/projects/{project_id}/import"
+        answer = self.call("POST", path, params={"return_task_ids": "true"}, json=tasks)
+        ids = answer.get("task_ids", []) if isinstance(answer, dict) else None
+        fits = isinstance(ids, list) and all(_is_count(i) for i in ids)
+        return list(self._shaped("POST", path, ids, "a list of task ids", fits))
 
     def export(self, project_id: int) -> list[dict]:
         """Every task of the project with its annotations (Label Studio's JSON export)."""
-        return self.call(
-            "GET",
-            f"/api/projects/{project_id}/export",
-            params={"exportType": "JSON", "download_all_tasks": "true"},
-        )
+        path = f"/api/projects/{project_id}/export"
+        answer = self.call("GET", path, params={"exportType": "JSON", "download_all_tasks": "true"})
+        fits = isinstance(answer, list) and all(_is_task(t) for t in answer)
+        return self._shaped("GET", path, answer, "a list of tasks, each with an id", fits)
 
 
 class _Unauthorized(Exception):
     pass
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_project(answer: object) -> bool:
+    return isinstance(answer, dict) and _is_count(answer.get("id"))
+
+
+def _is_task(task: object) -> bool:
+    """A task as this module reads it: a mapping with an id; its data, meta and counts are looked
+    at only when they have the expected types (a task with other ones is not this campaign's)."""
+    return isinstance(task, dict) and _is_count(task.get("id"))
+
+
+def _count_of(task: dict, key: str) -> int:
+    """An annotation count of a task (0 when absent or not a count)."""
+    value = task.get(key, 0)
+    return value if _is_count(value) else 0
 
 
 def _detail(response: requests.Response) -> str:
@@ -428,11 +480,11 @@ class Sync:
         recorded = {entry["task"]: item for item, entry in record["tasks"].items()}
         ours = {}
         for t in tasks:
-            data = t.get("data")
-            if not isinstance(data, dict) or "seals_id" not in data:
+            data, meta = t.get("data"), t.get("meta")
+            if not isinstance(data, dict) or not isinstance(data.get("seals_id"), str):
                 continue
-            mark = (t.get("meta") or {}).get("seals_campaign", uri)
-            if recorded.get(t.get("id")) == data["seals_id"]:
+            mark = meta.get("seals_campaign", uri) if isinstance(meta, dict) else uri
+            if recorded.get(t["id"]) == data["seals_id"]:
                 if mark != uri:
                     self.moved_from = mark
             elif mark != uri:
@@ -526,13 +578,13 @@ class Sync:
         tasks = self._ours(self.client.tasks(record["project"]), record)
         found, deleted = self._batch_tasks(state, record, tasks)
         carried = {row["id"] for row in state.batch if row.get("carried_over")}
-        annotated = sum(1 for t in found if t.get("total_annotations", 0) > 0)
+        annotated = sum(1 for t in found if _count_of(t, "total_annotations") > 0)
         skipped = sum(
             1
             for t in found
             if t["data"]["seals_id"] in carried
-            and t.get("total_annotations", 0) == 0
-            and t.get("cancelled_annotations", 0) > 0
+            and _count_of(t, "total_annotations") == 0
+            and _count_of(t, "cancelled_annotations") > 0
         )
         return Progress(annotated, len(found) - skipped, deleted, skipped)
 
@@ -605,7 +657,8 @@ class Sync:
         return (
             isinstance(tasks, list)
             and bool(tasks)
-            and all(isinstance(t, dict) and (t.get("meta") or {}).get("seals_campaign") == uri for t in tasks)
+            and all(isinstance(t, dict) and isinstance(t.get("meta"), dict) for t in tasks)
+            and all(t["meta"].get("seals_campaign") == uri for t in tasks)
         )
 
     def _changed(self, there: bytes | None, answers: dict[str, int]) -> bool:

@@ -4,6 +4,7 @@ label files, the terminal labeler, crashes and a concurrent second round."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -959,3 +960,56 @@ def test_a_wait_with_a_time_that_is_not_finite_is_a_one_line_error(campaign, cap
     campaign.round()
     assert main(["wait", campaign.storage.uri, *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+    "record",
+    [
+        "[]",
+        "null",
+        '{"project": "7", "tasks": {}}',
+        '{"project": 7, "tasks": []}',
+        '{"project": 7, "tasks": {"a": 5}}',
+    ],
+)
+def test_a_corrupt_label_studio_record_is_an_error_naming_it(campaign, record):
+    campaign.storage.write_text("labelstudio.json", record)
+    with pytest.raises(SealsError, match=r"labelstudio.json: not a Label Studio record"):
+        campaign.label_studio_record()
+
+
+@pytest.mark.hostile
+def test_a_corrupt_terminal_answers_file_is_an_error_naming_its_line(campaign):
+    from rich.console import Console
+
+    from seals_al.labeler import run_labeler
+
+    campaign.round()
+    first = campaign.state().pending[0]["id"]
+    campaign.storage.write_text(
+        "inbox/000/terminal.jsonl", json.dumps({"id": first, "label": 1}) + "\n[1, 2]\n"
+    )
+    with pytest.raises(SealsError, match=r"terminal.jsonl: line 2: not a saved answer"):
+        run_labeler(campaign, Console(file=io.StringIO()), ask=lambda prompt: "q")
+
+
+@pytest.mark.hostile
+def test_label_studio_tasks_of_odd_shapes_are_not_taken_for_the_campaigns(campaign):
+    """meta as a string, a data mapping missing or not one, an item id that is not a string: such
+    a task is not one this campaign pushed (it was a traceback); a recorded one is found by id."""
+    from seals_al.labelstudio import Connection, Sync
+
+    sync = Sync(campaign, Connection("http://127.0.0.1:9", "t"))
+    record = {"project": 1, "tasks": {"a": {"task": 5, "round": 0}}}
+    tasks = [
+        {"id": 1, "data": {"seals_id": "b"}, "meta": "a string"},
+        {"id": 2, "data": {"seals_id": 3}},
+        {"id": 3, "data": "text"},
+        {"id": 4},
+        {"id": 5, "data": {"seals_id": "a"}, "meta": {"seals_campaign": "gs://elsewhere/c"}},
+        {"id": 6, "data": {"seals_id": "c"}, "meta": {"seals_campaign": "gs://another/campaign"}},
+    ]
+    ours = sync._ours(tasks, record)
+    assert {item: t["id"] for item, t in ours.items()} == {"b": 1, "a": 5}
+    assert sync.moved_from == "gs://elsewhere/c"

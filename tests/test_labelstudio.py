@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipelines.looped import make_looped
 from pipelines.one_round import seals_one_round
@@ -112,7 +114,19 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
     delay = 0.0
     seen = 0
 
+    shaped: object = None  # the JSON answer of any /api/ call when set
+
+    def _answer(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_GET(self):
+        if self.path.startswith("/api/") and type(self).shaped is not None:
+            self._answer(type(self).shaped)
+            return
         if self.path.startswith("/moved"):  # a redirect to another host, which would get the token
             self.send_response(307)
             self.send_header("Location", "http://user:pw@127.0.0.1:9/api/projects/7")
@@ -147,6 +161,9 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def do_POST(self):
+        if self.path.startswith("/api/") and type(self).shaped is not None:
+            self._answer(type(self).shaped)
+            return
         type(self).seen += 1
         self.send_response(503)
         self.end_headers()
@@ -157,7 +174,7 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def flaky():
-    _Flaky.failures, _Flaky.delay, _Flaky.seen = 0, 0.0, 0
+    _Flaky.failures, _Flaky.delay, _Flaky.seen, _Flaky.shaped = 0, 0.0, 0, None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -227,6 +244,73 @@ def test_no_redirect_is_followed_and_no_token_or_url_credentials_are_printed(fla
         connection(None)
     assert "hunter2" not in str(refused.value)
     assert "admin" not in str(refused.value)
+
+
+TASKS = "tasks (each with an id) and their total"
+SHAPES = {  # what a call gets back, and what the error says it expected
+    "project []": ("project", [], "a project with an id and a label_config"),
+    "project {}": ("project", {}, "a project with an id and a label_config"),
+    "project null": ("project", None, "a project with an id and a label_config"),
+    "project id text": ("project", {"id": "7", "label_config": "x"}, "a project with an id"),
+    "projects {}": ("projects", {}, "a list of projects as results"),
+    "projects null results": ("projects", {"results": None}, "a list of projects as results"),
+    "tasks []": ("tasks", [], TASKS),
+    "tasks no total": ("tasks", {"tasks": [{"id": 1}]}, TASKS),
+    "tasks null": ("tasks", {"tasks": None, "total": 0}, TASKS),
+    "tasks mixed ids": ("tasks", {"tasks": [{"id": 1}, {"id": "2"}], "total": 2}, TASKS),
+    "tasks not objects": ("tasks", {"tasks": [1, 2], "total": 2}, TASKS),
+    "import {}": ("import", {"task_ids": {}}, "a list of task ids"),
+    "import []": ("import", [], "a list of task ids"),
+    "export {}": ("export", {}, "a list of tasks, each with an id"),
+    "export null": ("export", None, "a list of tasks, each with an id"),
+    "created []": ("create", [], "the new project's id"),
+}
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("case", sorted(SHAPES))
+def test_an_answer_of_valid_json_but_the_wrong_shape_is_an_error_naming_the_call(flaky, case):
+    """Label Studio answers of the wrong shape ([], {} or null where a mapping or list is
+    expected, a missing total, mixed id types) were tracebacks; each is one error naming the call."""
+    call, answer, expected = SHAPES[case]
+    _Flaky.shaped = json.dumps(answer).encode()
+    client = Client(Connection(flaky, "t"), attempts=1)
+    calls = {
+        "project": lambda: client.project(7),
+        "projects": client.projects,
+        "tasks": lambda: client.tasks(7),
+        "import": lambda: client.import_tasks(7, [{"data": {}}]),
+        "export": lambda: client.export(7),
+        "create": lambda: client.create_project("t", "<View/>", "d"),
+    }
+    with pytest.raises(LabelStudioError, match=re.escape(f"expected {expected}")) as e:
+        calls[call]()
+    assert flaky in str(e.value)
+
+
+ANSWER_KEYS = st.sampled_from(["id", "tasks", "total", "results", "task_ids", "label_config", "data", "meta"])
+ANSWERS = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(ANSWER_KEYS, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(answer=ANSWERS)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.hostile
+def test_any_json_answer_is_read_or_refused_with_the_projects_error(flaky, answer):
+    _Flaky.shaped = json.dumps(answer).encode()
+    client = Client(Connection(flaky, "t"), attempts=1)
+    for call in (
+        lambda: client.project(7),
+        client.projects,
+        lambda: client.tasks(7),
+        lambda: client.import_tasks(7, []),
+        lambda: client.export(7),
+    ):
+        with contextlib.suppress(LabelStudioError):
+            call()
 
 
 def closed_url() -> str:

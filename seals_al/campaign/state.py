@@ -210,7 +210,15 @@ class StateReader:
         (seals_al.labelstudio); no project and no task before the first push."""
         if not self.storage.exists(LABEL_STUDIO_RECORD):
             return {"project": None, "tasks": {}}
-        return self.storage.read_json(LABEL_STUDIO_RECORD)
+        record = self.storage.read_json(LABEL_STUDIO_RECORD)
+        if not _is_label_studio_record(record):
+            raise SealsError(
+                f"{self.storage.where(LABEL_STUDIO_RECORD)}: not a Label Studio record (a project id, a "
+                "task id per item pushed and the digests of pulled files); restore it (an earlier "
+                "version of the object, or a backup): without it, pushed tasks are matched by the "
+                "campaign's location only"
+            )
+        return record
 
     def next_step(
         self, target_metric: str = "", target_value: float = 0.0, state: State | None = None
@@ -292,6 +300,24 @@ class StateReader:
                 where = seen or f"in {inbox}/"
                 print(f"waiting for labels: {where} (poll {polls}, {remaining:.0f} s left)", flush=True)
             time.sleep(min(poll_seconds, remaining))
+
+
+def _is_label_studio_record(record: object) -> bool:
+    """labelstudio.json as seals_al.labelstudio writes it."""
+
+    def count(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not isinstance(record, dict):
+        return False
+    project, tasks, pulled = record.get("project"), record.get("tasks"), record.get("pulled", {})
+    return (
+        (project is None or count(project))
+        and isinstance(tasks, dict)
+        and all(isinstance(entry, dict) and count(entry.get("task")) for entry in tasks.values())
+        and isinstance(pulled, dict)
+        and all(isinstance(digests, list) for digests in pulled.values())
+    )
 
 
 def report_key(key: str, data: bytes | Oversized) -> str:
