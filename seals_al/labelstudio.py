@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from seals_al.campaign.layout import LABEL_STUDIO_EXPORT, LABEL_STUDIO_RECORD, label_studio_export
 from seals_al.errors import SealsError, cut, shown
@@ -187,10 +188,11 @@ class Client:
         # A request that changes something (an import) is sent once: an answer lost on the way back
         # must not import twice; the push re-reads the project and sends only what is missing.
         attempts = self.attempts if method == "GET" or auth is None else 1
-        failure = ""
+        failure, started = "", time.monotonic()
         for attempt in range(attempts):
             if attempt:
                 self.pause(attempt)
+            deadline = time.monotonic() + self.timeout  # for the whole answer, not each read
             try:
                 # Never redirected: a 3xx would send the token on to wherever it points.
                 response = self.session.request(
@@ -199,10 +201,15 @@ class Client:
                     headers=headers,
                     timeout=self.timeout,
                     allow_redirects=False,
+                    stream=True,
                     **kwargs,
                 )
-            except (requests.ConnectionError, requests.Timeout) as e:
+                body = _whole_body(response, deadline)
+            except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError) as e:
                 failure = f"{type(e).__name__}"
+                continue
+            except _TooSlow:
+                failure = f"no whole answer within {self.timeout:g} s"
                 continue
             if response.status_code in (401, 403):
                 if auth is None:  # the token exchange itself
@@ -221,23 +228,21 @@ class Client:
                 )
             if response.status_code >= 400:
                 raise LabelStudioError(
-                    f"{method} {self.url}{path}: HTTP {response.status_code}: "
-                    f"{self._redact(_detail(response))}",
+                    f"{method} {self.url}{path}: HTTP {response.status_code}: {self._redact(_detail(body))}",
                     response.status_code,
                 )
-            if not response.content:
+            if not body:
                 return None
             try:
-                return response.json()
+                return json.loads(body)
             except ValueError:
                 raise LabelStudioError(
                     f"{method} {self.url}{path}: the answer is not JSON; is {ENV_URL} the URL of "
                     "Label Studio itself (not a login page or proxy in front of it)?"
                 ) from None
-        waited = sum(self.backoff * 2**i for i in range(attempts - 1))
         raise LabelStudioUnreachable(
             f"{self.url}: Label Studio did not answer {method} {path} after {attempts} attempt(s) "
-            f"over {waited:g} s ({failure}); is it running at {ENV_URL}?"
+            f"over {time.monotonic() - started:.0f} s ({failure}); is it running at {ENV_URL}?"
         )
 
     def _redact(self, text: str) -> str:
@@ -347,14 +352,32 @@ def _count_of(task: dict, key: str) -> int:
     return value if _is_count(value) else 0
 
 
-def _detail(response: requests.Response) -> str:
+class _TooSlow(Exception):
+    pass
+
+
+def _whole_body(response: requests.Response, deadline: float) -> bytes:
+    """The answer's body, read as it arrives; :class:`_TooSlow` once ``deadline`` passes (a server
+    that sends a byte every few seconds never trips the per-read timeout)."""
+    chunks = []
+    with response:
+        while True:
+            if time.monotonic() > deadline:
+                raise _TooSlow()
+            chunk = response.raw.read1(1 << 16, decode_content=True)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def _detail(body: bytes) -> str:
     try:
-        body = response.json()
+        answer = json.loads(body)
     except ValueError:
-        return cut(" ".join(response.text.split()), 200)
-    if isinstance(body, dict):
-        return cut(str(body.get("validation_errors") or body.get("detail") or body), 300)
-    return cut(str(body), 300)
+        return cut(" ".join(body.decode("utf-8", "replace").split()), 200)
+    if isinstance(answer, dict):
+        return cut(str(answer.get("validation_errors") or answer.get("detail") or answer), 300)
+    return cut(str(answer), 300)
 
 
 # -- push, pull, progress ----------------------------------------------------------------------------

@@ -127,6 +127,17 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
         if self.path.startswith("/api/") and type(self).shaped is not None:
             self._answer(type(self).shaped)
             return
+        if self.path.startswith("/trickle"):  # one byte at a time: each read is quick, the answer is not
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                for _ in range(100):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            return
         if self.path.startswith("/moved"):  # a redirect to another host, which would get the token
             self.send_response(307)
             self.send_header("Location", "http://user:pw@127.0.0.1:9/api/projects/7")
@@ -311,6 +322,19 @@ def test_any_json_answer_is_read_or_refused_with_the_projects_error(flaky, answe
     ):
         with contextlib.suppress(LabelStudioError):
             call()
+
+
+@pytest.mark.hostile
+def test_a_server_that_trickles_its_answer_is_timed_out_by_a_deadline_for_the_whole_answer(flaky):
+    """Each read arrives well within the timeout, the whole answer never does: the call ends at its
+    deadline and the message states the time really spent."""
+    started = time.monotonic()
+    client = Client(Connection(flaky, "t"), attempts=2, timeout=1.0, sleep=lambda s: None)
+    with pytest.raises(
+        LabelStudioError, match=r"after 2 attempt\(s\) over 2 s \(no whole answer within 1 s\)"
+    ):
+        client.call("GET", "/trickle")
+    assert time.monotonic() - started < 5
 
 
 def closed_url() -> str:
