@@ -886,6 +886,20 @@ def test_next_step_stops_at_the_target_metric(tmp_path, clinc_slice, cache_dir):
         c.next_step("f1", 0.5)
 
 
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+    ("concept", "message"),
+    [("report_fraud ", "has spaces around it"), ("no_such_intent", "is never in the truth column 'label'")],
+)
+def test_init_refuses_a_concept_the_truth_column_never_names(
+    tmp_path, clinc_slice, cache_dir, concept, message
+):
+    config = CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir))
+    with pytest.raises(SealsError, match=message):
+        init(replace(config, concept=concept), str(tmp_path / "c"))
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
