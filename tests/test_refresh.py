@@ -102,6 +102,8 @@ def test_the_refresh_command_says_what_it_did_and_names_what_it_cannot_refresh(t
     campaign = campaign_over(tmp_path, DataConfig(str(clinc_slice), truth_column="label"))
     assert main(["refresh", campaign.storage.uri]) == 0
     assert "no published embeddings" in capsys.readouterr().out
+    assert main(["refresh", campaign.storage.uri, "--no_such_option=1"]) == 2
+    assert "unknown option(s): --no_such_option" in capsys.readouterr().err
     vectors = tmp_path / "v.npy"
     np.save(vectors, np.ones((750, 4), np.float32))
     other = campaign_over(

@@ -58,6 +58,10 @@ def refresh_data(campaign: Campaign, beam_args: Sequence[str] = ()) -> Refreshed
         SealsError: the embeddings setting names a file (.npy, .parquet) rather than a store, or
             the index was not built by seals-al build-index.
     """
+    if beam_args:  # an option Beam does not know is an error before any work, with or without any
+        from seals_al.beam_options import beam_options
+
+        beam_options(beam_args)
     config = campaign.config.dataset
     if not config.embeddings:
         return Refreshed(0, False, 0, False, None)
