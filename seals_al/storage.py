@@ -64,6 +64,15 @@ def written_as(file_name: str, name: str) -> bool:
     return file_name == name or file_name.startswith(_temp_prefix(Path(name)))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file: 0644 under umask 022
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step, on
@@ -71,6 +80,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=path.suffix[:16], dir=path.parent)
+    os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; a written file gets what the umask allows
     os.close(fd)
     try:
         yield Path(tmp)
@@ -414,6 +424,7 @@ class LocalStorage(Storage):
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
+        os.fchmod(fd, _FILE_MODE)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

@@ -3,7 +3,9 @@ gcp-storage-emulator server on 127.0.0.1 with the real google-cloud-storage clie
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import uuid
 
 import pytest
@@ -41,6 +43,21 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["state.json"]
     write_text_atomic(target, "new")
     assert target.read_text() == "new"
+
+
+def test_files_written_get_the_mode_the_umask_allows_not_0600(tmp_path):
+    """Atomic writes go through mkstemp, which makes files 0600: campaign files were unreadable to
+    the rest of a team sharing a disk, under umask 022."""
+    from seals_al.storage import LocalStorage
+
+    mask = os.umask(0)
+    os.umask(mask)
+    write_text_atomic(tmp_path / "a.txt", "x")
+    storage = LocalStorage(tmp_path / "c")
+    storage.write_text("rounds/000/metrics.json", "{}")
+    storage.create("LOCK", b"{}")
+    for path in (tmp_path / "a.txt", tmp_path / "c" / "rounds/000/metrics.json", tmp_path / "c" / "LOCK"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
 
 
 @pytest.fixture(params=["local", "gcs"])
