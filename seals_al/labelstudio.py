@@ -749,4 +749,14 @@ def sync_before_ingest(campaign: Campaign) -> list[str]:
     sync = Sync.of(campaign)
     if sync is None or campaign.state().round < 0:
         return []
-    return [sync.push().summary(), sync.pull().summary()]
+    lines = []
+    for action, step in (("push", sync.push), ("pull", sync.pull)):
+        try:
+            lines.append(step().summary())
+        except LabelStudioError as e:  # never blocks the label files already in the inbox
+            lines.append(
+                f"Label Studio {action} failed: {e}; the label files in the inbox are ingested all "
+                f"the same (run `seals-al labelstudio {action}` again later)"
+            )
+            break
+    return lines

@@ -337,6 +337,33 @@ def test_a_server_that_trickles_its_answer_is_timed_out_by_a_deadline_for_the_wh
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.hostile
+def test_a_failed_label_studio_sync_does_not_block_the_label_files_in_the_inbox(
+    flaky, tmp_path, clinc_slice, cache_dir, monkeypatch, capsys
+):
+    """Label Studio answering nonsense (or down) stopped the round, so labels dropped in the inbox
+    by hand waited for it; the round says the sync failed and ingests them."""
+    uri = str(tmp_path / "campaign")
+    config = CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir, label_studio_project=7))
+    init(config, uri)
+    campaign = Campaign(uri, progress=False)
+    campaign.round()  # round 0, before Label Studio is reachable
+    truth = truth_of(clinc_slice)
+    rows = "".join(f"{row['id']},{truth[row['id']]}\n" for row in campaign.state().batch)
+    campaign.storage.write_text("inbox/000/labels.csv", "id,label\n" + rows)
+    monkeypatch.setenv(ENV_URL, flaky)
+    monkeypatch.setenv(ENV_KEY, "t")
+    _Flaky.shaped = b"[]"  # not a project
+    code = main(["round", uri])
+    out, err = capsys.readouterr()
+    assert "Label Studio push failed: GET " in out
+    assert "the label files in the inbox are ingested all the same" in out
+    assert campaign.state().round == 1, err
+    # The new batch could not be pushed either: the round says so (exit 2), committed all the same.
+    assert code == 2
+    assert "round 1 is committed, but its batch was not pushed" in err
+
+
 def closed_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
