@@ -177,6 +177,13 @@ def _read_csv(text: str, concept: str) -> tuple[list[Answer], int, Problems]:
                 0,
                 Problems(Problem("line 1", f"expected columns id,label; found {shown(','.join(header))}")),
             )
+        repeated = sorted({h for h in header if h and header.count(h) > 1})
+        if repeated:  # which of two "label" columns is meant? Neither is taken silently
+            return (
+                [],
+                0,
+                Problems(Problem("line 1", f"column(s) {shown(','.join(repeated))} appear more than once")),
+            )
         at_id, at_label = header.index("id"), header.index("label")
         for row in reader:
             where = f"line {reader.line_num}"
@@ -193,6 +200,21 @@ def _read_csv(text: str, concept: str) -> tuple[list[Answer], int, Problems]:
     return answers, 0, problems
 
 
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are all different: ``{"label": 1, "label": 0}`` meant something,
+    but not which of the two."""
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen[key] = value
+    return seen
+
+
 def _read_jsonl(text: str, concept: str) -> tuple[list[Answer], int, Problems]:
     answers, problems = [], Problems()
     lines = text.split("\n")
@@ -201,12 +223,15 @@ def _read_jsonl(text: str, concept: str) -> tuple[list[Answer], int, Problems]:
             continue
         where = f"line {number}"
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             last = number == len(lines) and not text.endswith("\n")
             problems.append(
                 Problem(where, "truncated (no end of line)" if last else f"invalid JSON: {e.msg}")
             )
+            continue
+        except _RepeatedKey as e:
+            problems.append(Problem(where, f"key {shown(str(e))} appears more than once in the object"))
             continue
         if not isinstance(record, dict) or "label" not in record:
             problems.append(Problem(where, 'expected an object with "id" and "label"'))
@@ -219,9 +244,11 @@ def _read_jsonl(text: str, concept: str) -> tuple[list[Answer], int, Problems]:
 
 def _read_label_studio(text: str, concept: str) -> tuple[list[Answer], int, Problems]:
     try:
-        tasks = json.loads(text)
+        tasks = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
         return [], 0, Problems(Problem(f"line {e.lineno}", f"invalid JSON: {e.msg}"))
+    except _RepeatedKey as e:
+        return [], 0, Problems(Problem("file", f"key {shown(str(e))} appears more than once in an object"))
     if not isinstance(tasks, list):
         return [], 0, Problems(Problem("file", "expected a Label Studio export: a JSON list of tasks"))
     answers, problems, pending = [], Problems(), 0

@@ -132,6 +132,18 @@ def test_jsonl_problems():
 
 
 @pytest.mark.hostile
+def test_a_repeated_column_or_json_key_is_rejected_not_taken_silently():
+    assert problems("l.csv", "id,label,label\na,1,0\n") == [
+        ("line 1", "column(s) 'label' appear more than once")
+    ]
+    assert problems("l.jsonl", '{"id": "a", "label": 1, "label": 0}\n') == [
+        ("line 1", "key 'label' appears more than once in the object")
+    ]
+    export = '[{"id": 1, "data": {"seals_id": "a", "seals_id": "b"}, "annotations": []}]'
+    assert problems("l.json", export) == [("file", "key 'seals_id' appears more than once in an object")]
+
+
+@pytest.mark.hostile
 def test_one_file_that_labels_an_id_twice_differently_is_rejected():
     assert problems("l.csv", "id,label\na,1\na,0\n") == [("line 3", "id 'a' labeled 1 at line 2 and 0 here")]
     assert check("l.csv", "id,label\na,1\na,yes\n").new == {"a": 1}, "the same answer twice is fine"
