@@ -92,7 +92,9 @@ def config(text: str):
 
     def setup(work: Path, ctx: dict) -> tuple[list[str], list[Path]]:
         path = work / "campaign.yaml"
-        path.write_text(ctx["config"] + text)
+        given = {line.split(":", 1)[0] for line in text.splitlines() if ":" in line}
+        kept = [line for line in ctx["config"].splitlines() if line.split(":", 1)[0] not in given]
+        path.write_text("".join(f"{line}\n" for line in kept) + text)  # a setting is given once
         return ["init", str(path), str(work / "new")], [work / "new"]
 
     return setup
@@ -200,6 +202,19 @@ CASES = [
         "campaign config",
         "a YAML tag that runs code",
         config("strategy: !!python/object/apply:os.system ['true']\n"),
+    ),
+    Case("campaign config", "k of |U| or more (round 0 grew past 20 GB)", config("k: 1000000\n")),
+    Case("campaign config", "more IVF lists than U has rows", config("index_factory: IVF1000000,Flat\n")),
+    Case("campaign config", "a negative seed (every round crashed)", config("seed: -1\n")),
+    Case("campaign config", "an infinite C", config("C: .inf\n")),
+    Case("campaign config", "a setting given twice", config("budget: 10\nbudget: 20\n")),
+    Case(
+        "wait",
+        "a poll interval that is not a number of seconds",
+        command(
+            lambda w, c: ["wait", str(copy_of_base(w, c)), "--poll-seconds", "nan"],
+            lambda w, c: [w / "campaign"],
+        ),
     ),
     Case("item table", "a missing column", items("items.csv", lambda c: b"id,text,label\na,hello,x\n")),
     Case(

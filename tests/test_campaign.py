@@ -351,9 +351,14 @@ def test_items_the_campaign_has_used_must_stay_in_the_items_file(tmp_path, clinc
 def test_config_errors(tmp_path, clinc_slice, cache_dir):
     good = write_config(tmp_path, clinc_slice, cache_dir)
 
+    def with_setting(name: str, value: str) -> str:
+        """The good config with one setting given this value (in place: a setting given twice is
+        an error of its own)."""
+        lines = [line for line in good.read_text().splitlines() if not line.startswith(f"{name}:")]
+        return "".join(f"{line}\n" for line in lines) + f"{name}: {value}\n"
+
     def with_data(value: str) -> str:
-        lines = good.read_text().splitlines()
-        return "".join(f"data: {value}\n" if line.startswith("data:") else f"{line}\n" for line in lines)
+        return with_setting("data", value)
 
     cases = {
         "unknown": ("concept: x\ndata: d\nseed_labels: s\ncolour: blue\n", "unknown setting(s) colour"),
@@ -363,26 +368,27 @@ def test_config_errors(tmp_path, clinc_slice, cache_dir):
             "concept: !!python/object/apply:os.system ['true']\n",
             "not valid YAML: line 1, column 10: could not determine a constructor for the tag",
         ),
-        "batch": (good.read_text() + "batch_size: 0\n", "batch_size must be a positive integer"),
+        "batch": (with_setting("batch_size", "0"), "batch_size must be a positive integer"),
         # Wrong types are refused at init, not left to break every later round.
-        "k as text": (good.read_text() + 'k: "10"\n', "k must be an integer, got '10'"),
-        "budget as a boolean": (good.read_text() + "budget: true\n", "budget must be an integer, got True"),
+        "k as text": (with_setting("k", '"10"'), "k must be an integer, got '10'"),
+        "budget as a boolean": (with_setting("budget", "true"), "budget must be an integer, got True"),
         "graph as text": (
-            good.read_text() + "knn_graph: maybe\n",
+            with_setting("knn_graph", "maybe"),
             "knn_graph must be true or false, got 'maybe'",
         ),
         "column as a list": (
-            good.read_text() + "id_column: [a, b]\n",
+            with_setting("id_column", "[a, b]"),
             "id_column must be a string, got ['a', 'b']",
         ),
-        "C not positive": (good.read_text() + "C: 0\n", "C must be a positive number, got 0.0"),
-        "C infinite": (good.read_text() + "C: .inf\n", "C must be a positive number, got inf"),
-        "seed negative": (good.read_text() + "seed: -1\n", "seed must be an integer from 0 to 4,294,967,295"),
-        "seed too large": (good.read_text() + f"seed: {10**20}\n", f"got {10**20}"),
+        "C not positive": (with_setting("C", "0"), "C must be a positive number, got 0.0"),
+        "C infinite": (with_setting("C", ".inf"), "C must be a positive number, got inf"),
+        "a setting twice": (good.read_text() + "k: 7\n", "setting 'k' is given more than once"),
+        "seed negative": (with_setting("seed", "-1"), "seed must be an integer from 0 to 4,294,967,295"),
+        "seed too large": (with_setting("seed", f"{10**20}"), f"got {10**20}"),
         "data a number": (with_data("5"), "data must be a string, got 5"),
         "data a list": (with_data("[a, b]"), "data must be a string, got ['a', 'b']"),
         "data nested": (with_data("{a: {b: {c: 1}}}"), "data must be a string, got {'a': {'b': {'c': 1}}}"),
-        "embeddings a list": (good.read_text() + "embeddings: [a]\n", "embeddings must be a string or empty"),
+        "embeddings a list": (with_setting("embeddings", "[a]"), "embeddings must be a string or empty"),
         "alias bomb": (
             good.read_text() + 'a: &a ["x", "x"]\nb: &b [*a, *a]\nc: &c [*b, *b]\n',
             f"line {len(good.read_text().splitlines()) + 2}: aliases (*name) are not allowed",

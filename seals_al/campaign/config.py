@@ -65,6 +65,17 @@ class _NoAliasLoader(yaml.SafeLoader):
             )
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node, deep=False):
+        """A setting given twice is an error (YAML would keep the last one without a word)."""
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.YAMLError(f"line {line}: setting {key!r} is given more than once")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
 
 @dataclass(frozen=True)
 class CampaignConfig:
