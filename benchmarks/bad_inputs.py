@@ -203,7 +203,7 @@ CASES = [
         "a YAML tag that runs code",
         config("strategy: !!python/object/apply:os.system ['true']\n"),
     ),
-    Case("campaign config", "k of |U| or more (round 0 grew past 20 GB)", config("k: 1000000\n")),
+    Case("campaign config", "a k as large as U (round 0 grew past 20 GB)", config("k: 1000000\n")),
     Case("campaign config", "more IVF lists than U has rows", config("index_factory: IVF1000000,Flat\n")),
     Case("campaign config", "a negative seed (every round crashed)", config("seed: -1\n")),
     Case("campaign config", "an infinite C", config("C: .inf\n")),
