@@ -79,7 +79,7 @@ class LabelStudioUnreachable(LabelStudioError):
 
 @dataclass(frozen=True)
 class Connection:
-    url: str  # what requests go to; may hold credentials (a proxy's): never printed
+    url: str  # what requests go to (connection() refuses user:password@; never printed if given)
     token: str = field(repr=False)  # never shown
 
     @property
