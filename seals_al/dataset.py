@@ -273,7 +273,7 @@ class Dataset:
         ``graphs/`` folder (the index's own listing does not name them); without an index, where
         this data's prepared versions are published (:func:`seals_al.prepared.shared_root`);
         else None: this machine's cache."""
-        from seals_al.published import is_remote
+        from seals_al.storage import is_remote
 
         if self.config.index and is_remote(self.config.index):
             return f"{self.config.index.rstrip('/')}/graphs"

@@ -14,7 +14,7 @@ import numpy as np
 
 from seals_al.errors import SealsError, shown
 from seals_al.settings import DataConfig
-from seals_al.storage import default_cache_dir, local_file, require_file
+from seals_al.storage import default_cache_dir, is_remote, local_file, local_path, require_file
 
 Columns = dict[str, list[str]]
 
@@ -61,8 +61,9 @@ def item_files(uri: str) -> list[str]:
                     f"{file}: matched by {uri} but not an item file ({', '.join(ITEM_SUFFIXES)})"
                 )
         return files
-    folder = uri.startswith("gs://") and (uri.endswith("/") or not _gcs_object_exists(uri))
-    if folder or (not uri.startswith("gs://") and Path(uri.removeprefix("file://")).is_dir()):
+    remote = is_remote(uri)
+    folder = remote and (uri.endswith("/") or not _gcs_object_exists(uri))
+    if folder or (not remote and local_path(uri).is_dir()):
         storage = open_storage(uri.rstrip("/"))
         files = [
             storage.where(key)

@@ -52,7 +52,6 @@ from seals_al.published import (
     Folder,
     LocalFolder,
     check_target,
-    is_remote,
     materialize,
     materialize_if_published,
     open_folder,
@@ -65,7 +64,9 @@ from seals_al.storage import (
     atomic_dir,
     default_cache_dir,
     file_version,
+    is_remote,
     local_file,
+    local_path,
     open_storage,
     parse_manifest,
     split_uri,
@@ -166,7 +167,7 @@ def data_version(config: DataConfig) -> dict:
         if is_remote(uri):
             parent, name = split_uri(uri)
             return open_storage(parent).version(name)
-        return file_version(Path(uri.removeprefix("file://")))
+        return file_version(local_path(uri))
 
     def data_stat() -> str:
         uri = config.data
@@ -186,7 +187,7 @@ def data_version(config: DataConfig) -> dict:
         if is_remote(uri):
             published = remote_version(uri)  # a folder published there (a store), by its listing
             return published if published is not None else file_stat(uri)
-        path = Path(uri.removeprefix("file://"))
+        path = local_path(uri)
         if path.is_dir():  # a store: its manifest names every shard's checksum; the id table by stat
             manifest = path / MANIFEST
             if not manifest.is_file():
@@ -666,7 +667,7 @@ def _store_of(
         folder = open_folder(given, config.cache_dir) if is_remote(given) else None
         if folder is not None and folder.local is None and access != "rows":
             folder = LocalFolder(materialize(given, "an embeddings store", config.cache_dir, progress))
-        if folder is not None or Path(given.removeprefix("file://")).is_dir():
+        if folder is not None or (not is_remote(given) and local_path(given).is_dir()):
             store = EmbeddingStore.open(folder or LocalFolder(given), access="rows")
             store.row_ids_of(items.ids)  # every item must be in the store
             return store, given.rstrip("/") if is_remote(given) else str(store.path.resolve())

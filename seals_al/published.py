@@ -55,6 +55,8 @@ from seals_al.storage import (
     check_replaceable,
     default_cache_dir,
     file_sha256,
+    is_remote,
+    local_path,
     open_storage,
     parse_manifest,
 )
@@ -62,15 +64,6 @@ from seals_al.storage import (
 FORMAT = "seals-published/1"
 LISTING = "published.json"
 MAX_LISTING_BYTES = 16 << 20
-
-
-def is_remote(uri: str | Path) -> bool:
-    """Whether a folder URI is on object storage (gs://) or a local path (a path or file://); any
-    other scheme is an error naming the URI."""
-    text = str(uri)
-    if "://" in text and not text.startswith(("gs://", "file://")):
-        raise SealsError(f"{text}: unsupported URI scheme (use a local path or gs://bucket/prefix)")
-    return text.startswith("gs://")
 
 
 def _listing(uri: str) -> tuple[dict, bytes] | None:
@@ -111,7 +104,7 @@ def check_target(uri: str | Path, content_format: str) -> None:
     (a local path or gs://, the bucket reachable) holding nothing else: absent, empty, or an
     earlier publish of the same kind (see :func:`seals_al.storage.check_replaceable`)."""
     if not is_remote(uri):
-        check_replaceable(str(uri).removeprefix("file://"), content_format)
+        check_replaceable(local_path(uri), content_format)
         return
     storage = open_storage(str(uri))
     try:
@@ -268,7 +261,7 @@ def materialize_if_published(
     """As :func:`materialize`, but None when nothing is published at a gs:// ``uri`` (its listing
     is read once, to decide and to fetch)."""
     if not is_remote(uri):
-        return Path(str(uri).removeprefix("file://"))
+        return local_path(uri)
     uri = str(uri)
     found = _listing(uri)
     if found is None:
@@ -324,7 +317,7 @@ def read_file(uri: str | Path, name: str) -> bytes | None:
     """One small file of a published folder, read alone (its checksum checked against the
     listing), or None when nothing is published there or the folder has no such file."""
     if not is_remote(uri):
-        path = Path(str(uri).removeprefix("file://")) / name
+        path = local_path(uri) / name
         return path.read_bytes() if path.is_file() else None
     found = _listing(str(uri))
     if found is None or name not in found[0]["files"]:
@@ -355,7 +348,7 @@ def output_folder(
     Refuses a target holding something else before the writer starts (:func:`check_target`)."""
     check_target(uri, content_format)
     if not is_remote(uri):
-        yield Path(str(uri).removeprefix("file://"))
+        yield local_path(uri)
         return
     root = cache_root(cache_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -411,7 +404,7 @@ class Folder:
 
 class LocalFolder(Folder):
     def __init__(self, path: str | Path):
-        self.path = Path(str(path).removeprefix("file://"))
+        self.path = local_path(path)
         self.uri = str(self.path)
 
     @property

@@ -790,6 +790,22 @@ def check_scheme(uri: str, gs_form: str) -> None:
         raise SealsError(f"{uri}: unsupported URI scheme (use a local path or {gs_form})")
 
 
+def is_remote(uri: str | Path) -> bool:
+    """Whether a URI is on object storage (gs://) or on this machine (a path, or file://): the one
+    place that tells them apart; any other scheme is an error naming the URI."""
+    text = str(uri)
+    check_scheme(text, "gs://bucket/prefix")
+    return text.startswith("gs://")
+
+
+def local_path(uri: str | Path) -> Path:
+    """The path on this machine that a local URI (a path, or file://) names; a gs:// URI or any
+    other scheme is an error naming it."""
+    if is_remote(uri):
+        raise SealsError(f"{uri}: on object storage, not a path on this machine")
+    return Path(str(uri).removeprefix("file://"))
+
+
 def split_uri(uri: str) -> tuple[str, str]:
     """A file's URI as (its folder, its name), for :func:`open_storage` and a key: a local path
     (relative ones from the working directory) or gs://bucket/path/to/file."""
@@ -814,13 +830,13 @@ def check_output_file(uri: str, campaign: str, what: str, ours: Callable[[bytes]
     storage = open_storage(parent)
     where = storage.where(name)
     root = str(campaign).rstrip("/")
-    if root.startswith("gs://") or where.startswith("gs://"):
+    if is_remote(root) or is_remote(where):
         inside = where.startswith(root + "/")
     else:
-        inside = Path(where).resolve().is_relative_to(Path(root.removeprefix("file://")).resolve())
+        inside = Path(where).resolve().is_relative_to(local_path(root).resolve())
     if inside:
         raise SealsError(f"{where}: inside the campaign {root}; write the {what} outside it")
-    if not where.startswith("gs://") and Path(where).is_dir():
+    if not is_remote(where) and Path(where).is_dir():
         raise SealsError(f"{where}: is a folder; --out names the {what} file to write")
     if storage.exists(name) and not ours(storage.read_bytes(name)):
         raise SealsError(
@@ -832,8 +848,8 @@ def check_output_file(uri: str, campaign: str, what: str, ours: Callable[[bytes]
 def local_file(uri: str, cache_dir: str | Path) -> Path:
     """A local path for a file URI: itself if local, else a copy of the gs:// object in the cache
     (fetched again each time, so a changed object is seen)."""
-    if not uri.startswith("gs://"):
-        return Path(uri.removeprefix("file://"))
+    if not is_remote(uri):
+        return local_path(uri)
     parent, name = split_uri(uri)
     target = Path(cache_dir) / "downloads" / hashlib.sha256(uri.encode()).hexdigest()[:16] / name
     data = open_storage(parent).read_bytes(name)

@@ -251,3 +251,24 @@ def test_open_storage_schemes(tmp_path, gcs_emulator):
         open_storage("s3://bucket/prefix")
     with pytest.raises(SealsError, match="expected gs://bucket/prefix"):
         open_storage("gs:///prefix")
+
+
+@pytest.mark.hostile
+def test_one_place_tells_local_from_object_storage_and_refuses_other_schemes(tmp_path):
+    """s3:// and http:// were taken as local folders named s3: and http: in places that sniffed
+    gs:// themselves; is_remote and local_path are the one place now."""
+    from seals_al.storage import is_remote, local_file, local_path
+
+    assert is_remote("gs://b/p") is True
+    assert is_remote(tmp_path) is False
+    assert local_path(f"file://{tmp_path}") == tmp_path
+    assert local_path(str(tmp_path)) == tmp_path
+    for uri in ("s3://b/p", "http://host/x", "ftp://h/f"):
+        with pytest.raises(SealsError, match=f"{uri}: unsupported URI scheme"):
+            is_remote(uri)
+        with pytest.raises(SealsError, match="unsupported URI scheme"):
+            local_path(uri)
+    with pytest.raises(SealsError, match="on object storage, not a path on this machine"):
+        local_path("gs://b/p")
+    with pytest.raises(SealsError, match=r"s3://b/seeds\.csv: unsupported URI scheme"):
+        local_file("s3://b/seeds.csv", tmp_path)  # was read as a local path "s3:/b/seeds.csv"

@@ -32,6 +32,7 @@ from seals_al.storage import (
     Storage,
     check_key,
     default_cache_dir,
+    is_remote,
     local_file,
     open_storage,
     require_file,
@@ -119,12 +120,7 @@ class CampaignConfig:
         for name in PATHS:
             value = data.get(name)
             # A path of the wrong type is left as it is, for the type check to name it.
-            if (
-                isinstance(value, str)
-                and value
-                and not value.startswith("gs://")
-                and not Path(value).is_absolute()
-            ):
+            if isinstance(value, str) and value and not is_remote(value) and not Path(value).is_absolute():
                 data[name] = str((path.parent / value).resolve())
         config = from_flat(cls, data, str(path))
         config.check(str(path))

@@ -85,7 +85,7 @@ class Campaign(StateReader):
         the ids, rows and texts it needs."""
         if self._dataset is None:
             from seals_al.dataset import Dataset
-            from seals_al.published import is_remote
+            from seals_al.storage import is_remote
 
             derived = self.storage.where(DERIVED) if is_remote(self.storage.uri) else None
             self._dataset = Dataset.prepare(self.config.dataset, progress=self.progress, derived=derived)
