@@ -254,6 +254,10 @@ class Storage(ABC):
             return data
         return self._read(key, max_bytes)
 
+    def leads_outside(self, key: str) -> bool:
+        """Whether ``key`` names a link that leads out of the root (only a local disk has links)."""
+        return False
+
     def exists(self, key: str) -> bool:
         if key in self._held:
             return self._held[key] is not None
@@ -394,6 +398,9 @@ class LocalStorage(Storage):
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
         self.uri = str(self.root)
+
+    def leads_outside(self, key: str) -> bool:
+        return not (self.root / check_key(key, self.uri)).resolve().is_relative_to(self.root)
 
     def _path(self, key: str) -> Path:
         path = self.root / check_key(key, self.uri)

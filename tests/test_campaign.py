@@ -1033,3 +1033,35 @@ def test_label_studio_tasks_of_odd_shapes_are_not_taken_for_the_campaigns(campai
     ours = sync._ours(tasks, record)
     assert {item: t["id"] for item, t in ours.items()} == {"b": 1, "a": 5}
     assert sync.moved_from == "gs://elsewhere/c"
+
+
+@pytest.mark.hostile
+def test_inbox_files_that_are_never_labels_are_named_by_status_and_do_not_stop_a_round(
+    campaign, clinc_slice, tmp_path
+):
+    """A backslash in a name, a link leading outside the campaign (local disk) and a hidden file
+    (listed by GCS) stopped status and every round with an error about an internal key; they are
+    ignored now, each named by status with why, and the labels beside them are ingested."""
+    campaign.round()
+    truth = truth_of(clinc_slice)
+    rows = "".join(f"{row['id']},{truth[row['id']]}\n" for row in campaign.state().batch)
+    campaign.storage.write_text("inbox/000/labels.csv", "id,label\n" + rows)
+    expected = {}
+    if campaign.storage.uri.startswith("gs://"):
+        st = campaign.storage  # written as gsutil would: seals-al itself writes no such key
+        bucket = st._client.bucket(st._bucket) if isinstance(st._bucket, str) else st._bucket
+        bucket.blob(st.prefix + "inbox/000/x/.DS_Store").upload_from_string(b"junk")
+        expected["inbox/000/x/.DS_Store"] = "a hidden file"
+    else:
+        root = Path(campaign.storage.uri)
+        (root / "inbox/000/a\\b.csv").write_text("id,label\n")
+        (tmp_path / "secret.csv").write_text("id,label\nnot-yours,1\n")
+        (root / "inbox/000/link.csv").symlink_to(tmp_path / "secret.csv")
+        expected["inbox/000/a\\\\b.csv"] = "not a plain file name"
+        expected["inbox/000/link.csv"] = "a link that leads outside the campaign"
+    ignored = campaign.status()["ignored_files"]
+    assert len(ignored) == len(expected)
+    for key, why in expected.items():
+        assert any(line.startswith(f"'{key}': ignored ({why})") for line in ignored), ignored
+    assert campaign.round()["round"] == 1
+    assert campaign.state().ingested[-1]["file"] == "inbox/000/labels.csv"

@@ -23,7 +23,7 @@ from seals_al.campaign.layout import (
     round_of,
 )
 from seals_al.campaign.lease import holder
-from seals_al.errors import SealsError
+from seals_al.errors import SealsError, shown
 from seals_al.storage import Storage, TooLargeError
 
 
@@ -97,9 +97,7 @@ class StateReader:
         done = {(row["file"], row["sha256"]) for row in state.ingested}
         keys = [self.config.seed_labels]
         if state.round >= 0:
-            keys = [
-                k for k in self.storage.list(INBOX) if (r := inbox_round(k)) is not None and r <= state.round
-            ]
+            keys = [k for k in self._inbox_keys(state) if self._unusable(k) is None]
         self.storage.prefetch(keys, labels.MAX_LABEL_FILE_BYTES)
         fresh: dict[str, bytes | Oversized] = {}
         for key in keys:
@@ -141,6 +139,33 @@ class StateReader:
                 f"{carried} example(s) of earlier batches still unlabeled, carried over into batch {r}"
             )
         return lines
+
+    def _inbox_keys(self, state: State) -> list[str]:
+        """Every file in the inboxes up to the open batch's."""
+        return [k for k in self.storage.list(INBOX) if (r := inbox_round(k)) is not None and r <= state.round]
+
+    def _unusable(self, key: str) -> str | None:
+        """Why a file in the inbox is never read as labels (a hidden name, a name not every storage
+        can hold, a link out of the campaign), or None. Such a file is listed by status, not read."""
+        if any(part.startswith(".") for part in key.split("/")):
+            return "a hidden file"
+        try:
+            if self.storage.leads_outside(key):
+                return "a link that leads outside the campaign"
+        except SealsError:  # check_key: a backslash, a control character, a name over the limits
+            return "not a plain file name"
+        return None
+
+    def ignored_files(self, state: State) -> list[str]:
+        """Every file of the inboxes that is never read as labels, one line each, with why."""
+        if state.round < 0:
+            return []
+        keys = self._inbox_keys(state)
+        return [
+            f"{shown(k, 120)}: ignored ({why}); rename or remove it"
+            for k in keys
+            if (why := self._unusable(k))
+        ]
 
     def label_files(self, state: State) -> list[str]:
         """Every label file not taken in yet, one line each: rejected (with its report), late
@@ -189,6 +214,7 @@ class StateReader:
             "average_precision": metrics.get("average_precision"),
             "new_label_files": len(files := self.label_files(state)),
             "label_files": files,
+            "ignored_files": self.ignored_files(state),
             "interrupted_round": interrupted[0] if interrupted else None,
             "lock": holder(self.storage),
             "label_studio_project": self.label_studio_record()["project"],
