@@ -31,7 +31,7 @@ import numpy as np
 
 from seals_al.campaign.state import jsonl_rows
 from seals_al.errors import SealsError, cut, shown
-from seals_al.settings import EXPORT_PRECISIONS
+from seals_al.settings import EXPORT_PRECISIONS, is_count
 from seals_al.storage import open_storage, split_uri
 from seals_al.train import LinearModel, sigmoid
 from seals_al.version import __version__
@@ -223,7 +223,7 @@ MAX_DIM = 1 << 16
 
 def _count(value: object, what: str, low: int = 0, high: int = 1 << 62) -> int:
     """An integer field of an exported model (a boolean, a float or a string is not one)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if not is_count(value, low, high):
         raise SealsError(f"{what}: expected an integer from {low:,} to {high:,}, got {shown(value)}")
     return value
 

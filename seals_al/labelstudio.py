@@ -53,6 +53,7 @@ from seals_al.labels import (
     read_label_file,
     task_of,
 )
+from seals_al.settings import is_count
 
 if TYPE_CHECKING:
     from seals_al.campaign import Campaign, State
@@ -305,7 +306,7 @@ class Client:
                 isinstance(answer, dict)
                 and isinstance(answer.get("tasks"), list)
                 and all(_is_task(t) for t in answer["tasks"])
-                and _is_count(answer.get("total"))
+                and is_count(answer.get("total"))
             )
             self._shaped("GET", "/api/tasks", answer, "tasks (each with an id) and their total", fits)
             tasks += answer["tasks"]
@@ -317,7 +318,7 @@ class Client:
         path = f"/api/projects/{project_id}/import"
         answer = self.call("POST", path, params={"return_task_ids": "true"}, json=tasks)
         ids = answer.get("task_ids", []) if isinstance(answer, dict) else None
-        fits = isinstance(ids, list) and all(_is_count(i) for i in ids)
+        fits = isinstance(ids, list) and all(is_count(i) for i in ids)
         return list(self._shaped("POST", path, ids, "a list of task ids", fits))
 
     def export(self, project_id: int) -> list[dict]:
@@ -332,24 +333,20 @@ class _Unauthorized(Exception):
     pass
 
 
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _is_project(answer: object) -> bool:
-    return isinstance(answer, dict) and _is_count(answer.get("id"))
+    return isinstance(answer, dict) and is_count(answer.get("id"))
 
 
 def _is_task(task: object) -> bool:
     """A task as this module reads it: a mapping with an id; its data, meta and counts are looked
     at only when they have the expected types (a task with other ones is not this campaign's)."""
-    return isinstance(task, dict) and _is_count(task.get("id"))
+    return isinstance(task, dict) and is_count(task.get("id"))
 
 
 def _count_of(task: dict, key: str) -> int:
     """An annotation count of a task (0 when absent or not a count)."""
     value = task.get(key, 0)
-    return value if _is_count(value) else 0
+    return value if is_count(value) else 0
 
 
 class _TooSlow(Exception):

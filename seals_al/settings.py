@@ -91,7 +91,7 @@ class RoundConfig:
         for name in ("k", "batch_size"):
             check_positive_int(where, name, getattr(self, name))
         seed = self.seed
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        if not is_count(seed, 0, MAX_SEED):
             raise SealsError(f"{where}: seed must be an integer from 0 to {MAX_SEED:,}, got {shown(seed)}")
         C = self.C
         if isinstance(C, bool) or not isinstance(C, int | float) or not (C > 0 and math.isfinite(C)):
@@ -122,9 +122,20 @@ def check_fits_u(data: DataConfig, learning: RoundConfig, n_u: int, where: str) 
         )
 
 
+def is_count(value: object, low: int = 0, high: int | None = None) -> bool:
+    """Whether ``value`` is an integer from ``low`` to ``high`` (a boolean, a float or a string
+    is not one): what every count read from a file or an answer is checked with."""
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value >= low
+        and (high is None or value <= high)
+    )
+
+
 def check_positive_int(where: str, name: str, value: object) -> None:
     """A count setting: an integer of at least 1 (a boolean is not one)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_count(value, 1):
         raise SealsError(f"{where}: {name} must be a positive integer, got {shown(value)}")
 
 

@@ -822,7 +822,7 @@ def split_uri(uri: str) -> tuple[str, str]:
             raise SealsError(f"{uri}: expected gs://bucket/path/to/file")
         return parent, name
     check_scheme(uri, "gs://bucket/path/to/file")  # as a path, s3://b/x would be a folder "s3:"
-    path = Path(uri.removeprefix("file://")).absolute()
+    path = local_path(uri).absolute()
     if not path.name:
         raise SealsError(f"{uri}: expected a file path")
     return str(path.parent), path.name
@@ -870,5 +870,4 @@ def open_storage(uri: str | Path) -> Storage:
     text = str(uri)
     if text.startswith("gs://"):
         return GCSStorage(text)
-    check_scheme(text, "gs://bucket/prefix")
-    return LocalStorage(text.removeprefix("file://"))
+    return LocalStorage(local_path(text))

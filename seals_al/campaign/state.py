@@ -24,6 +24,7 @@ from seals_al.campaign.layout import (
 )
 from seals_al.campaign.lease import holder
 from seals_al.errors import SealsError, shown
+from seals_al.settings import is_count
 from seals_al.storage import Storage, TooLargeError
 
 
@@ -330,17 +331,13 @@ class StateReader:
 
 def _is_label_studio_record(record: object) -> bool:
     """labelstudio.json as seals_al.labelstudio writes it."""
-
-    def count(value: object) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
     if not isinstance(record, dict):
         return False
     project, tasks, pulled = record.get("project"), record.get("tasks"), record.get("pulled", {})
     return (
-        (project is None or count(project))
+        (project is None or is_count(project))
         and isinstance(tasks, dict)
-        and all(isinstance(entry, dict) and count(entry.get("task")) for entry in tasks.values())
+        and all(isinstance(entry, dict) and is_count(entry.get("task")) for entry in tasks.values())
         and isinstance(pulled, dict)
         and all(isinstance(digests, list) for digests in pulled.values())
     )
