@@ -5,10 +5,12 @@ seed set a simulation or simulated campaign draws from ground truth."""
 from __future__ import annotations
 
 import csv
+import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, TextIO
 
 import numpy as np
 
@@ -75,7 +77,14 @@ def item_files(uri: str) -> list[str]:
                 f"{uri}: no such item file, nor a folder with item files ({', '.join(ITEM_SUFFIXES)})"
             )
         return files
+    if not uri.lower().endswith(ITEM_SUFFIXES):  # refused before any pipeline or round reads it
+        raise SealsError(_unsupported(uri))
     return [uri]
+
+
+def _unsupported(name: str) -> str:
+    suffix = PurePosixPath(name).suffix or "(none)"
+    return f"{name}: unsupported item file type {suffix!r} (use {', '.join(ITEM_SUFFIXES)})"
 
 
 MAX_REMOVED_BYTES = 256 * 2**20  # a tombstone list of some 10M ids
@@ -117,10 +126,10 @@ def _gcs_object_exists(uri: str) -> bool:
 
 
 def read_items(path: str | Path, columns: Sequence[str], id_column: str) -> Columns:
-    """Read the named columns of an item table.
+    """Read the named columns of an item table, refusing it at its first unusable row.
 
     Args:
-        path: a .csv, .jsonl (or .json lines) or .parquet file.
+        path: a .csv, .jsonl (or .ndjson) or .parquet file.
         columns: the columns the caller needs; each must exist.
         id_column: the column holding the external string id; ids must be non-empty and unique.
 
@@ -136,19 +145,125 @@ def read_items(path: str | Path, columns: Sequence[str], id_column: str) -> Colu
     if path.stat().st_size == 0:
         raise SealsError(f"{path}: the file is empty")
     wanted = list(dict.fromkeys([id_column, *columns]))
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        table = _read_csv(path, wanted)
-    elif suffix in (".jsonl", ".ndjson"):
-        table = _read_jsonl(path, wanted)
-    elif suffix == ".parquet":
-        table = _read_parquet(path, wanted)
-    else:
-        raise SealsError(f"{path}: unsupported item file type {suffix!r} (use .csv, .jsonl or .parquet)")
+    table: Columns = {c: [] for c in wanted}
+    lists = list(table.values())
+    unit = row_unit(path.name)
+    with path.open("rb") as raw:
+        for number, values, problem in item_rows(str(path), raw, wanted):
+            if problem is not None:
+                raise SealsError(f"{path}, {unit} {number}: {problem}")
+            for column, value in zip(lists, values, strict=True):
+                column.append(value)
     if not table[id_column]:
         raise SealsError(f"{path}: the file has a header but no rows")
     _check_ids(path, id_column, table[id_column])
     return table
+
+
+ItemRow = tuple[int, list[str], None] | tuple[int, None, str]
+
+
+def row_unit(name: str) -> str:
+    """What the numbers :func:`item_rows` yields count in a file of this name: lines or rows."""
+    return "row" if name.lower().endswith(".parquet") else "line"
+
+
+def item_rows(name: str, raw: BinaryIO, wanted: Sequence[str]) -> Iterator[ItemRow]:
+    """The one reader of item files, for a round (:func:`read_items`, which refuses a file at its
+    first unusable row) and for the embedding pipeline (which sends such a row to its dead
+    letters and goes on): both follow the same rules, so data one of them takes, the other does.
+
+    Yields ``(number, values, None)`` for a usable row (the ``wanted`` columns' values as strings,
+    in that order) and ``(number, None, problem)`` for one that is not (wrong field count, invalid
+    JSON, a missing field or a null, a cell over :data:`MAX_CELL_CHARS`); ``number`` is the line
+    (CSV, JSON lines) or the row from 0 (Parquet), as :func:`row_unit` says.
+
+    Raises:
+        SealsError: the file as a whole cannot be read on (its type, its encoding, a missing
+            column, malformed CSV, a JSON line over :data:`MAX_JSONL_LINE_CHARS`), naming it.
+    """
+    lower = name.lower()
+    if lower.endswith(".parquet"):
+        yield from _parquet_rows(name, raw, wanted)
+        return
+    if not lower.endswith(ITEM_SUFFIXES):
+        raise SealsError(_unsupported(name))
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="" if lower.endswith(".csv") else None)
+    try:
+        yield from (_csv_rows if lower.endswith(".csv") else _jsonl_rows)(name, text, wanted)
+    except UnicodeDecodeError as e:
+        raise SealsError(f"{name}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+
+
+def _csv_rows(name: str, text: TextIO, wanted: Sequence[str]) -> Iterator[ItemRow]:
+    reader = csv.reader(text, strict=True)  # a stray or unclosed quote is an error, not data
+    try:
+        header = next(reader, None)
+        if not header:
+            raise SealsError(f"{name}: the file is empty")
+        _missing(name, wanted, header)
+        at = [header.index(c) for c in wanted]
+        for row in reader:
+            if len(row) != len(header):
+                yield reader.line_num, None, f"expected {len(header)} fields, found {len(row)}"
+            else:
+                yield reader.line_num, [row[i] for i in at], None
+    except csv.Error as e:
+        if "field larger than field limit" in str(e):
+            raise SealsError(
+                f"{name}, line {reader.line_num}: a field over {MAX_CELL_CHARS:,} characters"
+            ) from e
+        raise SealsError(f"{name}, line {reader.line_num}: malformed CSV: {e}") from e
+
+
+def _jsonl_rows(name: str, text: TextIO, wanted: Sequence[str]) -> Iterator[ItemRow]:
+    # Each line read up to a limit, so one huge line is refused, not read whole.
+    lines = iter(lambda: text.readline(MAX_JSONL_LINE_CHARS + 1), "")
+    for number, line in enumerate(lines, start=1):
+        if len(line) > MAX_JSONL_LINE_CHARS:
+            raise SealsError(f"{name}, line {number}: over {MAX_JSONL_LINE_CHARS:,} characters")
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield number, None, f"invalid JSON: {e.msg}"
+            continue
+        if not isinstance(record, dict):
+            yield number, None, "expected a JSON object"
+            continue
+        missing = next((c for c in wanted if record.get(c) is None), None)
+        if missing is not None:
+            yield number, None, f"missing field {missing!r}"
+            continue
+        yield number, *_cells([str(record[c]) for c in wanted], wanted)
+
+
+def _parquet_rows(name: str, raw: BinaryIO, wanted: Sequence[str]) -> Iterator[ItemRow]:
+    import pyarrow.parquet as pq
+
+    source = raw if raw.seekable() else io.BytesIO(raw.read())
+    try:
+        _missing(name, wanted, pq.read_schema(source).names)
+        source.seek(0)
+        arrow = pq.read_table(source, columns=list(wanted))
+    except (OSError, ValueError) as e:
+        raise SealsError(f"{name}: cannot read Parquet: {e}") from e
+    columns = [arrow.column(c).to_pylist() for c in wanted]
+    for number, row in enumerate(zip(*columns, strict=True)):
+        null = next((c for c, v in zip(wanted, row, strict=True) if v is None), None)
+        if null is not None:
+            yield number, None, f"null in column {null!r}"
+        else:
+            yield number, *_cells([str(v) for v in row], wanted)
+
+
+def _cells(values: list[str], wanted: Sequence[str]) -> tuple[list[str], None] | tuple[None, str]:
+    """The row's values, or the problem of its first cell over :data:`MAX_CELL_CHARS`."""
+    for value, column in zip(values, wanted, strict=True):
+        if len(value) > MAX_CELL_CHARS:
+            return None, f"{column!r} is over {MAX_CELL_CHARS:,} characters"
+    return values, None
 
 
 def has_column(path: str | Path, column: str) -> bool:
@@ -174,92 +289,13 @@ def has_column(path: str | Path, column: str) -> bool:
     return False
 
 
-def _missing(path: Path, wanted: Sequence[str], present: Sequence[str]) -> None:
+def _missing(name: str, wanted: Sequence[str], present: Sequence[str]) -> None:
     missing = [c for c in wanted if c not in present]
     if missing:
         raise SealsError(
-            f"{path}: missing column(s) {', '.join(map(repr, missing))}; "
+            f"{name}: missing column(s) {', '.join(map(repr, missing))}; "
             f"the file has {', '.join(map(repr, present))}"
         )
-
-
-def _read_csv(path: Path, wanted: Sequence[str]) -> Columns:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, strict=True)  # a stray or unclosed quote is an error, not data
-            header = next(reader, None)
-            if not header:
-                raise SealsError(f"{path}: the file is empty")
-            _missing(path, wanted, header)
-            pos = {c: header.index(c) for c in wanted}
-            table: Columns = {c: [] for c in wanted}
-            for row in reader:
-                if len(row) != len(header):
-                    raise SealsError(
-                        f"{path}, line {reader.line_num}: expected {len(header)} fields, found {len(row)}"
-                    )
-                for c, i in pos.items():
-                    table[c].append(row[i])
-    except UnicodeDecodeError as e:
-        raise SealsError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
-    except csv.Error as e:
-        if "field larger than field limit" in str(e):
-            raise SealsError(
-                f"{path}, line {reader.line_num}: a field over {MAX_CELL_CHARS:,} characters"
-            ) from e
-        raise SealsError(f"{path}, line {reader.line_num}: malformed CSV: {e}") from e
-    return table
-
-
-def _read_jsonl(path: Path, wanted: Sequence[str]) -> Columns:
-    table: Columns = {c: [] for c in wanted}
-    try:
-        with path.open(encoding="utf-8-sig") as f:
-            # Each line read up to a limit, so one huge line is refused, not read whole.
-            lines = iter(lambda: f.readline(MAX_JSONL_LINE_CHARS + 1), "")
-            for line_no, line in enumerate(lines, start=1):
-                if len(line) > MAX_JSONL_LINE_CHARS:
-                    raise SealsError(f"{path}, line {line_no}: over {MAX_JSONL_LINE_CHARS:,} characters")
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SealsError(f"{path}, line {line_no}: invalid JSON: {e.msg}") from e
-                if not isinstance(record, dict):
-                    raise SealsError(f"{path}, line {line_no}: expected a JSON object")
-                for c in wanted:
-                    if c not in record or record[c] is None:
-                        raise SealsError(f"{path}, line {line_no}: missing field {c!r}")
-                    table[c].append(_cell(str(record[c]), f"{path}, line {line_no}", c))
-    except UnicodeDecodeError as e:
-        raise SealsError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
-    return table
-
-
-def _read_parquet(path: Path, wanted: Sequence[str]) -> Columns:
-    import pyarrow.parquet as pq
-
-    try:
-        schema = pq.read_schema(path)
-        _missing(path, wanted, schema.names)
-        arrow = pq.read_table(path, columns=list(wanted))
-    except (OSError, ValueError) as e:
-        raise SealsError(f"{path}: cannot read Parquet: {e}") from e
-    table: Columns = {}
-    for c in wanted:
-        values = arrow.column(c).to_pylist()
-        for row, v in enumerate(values):
-            if v is None:
-                raise SealsError(f"{path}, row {row}: null in column {c!r}")
-        table[c] = [_cell(str(v), f"{path}, row {row}", c) for row, v in enumerate(values)]
-    return table
-
-
-def _cell(value: str, where: str, column: str) -> str:
-    if len(value) > MAX_CELL_CHARS:
-        raise SealsError(f"{where}: {column!r} is over {MAX_CELL_CHARS:,} characters")
-    return value
 
 
 def _check_ids(path: Path, id_column: str, ids: Sequence[str]) -> None:

@@ -19,6 +19,7 @@ from seals_al.embed.pipeline import ensure_embeddings, main, run
 from seals_al.embed.transforms import DEAD, EmbedItems, ReadItems
 from seals_al.encoder import MiniLMEncoder
 from seals_al.errors import SealsError
+from seals_al.items import read_items
 from seals_al.store import EmbeddingStore
 
 TEXTS = {
@@ -294,3 +295,60 @@ def test_items_that_only_grow_are_embedded_once_and_appended_to_the_published_st
     whole, _ = ensure_embeddings(f"{root}/items", out)
     assert "appended_to" not in whole["extra"]
     assert whole["count"] == 2
+
+
+READER_CASES = {
+    # name: (contents, the line read_items refuses the file at, and why; None: it takes the file)
+    "fine.csv": ('id,text\na,"hello, world"\nb,"two\nlines"\n', None),
+    "fine.jsonl": ('{"id": "a", "text": "hello"}\n\n{"id": 7, "text": "seven"}\n', None),
+    "short.csv": ("id,text\na,hello\nb\nc,bye\n", ("line 3", "expected 2 fields, found 1")),
+    "long.csv": ("id,text\na,hello,extra\n", ("line 2", "expected 2 fields, found 3")),
+    "null.jsonl": (
+        '{"id": "a", "text": "hello"}\n{"id": "b", "text": null}\n',
+        ("line 2", "missing field 'text'"),
+    ),
+    "list.jsonl": ('["a", "hello"]\n', ("line 1", "expected a JSON object")),
+    "quote.csv": ('id,text\na,hello\nb,say "hi"\n', None),
+    "notext.csv": ("id,label\na,x\n", ("", "missing column(s) 'text'")),
+    "lines.json": ('{"id": "a", "text": "hello"}\n', ("", "unsupported item file type '.json'")),
+}
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("name", sorted(READER_CASES))
+def test_a_round_and_the_embedding_pipeline_read_an_item_file_by_the_same_rules(tmp_path, name):
+    """The Beam reader (a lenient DictReader, also taking .json) and the round's (strict CSV,
+    .jsonl) followed different rules, so data embedded on the cluster could be refused by the
+    round, or the reverse. One reader now: a file the round takes, the pipeline embeds whole; a
+    row the round refuses the file at is a dead letter naming the same line and reason; a file
+    the round cannot read at all is one dead letter saying why."""
+    contents, refused = READER_CASES[name]
+    path = tmp_path / name
+    path.write_text(contents)
+    try:
+        table = read_items(path, ["text"], "id")
+        verdict = None
+    except SealsError as e:
+        table, verdict = None, str(e).removeprefix(str(path)).lstrip(", ")
+    if refused is None:
+        assert verdict is None
+    else:
+        assert verdict is not None
+        assert verdict.startswith(refused[0])
+        assert refused[1] in verdict
+    with BeamTestPipeline(options=local_options()) as p:
+        parsed = p | ReadItems(str(path))
+        if table is not None:
+            pairs = list(zip(table["id"], table["text"], strict=True))
+            assert_that(parsed.items, equal_to(pairs), label="items")
+            assert_that(parsed[DEAD], equal_to([]), label="no dead letters")
+        else:
+            letters = parsed[DEAD] | beam.Map(
+                lambda d: d["where"].removeprefix(str(path)).lstrip(", ") + ": " + d["reason"]
+            )
+            where, why = refused
+
+            def names_the_same_problem(found: list[str]) -> None:
+                assert any(f.startswith(where) and why in f for f in found), found
+
+            assert_that(letters, names_the_same_problem, label="dead")

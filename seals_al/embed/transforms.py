@@ -3,7 +3,6 @@ RunInference, write shards; every failure becomes a dead letter with its reason,
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import uuid
@@ -17,7 +16,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunIn
 from seals_al.embed.handlers import MiniLMHandler
 from seals_al.encoder import preprocess_image
 from seals_al.errors import SealsError
-from seals_al.items import item_files
+from seals_al.items import item_files, item_rows, row_unit
 
 DEAD = "dead"
 
@@ -48,32 +47,32 @@ class ParseItems(beam.DoFn):
         self.rejected = beam.metrics.Metrics.counter("seals", "items_dead_lettered")
 
     def process(self, readable: fileio.ReadableFile) -> Iterator:
+        """The file's rows by :func:`seals_al.items.item_rows`, the reader a round uses too: a row
+        it finds unusable, or with an empty id or text, is a dead letter naming its line; a file
+        it cannot read on is one dead letter for the rest of the file."""
         name = readable.metadata.path
-        for where, record in _records(name, readable):
-            self.read.inc()
-            problem = self._problem(record)
-            if problem:
-                self.rejected.inc()
-                item_id = record.get(self.id_column)
-                yield beam.pvalue.TaggedOutput(
-                    DEAD,
-                    {
-                        "id": str(item_id).strip() or None if item_id is not None else None,
-                        "where": f"{name}, {where}",
-                        "reason": problem,
-                    },
-                )
-            else:
-                yield str(record[self.id_column]), str(record[self.text_column])
+        unit = row_unit(name)
+        try:
+            with readable.open() as raw:
+                for number, values, problem in item_rows(name, raw, [self.id_column, self.text_column]):
+                    self.read.inc()
+                    item_id, text = values or (None, None)
+                    if problem is None and not item_id.strip():
+                        problem = f"missing {self.id_column!r}"
+                    elif problem is None and not text.strip():
+                        problem = f"empty {self.text_column!r}"
+                    if problem is None:
+                        yield item_id, text
+                    else:
+                        yield self._dead(item_id, f"{name}, {unit} {number}", problem)
+        except SealsError as e:  # the file cannot be read on: what was read stands, the rest is one letter
+            yield self._dead(None, name, f"{e}; the rest of the file was not read")
 
-    def _problem(self, record: dict) -> str | None:
-        if "__error__" in record:
-            return f"invalid JSON: {record['__error__']}"
-        if not str(record.get(self.id_column) or "").strip():
-            return f"missing {self.id_column!r}"
-        if not str(record.get(self.text_column) or "").strip():
-            return f"empty {self.text_column!r}"
-        return None
+    def _dead(self, item_id: str | None, where: str, reason: str):
+        self.rejected.inc()
+        return beam.pvalue.TaggedOutput(
+            DEAD, {"id": item_id.strip() or None if item_id else None, "where": where, "reason": reason}
+        )
 
 
 class ReadItems(beam.PTransform):
@@ -93,32 +92,6 @@ class ReadItems(beam.PTransform):
             | "Open" >> fileio.ReadMatches()
             | "Parse" >> beam.ParDo(self.parse).with_outputs(DEAD, main="items")
         )
-
-
-def _records(name: str, readable: fileio.ReadableFile) -> Iterator[tuple[str, dict]]:
-    lower = name.lower()
-    if lower.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(io.BytesIO(readable.read()))
-        for row, record in enumerate(table.to_pylist()):
-            yield f"row {row}", record
-        return
-    with readable.open() as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-        if lower.endswith(".csv"):
-            reader = csv.DictReader(text)
-            for record in reader:
-                yield f"line {reader.line_num}", record
-        elif lower.endswith((".jsonl", ".ndjson", ".json")):
-            for number, line in enumerate(text, start=1):
-                if line.strip():
-                    try:
-                        yield f"line {number}", json.loads(line)
-                    except json.JSONDecodeError as e:
-                        yield f"line {number}", {"__error__": e.msg}
-        else:
-            raise SealsError(f"{name}: unsupported item file type (use .csv, .jsonl or .parquet)")
 
 
 class SkipKnown(beam.DoFn):
