@@ -53,6 +53,9 @@ class TooLargeError(SealsError):
         self.size = size
 
 
+CAS_SUFFIX = ".cas"  # the hidden file a local compare-and-swap holds its flock on
+
+
 def _temp_prefix(path: Path) -> str:
     """A hidden temporary name beside ``path``, short enough for any name ``path`` may have."""
     return f".{path.name[:100]}."
@@ -353,8 +356,11 @@ class Storage(ABC):
         """Copy the object to a local file (streamed, never whole in memory); missing: an error."""
 
     @abstractmethod
-    def list(self, prefix: str = "") -> list[str]:
-        """Keys under ``prefix`` (a folder-like key, or "" for all), sorted."""
+    def list(self, prefix: str = "", *, hidden: bool = False) -> list[str]:
+        """Keys under ``prefix`` (a folder-like key, or "" for all), sorted. A local folder's
+        hidden files (a name starting with a dot: temporary files of writes, editors' and
+        desktops' own files) are left out unless ``hidden``; the guards of this storage's
+        compare-and-swap always are. Object storage lists every object (no name is hidden there)."""
 
     @abstractmethod
     def version(self, key: str) -> str:
@@ -468,7 +474,7 @@ class LocalStorage(Storage):
         import fcntl
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.parent / f".{path.name}.cas", "a") as guard:
+        with open(path.parent / f".{path.name}{CAS_SUFFIX}", "a") as guard:
             fcntl.flock(guard, fcntl.LOCK_EX)
             try:
                 yield
@@ -507,14 +513,16 @@ class LocalStorage(Storage):
                 raise ChangedError(f"{self.where(key)}: changed since it was read")
             path.unlink()
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "", *, hidden: bool = False) -> list[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
             return []
         keys = []
         for path in base.rglob("*"):
             relative = path.relative_to(self.root)
-            if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+            if not path.is_file() or (path.name.startswith(".") and path.name.endswith(CAS_SUFFIX)):
+                continue
+            if hidden or not any(part.startswith(".") for part in relative.parts):
                 keys.append(PurePosixPath(relative).as_posix())
         return sorted(keys)
 
@@ -695,7 +703,7 @@ class GCSStorage(Storage):
         except (NotFound, PreconditionFailed) as e:
             raise ChangedError(f"{self.where(key)}: changed since it was read") from e
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list(self, prefix: str = "", *, hidden: bool = False) -> list[str]:
         start = self.prefix + (check_key(prefix, self.uri).rstrip("/") + "/" if prefix else "")
         names = []
         for page in self._client.list_blobs(self._bucket, prefix=start).pages:

@@ -1040,8 +1040,9 @@ def test_inbox_files_that_are_never_labels_are_named_by_status_and_do_not_stop_a
     campaign, clinc_slice, tmp_path
 ):
     """A backslash in a name, a link leading outside the campaign (local disk) and a hidden file
-    (listed by GCS) stopped status and every round with an error about an internal key; they are
-    ignored now, each named by status with why, and the labels beside them are ingested."""
+    (listed by GCS) stopped status and every round with an error about an internal key, and a
+    hidden file on a local disk was skipped without a word; they are ignored now, each named by
+    status with why, and the labels beside them are ingested."""
     campaign.round()
     truth = truth_of(clinc_slice)
     rows = "".join(f"{row['id']},{truth[row['id']]}\n" for row in campaign.state().batch)
@@ -1058,6 +1059,8 @@ def test_inbox_files_that_are_never_labels_are_named_by_status_and_do_not_stop_a
         (tmp_path / "secret.csv").write_text("id,label\nnot-yours,1\n")
         (root / "inbox/000/link.csv").symlink_to(tmp_path / "secret.csv")
         expected["inbox/000/a\\\\b.csv"] = "not a plain file name"
+        (root / "inbox/000/.labels-draft.csv").write_text("id,label\n")
+        expected["inbox/000/.labels-draft.csv"] = "a hidden file"
         expected["inbox/000/link.csv"] = "a link that leads outside the campaign"
     ignored = campaign.status()["ignored_files"]
     assert len(ignored) == len(expected)

@@ -142,8 +142,9 @@ class StateReader:
         return lines
 
     def _inbox_keys(self, state: State) -> list[str]:
-        """Every file in the inboxes up to the open batch's."""
-        return [k for k in self.storage.list(INBOX) if (r := inbox_round(k)) is not None and r <= state.round]
+        """Every file in the inboxes up to the open batch's, hidden ones included."""
+        keys = self.storage.list(INBOX, hidden=True)  # hidden ones too: status names them
+        return [k for k in keys if (r := inbox_round(k)) is not None and r <= state.round]
 
     def _unusable(self, key: str) -> str | None:
         """Why a file in the inbox is never read as labels (a hidden name, a name not every storage
