@@ -34,15 +34,23 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
 import urllib3
 
-from seals_al.campaign.layout import LABEL_STUDIO_EXPORT, LABEL_STUDIO_RECORD, label_studio_export
+from seals_al.campaign.layout import (
+    LABEL_STUDIO_EXPORT,
+    LABEL_STUDIO_LOCK,
+    LABEL_STUDIO_RECORD,
+    label_studio_export,
+)
+from seals_al.campaign.lease import Lease
 from seals_al.errors import SealsError, cut, shown
 from seals_al.labels import (
     Interface,
@@ -61,6 +69,14 @@ if TYPE_CHECKING:
 ENV_URL = "LABEL_STUDIO_URL"
 ENV_KEY = "LABEL_STUDIO_API_KEY"
 PAGE_SIZE = 500
+EXPORT_CHUNK = 100  # tasks asked for in one export request
+# A pull looks again at earlier tasks updated this long before the listing its last ingested file
+# came from (an annotation saved while that listing was read may carry an earlier time).
+RELISTED_SECONDS = 300.0
+# What a pulled task keeps of its data: the item and the push's own fields, not the text (the
+# items file has it), so the inbox file stays small however long the texts are.
+PULLED_DATA = ("seals_id", "round", "rank", "score", "reached_from")
+LISTED = ("id", "data", "meta", "total_annotations", "cancelled_annotations", "updated_at")
 ATTEMPTS = 5
 BACKOFF_SECONDS = 1.0  # 1, 2, 4, 8 s between the attempts
 TIMEOUT_SECONDS = 60.0
@@ -295,7 +311,8 @@ class Client:
         return self._shaped("POST", "/api/projects", answer, "the new project's id", _is_project(answer))
 
     def tasks(self, project_id: int) -> list[dict]:
-        """Every task of the project, without annotations (their counts only)."""
+        """Every task of the project, without annotations (their counts only) and without the
+        texts: what is kept of each task is small, so a listing of a large project is too."""
         tasks: list[dict] = []
         page = 1
         while True:
@@ -309,7 +326,7 @@ class Client:
                 and is_count(answer.get("total"))
             )
             self._shaped("GET", "/api/tasks", answer, "tasks (each with an id) and their total", fits)
-            tasks += answer["tasks"]
+            tasks += [_listed(t) for t in answer["tasks"]]
             if not answer["tasks"] or len(tasks) >= answer["total"]:
                 return tasks
             page += 1
@@ -321,12 +338,24 @@ class Client:
         fits = isinstance(ids, list) and all(is_count(i) for i in ids)
         return list(self._shaped("POST", path, ids, "a list of task ids", fits))
 
-    def export(self, project_id: int) -> list[dict]:
-        """Every task of the project with its annotations (Label Studio's JSON export)."""
+    def export(self, project_id: int, task_ids: Sequence[int]) -> list[dict]:
+        """These tasks of the project with their annotations (Label Studio's JSON export), asked
+        for :data:`EXPORT_CHUNK` at a time, so no answer holds more than that many tasks however
+        large the project grows; tasks not asked for are left out. No ids: no request (an export
+        without ids would be the whole project)."""
         path = f"/api/projects/{project_id}/export"
-        answer = self.call("GET", path, params={"exportType": "JSON", "download_all_tasks": "true"})
-        fits = isinstance(answer, list) and all(_is_task(t) for t in answer)
-        return self._shaped("GET", path, answer, "a list of tasks, each with an id", fits)
+        wanted, tasks = set(task_ids), []
+        for start in range(0, len(task_ids), EXPORT_CHUNK):
+            chunk = list(task_ids[start : start + EXPORT_CHUNK])
+            params = {"exportType": "JSON", "download_all_tasks": "true", "ids[]": chunk}
+            answer = self.call("GET", path, params=params)
+            fits = isinstance(answer, list) and all(_is_task(t) for t in answer)
+            tasks += [
+                t
+                for t in self._shaped("GET", path, answer, "a list of tasks, each with an id", fits)
+                if t["id"] in wanted
+            ]
+        return tasks
 
 
 class _Unauthorized(Exception):
@@ -347,6 +376,48 @@ def _count_of(task: dict, key: str) -> int:
     """An annotation count of a task (0 when absent or not a count)."""
     value = task.get(key, 0)
     return value if is_count(value) else 0
+
+
+def _annotated(task: dict) -> bool:
+    """Whether a listed task has an annotation, cancelled (a skip) or not."""
+    return _count_of(task, "total_annotations") > 0 or _count_of(task, "cancelled_annotations") > 0
+
+
+def _timestamp(value: object) -> datetime | None:
+    """An ISO 8601 time as Label Studio writes them ("2026-12-07T22:12:07.435888Z"), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
+
+
+def _updated_after(task: dict, since: datetime) -> bool:
+    """Whether a listed task changed after ``since``; a task without a readable time is looked at."""
+    at = _timestamp(task.get("updated_at"))
+    return at is None or at >= since
+
+
+def _listed_at(tasks: Iterable[dict]) -> str | None:
+    """The latest update among listed tasks (Label Studio's clock, never this machine's)."""
+    times = [(at, t["updated_at"]) for t in tasks if (at := _timestamp(t.get("updated_at"))) is not None]
+    return max(times)[1] if times else None
+
+
+def _listed(task: dict) -> dict:
+    """What is kept of a listed task: its id, marks, counts, time and data without the text."""
+    return _pulled_task({k: task[k] for k in LISTED if k in task})
+
+
+def _pulled_task(task: dict) -> dict:
+    """An exported task as a pull keeps it: everything but the data fields a push did not write
+    for SEALS (the text above all)."""
+    data = task.get("data")
+    if isinstance(data, dict):
+        task = {**task, "data": {k: data[k] for k in PULLED_DATA if k in data}}
+    return task
 
 
 class _TooSlow(Exception):
@@ -521,10 +592,18 @@ class Sync:
         return state
 
     # -- push -----------------------------------------------------------------------------------
+    @contextmanager
+    def _syncing(self) -> Iterator[None]:
+        """One push or pull of the campaign at a time (two pushes at once would import a batch
+        twice), under a lease of its own: the campaign's lease is never held while Label Studio
+        is waited on, so a slow or unreachable Label Studio never blocks a round."""
+        with Lease(self.campaign.storage, key=LABEL_STUDIO_LOCK, busy="Label Studio push or pull is running"):
+            yield
+
     def push(self) -> Pushed:
         """Import the open batch's items that have no task yet (every push after the first for a
         batch imports nothing), and record the task ids."""
-        with self.campaign.leased():
+        with self._syncing():
             state = self._open_state()
             record = self.campaign.label_studio_record()
             project_id, ui = self._project(record)
@@ -609,17 +688,56 @@ class Sync:
         return Progress(annotated, len(found) - skipped, deleted, skipped)
 
     def pull(self) -> Pulled:
-        """Export the campaign's tasks with their annotations into the open round's inbox, as a
-        Label Studio export the ingest validates; nothing is written when nothing changed, or when
-        an annotation is invalid (the error names the task)."""
+        """Export the tasks the open round needs with their annotations into its inbox, as a Label
+        Studio export the ingest validates: the open batch's annotated tasks, and earlier tasks
+        updated since the listing the last ingested pull came from (relabels). Nothing is written
+        when nothing changed, or when an annotation is invalid (the error names the task).
+
+        What it reads and writes does not grow with the campaign: one listing of the project (a
+        page at a time), an export of just those tasks (:data:`EXPORT_CHUNK` a request), and a file
+        without the texts. The campaign's lease is not taken: the file is written whole at once,
+        and a file that lands in an inbox whose round has just committed is taken in by the next
+        round, as any label file is."""
+        with self._syncing():
+            state, record = self._open_state(), self._pushed_record()
+            listed = self._ours(self.client.tasks(record["project"]), record)
+            found, deleted = self._batch_tasks(state, record, listed)
+            since = self._relisted_since(record, state.round)
+            asked = [
+                t["id"]
+                for item, t in sorted(listed.items())
+                if (item in state.batch_ids and _annotated(t))
+                or (item in state.labeled and (since is None or _updated_after(t, since)))
+            ]
+            exported = self._ours(self.client.export(record["project"], asked), record)
+            kept = [_pulled_task(t) for _, t in sorted(exported.items())]
+            if not kept:  # nothing annotated yet, or every task deleted: nothing to take in
+                return Pulled(0, len(found), deleted, None, 0, self.moved_from)
+            return self._take_in(state, record, kept, found, deleted, _listed_at(listed.values()))
+
+    def _relisted_since(self, record: dict, round_: int) -> datetime | None:
+        """Earlier tasks updated after this were not in an ingested pull (:data:`RELISTED_SECONDS`
+        before the listing of the last file an earlier round's pull wrote); None: no such time is
+        recorded (nothing pulled yet, or a record from before times were kept): every labeled task
+        is looked at."""
+        earlier = [int(r) for r in record.get("listed", {}) if int(r) < round_]
+        if not earlier:
+            return None
+        at = _timestamp(record["listed"][str(max(earlier))])
+        return None if at is None else at - timedelta(seconds=RELISTED_SECONDS)
+
+    def _take_in(
+        self,
+        state: State,
+        record: dict,
+        kept: list[dict],
+        found: list[dict],
+        deleted: list[str],
+        listed_at: str | None,
+    ) -> Pulled:
+        """Check the pulled tasks as the ingest will, then write them into the open round's inbox
+        (unless nothing changed since the last pull wrote)."""
         campaign = self.campaign
-        state, record = self._open_state(), self._pushed_record()
-        exported = self._ours(self.client.export(record["project"]), record)
-        found, deleted = self._batch_tasks(state, record, exported)
-        wanted = set(state.labeled) | {row["id"] for row in state.batch}
-        kept = [t for item, t in sorted(exported.items()) if item in wanted]
-        if not kept:  # every task deleted, say: nothing to take in
-            return Pulled(0, 0, deleted, None, 0, self.moved_from)
         data = json.dumps(kept, indent=1, sort_keys=True).encode()
         key = label_studio_export(state.round)
         labeled = {i: row["label"] for i, row in state.labeled.items()}
@@ -628,9 +746,9 @@ class Sync:
                 LABEL_STUDIO_EXPORT,
                 data,
                 campaign.config.concept,
-                open_batch={row["id"] for row in state.batch},
+                open_batch=state.batch_ids,
                 labeled=labeled,
-                known=wanted,
+                known=set(state.labeled) | state.batch_ids,
             )
         except LabelFileError as e:
             raise SealsError(f"{self.project_url(record['project'])}: {e.detail}") from e
@@ -650,6 +768,8 @@ class Sync:
             # Recorded before it is written: a pull that stops between the two still knows its file.
             pulled = record.setdefault("pulled", {}).setdefault(str(state.round), [])
             pulled.append(hashlib.sha256(data).hexdigest())
+            if listed_at is not None:
+                record.setdefault("listed", {})[str(state.round)] = listed_at
             self._save(record)
             st.write_bytes(key, data)
             written = key

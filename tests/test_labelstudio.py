@@ -19,8 +19,11 @@ from hypothesis import strategies as st
 
 from pipelines.looped import make_looped
 from pipelines.one_round import seals_one_round
+from seals_al import labelstudio
 from seals_al.campaign import Campaign, CampaignConfig, LabelsTimeout, init
+from seals_al.campaign.layout import LABEL_STUDIO_LOCK
 from seals_al.campaign.layout import LABEL_STUDIO_RECORD as RECORD
+from seals_al.campaign.lease import Lease
 from seals_al.cli import main
 from seals_al.errors import SealsError
 from seals_al.labels import Interface, interface_of, label_config, task_of
@@ -291,7 +294,7 @@ def test_an_answer_of_valid_json_but_the_wrong_shape_is_an_error_naming_the_call
         "projects": client.projects,
         "tasks": lambda: client.tasks(7),
         "import": lambda: client.import_tasks(7, [{"data": {}}]),
-        "export": lambda: client.export(7),
+        "export": lambda: client.export(7, [1]),
         "create": lambda: client.create_project("t", "<View/>", "d"),
     }
     with pytest.raises(LabelStudioError, match=re.escape(f"expected {expected}")) as e:
@@ -318,7 +321,7 @@ def test_any_json_answer_is_read_or_refused_with_the_projects_error(flaky, answe
         client.projects,
         lambda: client.tasks(7),
         lambda: client.import_tasks(7, []),
-        lambda: client.export(7),
+        lambda: client.export(7, [1]),
     ):
         with contextlib.suppress(LabelStudioError):
             call()
@@ -501,6 +504,76 @@ def test_skips_ties_majorities_deletions_and_edits_follow_the_policies(campaign,
             "source": "inbox/001/label-studio.json",
         }
     ]
+
+
+def test_a_pull_asks_for_and_writes_only_what_the_round_needs(
+    campaign, clinc_slice, ls_env, capsys, monkeypatch
+):
+    """The pull file held every labeled task, so it grew with the campaign until it passed the
+    label-file limit (then every round failed), and the export of the whole project was read into
+    memory at once. A pull now exports the open batch's annotated tasks and earlier tasks updated
+    since the last ingested pull, a few ids a request, and keeps no text."""
+    monkeypatch.setattr(labelstudio, "RELISTED_SECONDS", 0.0)  # no margin: the test runs in seconds
+    monkeypatch.setattr(labelstudio, "EXPORT_CHUNK", 7)
+    exports: list[list[int]] = []
+    call = Client.call
+
+    def counted(self, method, path, **kwargs):
+        if path.endswith("/export"):
+            exports.append(kwargs["params"]["ids[]"])
+        return call(self, method, path, **kwargs)
+
+    monkeypatch.setattr(Client, "call", counted)
+    person, truth, uri = Person(ls_env), truth_of(clinc_slice), campaign.storage.uri
+    assert main(["round", uri]) == 0
+    project = project_of(campaign)
+    first = person.tasks(project)
+    annotations = {item: person.annotate(t["id"], name_of(truth[item])) for item, t in first.items()}
+    assert main(["labelstudio", "pull", uri]) == 0
+    assert sorted(i for ids in exports for i in ids) == sorted(t["id"] for t in first.values())
+    assert max(map(len, exports)) == 7, "a few ids a request"
+    assert len(exports) == -(-BATCH // 7)
+    assert main(["round", uri]) == 0
+    second = {i: t for i, t in person.tasks(project).items() if i not in first}
+    half = sorted(second)[: len(second) // 2]
+    for item in half:
+        person.annotate(second[item]["id"], name_of(truth[item]))
+    edited = sorted(first)[0]
+    flipped = name_of(1 - truth[edited])
+    person.api("PATCH", f"/api/annotations/{annotations[edited]}", json={"result": [choice_result(flipped)]})
+    exports.clear()
+    capsys.readouterr()
+
+    assert main(["labelstudio", "pull", uri]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(half)} task(s) of the open batch labeled, {len(second) - len(half)} pending" in out
+    assert "1 label(s) changed" in out
+    pulled = json.loads(campaign.storage.read_bytes("inbox/001/label-studio.json"))
+    # Not every labeled task again: the batch's, the relabeled one and, as times are compared
+    # inclusively, the one updated last when the earlier pull listed the project.
+    last = list(first)[-1]
+    items = {t["data"]["seals_id"] for t in pulled}
+    assert {*half, edited} <= items <= {*half, edited, last}
+    assert len([i for ids in exports for i in ids]) == len(items)
+    assert all(set(t["data"]) <= set(labelstudio.PULLED_DATA) for t in pulled), "no text is kept"
+    assert main(["round", uri]) == 0
+    assert campaign.state().labeled[edited]["label"] == 1 - truth[edited]
+    assert all(item in campaign.state().labeled for item in half)
+
+
+def test_label_studio_is_never_waited_on_under_the_campaigns_lease(campaign, ls_env):
+    """A push held the campaign's lease across Label Studio calls, so a slow Label Studio blocked
+    every round. Push and pull now hold a lease of their own (two pushes at once would import a
+    batch twice) and never the campaign's."""
+    campaign.round()
+    with Lease(campaign.storage):  # a stage is running
+        assert Sync.of(campaign).push().batch_tasks == BATCH
+        assert Sync.of(campaign).pull().pending == BATCH
+    with Lease(campaign.storage, key=LABEL_STUDIO_LOCK):  # another push or pull is running
+        for step in (Sync.of(campaign).push, Sync.of(campaign).pull):
+            with pytest.raises(SealsError, match="another Label Studio push or pull is running"):
+                step()
+    assert not campaign.storage.exists(LABEL_STUDIO_LOCK), "released once done"
 
 
 def test_a_push_interrupted_after_creating_or_importing_is_finished_without_doubles(campaign, ls_env):

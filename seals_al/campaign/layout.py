@@ -26,7 +26,8 @@ derived/                      what a campaign on gs:// builds from U for its tas
                               machines, when the data has no published store to keep it beside:
                               prepared data, an embedded or imported store, neighbour graphs
 labelstudio.json              the Label Studio project and every task pushed (seals_al.labelstudio)
-LOCK                          held while a stage runs
+labelstudio.lock              held while a Label Studio push or pull talks to Label Studio
+LOCK                          held while a stage runs (and while a pull writes into the inbox)
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ def _numbered(key: str) -> int | None:
 
 
 LABEL_STUDIO_RECORD = "labelstudio.json"
+LABEL_STUDIO_LOCK = "labelstudio.lock"  # one push or pull at a time, without the campaign's LOCK
 LABEL_STUDIO_EXPORT = "label-studio.json"  # what a pull writes into the open batch's inbox
 
 

@@ -47,9 +47,19 @@ def lease_seconds() -> float:
 class Lease:
     """Hold the campaign's lease for the duration of a ``with`` block (see the module's doc)."""
 
-    def __init__(self, storage: Storage, seconds: float | None = None):
+    def __init__(
+        self,
+        storage: Storage,
+        seconds: float | None = None,
+        *,
+        key: str = LOCK,
+        busy: str = "stage holds the campaign",
+    ):
+        """``key``: the object the lease is held in (LOCK: the campaign's own lease); ``busy``:
+        what an error says is going on while someone else holds it (after "another ")."""
         self.storage = storage
         self.seconds = seconds or lease_seconds()
+        self.key, self.busy = key, busy
         self.mine = {
             "holder": uuid.uuid4().hex,
             "pid": os.getpid(),
@@ -74,12 +84,12 @@ class Lease:
 
     def _create(self) -> None:
         data, expires = self._record()
-        self._token = self.storage.create(LOCK, data)
+        self._token = self.storage.create(self.key, data)
         self._expires = expires
 
     def _swap(self, token: str) -> None:
         data, expires = self._record()
-        self._token = self.storage.replace_if(LOCK, data, token)
+        self._token = self.storage.replace_if(self.key, data, token)
         self._expires = expires
 
     def __enter__(self) -> Lease:
@@ -93,25 +103,25 @@ class Lease:
 
     def _take_over(self) -> None:
         try:
-            raw, token = self.storage.read_versioned(LOCK)
+            raw, token = self.storage.read_versioned(self.key)
         except (ChangedError, SealsError):  # released meanwhile: try once more from the start
             try:
                 self._create()
             except AlreadyExistsError:
                 raise SealsError(
-                    f"{self.storage.where(LOCK)}: another stage took the lease at the same moment; "
+                    f"{self.storage.where(self.key)}: another stage took the lease at the same moment; "
                     "try again when it ends"
                 ) from None
             return
         held = _parse(raw)
         why = self._stale(held)
         if why is None:
-            raise SealsError(_busy_message(self.storage.where(LOCK), held, self.mine["host"]))
+            raise SealsError(_busy_message(self.storage.where(self.key), held, self.mine["host"], self.busy))
         try:
             self._swap(token)
         except ChangedError:
             raise SealsError(
-                f"{self.storage.where(LOCK)}: another stage took over the {why} lease at the same "
+                f"{self.storage.where(self.key)}: another stage took over the {why} lease at the same "
                 "moment; try again when it ends"
             ) from None
 
@@ -154,7 +164,7 @@ class Lease:
                 except ChangedError:
                     self._lost = _TAKEN
             if self._lost is not None:
-                raise SealsError(f"{self.storage.where(LOCK)}: {self._lost}; nothing was committed")
+                raise SealsError(f"{self.storage.where(self.key)}: {self._lost}; nothing was committed")
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
@@ -162,7 +172,7 @@ class Lease:
             self._renewer.join()
         if self._lost is None and self._token is not None:
             with suppress(SealsError):  # taken over or gone; never mask the stage's own outcome
-                self.storage.delete_if(LOCK, self._token)
+                self.storage.delete_if(self.key, self._token)
 
 
 def _expiry(held: dict, seconds: float) -> float:
@@ -207,7 +217,7 @@ def _parse(raw: bytes) -> dict:
     return held if isinstance(held, dict) else {}
 
 
-def _busy_message(where: str, held: dict, host: str) -> str:
+def _busy_message(where: str, held: dict, host: str, busy: str) -> str:
     since, expires = held.get("since"), held.get("expires")
     age = f" for {_duration(time.time() - since)}" if isinstance(since, int | float) else ""
     left = (
@@ -217,7 +227,7 @@ def _busy_message(where: str, held: dict, host: str) -> str:
     )
     elsewhere = "" if held.get("host") == host else " (its process, on another machine, cannot be checked)"
     return (
-        f"{where}: another stage holds the campaign{age} (pid {held.get('pid')} on {held.get('host')}"
+        f"{where}: another {busy}{age} (pid {held.get('pid')} on {held.get('host')}"
         f"{left}){elsewhere}; try again when it ends: an abandoned lease expires by itself"
     )
 

@@ -52,6 +52,10 @@ class State:
     def pending(self) -> list[dict]:
         return [row for row in self.batch if row["id"] not in self.labeled]
 
+    @property
+    def batch_ids(self) -> set[str]:
+        return {row["id"] for row in self.batch}
+
 
 class StateReader:
     """What a campaign's storage says about it (the base of :class:`~.stages.Campaign`)."""
@@ -335,12 +339,15 @@ def _is_label_studio_record(record: object) -> bool:
     if not isinstance(record, dict):
         return False
     project, tasks, pulled = record.get("project"), record.get("tasks"), record.get("pulled", {})
+    listed = record.get("listed", {})
     return (
         (project is None or is_count(project))
         and isinstance(tasks, dict)
         and all(isinstance(entry, dict) and is_count(entry.get("task")) for entry in tasks.values())
         and isinstance(pulled, dict)
         and all(isinstance(digests, list) for digests in pulled.values())
+        and isinstance(listed, dict)
+        and all(r.isdigit() and isinstance(at, str) for r, at in listed.items())
     )
 
 
