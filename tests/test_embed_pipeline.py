@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import apache_beam as beam
@@ -352,3 +355,20 @@ def test_a_round_and_the_embedding_pipeline_read_an_item_file_by_the_same_rules(
                 assert any(f.startswith(where) and why in f for f in found), found
 
             assert_that(letters, names_the_same_problem, label="dead")
+
+
+@pytest.mark.hostile
+def test_a_refused_item_file_is_one_line_on_stderr_and_exit_2(tmp_path):
+    """Beam's import warned about its BigQuery client libraries on every run, so even a clean
+    rejection was two lines on stderr; the command's own line is all there is now."""
+    items = tmp_path / "items.json"
+    items.write_text('{"id": "a", "text": "hello"}\n')
+    run = subprocess.run(
+        [sys.executable, "-c", "from seals_al.cli import main; raise SystemExit(main())", "embed",
+         f"--input={items}", f"--output={tmp_path / 'store'}"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert run.returncode == 2
+    expected = f"error: {items}: unsupported item file type '.json' (use .csv, .jsonl, .ndjson, .parquet)"
+    assert run.stderr.splitlines() == [expected]
+    assert not (tmp_path / "store").exists()
