@@ -383,6 +383,22 @@ class Items:
             config.eval_split,
         )
 
+    def check_concept(self, concept: str) -> None:
+        """A concept with spaces around it, or one the truth column never names (when there is
+        one: it drives the metrics and the oracle), is a mistake to stop at, not a campaign or a
+        simulation whose every metric is zero."""
+        if concept != concept.strip() or not concept:
+            raise SealsError(f"concept {shown(concept)}: has spaces around it (or is empty)")
+        if self.truth is not None and not (self.truth == concept).any():
+            known = sorted(set(self.truth.tolist()))
+            some = ", ".join(map(repr, known[:8])) + (
+                f", ... ({len(known)} in all)" if len(known) > 8 else ""
+            )
+            raise SealsError(
+                f"{self.source}: concept {shown(concept)} is never in the truth column "
+                f"{self.truth_column!r}; known: {some}"
+            )
+
     def u_ids(self) -> set[str]:
         """The ids of U: every item outside the evaluation split."""
         return {i for i, e in zip(self.ids, self.is_eval, strict=True) if not e}

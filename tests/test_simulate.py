@@ -190,7 +190,10 @@ def write_csv(path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("unknown_concept", "unknown concept 'no_such_intent' in column 'label'; known: pay_bill"),
+        (
+            "unknown_concept",
+            "concept 'no_such_intent' is never in the truth column 'label'; known: 'pay_bill'",
+        ),
         ("missing_column", "missing column(s) 'split'"),
         ("too_few_positives", "has 120 positives outside the 'test' split; the seed set needs 500"),
         ("empty_file", "the file is empty"),

@@ -169,7 +169,7 @@ def init(config: CampaignConfig, uri: str, seed_file: tuple[str, bytes] | None =
             "create the campaign in a new or empty folder"
         )
     items = Items.load(config.dataset)  # fail now on a bad items file, not at round 0
-    check_concept(config.concept, items)
+    items.check_concept(config.concept)
     u = items.u_ids()
     check_fits_u(config.dataset, config.learning, len(u), items.source)
     name, data = seed_file or read_seed_file(config)
@@ -185,21 +185,6 @@ def init(config: CampaignConfig, uri: str, seed_file: tuple[str, bytes] | None =
     except AlreadyExistsError as e:
         raise SealsError(f"{storage.where(CONFIG)}: a campaign exists here already") from e
     return storage
-
-
-def check_concept(concept: str, items: Items) -> None:
-    """A concept with spaces around it, or one the data's truth column never names (when it has
-    one: it drives the metrics and the oracle), is a mistake to stop at, not a campaign whose every
-    metric is zero."""
-    if concept != concept.strip() or not concept:
-        raise SealsError(f"concept {shown(concept)}: has spaces around it (or is empty)")
-    if items.truth is not None and not (items.truth == concept).any():
-        known = sorted(set(items.truth.tolist()))
-        some = ", ".join(map(repr, known[:8])) + (f", ... ({len(known)} in all)" if len(known) > 8 else "")
-        raise SealsError(
-            f"{items.source}: concept {shown(concept)} is never in the truth column "
-            f"{items.truth_column!r}; known: {some}"
-        )
 
 
 def ensure_campaign(
