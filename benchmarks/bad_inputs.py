@@ -119,6 +119,12 @@ def command(args: Callable[[Path, dict], list[str]], watched: Callable[[Path, di
     return setup
 
 
+def embed_json_lines(work: Path, ctx: dict) -> list[str]:
+    items = work / "items.json"
+    items.write_text('{"id": "a", "text": "hello"}\n')
+    return ["embed", f"--input={items}", f"--output={work / 'store'}"]
+
+
 def csv_rows(*rows: str) -> bytes:
     return ("id,label\n" + "".join(f"{r}\n" for r in rows)).encode()
 
@@ -229,6 +235,11 @@ CASES = [
         "item table",
         "a cell over the limit",
         items("items.csv", lambda c: b"id,text,label,split\na," + b"x" * 200_000 + b",x,train\n"),
+    ),
+    Case(
+        "item table",
+        "JSON lines named .json, given to embed (its reader took them, the round's did not)",
+        command(embed_json_lines, lambda w, c: [w / "store"]),
     ),
     Case(
         "storage",
@@ -445,6 +456,18 @@ def markdown(results: list[dict], hostile: int, work: str) -> str:
         "tags refused, 1 MiB at most (`seals_al/campaign/config.py`).",
         "- Item tables: one cell at most 131,072 characters in every format, a JSONL line refused "
         "past eight times that without being read whole (`seals_al/items.py`).",
+        "- One reader of item files (`seals_al/items.py`, `item_rows`) for a round and for the Beam "
+        "embedding pipeline: a file the round takes, the pipeline embeds whole; a row the round "
+        "refuses the file at is a dead letter of the pipeline naming the same line and reason "
+        "(`tests/test_embed_pipeline.py`).",
+        "- Inbox files that are never labels (hidden, a name not every storage holds, a link out of "
+        "the campaign) are not read, and `seals-al status` names each with why, on a local disk as "
+        "on gs://.",
+        "- A Label Studio pull exports only what the open round needs (its batch's annotated tasks, "
+        "earlier tasks updated since the last ingested pull), a hundred tasks a request, and keeps "
+        "no text: its file does not grow with the campaign. Push and pull hold a lease of their own, "
+        "never the campaign's, while Label Studio is waited on, and every call has a deadline for "
+        "its whole answer (`tests/test_labelstudio.py`).",
         "- Storage keys and gs:// URIs are validated before any network call (`seals_al/storage.py`).",
         "- Commands that write refuse an output folder holding anything they did not write.",
         "- A round killed at any step is finished by the next run; a second concurrent round fails "
