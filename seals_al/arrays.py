@@ -163,7 +163,8 @@ class ArrayFile:
         """Rows start..stop-1 with one read."""
         stop = max(start, min(stop, len(self)))
         out = np.empty((stop - start, *self._row_shape), self.dtype)
-        ranges.read([(self.source, self._offset + start * self._row_bytes, memoryview(out).cast("B"))])
+        if out.size:  # no rows (an empty evaluation split, say): nothing to read
+            ranges.read([(self.source, self._offset + start * self._row_bytes, memoryview(out).cast("B"))])
         return out
 
     def take(self, positions: np.ndarray, merge: bool = True) -> np.ndarray:

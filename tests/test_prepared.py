@@ -54,6 +54,8 @@ def test_array_file_reads_what_numpy_reads(tmp_path):
         np.testing.assert_array_equal(on_disk[n - 5 : n + 10], array[n - 5 :])
         np.testing.assert_array_equal(on_disk[::97], array[::97])
         np.testing.assert_array_equal(on_disk[-1], array[-1])
+        # No rows (a data set with no evaluation split asks for its none): read as numpy would.
+        np.testing.assert_array_equal(on_disk[7:7], array[7:7])
         with pytest.raises(SealsError, match=rf"{name}.npy: position {n} outside 0..{n - 1}"):
             on_disk[np.asarray([0, n])]
     # The three ways of opening read the same values.
