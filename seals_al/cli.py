@@ -536,6 +536,13 @@ def _add_build_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recall-queries", type=int, default=1000, help="queries for recall@k (0: skip)")
     p.add_argument("--k", type=int, default=DEFAULT_K, help="the k of recall@k")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--graph-k",
+        type=int,
+        help="also build the neighbour graph of every row for this k (a campaign's k), its queries "
+        "on Beam workers (Beam options after the known ones, as for embed), where a round over this "
+        "index finds it: under a gs:// index's graphs/, or this machine's cache",
+    )
     p.set_defaults(handler=_build_index)
 
 
@@ -547,6 +554,17 @@ def _build_index(args: argparse.Namespace, console: Console) -> int:
     for name in ("shard_rows", "train_size", "k"):
         if getattr(args, name) < 1:
             raise SealsError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.graph_k is not None and args.graph_k < 1:
+        raise SealsError("--graph-k must be at least 1")
+    if args.beam_args:  # checked before the index is built: a typo fails now, not after it
+        if args.graph_k is None:
+            raise SealsError(
+                f"unrecognized arguments: {' '.join(args.beam_args)} (Beam options run the graph's "
+                "queries: give --graph-k)"
+            )
+        from seals_al.beam_options import beam_options
+
+        beam_options(args.beam_args)
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if v is not None}
     check_target(args.out, INDEX_FORMAT)  # before the store is fetched
     manifest = publish_index_dir(
@@ -574,6 +592,11 @@ def _build_index(args: argparse.Namespace, console: Console) -> int:
         + f"\npublished: {args.out}",
         highlight=False,
     )
+    if args.graph_k is not None:
+        from seals_al.index.graph_pipeline import publish_graph
+
+        graph = publish_graph(args.out, args.store, args.graph_k, beam_args=args.beam_args)
+        console.print(f"neighbour graph k={args.graph_k}: {graph}", highlight=False)
     return 0
 
 
@@ -593,10 +616,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    # Only `embed`, `score` and `refresh` take options they do not declare: they are Beam's, and the
-    # pipeline rejects any that no Beam options class knows. Every other command parses strictly.
+    # Only `embed`, `score`, `refresh` and `build-index` take options they do not declare: they are
+    # Beam's, and the pipeline rejects any that no Beam options class knows. Every other command
+    # parses strictly.
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("embed", "score", "refresh"):
+    if extra and args.command not in ("embed", "score", "refresh", "build-index"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.beam_args = extra
     console = Console(soft_wrap=True)  # a long path or URL stays on one line, whole

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -379,8 +379,30 @@ def build_neighbour_graph(
     Returns:
         The graph, opened (memory-mapped).
     """
-    started = time.perf_counter()
     row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
+
+    def lists() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(row_ids), chunk_rows):
+            rows = row_ids[start : start + chunk_rows]
+            yield search(index, store.vectors(rows), k, rows)
+
+    return write_graph(out_dir, store, row_ids, k, _describe(index), lists(), progress=progress)
+
+
+def write_graph(
+    out_dir: str | Path,
+    store: EmbeddingStore,
+    row_ids: np.ndarray,
+    k: int,
+    index: str,
+    lists: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
+    progress: bool = True,
+) -> NeighbourGraph:
+    """Write a graph's files (atomic directory publish) from its lists, (similarities, ids) of the
+    sorted ``row_ids`` a chunk at a time, in order: whoever computed them (this process, or Beam
+    workers: :mod:`seals_al.index.graph_pipeline`). ``index``: the index's description."""
+    started = time.perf_counter()
     with atomic_dir(out_dir, GRAPH_FORMAT) as tmp:
         np.save(tmp / "row_ids.npy", row_ids)
         np.save(tmp / ROWS_SAMPLE, sample_of(row_ids))
@@ -391,13 +413,17 @@ def build_neighbour_graph(
         id_type = np.int32 if fits else np.int64
         ids = np.lib.format.open_memmap(tmp / "neighbours.npy", mode="w+", dtype=id_type, shape=shape)
         sims = np.lib.format.open_memmap(tmp / "similarities.npy", mode="w+", dtype=np.float32, shape=shape)
+        at = 0
         with tqdm(total=len(row_ids), desc=f"kNN graph k={k}", unit="row", disable=not progress) as bar:
-            for start in range(0, len(row_ids), chunk_rows):
-                rows = row_ids[start : start + chunk_rows]
-                D, I = search(index, store.vectors(rows), k, rows)
-                sims[start : start + len(rows)] = D
-                ids[start : start + len(rows)] = I
-                bar.update(len(rows))
+            for D, I in lists:
+                if at + len(D) > len(row_ids) or D.shape[1:] != (k,) or I.shape != D.shape:
+                    raise SealsError(f"{out_dir}: lists of shape {D.shape} at row {at:,} do not fit {shape}")
+                sims[at : at + len(D)] = D
+                ids[at : at + len(D)] = I
+                at += len(D)
+                bar.update(len(D))
+        if at != len(row_ids):
+            raise SealsError(f"{out_dir}: lists for {at:,} of {len(row_ids):,} rows")
         ids.flush()
         sims.flush()
         del ids, sims
@@ -405,7 +431,7 @@ def build_neighbour_graph(
             "format": GRAPH_FORMAT,
             "k": k,
             "count": len(row_ids),
-            "index": _describe(index),
+            "index": index,
             "store": store.uri,
             "trained_on_rows": len(row_ids),  # kept by a grown graph: when to train again
             "build_seconds": time.perf_counter() - started,

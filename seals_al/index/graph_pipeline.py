@@ -1,0 +1,208 @@
+"""The neighbour graph as an Apache Beam pipeline: the k nearest neighbours of every row of U,
+queried by workers that share nothing but object storage.
+
+Each worker opens the published index (copied once into its own cache) and the published store
+(read by ranges, only its rows) once, in ``setup``, as a ModelHandler loads a model; an element
+is a range of U's sorted rows, whose lists the worker writes as two ``.npy`` files into a work
+folder (gs:// or a folder every worker sees). The driver then reads the parts in order and writes
+the graph's files as the one-process build does (:func:`~seals_al.index.neighbours.write_graph`):
+given the same index, the graph is the same, row for row.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+
+from seals_al.beam_options import beam_options
+from seals_al.errors import SealsError
+from seals_al.index.neighbours import NeighbourGraph, write_graph
+
+CHUNK_ROWS = 4096  # rows queried at once, as the one-process build does
+
+
+def _part(number: int, what: str) -> str:
+    return f"part-{number:06d}.{what}.npy"
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+class QueryRows(beam.DoFn):
+    """(range number, row ids) -> that range's lists, written into the work folder; yields the
+    number. The index and the store are opened once per worker."""
+
+    def __init__(self, index_uri: str, store_uri: str, k: int, work_dir: str):
+        self.index_uri, self.store_uri, self.k, self.work_dir = index_uri, store_uri, k, work_dir
+        self.rows = beam.metrics.Metrics.counter("seals", "graph_rows_queried")
+
+    def setup(self) -> None:
+        from seals_al.index.directory import open_index_dir
+        from seals_al.published import materialize, open_folder
+        from seals_al.storage import default_cache_dir, open_storage
+        from seals_al.store import EmbeddingStore
+
+        cache = default_cache_dir()
+        self.index = open_index_dir(materialize(self.index_uri, "an index directory", cache, progress=False))
+        folder = open_folder(self.store_uri, cache)
+        if folder is None:
+            raise SealsError(f"{self.store_uri}: no embeddings store is published here")
+        self.store = EmbeddingStore.open(folder, access="rows")
+        self.out = open_storage(self.work_dir)
+
+    def process(self, element: tuple[int, list[int]]) -> Iterator[int]:
+        from seals_al.index.build import search
+
+        number, rows = element[0], np.asarray(element[1], np.int64)
+        D, I = search(self.index, self.store.vectors(rows), self.k, rows)
+        self.out.write_bytes(_part(number, "sims"), _npy(np.asarray(D, np.float32)))
+        self.out.write_bytes(_part(number, "ids"), _npy(np.asarray(I, np.int64)))
+        self.rows.inc(len(rows))
+        yield number
+
+
+def graph_with_beam(
+    index_uri: str,
+    store_uri: str,
+    row_ids: np.ndarray,
+    k: int,
+    out_dir: str | Path,
+    work_dir: str,
+    *,
+    chunk_rows: int = CHUNK_ROWS,
+    beam_args: Sequence[str] = (),
+    test_pipeline: beam.Pipeline | None = None,
+    progress: bool = True,
+) -> NeighbourGraph:
+    """The neighbour graph of ``row_ids`` for k, its queries run on Beam workers.
+
+    Args:
+        index_uri: the published index over the rows (a folder or gs://).
+        store_uri: the published store of their vectors (a folder or gs://).
+        row_ids: the rows to cover (normally U).
+        k: neighbours per row, the query itself excluded.
+        out_dir: the graph folder on this machine; replaced whole if it exists.
+        work_dir: an empty folder (or gs:// prefix) every worker can write, for the parts.
+        chunk_rows: rows in one element (one batched query).
+        beam_args: Beam pipeline options (default: the in-process FnApiRunner).
+        test_pipeline: a pipeline to run on instead (tests).
+        progress: a progress bar while the parts are assembled.
+    """
+    from seals_al.index.directory import open_index_dir
+    from seals_al.index.neighbours import _describe
+    from seals_al.published import materialize, open_folder
+    from seals_al.storage import open_storage
+    from seals_al.store import EmbeddingStore
+
+    if chunk_rows < 1:
+        raise SealsError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    # What the workers will open, opened here first: a missing store or index fails now, naming it.
+    folder = open_folder(store_uri)
+    if folder is None:
+        raise SealsError(f"{store_uri}: no embeddings store is published here")
+    store = EmbeddingStore.open(folder, access="rows")
+    description = _describe(open_index_dir(materialize(index_uri, "an index directory", progress=progress)))
+    row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
+    # Plain lists of ints: an element crosses to the workers without pickling.
+    ranges = [
+        (n, row_ids[s : s + chunk_rows].tolist()) for n, s in enumerate(range(0, len(row_ids), chunk_rows))
+    ]
+    options = beam_options(beam_args)
+    with test_pipeline or beam.Pipeline(options=options) as p:
+        _ = (
+            p
+            | "Ranges" >> beam.Create(ranges)
+            | "Spread" >> beam.Reshuffle()  # ranges go to every worker, not the first one
+            | "Query" >> beam.ParDo(QueryRows(index_uri, store_uri, k, work_dir))
+        )
+    parts = open_storage(work_dir)
+
+    def lists() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for number, _ in ranges:
+            sims = np.load(io.BytesIO(parts.read_bytes(_part(number, "sims"))), allow_pickle=False)
+            ids = np.load(io.BytesIO(parts.read_bytes(_part(number, "ids"))), allow_pickle=False)
+            yield sims, ids
+
+    return write_graph(out_dir, store, row_ids, k, description, lists(), progress=progress)
+
+
+def publish_graph(
+    index_uri: str,
+    store_uri: str,
+    k: int,
+    *,
+    beam_args: Sequence[str] = (),
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    test_pipeline: beam.Pipeline | None = None,
+) -> str:
+    """Build the graph of every row of the store for k, its queries on Beam workers, and put it
+    where a round over this index finds it instead of building it: under a gs:// index's
+    ``graphs/`` folder, with the records a round on any pod reads by range; for a local index,
+    in this machine's cache (where a round on this machine looks). Returns where it is.
+
+    The round finds it when its U is the store's every row (as the index was built over), its
+    index is ``index_uri`` and its k is ``k``: the graph is named as
+    :func:`~seals_al.index.neighbours.cached_neighbour_graph` names it.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+    import uuid
+
+    from seals_al.index.directory import open_index_dir
+    from seals_al.index.neighbours import GRAPH_FORMAT, _name, locality_order, write_records
+    from seals_al.published import materialize, open_folder, output_folder
+    from seals_al.storage import default_cache_dir, is_remote, open_storage
+    from seals_al.store import EmbeddingStore, rows_digest
+
+    if k < 1:
+        raise SealsError(f"--graph-k must be at least 1, got {k}")
+    cache = Path(cache_dir or default_cache_dir())
+    index_folder = open_folder(index_uri, cache, ("manifest.json",))
+    if index_folder is None or not index_folder.has("manifest.json"):
+        raise SealsError(f"{index_uri}: not an index directory (no manifest.json)")
+    key = "index " + hashlib.sha256(index_folder.read_bytes("manifest.json")).hexdigest()
+    store_folder = open_folder(store_uri, cache)
+    if store_folder is None:
+        raise SealsError(f"{store_uri}: no embeddings store is published here")
+    store = EmbeddingStore.open(store_folder, access="rows")
+    rows = np.sort(np.asarray(store.row_ids, np.int64))
+    if k >= len(rows):
+        raise SealsError(
+            f"--graph-k {k}: the store has {len(rows):,} rows, so at most {len(rows) - 1:,} neighbours"
+        )
+    name = _name(rows_digest(rows), store.digest(), key, k)
+    remote = is_remote(index_uri)
+    target = f"{index_uri.rstrip('/')}/graphs/k{k}-{name}" if remote else str(cache / "graphs" / name)
+    if remote:
+        work = f"{index_uri.rstrip('/')}/graphs/work-{uuid.uuid4().hex}"
+    else:
+        cache.mkdir(parents=True, exist_ok=True)
+        work = tempfile.mkdtemp(prefix="graph-work-", dir=cache)
+    try:
+        with output_folder(target, GRAPH_FORMAT, cache, progress) as out:
+            graph_with_beam(
+                index_uri, store_uri, rows, k, out, work, beam_args=beam_args, progress=progress,
+                test_pipeline=test_pipeline,
+            )  # fmt: skip
+            if remote:  # a round on another pod reads the arrivals' records by range
+                index = open_index_dir(materialize(index_uri, "an index directory", cache, progress))
+                write_records(
+                    out, store.local_copy(cache, progress), locality_order(index, rows), progress=progress
+                )
+    finally:
+        if remote:
+            parts = open_storage(work)
+            for name_ in parts.list():
+                parts.delete(name_)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return target
