@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -305,7 +306,7 @@ def test_score_on_gcs_and_a_model_that_does_not_fit_the_data(trained, tmp_path, 
         ),
         (["--out", str(tmp_path / "x.csv")], "x.csv: the output must be a .parquet file"),
         (["--out", str(tmp_path / "x.parquet"), "--no_such_option"], "unknown option(s): --no_such_option"),
-        (["--out", str(tmp_path / "x.parquet"), "--runner=DataflowRunner"], "Beam's local runners only"),
+        (["--out", str(tmp_path / "x.parquet"), "--runner=DataflowRunner"], "which its workers do not see"),
     ):
         assert main(["score", trained.storage.uri, *bad]) == 2
         assert message in capsys.readouterr().err
@@ -374,3 +375,42 @@ def test_a_campaign_over_a_folder_takes_in_a_new_file_and_scores_just_its_items(
     assert grown.dataset().prepared.count == before + 12
     assert main(["score", uri, "--out", str(tmp_path / "new.parquet"), "--new-only"]) == 0
     assert sorted(read_scores(str(tmp_path / "new.parquet"))["id"]) == sorted(r["id"] for r in extra)
+
+
+def test_a_gcs_campaign_is_scored_by_worker_processes_reading_the_published_store_by_range(
+    tmp_path, clinc_slice, gcs_emulator, monkeypatch, capsys
+):
+    """Workers read the store's shards from object storage (their own ranges), the model and
+    their work folder there: no path only the driver has, so any runner can run them (Beam's
+    local runners only, before). Two worker processes give the in-process scores; the driver
+    copies no store, and the work folder is gone after."""
+    from seals_al.embed.pipeline import ensure_embeddings
+    from seals_al.storage import open_storage
+
+    root = f"gs://{BUCKET}/score/{uuid.uuid4().hex}"
+    store = f"{root}/embeddings"
+    monkeypatch.setenv("SEALS_CACHE_DIR", str(tmp_path / "pod-1"))
+    ensure_embeddings(str(clinc_slice), store)
+    config = CampaignConfig.from_yaml(
+        write_config(tmp_path, clinc_slice, tmp_path / "pod-1", embeddings=store)
+    )
+    config = replace(config, dataset=replace(config.dataset, cache_dir=None))  # each pod its own
+    uri = f"{root}/campaign"
+    init(config, uri)
+    Campaign(uri, progress=False).round()
+    in_process = tmp_path / "in-process.parquet"
+    assert main(["score", uri, "--out", str(in_process)]) == 0
+
+    pod = tmp_path / "pod-2"  # the driver: a new pod, an empty cache
+    monkeypatch.setenv("SEALS_CACHE_DIR", str(pod))
+    workers = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    by_workers = tmp_path / "workers.parquet"
+    assert main(["score", uri, "--out", str(by_workers), *workers]) == 0, capsys.readouterr().err
+    expected, found = read_scores(str(in_process)), read_scores(str(by_workers))
+    assert found["id"] == expected["id"]
+    np.testing.assert_allclose(found["score"], expected["score"], rtol=1e-6, atol=1e-9)
+    assert not list(pod.rglob("shard-*.npy")), "the driver copied no store: workers read it by range"
+    monkeypatch.setenv("SEALS_CACHE_DIR", str(tmp_path / "pod-3"))
+    assert main(["score", uri, "--out", str(tmp_path / "again.parquet")]) == 0
+    assert list((tmp_path / "pod-3").rglob("shard-*.npy")), "in one process, the store is copied first"
+    assert not [k for k in open_storage(uri).list("scores") if "/work-" in k], "the work folder is removed"

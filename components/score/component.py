@@ -32,9 +32,10 @@ def score(
         new_only: score only the items that no earlier score run scored (a recurring run).
         precisions: where the operating thresholds are: comma-separated precisions on the evaluation
             split.
-        beam_args: Beam pipeline options; with any, a Beam pipeline (RunInference) scores, on
-            one of Beam's local runners (its workers map the store in this pod); none (the
-            default) scores in this pod's own process, faster.
+        beam_args: Beam pipeline options; with any, a Beam pipeline (RunInference) scores: on
+            any runner for a campaign on gs:// over a published store (its workers read their
+            ranges of the store there), else on Beam's local runners; none (the default) scores
+            in this pod's own process, faster.
         workspace: the run's shared workspace (KFP's workspace path), used as the cache of
             downloaded stores, indexes, graphs and prepared data; "" for a pod-local cache.
 

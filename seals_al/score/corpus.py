@@ -6,8 +6,9 @@ and write them ranked.
 The items are the campaign's data as it is now (:mod:`seals_al.prepared`: an item not embedded yet
 is embedded first, with the campaign's encoder). The classifier then runs over the stored
 embeddings in this process (:func:`.stored.score_in_process`), or, when Beam pipeline options are
-given, in an Apache Beam pipeline on one of Beam's local runners (:func:`.pipeline.score_with_beam`:
-RunInference).
+given, in an Apache Beam pipeline (:func:`.pipeline.score_with_beam`: RunInference): on any runner
+for a campaign on gs:// over a published store (its workers read their ranges of the store, the
+model and their work folder there), on Beam's local runners otherwise.
 
 The driver then ranks the scores::
 
@@ -23,9 +24,10 @@ from __future__ import annotations
 import io
 import tempfile
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,7 +41,6 @@ from seals_al.storage import open_storage, split_uri
 
 if TYPE_CHECKING:
     from seals_al.campaign import Campaign
-    from seals_al.dataset import Dataset
 
 SCORED_IDS = "scores/scored-ids.npy"  # uint64, sorted: the hashes of every item id scored so far
 LAST_SUMMARY = "scores/last.json"
@@ -141,10 +142,10 @@ def score_campaign(
         What was scored and how many items are above each threshold.
     """
     started = time.perf_counter()
-    if beam_args:  # a runner that cannot run here is refused before any work
-        from seals_al.score.pipeline import local_options
+    if beam_args:  # a runner whose workers cannot see the work folder is refused before any work
+        from seals_al.score.pipeline import runner_options
 
-        local_options(beam_args)
+        runner_options(beam_args, {"the campaign": campaign.storage.uri})
     model = read_model(model_uri) if model_uri else export_round(campaign, r, precisions)
     if model.concept != campaign.config.concept:
         raise SealsError(
@@ -160,7 +161,7 @@ def score_campaign(
     before = _scored_ids(campaign) if new_only else np.zeros(0, np.uint64)
     if new_only:
         items = items[~_among(ids_hash[items], before)]
-    scores = _score(dataset, items, model, beam_args, campaign.progress)
+    scores = _score(campaign, items, model, beam_args)
     order = ranked(scores)
     ids = dataset.prepared.ids_at(items[order])
     written = _write_parquet(out, ids, scores[order])
@@ -184,32 +185,51 @@ def score_campaign(
 
 
 def _score(
-    dataset: Dataset, items: np.ndarray, model: ExportedModel, beam_args: Sequence[str], progress: bool
+    campaign: Campaign, items: np.ndarray, model: ExportedModel, beam_args: Sequence[str]
 ) -> np.ndarray:
     """The items' scores, in the order given (scored in storage order): in this process, or by a
     Beam pipeline when Beam options are given."""
+    from seals_al.storage import is_remote
     from seals_al.store import EmbeddingStore
 
     if not len(items):
         return np.zeros(0, np.float64)
+    dataset = campaign.dataset()
     positions = dataset.store.positions(dataset.prepared.row_ids_at(items))
     order = np.argsort(positions, kind="stable")
     scores = np.empty(len(items), np.float64)
-    local = dataset.scan_store()  # scoring reads every row: a published store is copied here first
     if not beam_args:
+        local = dataset.scan_store()  # scoring reads every row: a published store is copied here first
         store = EmbeddingStore.open(local.path, access="mapped")
-        scores[order] = score_in_process(store, positions[order], model, progress=progress)
+        scores[order] = score_in_process(store, positions[order], model, progress=campaign.progress)
         return scores
     from seals_al.score.pipeline import score_with_beam  # imports Beam
 
-    with tempfile.TemporaryDirectory(prefix="seals-score-") as tmp:
-        model_uri = write_model(model, str(Path(tmp) / "model.json"))
-        work = Path(tmp) / "work"
-        work.mkdir()
-        scores[order] = score_with_beam(
-            str(local.path), positions[order], model_uri, str(work), beam_args=beam_args
-        )
+    # Workers read a published store where it is (each its own ranges), else this machine's copy.
+    store_uri = dataset.store.uri if is_remote(dataset.store.uri) else str(dataset.scan_store().path)
+    with _work_folder(campaign) as work:
+        model_uri = write_model(model, f"{work}/model.json")
+        scores[order] = score_with_beam(store_uri, positions[order], model_uri, work, beam_args=beam_args)
     return scores
+
+
+@contextmanager
+def _work_folder(campaign: Campaign) -> Iterator[str]:
+    """An empty folder for the model and the workers' parts, removed after: under a gs://
+    campaign's ``scores/`` (every worker sees it), else a temporary folder on this machine."""
+    from seals_al.storage import is_remote, open_storage
+
+    if not is_remote(campaign.storage.uri):
+        with tempfile.TemporaryDirectory(prefix="seals-score-") as tmp:
+            yield tmp
+        return
+    work = campaign.storage.where(f"scores/work-{uuid.uuid4().hex}")
+    try:
+        yield work
+    finally:
+        parts = open_storage(work)
+        for key in parts.list():
+            parts.delete(key)
 
 
 def _scored_ids(campaign: Campaign) -> np.ndarray:

@@ -1,17 +1,18 @@
 """The classifier over stored embeddings as an Apache Beam pipeline: RunInference over ranges of
-storage positions, each worker loading the exported model (JSON) and mapping the store once, each
+storage positions, each worker loading the exported model (JSON) and opening the store once, each
 range's scores written to a work folder the driver reads back in order.
 
-The store it maps is the campaign's prepared data in this machine's cache, so its workers must run
-here: Beam's local runners only (:data:`LOCAL_RUNNERS`; another is refused before anything runs).
-In one process :func:`.stored.score_in_process` is faster (docs/BENCHMARKS.md).
+Workers read the store, the model and the work folder by URI: on gs:// (a published store, a
+gs:// campaign's work folder) they may run anywhere, on any runner, each reading only its ranges
+of the store; with anything local, only where that is, on Beam's local runners
+(:data:`LOCAL_RUNNERS`; another is refused before anything runs, naming the path). In one process
+:func:`.stored.score_in_process` is faster (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
@@ -32,15 +33,21 @@ class StoredEmbeddingsHandler(ModelHandler[tuple[int, int], PredictionResult, St
     shard, its inference those rows' P(concept). The model (JSON) and the store are opened once per
     worker, and no vector crosses a stage boundary: each range is read where it is scored."""
 
-    def __init__(self, model_uri: str, store_path: str):
+    def __init__(self, model_uri: str, store_uri: str):
         super().__init__()
         self.model_uri = model_uri
-        self.store_path = store_path
+        self.store_uri = store_uri
 
     def load_model(self) -> StoredScorer:
+        from seals_al.published import open_folder
+        from seals_al.storage import is_remote
         from seals_al.store import EmbeddingStore
 
-        return StoredScorer(read_model(self.model_uri), EmbeddingStore.open(self.store_path, access="mapped"))
+        folder = open_folder(self.store_uri)  # gs://: read where it is, only this worker's ranges
+        if folder is None:
+            raise SealsError(f"{self.store_uri}: no embeddings store is published here")
+        access = "rows" if is_remote(self.store_uri) else "mapped"
+        return StoredScorer(read_model(self.model_uri), EmbeddingStore.open(folder, access=access))
 
     def run_inference(
         self, batch: Sequence[tuple[int, int]], model: StoredScorer, inference_args: dict | None = None
@@ -58,20 +65,26 @@ class WriteScores(beam.DoFn):
         self.work_dir = work_dir
         self.rows = beam.metrics.Metrics.counter("seals", "rows_scored")
 
-    def process(self, element: tuple[int, PredictionResult]) -> Iterator[int]:
-        from apache_beam.io.filesystems import FileSystems
+    def setup(self) -> None:
+        from seals_al.storage import open_storage
 
+        self.out = open_storage(self.work_dir)
+
+    def process(self, element: tuple[int, PredictionResult]) -> Iterator[int]:
         number, result = element
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(result.inference, dtype=np.float64), allow_pickle=False)
-        with FileSystems.create(f"{self.work_dir}/scores-{number:06d}.npy") as f:
-            f.write(buffer.getvalue())
+        self.out.write_bytes(_part(number), buffer.getvalue())
         self.rows.inc(len(result.inference))
         yield number
 
 
+def _part(number: int) -> str:
+    return f"scores-{number:06d}.npy"
+
+
 def score_with_beam(
-    store_path: str,
+    store_uri: str,
     positions: np.ndarray,
     model_uri: str,
     work_dir: str,
@@ -83,44 +96,58 @@ def score_with_beam(
     """P(concept) of the rows at these storage positions, through the Beam pipeline.
 
     Args:
-        store_path: the embeddings store.
+        store_uri: the embeddings store (a folder, or a published gs:// store).
         positions: sorted, unique storage positions to score.
-        model_uri: an exported model (JSON) each worker loads.
-        work_dir: an empty folder where workers write each range's scores.
+        model_uri: an exported model (JSON) each worker loads (a path or gs://).
+        work_dir: an empty folder (or gs:// prefix) where workers write each range's scores.
         chunk_rows: the most rows in one element.
-        beam_args: Beam pipeline options (default: the in-process FnApiRunner); the runner must be
-            one of :data:`LOCAL_RUNNERS`.
+        beam_args: Beam pipeline options (default: the in-process FnApiRunner); a runner whose
+            workers may run elsewhere needs the store, the model and the work folder on gs://.
         test_pipeline: a pipeline to run on instead (tests).
 
     Returns:
         float64 scores, one per position, in the order given.
     """
+    from seals_al.published import open_folder
+    from seals_al.storage import open_storage
     from seals_al.store import EmbeddingStore
 
     positions = checked_positions(positions)
-    options = local_options(beam_args)
-    starts = EmbeddingStore.open(store_path).shard_starts
+    options = runner_options(
+        beam_args, {"the store": store_uri, "the model": model_uri, "the work folder": work_dir}
+    )
+    folder = open_folder(store_uri)
+    if folder is None:
+        raise SealsError(f"{store_uri}: no embeddings store is published here")
+    starts = EmbeddingStore.open(folder, access="rows").shard_starts
     ranges = list(enumerate(position_ranges(positions, starts, chunk_rows)))
     with test_pipeline or beam.Pipeline(options=options) as p:
         _ = (
             p
             | "Ranges" >> beam.Create(ranges)
-            | "Classify" >> RunInference(KeyedModelHandler(StoredEmbeddingsHandler(model_uri, store_path)))
+            | "Classify" >> RunInference(KeyedModelHandler(StoredEmbeddingsHandler(model_uri, store_uri)))
             | "Write" >> beam.ParDo(WriteScores(work_dir))
         )
-    parts = [np.load(Path(work_dir) / f"scores-{i:06d}.npy", allow_pickle=False) for i, _ in ranges]
-    return np.concatenate(parts) if parts else np.zeros(0, np.float64)
+    parts = open_storage(work_dir)
+    scores = [np.load(io.BytesIO(parts.read_bytes(_part(i))), allow_pickle=False) for i, _ in ranges]
+    return np.concatenate(scores) if scores else np.zeros(0, np.float64)
 
 
-def local_options(beam_args: Sequence[str]) -> PipelineOptions:
-    """Beam options whose runner's workers run on this machine; else an error naming the runner."""
+def runner_options(beam_args: Sequence[str], paths: dict[str, str]) -> PipelineOptions:
+    """Beam options; a runner whose workers may run on other machines (not one of
+    :data:`LOCAL_RUNNERS`) is refused, naming the path, while any of ``paths`` is on this
+    machine's disk only."""
+    from seals_al.storage import is_remote
+
     options = beam_options(beam_args)
     runner = options.view_as(StandardOptions).runner
     name = runner if isinstance(runner, str) else type(runner).__name__
-    if name not in LOCAL_RUNNERS:
+    local = {what: path for what, path in paths.items() if not is_remote(path)}
+    if name not in LOCAL_RUNNERS and local:
+        what, path = next(iter(local.items()))
         raise SealsError(
-            f"--runner {name}: scoring reads the embeddings from this machine's cache, so it runs on "
-            f"Beam's local runners only ({', '.join(LOCAL_RUNNERS)}); without Beam options it scores "
-            "in this process, faster"
+            f"--runner {name}: {what}, {path}, is on this machine's disk, which its workers do not "
+            f"see; score a campaign on gs:// over a published store (or use one of Beam's local "
+            f"runners: {', '.join(LOCAL_RUNNERS)})"
         )
     return options
