@@ -87,6 +87,9 @@ class Cluster:
     retries: int = 2
     backoff: str = "60s"
     label_studio_secret: str = "label-studio"  # "" = no Label Studio step or Secret
+    # Beam options for the steps that read all of U (embed, the neighbour graph, score), e.g.
+    # ("--runner=DataflowRunner", "--project=p", ...); () = each runs in its own pod.
+    beam_args: tuple[str, ...] = ()
 
     def with_resources(self, overrides: Mapping[str, str]) -> Cluster:
         """These settings with some components' resources replaced (``{"select_round": "4,16Gi"}``)."""

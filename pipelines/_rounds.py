@@ -24,14 +24,19 @@ Labeler = Callable[[dsl.pipeline_channel.PipelineChannel, int], dsl.PipelineTask
 def prepare(
     cluster: Cluster,
     items_uri, embeddings_uri, index_uri, id_column, text_column, split_column, eval_split, factory, nprobe,
+    k,
 ) -> dsl.PipelineTask:  # fmt: skip
-    """embed then build_index; both reuse what is already published, so re-runs skip them."""
+    """embed then build_index; both reuse what is already published, so re-runs skip them. With
+    the cluster's Beam options, embed runs on that runner, and build_index builds the neighbour
+    graph for k on it too (else the first round builds it in its own pod)."""
+    beam_args = list(cluster.beam_args)
     embedded = cluster.step(
         embed,
         items_uri=items_uri,
         embeddings_uri=embeddings_uri,
         id_column=id_column,
         text_column=text_column,
+        beam_args=beam_args,
     )
     return cluster.step(
         build_index,
@@ -43,6 +48,8 @@ def prepare(
         id_column=id_column,
         split_column=split_column,
         eval_split=eval_split,
+        graph_k=k if beam_args else 0,
+        beam_args=beam_args,
     )
 
 
@@ -107,7 +114,12 @@ def one_round(
         reported.set_display_name(f"round {r}: report")
         if score_corpus is not None:
             with dsl.If(score_corpus == True, name="score-corpus"):  # noqa: E712
-                scored = cluster.step(score, campaign_uri=campaign_uri, new_only=score_new_only)
+                scored = cluster.step(
+                    score,
+                    campaign_uri=campaign_uri,
+                    new_only=score_new_only,
+                    beam_args=list(cluster.beam_args),
+                )
                 scored.after(reported).set_display_name(f"round {r}: score the corpus")
         if cluster.label_studio_secret:
             pushed = cluster.step(label_studio_push, campaign_uri=campaign_uri).after(selected)

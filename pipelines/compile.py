@@ -5,6 +5,7 @@ so the core package never imports kfp; kfp is imported only when the command run
 """
 
 import argparse
+import shlex
 from pathlib import Path
 
 COMPILED = Path(__file__).resolve().parent / "compiled"
@@ -67,6 +68,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help='the Kubernetes Secret (keys url, api-key) the Label Studio steps read; "" for no '
         "Label Studio step",
     )
+    p.add_argument(
+        "--beam-args",
+        dest="cluster_beam_args",  # not beam_args: the command line's own Beam options go there
+        default="",
+        metavar='"--runner=DataflowRunner --project=P ..."',
+        help="Beam options for embed, the neighbour graph (built by build_index) and score, as one "
+        'string (write --beam-args="..."); "" (default): each runs in its own pod',
+    )
     p.set_defaults(handler=_compile)
 
 
@@ -80,12 +89,21 @@ def _compile(args: argparse.Namespace, console) -> int:
         if not sep:
             raise SealsError(f"--resources {text!r}: expected COMPONENT=CPU,MEMORY")
         overrides[name] = value
+    beam_args = tuple(shlex.split(args.cluster_beam_args))
+    if beam_args:
+        from seals_al.beam_options import beam_options
+
+        try:
+            beam_options(beam_args)  # an unknown option fails now, not in a pod of every run
+        except SealsError as e:
+            raise SealsError(f"--beam-args: {e}") from e
     try:
         cluster = Cluster(
             args.workspace_size,
             args.storage_class,
             retries=args.retries,
             label_studio_secret=args.label_studio_secret,
+            beam_args=beam_args,
         )
         cluster = cluster.with_resources(overrides)
     except ValueError as e:

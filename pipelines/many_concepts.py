@@ -55,7 +55,7 @@ def make_many_concepts(max_rounds: int = MAX_ROUNDS, parallelism: int = 4, clust
     ):
         index = prepare(
             cluster, items_uri, embeddings_uri, index_uri, id_column, text_column, split_column, eval_split,
-            index_factory, nprobe,
+            index_factory, nprobe, k,
         )  # fmt: skip
         with dsl.ParallelFor(concepts, parallelism=parallelism) as concept:
             campaign = start_campaign(

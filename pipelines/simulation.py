@@ -63,7 +63,7 @@ def make_simulation(max_rounds: int = MAX_ROUNDS, cluster: Cluster = DEFAULT):
     ):
         index = prepare(
             cluster, items_uri, embeddings_uri, index_uri, id_column, text_column, split_column, eval_split,
-            index_factory, nprobe,
+            index_factory, nprobe, k,
         )  # fmt: skip
         campaign = start_campaign(cluster, index, locals())
         rounds(cluster, campaign, max_rounds, oracle(cluster), target_metric, target_value)

@@ -401,16 +401,48 @@ def index_over_u(
     Returns:
         (the manifest, whether an existing index was reused).
     """
-    config = DataConfig(
+    from seals_al.index.directory import ensure_index_dir
+
+    config = _data(items, embeddings, id_column, split_column, eval_split, index_factory=factory)
+    dataset = Dataset.prepare(config, access="mapped")  # an index build reads every row of U
+    dataset.check_factory()
+    return ensure_index_dir(dataset.store, out_dir, factory, row_ids=dataset.u_rows, **options)
+
+
+def graph_over_u(
+    items: str,
+    embeddings: str,
+    index_uri: str,
+    k: int,
+    *,
+    id_column: str = "id",
+    split_column: str | None = None,
+    eval_split: str = "test",
+    beam_args: Sequence[str] = (),
+) -> str:
+    """The neighbour graph of U for k over the index :func:`index_over_u` built, its queries on
+    Beam workers (:func:`seals_al.index.graph_pipeline.publish_graph`), put where a campaign's
+    first round over that index finds it (so it builds none). Kept when it is there already.
+
+    Returns:
+        Where the graph is.
+    """
+    from seals_al.index.graph_pipeline import publish_graph
+
+    config = _data(items, embeddings, id_column, split_column, eval_split, index=index_uri)
+    dataset = Dataset.prepare(config, access="rows")
+    return publish_graph(index_uri, dataset.store.uri, k, rows=dataset.u_rows, beam_args=beam_args)
+
+
+def _data(
+    items: str, embeddings: str, id_column: str, split_column: str | None, eval_split: str, **more
+) -> DataConfig:
+    """The data settings of a step over U that a pipeline runs before any campaign exists."""
+    return DataConfig(
         data=items,
         id_column=id_column,
         split_column=split_column,
         eval_split=eval_split,
         embeddings=embeddings,
-        index_factory=factory,
+        **more,
     )
-    from seals_al.index.directory import ensure_index_dir
-
-    dataset = Dataset.prepare(config, access="mapped")  # an index build reads every row of U
-    dataset.check_factory()
-    return ensure_index_dir(dataset.store, out_dir, factory, row_ids=dataset.u_rows, **options)

@@ -134,3 +134,44 @@ def test_build_index_refuses_beam_options_without_a_graph_and_a_bad_graph_k_befo
     assert main(["build-index", store, str(out), "--graph-k", "5", "--no_such_beam_option=1"]) == 2
     assert "unknown option(s): --no_such_beam_option" in capsys.readouterr().err
     assert not out.exists(), "refused before any index was built"
+
+
+def test_the_graph_of_u_over_a_split_is_found_by_the_first_round_on_another_pod(
+    tmp_path, clinc_slice, gcs_emulator, monkeypatch
+):
+    """What the build_index component runs with graph_k (the pipelines' Beam options set): the
+    graph of U (the items outside the evaluation split) over the index of U, on Beam workers,
+    published beside the index; a campaign's first round, in a pod with an empty cache, reads it
+    and builds none. Asking again keeps it."""
+    import uuid
+    from dataclasses import replace
+
+    from seals_al.campaign import Campaign, CampaignConfig, init
+    from seals_al.dataset import graph_over_u, index_over_u
+    from seals_al.embed.pipeline import ensure_embeddings
+
+    from .conftest import BUCKET
+    from .test_campaign import write_config
+
+    root = f"gs://{BUCKET}/graph-of-u/{uuid.uuid4().hex}"
+    store, index = f"{root}/embeddings", f"{root}/index"
+    monkeypatch.setenv("SEALS_CACHE_DIR", str(tmp_path / "builder"))
+    ensure_embeddings(str(clinc_slice), store)
+    index_over_u(str(clinc_slice), store, index, "IVF8,Flat", split_column="split", recall_queries=0)
+    where = graph_over_u(
+        str(clinc_slice), store, index, 10, split_column="split", beam_args=TWO_WORKER_PROCESSES
+    )
+    assert where.startswith(f"{index}/graphs/k10-")
+    published = set(open_storage(f"{index}/graphs").list())
+    assert graph_over_u(str(clinc_slice), store, index, 10, split_column="split") == where, "kept"
+
+    monkeypatch.setenv("SEALS_CACHE_DIR", str(tmp_path / "round-pod"))
+    config = CampaignConfig.from_yaml(
+        write_config(tmp_path, clinc_slice, tmp_path, embeddings=store, index=index)
+    )
+    init(replace(config, dataset=replace(config.dataset, cache_dir=None)), f"{root}/campaign")
+    campaign = Campaign(f"{root}/campaign", progress=False)
+    campaign.round()
+    assert campaign.state().round == 0
+    assert set(open_storage(f"{index}/graphs").list()) == published, "nothing built or published again"
+    assert not (tmp_path / "round-pod" / "graphs").exists()

@@ -360,3 +360,26 @@ def _all_tasks(spec: dict) -> list[str]:
     for component in spec["components"].values():
         names += list(component.get("dag", {}).get("tasks", {}))
     return names
+
+
+def test_one_compile_option_hands_embed_the_graph_and_score_to_a_beam_runner(tmp_path):
+    """`seals-al compile --beam-args="..."`: embed, build_index (which then builds the neighbour
+    graph for the campaign's k on that runner, not the first round in its pod) and score get the
+    same Beam options; an option no Beam options class knows fails the compile, naming it."""
+    import yaml
+
+    options = "--runner=DataflowRunner --project=p --region=europe-west1 --temp_location=gs://b/tmp"
+    done = compiled_with(tmp_path, f"--beam-args={options}")
+    assert done.returncode == 0, done.stderr
+    expected = {"runtimeValue": {"constant": options.split()}}
+    spec, _ = yaml.safe_load_all((tmp_path / "seals_looped.yaml").read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["embed"]["inputs"]["parameters"]["beam_args"] == expected
+    assert tasks["build-index"]["inputs"]["parameters"]["beam_args"] == expected
+    assert tasks["build-index"]["inputs"]["parameters"]["graph_k"] == {"componentInputParameter": "k"}
+    spec, _ = yaml.safe_load_all((tmp_path / "seals_one_round.yaml").read_text())
+    score = spec["components"]["comp-condition-2"]["dag"]["tasks"]["score"]
+    assert score["inputs"]["parameters"]["beam_args"] == expected
+    done = compiled_with(tmp_path / "bad", "--beam-args=--runner=DataflowRunner --no_such_option=1")
+    assert done.returncode == 2
+    assert "--beam-args: unknown option(s): --no_such_option" in done.stderr

@@ -21,6 +21,8 @@ def build_index(
     id_column: str = "id",
     split_column: str = "",
     eval_split: str = "test",
+    graph_k: int = 0,
+    beam_args: list = [],  # noqa: B006 (KFP reads the default from the signature)
     workspace: str = "",
 ) -> NamedTuple("Outputs", [("index_uri", str), ("skipped", bool)]):
     """Build the faiss index over U (items outside the evaluation split, so no evaluation item is ever a
@@ -41,6 +43,10 @@ def build_index(
         id_column: the external id column.
         split_column: the split column ("" when every item is in U).
         eval_split: the split held out for evaluation (never indexed, never selectable).
+        graph_k: also build the neighbour graph of U for this k (the campaign's), where its first
+            round finds it (0: leave it to that round, in its own pod).
+        beam_args: Beam pipeline options the graph's queries run with, e.g.
+            ["--runner=DataflowRunner", "--project=..."] (default: in this pod).
         workspace: the run's shared workspace (KFP's workspace path), used as the cache of
             downloaded stores, indexes, graphs and prepared data; "" for a pod-local cache.
 
@@ -67,6 +73,19 @@ def build_index(
         train_size=train_size,
         recall_queries=recall_queries,
     )
+    if graph_k:
+        from seals_al.dataset import graph_over_u
+
+        graph_over_u(
+            items_uri,
+            embeddings_uri,
+            index_uri,
+            graph_k,
+            id_column=id_column,
+            split_column=split_column or None,
+            eval_split=eval_split,
+            beam_args=[str(a) for a in beam_args],
+        )
     index_metrics.log_metric("vectors", manifest["ntotal"])
     index_metrics.log_metric("build_seconds", round(manifest["build_seconds"], 3))
     if "recall" in manifest:

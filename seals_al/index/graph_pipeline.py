@@ -138,6 +138,7 @@ def publish_graph(
     store_uri: str,
     k: int,
     *,
+    rows: np.ndarray | None = None,
     beam_args: Sequence[str] = (),
     cache_dir: str | Path | None = None,
     progress: bool = True,
@@ -148,9 +149,10 @@ def publish_graph(
     ``graphs/`` folder, with the records a round on any pod reads by range; for a local index,
     in this machine's cache (where a round on this machine looks). Returns where it is.
 
-    The round finds it when its U is the store's every row (as the index was built over), its
-    index is ``index_uri`` and its k is ``k``: the graph is named as
-    :func:`~seals_al.index.neighbours.cached_neighbour_graph` names it.
+    ``rows``: U's row ids (default: every row of the store, what ``build-index`` indexes). A
+    round finds the graph when its U is these rows, its index is ``index_uri`` and its k is
+    ``k``: it is named as :func:`~seals_al.index.neighbours.cached_neighbour_graph` names it. One
+    published (or cached) already is kept, not built again.
     """
     import hashlib
     import shutil
@@ -174,7 +176,7 @@ def publish_graph(
     if store_folder is None:
         raise SealsError(f"{store_uri}: no embeddings store is published here")
     store = EmbeddingStore.open(store_folder, access="rows")
-    rows = np.sort(np.asarray(store.row_ids, np.int64))
+    rows = np.sort(np.asarray(store.row_ids if rows is None else rows, np.int64))
     if k >= len(rows):
         raise SealsError(
             f"--graph-k {k}: the store has {len(rows):,} rows, so at most {len(rows) - 1:,} neighbours"
@@ -182,6 +184,8 @@ def publish_graph(
     name = _name(rows_digest(rows), store.digest(), key, k)
     remote = is_remote(index_uri)
     target = f"{index_uri.rstrip('/')}/graphs/k{k}-{name}" if remote else str(cache / "graphs" / name)
+    if (open_folder(target, cache) is not None) if remote else (Path(target) / "manifest.json").is_file():
+        return target  # built (and published) before: the same rows, store, index and k
     if remote:
         work = f"{index_uri.rstrip('/')}/graphs/work-{uuid.uuid4().hex}"
     else:
