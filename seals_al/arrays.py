@@ -58,6 +58,40 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return out.getvalue()
 
 
+class NpyWriter:
+    """A .npy file of a known shape written row block after row block, in order, with plain
+    writes: what it holds never stays in this process's memory (a memory map's written pages
+    do, counted in its RSS, until the kernel writes them back)."""
+
+    def __init__(self, path: Path, dtype: np.dtype | type, shape: tuple[int, ...]):
+        self.path, self.dtype, self.shape, self.rows = path, np.dtype(dtype), shape, 0
+        self._f = open(path, "wb")  # noqa: SIM115 (closed by close() or on leaving a with block)
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(self._f, header)
+
+    def write(self, block: np.ndarray) -> None:
+        if block.shape[1:] != self.shape[1:] or self.rows + len(block) > self.shape[0]:
+            raise SealsError(
+                f"{self.path}: rows of shape {block.shape} at row {self.rows:,} do not fit {self.shape}"
+            )
+        self._f.write(np.ascontiguousarray(block, dtype=self.dtype).data)
+        self.rows += len(block)
+
+    def close(self) -> None:
+        self._f.close()
+        if self.rows != self.shape[0]:
+            raise SealsError(f"{self.path}: {self.rows:,} of {self.shape[0]:,} rows written")
+
+    def __enter__(self) -> NpyWriter:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:
+            self.close()  # checks every row came
+        else:
+            self._f.close()  # the writer's own error is what is raised
+
+
 def npy_header(path: str | Path | Source) -> tuple[tuple[int, ...], np.dtype, int]:
     """(shape, dtype, byte offset of the data) of a C-order .npy file of plain numbers, local or
     remote (its first bytes read: one request)."""

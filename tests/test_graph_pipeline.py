@@ -175,3 +175,16 @@ def test_the_graph_of_u_over_a_split_is_found_by_the_first_round_on_another_pod(
     assert campaign.state().round == 0
     assert set(open_storage(f"{index}/graphs").list()) == published, "nothing built or published again"
     assert not (tmp_path / "round-pod" / "graphs").exists()
+
+
+def test_lists_that_do_not_cover_the_rows_publish_no_graph(synthetic, tmp_path):
+    """Parts missing or doubled (a worker's output lost, a range written twice) are an error
+    naming the file, and no graph is left behind."""
+    from seals_al.index.neighbours import write_graph
+
+    rows = np.sort(synthetic.row_ids)
+    lists = np.zeros((100, 5), np.float32), np.zeros((100, 5), np.int64)
+    for chunks, message in (([lists], f"100 of {len(rows):,} rows written"), ([lists] * 20, "do not fit")):
+        with pytest.raises(SealsError, match=message):
+            write_graph(tmp_path / "graph", synthetic.store, rows, 5, "Flat", chunks, progress=False)
+        assert not (tmp_path / "graph").exists()

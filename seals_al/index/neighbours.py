@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from seals_al.arrays import ArrayFile, gather, sample_of, sorted_unique
+from seals_al.arrays import ArrayFile, NpyWriter, gather, sample_of, sorted_unique
 from seals_al.errors import SealsError
 from seals_al.index.build import due_for_training, search
 from seals_al.published import (
@@ -411,22 +411,17 @@ def write_graph(
         # short lists. Half the size: a 10M x 100 graph's lists fit in 4 GB of RAM.
         fits = len(store) == 0 or int(store.row_ids.max()) <= np.iinfo(np.int32).max
         id_type = np.int32 if fits else np.int64
-        ids = np.lib.format.open_memmap(tmp / "neighbours.npy", mode="w+", dtype=id_type, shape=shape)
-        sims = np.lib.format.open_memmap(tmp / "similarities.npy", mode="w+", dtype=np.float32, shape=shape)
-        at = 0
-        with tqdm(total=len(row_ids), desc=f"kNN graph k={k}", unit="row", disable=not progress) as bar:
+        with (
+            NpyWriter(tmp / "neighbours.npy", id_type, shape) as ids,
+            NpyWriter(tmp / "similarities.npy", np.float32, shape) as sims,
+            tqdm(total=len(row_ids), desc=f"kNN graph k={k}", unit="row", disable=not progress) as bar,
+        ):
             for D, I in lists:
-                if at + len(D) > len(row_ids) or D.shape[1:] != (k,) or I.shape != D.shape:
-                    raise SealsError(f"{out_dir}: lists of shape {D.shape} at row {at:,} do not fit {shape}")
-                sims[at : at + len(D)] = D
-                ids[at : at + len(D)] = I
-                at += len(D)
+                if I.shape != D.shape:
+                    raise SealsError(f"{out_dir}: ids of shape {I.shape} for similarities of shape {D.shape}")
+                sims.write(D)
+                ids.write(I)
                 bar.update(len(D))
-        if at != len(row_ids):
-            raise SealsError(f"{out_dir}: lists for {at:,} of {len(row_ids):,} rows")
-        ids.flush()
-        sims.flush()
-        del ids, sims
         manifest = {
             "format": GRAPH_FORMAT,
             "k": k,
