@@ -57,10 +57,10 @@ class QueryRows(beam.DoFn):
         self.store = EmbeddingStore.open(folder, access="rows")
         self.out = open_storage(self.work_dir)
 
-    def process(self, element: tuple[int, list[int]]) -> Iterator[int]:
+    def process(self, element: tuple[int, bytes]) -> Iterator[int]:
         from seals_al.index.build import search
 
-        number, rows = element[0], np.asarray(element[1], np.int64)
+        number, rows = element[0], np.frombuffer(element[1], "<i8")
         D, I = search(self.index, self.store.vectors(rows), self.k, rows)
         self.out.write_bytes(_part(number, "sims"), _npy(np.asarray(D, np.float32)))
         self.out.write_bytes(_part(number, "ids"), _npy(np.asarray(I, np.int64)))
@@ -110,9 +110,11 @@ def graph_with_beam(
     store = EmbeddingStore.open(folder, access="rows")
     description = _describe(open_index_dir(materialize(index_uri, "an index directory", progress=progress)))
     row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
-    # Plain lists of ints: an element crosses to the workers without pickling.
+    # Each range's row ids as little-endian int64 bytes: 8 bytes a row (32 KiB an element), and
+    # an element crosses to the workers without pickling.
     ranges = [
-        (n, row_ids[s : s + chunk_rows].tolist()) for n, s in enumerate(range(0, len(row_ids), chunk_rows))
+        (n, row_ids[s : s + chunk_rows].astype("<i8").tobytes())
+        for n, s in enumerate(range(0, len(row_ids), chunk_rows))
     ]
     options = beam_options(beam_args)
     with test_pipeline or beam.Pipeline(options=options) as p:
