@@ -197,7 +197,7 @@ class Campaign(StateReader):
         # Seeds may be any item of U (never of the evaluation split); later labels, the open batch.
         in_u = dataset.id_set(in_u=True)
         # After round 0, the open batch; and a tombstoned id, whose late label is kept in the history.
-        open_batch = in_u if state.round < 0 else {row["id"] for row in state.batch} | dataset.removed_ids
+        open_batch = in_u if state.round < 0 else state.batch_ids | dataset.removed_ids
         known = dataset.id_set()
         labeled = {i: dict(row) for i, row in state.labeled.items()}
         relabels, ingested = [], list(state.ingested)
