@@ -276,7 +276,9 @@ class Dataset:
         from seals_al.storage import is_remote
 
         if self.config.index and is_remote(self.config.index):
-            return f"{self.config.index.rstrip('/')}/graphs"
+            from seals_al.index.neighbours import graphs_of_index
+
+            return graphs_of_index(self.config.index)
         if not self.config.index and self.prepared.shared is not None:
             return f"{self.prepared.shared}/graphs"
         return None
@@ -296,7 +298,9 @@ class Dataset:
                 f"{self.config.index}: the index was not built over U ({self.u_count:,} rows outside "
                 f"the {self.config.eval_split!r} split); build it over those rows"
             )
-        return "index " + hashlib.sha256(manifest).hexdigest()
+        from seals_al.index.neighbours import index_key
+
+        return index_key(hashlib.sha256(manifest).hexdigest())
 
     def _index_base(self) -> tuple[str, str, str] | None:
         """(rows digest, store digest, key) of the index the configured one was extended from
@@ -304,17 +308,16 @@ class Dataset:
         grown = json.loads(self._index_manifest()).get("grown_from")
         if not grown:
             return None
-        return grown["rows_sha256"], grown["store_sha256"], "index " + grown["manifest_sha256"]
+        from seals_al.index.neighbours import index_key
+
+        return grown["rows_sha256"], grown["store_sha256"], index_key(grown["manifest_sha256"])
 
     def _index_manifest(self) -> bytes:
         """The configured index's manifest.json (read once, with its listing when on gs://)."""
         if self._index_manifest_bytes is None:
-            from seals_al.published import open_folder
+            from seals_al.index.directory import read_index_manifest
 
-            folder = open_folder(str(self.config.index), self.cache_dir, ("manifest.json",))
-            if folder is None or not folder.has("manifest.json"):
-                raise SealsError(f"{self.config.index}: not an index directory (no manifest.json)")
-            self._index_manifest_bytes = folder.read_bytes("manifest.json")
+            self._index_manifest_bytes = read_index_manifest(self.config.index, self.cache_dir)
         return self._index_manifest_bytes
 
     def check_factory(self) -> None:

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -114,6 +115,29 @@ def check_replaceable(path: str | Path, manifest_format: str) -> None:
             f"{path}: exists, is not empty and {held}, not an earlier {manifest_format} output; "
             "publishing replaces the folder whole, so choose another"
         )
+
+
+@contextmanager
+def work_folder(parent: str | Path, local_dir: str | Path | None = None) -> Iterator[str]:
+    """An empty folder for Beam workers' parts, removed with everything in it afterwards: a new
+    ``work-<random>`` prefix under a gs:// ``parent`` (every worker sees it), else a temporary
+    folder on this machine (in ``local_dir``, default the system's), which only workers on this
+    machine see."""
+    if not is_remote(parent):
+        Path(local_dir or tempfile.gettempdir()).mkdir(parents=True, exist_ok=True)
+        local = tempfile.mkdtemp(prefix="seals-work-", dir=local_dir)
+        try:
+            yield local
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+        return
+    work = f"{str(parent).rstrip('/')}/work-{uuid.uuid4().hex}"
+    try:
+        yield work
+    finally:
+        parts = open_storage(work)
+        for key in parts.list():
+            parts.delete(key)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import numpy as np
 from seals_al.errors import SealsError
 from seals_al.index.build import add_rows, due_for_training, empty_index, set_search_parameters, train
 from seals_al.index.recall import measure_recall
-from seals_al.published import output_folder, read_manifest_at
+from seals_al.published import open_folder, output_folder, read_manifest_at
 from seals_al.settings import DEFAULT_FACTORY, DEFAULT_K, LAYOUTS
 from seals_al.storage import atomic_dir, check_replaceable, read_manifest, write_json_atomic
 from seals_al.store import EmbeddingStore, rows_digest
@@ -260,6 +260,15 @@ def publish_index_dir(
     :mod:`seals_al.published`); a target holding something else is refused before training."""
     with output_folder(uri, INDEX_FORMAT) as out:
         return build_index_dir(store, out, factory, **options)
+
+
+def read_index_manifest(uri: str | Path, cache_dir: str | Path | None = None) -> bytes:
+    """An index directory's manifest.json, local or gs:// (read with its listing, without the
+    index): what a graph over the index is named by."""
+    folder = open_folder(str(uri), cache_dir, ("manifest.json",))
+    if folder is None or not folder.has("manifest.json"):
+        raise SealsError(f"{uri}: not an index directory (no manifest.json)")
+    return folder.read_bytes("manifest.json")
 
 
 def open_index_dir(path: str | Path, mmap: bool = False) -> faiss.Index:

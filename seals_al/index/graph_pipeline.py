@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import apache_beam as beam
+import faiss
 import numpy as np
 
 from seals_al.beam_options import beam_options
@@ -45,16 +46,14 @@ class QueryRows(beam.DoFn):
 
     def setup(self) -> None:
         from seals_al.index.directory import open_index_dir
-        from seals_al.published import materialize, open_folder
+        from seals_al.published import materialize, open_published
         from seals_al.storage import default_cache_dir, open_storage
         from seals_al.store import EmbeddingStore
 
         cache = default_cache_dir()
         self.index = open_index_dir(materialize(self.index_uri, "an index directory", cache, progress=False))
-        folder = open_folder(self.store_uri, cache)
-        if folder is None:
-            raise SealsError(f"{self.store_uri}: no embeddings store is published here")
-        self.store = EmbeddingStore.open(folder, access="rows")
+        store = open_published(self.store_uri, "an embeddings store", cache)
+        self.store = EmbeddingStore.open(store, access="rows")
         self.out = open_storage(self.work_dir)
 
     def process(self, element: tuple[int, bytes]) -> Iterator[int]:
@@ -80,6 +79,7 @@ def graph_with_beam(
     beam_args: Sequence[str] = (),
     test_pipeline: beam.Pipeline | None = None,
     progress: bool = True,
+    index: faiss.Index | None = None,
 ) -> NeighbourGraph:
     """The neighbour graph of ``row_ids`` for k, its queries run on Beam workers.
 
@@ -94,21 +94,22 @@ def graph_with_beam(
         beam_args: Beam pipeline options (default: the in-process FnApiRunner).
         test_pipeline: a pipeline to run on instead (tests).
         progress: a progress bar while the parts are assembled.
+        index: the index at ``index_uri``, when the caller has it open (else opened here, for
+            the graph's description).
     """
     from seals_al.index.directory import open_index_dir
     from seals_al.index.neighbours import _describe
-    from seals_al.published import materialize, open_folder
+    from seals_al.published import materialize, open_published
     from seals_al.storage import open_storage
     from seals_al.store import EmbeddingStore
 
     if chunk_rows < 1:
         raise SealsError(f"chunk_rows must be at least 1, got {chunk_rows}")
     # What the workers will open, opened here first: a missing store or index fails now, naming it.
-    folder = open_folder(store_uri)
-    if folder is None:
-        raise SealsError(f"{store_uri}: no embeddings store is published here")
-    store = EmbeddingStore.open(folder, access="rows")
-    description = _describe(open_index_dir(materialize(index_uri, "an index directory", progress=progress)))
+    store = EmbeddingStore.open(open_published(store_uri, "an embeddings store"), access="rows")
+    if index is None:
+        index = open_index_dir(materialize(index_uri, "an index directory", progress=progress))
+    description = _describe(index)
     row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
     # Each range's row ids as little-endian int64 bytes: 8 bytes a row (32 KiB an element), and
     # an element crosses to the workers without pickling.
@@ -157,58 +158,48 @@ def publish_graph(
     published (or cached) already is kept, not built again.
     """
     import hashlib
-    import shutil
-    import tempfile
-    import uuid
 
-    from seals_al.index.directory import open_index_dir
-    from seals_al.index.neighbours import GRAPH_FORMAT, _name, locality_order, write_records
-    from seals_al.published import materialize, open_folder, output_folder
-    from seals_al.storage import default_cache_dir, is_remote, open_storage
+    from seals_al.index.directory import open_index_dir, read_index_manifest
+    from seals_al.index.neighbours import (
+        GRAPH_FORMAT,
+        _name,
+        cached_graph,
+        graphs_of_index,
+        index_key,
+        locality_order,
+        published_graph,
+        write_records,
+    )
+    from seals_al.published import materialize, open_folder, open_published, output_folder
+    from seals_al.storage import default_cache_dir, is_remote, work_folder
     from seals_al.store import EmbeddingStore, rows_digest
 
     if k < 1:
         raise SealsError(f"--graph-k must be at least 1, got {k}")
     cache = Path(cache_dir or default_cache_dir())
-    index_folder = open_folder(index_uri, cache, ("manifest.json",))
-    if index_folder is None or not index_folder.has("manifest.json"):
-        raise SealsError(f"{index_uri}: not an index directory (no manifest.json)")
-    key = "index " + hashlib.sha256(index_folder.read_bytes("manifest.json")).hexdigest()
-    store_folder = open_folder(store_uri, cache)
-    if store_folder is None:
-        raise SealsError(f"{store_uri}: no embeddings store is published here")
-    store = EmbeddingStore.open(store_folder, access="rows")
+    key = index_key(hashlib.sha256(read_index_manifest(index_uri, cache)).hexdigest())
+    store = EmbeddingStore.open(open_published(store_uri, "an embeddings store", cache), access="rows")
     rows = np.sort(np.asarray(store.row_ids if rows is None else rows, np.int64))
     if k >= len(rows):
         raise SealsError(
             f"--graph-k {k}: the store has {len(rows):,} rows, so at most {len(rows) - 1:,} neighbours"
         )
     name = _name(rows_digest(rows), store.digest(), key, k)
-    remote = is_remote(index_uri)
-    target = f"{index_uri.rstrip('/')}/graphs/k{k}-{name}" if remote else str(cache / "graphs" / name)
-    if (open_folder(target, cache) is not None) if remote else (Path(target) / "manifest.json").is_file():
+    # Where a round looks (as cached_neighbour_graph does): beside a gs:// index, else this cache.
+    graphs = graphs_of_index(index_uri) if is_remote(index_uri) else None
+    target = published_graph(graphs, k, name) if graphs else str(cached_graph(cache, name))
+    if (open_folder(target, cache) is not None) if graphs else (Path(target) / "manifest.json").is_file():
         return target  # built (and published) before: the same rows, store, index and k
-    if remote:
-        work = f"{index_uri.rstrip('/')}/graphs/work-{uuid.uuid4().hex}"
-    else:
-        cache.mkdir(parents=True, exist_ok=True)
-        work = tempfile.mkdtemp(prefix="graph-work-", dir=cache)
-    try:
-        with output_folder(target, GRAPH_FORMAT, cache, progress) as out:
-            graph_with_beam(
-                index_uri, store_uri, rows, k, out, work, beam_args=beam_args, progress=progress,
-                test_pipeline=test_pipeline,
-            )  # fmt: skip
-            if remote:  # a round on another pod reads the arrivals' records by range
-                index = open_index_dir(materialize(index_uri, "an index directory", cache, progress))
-                write_records(
-                    out, store.local_copy(cache, progress), locality_order(index, rows), progress=progress
-                )
-    finally:
-        if remote:
-            parts = open_storage(work)
-            for name_ in parts.list():
-                parts.delete(name_)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    index = open_index_dir(materialize(index_uri, "an index directory", cache, progress))
+    with (
+        work_folder(graphs or cache, cache) as work,
+        output_folder(target, GRAPH_FORMAT, cache, progress) as out,
+    ):
+        graph_with_beam(
+            index_uri, store_uri, rows, k, out, work, beam_args=beam_args, progress=progress,
+            test_pipeline=test_pipeline, index=index,
+        )  # fmt: skip
+        if graphs:  # a round on another pod reads the arrivals' records by range
+            scan = store.local_copy(cache, progress)
+            write_records(out, scan, locality_order(index, rows), progress=progress)
     return target

@@ -699,7 +699,7 @@ def cached_neighbour_graph(
         return scan() if scan is not None else store
 
     if published is not None:
-        uri = f"{published.rstrip('/')}/k{k}-{name}"
+        uri = published_graph(published, k, name)
         folder = open_folder(uri, cache_dir, PRELOAD)  # this cache's copy, else read where it is
         if folder is None:
             base = _published_base(published, base_of, k, cache_dir, progress)
@@ -713,8 +713,8 @@ def cached_neighbour_graph(
         if folder is None:
             raise SealsError(f"{uri}: the neighbour graph published here is gone")
         return NeighbourGraph.open(folder, access=access)
-    graphs = Path(cache_dir) / "graphs"
-    path = graphs / name
+    path = cached_graph(cache_dir, name)
+    graphs = path.parent
     configured = None if (path / "manifest.json").is_file() or base_of is None else base_of()
     if configured is not None:  # a built index, extended from one whose graph may be here
         base_path = graphs / _name(*configured, k)
@@ -744,6 +744,28 @@ def cached_neighbour_graph(
             superseded.unlink(missing_ok=True)
         write_json_atomic(_lineage(graphs, store.digest(), factory, k), {"graph": name})
     return NeighbourGraph.open(path, access=access)
+
+
+def graphs_of_index(index_uri: str) -> str:
+    """Where the graphs over a gs:// index are published: its ``graphs/`` folder, which the
+    index's own listing does not name."""
+    return f"{str(index_uri).rstrip('/')}/graphs"
+
+
+def published_graph(published: str, k: int, name: str) -> str:
+    """Where the graph called ``name`` (:func:`_name`) is published under a graphs folder."""
+    return f"{published.rstrip('/')}/k{k}-{name}"
+
+
+def cached_graph(cache_dir: str | Path, name: str) -> Path:
+    """Where the graph called ``name`` is in this machine's cache."""
+    return Path(cache_dir) / "graphs" / name
+
+
+def index_key(manifest_sha256: str) -> str:
+    """What a graph over a built index depends on besides its rows: the sha256 of the index's
+    manifest (:func:`_name`'s ``factory``)."""
+    return "index " + manifest_sha256
 
 
 def _name(rows_sha256: str, store_digest: str, factory: str, k: int) -> str:
@@ -787,7 +809,7 @@ def _published_base(
     base = base_of() if base_of is not None else None
     if base is None:
         return None
-    path = materialize_if_published(f"{published.rstrip('/')}/k{k}-{_name(*base, k)}", cache_dir, progress)
+    path = materialize_if_published(published_graph(published, k, _name(*base, k)), cache_dir, progress)
     return None if path is None else NeighbourGraph.open(path)
 
 

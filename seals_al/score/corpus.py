@@ -22,11 +22,8 @@ summary), so ``--new-only`` scores only items that arrived since.
 from __future__ import annotations
 
 import io
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -189,7 +186,7 @@ def _score(
 ) -> np.ndarray:
     """The items' scores, in the order given (scored in storage order): in this process, or by a
     Beam pipeline when Beam options are given."""
-    from seals_al.storage import is_remote
+    from seals_al.storage import is_remote, work_folder
     from seals_al.store import EmbeddingStore
 
     if not len(items):
@@ -207,29 +204,11 @@ def _score(
 
     # Workers read a published store where it is (each its own ranges), else this machine's copy.
     store_uri = dataset.store.uri if is_remote(dataset.store.uri) else str(dataset.scan_store().path)
-    with _work_folder(campaign) as work:
+    # Under a gs:// campaign's scores/ every worker sees it; else a temporary folder here.
+    with work_folder(campaign.storage.where("scores")) as work:
         model_uri = write_model(model, f"{work}/model.json")
         scores[order] = score_with_beam(store_uri, positions[order], model_uri, work, beam_args=beam_args)
     return scores
-
-
-@contextmanager
-def _work_folder(campaign: Campaign) -> Iterator[str]:
-    """An empty folder for the model and the workers' parts, removed after: under a gs://
-    campaign's ``scores/`` (every worker sees it), else a temporary folder on this machine."""
-    from seals_al.storage import is_remote, open_storage
-
-    if not is_remote(campaign.storage.uri):
-        with tempfile.TemporaryDirectory(prefix="seals-score-") as tmp:
-            yield tmp
-        return
-    work = campaign.storage.where(f"scores/work-{uuid.uuid4().hex}")
-    try:
-        yield work
-    finally:
-        parts = open_storage(work)
-        for key in parts.list():
-            parts.delete(key)
 
 
 def _scored_ids(campaign: Campaign) -> np.ndarray:

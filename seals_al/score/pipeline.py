@@ -39,13 +39,12 @@ class StoredEmbeddingsHandler(ModelHandler[tuple[int, int], PredictionResult, St
         self.store_uri = store_uri
 
     def load_model(self) -> StoredScorer:
-        from seals_al.published import open_folder
+        from seals_al.published import open_published
         from seals_al.storage import is_remote
         from seals_al.store import EmbeddingStore
 
-        folder = open_folder(self.store_uri)  # gs://: read where it is, only this worker's ranges
-        if folder is None:
-            raise SealsError(f"{self.store_uri}: no embeddings store is published here")
+        # gs://: read where it is, only this worker's ranges; a local store: mapped.
+        folder = open_published(self.store_uri, "an embeddings store")
         access = "rows" if is_remote(self.store_uri) else "mapped"
         return StoredScorer(read_model(self.model_uri), EmbeddingStore.open(folder, access=access))
 
@@ -108,7 +107,7 @@ def score_with_beam(
     Returns:
         float64 scores, one per position, in the order given.
     """
-    from seals_al.published import open_folder
+    from seals_al.published import open_published
     from seals_al.storage import open_storage
     from seals_al.store import EmbeddingStore
 
@@ -116,10 +115,7 @@ def score_with_beam(
     options = runner_options(
         beam_args, {"the store": store_uri, "the model": model_uri, "the work folder": work_dir}
     )
-    folder = open_folder(store_uri)
-    if folder is None:
-        raise SealsError(f"{store_uri}: no embeddings store is published here")
-    starts = EmbeddingStore.open(folder, access="rows").shard_starts
+    starts = EmbeddingStore.open(open_published(store_uri, "an embeddings store"), access="rows").shard_starts
     ranges = list(enumerate(position_ranges(positions, starts, chunk_rows)))
     with test_pipeline or beam.Pipeline(options=options) as p:
         _ = (
