@@ -522,6 +522,10 @@ def _add_build_index(sub: argparse._SubParsersAction) -> None:
         "build-index",
         help="build a faiss index over an embeddings store, with measured recall",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Beam options after the known ones (e.g. --runner=DataflowRunner --project=... or "
+        "--direct_num_workers=2 --direct_running_mode=multi_processing) train and fill an IVF index "
+        "on Beam workers, which read the store where it is published, and run the graph's queries "
+        "(--graph-k) on them; without any, both run in this process.",
     )
     p.add_argument("store", help="an embeddings store (a folder or gs://bucket/prefix)")
     p.add_argument("out", help="the index folder to publish (a folder or gs://bucket/prefix)")
@@ -540,15 +544,15 @@ def _add_build_index(sub: argparse._SubParsersAction) -> None:
         "--graph-k",
         type=int,
         help="also build the neighbour graph of every row for this k (a campaign's k), its queries "
-        "on Beam workers (Beam options after the known ones, as for embed), where a round over this "
-        "index finds it: under a gs:// index's graphs/, or this machine's cache",
+        "on Beam workers (in this process without Beam options), where a round over this index "
+        "finds it: under a gs:// index's graphs/, or this machine's cache",
     )
     p.set_defaults(handler=_build_index)
 
 
 def _build_index(args: argparse.Namespace, console: Console) -> int:
     from seals_al.index.directory import INDEX_FORMAT, publish_index_dir
-    from seals_al.published import check_target, materialize
+    from seals_al.published import check_target, materialize, open_published
     from seals_al.store import EmbeddingStore
 
     for name in ("shard_rows", "train_size", "k"):
@@ -556,19 +560,21 @@ def _build_index(args: argparse.Namespace, console: Console) -> int:
             raise SealsError(f"--{name.replace('_', '-')} must be at least 1")
     if args.graph_k is not None and args.graph_k < 1:
         raise SealsError("--graph-k must be at least 1")
-    if args.beam_args:  # checked before the index is built: a typo fails now, not after it
-        if args.graph_k is None:
-            raise SealsError(
-                f"unrecognized arguments: {' '.join(args.beam_args)} (Beam options run the graph's "
-                "queries: give --graph-k)"
-            )
+    beam_args = args.beam_args or None  # with any, the index is trained and filled on Beam workers
+    if beam_args:  # checked before the index is built: a typo fails now, not after it
         from seals_al.beam_options import beam_options
+        from seals_al.index.build_pipeline import check_beam_factory
 
-        beam_options(args.beam_args)
+        beam_options(beam_args)
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if v is not None}
     check_target(args.out, INDEX_FORMAT)  # before the store is fetched
+    if beam_args:  # the workers read the store where it is published; this process, its row ids
+        store = EmbeddingStore.open(open_published(args.store, "an embeddings store"), access="rows")
+        check_beam_factory(store.dim, args.factory)
+    else:
+        store = EmbeddingStore.open(materialize(args.store, "an embeddings store"))
     manifest = publish_index_dir(
-        EmbeddingStore.open(materialize(args.store, "an embeddings store")),
+        store,
         args.out,
         args.factory,
         layout=args.layout,
@@ -578,6 +584,7 @@ def _build_index(args: argparse.Namespace, console: Console) -> int:
         recall_queries=args.recall_queries,
         k=args.k,
         seed=args.seed,
+        beam_args=beam_args,
     )
     recall = manifest.get("recall")
     console.print(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -399,7 +400,8 @@ def index_over_u(
         id_column: the external id column.
         split_column: the split column (None: every item is in U).
         eval_split: the evaluation split.
-        **options: as for :func:`seals_al.index.build_index_dir`.
+        **options: as for :func:`seals_al.index.build_index_dir` (``beam_args``: trained and
+            filled on Beam workers, which read the store where it is published).
 
     Returns:
         (the manifest, whether an existing index was reused).
@@ -407,8 +409,17 @@ def index_over_u(
     from seals_al.index.directory import ensure_index_dir
 
     config = _data(items, embeddings, id_column, split_column, eval_split, index_factory=factory)
-    dataset = Dataset.prepare(config, access="mapped")  # an index build reads every row of U
+    # An index build reads every row of U: here, or (with Beam options) in workers, by range.
+    dataset = Dataset.prepare(config, access="mapped" if options.get("beam_args") is None else "rows")
     dataset.check_factory()
+    if options.get("beam_args") is not None:
+        from seals_al.index.build_pipeline import not_on_workers
+
+        why = not_on_workers(dataset.store.dim, factory)
+        if why:  # a Flat or HNSW index: nothing workers could share; built here, as without them
+            print(f"{why}: built in this process", file=sys.stderr)
+            options["beam_args"] = None
+            dataset = Dataset.prepare(config, access="mapped")
     return ensure_index_dir(dataset.store, out_dir, factory, row_ids=dataset.u_rows, **options)
 
 

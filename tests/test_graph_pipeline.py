@@ -121,14 +121,14 @@ def test_build_index_with_graph_k_puts_the_graph_where_the_first_round_finds_it(
 
 
 @pytest.mark.hostile
-def test_build_index_refuses_beam_options_without_a_graph_and_a_bad_graph_k_before_building(
+def test_build_index_refuses_a_factory_workers_cannot_fill_and_a_bad_graph_k_before_building(
     synthetic, tmp_path, capsys
 ):
     from seals_al.cli import main
 
     store, out = str(synthetic.store.uri), tmp_path / "index"
     assert main(["build-index", store, str(out), "--direct_num_workers=2"]) == 2
-    assert "give --graph-k" in capsys.readouterr().err
+    assert "'Flat': Beam workers fill IVF indexes only" in capsys.readouterr().err
     assert main(["build-index", store, str(out), "--graph-k", "0"]) == 2
     assert "--graph-k must be at least 1" in capsys.readouterr().err
     assert main(["build-index", store, str(out), "--graph-k", "5", "--no_such_beam_option=1"]) == 2
@@ -137,10 +137,12 @@ def test_build_index_refuses_beam_options_without_a_graph_and_a_bad_graph_k_befo
 
 
 def test_the_graph_of_u_over_a_split_is_found_by_the_first_round_on_another_pod(
-    tmp_path, clinc_slice, gcs_emulator, monkeypatch
+    tmp_path, clinc_slice, gcs_emulator, monkeypatch, capsys
 ):
     """What the build_index component runs with graph_k (the pipelines' Beam options set): the
-    graph of U (the items outside the evaluation split) over the index of U, on Beam workers,
+    index of U trained and filled by Beam workers (the same index as in one process; a Flat one,
+    which they cannot fill, built in the pod), and the graph of U (the items outside the
+    evaluation split) over the index of U, on Beam workers,
     published beside the index; a campaign's first round, in a pod with an empty cache, reads it
     and builds none. Asking again keeps it."""
     import uuid
@@ -157,7 +159,15 @@ def test_the_graph_of_u_over_a_split_is_found_by_the_first_round_on_another_pod(
     store, index = f"{root}/embeddings", f"{root}/index"
     monkeypatch.setenv("SEALS_CACHE_DIR", str(tmp_path / "builder"))
     ensure_embeddings(str(clinc_slice), store)
-    index_over_u(str(clinc_slice), store, index, "IVF8,Flat", split_column="split", recall_queries=0)
+    on_workers = dict(split_column="split", recall_queries=0, beam_args=TWO_WORKER_PROCESSES)
+    built_rows = index_over_u(str(clinc_slice), store, index, "IVF8,Flat", **on_workers)[0]["ntotal"]
+    index_over_u(str(clinc_slice), store, f"{root}/here", "IVF8,Flat", split_column="split", recall_queries=0)
+    built = [materialize(i, "an index", progress=False) / "index.faiss" for i in (index, f"{root}/here")]
+    assert built[0].read_bytes() == built[1].read_bytes(), "the same index"
+    assert open_storage(f"{index}.work").list() == [], "the workers' scratch is removed"
+    flat, _ = index_over_u(str(clinc_slice), store, f"{root}/flat", "Flat", **on_workers)
+    assert flat["ntotal"] == built_rows
+    assert "Beam workers fill IVF indexes only (IVF{n},Flat" in capsys.readouterr().err
     where = graph_over_u(
         str(clinc_slice), store, index, 10, split_column="split", beam_args=TWO_WORKER_PROCESSES
     )

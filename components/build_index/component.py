@@ -45,8 +45,9 @@ def build_index(
         eval_split: the split held out for evaluation (never indexed, never selectable).
         graph_k: also build the neighbour graph of U for this k (the campaign's), where its first
             round finds it (0: leave it to that round, in its own pod).
-        beam_args: Beam pipeline options the graph's queries run with, e.g.
-            ["--runner=DataflowRunner", "--project=..."] (default: in this pod).
+        beam_args: Beam pipeline options that train and fill the index (IVF factories) and run
+            the graph's queries on Beam workers, e.g. ["--runner=DataflowRunner", "--project=..."]
+            (default: both in this pod).
         workspace: the run's shared workspace (KFP's workspace path), used as the cache of
             downloaded stores, indexes, graphs and prepared data; "" for a pod-local cache.
 
@@ -72,6 +73,7 @@ def build_index(
         layout=layout,
         train_size=train_size,
         recall_queries=recall_queries,
+        beam_args=[str(a) for a in beam_args] or None,
     )
     if graph_k:
         from seals_al.dataset import graph_over_u

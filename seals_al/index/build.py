@@ -73,9 +73,14 @@ def train(index: faiss.Index, store: EmbeddingStore, row_ids: np.ndarray, train_
     """Train on a seeded sample of the rows, if the index needs training."""
     if index.is_trained:
         return
+    index.train(store.vectors(row_ids[training_sample(len(row_ids), train_size, seed)]))
+
+
+def training_sample(rows: int, train_size: int, seed: int) -> np.ndarray:
+    """The sorted positions, among ``rows`` rows, of the seeded sample an index is trained on
+    (the same rows wherever it is trained: in one process or on a Beam worker)."""
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(len(row_ids), size=min(train_size, len(row_ids)), replace=False))
-    index.train(store.vectors(row_ids[sample]))
+    return np.sort(rng.choice(rows, size=min(train_size, rows), replace=False))
 
 
 def add_rows(

@@ -5,7 +5,10 @@ built from (store and rows digests) and its measured recall."""
 from __future__ import annotations
 
 import json
+import tempfile
 import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import faiss
@@ -16,7 +19,7 @@ from seals_al.index.build import add_rows, due_for_training, empty_index, set_se
 from seals_al.index.recall import measure_recall
 from seals_al.published import open_folder, output_folder, read_manifest_at
 from seals_al.settings import DEFAULT_FACTORY, DEFAULT_K, LAYOUTS
-from seals_al.storage import atomic_dir, check_replaceable, read_manifest, write_json_atomic
+from seals_al.storage import atomic_dir, check_replaceable, is_remote, read_manifest, write_json_atomic
 from seals_al.store import EmbeddingStore, rows_digest
 
 INDEX_FORMAT = "seals-index/1"
@@ -36,6 +39,8 @@ def build_index_dir(
     k: int = DEFAULT_K,
     seed: int = 0,
     progress: bool = True,
+    beam_args: Sequence[str] | None = None,
+    work_parent: str | None = None,
 ) -> dict:
     """Build an index over every row of a store into a directory with a manifest.
 
@@ -59,6 +64,11 @@ def build_index_dir(
         k: the k of recall@k.
         seed: sampling seed.
         progress: show progress bars.
+        beam_args: Beam pipeline options: with them (even none), the index is trained and the rows
+            encoded by Beam workers (:mod:`seals_al.index.build_pipeline`; IVF only), reading the
+            store where it is published (``store.uri``); None: in this process.
+        work_parent: where the Beam workers' scratch folder goes (gs:// for workers on other
+            machines); default: this machine's temporary folder.
 
     Returns:
         The manifest written to ``manifest.json``.
@@ -69,12 +79,30 @@ def build_index_dir(
     search_params = dict(search_params or {})
     started = time.perf_counter()
     row_ids = store.row_ids if row_ids is None else np.sort(np.asarray(row_ids, dtype=np.int64))
-    trained = empty_index(store.dim, factory)
-    if layout == "ondisk" and faiss.try_extract_index_ivf(trained) is None:
+    if layout == "ondisk" and faiss.try_extract_index_ivf(empty_index(store.dim, factory)) is None:
         raise SealsError(f"the ondisk layout needs an IVF index; {factory!r} is not one")
-    train(trained, store, row_ids, train_size, seed)
-    with atomic_dir(out_dir, INDEX_FORMAT) as tmp:
-        files = _write_layout(tmp, trained, store, row_ids, layout, shard_rows, progress, factory)
+    with ExitStack() as stack:
+        if beam_args is None:
+            trained = empty_index(store.dim, factory)
+            train(trained, store, row_ids, train_size, seed)
+
+            def filled(start: int, stop: int, desc: str) -> faiss.Index:
+                index = faiss.clone_index(trained)
+                add_rows(index, store, row_ids[start:stop], progress=progress, desc=desc)
+                return index
+        else:
+            from seals_al.index.build_pipeline import check_beam_factory, encode_with_beam
+            from seals_al.storage import work_folder
+
+            check_beam_factory(store.dim, factory)
+            work = stack.enter_context(work_folder(work_parent or tempfile.gettempdir()))
+            encoded = encode_with_beam(
+                store.uri, row_ids, store.dim, factory, work, train_size=train_size, seed=seed,
+                beam_args=beam_args, progress=progress,
+            )  # fmt: skip
+            trained, filled = encoded.trained, encoded.filled
+        tmp = stack.enter_context(atomic_dir(out_dir, INDEX_FORMAT))
+        files = _write_layout(tmp, trained, filled, len(row_ids), layout, shard_rows, factory)
         manifest = {
             "format": INDEX_FORMAT,
             "factory": factory,
@@ -101,27 +129,26 @@ def build_index_dir(
 def _write_layout(
     out: Path,
     trained: faiss.Index,
-    store: EmbeddingStore,
-    row_ids: np.ndarray,
+    filled: Callable[[int, int, str], faiss.Index],
+    rows: int,
     layout: str,
     shard_rows: int,
-    progress: bool,
     factory: str,
 ) -> list[str]:
-    """Add the rows to the trained (empty) index and write the layout's files into ``out``.
+    """Write the layout's files into ``out``: ``filled(start, stop, label)`` is a new index holding
+    the rows at those positions (added in this process or from Beam workers' codes), ``trained``
+    the empty trained index (the ondisk layout's base).
 
     Returns:
         The file names written.
     """
     if layout == "single":
-        add_rows(trained, store, row_ids, progress=progress, desc=f"index {factory}")
-        faiss.write_index(trained, str(out / "index.faiss"))
+        faiss.write_index(filled(0, rows, f"index {factory}"), str(out / "index.faiss"))
         return ["index.faiss"]
     files = []
-    shards = [row_ids[s : s + shard_rows] for s in range(0, len(row_ids), shard_rows)]
-    for n, rows in enumerate(shards):
-        shard = faiss.clone_index(trained)
-        add_rows(shard, store, rows, progress=progress, desc=f"shard {n + 1}/{len(shards)}")
+    starts = range(0, rows, shard_rows)
+    for n, start in enumerate(starts):
+        shard = filled(start, min(start + shard_rows, rows), f"shard {n + 1}/{len(starts)}")
         faiss.write_index(shard, str(out / f"shard-{n:05d}.faiss"))
         files.append(f"shard-{n:05d}.faiss")
         del shard
@@ -258,6 +285,8 @@ def publish_index_dir(
 ) -> dict:
     """:func:`build_index_dir` to a local folder or gs:// (built locally, then published through
     :mod:`seals_al.published`); a target holding something else is refused before training."""
+    if options.get("beam_args") is not None and is_remote(uri):  # the workers' scratch, beside it
+        options.setdefault("work_parent", f"{str(uri).rstrip('/')}.work")
     with output_folder(uri, INDEX_FORMAT) as out:
         return build_index_dir(store, out, factory, **options)
 

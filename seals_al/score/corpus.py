@@ -140,7 +140,7 @@ def score_campaign(
     """
     started = time.perf_counter()
     if beam_args:  # a runner whose workers cannot see the work folder is refused before any work
-        from seals_al.score.pipeline import runner_options
+        from seals_al.beam_options import runner_options
 
         runner_options(beam_args, {"the campaign": campaign.storage.uri})
     model = read_model(model_uri) if model_uri else export_round(campaign, r, precisions)

@@ -4,9 +4,9 @@ range's scores written to a work folder the driver reads back in order.
 
 Workers read the store, the model and the work folder by URI: on gs:// (a published store, a
 gs:// campaign's work folder) they may run anywhere, on any runner, each reading only its ranges
-of the store; with anything local, only where that is, on Beam's local runners
-(:data:`LOCAL_RUNNERS`; another is refused before anything runs, naming the path). In one process
-:func:`.stored.score_in_process` is faster (docs/BENCHMARKS.md).
+of the store; with anything local, only where that is, on Beam's local runners (another is
+refused before anything runs, naming the path: :func:`seals_al.beam_options.runner_options`). In
+one process :func:`.stored.score_in_process` is faster (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -17,15 +17,10 @@ from collections.abc import Iterator, Sequence
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from seals_al.beam_options import beam_options
-from seals_al.errors import SealsError
+from seals_al.beam_options import runner_options
 from seals_al.export import read_model
 from seals_al.score.stored import CHUNK_ROWS, StoredScorer, checked_positions, position_ranges
-
-# Runners whose workers run on this machine, where the store's files are.
-LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
 
 class StoredEmbeddingsHandler(ModelHandler[tuple[int, int], PredictionResult, StoredScorer]):
@@ -127,23 +122,3 @@ def score_with_beam(
     parts = open_storage(work_dir)
     scores = [np.load(io.BytesIO(parts.read_bytes(_part(i))), allow_pickle=False) for i, _ in ranges]
     return np.concatenate(scores) if scores else np.zeros(0, np.float64)
-
-
-def runner_options(beam_args: Sequence[str], paths: dict[str, str]) -> PipelineOptions:
-    """Beam options; a runner whose workers may run on other machines (not one of
-    :data:`LOCAL_RUNNERS`) is refused, naming the path, while any of ``paths`` is on this
-    machine's disk only."""
-    from seals_al.storage import is_remote
-
-    options = beam_options(beam_args)
-    runner = options.view_as(StandardOptions).runner
-    name = runner if isinstance(runner, str) else type(runner).__name__
-    local = {what: path for what, path in paths.items() if not is_remote(path)}
-    if name not in LOCAL_RUNNERS and local:
-        what, path = next(iter(local.items()))
-        raise SealsError(
-            f"--runner {name}: {what}, {path}, is on this machine's disk, which its workers do not "
-            f"see; score a campaign on gs:// over a published store (or use one of Beam's local "
-            f"runners: {', '.join(LOCAL_RUNNERS)})"
-        )
-    return options
