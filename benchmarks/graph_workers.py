@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DOCS, publish, reproducing_command, write_json
+from _processes import measure_processes
 
 WAYS = {
     "one process, faiss threads": [],
@@ -56,87 +55,11 @@ def build(way: str, index: str, store: str, k: int, out: Path) -> None:
     work.rmdir()
 
 
-def _family(root: int) -> dict[int, str]:
-    """The live descendants of ``root`` (and itself): pid -> command line."""
-    parent, command = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            command[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    family, grew = {root}, True
-    while grew:
-        more = {pid for pid, ppid in parent.items() if ppid in family} - family
-        family |= more
-        grew = bool(more)
-    return {pid: command.get(pid, "") for pid in family}
-
-
-def _peak_mb(pid: int) -> float | None:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return None
-
-
 def measure(way: str, index: str, store: str, k: int, out: Path) -> dict:
-    """A way in a fresh process: wall seconds and the peak RSS (VmHWM, read every 0.2 s while it
-    runs) of the driver and of each worker process."""
+    """A way in a fresh process (:func:`_processes.measure_processes`)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"} if WAYS[way] else dict(os.environ)
-    args = [
-        sys.executable,
-        __file__,
-        "--run",
-        way,
-        "--index",
-        index,
-        "--store",
-        store,
-        "--k",
-        str(k),
-        "--out",
-        str(out),
-    ]
-    started = time.perf_counter()
-    child = subprocess.Popen(args, env=env)
-    peaks: dict[int, tuple[str, float]] = {}
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            for pid, command in _family(child.pid).items():
-                peak = _peak_mb(pid)
-                if peak is not None:
-                    # A worker is the Python process of Beam's SDK harness (not a shell wrapping it).
-                    python = command.split(" ", 1)[0].rsplit("/", 1)[-1].startswith("python")
-                    worker = python and "sdk_worker" in command
-                    role = "driver" if pid == child.pid else ("worker" if worker else "other")
-                    peaks[pid] = (role, max(peak, peaks.get(pid, ("", 0.0))[1]))
-            done.wait(0.2)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    code = child.wait()
-    done.set()
-    watcher.join()
-    seconds = time.perf_counter() - started
-    if code:
-        raise SystemExit(f"{way}: exit {code}")
-    workers = [mb for role, mb in peaks.values() if role == "worker"]
-    return {
-        "seconds": seconds,
-        "driver_peak_rss_mb": max((mb for role, mb in peaks.values() if role == "driver"), default=None),
-        "worker_peak_rss_mb": workers,
-        "processes": len(peaks),
-    }
+    args = [sys.executable, __file__, "--run", way, "--index", index, "--store", store, "--k", str(k)]
+    return measure_processes([*args, "--out", str(out)], env, way)
 
 
 def equal_graphs(a: Path, b: Path, chunk: int = 1_000_000) -> bool:

@@ -19,6 +19,11 @@ storage (a GCS emulator on 127.0.0.1), KFP's pipeline root and the run's workspa
    in containers, with its URL and token in their environment as the Secret gives them on a
    cluster, pushes the open batch, a person annotates it through the REST API, and the next run
    pulls, commits the round and pushes the next batch; the token is in no file it left.
+7. Beam workers in a container: Beam's worker pool (apache_beam.runners.worker.worker_pool_main)
+   runs in a container of the project's image with no volume; the simulation pipeline compiled
+   with Beam options that send its Beam work there (PortableRunner, EXTERNAL environment) embeds,
+   trains and fills the index and builds the neighbour graph on it, and the score component
+   scores the corpus on it. The index, the graph and the scores equal one process's.
 
 Prints one summary line; exits non-zero on the first thing that does not hold.
 """
@@ -34,6 +39,8 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -522,7 +529,144 @@ def scenarios(args, work: Path, env: dict[str, str]) -> str:
         ]
         leaked += [k for k, v in campaign_files(labeled_uri).items() if studio.token in repr(v)]
         check(not leaked, f"the Label Studio token was written to {leaked[:3]}")
+
+    # 7. Beam workers in a container of the project's image (Beam's worker pool, sharing nothing
+    # with the tasks but the bucket): embed, the index, its graph and the corpus scores run there.
+    beam_workers(gs, Path(args.items), args.concept, env, timed, work)
     return ", ".join(f"{k} {v:.1f}" if k.endswith("MB") else f"{k} {v:.0f} s" for k, v in timings.items())
+
+
+def beam_workers(gs: str, items: Path, concept: str, env: dict[str, str], timed, work: Path) -> None:
+    """The simulation pipeline compiled with Beam options that send embed, build_index (index and
+    neighbour graph) to a worker pool in its own container, then the score component with them:
+    the index, the graph and the scores must equal what one process makes from the same store."""
+    import numpy as np
+    import pandas as pd
+
+    from components.score.component import score
+    from pipelines._cluster import Cluster
+    from pipelines.simulation import make_simulation
+    from seals_al.campaign import Campaign
+    from seals_al.dataset import index_over_u
+    from seals_al.index.directory import open_index_dir
+    from seals_al.index.neighbours import build_neighbour_graph
+    from seals_al.published import materialize
+    from seals_al.score.corpus import score_campaign
+    from seals_al.storage import open_storage
+    from seals_al.store import EmbeddingStore
+
+    with items.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [row for row in reader if row["label"] in SLICE]
+        fields = reader.fieldnames
+    root = f"{gs}/beam"
+    open_storage(f"{root}/items").write_text("items.csv", _csv(fields, rows))
+    data = {
+        "items_uri": f"{root}/items/items.csv",
+        "embeddings_uri": f"{root}/embeddings",
+        "index_uri": f"{root}/index",
+        "concept": concept,
+        "index_factory": BEAM_FACTORY,
+    }
+    uri = f"{root}/campaign"
+    with worker_pool(env) as beam_args:
+        simulation = make_simulation(1, Cluster(beam_args=tuple(beam_args), retries=0))
+        check(
+            timed("beam-workers", docker_runner(env), simulation, campaign_uri=uri, **data),
+            "the simulation pipeline failed with its Beam work on the worker pool",
+        )
+        check(
+            timed("beam-score", docker_runner(env), score, campaign_uri=uri, beam_args=beam_args),
+            "the score component failed with its Beam work on the worker pool",
+        )
+    # What one process makes from the same store: the index, the graph of U, the scores.
+    here = f"{root}/index-here"
+    index_over_u(
+        data["items_uri"],
+        data["embeddings_uri"],
+        here,
+        BEAM_FACTORY,
+        split_column="split",
+        search_params={"nprobe": 16},  # as the build_index component asks
+        recall_queries=200,
+    )
+    built = [materialize(i, "an index directory", progress=False) for i in (data["index_uri"], here)]
+    same = (built[0] / "index.faiss").read_bytes() == (built[1] / "index.faiss").read_bytes()
+    check(same, "the index the workers filled differs from the one-process index")
+    graphs = open_storage(f"{data['index_uri']}/graphs").list()
+    folders = sorted({key.split("/")[0] for key in graphs})
+    check(
+        len(folders) == 1, f"{data['index_uri']}/graphs: {folders}, not the one graph build_index publishes"
+    )
+    graph = materialize(f"{data['index_uri']}/graphs/{folders[0]}", "a neighbour graph", progress=False)
+    store = EmbeddingStore.open(materialize(data["embeddings_uri"], "an embeddings store", progress=False))
+    k = json.loads((graph / "manifest.json").read_text())["k"]
+    one = build_neighbour_graph(
+        open_index_dir(built[0]),
+        store,
+        np.load(graph / "row_ids.npy"),
+        k,
+        work / "graph-here",
+        progress=False,
+    )
+    for name in ("row_ids.npy", "neighbours.npy", "similarities.npy"):
+        check(
+            np.array_equal(np.load(graph / name), np.load(one.path / name)),
+            f"the workers' graph: {name} differs",
+        )
+    scored = sorted((work / "beam-score" / "pipeline-root").glob("*/score/scores"))
+    check(len(scored) == 1, f"the score component wrote {len(scored)} score files")
+    score_campaign(Campaign(uri, progress=False), str(work / "scores-here.parquet"))
+    check(
+        pd.read_parquet(scored[0]).equals(pd.read_parquet(work / "scores-here.parquet")),
+        "the scores from the worker pool differ from one process's",
+    )
+
+
+BEAM_FACTORY = "IVF16,PQ16x4fs"  # IVF (what workers fill), fast-scan PQ (the twin conversion)
+
+
+@contextmanager
+def worker_pool(env: dict[str, str]) -> Iterator[list[str]]:
+    """Beam's worker pool (apache_beam.runners.worker.worker_pool_main) in a container of the
+    project's image, host networking, no volume: yields the Beam options that run a pipeline's
+    work there (the task container is the driver, with Beam's embedded job service)."""
+    import socket
+
+    import docker
+
+    from seals_al.version import IMAGE
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = docker.from_env()
+    command = ["python", "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"]
+    container = client.containers.run(
+        IMAGE, command, detach=True, network_mode="host", user="10001", environment=env
+    )
+    try:
+        deadline = time.time() + 60
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.time() > deadline:
+                raise Failed(
+                    f"Beam's worker pool did not listen on port {port}: {container.logs()[-2000:]!r}"
+                )
+            time.sleep(0.5)
+        yield [
+            "--runner=PortableRunner",
+            "--job_endpoint=embed",
+            "--environment_type=EXTERNAL",
+            f"--environment_config=127.0.0.1:{port}",
+        ]
+    finally:
+        logs = container.logs().decode(errors="replace")
+        container.remove(force=True)
+        if "Traceback" in logs:
+            print(f"e2e: the worker pool's log:\n{logs[-4000:]}", file=sys.stderr)
 
 
 def _seed_key(uri: str) -> str:

@@ -43,12 +43,12 @@ def runner_options(beam_args: Sequence[str], paths: dict[str, str]) -> PipelineO
     from seals_al.storage import is_remote
 
     options = beam_options(beam_args)
-    runner = options.view_as(StandardOptions).runner
-    name = runner if isinstance(runner, str) else type(runner).__name__
-    environment = options.view_as(PortableOptions).environment_type
     local = {what: path for what, path in paths.items() if not is_remote(path)}
-    if local and (name not in LOCAL_RUNNERS or str(environment or "").upper() not in LOCAL_ENVIRONMENTS):
+    if local and not workers_see_this_disk(options):
         what, path = next(iter(local.items()))
+        runner = options.view_as(StandardOptions).runner
+        name = runner if isinstance(runner, str) else type(runner).__name__
+        environment = options.view_as(PortableOptions).environment_type
         where = f"--runner {name}" + (f" --environment_type={environment}" if environment else "")
         raise SealsError(
             f"{where}: {what}, {path}, is on this machine's disk, which its workers do not see; "
@@ -56,3 +56,14 @@ def runner_options(beam_args: Sequence[str], paths: dict[str, str]) -> PipelineO
             "with workers on this machine)"
         )
     return options
+
+
+def workers_see_this_disk(options: PipelineOptions) -> bool:
+    """Whether the workers run on this machine, outside containers: one of Beam's local runners
+    (:data:`LOCAL_RUNNERS`) with its own process or subprocesses as the environment."""
+    from apache_beam.options.pipeline_options import PortableOptions
+
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    environment = str(options.view_as(PortableOptions).environment_type or "").upper()
+    return name in LOCAL_RUNNERS and environment in LOCAL_ENVIRONMENTS

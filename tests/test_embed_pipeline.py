@@ -171,6 +171,14 @@ def test_unknown_options_are_an_error_not_silently_dropped(tmp_path):
     assert not Path(tmp_path / "o").exists()
 
 
+def test_workers_in_containers_are_refused_items_on_this_disk(tmp_path):
+    (tmp_path / "items.csv").write_text("id,text\na,hello\n")
+    external = ["--environment_type=EXTERNAL", "--environment_config=127.0.0.1:50000"]
+    with pytest.raises(SealsError, match=r"EXTERNAL: the items, .*items.csv, is on this machine's disk"):
+        run([f"--input={tmp_path}/items.csv", f"--output={tmp_path / 'o'}", *external])
+    assert not Path(tmp_path / "o").exists()
+
+
 def test_input_and_output_are_required(capsys):
     with pytest.raises(SealsError, match="missing required option"):
         run(["--input=x.csv"])

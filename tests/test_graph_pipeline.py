@@ -66,6 +66,16 @@ def test_a_store_that_is_not_there_fails_naming_it(synthetic, tmp_path):
     assert not (tmp_path / "graph").exists(), "nothing half-written"
 
 
+def test_workers_in_containers_are_refused_an_index_on_this_disk(synthetic, tmp_path):
+    external = ["--environment_type=EXTERNAL", "--environment_config=localhost:50000"]
+    with pytest.raises(SealsError, match=r"--environment_type=EXTERNAL: the index, .*index, is on this"):
+        graph_with_beam(
+            str(tmp_path / "index"), "gs://b/store", synthetic.row_ids, 5, tmp_path / "g", "gs://b/w",
+            beam_args=external,
+        )  # fmt: skip
+    assert not (tmp_path / "g").exists()
+
+
 def test_chunk_rows_below_one_is_refused(synthetic, tmp_path):
     with pytest.raises(SealsError, match="chunk_rows must be at least 1"):
         graph_with_beam("i", "s", synthetic.row_ids, 5, tmp_path / "g", str(tmp_path / "w"), chunk_rows=0)

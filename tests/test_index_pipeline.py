@@ -54,6 +54,8 @@ def test_beam_workers_build_the_one_process_index_file_for_file(
         assert (one_dir / name).read_bytes() == (two_dir / name).read_bytes(), name
     assert one["recall"]["recall_at_k"] == two["recall"]["recall_at_k"]
     assert one["source"] == two["source"]
+    assert two["workers_seconds"] > 0
+    assert "workers_seconds" not in one
     queries = synthetic.vectors[:40]
     D1, I1 = open_index_dir(one_dir).search(queries, 10)
     D2, I2 = open_index_dir(two_dir).search(queries, 10)

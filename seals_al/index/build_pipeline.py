@@ -17,6 +17,7 @@ nothing to compute but the vectors themselves.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator, Sequence
 
 import apache_beam as beam
@@ -29,6 +30,7 @@ from seals_al.errors import SealsError, shown
 
 CHUNK_ROWS = 65_536  # rows encoded in one element
 TRAINED = "trained.faiss"
+TRAINING = "training.json"  # how long the training took, on the worker that trained
 
 
 def _part(number: int) -> str:
@@ -82,11 +84,15 @@ def train_once(samples: list[tuple[int, bytes]], dim: int, factory: str, work_di
     from seals_al.index.build import empty_index
     from seals_al.storage import open_storage
 
+    started = time.perf_counter()
     index = empty_index(dim, factory)
     vectors = [np.frombuffer(data, "<f4").reshape(-1, dim) for _, data in sorted(samples)]
     if not index.is_trained:
         index.train(np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32))
-    open_storage(work_dir).write_bytes(TRAINED, faiss.serialize_index(index).tobytes())
+    work = open_storage(work_dir)
+    work.write_bytes(TRAINED, faiss.serialize_index(index).tobytes())
+    rows = int(sum(len(v) for v in vectors))
+    work.write_json(TRAINING, {"rows": rows, "seconds": time.perf_counter() - started})
     return TRAINED
 
 
@@ -130,11 +136,13 @@ class EncodedRows:
     """The codes the workers wrote, as indexes: :meth:`filled` is what the one-process build's
     adds make for the same rows."""
 
-    def __init__(self, work_dir: str, row_ids: np.ndarray, chunk_rows: int, progress: bool):
+    def __init__(self, work_dir: str, row_ids: np.ndarray, chunk_rows: int, progress: bool, seconds: float):
         from seals_al.storage import open_storage
 
         self.parts, self.row_ids, self.chunk_rows = open_storage(work_dir), row_ids, chunk_rows
         self.progress = progress
+        self.seconds = seconds  # the workers' pipeline, wall time
+        self.training = self.parts.read_json(TRAINING)
         self.trained = _read_index(work_dir, TRAINED)
 
     def _codes(self, start: int, stop: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -214,6 +222,7 @@ def encode_with_beam(
         rows = row_ids[start : start + chunk_rows]
         inside = sample[(sample >= rows[0]) & (sample <= rows[-1])]
         ranges.append((number, rows.astype("<i8").tobytes(), inside.astype("<i8").tobytes()))
+    started = time.perf_counter()
     with test_pipeline or beam.Pipeline(options=options) as p:
         spread = p | "Ranges" >> beam.Create(ranges) | "Spread" >> beam.Reshuffle()
         trained = (
@@ -223,4 +232,4 @@ def encode_with_beam(
             | "Train" >> beam.Map(train_once, dim, factory, work_dir)
         )
         _ = spread | "Encode" >> beam.ParDo(EncodeRows(store_uri, work_dir), beam.pvalue.AsSingleton(trained))
-    return EncodedRows(work_dir, row_ids, chunk_rows, progress)
+    return EncodedRows(work_dir, row_ids, chunk_rows, progress, time.perf_counter() - started)

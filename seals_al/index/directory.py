@@ -118,6 +118,9 @@ def build_index_dir(
             "source": _index_source(store, row_ids, factory, layout, search_params),
             "build_seconds": time.perf_counter() - started,
         }
+        if beam_args is not None:  # how long the workers took (training and encoding)
+            manifest["workers_seconds"] = encoded.seconds
+            manifest["train_seconds"] = encoded.training["seconds"]
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     if recall_queries:
         index = open_index_dir(out_dir)

@@ -19,7 +19,7 @@ import apache_beam as beam
 import faiss
 import numpy as np
 
-from seals_al.beam_options import beam_options
+from seals_al.beam_options import runner_options
 from seals_al.errors import SealsError
 from seals_al.index.neighbours import NeighbourGraph, write_graph
 
@@ -105,6 +105,8 @@ def graph_with_beam(
 
     if chunk_rows < 1:
         raise SealsError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    paths = {"the index": index_uri, "the store": store_uri, "the work folder": work_dir}
+    options = runner_options(beam_args, paths)  # workers elsewhere and a path only here: refused now
     # What the workers will open, opened here first: a missing store or index fails now, naming it.
     store = EmbeddingStore.open(open_published(store_uri, "an embeddings store"), access="rows")
     if index is None:
@@ -117,7 +119,6 @@ def graph_with_beam(
         (n, row_ids[s : s + chunk_rows].astype("<i8").tobytes())
         for n, s in enumerate(range(0, len(row_ids), chunk_rows))
     ]
-    options = beam_options(beam_args)
     with test_pipeline or beam.Pipeline(options=options) as p:
         _ = (
             p
