@@ -171,8 +171,8 @@ def measure(args: argparse.Namespace) -> dict:
 def render(result: dict, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """The JSON, the plot and the docs sections (this benchmark's and the scale plan)."""
     factory, rows, dim = result["factory"], result["rows"], result["dim"]
-    result.setdefault("train_size", result["train_size"])
-    result.setdefault("queries", result["queries"])
+    result.setdefault("train_size", args.train_size)
+    result.setdefault("queries", args.queries)
     one, two = result["ways"]["Beam, 1 worker"], result["ways"]["Beam, 2 workers"]
     result["two_over_one_worker"] = two["seconds"] / one["seconds"]
     result["two_over_one_worker_workers_only"] = two["workers_seconds"] / one["workers_seconds"]
@@ -192,7 +192,8 @@ def render(result: dict, parser: argparse.ArgumentParser, args: argparse.Namespa
         "index file. Peak RSS: each process's VmHWM. Recall@100 against exact search on "
         f"{result['queries']:,} sampled rows, the same for every index.",
         "",
-        "| way | wall s | of it, workers s | rows/s per worker | driver peak RSS MB | workers' peak RSS MB "
+        "| way | wall s | of it, workers s | rows/s per worker (training included) | driver peak RSS MB "
+        "| workers' peak RSS MB "
         "| recall@100 | same files as one process |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -239,6 +240,12 @@ def _round_reads() -> tuple[float, float] | None:
             ]
             return float(np.median([b for b, _ in totals])), float(np.median([g for _, g in totals]))
     return None
+
+
+def _took(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:,.0f} s"
+    return f"{seconds / 60:,.0f} min" if seconds < 7200 else f"{seconds / 3600:,.1f} h"
 
 
 def plan(index: dict, graph: dict, command: str) -> list[str]:
@@ -292,7 +299,8 @@ def plan(index: dict, graph: dict, command: str) -> list[str]:
             f"{n * (list_b + record_b) / 1e12:,.1f} TB | {n * driver_b / 1e12:,.1f} TB |"
         )
     n = 1_000_000_000
-    graph_h = n / query_rate / 3600 * (n / SCALES[n]) / (rows / nlist0)
+    graph_s = (n / query_rate, n / query_rate * (n / SCALES[n]) / (rows / nlist0))  # vCPU-seconds
+    code_b = 16 + -(-int(np.log2(SCALES[n])) // 8)  # PQ32x4 codes and the list number
     lines += [
         "",
         "How to read it, and the plan:",
@@ -301,12 +309,13 @@ def plan(index: dict, graph: dict, command: str) -> list[str]:
         "10M-row sample, hours even on a 16-vCPU worker (the table assumes k-means scales linearly "
         "with vCPUs); train on a larger machine or a GPU, or on fewer rows per centroid.",
         "- **Encoding** is embarrassingly parallel: on 64 workers of 8 vCPUs (512 processes) the "
-        f"1B encode takes about {n / encode_rate / 512 / 60:,.0f} minutes. Its parts are 18 B a "
-        "row of work files (the codes and the list number), 18 GB at 1B, removed afterwards.",
-        "- **The graph** at 1B: a range of a few to "
-        f"{graph_h:,.0f} vCPU-hours, the upper end if the cost of a query grows with the rows a "
-        "list holds (nprobe 16 lists are scanned); on 512 processes about "
-        f"{n / query_rate / 512 / 3600:,.1f} to {graph_h / 512:,.1f} hours. Every worker process "
+        f"1B encode takes about {_took(n / encode_rate / 512)}. Its parts are {code_b} B a row of "
+        f"work files (the codes and the list number), {n * code_b / 1e9:,.0f} GB at 1B, removed "
+        "afterwards.",
+        f"- **The graph** at 1B: {graph_s[0] / 3600:,.0f} to {graph_s[1] / 3600:,.0f} vCPU-hours, "
+        "the upper end if the cost of a query grows with the rows a list holds (nprobe 16 lists are "
+        f"scanned); on 512 processes {_took(graph_s[0] / 512)} to {_took(graph_s[1] / 512)}. "
+        "Every worker process "
         f"holds the whole index ({n * index_b / 1e9:,.0f} GB at 1B): run one SDK process per VM "
         "(`--experiments=no_use_multiple_sdk_containers`) with faiss's threads on its vCPUs, on "
         "high-memory VMs (n2-highmem-8: 64 GB).",
@@ -315,8 +324,8 @@ def plan(index: dict, graph: dict, command: str) -> list[str]:
         f"records and the store copy) is the disk it needs, {n * driver_b / 1e12:,.1f} TB at 1B; "
         "publishing the graph in "
         "shards written by the workers is the next step. The index's driver holds the single-file "
-        "index in memory while it writes it; at 1B use the `ondisk` layout, which it writes shard "
-        "by shard.",
+        "index in memory while it writes it; at 1B use the `shards` layout, which it writes a "
+        "shard at a time (the `ondisk` one cannot hold fast-scan codes).",
         "- **A round** reads the records of its picks' neighbourhoods, not the graph: its bytes "
         "do not grow with U (measured 1M -> 10M: 1.13x); its GETs depend on how neighbourhoods "
         "are laid out (docs/CLUSTER.md).",

@@ -328,6 +328,10 @@ def test_sharded_and_ondisk_answer_exactly_like_one_index(synthetic, tmp_path, f
 def test_index_dir_errors(synthetic, tmp_path):
     with pytest.raises(SealsError, match="the ondisk layout needs an IVF index; 'HNSW16' is not one"):
         build_index_dir(synthetic.store, tmp_path / "x", "HNSW16", layout="ondisk", progress=False)
+    with pytest.raises(
+        SealsError, match=r"cannot hold the fast-scan index 'IVF16,PQ4x4fs'.*single or shards"
+    ):
+        build_index_dir(synthetic.store, tmp_path / "x", "IVF16,PQ4x4fs", layout="ondisk", progress=False)
     with pytest.raises(SealsError, match="unknown index layout 'tiled'"):
         build_index_dir(synthetic.store, tmp_path / "x", "Flat", layout="tiled", progress=False)
     with pytest.raises(SealsError, match="not an index directory"):

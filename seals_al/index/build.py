@@ -65,7 +65,8 @@ def empty_index(dim: int, factory: str) -> faiss.Index:
 def search_key(dim: int, factory: str) -> str:
     """The factory string and, for an IVF index, the lists it probes: what a neighbour graph
     built through a factory's index depends on besides the rows."""
-    ivf = faiss.try_extract_index_ivf(empty_index(dim, factory))
+    index = empty_index(dim, factory)  # kept while ivf, a view into it, is read
+    ivf = faiss.try_extract_index_ivf(index)
     return factory if ivf is None else f"{factory} nprobe={ivf.nprobe}"
 
 

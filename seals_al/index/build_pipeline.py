@@ -41,7 +41,8 @@ def not_on_workers(dim: int, factory: str) -> str | None:
     """Why Beam workers cannot fill this factory's index, or None when they can."""
     from seals_al.index.build import empty_index
 
-    index = faiss.downcast_index(empty_index(dim, factory))
+    owner = empty_index(dim, factory)  # kept: the downcast view does not own it
+    index = faiss.downcast_index(owner)
     if not isinstance(index, faiss.IndexIVF):
         return (
             f"--factory {shown(factory)}: Beam workers fill IVF indexes only (IVF{{n}},Flat, "

@@ -79,8 +79,16 @@ def build_index_dir(
     search_params = dict(search_params or {})
     started = time.perf_counter()
     row_ids = store.row_ids if row_ids is None else np.sort(np.asarray(row_ids, dtype=np.int64))
-    if layout == "ondisk" and faiss.try_extract_index_ivf(empty_index(store.dim, factory)) is None:
-        raise SealsError(f"the ondisk layout needs an IVF index; {factory!r} is not one")
+    if layout == "ondisk":
+        empty = empty_index(store.dim, factory)  # kept while ivf, a view into it, is read
+        ivf = faiss.try_extract_index_ivf(empty)
+        if ivf is None:
+            raise SealsError(f"the ondisk layout needs an IVF index; {factory!r} is not one")
+        if isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan):  # refused now, not after the build
+            raise SealsError(
+                f"the ondisk layout cannot hold the fast-scan index {factory!r} (faiss merges plain "
+                "inverted lists on disk, not fast-scan's packed blocks); use the single or shards layout"
+            )
     with ExitStack() as stack:
         if beam_args is None:
             trained = empty_index(store.dim, factory)
