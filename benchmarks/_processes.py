@@ -76,3 +76,28 @@ def measure_processes(args: list[str], env: dict[str, str], label: str) -> dict:
         "worker_peak_rss_mb": workers,
         "processes": len(peaks),
     }
+
+
+def plot_ways(ways: dict[str, dict], path: Path, title: str) -> None:
+    """Each way's wall seconds (and, where measured, the Beam workers' share of them) beside the
+    largest peak RSS of its processes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(ways)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    axes[0].barh(names, [ways[w]["seconds"] for w in names], color="#4c72b0", label="whole build")
+    if any(ways[w].get("workers_seconds") for w in names):
+        workers = [ways[w].get("workers_seconds") or 0 for w in names]
+        axes[0].barh(names, workers, color="#55a868", label="of it, the Beam workers")
+        axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].set_xlabel("wall seconds")
+    largest = [max([ways[w]["driver_peak_rss_mb"] or 0, *ways[w]["worker_peak_rss_mb"]]) for w in names]
+    axes[1].barh(names, largest, color="#dd8452")
+    axes[1].set_xlabel("largest process's peak RSS (MB)")
+    axes[1].set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DOCS, publish, reproducing_command, write_json
-from _processes import measure_processes
+from _processes import measure_processes, plot_ways
 
 WAYS = {
     "one process, faiss threads": [],
@@ -70,28 +70,6 @@ def equal_graphs(a: Path, b: Path, chunk: int = 1_000_000) -> bool:
         if any(not np.array_equal(x[s : s + chunk], y[s : s + chunk]) for s in range(0, len(x), chunk)):
             return False
     return True
-
-
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ways = list(result["ways"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    axes[0].barh(ways, [result["ways"][w]["seconds"] for w in ways], color="#4c72b0")
-    axes[0].set_xlabel("wall seconds")
-    largest = [
-        max([result["ways"][w]["driver_peak_rss_mb"] or 0, *result["ways"][w]["worker_peak_rss_mb"]])
-        for w in ways
-    ]
-    axes[1].barh(ways, largest, color="#dd8452")
-    axes[1].set_xlabel("largest process's peak RSS (MB)")
-    axes[1].set_yticks([])
-    fig.suptitle(f"neighbour graph of {result['rows']:,} x {result['dim']} rows, k {result['k']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     one, two = result["ways"]["Beam, 1 worker"], result["ways"]["Beam, 2 workers"]
     result["two_over_one_worker"] = two["seconds"] / one["seconds"]
     write_json(DOCS / "benchmarks" / "graph_workers.json", result)
-    plot(result, DOCS / "benchmarks" / "graph_workers.png")
+    title = f"neighbour graph of {result['rows']:,} x {result['dim']} rows, k {result['k']}"
+    plot_ways(result["ways"], DOCS / "benchmarks" / "graph_workers.png", title)
     command = reproducing_command("graph_workers.py", parser, args, "rows", "dim", "k", "work")
     lines = [
         "## The neighbour graph on Beam workers",

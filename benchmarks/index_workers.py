@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DOCS, publish, reproducing_command, write_json
-from _processes import measure_processes
+from _processes import measure_processes, plot_ways
 
 WAYS = {
     "one process, faiss threads": None,
@@ -75,32 +75,6 @@ def recalls(store: str, indexes: dict[str, Path], k: int, queries: int) -> dict[
 def same_files(a: Path, b: Path) -> bool:
     manifest = json.loads((a / "manifest.json").read_text())
     return all((a / name).read_bytes() == (b / name).read_bytes() for name in manifest["files"])
-
-
-def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ways = list(result["ways"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    seconds = [result["ways"][w]["seconds"] for w in ways]
-    workers = [result["ways"][w].get("workers_seconds") or 0 for w in ways]
-    axes[0].barh(ways, seconds, color="#4c72b0", label="whole build")
-    axes[0].barh(ways, workers, color="#55a868", label="of it, the Beam workers")
-    axes[0].set_xlabel("wall seconds")
-    axes[0].legend(loc="lower right", fontsize=8)
-    largest = [
-        max([result["ways"][w]["driver_peak_rss_mb"] or 0, *result["ways"][w]["worker_peak_rss_mb"]])
-        for w in ways
-    ]
-    axes[1].barh(ways, largest, color="#dd8452")
-    axes[1].set_xlabel("largest process's peak RSS (MB)")
-    axes[1].set_yticks([])
-    fig.suptitle(f"index {result['factory']} over {result['rows']:,} x {result['dim']} rows")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,7 +151,8 @@ def render(result: dict, parser: argparse.ArgumentParser, args: argparse.Namespa
     result["two_over_one_worker"] = two["seconds"] / one["seconds"]
     result["two_over_one_worker_workers_only"] = two["workers_seconds"] / one["workers_seconds"]
     write_json(DOCS / "benchmarks" / "index_workers.json", result)
-    plot(result, DOCS / "benchmarks" / "index_workers.png")
+    title = f"index {factory} over {rows:,} x {dim} rows"
+    plot_ways(result["ways"], DOCS / "benchmarks" / "index_workers.png", title)
     command = reproducing_command(
         "index_workers.py", parser, args, "rows", "dim", "train_size", "queries", "work"
     )
