@@ -541,7 +541,7 @@ def beam_workers(gs: str, items: Path, concept: str, env: dict[str, str], timed,
     neighbour graph) to a worker pool in its own container, then the score component with them:
     the index, the graph and the scores must equal what one process makes from the same store."""
     import numpy as np
-    import pandas as pd
+    import pyarrow.parquet as pq
 
     from components.score.component import score
     from pipelines._cluster import Cluster
@@ -618,7 +618,7 @@ def beam_workers(gs: str, items: Path, concept: str, env: dict[str, str], timed,
     check(len(scored) == 1, f"the score component wrote {len(scored)} score files")
     score_campaign(Campaign(uri, progress=False), str(work / "scores-here.parquet"))
     check(
-        pd.read_parquet(scored[0]).equals(pd.read_parquet(work / "scores-here.parquet")),
+        pq.read_table(scored[0]).equals(pq.read_table(work / "scores-here.parquet")),
         "the scores from the worker pool differ from one process's",
     )
 

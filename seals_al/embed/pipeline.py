@@ -25,8 +25,8 @@ import io
 import json
 import logging
 import sys
-import uuid
 from collections.abc import Sequence
+from contextlib import ExitStack
 
 import apache_beam as beam
 import numpy as np
@@ -34,12 +34,20 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from seals_al.beam_options import beam_options, runner_options, workers_see_this_disk
 from seals_al.embed.handlers import EfficientNetLiteHandler, MiniLMHandler
-from seals_al.embed.transforms import DEAD, EmbedItems, LoadImage, ReadItems, SkipKnown, WriteShards
+from seals_al.embed.transforms import (
+    DEAD,
+    EmbedItems,
+    LoadImage,
+    ReadItems,
+    SkipKnown,
+    WriteLines,
+    WriteShards,
+)
 from seals_al.encoder import IMAGE_MODEL, IMAGE_MODEL_DIM, TEXT_MODEL, TEXT_MODEL_DIM
 from seals_al.errors import EXIT_USAGE, SealsError, shown
 from seals_al.items import item_files
 from seals_al.published import check_target, output_folder, read_manifest_at
-from seals_al.storage import is_remote
+from seals_al.storage import is_remote, open_storage, work_folder
 from seals_al.store import FORMAT as STORE_FORMAT
 from seals_al.store import EmbeddingStore, StoreWriter
 
@@ -80,11 +88,7 @@ def build(p: beam.Pipeline, options: EmbedOptions, work_dir: str, known_uri: str
         | "WriteShards" >> beam.ParDo(WriteShards(work_dir))
     )
     dead = (*dead_inputs, embedded[DEAD]) | "AllDead" >> beam.Flatten()
-    (
-        dead
-        | "DeadJson" >> beam.Map(json.dumps)
-        | "WriteDead" >> beam.io.WriteToText(f"{work_dir}/dead", file_name_suffix=".jsonl")
-    )
+    (dead | "DeadJson" >> beam.Map(json.dumps) | "WriteDead" >> beam.ParDo(WriteLines(work_dir, "dead")))
     return parts, dead
 
 
@@ -144,7 +148,12 @@ def finalize(
         rows = np.arange(first, first + len(in_order), dtype=np.int64)
         writer.add_scattered(in_order, rows, scattered(), max(1, shard_rows))
         writer.add_file("dead_letter.jsonl", "".join(line + "\n" for line in dead).encode())
-    FileSystems.delete([f"{work_dir.rstrip('/')}/" if is_remote(work_dir) else work_dir])  # gs://: the prefix
+    if is_remote(work_dir):  # each part (Beam's own delete of a gs:// prefix takes the batch API)
+        parts = open_storage(work_dir)
+        for key in parts.list():
+            parts.delete(key)
+    else:
+        FileSystems.delete([work_dir])
 
 
 def _log_counters(result: beam.runners.runner.PipelineResult) -> None:
@@ -177,11 +186,11 @@ def run(
     if missing:
         raise SealsError(f"missing required option(s): {', '.join(missing)}")
     # Checked before embedding, not after: a gs:// output is written locally, then published.
-    with output_folder(embed.output, STORE_FORMAT) as out:
+    with output_folder(embed.output, STORE_FORMAT) as out, ExitStack() as stack:
         work_dir = embed.work_dir or f"{out}.parts"
         if not embed.work_dir and is_remote(embed.output) and not workers_see_this_disk(options):
             # workers elsewhere write their parts beside the store (removed once it is published)
-            work_dir = f"{embed.output.rstrip('/')}.parts/{uuid.uuid4().hex}"
+            work_dir = stack.enter_context(work_folder(f"{embed.output.rstrip('/')}.parts"))
         runner_options(argv or (), {"the items": embed.input, "the work folder": work_dir})
         known_uri = None
         if base is not None:  # the ids to skip, beside the parts (read once per worker)

@@ -117,6 +117,30 @@ class SkipKnown(beam.DoFn):
             yield pair
 
 
+class WriteLines(beam.DoFn):
+    """Lines -> one file of them per bundle, ``PREFIX-<random>.jsonl`` in a work directory, written
+    whole by the worker that holds them: no temporary files renamed when the job ends (which on
+    gs:// takes the storage batch API)."""
+
+    def __init__(self, work_dir: str, prefix: str):
+        self.work_dir, self.prefix = work_dir, prefix
+        self._lines: list[str] = []
+
+    def start_bundle(self) -> None:
+        self._lines = []
+
+    def process(self, line: str) -> None:
+        self._lines.append(line)
+
+    def finish_bundle(self) -> None:
+        from apache_beam.io.filesystems import FileSystems
+
+        if self._lines:
+            with FileSystems.create(f"{self.work_dir}/{self.prefix}-{uuid.uuid4().hex}.jsonl") as f:
+                f.write("".join(line + "\n" for line in self._lines).encode())
+            self._lines = []
+
+
 class WriteShards(beam.DoFn):
     """Batches of (id, vector) -> one shard file of vectors and one of ids, in a work directory."""
 
