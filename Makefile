@@ -12,7 +12,7 @@ DEMO_CONCEPT ?= report_fraud
 DEMO_STRATEGY ?= mlp
 DEMO_OUT := demo-output
 
-.PHONY: demo demo-compare test e2e lint format benchmarks clean image manifests
+.PHONY: demo demo-compare test test-fast e2e lint format benchmarks clean image manifests
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ format: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The developer's loop: every test but those marked integration (kfp.local, Docker, Label Studio,
+# the GCS emulator, Beam worker processes, the real model; tests/conftest.py marks them).
+test-fast: lint
+	$(BIN)/python -m pytest -m "not integration"
 
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/label_efficiency.py

@@ -10,7 +10,7 @@ changes them; docs/CLUSTER.md says what each is for.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from kfp import dsl, kubernetes
@@ -138,3 +138,17 @@ class Cluster:
 
 
 DEFAULT = Cluster()
+
+
+def built_on_use(name: str, make: Callable[[], object], namespace: dict) -> Callable[[str], object]:
+    """A module ``__getattr__`` that builds ``name`` (a pipeline with the default settings) the
+    first time it is read and keeps it: building a pipeline takes seconds, and importing its
+    module (as ``seals-al compile`` imports all of them) should not."""
+
+    def __getattr__(attribute: str) -> object:
+        if attribute != name:
+            raise AttributeError(f"module {namespace['__name__']!r} has no attribute {attribute!r}")
+        namespace[name] = made = make()
+        return made
+
+    return __getattr__

@@ -3,7 +3,7 @@
 from kfp import dsl
 
 from components.wait_for_labels.component import wait_for_labels
-from pipelines._cluster import DEFAULT, Cluster
+from pipelines._cluster import DEFAULT, Cluster, built_on_use
 from pipelines._rounds import prepare, rounds, start_campaign
 from seals_al.settings import (
     DEFAULT_BATCH_SIZE,
@@ -80,4 +80,5 @@ def make_looped(max_rounds: int = MAX_ROUNDS, cluster: Cluster = DEFAULT):
     return seals_looped
 
 
-seals_looped = make_looped()
+# seals_looped: the pipeline with the default settings, built when first read.
+__getattr__ = built_on_use("seals_looped", make_looped, globals())

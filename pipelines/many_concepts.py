@@ -3,7 +3,7 @@ dsl.ParallelFor (the paper ran hundreds of concepts over the same index)."""
 
 from kfp import dsl
 
-from pipelines._cluster import DEFAULT, Cluster
+from pipelines._cluster import DEFAULT, Cluster, built_on_use
 from pipelines._rounds import prepare, rounds, start_campaign
 from pipelines.simulation import oracle
 from seals_al.settings import (
@@ -66,4 +66,5 @@ def make_many_concepts(max_rounds: int = MAX_ROUNDS, parallelism: int = 4, clust
     return seals_many_concepts
 
 
-seals_many_concepts = make_many_concepts()
+# seals_many_concepts: the pipeline with the default settings, built when first read.
+__getattr__ = built_on_use("seals_many_concepts", make_many_concepts, globals())

@@ -5,7 +5,7 @@ add them to the index; ingest new labels if any; if there were, train, select, p
 
 from kfp import dsl
 
-from pipelines._cluster import DEFAULT, Cluster
+from pipelines._cluster import DEFAULT, Cluster, built_on_use
 from pipelines._rounds import one_round
 
 
@@ -41,4 +41,5 @@ def make_one_round(cluster: Cluster = DEFAULT):
     return seals_one_round
 
 
-seals_one_round = make_one_round()
+# seals_one_round: the pipeline with the default settings, built when first read.
+__getattr__ = built_on_use("seals_one_round", make_one_round, globals())

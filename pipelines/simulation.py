@@ -3,7 +3,7 @@
 from kfp import dsl
 
 from components.oracle_labeler.component import oracle_labeler
-from pipelines._cluster import DEFAULT, Cluster
+from pipelines._cluster import DEFAULT, Cluster, built_on_use
 from pipelines._rounds import prepare, rounds, start_campaign
 from seals_al.settings import (
     DEFAULT_BATCH_SIZE,
@@ -71,4 +71,5 @@ def make_simulation(max_rounds: int = MAX_ROUNDS, cluster: Cluster = DEFAULT):
     return seals_simulation
 
 
-seals_simulation = make_simulation()
+# seals_simulation: the pipeline with the default settings, built when first read.
+__getattr__ = built_on_use("seals_simulation", make_simulation, globals())

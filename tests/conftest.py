@@ -29,6 +29,33 @@ VERSIONED = "seals-test-versioned"  # a bucket that keeps every generation of an
 settings.register_profile("seals", derandomize=True, database=None, deadline=None, max_examples=150)
 settings.load_profile("seals")
 
+# What makes a test an integration test (`-m integration`; `make test-fast` runs the others): a
+# fixture that starts or builds a real outside part, or a parameter that puts its data there.
+INTEGRATION_FIXTURES = {
+    "gcs_server": "the GCS emulator",
+    "gcs_emulator": "the GCS emulator",
+    "clinc_slice": "the real model (CLINC150 embedded)",
+    "built": "the real model (CLINC150 embedded)",
+    "kfp_local": "kfp.local runs",
+    "label_studio": "a Label Studio server",
+}
+INTEGRATION_PARAMS = {"gcs", "gs"}  # storage_root(where=...) and its kin: the emulator
+WORKER_PROCESSES = "--direct_running_mode=multi_processing"  # a parameter that starts Beam workers
+
+
+def _integration_param(value: object) -> bool:
+    if isinstance(value, str):
+        return value in INTEGRATION_PARAMS
+    return isinstance(value, list | tuple) and WORKER_PROCESSES in value
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ())) & INTEGRATION_FIXTURES.keys()
+        params = getattr(getattr(item, "callspec", None), "params", {}).values()
+        if fixtures or any(_integration_param(p) for p in params):
+            item.add_marker(pytest.mark.integration)
+
 
 def clustered_vectors(n: int, dim: int, clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Unit vectors around random centres; returns (vectors, cluster of each row)."""

@@ -4,6 +4,7 @@ are generated from their docstrings, and each component is a thin wrapper over s
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from dataclasses import fields
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from components import readme
-from pipelines.compile import pipelines
+from pipelines.compile import pipelines as build_pipelines
 from seals_al import settings
 from seals_al.campaign import CampaignConfig
 from seals_al.strategies import STRATEGIES
@@ -53,6 +54,12 @@ def test_component_defaults_are_the_cores(name):
     assert checked == {k: expected[k] for k in checked}
     if name in ("init_campaign", "build_index"):
         assert checked, "these components take core settings"
+
+
+@functools.cache
+def pipelines() -> dict:
+    """Every pipeline with the default cluster settings, built once for the checks that read them."""
+    return build_pipelines()
 
 
 @pytest.mark.parametrize("file", sorted(pipelines()))

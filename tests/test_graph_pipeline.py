@@ -23,6 +23,7 @@ TWO_WORKER_PROCESSES = ["--direct_num_workers=2", "--direct_running_mode=multi_p
 GRAPH_FILES = ("row_ids.npy", "neighbours.npy", "similarities.npy")
 
 
+@pytest.mark.integration  # Beam worker processes
 @pytest.mark.parametrize("where", ["local", "gcs"])
 def test_two_worker_processes_build_the_one_process_graph_row_for_row(synthetic, tmp_path, where, request):
     root = storage_root(where, request, tmp_path)

@@ -190,7 +190,7 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
 def flaky():
     _Flaky.failures, _Flaky.delay, _Flaky.seen, _Flaky.shaped = 0, 0.0, 0, None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)  # quick shutdown
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
