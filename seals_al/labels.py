@@ -26,7 +26,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Container, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 from xml.etree import ElementTree
@@ -91,6 +91,9 @@ class Answer:
     item_id: str
     label: int
     where: str
+    # Who gave it and how: "by" (annotators), "labeled_at", and from a labeling tool "tool",
+    # "task", "annotations" and "agreement" (the share of its votes that chose the label).
+    provenance: dict = field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -105,6 +108,24 @@ class CheckedLabels:
     relabels: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (old, new)
     unchanged: int = 0
     pending_tasks: int = 0  # Label Studio tasks with no annotation yet
+
+    def provenance(self) -> dict[str, dict]:
+        """id -> who labeled it and how; every annotator a file names for an id (the same label
+        given twice, by two people) is kept."""
+        out: dict[str, dict] = {}
+        for answer in self.answers:
+            if not answer.provenance:
+                continue
+            kept = out.get(answer.item_id)
+            if kept is None:
+                out[answer.item_id] = dict(answer.provenance)
+                continue
+            by = kept.get("by", [])
+            by = [*by, *(name for name in answer.provenance.get("by", []) if name not in by)]
+            kept.update(answer.provenance)
+            if by:
+                kept["by"] = by
+        return out
 
     def report(self) -> dict:
         return {
@@ -152,7 +173,26 @@ def read_label_file(name: str, data: bytes, concept: str) -> tuple[str, list[Ans
     )
 
 
-def _answer(item_id: object, value: object, concept: str, where: str, problems: Problems) -> Answer | None:
+# Optional columns (CSV) or keys (JSONL) of a label file: who gave the label, and when.
+PROVENANCE_COLUMNS = ("annotator", "labeled_at")
+
+
+def _declared(found: dict[str, str]) -> dict:
+    """A file's own provenance columns as an answer's provenance."""
+    out: dict = {"by": [found["annotator"]]} if "annotator" in found else {}
+    if "labeled_at" in found:
+        out["labeled_at"] = found["labeled_at"]
+    return out
+
+
+def _answer(
+    item_id: object,
+    value: object,
+    concept: str,
+    where: str,
+    problems: Problems,
+    provenance: dict | None = None,
+) -> Answer | None:
     if item_id is None or not str(item_id).strip():
         problems.append(Problem(where, "missing id"))
         return None
@@ -163,7 +203,7 @@ def _answer(item_id: object, value: object, concept: str, where: str, problems: 
     if label is None:
         problems.append(Problem(where, f"invalid label {shown(value)} for id {shown(item_id)}"))
         return None
-    return Answer(str(item_id).strip(), label, where)
+    return Answer(str(item_id).strip(), label, where, provenance or {})
 
 
 def _read_csv(text: str, concept: str) -> tuple[list[Answer], int, Problems]:
@@ -185,6 +225,7 @@ def _read_csv(text: str, concept: str) -> tuple[list[Answer], int, Problems]:
                 Problems(Problem("line 1", f"column(s) {shown(','.join(repeated))} appear more than once")),
             )
         at_id, at_label = header.index("id"), header.index("label")
+        optional = {name: header.index(name) for name in PROVENANCE_COLUMNS if name in header}
         for row in reader:
             where = f"line {reader.line_num}"
             if not any(cell.strip() for cell in row):
@@ -192,7 +233,8 @@ def _read_csv(text: str, concept: str) -> tuple[list[Answer], int, Problems]:
             if len(row) != len(header):
                 problems.append(Problem(where, f"expected {len(header)} fields, found {len(row)}"))
                 continue
-            answer = _answer(row[at_id], row[at_label], concept, where, problems)
+            found = {name: row[at].strip() for name, at in optional.items() if row[at].strip()}
+            answer = _answer(row[at_id], row[at_label], concept, where, problems, _declared(found))
             if answer:
                 answers.append(answer)
     except csv.Error as e:
@@ -236,7 +278,14 @@ def _read_jsonl(text: str, concept: str) -> tuple[list[Answer], int, Problems]:
         if not isinstance(record, dict) or "label" not in record:
             problems.append(Problem(where, 'expected an object with "id" and "label"'))
             continue
-        answer = _answer(record.get("id"), record["label"], concept, where, problems)
+        found = {name: record[name] for name in PROVENANCE_COLUMNS if record.get(name) not in (None, "")}
+        wrong = [name for name, value in found.items() if not isinstance(value, str)]
+        if wrong:
+            problems.append(
+                Problem(where, f"{shown(wrong[0])} is a string, not a {type(found[wrong[0]]).__name__}")
+            )
+            continue
+        answer = _answer(record.get("id"), record["label"], concept, where, problems, _declared(found))
         if answer:
             answers.append(answer)
     return answers, 0, problems
@@ -261,7 +310,7 @@ def _read_label_studio(text: str, concept: str) -> tuple[list[Answer], int, Prob
         if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
             problems.append(Problem(where, '"annotations" must be a list of objects'))
             continue
-        votes = []
+        votes, voters = [], []
         for annotation in annotations:
             if annotation.get("was_cancelled"):
                 continue  # skipped by its annotator: no vote
@@ -274,15 +323,59 @@ def _read_label_studio(text: str, concept: str) -> tuple[list[Answer], int, Prob
                 problems.append(Problem(where, f"{name} has {what}; expected {expected}"))
                 break
             votes.append(label)
+            voters.append(annotation)
         else:
             decided = majority(votes)
             if decided is None:
                 pending += 1  # not annotated yet, skipped only, or a tie: still out, carried over
                 continue
-            answer = _answer(task["data"].get("seals_id"), decided, concept, where, problems)
+            provenance = _annotated(task, voters, votes, decided)
+            answer = _answer(task["data"].get("seals_id"), decided, concept, where, problems, provenance)
             if answer:
                 answers.append(answer)
     return answers, pending, problems
+
+
+def _annotated(task: dict, voters: list[dict], votes: list[int], decided: int) -> dict:
+    """A Label Studio answer's provenance: the task, each vote's annotation and annotator, the
+    latest vote's time, and how many of the votes chose the label."""
+    by = [_annotator(a.get("completed_by")) for a in voters]
+    times = [str(t) for a in voters if (t := a.get("updated_at") or a.get("created_at"))]
+    out = {
+        "tool": "label-studio",
+        "task": task.get("id"),
+        "annotations": [a.get("id") for a in voters],
+        "by": [b for b in dict.fromkeys(by) if b],
+        "agreement": round(sum(v == decided for v in votes) / len(votes), 4),
+    }
+    if times:
+        out["labeled_at"] = max(times)
+    return out
+
+
+def _annotator(completed_by: object) -> str | None:
+    """Who made a Label Studio annotation: the e-mail when the export has it, else its user id."""
+    if isinstance(completed_by, dict):
+        email = completed_by.get("email")
+        return str(email) if email else _annotator(completed_by.get("id"))
+    if isinstance(completed_by, int) and not isinstance(completed_by, bool):
+        return f"label-studio user {completed_by}"
+    return None
+
+
+UNNAMED = "(no annotator named)"
+
+
+def labels_by_annotator(rows: Iterable[dict]) -> list[tuple[str, int, int]]:
+    """Who labeled how much, most first: (annotator, labels, positives) over labeled rows; a label
+    two people gave counts for each, one whose file named nobody for :data:`UNNAMED`."""
+    counts: dict[str, list[int]] = {}
+    for row in rows:
+        for name in row.get("by") or [UNNAMED]:
+            seen = counts.setdefault(str(name), [0, 0])
+            seen[0] += 1
+            seen[1] += int(row["label"])
+    return sorted(((n, c[0], c[1]) for n, c in counts.items()), key=lambda t: (-t[1], t[0]))
 
 
 def majority(votes: list[int]) -> int | None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from seals_al.errors import SealsError, shown
+from seals_al.labels import labels_by_annotator
 from seals_al.record import TABLE_COLUMNS, UI_METRICS, table_cells
 from seals_al.storage import (
     atomic_path,
@@ -174,12 +175,18 @@ def round_report(
         for row in batch[:batch_rows]
     )
     scalars = "".join(f"<tr><th>{k}</th><td>{_fmt(v)}</td></tr>" for k, v in metrics.items())
+    who = labels_by_annotator(state.labeled.values())  # provenance: who gave the labels so far
+    annotators = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{n}</td><td>{pos}</td></tr>" for name, n, pos in who
+    )
     page = (
         f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
         f"<h2>{html.escape(title)}</h2><p>{html.escape(st.uri)} &middot; strategy {learning.strategy}, "
         f"mode {learning.mode}, k {learning.k}, batch {learning.batch_size}, budget {cfg.budget}</p>"
         f"<table border='1' cellpadding='3'>{scalars}</table>"
         f"<div>{plot}</div>"
+        "<h3>Who labeled</h3><table border='1' cellpadding='3'><tr><th>annotator</th><th>labels</th>"
+        f"<th>positives</th></tr>{annotators}</table>"
         f"<h3>Batch to label ({len(batch)} examples, first {min(len(batch), batch_rows)})</h3>"
         "<table border='1' cellpadding='3'><tr><th>rank</th><th>id</th><th>score</th>"
         f"<th>reached from</th><th>text</th></tr>{rows}</table></body></html>"
@@ -193,6 +200,8 @@ def round_report(
         "|---|---|",
         *(f"| {k} | {_fmt(v)} |" for k, v in metrics.items()),
     ]
+    lines += ["", "| annotator | labels | positives |", "|---|---|---|"]
+    lines += [f"| {name} | {n} | {pos} |" for name, n, pos in who]
     keep_going, reason = campaign.next_step(target_metric, target_value, state)
     lines += ["", f"Next: {reason}"]
     markdown = "\n".join(lines) + "\n"

@@ -171,6 +171,7 @@ def test_unknown_options_are_an_error_not_silently_dropped(tmp_path):
     assert not Path(tmp_path / "o").exists()
 
 
+@pytest.mark.hostile
 def test_workers_in_containers_are_refused_items_on_this_disk(tmp_path):
     (tmp_path / "items.csv").write_text("id,text\na,hello\n")
     external = ["--environment_type=EXTERNAL", "--environment_config=127.0.0.1:50000"]

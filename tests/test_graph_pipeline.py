@@ -67,6 +67,7 @@ def test_a_store_that_is_not_there_fails_naming_it(synthetic, tmp_path):
     assert not (tmp_path / "graph").exists(), "nothing half-written"
 
 
+@pytest.mark.hostile
 def test_workers_in_containers_are_refused_an_index_on_this_disk(synthetic, tmp_path):
     external = ["--environment_type=EXTERNAL", "--environment_config=localhost:50000"]
     with pytest.raises(SealsError, match=r"--environment_type=EXTERNAL: the index, .*index, is on this"):

@@ -67,12 +67,14 @@ def test_beam_workers_build_the_one_process_index_file_for_file(
         assert open_storage(f"{root}/two.work").list() == []
 
 
+@pytest.mark.hostile
 def test_a_factory_beam_workers_cannot_fill_is_refused_before_any_work(synthetic, tmp_path):
     with pytest.raises(SealsError, match=r"'HNSW8'.*IVF indexes only"):
         build_index_dir(synthetic.store, tmp_path / "index", "HNSW8", beam_args=[], progress=False)
     assert not (tmp_path / "index").exists(), "nothing half-written"
 
 
+@pytest.mark.hostile
 def test_workers_on_other_machines_are_refused_a_store_on_this_disk(synthetic, tmp_path):
     with pytest.raises(SealsError, match=r"the store, .*store, is on this machine's disk"):
         encode_with_beam(

@@ -11,6 +11,7 @@ from seals_al.labels import (
     MAX_PROBLEMS,
     LabelFileError,
     check_label_file,
+    labels_by_annotator,
     parse_label,
     read_label_file,
 )
@@ -177,6 +178,55 @@ def test_label_studio_takes_the_majority_of_annotations_not_cancelled():
     result = check("l.json", json.dumps(tasks), labeled={"d": 0, "e": 0})
     assert (result.new, result.relabels, result.unchanged) == ({"b": 1}, {"d": (0, 1)}, 1)
     assert result.pending_tasks == 2, "a tie and a task whose only annotation was cancelled stay out"
+
+
+def test_each_answer_keeps_who_gave_it_how_and_when():
+    """Provenance: a file's annotator and labeled_at columns (CSV) or keys (JSONL); from a Label
+    Studio export, the task, each vote's annotation and annotator, the latest vote's time and the
+    share of votes that chose the label. Two people giving one item the same label are both kept."""
+    result = check(
+        "l.csv", "id,label,annotator,labeled_at\na,1,ann@x,2026-12-01\nb,0,,\na,1,bob@x,2026-12-02\n"
+    )
+    assert result.provenance() == {"a": {"by": ["ann@x", "bob@x"], "labeled_at": "2026-12-02"}}
+    result = check("l.jsonl", '{"id": "a", "label": 1, "annotator": "ann@x"}\n{"id": "b", "label": 0}\n')
+    assert result.provenance() == {"a": {"by": ["ann@x"]}}
+    vote = {"type": "choices", "value": {"choices": [CONCEPT]}}
+    against = {"type": "choices", "value": {"choices": [f"not {CONCEPT}"]}}
+    task = {
+        "id": 7,
+        "data": {"seals_id": "a"},
+        "annotations": [
+            {"id": 70, "completed_by": 3, "updated_at": "2026-12-01T10:00:00Z", "result": [vote]},
+            {
+                "id": 71,
+                "completed_by": {"id": 4, "email": "eve@x"},
+                "updated_at": "2026-12-01T11:00:00Z",
+                "result": [vote],
+            },
+            {"id": 72, "completed_by": 5, "created_at": "2026-12-01T09:00:00Z", "result": [against]},
+            {"id": 73, "completed_by": 6, "was_cancelled": True, "result": []},
+        ],
+    }
+    assert check("l.json", json.dumps([task])).provenance() == {
+        "a": {
+            "tool": "label-studio",
+            "task": 7,
+            "annotations": [70, 71, 72],
+            "by": ["label-studio user 3", "eve@x", "label-studio user 5"],
+            "agreement": 0.6667,
+            "labeled_at": "2026-12-01T11:00:00Z",
+        }
+    }
+    assert labels_by_annotator(
+        [{"label": 1, "by": ["ann@x", "bob@x"]}, {"label": 0, "by": ["ann@x"]}, {"label": 1}]
+    ) == [("ann@x", 2, 1), ("(no annotator named)", 1, 1), ("bob@x", 1, 1)]
+
+
+@pytest.mark.hostile
+def test_an_annotator_that_is_not_a_string_names_the_line():
+    assert problems("l.jsonl", '{"id": "a", "label": 1, "annotator": 3}\n') == [
+        ("line 1", "'annotator' is a string, not a int")
+    ]
 
 
 @pytest.mark.hostile

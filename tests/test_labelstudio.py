@@ -443,6 +443,11 @@ def test_a_whole_round_trip_push_annotate_pull_round(campaign, clinc_slice, ls_e
     assert len(state.labeled) == 100 + BATCH
     assert {state.labeled[i]["source"] for i in tasks} == {"inbox/000/label-studio.json"}
     assert all(state.labeled[i]["label"] == truth[i] for i in tasks)
+    # Provenance: the tool, its task and annotation, the server's user and time, one voter.
+    given = state.labeled[next(iter(tasks))]
+    assert (given["tool"], given["agreement"], len(given["annotations"])) == ("label-studio", 1.0, 1)
+    assert given["task"] == tasks[next(iter(tasks))]["id"]
+    assert given["by"] and given["labeled_at"]
     assert len(person.tasks(project)) == 2 * BATCH, "the round pushed its new batch"
     assert f"{BATCH} task(s) of the open batch, {BATCH} imported now" in out
     # The token is never written: not in the campaign, not in what the commands printed.

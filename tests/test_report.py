@@ -102,7 +102,8 @@ def test_a_round_report_for_the_ui(campaign):
     assert svg.count("<circle") == 3 * 2
     for label in ("positives found", "average precision (eval split)", "pool, % of U"):
         assert f">{label}</text>" in svg
-    assert report.html.count("<tr><td>") == 3
+    assert report.html.count("<tr><td>") == 3 + 1, "three batch rows, one annotator row"
+    assert "| (no annotator named) | 110 |" in report.markdown, "files that name no annotator"
     batch = campaign.state().batch
     assert html.escape(batch[0]["text"]) in report.html
     assert "<" + batch[0]["text"].split("<")[1] not in report.html, "item texts are escaped"
@@ -188,3 +189,33 @@ def test_the_charts_leave_out_values_that_are_not_numbers():
     svg = history_svg(history, "t")
     assert "nan" not in svg
     assert svg.count("<circle") == 2 + 1 + 2
+
+
+def test_who_gave_each_label_is_kept_in_the_round_and_shown_by_status_and_the_report(campaign):
+    """Provenance: each labeled row keeps its file, the file's sha256 and the annotator the file
+    names; status and the round report say who labeled how much."""
+    import hashlib
+
+    campaign.round()
+    pending = [row["id"] for row in campaign.state().pending]
+    truth = campaign.dataset().truth_of(pending, "c0")
+    text = "id,label,annotator\n" + "".join(
+        f"{i},{t},{'ann@x' if n % 2 else 'bob@x'}\n"
+        for n, (i, t) in enumerate(zip(pending, truth, strict=True))
+    )
+    key = f"{campaign.keys(campaign.state().round).inbox}/people.csv"
+    campaign.storage.write_text(key, text)
+    campaign.round()
+    labeled = campaign.state().labeled
+    row = labeled[pending[1]]
+    assert row["by"] == ["ann@x"]
+    assert row["source"] == key
+    assert row["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert labeled[pending[0]]["by"] == ["bob@x"]
+    lines = campaign.status()["labeled_by"]
+    assert (
+        lines[0]
+        == f"(no annotator named): {len(labeled) - len(pending)} label(s), " + lines[0].split(", ")[1]
+    )
+    assert any(line.startswith(f"ann@x: {len(pending) // 2} label(s)") for line in lines)
+    assert f"| bob@x | {len(pending) - len(pending) // 2} |" in round_report(campaign).markdown

@@ -232,11 +232,28 @@ class Campaign(StateReader):
                 }
                 self.storage.write_json(report_key(key, data), report)
                 raise SealsError(f"{self.storage.where(key)}: {e.detail}") from e
+            # Where each label came from: the file (and its sha256), and who gave it, how and when.
+            given = result.provenance()
+            origin = {"source": key, "sha256": result.sha256}
             for item_id, label in result.new.items():
-                labeled[item_id] = {"id": item_id, "label": label, "round": r, "source": key}
+                labeled[item_id] = {
+                    "id": item_id,
+                    "label": label,
+                    "round": r,
+                    **origin,
+                    **given.get(item_id, {}),
+                }
             for item_id, (old, new) in result.relabels.items():
-                relabels.append({"id": item_id, "old": old, "new": new, "round": r, "source": key})
-                labeled[item_id] = {"id": item_id, "label": new, "round": r, "source": key}
+                relabels.append(
+                    {"id": item_id, "old": old, "new": new, "round": r, **origin, **given.get(item_id, {})}
+                )
+                labeled[item_id] = {
+                    "id": item_id,
+                    "label": new,
+                    "round": r,
+                    **origin,
+                    **given.get(item_id, {}),
+                }
             copy = self.keys(r).ingested_copy(key, result.sha256)
             ingested.append(
                 {"file": key, "sha256": result.sha256, "round": r, "copy": copy, "report": result.report()}

@@ -44,7 +44,7 @@ class State:
     """The last committed round, as read back from storage."""
 
     round: int  # -1 before round 0
-    labeled: dict[str, dict]  # id -> {"label", "round", "source"}
+    labeled: dict[str, dict]  # id -> {"label", "round", "source", "sha256", and who gave it: "by", ...}
     ingested: list[dict]
     batch: list[dict]
 
@@ -218,6 +218,10 @@ class StateReader:
             "pool_size": metrics.get("pool_size"),
             "data_version": self._data_version(state.round),
             "average_precision": metrics.get("average_precision"),
+            "labeled_by": [
+                f"{name}: {n:,} label(s), {pos:,} positive"
+                for name, n, pos in labels.labels_by_annotator(state.labeled.values())
+            ],
             "new_label_files": len(files := self.label_files(state)),
             "label_files": files,
             "ignored_files": self.ignored_files(state),
