@@ -447,7 +447,8 @@ def test_a_whole_round_trip_push_annotate_pull_round(campaign, clinc_slice, ls_e
     given = state.labeled[next(iter(tasks))]
     assert (given["tool"], given["agreement"], len(given["annotations"])) == ("label-studio", 1.0, 1)
     assert given["task"] == tasks[next(iter(tasks))]["id"]
-    assert given["by"] and given["labeled_at"]
+    assert given["by"]
+    assert given["labeled_at"]
     assert len(person.tasks(project)) == 2 * BATCH, "the round pushed its new batch"
     assert f"{BATCH} task(s) of the open batch, {BATCH} imported now" in out
     # The token is never written: not in the campaign, not in what the commands printed.
