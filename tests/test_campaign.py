@@ -4,6 +4,7 @@ label files, the terminal labeler, crashes and a concurrent second round."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -184,11 +185,20 @@ def test_partial_labels_stay_pending_and_relabels_are_recorded(campaign, clinc_s
 
     seed_id = next(i for i, row in campaign.state().labeled.items() if row["source"] == "seed/seeds.csv")
     old = campaign.state().labeled[seed_id]["label"]
-    campaign.storage.write_text("inbox/001/fix.jsonl", json.dumps({"id": seed_id, "label": 1 - old}) + "\n")
+    fix = json.dumps({"id": seed_id, "label": 1 - old}) + "\n"
+    campaign.storage.write_text("inbox/001/fix.jsonl", fix)
     campaign.round()
     relabels = campaign.storage.read_text("rounds/002/relabels.jsonl").splitlines()
+    sha256 = hashlib.sha256(fix.encode()).hexdigest()
     assert [json.loads(line) for line in relabels] == [
-        {"id": seed_id, "old": old, "new": 1 - old, "round": 2, "source": "inbox/001/fix.jsonl"}
+        {
+            "id": seed_id,
+            "old": old,
+            "new": 1 - old,
+            "round": 2,
+            "source": "inbox/001/fix.jsonl",
+            "sha256": sha256,
+        }
     ]
     assert campaign.state().labeled[seed_id]["label"] == 1 - old
     history = [json.loads(x) for x in campaign.storage.read_text("rounds/001/labeled.jsonl").splitlines()]
@@ -265,6 +275,7 @@ def test_labels_that_arrive_after_their_round_committed_are_taken_in(campaign, c
         "label": truth[late],
         "round": 2,
         "source": "inbox/000/late.csv",
+        "sha256": hashlib.sha256(campaign.storage.read_bytes("inbox/000/late.csv")).hexdigest(),
     }
     assert campaign.round() is None, "taken in once"
 

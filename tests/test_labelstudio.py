@@ -501,13 +501,15 @@ def test_skips_ties_majorities_deletions_and_edits_follow_the_policies(campaign,
     relabels = [
         json.loads(line) for line in campaign.storage.read_text("rounds/002/relabels.jsonl").splitlines()
     ]
-    assert relabels == [
+    recorded = ("id", "old", "new", "round", "source", "tool")
+    assert [{k: row[k] for k in recorded} for row in relabels] == [
         {
             "id": edited,
             "old": truth[edited],
             "new": 1 - truth[edited],
             "round": 2,
             "source": "inbox/001/label-studio.json",
+            "tool": "label-studio",
         }
     ]
 
