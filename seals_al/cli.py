@@ -238,6 +238,13 @@ def _add_campaign_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-value", type=float, default=1.0)
     p.set_defaults(handler=_report)
     p = sub.add_parser(
+        "labeled",
+        help="write the labeled set with who gave each label, when and from which file or tool",
+    )
+    p.add_argument("campaign")
+    p.add_argument("--out", required=True, help="the file to write (.csv or .jsonl; local or gs://)")
+    p.set_defaults(handler=_labeled)
+    p = sub.add_parser(
         "export",
         help="write a round's model as portable JSON: classifier, embedding model and version, "
         "concept, round, labeled-set digest, operating thresholds",
@@ -266,6 +273,22 @@ def _add_campaign_commands(sub: argparse._SubParsersAction) -> None:
 
 
 _PRECISIONS = "operating thresholds: the evaluation-split precisions to reach, comma-separated"
+
+
+def _labeled(args: argparse.Namespace, console: Console) -> int:
+    from seals_al.campaign import Campaign
+    from seals_al.labels import check_labeled_set_name, is_labeled_set, labeled_set_file
+    from seals_al.storage import check_output_file, open_storage, split_uri
+
+    check_labeled_set_name(args.out)
+    campaign = Campaign(args.campaign, progress=False)
+    where = check_output_file(args.out, campaign.storage.uri, "labeled set", is_labeled_set)
+    labeled = campaign.state().labeled
+    data = labeled_set_file(labeled.values(), args.out)
+    parent, name = split_uri(args.out)
+    open_storage(parent).write_bytes(name, data)
+    console.print(f"{len(labeled):,} labeled item(s): {where}", highlight=False)
+    return 0
 
 
 def _export(args: argparse.Namespace, console: Console) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 
 import pytest
@@ -219,3 +220,44 @@ def test_who_gave_each_label_is_kept_in_the_round_and_shown_by_status_and_the_re
     )
     assert any(line.startswith(f"ann@x: {len(pending) // 2} label(s)") for line in lines)
     assert f"| bob@x | {len(pending) - len(pending) // 2} |" in round_report(campaign).markdown
+
+
+def test_the_labeled_set_is_written_with_its_provenance_and_reads_back_as_a_label_file(
+    campaign, tmp_path, capsys
+):
+    from seals_al.cli import main
+    from seals_al.labels import read_label_file
+
+    campaign.round()
+    pending = [row["id"] for row in campaign.state().pending]
+    truth = campaign.dataset().truth_of(pending, "c0")
+    rows = "".join(f"{i},{t},ann@x\n" for i, t in zip(pending, truth, strict=True))
+    campaign.storage.write_text(f"{campaign.keys(0).inbox}/people.csv", "id,label,annotator\n" + rows)
+    campaign.round()
+    uri, out = campaign.storage.uri, tmp_path / "labeled.csv"
+    assert main(["labeled", uri, "--out", str(out)]) == 0
+    labeled = campaign.state().labeled
+    _, answers, _, problems = read_label_file(out.name, out.read_bytes(), "c0")
+    assert not problems
+    assert {a.item_id: a.label for a in answers} == {i: row["label"] for i, row in labeled.items()}
+    assert {a.item_id for a in answers if a.provenance.get("by") == ["ann@x"]} == set(pending)
+    assert main(["labeled", uri, "--out", str(tmp_path / "labeled.jsonl")]) == 0
+    lines = (tmp_path / "labeled.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [labeled[i] for i in sorted(labeled)]
+    assert main(["labeled", uri, "--out", str(out)]) == 0, "its own earlier output is replaced"
+
+
+@pytest.mark.hostile
+def test_the_labeled_set_is_never_written_into_the_campaign_or_over_a_users_file(campaign, tmp_path, capsys):
+    from seals_al.cli import main
+
+    campaign.round()
+    uri = campaign.storage.uri
+    assert main(["labeled", uri, "--out", f"{uri}/labeled.csv"]) == 2
+    assert "inside the campaign" in capsys.readouterr().err
+    (tmp_path / "mine.csv").write_text("a,b\n1,2\n")
+    assert main(["labeled", uri, "--out", str(tmp_path / "mine.csv")]) == 2
+    assert "is not a labeled set seals-al wrote" in capsys.readouterr().err
+    assert (tmp_path / "mine.csv").read_text() == "a,b\n1,2\n"
+    assert main(["labeled", uri, "--out", str(tmp_path / "labeled.parquet")]) == 2
+    assert "write the labeled set as .csv or .jsonl" in capsys.readouterr().err
