@@ -38,17 +38,13 @@ def runner_options(beam_args: Sequence[str], paths: dict[str, str]) -> PipelineO
     that may not see this machine's disk (a runner not in :data:`LOCAL_RUNNERS`, or any runner with
     workers in containers: ``--environment_type=DOCKER`` or ``EXTERNAL``) are refused, naming the
     path, while any of ``paths`` is on this machine's disk only."""
-    from apache_beam.options.pipeline_options import PortableOptions
-
     from seals_al.storage import is_remote
 
     options = beam_options(beam_args)
     local = {what: path for what, path in paths.items() if not is_remote(path)}
     if local and not workers_see_this_disk(options):
         what, path = next(iter(local.items()))
-        runner = options.view_as(StandardOptions).runner
-        name = runner if isinstance(runner, str) else type(runner).__name__
-        environment = options.view_as(PortableOptions).environment_type
+        name, environment = _runner_and_environment(options)
         where = f"--runner {name}" + (f" --environment_type={environment}" if environment else "")
         raise SealsError(
             f"{where}: {what}, {path}, is on this machine's disk, which its workers do not see; "
@@ -61,9 +57,14 @@ def runner_options(beam_args: Sequence[str], paths: dict[str, str]) -> PipelineO
 def workers_see_this_disk(options: PipelineOptions) -> bool:
     """Whether the workers run on this machine, outside containers: one of Beam's local runners
     (:data:`LOCAL_RUNNERS`) with its own process or subprocesses as the environment."""
+    name, environment = _runner_and_environment(options)
+    return name in LOCAL_RUNNERS and environment.upper() in LOCAL_ENVIRONMENTS
+
+
+def _runner_and_environment(options: PipelineOptions) -> tuple[str, str]:
+    """The runner's name and the worker environment type ("" when none is given)."""
     from apache_beam.options.pipeline_options import PortableOptions
 
     runner = options.view_as(StandardOptions).runner
     name = runner if isinstance(runner, str) else type(runner).__name__
-    environment = str(options.view_as(PortableOptions).environment_type or "").upper()
-    return name in LOCAL_RUNNERS and environment in LOCAL_ENVIRONMENTS
+    return name, str(options.view_as(PortableOptions).environment_type or "")

@@ -575,7 +575,7 @@ def _add_build_index(sub: argparse._SubParsersAction) -> None:
 
 def _build_index(args: argparse.Namespace, console: Console) -> int:
     from seals_al.index.directory import INDEX_FORMAT, publish_index_dir
-    from seals_al.published import check_target, materialize, open_published
+    from seals_al.published import check_target, materialize
     from seals_al.store import EmbeddingStore
 
     for name in ("shard_rows", "train_size", "k"):
@@ -586,14 +586,12 @@ def _build_index(args: argparse.Namespace, console: Console) -> int:
     beam_args = args.beam_args or None  # with any, the index is trained and filled on Beam workers
     if beam_args:  # checked before the index is built: a typo fails now, not after it
         from seals_al.beam_options import beam_options
-        from seals_al.index.build_pipeline import check_beam_factory
 
         beam_options(beam_args)
     params = {k: v for k, v in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if v is not None}
     check_target(args.out, INDEX_FORMAT)  # before the store is fetched
     if beam_args:  # the workers read the store where it is published; this process, its row ids
-        store = EmbeddingStore.open(open_published(args.store, "an embeddings store"), access="rows")
-        check_beam_factory(store.dim, args.factory)
+        store = EmbeddingStore.published(args.store)  # a factory they cannot fill: refused before work
     else:
         store = EmbeddingStore.open(materialize(args.store, "an embeddings store"))
     manifest = publish_index_dir(

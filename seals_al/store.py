@@ -413,6 +413,15 @@ class EmbeddingStore:
         self._known_vectors = np.empty((0, self.dim), np.float32)
 
     @classmethod
+    def published(cls, uri: str | Path, cache_dir: str | Path | None = None) -> EmbeddingStore:
+        """The store published at ``uri`` (a folder or gs://), its rows read by range where they
+        are (nothing downloaded); nothing published there is an error naming ``uri``. How Beam
+        workers and their drivers open a store."""
+        from seals_al.published import open_published
+
+        return cls.open(open_published(uri, "an embeddings store", cache_dir), access="rows")
+
+    @classmethod
     def open(
         cls,
         path: str | Path | Folder,

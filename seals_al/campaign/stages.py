@@ -234,26 +234,12 @@ class Campaign(StateReader):
                 raise SealsError(f"{self.storage.where(key)}: {e.detail}") from e
             # Where each label came from: the file (and its sha256), and who gave it, how and when.
             given = result.provenance()
-            origin = {"source": key, "sha256": result.sha256}
+            origin = {"round": r, "source": key, "sha256": result.sha256}
             for item_id, label in result.new.items():
-                labeled[item_id] = {
-                    "id": item_id,
-                    "label": label,
-                    "round": r,
-                    **origin,
-                    **given.get(item_id, {}),
-                }
+                labeled[item_id] = {"id": item_id, "label": label, **origin, **given.get(item_id, {})}
             for item_id, (old, new) in result.relabels.items():
-                relabels.append(
-                    {"id": item_id, "old": old, "new": new, "round": r, **origin, **given.get(item_id, {})}
-                )
-                labeled[item_id] = {
-                    "id": item_id,
-                    "label": new,
-                    "round": r,
-                    **origin,
-                    **given.get(item_id, {}),
-                }
+                relabels.append({"id": item_id, "old": old, "new": new, **origin, **given.get(item_id, {})})
+                labeled[item_id] = {"id": item_id, "label": new, **origin, **given.get(item_id, {})}
             copy = self.keys(r).ingested_copy(key, result.sha256)
             ingested.append(
                 {"file": key, "sha256": result.sha256, "round": r, "copy": copy, "report": result.report()}

@@ -68,10 +68,9 @@ class SampleRows(beam.DoFn):
         self.store_uri = store_uri
 
     def setup(self) -> None:
-        from seals_al.published import open_published
         from seals_al.store import EmbeddingStore
 
-        self.store = EmbeddingStore.open(open_published(self.store_uri, "an embeddings store"), access="rows")
+        self.store = EmbeddingStore.published(self.store_uri)
 
     def process(self, element: tuple[int, bytes, bytes]) -> Iterator[tuple[int, bytes]]:
         sample = np.frombuffer(element[2], "<i8")
@@ -113,11 +112,10 @@ class EncodeRows(beam.DoFn):
         self.rows = beam.metrics.Metrics.counter("seals", "index_rows_encoded")
 
     def setup(self) -> None:
-        from seals_al.published import open_published
         from seals_al.storage import open_storage
         from seals_al.store import EmbeddingStore
 
-        self.store = EmbeddingStore.open(open_published(self.store_uri, "an embeddings store"), access="rows")
+        self.store = EmbeddingStore.published(self.store_uri)
         self.out = open_storage(self.work_dir)
         self.index: faiss.Index | None = None
 

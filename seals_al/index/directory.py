@@ -99,10 +99,9 @@ def build_index_dir(
                 add_rows(index, store, row_ids[start:stop], progress=progress, desc=desc)
                 return index
         else:
-            from seals_al.index.build_pipeline import check_beam_factory, encode_with_beam
+            from seals_al.index.build_pipeline import encode_with_beam
             from seals_al.storage import work_folder
 
-            check_beam_factory(store.dim, factory)
             work = stack.enter_context(work_folder(work_parent or tempfile.gettempdir()))
             encoded = encode_with_beam(
                 store.uri, row_ids, store.dim, factory, work, train_size=train_size, seed=seed,

@@ -46,14 +46,13 @@ class QueryRows(beam.DoFn):
 
     def setup(self) -> None:
         from seals_al.index.directory import open_index_dir
-        from seals_al.published import materialize, open_published
+        from seals_al.published import materialize
         from seals_al.storage import default_cache_dir, open_storage
         from seals_al.store import EmbeddingStore
 
         cache = default_cache_dir()
         self.index = open_index_dir(materialize(self.index_uri, "an index directory", cache, progress=False))
-        store = open_published(self.store_uri, "an embeddings store", cache)
-        self.store = EmbeddingStore.open(store, access="rows")
+        self.store = EmbeddingStore.published(self.store_uri, cache)
         self.out = open_storage(self.work_dir)
 
     def process(self, element: tuple[int, bytes]) -> Iterator[int]:
@@ -99,7 +98,7 @@ def graph_with_beam(
     """
     from seals_al.index.directory import open_index_dir
     from seals_al.index.neighbours import _describe
-    from seals_al.published import materialize, open_published
+    from seals_al.published import materialize
     from seals_al.storage import open_storage
     from seals_al.store import EmbeddingStore
 
@@ -108,7 +107,7 @@ def graph_with_beam(
     paths = {"the index": index_uri, "the store": store_uri, "the work folder": work_dir}
     options = runner_options(beam_args, paths)  # workers elsewhere and a path only here: refused now
     # What the workers will open, opened here first: a missing store or index fails now, naming it.
-    store = EmbeddingStore.open(open_published(store_uri, "an embeddings store"), access="rows")
+    store = EmbeddingStore.published(store_uri)
     if index is None:
         index = open_index_dir(materialize(index_uri, "an index directory", progress=progress))
     description = _describe(index)
@@ -171,7 +170,7 @@ def publish_graph(
         published_graph,
         write_records,
     )
-    from seals_al.published import materialize, open_folder, open_published, output_folder
+    from seals_al.published import materialize, open_folder, output_folder
     from seals_al.storage import default_cache_dir, is_remote, work_folder
     from seals_al.store import EmbeddingStore, rows_digest
 
@@ -179,7 +178,7 @@ def publish_graph(
         raise SealsError(f"--graph-k must be at least 1, got {k}")
     cache = Path(cache_dir or default_cache_dir())
     key = index_key(hashlib.sha256(read_index_manifest(index_uri, cache)).hexdigest())
-    store = EmbeddingStore.open(open_published(store_uri, "an embeddings store", cache), access="rows")
+    store = EmbeddingStore.published(store_uri, cache)
     rows = np.sort(np.asarray(store.row_ids if rows is None else rows, np.int64))
     if k >= len(rows):
         raise SealsError(

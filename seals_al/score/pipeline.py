@@ -102,7 +102,6 @@ def score_with_beam(
     Returns:
         float64 scores, one per position, in the order given.
     """
-    from seals_al.published import open_published
     from seals_al.storage import open_storage
     from seals_al.store import EmbeddingStore
 
@@ -110,7 +109,7 @@ def score_with_beam(
     options = runner_options(
         beam_args, {"the store": store_uri, "the model": model_uri, "the work folder": work_dir}
     )
-    starts = EmbeddingStore.open(open_published(store_uri, "an embeddings store"), access="rows").shard_starts
+    starts = EmbeddingStore.published(store_uri).shard_starts
     ranges = list(enumerate(position_ranges(positions, starts, chunk_rows)))
     with test_pipeline or beam.Pipeline(options=options) as p:
         _ = (
