@@ -34,7 +34,8 @@ from round_cost import CONCEPT, campaign_yaml, make_data, seed_file
 
 from seals_al.campaign import Campaign
 from seals_al.errors import cut
-from seals_al.labels import MAX_LABEL_FILE_BYTES, MAX_PROBLEMS
+from seals_al.labelformats.answers import MAX_PROBLEMS
+from seals_al.labelformats.files import MAX_LABEL_FILE_BYTES
 from seals_al.storage import write_text_atomic
 
 RESULTS = DOCS / "benchmarks" / "bad_inputs.json"
@@ -445,7 +446,7 @@ def markdown(results: list[dict], hostile: int, work: str) -> str:
         "",
         "Rules the product keeps, and where they are enforced:",
         "",
-        "- Label files are checked for size before they are read (`seals_al/labels.py`, "
+        "- Label files are checked for size before they are read (`seals_al/labelformats/files.py`, "
         f"{MAX_LABEL_FILE_BYTES // 2**20} MiB); a file with any problem is rejected whole, with its "
         f"problems and their lines (the first {MAX_PROBLEMS:,}, and how many in all) in a report under "
         "`reports/`, and nothing of the round is staged.",

@@ -230,7 +230,7 @@ def grow_campaign(gs: str, items: Path, concept: str) -> str:
     from seals_al.campaign import CampaignConfig, ensure_campaign
     from seals_al.dataset import index_over_u
     from seals_al.embed.pipeline import ensure_embeddings
-    from seals_al.oracle import seed_file_from_truth
+    from seals_al.labeltools.oracle import seed_file_from_truth
     from seals_al.settings import DataConfig
     from seals_al.storage import open_storage
 

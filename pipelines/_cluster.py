@@ -1,5 +1,5 @@
 """What a pipeline asks of the cluster, fixed when it is compiled: CPU and memory per component,
-retries, the Kubernetes Secret the Label Studio steps read its URL and API token from, and,
+retries, the Kubernetes Secret the labeling tool steps read its name, URL and API key from, and,
 when asked for, a run's workspace (a volume every task of one run shares as its cache).
 
 By default there is no workspace: tasks share nothing but object storage and read it by range
@@ -50,7 +50,7 @@ RESOURCES: dict[str, Resources] = {
     "refresh-data": Resources("2", "6Gi", "4", "16Gi"),
     "oracle-labeler": Resources("500m", "1Gi", "1", "2Gi"),
     "wait-for-labels": Resources("100m", "256Mi", "500m", "512Mi"),
-    "label-studio-push": Resources("100m", "256Mi", "500m", "1Gi"),
+    "label-push": Resources("100m", "256Mi", "500m", "1Gi"),
 }
 
 # Campaign steps are idempotent (each resumes or redoes its round, refresh_data finds what it
@@ -65,15 +65,15 @@ RETRIED = frozenset(
         "select-round",
         "report",
         "oracle-labeler",
-        "label-studio-push",
+        "label-push",
         "refresh-data",
     }
 )
 
-# The steps that talk to Label Studio get its URL and API token from a Kubernetes Secret, as
-# environment variables; the Secret is optional, so a pipeline runs the same without it.
-LABEL_STUDIO_STEPS = frozenset({"label-ingest", "wait-for-labels", "label-studio-push"})
-LABEL_STUDIO_KEYS = {"url": "LABEL_STUDIO_URL", "api-key": "LABEL_STUDIO_API_KEY"}
+# The steps that talk to the labeling tool get its name, URL and API key from a Kubernetes Secret,
+# as environment variables; the Secret is optional, so a pipeline runs the same without it.
+LABEL_TOOL_STEPS = frozenset({"label-ingest", "wait-for-labels", "label-push"})
+LABEL_TOOL_KEYS = {"tool": "LABEL_TOOL", "url": "LABEL_TOOL_URL", "api-key": "LABEL_TOOL_API_KEY"}
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class Cluster:
     resources: Mapping[str, Resources] = field(default_factory=lambda: dict(RESOURCES))
     retries: int = 2
     backoff: str = "60s"
-    label_studio_secret: str = "label-studio"  # "" = no Label Studio step or Secret
+    label_tool_secret: str = "label-tool"  # "" = no labeling tool step or Secret
     # Beam options for the steps that read all of U (embed, the neighbour graph, score), e.g.
     # ("--runner=DataflowRunner", "--project=p", ...); () = each runs in its own pod.
     beam_args: tuple[str, ...] = ()
@@ -101,9 +101,9 @@ class Cluster:
             merged[key] = Resources.parse(text)
         return replace(self, resources=merged)
 
-    def without_label_studio(self) -> Cluster:
-        """These settings with no Label Studio step or Secret (simulations: an oracle labels)."""
-        return replace(self, label_studio_secret="")
+    def without_label_tool(self) -> Cluster:
+        """These settings with no labeling tool step or Secret (simulations: an oracle labels)."""
+        return replace(self, label_tool_secret="")
 
     def pipeline_config(self) -> dsl.PipelineConfig | None:
         if not self.workspace_size:
@@ -132,8 +132,8 @@ class Cluster:
         task.set_memory_request(res.memory).set_memory_limit(res.memory_limit)
         if name in RETRIED and self.retries:
             task.set_retry(num_retries=self.retries, backoff_duration=self.backoff)
-        if name in LABEL_STUDIO_STEPS and self.label_studio_secret:
-            kubernetes.use_secret_as_env(task, self.label_studio_secret, LABEL_STUDIO_KEYS, optional=True)
+        if name in LABEL_TOOL_STEPS and self.label_tool_secret:
+            kubernetes.use_secret_as_env(task, self.label_tool_secret, LABEL_TOOL_KEYS, optional=True)
         return task.set_caching_options(False)
 
 

@@ -10,7 +10,7 @@ from components.build_index.component import build_index
 from components.embed.component import embed
 from components.init_campaign.component import init_campaign
 from components.label_ingest.component import label_ingest
-from components.label_studio_push.component import label_studio_push
+from components.label_push.component import label_push
 from components.refresh_data.component import refresh_data
 from components.report.component import report
 from components.score.component import score
@@ -80,8 +80,8 @@ def one_round(
     score_new_only=None,
     refresh=None,
 ) -> dsl.PipelineTask:  # fmt: skip
-    """label_ingest -> train -> select_round -> report for round r (and label_studio_push after
-    select, with the cluster's Label Studio Secret); returns the report task.
+    """label_ingest -> train -> select_round -> report for round r (and label_push after select,
+    with the cluster's labeling tool Secret); returns the report task.
 
     ``refresh`` (a pipeline parameter, or None for no such step): the round starts with
     refresh_data, which when true embeds new items into the published store and adds them to
@@ -121,9 +121,9 @@ def one_round(
                     beam_args=list(cluster.beam_args),
                 )
                 scored.after(reported).set_display_name(f"round {r}: score the corpus")
-        if cluster.label_studio_secret:
-            pushed = cluster.step(label_studio_push, campaign_uri=campaign_uri).after(selected)
-            pushed.set_display_name(f"round {r}: push to Label Studio")
+        if cluster.label_tool_secret:
+            pushed = cluster.step(label_push, campaign_uri=campaign_uri).after(selected)
+            pushed.set_display_name(f"round {r}: push to the labeling tool")
     return reported
 
 

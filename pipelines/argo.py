@@ -1,6 +1,7 @@
 """The Argo Workflows variant (docs/ARCHITECTURE.md, "Pausing for labels"): a WorkflowTemplate
 whose rounds are separated by a real `suspend` step, resumed with `argo resume` once labels are
-in, or (parameter ``wait=label-studio``) by a step that waits on the batch's Label Studio tasks.
+in (by hand, or by `seals-al listen` when the labeling tool says the batch is answered), or
+(parameter ``wait=tool``) by a step that waits on the labeling tool.
 Generated with hera; the steps run the same image and the same library stages as the KFP
 components, through the CLI.
 
@@ -17,17 +18,17 @@ CONFIG_MAP = "seals-al-config"
 
 
 CACHE = "/cache"  # each step's own scratch volume (emptyDir): its cache (seals_al.storage)
-LABEL_STUDIO_SECRET = "label-studio"  # keys: url, api-key (manifests/argo/label-studio-secret.yaml)
+LABEL_TOOL_SECRET = "label-tool"  # keys: tool, url, api-key (manifests/label-tool/secret.example.yaml)
 DEADLINE_SECONDS = 30 * 24 * 3600  # the whole campaign, waits for people included
 RETRY = {"limit": "2", "retryPolicy": "Always", "backoff": {"duration": "60s", "factor": "2"}}
 
 
 def workflow_template():
-    """The template: round(remaining) = ingest (pulling from Label Studio when configured), then, if
-    it staged labels, train, select, report, (with score-corpus) score the new items, and the Label
-    Studio push; then, if the report says
-    keep going and rounds remain (or nothing was staged: resumed too early), wait (suspend, or
-    on Label Studio) and run the next round (the same round again when nothing was staged)."""
+    """The template: round(remaining) = ingest (pulling from the labeling tool when configured),
+    then, if it staged labels, train, select, report, (with score-corpus) score the new items, and
+    the push to the labeling tool; then, if the report says keep going and rounds remain (or nothing
+    was staged: resumed too early), wait (suspend, or poll the tool) and run the next round (the
+    same round again when nothing was staged)."""
     from hera.workflows import Container, Parameter, Step, Steps, Suspend, WorkflowTemplate
     from hera.workflows.models import (
         Capabilities,
@@ -49,7 +50,7 @@ def workflow_template():
         VolumeMount,
     )
 
-    from pipelines._cluster import LABEL_STUDIO_KEYS, LABEL_STUDIO_STEPS, RESOURCES, RETRIED
+    from pipelines._cluster import LABEL_TOOL_KEYS, LABEL_TOOL_STEPS, RESOURCES, RETRIED
     from seals_al.settings import WAIT_TIMEOUT_SECONDS
     from seals_al.storage import WORKSPACE_CACHE
     from seals_al.version import IMAGE, __version__
@@ -66,15 +67,15 @@ def workflow_template():
     )
     env_from = [EnvFromSource(config_map_ref=ConfigMapEnvSource(name=CONFIG_MAP, optional=True))]
     env = [EnvVar(name="SEALS_CACHE_DIR", value=f"{CACHE}/{WORKSPACE_CACHE}")]
-    # The Label Studio steps read its URL and token from an optional Secret (manifests/argo/).
-    label_studio_env = [
+    # The labeling tool steps read its name, URL and key from an optional Secret.
+    label_tool_env = [
         EnvVar(
             name=variable,
             value_from=EnvVarSource(
-                secret_key_ref=SecretKeySelector(name=LABEL_STUDIO_SECRET, key=key, optional=True)
+                secret_key_ref=SecretKeySelector(name=LABEL_TOOL_SECRET, key=key, optional=True)
             ),
         )
-        for key, variable in LABEL_STUDIO_KEYS.items()
+        for key, variable in LABEL_TOOL_KEYS.items()
     ]
     # Steps share nothing but object storage, read by range: each pod's cache is its own scratch
     # volume, so no volume claim (and no ReadWriteMany class) is needed.
@@ -88,7 +89,7 @@ def workflow_template():
             command=["seals-al"],
             args=args,
             security_context=security,
-            env=env + (label_studio_env if component in LABEL_STUDIO_STEPS else []),
+            env=env + (label_tool_env if component in LABEL_TOOL_STEPS else []),
             env_from=env_from,
             volume_mounts=mounts,
             resources=ResourceRequirements(
@@ -119,8 +120,10 @@ def workflow_template():
             Parameter(
                 name="wait",
                 value="suspend",
-                enum=["suspend", "label-studio"],
-                description="between rounds: suspend until `argo resume`, or wait on Label Studio",
+                enum=["suspend", "tool", "label-studio"],
+                description="between rounds: suspend until resumed (`argo resume`, or `seals-al "
+                "listen` on the labeling tool's webhook), or poll the labeling tool (tool; "
+                "label-studio is its older name)",
             ),
             Parameter(name="labeled-fraction", value="1.0"),
             Parameter(
@@ -163,12 +166,10 @@ def workflow_template():
                 f"--out={campaign}/scores/{{{{workflow.name}}}}-{{{{inputs.parameters.remaining}}}}.parquet",
             ],
         )
-        push = step_container(
-            "label-studio-push", "label-studio-push", ["labelstudio", "push", campaign, "--if-configured"]
-        )
+        push = step_container("label-push", "label-push", ["label-tool", "push", campaign, "--if-configured"])
         wait = Suspend(name="wait-for-labels")
-        wait_label_studio = step_container(
-            "wait-in-label-studio",
+        wait_tool = step_container(
+            "wait-in-label-tool",
             "wait-for-labels",
             [
                 "wait",
@@ -192,13 +193,13 @@ def workflow_template():
                 template=score,
                 when=f"{staged} && {{{{workflow.parameters.score-corpus}}}} == true",
             )
-            Step(name="label-studio-push", template=push, when=staged)
+            Step(name="label-push", template=push, when=staged)
             waiting = f"({advanced} || {early})"
             Step(name="wait-for-labels", template=wait, when=f"{waiting} && {mode} == suspend")
             Step(
-                name="wait-in-label-studio",
-                template=wait_label_studio,
-                when=f"{waiting} && {mode} == label-studio",
+                name="wait-in-label-tool",
+                template=wait_tool,
+                when=f"{waiting} && ({mode} == tool || {mode} == label-studio)",
             )
         with round_steps:
             Step(

@@ -63,10 +63,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--retries", type=int, default=2, help="retries of each campaign step")
     p.add_argument(
-        "--label-studio-secret",
-        default="label-studio",
-        help='the Kubernetes Secret (keys url, api-key) the Label Studio steps read; "" for no '
-        "Label Studio step",
+        "--label-tool-secret",
+        "--label-studio-secret",  # its name when Label Studio was the only tool
+        dest="label_tool_secret",
+        default="label-tool",
+        help="the Kubernetes Secret (keys tool, url, api-key; each optional) the labeling tool steps "
+        'read; "" for no labeling tool step',
     )
     p.add_argument(
         "--beam-args",
@@ -102,7 +104,7 @@ def _compile(args: argparse.Namespace, console) -> int:
             args.workspace_size,
             args.storage_class,
             retries=args.retries,
-            label_studio_secret=args.label_studio_secret,
+            label_tool_secret=args.label_tool_secret,
             beam_args=beam_args,
         )
         cluster = cluster.with_resources(overrides)

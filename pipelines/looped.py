@@ -27,7 +27,7 @@ def make_looped(max_rounds: int = MAX_ROUNDS, cluster: Cluster = DEFAULT):
         pipeline_config=cluster.pipeline_config(),
         name="seals-looped",
         description=f"SEALS active learning, up to {max_rounds} rounds; each round publishes a batch "
-        "and waits for labels in the campaign's inbox or in Label Studio.",
+        "and waits for labels in the campaign's inbox or in its labeling tool.",
     )
     def seals_looped(
         items_uri: str,
@@ -54,8 +54,9 @@ def make_looped(max_rounds: int = MAX_ROUNDS, cluster: Cluster = DEFAULT):
         target_metric: str = "",
         target_value: float = 1.0,
         labeled_fraction: float = 1.0,
-        label_studio_url: str = "",
-        label_studio_project: int = 0,
+        label_tool: str = "",
+        label_tool_url: str = "",
+        label_tool_project: str = "",
         removed_uri: str = "",
         train_on_removed: bool = False,
         refresh_data: bool = False,

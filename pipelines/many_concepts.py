@@ -23,7 +23,7 @@ MAX_ROUNDS = 5
 
 def make_many_concepts(max_rounds: int = MAX_ROUNDS, parallelism: int = 4, cluster: Cluster = DEFAULT):
     """The many-concepts pipeline; campaigns go to ``campaign_root/<concept>``."""
-    cluster = cluster.without_label_studio()  # the oracle labels: no person, no Label Studio
+    cluster = cluster.without_label_tool()  # the oracle labels: no person, no labeling tool
 
     @dsl.pipeline(
         pipeline_config=cluster.pipeline_config(),

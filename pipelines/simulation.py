@@ -31,7 +31,7 @@ def oracle(cluster: Cluster):
 
 def make_simulation(max_rounds: int = MAX_ROUNDS, cluster: Cluster = DEFAULT):
     """The simulation pipeline with ``max_rounds`` rounds (a compile-time constant)."""
-    cluster = cluster.without_label_studio()  # the oracle labels: no person, no Label Studio
+    cluster = cluster.without_label_tool()  # the oracle labels: no person, no labeling tool
 
     @dsl.pipeline(
         pipeline_config=cluster.pipeline_config(),

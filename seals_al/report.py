@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from seals_al.errors import SealsError, shown
-from seals_al.labels import labels_by_annotator
+from seals_al.labelformats.labeled_set import labels_by_annotator
 from seals_al.record import TABLE_COLUMNS, UI_METRICS, table_cells
 from seals_al.storage import (
     atomic_path,

@@ -145,6 +145,23 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def label_studio():
+    """A real Label Studio server on 127.0.0.1 (tests/labelstudio_server.py), one per session."""
+    from .labelstudio_server import running
+
+    with running() as server:
+        yield server
+
+
+@pytest.fixture
+def ls_env(label_studio, monkeypatch):
+    """The environment a campaign reads Label Studio's URL and token from, set to the server."""
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    return label_studio
+
+
+@pytest.fixture(scope="session")
 def gcs_server():
     """fake-gcs-server on a free loopback port for the whole session (tests/gcs_server.py): it
     enforces generation preconditions and serves byte ranges, as GCS does."""
@@ -214,7 +231,7 @@ def campaign_over_built(built: dict, uri: str, batch_size: int = 20):
     """A report_fraud campaign over the session's published embeddings and index, seeded from
     ground truth (5 + 95), as the pipelines' tests start one."""
     from seals_al.campaign import Campaign, CampaignConfig, ensure_campaign
-    from seals_al.oracle import seed_file_from_truth
+    from seals_al.labeltools.oracle import seed_file_from_truth
     from seals_al.settings import DataConfig, RoundConfig
 
     data = DataConfig(

@@ -83,6 +83,7 @@ def running(token: str = "seals-al-test-token-0123456789abcdef") -> Iterator[Ser
         "COLLECT_ANALYTICS": "false",
         "SENTRY_DSN": "",
         "FRONTEND_SENTRY_DSN": "",
+        "SSRF_PROTECTION_ENABLED": "false",  # its webhooks go to a listener on 127.0.0.1
     }
     for name in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "DJANGO_SETTINGS_MODULE"):
         env.pop(name, None)

@@ -715,7 +715,7 @@ def test_terminal_labeler_answers_after_a_round_committed_under_it_are_not_lost(
     input ends: the three later answers reach the next round."""
     from rich.console import Console
 
-    from seals_al.labeler import run_labeler
+    from seals_al.labeltools.terminal import run_labeler
 
     campaign.round()
     script = iter(["y", "n", "round", "y", "n", "y"])
@@ -737,10 +737,10 @@ def test_terminal_labeler_answers_after_a_round_committed_under_it_are_not_lost(
 
 @pytest.mark.hostile
 def test_label_files_over_the_size_limit_are_refused(campaign, monkeypatch):
-    import seals_al.labels
+    from seals_al.labelformats import files as label_files
 
     campaign.round()
-    monkeypatch.setattr(seals_al.labels, "MAX_LABEL_FILE_BYTES", 64)
+    monkeypatch.setattr(label_files, "MAX_LABEL_FILE_BYTES", 64)
     ids = [r["id"] for r in open_batch(campaign)]
     campaign.storage.write_text("inbox/000/big.csv", "id,label\n" + "".join(f"{i},1\n" for i in ids))
     returned: dict[str, int] = {}  # key -> bytes handed back by storage
@@ -984,7 +984,7 @@ def test_raw_copies_of_label_files_never_collide_and_a_long_name_is_kept(campaig
     [
         (["--poll-seconds", "nan"], "--poll-seconds must be a positive number of seconds, got nan"),
         (["--timeout-seconds", "inf"], "--timeout-seconds must be 0 or more seconds, got inf"),
-        (["--fraction", "nan"], "the fraction of tasks to wait for must be in (0, 1], got nan"),
+        (["--fraction", "nan"], "the fraction of the batch to wait for must be in (0, 1], got nan"),
     ],
 )
 def test_a_wait_with_a_time_that_is_not_finite_is_a_one_line_error(campaign, capsys, flags, message):
@@ -1006,15 +1006,17 @@ def test_a_wait_with_a_time_that_is_not_finite_is_a_one_line_error(campaign, cap
 )
 def test_a_corrupt_label_studio_record_is_an_error_naming_it(campaign, record):
     campaign.storage.write_text("labelstudio.json", record)
+    from seals_al.labeltools.labelstudio.tool import read_record
+
     with pytest.raises(SealsError, match=r"labelstudio.json: not a Label Studio record"):
-        campaign.label_studio_record()
+        read_record(campaign.storage)
 
 
 @pytest.mark.hostile
 def test_a_corrupt_terminal_answers_file_is_an_error_naming_its_line(campaign):
     from rich.console import Console
 
-    from seals_al.labeler import run_labeler
+    from seals_al.labeltools.terminal import run_labeler
 
     campaign.round()
     first = campaign.state().pending[0]["id"]
@@ -1029,9 +1031,10 @@ def test_a_corrupt_terminal_answers_file_is_an_error_naming_its_line(campaign):
 def test_label_studio_tasks_of_odd_shapes_are_not_taken_for_the_campaigns(campaign):
     """meta as a string, a data mapping missing or not one, an item id that is not a string: such
     a task is not one this campaign pushed (it was a traceback); a recorded one is found by id."""
-    from seals_al.labelstudio import Connection, Sync
+    from seals_al.labeltools.labelstudio.client import Connection
+    from seals_al.labeltools.labelstudio.tool import LabelStudio
 
-    sync = Sync(campaign, Connection("http://127.0.0.1:9", "t"))
+    sync = LabelStudio(campaign, Connection("http://127.0.0.1:9", "t"))
     record = {"project": 1, "tasks": {"a": {"task": 5, "round": 0}}}
     tasks = [
         {"id": 1, "data": {"seals_id": "b"}, "meta": "a string"},

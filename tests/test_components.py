@@ -31,7 +31,6 @@ def core_defaults() -> dict[str, object]:
     index factory."""
     config = CampaignConfig("c", "", settings.DataConfig(data="d"))
     flat = {k: ("" if v is None else v) for k, v in config.to_json().items()}
-    flat["label_studio_project"] = 0
     flat = {k: v for k, v in flat.items() if k not in ("concept", "data", "seed_labels")}
     return {
         **flat,
@@ -136,7 +135,8 @@ def test_stages_that_do_not_fit_do_not_import_scikit_learn():
     evaluating do."""
     code = (
         "import sys\n"
-        "import seals_al.campaign, seals_al.cli, seals_al.oracle, seals_al.report, seals_al.round\n"
+        "import seals_al.campaign, seals_al.cli, seals_al.labeltools.oracle, seals_al.report\n"
+        "import seals_al.round\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'kfp', 'scipy', 'sklearn'}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -145,7 +145,7 @@ def test_stages_that_do_not_fit_do_not_import_scikit_learn():
     # round engine, faiss or scipy.
     code = (
         "import sys\n"
-        "import seals_al.campaign, seals_al.dataset, seals_al.report, seals_al.oracle\n"
+        "import seals_al.campaign, seals_al.dataset, seals_al.report, seals_al.labeltools.oracle\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'faiss', 'scipy', 'sklearn'}))\n"
         "print(sorted(m for m in sys.modules if m in ('seals_al.round', 'seals_al.pool')))\n"
     )

@@ -173,7 +173,7 @@ def test_after_each_growth_the_pool_is_the_one_built_from_scratch(tmp_path, clin
     """Exact index: the pool is exhaustive kNN's. IVF: the graph is extended through the saved
     index, and the pool is the one its lists give, as if built from scratch."""
     from seals_al.campaign import Campaign, CampaignConfig, init
-    from seals_al.oracle import label_open_batch
+    from seals_al.labeltools.oracle import label_open_batch
 
     from .test_campaign import write_config
 
@@ -388,7 +388,7 @@ def test_a_trained_index_is_trained_again_once_u_has_grown_past_the_retrain_frac
 
 def test_when_items_leave_and_rows_are_numbered_again_the_pool_is_rebuilt(tmp_path, clinc_slice, cache_dir):
     from seals_al.campaign import Campaign, CampaignConfig, init
-    from seals_al.oracle import label_open_batch
+    from seals_al.labeltools.oracle import label_open_batch
 
     from .test_campaign import write_config
 

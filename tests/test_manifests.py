@@ -48,8 +48,8 @@ def test_the_argo_template_is_valid_and_suspends_between_rounds():
     steps = [group[0] for group in templates["round"]["steps"]]
     names = [s["name"] for s in steps]
     assert names == [
-        "ingest", "train", "select", "report", "score", "label-studio-push", "wait-for-labels",
-        "wait-in-label-studio", "next-round", "same-round",
+        "ingest", "train", "select", "report", "score", "label-push", "wait-for-labels",
+        "wait-in-label-tool", "next-round", "same-round",
     ]  # fmt: skip
     by_name = {s["name"]: s for s in steps}
     wait, next_round, same = by_name["wait-for-labels"], by_name["next-round"], by_name["same-round"]
@@ -58,15 +58,16 @@ def test_the_argo_template_is_valid_and_suspends_between_rounds():
     assert "keep-going" in next_round["when"]
     waiting = f"({next_round['when']} || {same['when']})"
     assert wait["when"] == f"{waiting} && {{{{workflow.parameters.wait}}}} == suspend"
-    # wait=label-studio: a step polls the batch's tasks instead (and pulls), no `argo resume`.
-    polled = by_name["wait-in-label-studio"]
-    assert polled["when"] == f"{waiting} && {{{{workflow.parameters.wait}}}} == label-studio"
-    assert templates["wait-in-label-studio"]["container"]["args"][:2] == [
+    # wait=tool (label-studio, its older name): a step polls the tool instead (and pulls), no `argo resume`.
+    polled = by_name["wait-in-label-tool"]
+    mode = "{{workflow.parameters.wait}}"
+    assert polled["when"] == f"{waiting} && ({mode} == tool || {mode} == label-studio)"
+    assert templates["wait-in-label-tool"]["container"]["args"][:2] == [
         "wait",
         "{{workflow.parameters.campaign-uri}}",
     ]
     parameters = {p["name"]: p for p in template["spec"]["arguments"]["parameters"]}
-    assert parameters["wait"]["enum"] == ["suspend", "label-studio"]
+    assert parameters["wait"]["enum"] == ["suspend", "tool", "label-studio"]
     assert parameters["wait"]["value"] == "suspend"
     # Resumed before any label came: ingest stages nothing, nothing else of the round runs, and
     # the same round waits again (train never fails on an empty stage).
@@ -74,7 +75,7 @@ def test_the_argo_template_is_valid_and_suspends_between_rounds():
     assert same["arguments"]["parameters"] == [
         {"name": "remaining", "value": "{{inputs.parameters.remaining}}"}
     ]
-    for name in ("train", "select", "report", "label-studio-push"):
+    for name in ("train", "select", "report", "label-push"):
         assert by_name[name]["when"] == "{{steps.ingest.outputs.parameters.staged}} == true"
     # score-corpus=true: each round that trained a model scores what arrived since, into scores/.
     assert by_name["score"]["when"] == (
@@ -86,8 +87,8 @@ def test_the_argo_template_is_valid_and_suspends_between_rounds():
         "{{workflow.parameters.campaign-uri}}",
         "--new-only",
     ]
-    assert templates["label-studio-push"]["container"]["args"] == [
-        "labelstudio", "push", "{{workflow.parameters.campaign-uri}}", "--if-configured",
+    assert templates["label-push"]["container"]["args"] == [
+        "label-tool", "push", "{{workflow.parameters.campaign-uri}}", "--if-configured",
     ]  # fmt: skip
     images = {t["container"]["image"] for t in templates.values() if "container" in t}
     assert images == {IMAGE}, "the same image (and tag) as the KFP components"
@@ -111,8 +112,8 @@ def test_the_argo_template_runs_as_a_cluster_expects():
         "select",
         "report",
         "score",
-        "label-studio-push",
-        "wait-in-label-studio",
+        "label-push",
+        "wait-in-label-tool",
     }
     for name, t in containers.items():
         c = t["container"]
@@ -123,17 +124,21 @@ def test_the_argo_template_runs_as_a_cluster_expects():
         assert {"name": "SEALS_CACHE_DIR", "value": "/cache/seals-al-cache"} in c["env"]
         # Not retried: a wait that timed out is re-submitted; a score with --new-only retried after
         # it recorded what it scored would find nothing new.
-        if name not in ("wait-in-label-studio", "score"):
+        if name not in ("wait-in-label-tool", "score"):
             assert int(t["retryStrategy"]["limit"]) == 2, f"{name} is idempotent and retried"
         # Only the steps that talk to Label Studio see its Secret, which is optional.
         secrets = [e for e in c["env"] if "valueFrom" in e]
-        if name in ("ingest", "label-studio-push", "wait-in-label-studio"):
+        if name in ("ingest", "label-push", "wait-in-label-tool"):
             assert secrets == [
                 {
                     "name": variable,
-                    "valueFrom": {"secretKeyRef": {"name": "label-studio", "key": key, "optional": True}},
+                    "valueFrom": {"secretKeyRef": {"name": "label-tool", "key": key, "optional": True}},
                 }
-                for key, variable in (("url", "LABEL_STUDIO_URL"), ("api-key", "LABEL_STUDIO_API_KEY"))
+                for key, variable in (
+                    ("tool", "LABEL_TOOL"),
+                    ("url", "LABEL_TOOL_URL"),
+                    ("api-key", "LABEL_TOOL_API_KEY"),
+                )
             ], name
         else:
             assert secrets == [], name
@@ -233,12 +238,43 @@ def test_schedule_takes_the_profile_namespace_and_a_token_from_the_environment()
     assert client_arguments("h", None, {}) == {"host": "h"}
 
 
-def test_the_label_studio_secret_example_has_the_keys_every_pipeline_reads():
-    from pipelines._cluster import DEFAULT, LABEL_STUDIO_KEYS
-    from pipelines.argo import LABEL_STUDIO_SECRET
+def test_the_label_tool_secret_example_has_the_keys_every_pipeline_reads():
+    from pipelines._cluster import DEFAULT, LABEL_TOOL_KEYS
+    from pipelines.argo import LABEL_TOOL_SECRET
 
-    secret = yaml.safe_load((ROOT / "manifests" / "label-studio" / "secret.example.yaml").read_text())
+    secret = yaml.safe_load((ROOT / "manifests" / "label-tool" / "secret.example.yaml").read_text())
     assert secret["kind"] == "Secret"
-    assert secret["metadata"]["name"] == DEFAULT.label_studio_secret == LABEL_STUDIO_SECRET
-    assert set(secret["stringData"]) == set(LABEL_STUDIO_KEYS)
+    assert secret["metadata"]["name"] == DEFAULT.label_tool_secret == LABEL_TOOL_SECRET
+    assert set(secret["stringData"]) == set(LABEL_TOOL_KEYS)
     assert secret["stringData"]["api-key"].startswith("REPLACE"), "never a real token in git"
+
+
+def test_the_listener_deployment_runs_the_listen_command_behind_its_service_and_policy():
+    from seals_al.cli import build_parser
+    from seals_al.version import IMAGE
+
+    rendered = by_kind(kustomize(ROOT / "manifests" / "listen"))
+    deployment, service, policy = (rendered[k] for k in ("Deployment", "Service", "NetworkPolicy"))
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == IMAGE
+    assert pod["spec"]["serviceAccountName"] == "seals-al-runner"
+    args = build_parser().parse_args(container["args"])  # every flag the manifest gives exists
+    assert (args.command, args.host, args.then) == ("listen", "0.0.0.0", "argo")
+    env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in container["env"]}
+    assert env["SEALS_LISTEN_SECRET"] == {"name": "seals-al-listen", "key": "secret"}, "required"
+    assert {env[v]["key"] for v in ("LABEL_TOOL", "LABEL_TOOL_URL", "LABEL_TOOL_API_KEY")} == {
+        "tool",
+        "url",
+        "api-key",
+    }
+    labels = pod["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    ((rule,),) = [policy["spec"]["ingress"]]
+    assert rule["ports"] == [{"protocol": "TCP", "port": args.port}]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    secret = yaml.safe_load((ROOT / "manifests" / "listen" / "secret.example.yaml").read_text())
+    assert secret["metadata"]["name"] == "seals-al-listen"
+    assert all(v.startswith("REPLACE") for v in secret["stringData"].values()), "never a real secret"

@@ -22,7 +22,7 @@ from pipelines.many_concepts import make_many_concepts
 from pipelines.one_round import seals_one_round
 from pipelines.simulation import make_simulation
 from seals_al.campaign import Campaign
-from seals_al.oracle import label_open_batch
+from seals_al.labeltools.oracle import label_open_batch
 from seals_al.version import IMAGE, __version__
 
 from .conftest import campaign_over_built
@@ -208,7 +208,7 @@ def test_one_round_with_refresh_data_embeds_only_the_new_items_and_they_are_sele
     from seals_al.campaign import CampaignConfig, ensure_campaign
     from seals_al.dataset import index_over_u
     from seals_al.embed.pipeline import ensure_embeddings
-    from seals_al.oracle import seed_file_from_truth
+    from seals_al.labeltools.oracle import seed_file_from_truth
     from seals_al.settings import DataConfig, RoundConfig
     from seals_al.store import EmbeddingStore
 
@@ -311,12 +311,12 @@ def test_compile_settings_change_the_workspace_and_resources(tmp_path):
 
     done = compiled_with(
         tmp_path, "--workspace-size", "20Gi", "--resources", "select_round=4,16Gi", "--retries", "0",
-        "--label-studio-secret", "",
+        "--label-tool-secret", "",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     text = (tmp_path / "seals_one_round.yaml").read_text()
     spec, platform = yaml.safe_load_all(text)
-    assert "label-studio-push" not in text, "no Label Studio step without its Secret"
+    assert "label-push" not in text, "no labeling tool step without its Secret"
     workspace = platform["platforms"]["kubernetes"]["pipelineConfig"]["workspace"]
     assert workspace["size"] == "20Gi", "a workspace when asked for"
     assert workspace["kubernetes"]["pvcSpecPatch"] == {"accessModes": ["ReadWriteMany"]}
@@ -329,30 +329,31 @@ def test_compile_settings_change_the_workspace_and_resources(tmp_path):
     assert "unknown component 'selector'" in bad.stderr
 
 
-def test_the_label_studio_steps_read_an_optional_secret_and_nothing_else_does():
+def test_the_label_tool_steps_read_an_optional_secret_and_nothing_else_does():
     import yaml
 
     for name in ("seals_looped.yaml", "seals_one_round.yaml"):
         spec, platform = yaml.safe_load_all((COMPILED / name).read_text())
         executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
         with_secret = {n for n, e in executors.items() if "secretAsEnv" in e}
-        steps = ("exec-label-ingest", "exec-label-studio-push", "exec-wait-for-labels")
+        steps = ("exec-label-ingest", "exec-label-push", "exec-wait-for-labels")
         assert with_secret == {n for n in executors if n.startswith(steps)}, name
-        assert "exec-label-studio-push" in with_secret, name
+        assert "exec-label-push" in with_secret, name
         for n in with_secret:
             (secret,) = executors[n]["secretAsEnv"]
-            assert secret["secretName"] == "label-studio"
+            assert secret["secretName"] == "label-tool"
             assert secret["optional"] is True, "a pipeline runs the same without the Secret"
             assert secret["keyToEnv"] == [
-                {"envVar": "LABEL_STUDIO_URL", "secretKey": "url"},
-                {"envVar": "LABEL_STUDIO_API_KEY", "secretKey": "api-key"},
+                {"envVar": "LABEL_TOOL", "secretKey": "tool"},
+                {"envVar": "LABEL_TOOL_URL", "secretKey": "url"},
+                {"envVar": "LABEL_TOOL_API_KEY", "secretKey": "api-key"},
             ]
-        pushes = [t for t in _all_tasks(spec) if t.startswith("label-studio-push")]
+        pushes = [t for t in _all_tasks(spec) if t.startswith("label-push")]
         assert pushes, f"{name}: a push after each round's select"
     for name in ("seals_simulation.yaml", "seals_many_concepts.yaml"):
         text = (COMPILED / name).read_text()
         assert "secretAsEnv" not in text, "an oracle labels"
-        assert "label-studio-push" not in text
+        assert "label-push" not in text
 
 
 def _all_tasks(spec: dict) -> list[str]:

@@ -18,7 +18,7 @@ from seals_al.campaign import Campaign, CampaignConfig, init
 from seals_al.dataset import Dataset
 from seals_al.errors import SealsError
 from seals_al.items import Items
-from seals_al.oracle import label_open_batch, seed_file_from_truth
+from seals_al.labeltools.oracle import label_open_batch, seed_file_from_truth
 from seals_al.settings import RoundConfig
 from seals_al.simulate import SimulationConfig, simulate
 from seals_al.storage import open_storage

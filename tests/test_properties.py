@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from seals_al.campaign.config import CampaignConfig
 from seals_al.errors import SealsError
 from seals_al.items import read_items
-from seals_al.labels import NEGATIVE, POSITIVE, LabelFileError, check_label_file, parse_label
+from seals_al.labelformats.answers import NEGATIVE, POSITIVE, LabelFileError, parse_label
+from seals_al.labelformats.files import check_label_file
 from seals_al.storage import check_key, open_storage
 
 pytestmark = pytest.mark.hostile

@@ -17,7 +17,7 @@ from seals_al.campaign.refresh import refresh_data
 from seals_al.dataset import index_over_u
 from seals_al.embed.pipeline import ensure_embeddings
 from seals_al.errors import SealsError
-from seals_al.oracle import label_open_batch, seed_file_from_truth
+from seals_al.labeltools.oracle import label_open_batch, seed_file_from_truth
 from seals_al.published import read_file
 from seals_al.settings import DataConfig
 from seals_al.storage import open_storage

@@ -283,7 +283,7 @@ def _rounds(uri: str, caches, rounds: int = 3) -> dict[str, object]:
 
     from e2e.run import campaign_files
     from seals_al.campaign import Campaign
-    from seals_al.oracle import label_open_batch
+    from seals_al.labeltools.oracle import label_open_batch
 
     for _ in range(rounds):
         for stage in ("ingest", "train", "select"):
@@ -312,7 +312,7 @@ def test_a_round_on_empty_caches_commits_what_a_warm_cache_and_local_disk_do(
     and commits round files identical to a copy whose stages share one warm cache; the same
     campaign on local disk picks the same batches."""
     from seals_al.campaign import CampaignConfig, init
-    from seals_al.oracle import seed_file_from_truth
+    from seals_al.labeltools.oracle import seed_file_from_truth
     from seals_al.settings import DataConfig, RoundConfig
 
     monkeypatch.setenv("SEALS_CACHE_DIR", str(tmp_path / "setup"))
@@ -389,7 +389,7 @@ def test_a_campaign_over_a_gcs_npy_without_an_index_publishes_what_it_builds_und
     the campaign's derived/; a task on another machine reads them there by range, importing and
     building nothing again."""
     from seals_al.campaign import Campaign, CampaignConfig, init
-    from seals_al.oracle import label_open_batch, seed_file_from_truth
+    from seals_al.labeltools.oracle import label_open_batch, seed_file_from_truth
     from seals_al.settings import DataConfig, RoundConfig
 
     root = f"gs://{BUCKET}/npy/{uuid.uuid4().hex}"

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from seals_al.campaign import Campaign, CampaignConfig, init
 from seals_al.errors import SealsError
-from seals_al.oracle import label_open_batch, seed_file_from_truth
+from seals_al.labeltools.oracle import label_open_batch, seed_file_from_truth
 from seals_al.record import TABLE_COLUMNS, UI_METRICS, RoundRecord, table_cells
 from seals_al.report import _ticks, add_round_row, history_svg, plot_runs, round_report, round_table
 from seals_al.settings import RoundConfig
@@ -226,7 +226,7 @@ def test_the_labeled_set_is_written_with_its_provenance_and_reads_back_as_a_labe
     campaign, tmp_path, capsys
 ):
     from seals_al.cli import main
-    from seals_al.labels import read_label_file
+    from seals_al.labelformats.files import read_label_file
 
     campaign.round()
     pending = [row["id"] for row in campaign.state().pending]

@@ -10,7 +10,7 @@ import pytest
 from seals_al.campaign import Campaign, CampaignConfig, init
 from seals_al.dataset import Dataset
 from seals_al.items import draw_seeds
-from seals_al.oracle import label_open_batch, seed_file_from_truth
+from seals_al.labeltools.oracle import label_open_batch, seed_file_from_truth
 from seals_al.record import RoundRecord
 from seals_al.round import GlobalCandidates, RoundEngine, SealsCandidates
 from seals_al.settings import RoundConfig

@@ -28,7 +28,7 @@ from seals_al.export import (
     read_model,
     write_model,
 )
-from seals_al.oracle import label_open_batch
+from seals_al.labeltools.oracle import label_open_batch
 from seals_al.score.corpus import SCORED_IDS, read_scores
 from seals_al.score.pipeline import score_with_beam
 from seals_al.score.stored import position_ranges, score_in_process

@@ -26,8 +26,9 @@ def init_campaign(
     split_column: str = "",
     eval_split: str = "test",
     folder_per_concept: bool = False,
-    label_studio_url: str = "",
-    label_studio_project: int = 0,
+    label_tool: str = "",
+    label_tool_url: str = "",
+    label_tool_project: str = "",
     removed_uri: str = "",
     train_on_removed: bool = False,
     workspace: str = "",
@@ -56,8 +57,10 @@ def init_campaign(
         split_column: the split column; "" for none.
         eval_split: the evaluation split.
         folder_per_concept: put the campaign in a folder named after the concept.
-        label_studio_url: Label Studio's URL ("" for none; `LABEL_STUDIO_URL` wins over it).
-        label_studio_project: an existing Label Studio project to use; 0 to create one.
+        label_tool: the labeling tool (label_studio, terminal, oracle); "" for label files only
+            (or the tool named by the cluster's Secret).
+        label_tool_url: the tool's URL ("" for none; the Secret's URL wins over it).
+        label_tool_project: an existing project of the tool to use; "" to create one.
         removed_uri: a tombstone list (ids removed for retention or privacy, one per line), read
             every round: they leave the pool and every later batch; "" for none.
         train_on_removed: whether tombstoned items' labels still train while they are in the data.
@@ -74,7 +77,8 @@ def init_campaign(
 
     from seals_al.campaign import Campaign, CampaignConfig, ensure_campaign
     from seals_al.campaign.layout import concept_folder
-    from seals_al.oracle import seed_file_from_truth
+    from seals_al.labeltools.oracle import seed_file_from_truth
+    from seals_al.labeltools.registry import check_tool_name
     from seals_al.settings import DataConfig, RoundConfig
 
     config = CampaignConfig(
@@ -94,9 +98,11 @@ def init_campaign(
         learning=RoundConfig(strategy=strategy, mode=mode, k=k, batch_size=batch_size, seed=seed),
         budget=budget,
         train_on_removed=train_on_removed,
-        label_studio_url=label_studio_url or None,
-        label_studio_project=label_studio_project or None,
+        label_tool=label_tool or ("label_studio" if label_tool_url else None),
+        label_tool_url=label_tool_url or None,
+        label_tool_project=label_tool_project or None,
     )
+    check_tool_name(config.label_tool, "label_tool")
     uri = concept_folder(campaign_uri, concept) if folder_per_concept else campaign_uri
     ensure_campaign(config, uri, None if seed_labels_uri else lambda: seed_file_from_truth(config))
     with open(campaign.path, "w") as f:

@@ -6,11 +6,10 @@ from components._base import seals_component
 @seals_component
 def label_ingest(campaign_uri: str, workspace: str = "") -> bool:
     """Stage 1 of a round: validate every label file not ingested yet (the seeds before round 0, then
-    `inbox/NNN/` of the open batch): CSV, JSONL or Label Studio export. With Label Studio configured
-    (`LABEL_STUDIO_URL` and `LABEL_STUDIO_API_KEY`, from a Kubernetes Secret) it first imports the
-    open batch's missing tasks and pulls the annotations of the campaign's tasks into the inbox.
-    A malformed file is rejected
-    whole (problems with their lines under `reports/`) and the step fails naming the file and line;
+    `inbox/NNN/` of the open batch): CSV, JSONL or Label Studio export. With a labeling tool
+    (`label_tool`; its URL and key from a Kubernetes Secret) it first pushes what the tool lacks of
+    the open batch and pulls the answers into the inbox. A malformed file is rejected whole
+    (problems with their lines under `reports/`) and the step fails naming the file and line;
     relabels are recorded, never silent. Stages `rounds/NNN/labeled.jsonl`, `relabels.jsonl`,
     `ingested.json` and raw copies.
 
@@ -26,7 +25,7 @@ def label_ingest(campaign_uri: str, workspace: str = "") -> bool:
 
     use_workspace(workspace)
     from seals_al.campaign import Campaign
-    from seals_al.labelstudio import sync_before_ingest
+    from seals_al.labeltools.loop import sync_before_ingest
 
     campaign = Campaign(campaign_uri)
     for line in sync_before_ingest(campaign):

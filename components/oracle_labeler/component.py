@@ -21,7 +21,7 @@ def oracle_labeler(campaign_uri: str, workspace: str = "") -> str:
 
     use_workspace(workspace)
     from seals_al.campaign import Campaign
-    from seals_al.oracle import label_open_batch
+    from seals_al.labeltools.oracle import label_open_batch
 
     campaign = Campaign(campaign_uri)
     key = label_open_batch(campaign)

@@ -12,10 +12,10 @@ def wait_for_labels(
     workspace: str = "",
 ) -> int:
     """A sensor: polls the open round's `inbox/NNN/` until a label file that was not ingested yet is
-    there. With Label Studio configured (`LABEL_STUDIO_URL` and `LABEL_STUDIO_API_KEY`, from a
-    Kubernetes Secret) it first pushes the batch if it is not there yet, then polls its tasks until
-    `labeled_fraction` of them have an annotation that was not cancelled, and pulls them into the
-    inbox. On timeout it fails with a message naming the inbox and the batch; it writes nothing
+    there. With a labeling tool (`label_tool`; its URL and key from a Kubernetes Secret) it first
+    pushes the batch if it is not there yet, then polls the tool until `labeled_fraction` of the
+    batch is answered (Label Studio: an annotation that was not cancelled), and pulls the answers
+    into the inbox. On timeout it fails with a message naming the inbox and the batch; it writes nothing
     else, so the campaign stays valid: label later and resume with another run (or the
     one-round-per-run pipeline, or `seals-al round`).
 
@@ -23,7 +23,7 @@ def wait_for_labels(
         campaign_uri: the campaign.
         poll_seconds: seconds between polls.
         timeout_seconds: give up after this long.
-        labeled_fraction: Label Studio: the fraction of the batch's tasks that must be annotated.
+        labeled_fraction: with a labeling tool: the fraction of the batch that must be answered.
         workspace: the run's shared workspace (KFP's workspace path), used as the cache of
             downloaded stores, indexes, graphs and prepared data; "" for a pod-local cache.
 
@@ -34,6 +34,6 @@ def wait_for_labels(
 
     use_workspace(workspace)
     from seals_al.campaign import Campaign
-    from seals_al.labelstudio import wait_for_labels as wait
+    from seals_al.labeltools.loop import wait_for_labels as wait
 
     return len(wait(Campaign(campaign_uri), poll_seconds, timeout_seconds, labeled_fraction))

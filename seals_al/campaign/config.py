@@ -16,7 +16,7 @@ import yaml
 from seals_al.campaign.layout import CONFIG, MAX_CONFIG_BYTES, SEED, seed_key
 from seals_al.errors import SealsError, cut, shown
 from seals_al.items import Items
-from seals_al.labels import check_label_file
+from seals_al.labelformats.files import check_label_file
 from seals_al.settings import (
     DEFAULT_BUDGET,
     DataConfig,
@@ -93,10 +93,12 @@ class CampaignConfig:
     # the items are in the data. False: from the round after their removal they are kept only in
     # the audit history. An item gone from the data never trains.
     train_on_removed: bool = False
-    # Label Studio (seals_al.labelstudio): its URL ($LABEL_STUDIO_URL wins over it) and, to use an
-    # existing project instead of creating one, its id. The API token is never a setting.
-    label_studio_url: str | None = None
-    label_studio_project: int | None = None
+    # The labeling tool (seals_al.labeltools.registry: label_studio, terminal, oracle; None: label
+    # files in the inbox only), its URL (the environment's wins over it) and, to use an existing
+    # project instead of creating one, the project. An API key is never a setting.
+    label_tool: str | None = None
+    label_tool_url: str | None = None
+    label_tool_project: str | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> CampaignConfig:
@@ -111,7 +113,7 @@ class CampaignConfig:
         if not isinstance(data, dict):
             raise SealsError(f"{path}: expected a mapping of settings")
         known = sorted(flat_names(cls))
-        unknown = sorted(set(data) - set(known))
+        unknown = sorted(set(data) - set(known) - set(RENAMED))
         if unknown:
             raise SealsError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
         missing = [name for name in REQUIRED if not data.get(name)]
@@ -122,7 +124,7 @@ class CampaignConfig:
             # A path of the wrong type is left as it is, for the type check to name it.
             if isinstance(value, str) and value and not is_remote(value) and not Path(value).is_absolute():
                 data[name] = str((path.parent / value).resolve())
-        config = from_flat(cls, data, str(path))
+        config = from_flat(cls, renamed(data, str(path)), str(path))
         config.check(str(path))
         return config
 
@@ -131,7 +133,7 @@ class CampaignConfig:
         """Read campaign.json; settings added since it was written take their defaults."""
         if not isinstance(data, dict):
             raise SealsError(f"{where}: expected a mapping of settings")
-        return from_flat(cls, data, where)
+        return from_flat(cls, renamed(data, where), where)
 
     def to_json(self) -> dict:
         return to_flat(self)
@@ -139,11 +141,35 @@ class CampaignConfig:
     def check(self, where: str) -> None:
         self.learning.check(where)
         check_positive_int(where, "budget", self.budget)
-        url = self.label_studio_url
+        if self.label_tool is not None and not (
+            isinstance(self.label_tool, str) and self.label_tool.replace("_", "").isalnum()
+        ):
+            raise SealsError(f"{where}: label_tool must be a tool's name, got {shown(self.label_tool)}")
+        url = self.label_tool_url
         if url and not url.startswith(("http://", "https://")):
-            raise SealsError(f"{where}: label_studio_url must be an http(s):// URL, got {shown(url)}")
-        if self.label_studio_project is not None:
-            check_positive_int(where, "label_studio_project", self.label_studio_project)
+            raise SealsError(f"{where}: label_tool_url must be an http(s):// URL, got {shown(url)}")
+
+
+# Settings read under their old names: Label Studio was the only tool before label_tool.
+RENAMED = {"label_studio_url": "label_tool_url", "label_studio_project": "label_tool_project"}
+
+
+def renamed(data: dict, where: str) -> dict:
+    """``data`` with the old Label Studio settings as ``label_tool: label_studio`` and its URL and
+    project (an error when a setting is given under both names)."""
+    out = {k: v for k, v in data.items() if k not in RENAMED}
+    project = out.get("label_tool_project")
+    if isinstance(project, int) and not isinstance(project, bool):  # a project id, as YAML reads it
+        out["label_tool_project"] = str(project)
+    old = [name for name in RENAMED if name in data]
+    for name in old:
+        if RENAMED[name] in data:
+            raise SealsError(f"{where}: give {RENAMED[name]} or the older {name}, not both")
+        value = data[name]
+        out[RENAMED[name]] = None if value is None else str(value)
+    if out.get("label_tool_url") or out.get("label_tool_project"):
+        out.setdefault("label_tool", "label_studio")
+    return out
 
 
 def init(config: CampaignConfig, uri: str, seed_file: tuple[str, bytes] | None = None) -> Storage:

@@ -3,7 +3,7 @@
 campaign.json                 the configuration (written once by init)
 seed/<file>                   the seed labels as given
 inbox/NNN/                    where labels for batch NNN are dropped (CSV, JSONL, Label Studio;
-                              `seals-al labelstudio pull` writes label-studio.json there)
+                              a Label Studio pull writes label-studio.json there)
 rounds/NNN/                   written by one round, committed by COMMITTED, written last:
     labeled.jsonl             the labeled set after this round's ingest (a new version per round)
     relabels.jsonl            label changes recorded this round (id, old, new, source)
@@ -25,8 +25,9 @@ reports/                      rejection reports of label files
 derived/                      what a campaign on gs:// builds from U for its tasks on other
                               machines, when the data has no published store to keep it beside:
                               prepared data, an embedded or imported store, neighbour graphs
-labelstudio.json              the Label Studio project and every task pushed (seals_al.labelstudio)
+labelstudio.json              the Label Studio project and every task pushed (seals_al.labeltools)
 labelstudio.lock              held while a Label Studio push or pull talks to Label Studio
+events/continued/NNN.json     who continued the campaign once batch NNN was answered (seals-al listen)
 LOCK                          held while a stage runs (and while a pull writes into the inbox)
 """
 
@@ -140,7 +141,7 @@ LABEL_STUDIO_EXPORT = "label-studio.json"  # what a pull writes into the open ba
 
 
 def label_studio_export(r: int) -> str:
-    """Where a Label Studio pull puts batch ``r``'s annotations (seals_al.labelstudio)."""
+    """Where a Label Studio pull puts batch ``r``'s annotations (seals_al.labeltools)."""
     return f"{RoundKeys(r).inbox}/{LABEL_STUDIO_EXPORT}"
 
 
@@ -154,6 +155,11 @@ def rejection_report(key: str, version: str) -> str:
     version's tag."""
     of_key = hashlib.sha256(key.encode()).hexdigest()[:8]
     return f"reports/{_fit(flat_name(key), 200)}-{of_key}-{version[:12]}.json"
+
+
+def continued_key(r: int) -> str:
+    """The claim of whoever continues the campaign after batch ``r`` is answered (seals-al listen)."""
+    return f"events/continued/{r:03d}.json"
 
 
 def oracle_labels(r: int) -> str:

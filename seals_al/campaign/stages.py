@@ -27,7 +27,9 @@ from seals_al.campaign.lease import Lease
 from seals_al.campaign.state import Oversized, State, StateReader, jsonl_rows, report_key, sha256
 from seals_al.errors import SealsError, shown
 from seals_al.failpoints import failpoint
-from seals_al.labels import LabelFileError, Problem, check_label_file, check_size, label_studio_tasks
+from seals_al.labelformats.answers import LabelFileError, Problem
+from seals_al.labelformats.files import check_label_file, check_size
+from seals_al.labelformats.labelstudio import label_studio_tasks
 from seals_al.record import RoundRecord
 from seals_al.storage import NotFoundError, open_storage
 

@@ -11,11 +11,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from seals_al import labels
 from seals_al.campaign.config import CampaignConfig
 from seals_al.campaign.layout import (
     INBOX,
-    LABEL_STUDIO_RECORD,
     ROUNDS,
     RoundKeys,
     inbox_round,
@@ -24,7 +22,8 @@ from seals_al.campaign.layout import (
 )
 from seals_al.campaign.lease import holder
 from seals_al.errors import SealsError, shown
-from seals_al.settings import is_count
+from seals_al.labelformats import files as label_files
+from seals_al.labelformats.labeled_set import labels_by_annotator
 from seals_al.storage import Storage, TooLargeError
 
 
@@ -103,11 +102,11 @@ class StateReader:
         keys = [self.config.seed_labels]
         if state.round >= 0:
             keys = [k for k in self._inbox_keys(state) if self._unusable(k) is None]
-        self.storage.prefetch(keys, labels.MAX_LABEL_FILE_BYTES)
+        self.storage.prefetch(keys, label_files.MAX_LABEL_FILE_BYTES)
         fresh: dict[str, bytes | Oversized] = {}
         for key in keys:
             try:  # the size is checked before the file is read: a huge file is never read
-                data = self.storage.read_bytes(key, labels.MAX_LABEL_FILE_BYTES)
+                data = self.storage.read_bytes(key, label_files.MAX_LABEL_FILE_BYTES)
             except TooLargeError as e:
                 fresh[key] = Oversized(e.size)
                 continue
@@ -220,14 +219,14 @@ class StateReader:
             "average_precision": metrics.get("average_precision"),
             "labeled_by": [
                 f"{name}: {n:,} label(s), {pos:,} positive"
-                for name, n, pos in labels.labels_by_annotator(state.labeled.values())
+                for name, n, pos in labels_by_annotator(state.labeled.values())
             ],
             "new_label_files": len(files := self.label_files(state)),
             "label_files": files,
             "ignored_files": self.ignored_files(state),
             "interrupted_round": interrupted[0] if interrupted else None,
             "lock": holder(self.storage),
-            "label_studio_project": self.label_studio_record()["project"],
+            "label_tool": self.config.label_tool,
             "waiting_for": waiting,
         }
 
@@ -240,21 +239,6 @@ class StateReader:
         data = self.storage.read_json(key)
         text = f"{data['version']} in round {r}: {data['items']:,} items, {data['u_items']:,} in U"
         return text + (f", {data['removed']:,} tombstoned" if data["removed"] else "")
-
-    def label_studio_record(self) -> dict:
-        """The Label Studio project the campaign pushed its batches to, and every task it pushed
-        (seals_al.labelstudio); no project and no task before the first push."""
-        if not self.storage.exists(LABEL_STUDIO_RECORD):
-            return {"project": None, "tasks": {}}
-        record = self.storage.read_json(LABEL_STUDIO_RECORD)
-        if not _is_label_studio_record(record):
-            raise SealsError(
-                f"{self.storage.where(LABEL_STUDIO_RECORD)}: not a Label Studio record (a project id, a "
-                "task id per item pushed and the digests of pulled files); restore it (an earlier "
-                "version of the object, or a backup): without it, pushed tasks are matched by the "
-                "campaign's location only"
-            )
-        return record
 
     def next_step(
         self, target_metric: str = "", target_value: float = 0.0, state: State | None = None
@@ -300,7 +284,7 @@ class StateReader:
             timeout_seconds: give up after this long.
             progress: print a line per poll (default: the campaign's setting).
             watch: called before each look into the inbox; it may bring labels there (Label
-                Studio's pull, :func:`seals_al.labelstudio.wait_for_labels`) and returns a line
+                Studio's pull, :func:`seals_al.labeltools.loop.wait_for_labels`) and returns a line
                 saying how far along they are.
 
         Returns:
@@ -336,23 +320,6 @@ class StateReader:
                 where = seen or f"in {inbox}/"
                 print(f"waiting for labels: {where} (poll {polls}, {remaining:.0f} s left)", flush=True)
             time.sleep(min(poll_seconds, remaining))
-
-
-def _is_label_studio_record(record: object) -> bool:
-    """labelstudio.json as seals_al.labelstudio writes it."""
-    if not isinstance(record, dict):
-        return False
-    project, tasks, pulled = record.get("project"), record.get("tasks"), record.get("pulled", {})
-    listed = record.get("listed", {})
-    return (
-        (project is None or is_count(project))
-        and isinstance(tasks, dict)
-        and all(isinstance(entry, dict) and is_count(entry.get("task")) for entry in tasks.values())
-        and isinstance(pulled, dict)
-        and all(isinstance(digests, list) for digests in pulled.values())
-        and isinstance(listed, dict)
-        and all(r.isdigit() and isinstance(at, str) for r, at in listed.items())
-    )
 
 
 def report_key(key: str, data: bytes | Oversized) -> str:

@@ -1,6 +1,6 @@
-"""The simulated labeler of a campaign: seeds drawn from the ground-truth column, and answers to
-the open batch written into the round's inbox as a person would (demos, CI, label-efficiency
-studies). ``seals-al simulate`` needs no labeler: its oracle answers in memory
+"""The simulated labeler as a tool (``label_tool: oracle``): seeds drawn from the ground-truth
+column, and answers to the open batch written into the round's inbox as a person would (demos, CI,
+label-efficiency studies). ``seals-al simulate`` needs no labeler: its oracle answers in memory
 (:mod:`seals_al.simulate`)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from seals_al.campaign import Campaign, CampaignConfig
 from seals_al.campaign.layout import CONFIG, oracle_labels
 from seals_al.errors import SealsError
 from seals_al.items import Items, draw_seeds
+from seals_al.labeltools.base import Note, Progress, open_round
 from seals_al.settings import SEED_NEGATIVES, SEED_POSITIVES
 
 
@@ -42,3 +43,34 @@ def label_open_batch(campaign: Campaign) -> str | None:
     rows = [json.dumps({"id": i, "label": t}) + "\n" for i, t in zip(ids, truth, strict=True)]
     campaign.storage.write_text(key, "".join(rows))
     return key
+
+
+class Oracle:
+    """Answers every pending item of the open batch from the truth column, at once."""
+
+    name = "oracle"
+    title = "the oracle"
+
+    def __init__(self, campaign: Campaign):
+        self.campaign = campaign
+
+    @classmethod
+    def of(cls, campaign: Campaign) -> Oracle:
+        return cls(campaign)
+
+    def push(self) -> Note:
+        open_round(self.campaign)
+        batch = len(self.campaign.state().batch)
+        column = self.campaign.config.dataset.truth_column
+        return Note(f"oracle: {batch} item(s) answered from the truth column {column!r}", "oracle", batch)
+
+    def pull(self) -> Note:
+        open_round(self.campaign)
+        key = label_open_batch(self.campaign)
+        where = self.campaign.storage.where(key) if key else None
+        return Note(f"oracle: {'answers written to ' + where if where else 'nothing pending'}", written=key)
+
+    def progress(self) -> Progress:
+        open_round(self.campaign)
+        pending = len(self.campaign.state().pending)
+        return Progress(pending, pending)  # every pending item has its answer, in the truth column

@@ -1,5 +1,6 @@
 """Label Studio in the loop, against a real Label Studio server (tests/labelstudio_server.py): push,
-annotate through its REST API as a person would, pull, round; every policy of seals_al.labelstudio;
+annotate through its REST API as a person would, pull, round; every policy of
+seals_al.labeltools.labelstudio;
 and the looped and one-round pipelines running the whole loop in kfp.local with no file copied."""
 
 from __future__ import annotations
@@ -19,26 +20,25 @@ from hypothesis import strategies as st
 
 from pipelines.looped import make_looped
 from pipelines.one_round import seals_one_round
-from seals_al import labelstudio
 from seals_al.campaign import Campaign, CampaignConfig, LabelsTimeout, init
 from seals_al.campaign.layout import LABEL_STUDIO_LOCK
 from seals_al.campaign.layout import LABEL_STUDIO_RECORD as RECORD
 from seals_al.campaign.lease import Lease
 from seals_al.cli import main
 from seals_al.errors import SealsError
-from seals_al.labels import Interface, interface_of, label_config, task_of
-from seals_al.labelstudio import (
+from seals_al.labelformats.labelstudio import Interface, interface_of, label_config, task_of
+from seals_al.labeltools.labelstudio.client import (
     ENV_KEY,
     ENV_URL,
+    PULLED_DATA,
     Client,
     Connection,
     LabelStudioError,
-    Sync,
     connection,
-    wait_for_labels,
 )
+from seals_al.labeltools.labelstudio.tool import LabelStudio as Sync
+from seals_al.labeltools.loop import wait_for_labels, watcher
 
-from . import labelstudio_server
 from .labelstudio_server import Person, choice_result
 from .test_campaign import BATCH, CONCEPT, truth_of, write_config
 
@@ -93,8 +93,6 @@ def test_a_batch_row_becomes_a_task_with_the_models_guess():
 
 
 def test_the_connection_comes_from_the_environment_first(monkeypatch):
-    from seals_al.labelstudio import connection
-
     monkeypatch.delenv(ENV_URL, raising=False)
     monkeypatch.delenv(ENV_KEY, raising=False)
     assert connection(None) is None
@@ -347,7 +345,7 @@ def test_a_failed_label_studio_sync_does_not_block_the_label_files_in_the_inbox(
     """Label Studio answering nonsense (or down) stopped the round, so labels dropped in the inbox
     by hand waited for it; the round says the sync failed and ingests them."""
     uri = str(tmp_path / "campaign")
-    config = CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir, label_studio_project=7))
+    config = CampaignConfig.from_yaml(write_config(tmp_path, clinc_slice, cache_dir, label_tool_project=7))
     init(config, uri)
     campaign = Campaign(uri, progress=False)
     campaign.round()  # round 0, before Label Studio is reachable
@@ -374,19 +372,6 @@ def closed_url() -> str:
 
 
 # -- against a real Label Studio ----------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def label_studio():
-    with labelstudio_server.running() as server:
-        yield server
-
-
-@pytest.fixture
-def ls_env(label_studio, monkeypatch):
-    monkeypatch.setenv(ENV_URL, label_studio.url)
-    monkeypatch.setenv(ENV_KEY, label_studio.token)
-    return label_studio
-
-
 def name_of(label: int) -> str:
     return CONCEPT if label else f"not {CONCEPT}"
 
@@ -420,19 +405,19 @@ def test_a_whole_round_trip_push_annotate_pull_round(campaign, clinc_slice, ls_e
             k: batch[item][k] for k in ("round", "rank", "score", "reached_from")
         }
         assert task["total_predictions"] == 1, "the model's guess is a pre-annotation"
-    assert main(["labelstudio", "push", uri]) == 0
+    assert main(["label-tool", "push", uri]) == 0
     assert f"{BATCH} task(s) of the open batch, 0 imported now" in capsys.readouterr().out
     assert len(person.tasks(project)) == BATCH, "pushing again imports nothing twice"
 
     for item, task in tasks.items():
         person.annotate(task["id"], name_of(truth[item]))
-    assert main(["labelstudio", "pull", uri]) == 0
+    assert main(["label-tool", "pull", uri]) == 0
     out = capsys.readouterr().out
     assert (
         f"{BATCH} task(s) of the open batch labeled, 0 pending; written to inbox/000/label-studio.json" in out
     )
     export = campaign.storage.read_bytes("inbox/000/label-studio.json")
-    assert main(["labelstudio", "pull", uri]) == 0
+    assert main(["label-tool", "pull", uri]) == 0
     assert "nothing new to write" in capsys.readouterr().out
     assert campaign.storage.read_bytes("inbox/000/label-studio.json") == export
 
@@ -474,7 +459,7 @@ def test_skips_ties_majorities_deletions_and_edits_follow_the_policies(campaign,
         person.annotate(tasks[item]["id"], name_of(truth[item]))
     capsys.readouterr()
 
-    assert main(["labelstudio", "pull", uri]) == 0
+    assert main(["label-tool", "pull", uri]) == 0
     out = capsys.readouterr().out
     assert f"{BATCH - 3} task(s) of the open batch labeled, 2 pending" in out
     assert f"1 task(s) deleted in Label Studio (items {deleted!r}) stay unlabeled" in out
@@ -488,14 +473,14 @@ def test_skips_ties_majorities_deletions_and_edits_follow_the_policies(campaign,
     assert len(after) == (BATCH - 1) + (BATCH - 3), "carried items keep their tasks; new items get one"
     progress = Sync.of(campaign).progress()
     assert (progress.deleted, progress.skipped_before) == ([deleted], 1)
-    assert (progress.annotated, progress.tasks) == (1, BATCH - 2), (
+    assert (progress.answered, progress.items) == (1, BATCH - 2), (
         "the tie is annotated; the skip not waited on"
     )
 
     # An annotation edited after it was ingested comes back as a relabel.
     flipped = name_of(1 - truth[edited])
     person.api("PATCH", f"/api/annotations/{edited_annotation}", json={"result": [choice_result(flipped)]})
-    assert main(["labelstudio", "pull", uri]) == 0
+    assert main(["label-tool", "pull", uri]) == 0
     assert "1 label(s) changed" in capsys.readouterr().out
     assert main(["round", uri]) == 0
     relabels = [
@@ -521,8 +506,10 @@ def test_a_pull_asks_for_and_writes_only_what_the_round_needs(
     label-file limit (then every round failed), and the export of the whole project was read into
     memory at once. A pull now exports the open batch's annotated tasks and earlier tasks updated
     since the last ingested pull, a few ids a request, and keeps no text."""
-    monkeypatch.setattr(labelstudio, "RELISTED_SECONDS", 0.0)  # no margin: the test runs in seconds
-    monkeypatch.setattr(labelstudio, "EXPORT_CHUNK", 7)
+    from seals_al.labeltools.labelstudio import client, tool
+
+    monkeypatch.setattr(tool, "RELISTED_SECONDS", 0.0)  # no margin: the test runs in seconds
+    monkeypatch.setattr(client, "EXPORT_CHUNK", 7)
     exports: list[list[int]] = []
     call = Client.call
 
@@ -537,7 +524,7 @@ def test_a_pull_asks_for_and_writes_only_what_the_round_needs(
     project = project_of(campaign)
     first = person.tasks(project)
     annotations = {item: person.annotate(t["id"], name_of(truth[item])) for item, t in first.items()}
-    assert main(["labelstudio", "pull", uri]) == 0
+    assert main(["label-tool", "pull", uri]) == 0
     assert sorted(i for ids in exports for i in ids) == sorted(t["id"] for t in first.values())
     assert max(map(len, exports)) == 7, "a few ids a request"
     assert len(exports) == -(-BATCH // 7)
@@ -552,7 +539,7 @@ def test_a_pull_asks_for_and_writes_only_what_the_round_needs(
     exports.clear()
     capsys.readouterr()
 
-    assert main(["labelstudio", "pull", uri]) == 0
+    assert main(["label-tool", "pull", uri]) == 0
     out = capsys.readouterr().out
     assert f"{len(half)} task(s) of the open batch labeled, {len(second) - len(half)} pending" in out
     assert "1 label(s) changed" in out
@@ -563,7 +550,7 @@ def test_a_pull_asks_for_and_writes_only_what_the_round_needs(
     items = {t["data"]["seals_id"] for t in pulled}
     assert {*half, edited} <= items <= {*half, edited, last}
     assert len([i for ids in exports for i in ids]) == len(items)
-    assert all(set(t["data"]) <= set(labelstudio.PULLED_DATA) for t in pulled), "no text is kept"
+    assert all(set(t["data"]) <= set(PULLED_DATA) for t in pulled), "no text is kept"
     assert main(["round", uri]) == 0
     assert campaign.state().labeled[edited]["label"] == 1 - truth[edited]
     assert all(item in campaign.state().labeled for item in half)
@@ -628,7 +615,7 @@ def test_a_choice_outside_the_config_is_rejected_naming_the_task(campaign, ls_en
     person.annotate(task["id"], "maybe")
     before = {k: campaign.storage.read_bytes(k) for k in campaign.storage.list() if k != "LOCK"}
     capsys.readouterr()
-    assert main(["labelstudio", "pull", uri]) == 2
+    assert main(["label-tool", "pull", uri]) == 2
     err = capsys.readouterr().err
     assert f"{ls_env.url}/projects/{project}/data" in err
     assert f"task {task['id']} (seals_id {task['data']['seals_id']!r})" in err
@@ -713,7 +700,7 @@ def test_the_wait_ends_when_enough_tasks_are_annotated_then_pulls(campaign, clin
     person, truth = Person(ls_env), truth_of(clinc_slice)
     campaign.round()  # no push: the wait pushes what is not there yet
     with pytest.raises(
-        LabelsTimeout, match=r"\(0/10 task\(s\) annotated in Label Studio\); the campaign is unchanged"
+        LabelsTimeout, match=r"\(0/10 item\(s\) answered in Label Studio\); the campaign is unchanged"
     ):
         wait_for_labels(campaign, 0.2, 0.5)
     project = project_of(campaign)
@@ -740,10 +727,10 @@ def test_a_wait_outlives_a_label_studio_that_does_not_answer(campaign, ls_env):
     with pytest.raises(
         LabelsTimeout, match=rf"{down.url}: Label Studio did not answer .* asking again at the next poll"
     ):
-        campaign.wait_for_labels(0.1, 0.5, watch=sync.watcher(1.0))
-    assert campaign.status()["label_studio_project"] is None, "nothing pushed, nothing recorded"
+        campaign.wait_for_labels(0.1, 0.5, watch=watcher(sync, 1.0))
+    assert sync.record()["project"] is None, "nothing pushed, nothing recorded"
     pushed = Sync.of(campaign).push()  # back up: the batch goes in
-    assert campaign.status()["label_studio_project"] == pushed.project
+    assert sync.record()["project"] == pushed.project
 
 
 def test_the_looped_and_one_round_pipelines_run_the_loop_with_no_file_copied(
@@ -818,7 +805,7 @@ def test_a_moved_campaign_still_finds_its_tasks_by_the_ids_it_recorded(campaign,
     campaign = Campaign(str(moved), progress=False)
     sync = Sync.of(campaign)
     progress = sync.progress()
-    assert (progress.annotated, progress.tasks, progress.deleted) == (3, BATCH, [])
+    assert (progress.answered, progress.items, progress.deleted) == (3, BATCH, [])
     pulled = sync.pull()
     assert (pulled.labeled, pulled.pending, pulled.deleted) == (3, BATCH - 3, [])
     assert pulled.written == "inbox/000/label-studio.json"

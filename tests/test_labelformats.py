@@ -6,15 +6,9 @@ import json
 
 import pytest
 
-from seals_al.labels import (
-    MAX_LABEL_FILE_BYTES,
-    MAX_PROBLEMS,
-    LabelFileError,
-    check_label_file,
-    labels_by_annotator,
-    parse_label,
-    read_label_file,
-)
+from seals_al.labelformats.answers import MAX_PROBLEMS, LabelFileError, parse_label
+from seals_al.labelformats.files import MAX_LABEL_FILE_BYTES, check_label_file, read_label_file
+from seals_al.labelformats.labeled_set import labels_by_annotator
 
 CONCEPT = "report_fraud"
 OPEN = {"a", "b", "c"}

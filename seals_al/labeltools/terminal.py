@@ -1,7 +1,8 @@
-"""The terminal labeler: shows each pending example of the open batch and records a person's
-answer (y / n / skip / undo / quit) into the round's inbox, saving after every answer. End of
-input and Ctrl-C quit like q. If a round commits while it runs, the answers it goes on saving in
-that (now older) inbox are taken in by the next round."""
+"""The terminal labeler (``label_tool: terminal``, and ``seals-al label``): shows each pending
+example of the open batch and records a person's answer (y / n / skip / undo / quit) into the
+round's inbox, saving after every answer. End of input and Ctrl-C quit like q. If a round commits
+while it runs, the answers it goes on saving in that (now older) inbox are taken in by the next
+round."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from rich.text import Text
 from seals_al.campaign import Campaign
 from seals_al.campaign.layout import terminal_labels
 from seals_al.errors import SealsError
+from seals_al.labeltools.base import Note, Progress, open_round
 from seals_al.storage import Storage
 
 
@@ -29,9 +31,8 @@ def run_labeler(campaign: Campaign, console: Console, ask: Callable[[str], str] 
     Returns:
         Counts: answered (in the inbox file), skipped and pending.
     """
+    open_round(campaign)
     state = campaign.state()
-    if state.round < 0:
-        raise SealsError(f"{campaign.storage.uri}: no batch yet; run `seals-al round` first")
     key = terminal_labels(state.round)
     storage = campaign.storage
     answers = _saved_answers(storage, key)
@@ -109,3 +110,35 @@ def _panel(row: dict, at: int, total: int) -> Panel:
         title=f"{at + 1} of {total} · {row['id']} · round {row['round']}",
         subtitle=f"{row['strategy']} score {row['score']:.3f}",
     )
+
+
+class Terminal:
+    """A person answers in a terminal (``seals-al label CAMPAIGN``), saved into the inbox as they go."""
+
+    name = "terminal"
+    title = "the terminal"
+
+    def __init__(self, campaign: Campaign):
+        self.campaign = campaign
+
+    @classmethod
+    def of(cls, campaign: Campaign) -> Terminal:
+        return cls(campaign)
+
+    def push(self) -> Note:
+        open_round(self.campaign)
+        batch = len(self.campaign.state().batch)
+        command = f"seals-al label {self.campaign.storage.uri}"
+        return Note(f"terminal: label the open batch ({batch} item(s)) with `{command}`", command, batch)
+
+    def pull(self) -> Note:
+        r = open_round(self.campaign)
+        key = terminal_labels(r)
+        saved = len(_saved_answers(self.campaign.storage, key))
+        return Note(f"terminal: {saved} answer(s) saved in {self.campaign.storage.where(key)} as given")
+
+    def progress(self) -> Progress:
+        r = open_round(self.campaign)
+        pending = {row["id"] for row in self.campaign.state().pending}
+        saved = _saved_answers(self.campaign.storage, terminal_labels(r))
+        return Progress(len(pending & saved.keys()), len(pending))
