@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from seals_al.storage import write_json_atomic, write_text_atomic
+from seals_al.storage.files import write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

@@ -36,7 +36,7 @@ from seals_al.campaign import Campaign
 from seals_al.errors import cut
 from seals_al.labelformats.answers import MAX_PROBLEMS
 from seals_al.labelformats.files import MAX_LABEL_FILE_BYTES
-from seals_al.storage import write_text_atomic
+from seals_al.storage.files import write_text_atomic
 
 RESULTS = DOCS / "benchmarks" / "bad_inputs.json"
 RELIABILITY = DOCS / "RELIABILITY.md"

@@ -41,7 +41,7 @@ from seals_al.index.build import build_index, set_search_parameters
 from seals_al.index.neighbours import NeighbourGraph, build_neighbour_graph
 from seals_al.pool import CandidatePool
 from seals_al.selection import select_global, select_seals
-from seals_al.storage import LocalStorage
+from seals_al.storage.local import LocalStorage
 from seals_al.store import EmbeddingStore, write_store
 from seals_al.strategies import get_strategy
 from seals_al.train import fit_logistic

@@ -52,7 +52,7 @@ def workflow_template():
 
     from pipelines._cluster import LABEL_TOOL_KEYS, LABEL_TOOL_STEPS, RESOURCES, RETRIED
     from seals_al.settings import WAIT_TIMEOUT_SECONDS
-    from seals_al.storage import WORKSPACE_CACHE
+    from seals_al.storage.uris import WORKSPACE_CACHE
     from seals_al.version import IMAGE, __version__
 
     campaign = "{{workflow.parameters.campaign-uri}}"

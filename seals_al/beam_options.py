@@ -38,7 +38,7 @@ def runner_options(beam_args: Sequence[str], paths: dict[str, str]) -> PipelineO
     that may not see this machine's disk (a runner not in :data:`LOCAL_RUNNERS`, or any runner with
     workers in containers: ``--environment_type=DOCKER`` or ``EXTERNAL``) are refused, naming the
     path, while any of ``paths`` is on this machine's disk only."""
-    from seals_al.storage import is_remote
+    from seals_al.storage.uris import is_remote
 
     options = beam_options(beam_args)
     local = {what: path for what, path in paths.items() if not is_remote(path)}

@@ -19,7 +19,7 @@ from seals_al.errors import SealsError
 from seals_al.items import Items
 from seals_al.prepared import IdSet, Prepared, prepare
 from seals_al.settings import DEFAULT_FACTORY, DataConfig
-from seals_al.storage import default_cache_dir
+from seals_al.storage.uris import default_cache_dir
 from seals_al.store import EmbeddingStore, RowLookup
 
 if TYPE_CHECKING:  # faiss and the index modules are imported when an index or graph is used
@@ -274,7 +274,7 @@ class Dataset:
         ``graphs/`` folder (the index's own listing does not name them); without an index, where
         this data's prepared versions are published (:func:`seals_al.prepared.shared_root`);
         else None: this machine's cache."""
-        from seals_al.storage import is_remote
+        from seals_al.storage.uris import is_remote
 
         if self.config.index and is_remote(self.config.index):
             from seals_al.index.neighbours import graphs_of_index

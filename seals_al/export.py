@@ -32,7 +32,8 @@ import numpy as np
 from seals_al.campaign.state import jsonl_rows
 from seals_al.errors import SealsError, cut, shown
 from seals_al.settings import EXPORT_PRECISIONS, is_count
-from seals_al.storage import open_storage, split_uri
+from seals_al.storage import open_storage
+from seals_al.storage.uris import split_uri
 from seals_al.train import LinearModel, sigmoid
 from seals_al.version import __version__
 

@@ -16,7 +16,9 @@ import numpy as np
 
 from seals_al.errors import SealsError, shown
 from seals_al.settings import DataConfig
-from seals_al.storage import default_cache_dir, is_remote, local_file, local_path, require_file
+from seals_al.storage import local_file
+from seals_al.storage.files import require_file
+from seals_al.storage.uris import default_cache_dir, is_remote, local_path
 
 Columns = dict[str, list[str]]
 
@@ -119,7 +121,8 @@ def read_removed(uri: str, cache_dir: str | Path | None = None) -> frozenset[str
 
 
 def _gcs_object_exists(uri: str) -> bool:
-    from seals_al.storage import open_storage, split_uri
+    from seals_al.storage import open_storage
+    from seals_al.storage.uris import split_uri
 
     parent, name = split_uri(uri)
     return open_storage(parent).exists(name)

@@ -59,19 +59,10 @@ from seals_al.published import (
 )
 from seals_al.published import version as remote_version
 from seals_al.settings import DataConfig
-from seals_al.storage import (
-    NotFoundError,
-    atomic_dir,
-    default_cache_dir,
-    file_version,
-    is_remote,
-    local_file,
-    local_path,
-    open_storage,
-    parse_manifest,
-    split_uri,
-    write_json_atomic,
-)
+from seals_al.storage import local_file, open_storage
+from seals_al.storage.base import NotFoundError
+from seals_al.storage.files import atomic_dir, file_version, parse_manifest, write_json_atomic
+from seals_al.storage.uris import default_cache_dir, is_remote, local_path, split_uri
 from seals_al.store import FORMAT as STORE_FORMAT
 from seals_al.store import MANIFEST, EmbeddingStore, RowLookup, rows_digest
 

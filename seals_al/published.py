@@ -48,18 +48,11 @@ from tqdm import tqdm
 from seals_al import ranges
 from seals_al.arrays import ACCESS, ArrayFile, describe_dtype, dtype_of, npy_header, open_array
 from seals_al.errors import SealsError, shown
-from seals_al.storage import (
-    GCSStorage,
-    NotFoundError,
-    check_key,
-    check_replaceable,
-    default_cache_dir,
-    file_sha256,
-    is_remote,
-    local_path,
-    open_storage,
-    parse_manifest,
-)
+from seals_al.storage import open_storage
+from seals_al.storage.base import NotFoundError, check_key
+from seals_al.storage.files import check_replaceable, file_sha256, parse_manifest
+from seals_al.storage.gcs import GCSStorage
+from seals_al.storage.uris import default_cache_dir, is_remote, local_path
 
 FORMAT = "seals-published/1"
 LISTING = "published.json"

@@ -17,7 +17,7 @@ from rich.table import Table
 from seals_al.errors import SealsError, shown
 from seals_al.labelformats.labeled_set import labels_by_annotator
 from seals_al.record import TABLE_COLUMNS, UI_METRICS, table_cells
-from seals_al.storage import (
+from seals_al.storage.files import (
     atomic_path,
     check_output_folder,
     write_json_atomic,

@@ -27,7 +27,7 @@ from seals_al.pool import CandidatePool, MemberVectors
 from seals_al.record import RoundRecord
 from seals_al.selection import Selection, select_global, select_seals
 from seals_al.settings import RoundConfig
-from seals_al.storage import Storage
+from seals_al.storage.base import Storage
 from seals_al.strategies import Strategy, get_strategy
 from seals_al.train import LinearModel, average_precision, classification_curves, fit_logistic
 

@@ -20,7 +20,7 @@ from seals_al.items import Items, draw_seeds
 from seals_al.round import RoundEngine
 from seals_al.selection import Selection
 from seals_al.settings import SEED_NEGATIVES, SEED_POSITIVES, DataConfig, RoundConfig, check_fits_u, to_flat
-from seals_al.storage import check_output_folder, write_json_atomic, write_text_atomic, written_as
+from seals_al.storage.files import check_output_folder, write_json_atomic, write_text_atomic, written_as
 
 
 @dataclass(frozen=True)

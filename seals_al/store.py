@@ -28,7 +28,7 @@ import numpy as np
 from seals_al.arrays import ACCESS, ArrayFile, gather, search_sorted, sorted_unique, sparse_sample
 from seals_al.errors import SealsError, shown
 from seals_al.published import Folder, LocalFolder
-from seals_al.storage import atomic_dir, check_replaceable, file_sha256, parse_manifest
+from seals_al.storage.files import atomic_dir, check_replaceable, file_sha256, parse_manifest
 
 FORMAT = "seals-embeddings/1"
 MANIFEST = "manifest.json"

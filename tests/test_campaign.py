@@ -26,7 +26,8 @@ from seals_al.campaign import Campaign, CampaignConfig, ensure_campaign, init
 from seals_al.campaign.lease import Lease
 from seals_al.cli import main
 from seals_al.errors import SealsError
-from seals_al.storage import LocalStorage, open_storage
+from seals_al.storage import open_storage
+from seals_al.storage.local import LocalStorage
 
 from .conftest import BUCKET, modules_loaded_by
 

@@ -12,7 +12,7 @@ from seals_al.index.build import build_index, set_search_parameters
 from seals_al.index.neighbours import as_neighbours, build_neighbour_graph
 from seals_al.pool import CandidatePool, MemberVectors, _Blocks
 from seals_al.selection import select_seals
-from seals_al.storage import LocalStorage
+from seals_al.storage.local import LocalStorage
 from seals_al.strategies import get_strategy, random_keys, tiebreak_keys
 from seals_al.train import LinearModel, fit_logistic
 

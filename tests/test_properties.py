@@ -22,7 +22,8 @@ from seals_al.errors import SealsError
 from seals_al.items import read_items
 from seals_al.labelformats.answers import NEGATIVE, POSITIVE, LabelFileError, parse_label
 from seals_al.labelformats.files import check_label_file
-from seals_al.storage import check_key, open_storage
+from seals_al.storage import open_storage
+from seals_al.storage.base import check_key
 
 pytestmark = pytest.mark.hostile
 T = TypeVar("T")

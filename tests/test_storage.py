@@ -11,18 +11,12 @@ import uuid
 import pytest
 
 from seals_al.errors import SealsError
-from seals_al.storage import (
-    AlreadyExistsError,
-    ChangedError,
-    GCSStorage,
-    LocalStorage,
-    atomic_path,
-    check_output_file,
-    open_storage,
-    split_uri,
-    write_json_atomic,
-    write_text_atomic,
-)
+from seals_al.storage import check_output_file, open_storage
+from seals_al.storage.base import AlreadyExistsError, ChangedError
+from seals_al.storage.files import atomic_path, write_json_atomic, write_text_atomic
+from seals_al.storage.gcs import GCSStorage
+from seals_al.storage.local import LocalStorage
+from seals_al.storage.uris import split_uri
 
 from .conftest import BUCKET
 
@@ -48,7 +42,7 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
 def test_files_written_get_the_mode_the_umask_allows_not_0600(tmp_path):
     """Atomic writes go through mkstemp, which makes files 0600: campaign files were unreadable to
     the rest of a team sharing a disk, under umask 022."""
-    from seals_al.storage import LocalStorage
+    from seals_al.storage.local import LocalStorage
 
     mask = os.umask(0)
     os.umask(mask)
@@ -257,7 +251,8 @@ def test_open_storage_schemes(tmp_path, gcs_emulator):
 def test_one_place_tells_local_from_object_storage_and_refuses_other_schemes(tmp_path):
     """s3:// and http:// were taken as local folders named s3: and http: in places that sniffed
     gs:// themselves; is_remote and local_path are the one place now."""
-    from seals_al.storage import is_remote, local_file, local_path
+    from seals_al.storage import local_file
+    from seals_al.storage.uris import is_remote, local_path
 
     assert is_remote("gs://b/p") is True
     assert is_remote(tmp_path) is False

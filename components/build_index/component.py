@@ -54,7 +54,7 @@ def build_index(
     Returns:
         index_uri, and whether an existing index was reused.
     """
-    from seals_al.storage import use_workspace
+    from seals_al.storage.uris import use_workspace
 
     use_workspace(workspace)
     from collections import namedtuple

@@ -38,7 +38,7 @@ def embed(
     Returns:
         embeddings_uri, the number of vectors, and whether an existing store was reused.
     """
-    from seals_al.storage import use_workspace
+    from seals_al.storage.uris import use_workspace
 
     use_workspace(workspace)
     import json

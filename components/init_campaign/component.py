@@ -70,7 +70,7 @@ def init_campaign(
     Returns:
         The campaign URI.
     """
-    from seals_al.storage import use_workspace
+    from seals_al.storage.uris import use_workspace
 
     use_workspace(workspace)
     import json

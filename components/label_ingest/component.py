@@ -21,7 +21,7 @@ def label_ingest(campaign_uri: str, workspace: str = "") -> bool:
     Returns:
         Whether new labels were staged (what was staged is printed).
     """
-    from seals_al.storage import use_workspace
+    from seals_al.storage.uris import use_workspace
 
     use_workspace(workspace)
     from seals_al.campaign import Campaign

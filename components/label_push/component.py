@@ -25,7 +25,7 @@ def label_push(campaign_uri: str, workspace: str = "") -> NamedTuple(
     Returns:
         Where people label the batch ("" without a tool) and how many of its items the tool holds.
     """
-    from seals_al.storage import use_workspace
+    from seals_al.storage.uris import use_workspace
 
     use_workspace(workspace)
     from collections import namedtuple

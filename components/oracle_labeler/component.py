@@ -17,7 +17,7 @@ def oracle_labeler(campaign_uri: str, workspace: str = "") -> str:
     Returns:
         Where the labels were written ("" when nothing was pending).
     """
-    from seals_al.storage import use_workspace
+    from seals_al.storage.uris import use_workspace
 
     use_workspace(workspace)
     from seals_al.campaign import Campaign

@@ -30,7 +30,7 @@ def refresh_data(
     Returns:
         How many items were embedded now, and whether the index changed.
     """
-    from seals_al.storage import use_workspace
+    from seals_al.storage.uris import use_workspace
 
     use_workspace(workspace)
     from collections import namedtuple

@@ -39,7 +39,7 @@ def report(
         is printed and in the summary). One return value, not a NamedTuple: kfp.local does not
         resolve dsl.If conditions on NamedTuple fields.
     """
-    from seals_al.storage import use_workspace
+    from seals_al.storage.uris import use_workspace
 
     use_workspace(workspace)
     from seals_al.campaign import Campaign

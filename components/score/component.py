@@ -42,7 +42,7 @@ def score(
     Returns:
         How many items were scored, and the round whose model scored them.
     """
-    from seals_al.storage import use_workspace
+    from seals_al.storage.uris import use_workspace
 
     use_workspace(workspace)
     from collections import namedtuple

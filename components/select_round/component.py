@@ -28,7 +28,7 @@ def select_round(
     Returns:
         The round, the batch size and the pool size.
     """
-    from seals_al.storage import use_workspace
+    from seals_al.storage.uris import use_workspace
 
     use_workspace(workspace)
     from collections import namedtuple

@@ -33,7 +33,7 @@ def train(
     Returns:
         The round, the labeled set's size and its positives.
     """
-    from seals_al.storage import use_workspace
+    from seals_al.storage.uris import use_workspace
 
     use_workspace(workspace)
     from collections import namedtuple

@@ -30,7 +30,7 @@ def wait_for_labels(
     Returns:
         How many new label files arrived.
     """
-    from seals_al.storage import use_workspace
+    from seals_al.storage.uris import use_workspace
 
     use_workspace(workspace)
     from seals_al.campaign import Campaign

@@ -27,16 +27,10 @@ from seals_al.settings import (
     from_flat,
     to_flat,
 )
-from seals_al.storage import (
-    AlreadyExistsError,
-    Storage,
-    check_key,
-    default_cache_dir,
-    is_remote,
-    local_file,
-    open_storage,
-    require_file,
-)
+from seals_al.storage import local_file, open_storage
+from seals_al.storage.base import AlreadyExistsError, Storage, check_key
+from seals_al.storage.files import require_file
+from seals_al.storage.uris import default_cache_dir, is_remote
 
 REQUIRED = ("concept", "data", "seed_labels")
 PATHS = ("data", "seed_labels", "embeddings", "index", "removed")  # relative to the YAML file

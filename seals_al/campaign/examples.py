@@ -19,7 +19,7 @@ import numpy as np
 
 from seals_al.arrays import npz_bytes
 from seals_al.errors import SealsError
-from seals_al.storage import NotFoundError, Storage
+from seals_al.storage.base import NotFoundError, Storage
 
 
 def save(storage: Storage, key: str, ids: Sequence[str], rows: np.ndarray, vectors: np.ndarray) -> None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from seals_al.storage import check_key
+from seals_al.storage.base import check_key
 
 CONFIG = "campaign.json"
 SEED = "seed"

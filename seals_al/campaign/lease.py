@@ -24,7 +24,7 @@ from contextlib import suppress
 
 from seals_al.campaign.layout import LOCK
 from seals_al.errors import SealsError, shown
-from seals_al.storage import AlreadyExistsError, ChangedError, Storage
+from seals_al.storage.base import AlreadyExistsError, ChangedError, Storage
 
 LEASE_SECONDS = 120.0
 _TAKEN = "another stage took the lease over, or it was broken (seals-al unlock)"

@@ -31,7 +31,8 @@ from seals_al.labelformats.answers import LabelFileError, Problem
 from seals_al.labelformats.files import check_label_file, check_size
 from seals_al.labelformats.labelstudio import label_studio_tasks
 from seals_al.record import RoundRecord
-from seals_al.storage import NotFoundError, open_storage
+from seals_al.storage import open_storage
+from seals_al.storage.base import NotFoundError
 
 if TYPE_CHECKING:  # imported where used: a stage that only reads or ingests starts without them
     from seals_al.dataset import Dataset
@@ -87,7 +88,7 @@ class Campaign(StateReader):
         the ids, rows and texts it needs."""
         if self._dataset is None:
             from seals_al.dataset import Dataset
-            from seals_al.storage import is_remote
+            from seals_al.storage.uris import is_remote
 
             derived = self.storage.where(DERIVED) if is_remote(self.storage.uri) else None
             self._dataset = Dataset.prepare(self.config.dataset, progress=self.progress, derived=derived)

@@ -24,7 +24,7 @@ from seals_al.campaign.lease import holder
 from seals_al.errors import SealsError, shown
 from seals_al.labelformats import files as label_files
 from seals_al.labelformats.labeled_set import labels_by_annotator
-from seals_al.storage import Storage, TooLargeError
+from seals_al.storage.base import Storage, TooLargeError
 
 
 @dataclass(frozen=True)

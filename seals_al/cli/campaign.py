@@ -156,7 +156,7 @@ def _stage(args: argparse.Namespace, console: Console) -> int:
             highlight=False,
         )
         if args.staged_file:
-            from seals_al.storage import write_text_atomic
+            from seals_al.storage.files import write_text_atomic
 
             write_text_atomic(args.staged_file, "true" if staged is not None else "false")
     elif args.stage == "train":

@@ -78,7 +78,8 @@ def add_label_commands(sub: argparse._SubParsersAction) -> None:
 def _labeled(args: argparse.Namespace, console: Console) -> int:
     from seals_al.campaign import Campaign
     from seals_al.labelformats.labeled_set import check_labeled_set_name, is_labeled_set, labeled_set_file
-    from seals_al.storage import check_output_file, open_storage, split_uri
+    from seals_al.storage import check_output_file, open_storage
+    from seals_al.storage.uris import split_uri
 
     check_labeled_set_name(args.out)
     campaign = Campaign(args.campaign, progress=False)

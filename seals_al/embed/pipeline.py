@@ -47,7 +47,8 @@ from seals_al.encoder import IMAGE_MODEL, IMAGE_MODEL_DIM, TEXT_MODEL, TEXT_MODE
 from seals_al.errors import EXIT_USAGE, SealsError, shown
 from seals_al.items import item_files
 from seals_al.published import check_target, output_folder, read_manifest_at
-from seals_al.storage import is_remote, open_storage, work_folder
+from seals_al.storage import open_storage, work_folder
+from seals_al.storage.uris import is_remote
 from seals_al.store import FORMAT as STORE_FORMAT
 from seals_al.store import EmbeddingStore, StoreWriter
 
@@ -280,7 +281,8 @@ def _appendable(
     local path, :func:`seals_al.prepared.prepare`, compares them)."""
     from seals_al.items import read_items
     from seals_al.published import materialize
-    from seals_al.storage import default_cache_dir, local_file
+    from seals_al.storage import local_file
+    from seals_al.storage.uris import default_cache_dir
 
     if manifest is None:
         return None

@@ -19,7 +19,8 @@ from seals_al.index.build import add_rows, due_for_training, empty_index, set_se
 from seals_al.index.recall import measure_recall
 from seals_al.published import open_folder, output_folder, read_manifest_at
 from seals_al.settings import DEFAULT_FACTORY, DEFAULT_K, LAYOUTS
-from seals_al.storage import atomic_dir, check_replaceable, is_remote, read_manifest, write_json_atomic
+from seals_al.storage.files import atomic_dir, check_replaceable, read_manifest, write_json_atomic
+from seals_al.storage.uris import is_remote
 from seals_al.store import EmbeddingStore, rows_digest
 
 INDEX_FORMAT = "seals-index/1"

@@ -47,7 +47,8 @@ class QueryRows(beam.DoFn):
     def setup(self) -> None:
         from seals_al.index.directory import open_index_dir
         from seals_al.published import materialize
-        from seals_al.storage import default_cache_dir, open_storage
+        from seals_al.storage import open_storage
+        from seals_al.storage.uris import default_cache_dir
         from seals_al.store import EmbeddingStore
 
         cache = default_cache_dir()
@@ -171,7 +172,8 @@ def publish_graph(
         write_records,
     )
     from seals_al.published import materialize, open_folder, output_folder
-    from seals_al.storage import default_cache_dir, is_remote, work_folder
+    from seals_al.storage import work_folder
+    from seals_al.storage.uris import default_cache_dir, is_remote
     from seals_al.store import EmbeddingStore, rows_digest
 
     if k < 1:

@@ -31,7 +31,7 @@ from seals_al.published import (
     open_folder,
     output_folder,
 )
-from seals_al.storage import atomic_dir, atomic_path, parse_manifest, write_json_atomic
+from seals_al.storage.files import atomic_dir, atomic_path, parse_manifest, write_json_atomic
 from seals_al.store import EmbeddingStore, RowLookup
 
 

@@ -33,7 +33,7 @@ from seals_al.errors import SealsError, cut
 from seals_al.labeltools.base import check_fraction
 from seals_al.labeltools.loop import push_if_configured, sync_before_ingest
 from seals_al.labeltools.registry import tool_of
-from seals_al.storage import AlreadyExistsError, ChangedError
+from seals_al.storage.base import AlreadyExistsError, ChangedError
 
 if TYPE_CHECKING:
     from seals_al.campaign import Campaign

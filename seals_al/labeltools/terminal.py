@@ -17,7 +17,7 @@ from seals_al.campaign import Campaign
 from seals_al.campaign.layout import terminal_labels
 from seals_al.errors import SealsError
 from seals_al.labeltools.base import Note, Progress, open_round
-from seals_al.storage import Storage
+from seals_al.storage.base import Storage
 
 
 def run_labeler(campaign: Campaign, console: Console, ask: Callable[[str], str] | None = None) -> dict:

@@ -34,7 +34,8 @@ from seals_al.errors import SealsError
 from seals_al.export import ExportedModel, export_round, read_model, write_model
 from seals_al.score.stored import score_in_process
 from seals_al.settings import EXPORT_PRECISIONS
-from seals_al.storage import open_storage, split_uri
+from seals_al.storage import open_storage
+from seals_al.storage.uris import split_uri
 
 if TYPE_CHECKING:
     from seals_al.campaign import Campaign
@@ -186,7 +187,8 @@ def _score(
 ) -> np.ndarray:
     """The items' scores, in the order given (scored in storage order): in this process, or by a
     Beam pipeline when Beam options are given."""
-    from seals_al.storage import is_remote, work_folder
+    from seals_al.storage import work_folder
+    from seals_al.storage.uris import is_remote
     from seals_al.store import EmbeddingStore
 
     if not len(items):

@@ -35,7 +35,7 @@ class StoredEmbeddingsHandler(ModelHandler[tuple[int, int], PredictionResult, St
 
     def load_model(self) -> StoredScorer:
         from seals_al.published import open_published
-        from seals_al.storage import is_remote
+        from seals_al.storage.uris import is_remote
         from seals_al.store import EmbeddingStore
 
         # gs://: read where it is, only this worker's ranges; a local store: mapped.

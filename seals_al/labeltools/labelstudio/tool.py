@@ -54,7 +54,7 @@ from seals_al.settings import is_count
 
 if TYPE_CHECKING:
     from seals_al.campaign import Campaign, State
-    from seals_al.storage import Storage
+    from seals_al.storage.base import Storage
 
 # A pull looks again at earlier tasks updated this long before the listing its last ingested file
 # came from (an annotation saved while that listing was read may carry an earlier time).
