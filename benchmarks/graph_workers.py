@@ -39,8 +39,8 @@ GRAPH_FILES = ("row_ids.npy", "neighbours.npy", "similarities.npy")
 def build(way: str, index: str, store: str, k: int, out: Path) -> None:
     """One way, in this (fresh) process."""
     from seals_al.index.directory import open_index_dir
+    from seals_al.index.graph import build_neighbour_graph
     from seals_al.index.graph_pipeline import graph_with_beam
-    from seals_al.index.neighbours import build_neighbour_graph
     from seals_al.store import EmbeddingStore
 
     rows = np.sort(EmbeddingStore.open(store).row_ids)

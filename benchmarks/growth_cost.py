@@ -40,7 +40,8 @@ from _common import publish, reproducing_command
 from selection_cost import CLUSTERS
 
 from seals_al.index.build import build_index, set_search_parameters
-from seals_al.index.neighbours import cached_neighbour_graph, grow_neighbour_graph
+from seals_al.index.graph_cache import cached_neighbour_graph
+from seals_al.index.graph_growth import grow_neighbour_graph
 from seals_al.store import EmbeddingStore, StoreWriter
 
 DIM, K, SHARD = 384, 100, 100_000

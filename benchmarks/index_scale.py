@@ -37,7 +37,7 @@ from _common import DOCS, update_section, write_json
 from selection_cost import CLUSTERS, RARE, run_mode
 
 from seals_al.index.directory import build_index_dir, open_index_dir
-from seals_al.index.neighbours import NeighbourGraph, build_neighbour_graph
+from seals_al.index.graph import NeighbourGraph, build_neighbour_graph
 from seals_al.index.recall import measure_recall
 from seals_al.store import EmbeddingStore, StoreWriter
 from seals_al.strategies import get_strategy

@@ -225,7 +225,7 @@ def _took(seconds: float) -> str:
 
 def plan(index: dict, graph: dict, command: str) -> list[str]:
     """The 100M and 1B plan on Dataflow, from the rates measured at 10M (each input named)."""
-    from seals_al.index.neighbours import records_dtype
+    from seals_al.index.graph import records_dtype
 
     rows, workers = index["rows"], index["ways"]["Beam, 2 workers"]
     train_s = workers["train_seconds"]

@@ -26,7 +26,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from seals_al.index.neighbours import _chain, records_dtype
+from seals_al.index.graph import _chain, records_dtype
 from seals_al.store import EmbeddingStore
 
 GAP = 32 << 10  # seals_al.ranges merges reads less than this apart

@@ -51,7 +51,7 @@ from _common import DOCS, reproducing_command, run_measured, update_section, wri
 import seals_al
 from seals_al.campaign import Campaign
 from seals_al.dataset import Dataset
-from seals_al.index.neighbours import NeighbourGraph
+from seals_al.index.graph import NeighbourGraph
 from seals_al.labeltools.oracle import label_open_batch
 from seals_al.settings import DEFAULT_RAM_BUDGET_MB, DataConfig, RoundConfig
 from seals_al.simulate import SimulationConfig, simulate

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DOCS, update_section, write_json
 
 from seals_al.index.build import build_index, set_search_parameters
-from seals_al.index.neighbours import NeighbourGraph, build_neighbour_graph
+from seals_al.index.graph import NeighbourGraph, build_neighbour_graph
 from seals_al.pool import CandidatePool
 from seals_al.selection import select_global, select_seals
 from seals_al.storage.local import LocalStorage

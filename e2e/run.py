@@ -549,7 +549,7 @@ def beam_workers(gs: str, items: Path, concept: str, env: dict[str, str], timed,
     from seals_al.campaign import Campaign
     from seals_al.dataset import index_over_u
     from seals_al.index.directory import open_index_dir
-    from seals_al.index.neighbours import build_neighbour_graph
+    from seals_al.index.graph import build_neighbour_graph
     from seals_al.published import materialize
     from seals_al.score.corpus import score_campaign
     from seals_al.storage import open_storage

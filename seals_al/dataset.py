@@ -25,7 +25,7 @@ from seals_al.store import EmbeddingStore, RowLookup
 if TYPE_CHECKING:  # faiss and the index modules are imported when an index or graph is used
     import faiss
 
-    from seals_al.index.neighbours import NeighbourGraph
+    from seals_al.index.graph import NeighbourGraph
 
 
 @dataclass
@@ -277,7 +277,7 @@ class Dataset:
         from seals_al.storage.uris import is_remote
 
         if self.config.index and is_remote(self.config.index):
-            from seals_al.index.neighbours import graphs_of_index
+            from seals_al.index.graph_cache import graphs_of_index
 
             return graphs_of_index(self.config.index)
         if not self.config.index and self.prepared.shared is not None:
@@ -299,7 +299,7 @@ class Dataset:
                 f"{self.config.index}: the index was not built over U ({self.u_count:,} rows outside "
                 f"the {self.config.eval_split!r} split); build it over those rows"
             )
-        from seals_al.index.neighbours import index_key
+        from seals_al.index.graph_cache import index_key
 
         return index_key(hashlib.sha256(manifest).hexdigest())
 
@@ -309,7 +309,7 @@ class Dataset:
         grown = json.loads(self._index_manifest()).get("grown_from")
         if not grown:
             return None
-        from seals_al.index.neighbours import index_key
+        from seals_al.index.graph_cache import index_key
 
         return grown["rows_sha256"], grown["store_sha256"], index_key(grown["manifest_sha256"])
 
@@ -331,7 +331,7 @@ class Dataset:
     def neighbours(self, k: int, progress: bool = True) -> faiss.Index | NeighbourGraph:
         """Where the pool gets neighbour lists: the graph of U for this k (built once, cached in
         the cache directory), or the index itself when the graph is turned off."""
-        from seals_al.index.neighbours import cached_neighbour_graph
+        from seals_al.index.graph_cache import cached_neighbour_graph
 
         if not self.config.knn_graph:
             return self.index
@@ -364,7 +364,8 @@ class Dataset:
 
     def u_density(self, k: int, progress: bool = True) -> np.ndarray:
         """kNN density of every row of U (per storage position; computed once per k)."""
-        from seals_al.index.neighbours import NeighbourGraph, knn_density, neighbour_density
+        from seals_al.index.graph import NeighbourGraph
+        from seals_al.index.neighbours import knn_density, neighbour_density
 
         if k not in self._u_density:
             density = np.full(len(self.store), np.nan, dtype=np.float32)

@@ -24,7 +24,8 @@ import numpy as np
 
 from seals_al.arrays import ArrayFile, npz_bytes
 from seals_al.errors import SealsError
-from seals_al.index.neighbours import NeighbourGraph, Neighbours, as_neighbours, neighbour_density
+from seals_al.index.graph import NeighbourGraph
+from seals_al.index.neighbours import Neighbours, as_neighbours, neighbour_density
 from seals_al.storage.base import NotFoundError, Storage
 from seals_al.storage.files import atomic_path
 from seals_al.store import EmbeddingStore

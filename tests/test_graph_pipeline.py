@@ -11,8 +11,8 @@ import pytest
 
 from seals_al.errors import SealsError
 from seals_al.index.directory import open_index_dir, publish_index_dir
+from seals_al.index.graph import build_neighbour_graph
 from seals_al.index.graph_pipeline import graph_with_beam
-from seals_al.index.neighbours import build_neighbour_graph
 from seals_al.published import materialize, publish
 from seals_al.storage import open_storage
 from seals_al.store import FORMAT as STORE_FORMAT
@@ -202,7 +202,7 @@ def test_the_graph_of_u_over_a_split_is_found_by_the_first_round_on_another_pod(
 def test_lists_that_do_not_cover_the_rows_publish_no_graph(synthetic, tmp_path):
     """Parts missing or doubled (a worker's output lost, a range written twice) are an error
     naming the file, and no graph is left behind."""
-    from seals_al.index.neighbours import write_graph
+    from seals_al.index.graph import write_graph
 
     rows = np.sort(synthetic.row_ids)
     lists = np.zeros((100, 5), np.float32), np.zeros((100, 5), np.int64)

@@ -250,7 +250,8 @@ def recall(graph, exact_ids: np.ndarray, rows: np.ndarray, k: int) -> float:
 @pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat"])
 def test_a_grown_graph_is_the_rebuilt_one_for_an_exact_index_and_no_worse_for_ivf(tmp_path, factory):
     from seals_al.index.build import build_index
-    from seals_al.index.neighbours import build_neighbour_graph, grow_neighbour_graph
+    from seals_al.index.graph import build_neighbour_graph
+    from seals_al.index.graph_growth import grow_neighbour_graph
     from seals_al.store import write_store
 
     from .conftest import clustered_vectors
@@ -292,7 +293,8 @@ def test_an_approximate_graph_is_extended_through_its_saved_index_over_growth_st
     the base's, extended (the new rows added to that index, old rows updated by reverse kNN), and
     its recall stays within 0.01 of a graph built again with the same factory."""
     from seals_al.index.build import build_index, set_search_parameters
-    from seals_al.index.neighbours import SAVED_INDEX, build_neighbour_graph, cached_neighbour_graph
+    from seals_al.index.graph import build_neighbour_graph
+    from seals_al.index.graph_cache import SAVED_INDEX, cached_neighbour_graph
     from seals_al.store import EmbeddingStore, StoreWriter, write_store
 
     from .conftest import clustered_vectors
@@ -348,7 +350,7 @@ def test_a_trained_index_is_trained_again_once_u_has_grown_past_the_retrain_frac
     """IVF is trained again (and the graph built again) past RETRAIN_GROWTH; HNSW, which is not
     trained, keeps growing by adding."""
     from seals_al.index.build import build_index
-    from seals_al.index.neighbours import SAVED_INDEX, cached_neighbour_graph
+    from seals_al.index.graph_cache import SAVED_INDEX, cached_neighbour_graph
     from seals_al.settings import RETRAIN_GROWTH
     from seals_al.store import EmbeddingStore, StoreWriter, write_store
 

@@ -14,16 +14,8 @@ from components import readme
 from seals_al.errors import SealsError
 from seals_al.index.build import build_index, search, search_key, set_search_parameters
 from seals_al.index.directory import build_index_dir, open_index_dir
-from seals_al.index.neighbours import (
-    RECORDS,
-    IndexNeighbours,
-    NeighbourGraph,
-    build_neighbour_graph,
-    knn_density,
-    locality_order,
-    neighbour_density,
-    write_records,
-)
+from seals_al.index.graph import RECORDS, NeighbourGraph, build_neighbour_graph, locality_order, write_records
+from seals_al.index.neighbours import IndexNeighbours, knn_density, neighbour_density
 from seals_al.settings import DEFAULT_NPROBE
 from seals_al.store import EmbeddingStore, write_store
 

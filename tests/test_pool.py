@@ -9,7 +9,8 @@ import pytest
 
 from seals_al.errors import PoolExhaustedError, SealsError
 from seals_al.index.build import build_index, set_search_parameters
-from seals_al.index.neighbours import as_neighbours, build_neighbour_graph
+from seals_al.index.graph import build_neighbour_graph
+from seals_al.index.neighbours import as_neighbours
 from seals_al.pool import CandidatePool, MemberVectors, _Blocks
 from seals_al.selection import select_seals
 from seals_al.storage.local import LocalStorage

@@ -15,7 +15,7 @@ from seals_al import ranges
 from seals_al.arrays import gather, search_sorted
 from seals_al.errors import SealsError
 from seals_al.index.build import build_index
-from seals_al.index.neighbours import (
+from seals_al.index.graph import (
     GRAPH_FORMAT,
     NeighbourGraph,
     build_neighbour_graph,

@@ -21,7 +21,7 @@ import numpy as np
 
 from seals_al.beam_options import runner_options
 from seals_al.errors import SealsError
-from seals_al.index.neighbours import NeighbourGraph, write_graph
+from seals_al.index.graph import NeighbourGraph, write_graph
 
 CHUNK_ROWS = 4096  # rows queried at once, as the one-process build does
 
@@ -98,7 +98,7 @@ def graph_with_beam(
             the graph's description).
     """
     from seals_al.index.directory import open_index_dir
-    from seals_al.index.neighbours import _describe
+    from seals_al.index.neighbours import describe_index
     from seals_al.published import materialize
     from seals_al.storage import open_storage
     from seals_al.store import EmbeddingStore
@@ -111,7 +111,7 @@ def graph_with_beam(
     store = EmbeddingStore.published(store_uri)
     if index is None:
         index = open_index_dir(materialize(index_uri, "an index directory", progress=progress))
-    description = _describe(index)
+    description = describe_index(index)
     row_ids = np.sort(np.asarray(row_ids, dtype=np.int64))
     # Each range's row ids as little-endian int64 bytes: 8 bytes a row (32 KiB an element), and
     # an element crosses to the workers without pickling.
@@ -161,16 +161,8 @@ def publish_graph(
     import hashlib
 
     from seals_al.index.directory import open_index_dir, read_index_manifest
-    from seals_al.index.neighbours import (
-        GRAPH_FORMAT,
-        _name,
-        cached_graph,
-        graphs_of_index,
-        index_key,
-        locality_order,
-        published_graph,
-        write_records,
-    )
+    from seals_al.index.graph import GRAPH_FORMAT, locality_order, write_records
+    from seals_al.index.graph_cache import _name, cached_graph, graphs_of_index, index_key, published_graph
     from seals_al.published import materialize, open_folder, output_folder
     from seals_al.storage import work_folder
     from seals_al.storage.uris import default_cache_dir, is_remote
