@@ -1,5 +1,5 @@
 """How many ranges of the neighbour graph's records a pick's neighbours take, under the records'
-order (by IVF list, lists chained nearest first, rows in id order: seals_al.index.neighbours.
+order (by IVF list, lists chained nearest first, rows in id order: seals_al.index.graph.
 locality_order) and two finer orders tried inside each list: by each row's second-nearest list,
 and by k-means cells of about 32 rows. What docs/CLUSTER.md says of a round's requests at 1M and
 10M rows comes from here.

@@ -17,7 +17,8 @@ import numpy as np
 
 from seals_al.errors import SealsError
 from seals_al.items import Items
-from seals_al.prepared import IdSet, Prepared, prepare
+from seals_al.prepared import IdSet, Prepared
+from seals_al.preparing import prepare
 from seals_al.settings import DEFAULT_FACTORY, DataConfig
 from seals_al.storage.uris import default_cache_dir
 from seals_al.store import EmbeddingStore, RowLookup
@@ -77,7 +78,7 @@ class Dataset:
             ram_budget_mb: open them as ``ram`` anyway when the embeddings take at most this many
                 MB (a simulation: memory speed from its first round).
             derived: where a campaign on gs:// publishes what it builds from U for its other
-                tasks (:func:`seals_al.prepared.shared_root`), when the data has no published
+                tasks (:func:`seals_al.preparing.shared_root`), when the data has no published
                 store to keep it beside.
         """
         prepared = prepare(config, items, progress, access, derived)
@@ -272,7 +273,7 @@ class Dataset:
     def graphs_uri(self) -> str | None:
         """Where neighbour graphs are shared between machines: under a gs:// index, in its
         ``graphs/`` folder (the index's own listing does not name them); without an index, where
-        this data's prepared versions are published (:func:`seals_al.prepared.shared_root`);
+        this data's prepared versions are published (:func:`seals_al.preparing.shared_root`);
         else None: this machine's cache."""
         from seals_al.storage.uris import is_remote
 

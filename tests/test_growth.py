@@ -15,7 +15,7 @@ import pytest
 
 from seals_al.embed.local import embed_texts
 from seals_al.errors import SealsError
-from seals_al.prepared import prepare
+from seals_al.preparing import prepare
 from seals_al.settings import DataConfig
 
 from .conftest import CLINC
@@ -128,7 +128,7 @@ def test_items_that_leave_mean_the_version_is_embedded_whole(grown):
 def test_a_crash_mid_append_leaves_the_previous_version_and_the_next_run_completes_it(grown, tmp_path):
     config, before = grown
     code = (
-        "from seals_al.prepared import prepare\n"
+        "from seals_al.preparing import prepare\n"
         "from seals_al.settings import DataConfig\n"
         f"prepare(DataConfig(data={config.data!r}, cache_dir={config.cache_dir!r}), progress=False)\n"
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seals_al import prepared as prepared_module
+from seals_al import columns
 from seals_al.arrays import SAMPLE_EVERY, ArrayFile, open_array, search_sorted, sorted_unique, sparse_sample
 from seals_al.campaign import Campaign, CampaignConfig, init
 from seals_al.dataset import Dataset
@@ -193,7 +193,7 @@ def test_prepared_lookups_agree_with_the_item_table(tmp_path):
 
 def test_ids_with_the_same_hash_are_told_apart(tmp_path, monkeypatch):
     """Every id hashed alike: a lookup still finds each id by comparing the ids themselves."""
-    monkeypatch.setattr(prepared_module, "_hash64", lambda ids: np.zeros(len(ids), np.uint64))
+    monkeypatch.setattr(columns, "hash64", lambda ids: np.zeros(len(ids), np.uint64))
     config = _config(tmp_path)
     dataset = Dataset.prepare(config.dataset, progress=False)
     items = dataset.items()
@@ -311,8 +311,8 @@ def test_strings_read_the_same_one_by_one_and_as_one_span(tmp_path, access):
     asked."""
     values = [f"id-{i}-{'é' * (i % 7)}" if i % 11 else "" for i in range(200_000)]  # over 1 MiB
     texts = [f"text {i}" * (i % 3) for i in range(200_000)]
-    prepared_module.Strings.write(tmp_path, {"ids": values, "texts": texts})
-    strings = prepared_module.Strings(tmp_path, ["ids", "texts"], access)
+    columns.Strings.write(tmp_path, {"ids": values, "texts": texts})
+    strings = columns.Strings(tmp_path, ["ids", "texts"], access)
     everything = np.random.default_rng(0).permutation(len(values))
     assert strings.at(everything) == [[values[i] for i in everything]]
     far = np.asarray([199_999, 0, 11, 100_000])  # 4 strings across the whole file

@@ -278,7 +278,7 @@ def _appendable(
     None: the items are embedded whole (items left, or the store is of other settings).
 
     An item's text is taken as unchanged on this path: the store keeps vectors, not texts (the
-    local path, :func:`seals_al.prepared.prepare`, compares them)."""
+    local path, :func:`seals_al.preparing.prepare`, compares them)."""
     from seals_al.items import read_items
     from seals_al.published import materialize
     from seals_al.storage import local_file

@@ -262,7 +262,7 @@ def extend_index_dir(
     PQ codebooks as trained; an HNSW graph or a flat index by adding), published again. The
     manifest records ``grown_from``: the previous manifest's sha256 and what it was built from, so
     a neighbour graph of that index can be extended rather than built again
-    (:func:`seals_al.index.neighbours.cached_neighbour_graph`). Recall is not measured again."""
+    (:func:`seals_al.index.graph_cache.cached_neighbour_graph`). Recall is not measured again."""
     import hashlib
 
     from seals_al.published import materialize, read_file

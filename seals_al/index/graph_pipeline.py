@@ -5,7 +5,7 @@ Each worker opens the published index (copied once into its own cache) and the p
 (read by ranges, only its rows) once, in ``setup``, as a ModelHandler loads a model; an element
 is a range of U's sorted rows, whose lists the worker writes as two ``.npy`` files into a work
 folder (gs:// or a folder every worker sees). The driver then reads the parts in order and writes
-the graph's files as the one-process build does (:func:`~seals_al.index.neighbours.write_graph`):
+the graph's files as the one-process build does (:func:`~seals_al.index.graph.write_graph`):
 given the same index, the graph is the same, row for row.
 """
 
@@ -155,7 +155,7 @@ def publish_graph(
 
     ``rows``: U's row ids (default: every row of the store, what ``build-index`` indexes). A
     round finds the graph when its U is these rows, its index is ``index_uri`` and its k is
-    ``k``: it is named as :func:`~seals_al.index.neighbours.cached_neighbour_graph` names it. One
+    ``k``: it is named as :func:`~seals_al.index.graph_cache.cached_neighbour_graph` names it. One
     published (or cached) already is kept, not built again.
     """
     import hashlib
