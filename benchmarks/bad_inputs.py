@@ -469,7 +469,8 @@ def markdown(results: list[dict], hostile: int, work: str) -> str:
         "no text: its file does not grow with the campaign. Push and pull hold a lease of their own, "
         "never the campaign's, while Label Studio is waited on, and every call has a deadline for "
         "its whole answer (`tests/test_labelstudio.py`).",
-        "- Storage keys and gs:// URIs are validated before any network call (`seals_al/storage/base.py`, `seals_al/storage/uris.py`).",
+        "- Storage keys and gs:// URIs are validated before any network call "
+        "(`seals_al/storage/base.py`, `seals_al/storage/uris.py`).",
         "- Commands that write refuse an output folder holding anything they did not write.",
         "- A round killed at any step is finished by the next run; a second concurrent round fails "
         "clearly (`tests/test_campaign.py`).",

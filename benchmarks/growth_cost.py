@@ -42,7 +42,8 @@ from selection_cost import CLUSTERS
 from seals_al.index.build import build_index, set_search_parameters
 from seals_al.index.graph_cache import cached_neighbour_graph
 from seals_al.index.graph_growth import grow_neighbour_graph
-from seals_al.store import EmbeddingStore, StoreWriter
+from seals_al.store import EmbeddingStore
+from seals_al.store_writer import StoreWriter
 
 DIM, K, SHARD = 384, 100, 100_000
 

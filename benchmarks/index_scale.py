@@ -39,7 +39,8 @@ from selection_cost import CLUSTERS, RARE, run_mode
 from seals_al.index.directory import build_index_dir, open_index_dir
 from seals_al.index.graph import NeighbourGraph, build_neighbour_graph
 from seals_al.index.recall import measure_recall
-from seals_al.store import EmbeddingStore, StoreWriter
+from seals_al.store import EmbeddingStore
+from seals_al.store_writer import StoreWriter
 from seals_al.strategies import get_strategy
 
 RESULTS = DOCS / "benchmarks" / "index_scale.json"

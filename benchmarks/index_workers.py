@@ -39,8 +39,8 @@ NPROBE = 16
 
 def build(way: str, store: str, factory: str, train_size: int, out: Path) -> None:
     """One way, in this (fresh) process."""
+    from seals_al.folders import open_published
     from seals_al.index.directory import build_index_dir
-    from seals_al.published import open_published
     from seals_al.store import EmbeddingStore
 
     beam_args = WAYS[way]

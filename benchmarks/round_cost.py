@@ -55,7 +55,8 @@ from seals_al.index.graph import NeighbourGraph
 from seals_al.labeltools.oracle import label_open_batch
 from seals_al.settings import DEFAULT_RAM_BUDGET_MB, DataConfig, RoundConfig
 from seals_al.simulate import SimulationConfig, simulate
-from seals_al.store import EmbeddingStore, StoreWriter, l2_normalize
+from seals_al.store import EmbeddingStore, l2_normalize
+from seals_al.store_writer import StoreWriter
 
 RESULTS = DOCS / "benchmarks" / "round_cost.json"
 PLOT = DOCS / "benchmarks" / "round_cost.png"

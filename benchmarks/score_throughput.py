@@ -50,7 +50,8 @@ from seals_al.export import ExportedModel, write_model
 from seals_al.score.corpus import read_scores
 from seals_al.score.pipeline import score_with_beam
 from seals_al.score.stored import CHUNK_ROWS, score_in_process
-from seals_al.store import EmbeddingStore, StoreWriter
+from seals_al.store import EmbeddingStore
+from seals_al.store_writer import StoreWriter
 from seals_al.train import LinearModel
 
 DIM = 384

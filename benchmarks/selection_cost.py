@@ -42,7 +42,8 @@ from seals_al.index.graph import NeighbourGraph, build_neighbour_graph
 from seals_al.pool import CandidatePool
 from seals_al.selection import select_global, select_seals
 from seals_al.storage.local import LocalStorage
-from seals_al.store import EmbeddingStore, write_store
+from seals_al.store import EmbeddingStore
+from seals_al.store_writer import write_store
 from seals_al.strategies import get_strategy
 from seals_al.train import fit_logistic
 

@@ -11,10 +11,7 @@ import numpy as np
 
 from seals_al import ranges
 from seals_al.arrays import ArrayFile, gather
-from seals_al.published import (
-    Folder,
-    LocalFolder,
-)
+from seals_al.folders import Folder, LocalFolder
 
 SPAN_READ_BYTES = 1 << 20  # strings within this many bytes are read in one go, however few
 

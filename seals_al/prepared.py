@@ -47,14 +47,9 @@ from seals_al import columns, ranges
 from seals_al.arrays import ArrayFile, search_sorted
 from seals_al.columns import Strings, read_rows
 from seals_al.errors import SealsError, shown
+from seals_al.folders import Folder, LocalFolder, open_folder
 from seals_al.items import WILDCARDS, Items, item_files
-from seals_al.published import (
-    Folder,
-    LocalFolder,
-    materialize,
-    materialize_if_published,
-    open_folder,
-)
+from seals_al.published import materialize, materialize_if_published
 from seals_al.published import version as remote_version
 from seals_al.settings import DataConfig
 from seals_al.storage import open_storage

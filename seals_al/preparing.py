@@ -16,15 +16,10 @@ from seals_al import columns
 from seals_al.arrays import sample_of
 from seals_al.columns import Strings
 from seals_al.errors import SealsError, shown
+from seals_al.folders import LocalFolder, open_folder
 from seals_al.items import Items
 from seals_al.prepared import FORMAT, Prepared, data_version, find_prepared
-from seals_al.published import (
-    LocalFolder,
-    check_target,
-    materialize,
-    open_folder,
-    publish,
-)
+from seals_al.published import check_target, materialize, publish
 from seals_al.published import version as remote_version
 from seals_al.settings import DataConfig
 from seals_al.storage import local_file

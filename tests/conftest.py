@@ -16,7 +16,8 @@ from hypothesis import settings
 from kfp import local
 
 from seals_al.index.build import build_index
-from seals_al.store import EmbeddingStore, write_store
+from seals_al.store import EmbeddingStore
+from seals_al.store_writer import write_store
 
 ROOT = Path(__file__).resolve().parents[1]
 CLINC = ROOT / "data" / "clinc150" / "clinc150.csv"

@@ -1007,7 +1007,7 @@ def test_a_wait_with_a_time_that_is_not_finite_is_a_one_line_error(campaign, cap
 )
 def test_a_corrupt_label_studio_record_is_an_error_naming_it(campaign, record):
     campaign.storage.write_text("labelstudio.json", record)
-    from seals_al.labeltools.labelstudio.tool import read_record
+    from seals_al.labeltools.labelstudio.tasks import read_record
 
     with pytest.raises(SealsError, match=r"labelstudio.json: not a Label Studio record"):
         read_record(campaign.storage)

@@ -252,7 +252,7 @@ def test_a_grown_graph_is_the_rebuilt_one_for_an_exact_index_and_no_worse_for_iv
     from seals_al.index.build import build_index
     from seals_al.index.graph import build_neighbour_graph
     from seals_al.index.graph_growth import grow_neighbour_graph
-    from seals_al.store import write_store
+    from seals_al.store_writer import write_store
 
     from .conftest import clustered_vectors
 
@@ -295,7 +295,8 @@ def test_an_approximate_graph_is_extended_through_its_saved_index_over_growth_st
     from seals_al.index.build import build_index, set_search_parameters
     from seals_al.index.graph import build_neighbour_graph
     from seals_al.index.graph_cache import SAVED_INDEX, cached_neighbour_graph
-    from seals_al.store import EmbeddingStore, StoreWriter, write_store
+    from seals_al.store import EmbeddingStore
+    from seals_al.store_writer import StoreWriter, write_store
 
     from .conftest import clustered_vectors
 
@@ -352,7 +353,8 @@ def test_a_trained_index_is_trained_again_once_u_has_grown_past_the_retrain_frac
     from seals_al.index.build import build_index
     from seals_al.index.graph_cache import SAVED_INDEX, cached_neighbour_graph
     from seals_al.settings import RETRAIN_GROWTH
-    from seals_al.store import EmbeddingStore, StoreWriter, write_store
+    from seals_al.store import EmbeddingStore
+    from seals_al.store_writer import StoreWriter, write_store
 
     from .conftest import clustered_vectors
 

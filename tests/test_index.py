@@ -17,7 +17,8 @@ from seals_al.index.directory import build_index_dir, open_index_dir
 from seals_al.index.graph import RECORDS, NeighbourGraph, build_neighbour_graph, locality_order, write_records
 from seals_al.index.neighbours import IndexNeighbours, knn_density, neighbour_density
 from seals_al.settings import DEFAULT_NPROBE
-from seals_al.store import EmbeddingStore, write_store
+from seals_al.store import EmbeddingStore
+from seals_al.store_writer import write_store
 
 
 def test_exact_search_returns_global_ids_without_the_query(synthetic):

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from seals_al.errors import SealsError
+from seals_al.folders import open_published
 from seals_al.index.build_pipeline import encode_with_beam
 from seals_al.index.directory import build_index_dir, open_index_dir, publish_index_dir
-from seals_al.published import materialize, open_published, publish
+from seals_al.published import materialize, publish
 from seals_al.store import FORMAT as STORE_FORMAT
 from seals_al.store import EmbeddingStore
 

@@ -22,7 +22,8 @@ from seals_al.labeltools.oracle import label_open_batch, seed_file_from_truth
 from seals_al.settings import RoundConfig
 from seals_al.simulate import SimulationConfig, simulate
 from seals_al.storage import open_storage
-from seals_al.store import RowLookup, write_store
+from seals_al.store import RowLookup
+from seals_al.store_writer import write_store
 
 from .conftest import BUCKET, clustered_vectors, shuffled_row_ids
 

@@ -18,17 +18,11 @@ import pytest
 from seals_al.campaign import Campaign, CampaignConfig, init
 from seals_al.errors import SealsError
 from seals_al.index.directory import INDEX_FORMAT, open_index_dir
-from seals_al.published import (
-    LISTING,
-    check_target,
-    materialize,
-    output_folder,
-    publish,
-    read_manifest_at,
-)
+from seals_al.published import LISTING, check_target, materialize, output_folder, publish, read_manifest_at
 from seals_al.storage import open_storage
 from seals_al.store import FORMAT as STORE_FORMAT
-from seals_al.store import EmbeddingStore, write_store
+from seals_al.store import EmbeddingStore
+from seals_al.store_writer import write_store
 
 from .conftest import BUCKET
 from .test_campaign import write_config

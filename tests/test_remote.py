@@ -14,6 +14,7 @@ from e2e.run import differences
 from seals_al import ranges
 from seals_al.arrays import gather, search_sorted
 from seals_al.errors import SealsError
+from seals_al.folders import LocalFolder, RemoteFolder, open_folder
 from seals_al.index.build import build_index
 from seals_al.index.graph import (
     GRAPH_FORMAT,
@@ -23,12 +24,13 @@ from seals_al.index.graph import (
     write_records,
 )
 from seals_al.pool import CandidatePool
-from seals_al.published import LISTING, LocalFolder, RemoteFolder, materialize, open_folder, publish
+from seals_al.published import LISTING, materialize, publish
 from seals_al.ranges import ReplacedError
 from seals_al.selection import READ_AHEAD, select_seals
 from seals_al.storage import open_storage
 from seals_al.store import FORMAT as STORE_FORMAT
-from seals_al.store import EmbeddingStore, write_store
+from seals_al.store import EmbeddingStore
+from seals_al.store_writer import write_store
 from seals_al.strategies import get_strategy
 from seals_al.train import LinearModel
 

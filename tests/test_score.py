@@ -33,7 +33,7 @@ from seals_al.score.corpus import SCORED_IDS, read_scores
 from seals_al.score.pipeline import score_with_beam
 from seals_al.score.stored import position_ranges, score_in_process
 from seals_al.settings import EXPORT_PRECISIONS
-from seals_al.store import write_store
+from seals_al.store_writer import write_store
 from seals_al.train import LinearModel
 
 from .conftest import BUCKET, CLINC, campaign_over_built, modules_loaded_by

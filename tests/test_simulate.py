@@ -351,7 +351,7 @@ def test_a_built_index_must_cover_exactly_u(tmp_path):
     embeddings are read for the labelers."""
     from seals_al.dataset import index_over_u
     from seals_al.index.directory import build_index_dir
-    from seals_al.store import write_store
+    from seals_al.store_writer import write_store
 
     rng = np.random.default_rng(0)
     ids = [f"item-{i}" for i in range(120)]

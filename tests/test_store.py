@@ -12,7 +12,8 @@ import pytest
 from seals_al.embed.local import embed_texts, import_embeddings
 from seals_al.encoder import MiniLMEncoder
 from seals_al.errors import SealsError
-from seals_al.store import EmbeddingStore, StoreWriter, l2_normalize, write_store
+from seals_al.store import EmbeddingStore, l2_normalize
+from seals_al.store_writer import StoreWriter, write_store
 
 from .conftest import shuffled_row_ids
 
@@ -166,7 +167,7 @@ def test_a_store_is_never_published_over_a_folder_it_did_not_write(tmp_path):
 
 
 def test_store_writer_streams_shards_and_publishes_only_on_success(tmp_path):
-    from seals_al.store import StoreWriter
+    from seals_al.store_writer import StoreWriter
 
     rng = np.random.default_rng(2)
     blocks = [rng.normal(size=(n, 5)).astype(np.float32) for n in (4, 0, 3)]

@@ -17,7 +17,8 @@ from seals_al.encoder import MiniLMEncoder
 from seals_al.errors import SealsError, shown
 from seals_al.failpoints import failpoint
 from seals_al.storage.uris import default_cache_dir
-from seals_al.store import EmbeddingStore, StoreWriter, l2_normalize, write_store
+from seals_al.store import EmbeddingStore, l2_normalize
+from seals_al.store_writer import StoreWriter, write_store
 
 SHARD_ROWS = 1_000_000  # rows per shard of an imported store, normalized and hashed one at a time
 

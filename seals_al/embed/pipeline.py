@@ -50,7 +50,8 @@ from seals_al.published import check_target, output_folder, read_manifest_at
 from seals_al.storage import open_storage, work_folder
 from seals_al.storage.uris import is_remote
 from seals_al.store import FORMAT as STORE_FORMAT
-from seals_al.store import EmbeddingStore, StoreWriter
+from seals_al.store import EmbeddingStore
+from seals_al.store_writer import StoreWriter
 
 
 class EmbedOptions(PipelineOptions):

@@ -15,9 +15,10 @@ import faiss
 import numpy as np
 
 from seals_al.errors import SealsError
+from seals_al.folders import open_folder
 from seals_al.index.build import add_rows, due_for_training, empty_index, set_search_parameters, train
 from seals_al.index.recall import measure_recall
-from seals_al.published import open_folder, output_folder, read_manifest_at
+from seals_al.published import output_folder, read_manifest_at
 from seals_al.settings import DEFAULT_FACTORY, DEFAULT_K, LAYOUTS
 from seals_al.storage.files import atomic_dir, check_replaceable, read_manifest, write_json_atomic
 from seals_al.storage.uris import is_remote

@@ -15,12 +15,9 @@ from tqdm import tqdm
 
 from seals_al.arrays import ArrayFile, NpyWriter, gather, sample_of
 from seals_al.errors import SealsError
+from seals_al.folders import Folder, LocalFolder
 from seals_al.index.build import search
 from seals_al.index.neighbours import VectorsOf, describe_index, neighbour_density
-from seals_al.published import (
-    Folder,
-    LocalFolder,
-)
 from seals_al.storage.files import atomic_dir, parse_manifest
 from seals_al.store import EmbeddingStore, RowLookup
 

@@ -13,6 +13,7 @@ import faiss
 import numpy as np
 
 from seals_al.errors import SealsError
+from seals_al.folders import LocalFolder, open_folder
 from seals_al.index.build import due_for_training
 from seals_al.index.graph import (
     GRAPH_FORMAT,
@@ -23,13 +24,7 @@ from seals_al.index.graph import (
     write_records,
 )
 from seals_al.index.graph_growth import extend_neighbour_graph, grow_neighbour_graph
-from seals_al.published import (
-    LocalFolder,
-    materialize,
-    materialize_if_published,
-    open_folder,
-    output_folder,
-)
+from seals_al.published import materialize, materialize_if_published, output_folder
 from seals_al.storage.files import atomic_path, write_json_atomic
 from seals_al.store import EmbeddingStore
 

@@ -160,10 +160,11 @@ def publish_graph(
     """
     import hashlib
 
+    from seals_al.folders import open_folder
     from seals_al.index.directory import open_index_dir, read_index_manifest
     from seals_al.index.graph import GRAPH_FORMAT, locality_order, write_records
     from seals_al.index.graph_cache import _name, cached_graph, graphs_of_index, index_key, published_graph
-    from seals_al.published import materialize, open_folder, output_folder
+    from seals_al.published import materialize, output_folder
     from seals_al.storage import work_folder
     from seals_al.storage.uris import default_cache_dir, is_remote
     from seals_al.store import EmbeddingStore, rows_digest

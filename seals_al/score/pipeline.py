@@ -34,7 +34,7 @@ class StoredEmbeddingsHandler(ModelHandler[tuple[int, int], PredictionResult, St
         self.store_uri = store_uri
 
     def load_model(self) -> StoredScorer:
-        from seals_al.published import open_published
+        from seals_al.folders import open_published
         from seals_al.storage.uris import is_remote
         from seals_al.store import EmbeddingStore
 

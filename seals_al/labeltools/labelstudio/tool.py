@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -39,7 +38,7 @@ from seals_al.errors import SealsError
 from seals_al.labelformats.answers import LabelFileError
 from seals_al.labelformats.files import check_label_file, read_label_file
 from seals_al.labelformats.labelstudio import Interface, interface_of, label_config, task_of
-from seals_al.labeltools.base import Progress, open_round
+from seals_al.labeltools.base import open_round
 from seals_al.labeltools.labelstudio.client import (
     ENV_KEY,
     ENV_URL,
@@ -50,118 +49,26 @@ from seals_al.labeltools.labelstudio.client import (
     connection,
     pulled_task,
 )
-from seals_al.settings import is_count
+from seals_al.labeltools.labelstudio.tasks import (
+    Pulled,
+    Pushed,
+    TaskProgress,
+    count_of,
+    deleted_note,
+    is_annotated,
+    latest_update,
+    read_record,
+    timestamp,
+    updated_after,
+)
 
 if TYPE_CHECKING:
     from seals_al.campaign import Campaign, State
-    from seals_al.storage.base import Storage
+
 
 # A pull looks again at earlier tasks updated this long before the listing its last ingested file
 # came from (an annotation saved while that listing was read may carry an earlier time).
 RELISTED_SECONDS = 300.0
-
-
-def _count_of(task: dict, key: str) -> int:
-    """An annotation count of a task (0 when absent or not a count)."""
-    value = task.get(key, 0)
-    return value if is_count(value) else 0
-
-
-def _annotated(task: dict) -> bool:
-    """Whether a listed task has an annotation, cancelled (a skip) or not."""
-    return _count_of(task, "total_annotations") > 0 or _count_of(task, "cancelled_annotations") > 0
-
-
-def _timestamp(value: object) -> datetime | None:
-    """An ISO 8601 time as Label Studio writes them ("2026-12-07T22:12:07.435888Z"), or None."""
-    if not isinstance(value, str):
-        return None
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return at if at.tzinfo is not None else None
-
-
-def _updated_after(task: dict, since: datetime) -> bool:
-    """Whether a listed task changed after ``since``; a task without a readable time is looked at."""
-    at = _timestamp(task.get("updated_at"))
-    return at is None or at >= since
-
-
-def _listed_at(tasks: Iterable[dict]) -> str | None:
-    """The latest update among listed tasks (Label Studio's clock, never this machine's)."""
-    times = [(at, t["updated_at"]) for t in tasks if (at := _timestamp(t.get("updated_at"))) is not None]
-    return max(times)[1] if times else None
-
-
-# -- push, pull, progress ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Pushed:
-    project: int
-    project_url: str
-    imported: int  # tasks created by this push
-    batch_tasks: int  # tasks of the open batch in Label Studio
-    deleted: list[str]  # items of the open batch whose task was deleted in Label Studio
-    moved_from: str | None = None  # where the campaign was when its tasks were pushed, if not here
-
-    def summary(self) -> str:
-        return (
-            f"Label Studio project {self.project_url}: {self.batch_tasks} task(s) of the open batch, "
-            f"{self.imported} imported now" + _deleted(self.deleted) + _moved(self.moved_from)
-        )
-
-    @property
-    def where(self) -> str:
-        return self.project_url
-
-    @property
-    def items(self) -> int:
-        return self.batch_tasks
-
-
-@dataclass(frozen=True)
-class Pulled:
-    labeled: int  # tasks of the open batch with a label (a majority)
-    pending: int  # not annotated, skipped only, or tied
-    deleted: list[str]
-    written: str | None  # the inbox file written, None when nothing changed
-    relabels: int  # labels that differ from what the campaign holds
-    moved_from: str | None = None  # where the campaign was when its tasks were pushed, if not here
-
-    def summary(self) -> str:
-        where = f"written to {self.written}" if self.written else "nothing new to write"
-        return (
-            f"Label Studio: {self.labeled} task(s) of the open batch labeled, {self.pending} pending; {where}"
-            + (f"; {self.relabels} label(s) changed" if self.relabels else "")
-            + _deleted(self.deleted)
-            + _moved(self.moved_from)
-        )
-
-
-@dataclass(frozen=True)
-class TaskProgress(Progress):
-    """:class:`~seals_al.labeltools.base.Progress` with what only tasks have: the items whose task
-    was deleted, and carried-over tasks whose annotations are all cancelled (not waited on)."""
-
-    deleted: list[str] = field(default_factory=list)
-    skipped_before: int = 0
-
-
-def _moved(moved_from: str | None) -> str:
-    if moved_from is None:
-        return ""
-    return (
-        f"; tasks were pushed when the campaign was at {moved_from}: they are matched by the task "
-        "ids the campaign recorded"
-    )
-
-
-def _deleted(items: list[str]) -> str:
-    if not items:
-        return ""
-    shown_items = ", ".join(map(repr, items[:5])) + (", ..." if len(items) > 5 else "")
-    return f"; {len(items)} task(s) deleted in Label Studio (items {shown_items}) stay unlabeled"
 
 
 class LabelStudio:
@@ -362,15 +269,15 @@ class LabelStudio:
         tasks = self._ours(self.client.tasks(record["project"]), record)
         found, deleted = self._batch_tasks(state, record, tasks)
         carried = {row["id"] for row in state.batch if row.get("carried_over")}
-        annotated = sum(1 for t in found if _count_of(t, "total_annotations") > 0)
+        annotated = sum(1 for t in found if count_of(t, "total_annotations") > 0)
         skipped = sum(
             1
             for t in found
             if t["data"]["seals_id"] in carried
-            and _count_of(t, "total_annotations") == 0
-            and _count_of(t, "cancelled_annotations") > 0
+            and count_of(t, "total_annotations") == 0
+            and count_of(t, "cancelled_annotations") > 0
         )
-        note = _deleted(deleted)
+        note = deleted_note(deleted)
         if skipped:
             note = f"; {skipped} skipped in an earlier batch, not waited on" + note
         return TaskProgress(annotated, len(found) - skipped, note, deleted, skipped)
@@ -394,14 +301,14 @@ class LabelStudio:
             asked = [
                 t["id"]
                 for item, t in sorted(listed.items())
-                if (item in state.batch_ids and _annotated(t))
-                or (item in state.labeled and (since is None or _updated_after(t, since)))
+                if (item in state.batch_ids and is_annotated(t))
+                or (item in state.labeled and (since is None or updated_after(t, since)))
             ]
             exported = self._ours(self.client.export(record["project"], asked), record)
             kept = [pulled_task(t) for _, t in sorted(exported.items())]
             if not kept:  # nothing annotated yet, or every task deleted: nothing to take in
                 return Pulled(0, len(found), deleted, None, 0, self.moved_from)
-            return self._take_in(state, record, kept, found, deleted, _listed_at(listed.values()))
+            return self._take_in(state, record, kept, found, deleted, latest_update(listed.values()))
 
     def _relisted_since(self, record: dict, round_: int) -> datetime | None:
         """Earlier tasks updated after this were not in an ingested pull (:data:`RELISTED_SECONDS`
@@ -411,7 +318,7 @@ class LabelStudio:
         earlier = [int(r) for r in record.get("listed", {}) if int(r) < round_]
         if not earlier:
             return None
-        at = _timestamp(record["listed"][str(max(earlier))])
+        at = timestamp(record["listed"][str(max(earlier))])
         return None if at is None else at - timedelta(seconds=RELISTED_SECONDS)
 
     def _take_in(
@@ -497,35 +404,3 @@ class LabelStudio:
             return True
         _, before, _, _ = read_label_file(LABEL_STUDIO_EXPORT, there, self.campaign.config.concept)
         return {a.item_id: a.label for a in before} != answers
-
-
-def read_record(storage: Storage) -> dict:
-    """``labelstudio.json``, checked (an error naming it when it is not such a record)."""
-    if not storage.exists(LABEL_STUDIO_RECORD):
-        return {"project": None, "tasks": {}}
-    record = storage.read_json(LABEL_STUDIO_RECORD)
-    if not _is_record(record):
-        raise SealsError(
-            f"{storage.where(LABEL_STUDIO_RECORD)}: not a Label Studio record (a project id, a "
-            "task id per item pushed and the digests of pulled files); restore it (an earlier "
-            "version of the object, or a backup): without it, pushed tasks are matched by the "
-            "campaign's location only"
-        )
-    return record
-
-
-def _is_record(record: object) -> bool:
-    """labelstudio.json as :class:`LabelStudio` writes it."""
-    if not isinstance(record, dict):
-        return False
-    project, tasks, pulled = record.get("project"), record.get("tasks"), record.get("pulled", {})
-    listed = record.get("listed", {})
-    return (
-        (project is None or is_count(project))
-        and isinstance(tasks, dict)
-        and all(isinstance(entry, dict) and is_count(entry.get("task")) for entry in tasks.values())
-        and isinstance(pulled, dict)
-        and all(isinstance(digests, list) for digests in pulled.values())
-        and isinstance(listed, dict)
-        and all(r.isdigit() and isinstance(at, str) for r, at in listed.items())
-    )
