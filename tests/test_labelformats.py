@@ -181,7 +181,9 @@ def test_each_answer_keeps_who_gave_it_how_and_when():
     result = check(
         "l.csv", "id,label,annotator,labeled_at\na,1,ann@x,2026-12-01\nb,0,,\na,1,bob@x,2026-12-02\n"
     )
-    assert result.provenance() == {"a": {"by": ["ann@x", "bob@x"], "labeled_at": "2026-12-02"}}
+    assert result.provenance() == {
+        "a": {"by": ["ann@x", "bob@x"], "agreement": 1.0, "labeled_at": "2026-12-02"}
+    }
     result = check("l.jsonl", '{"id": "a", "label": 1, "annotator": "ann@x"}\n{"id": "b", "label": 0}\n')
     assert result.provenance() == {"a": {"by": ["ann@x"]}}
     vote = {"type": "choices", "value": {"choices": [CONCEPT]}}
@@ -379,3 +381,42 @@ def test_jsonl_records_of_any_shape_are_parsed_or_rejected_never_a_crash():
             wheres.update(p.where for p in e.problems)
     assert wheres == {"line 1"}, "every rejection names the line"
     assert problems("l.jsonl", '{"id": ["a"], "label": 1}\n') == [("line 1", "an id is a string, not a list")]
+
+
+def test_several_annotators_of_one_item_are_votes_with_their_agreement():
+    """A file that names its annotators may label an item once per person: the majority is the
+    label, kept with every voter and their agreement; a tie leaves the item pending."""
+    text = (
+        "id,label,annotator,labeled_at\n"
+        "a,1,alice,2026-12-01T10:00:00Z\n"
+        "a,yes,bob,2026-12-01T11:00:00Z\n"
+        "a,0,carol,2026-12-01T09:00:00Z\n"
+        "b,1,alice,\n"
+        "b,0,bob,\n"
+        "c,0,alice,\n"
+    )
+    checked = check("votes.csv", text)
+    assert checked.new == {"a": 1, "c": 0}, "b tied: not labeled"
+    assert checked.pending_tasks == 1
+    assert checked.provenance()["a"] == {
+        "by": ["alice", "bob", "carol"],
+        "agreement": 0.6667,
+        "labeled_at": "2026-12-01T11:00:00Z",
+    }
+    assert checked.provenance()["c"] == {"by": ["alice"]}
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("id,label,annotator\na,1,alice\na,0,alice\n", "id 'a' labeled 1 at line 2 and 0 here"),
+        ("id,label\na,1\na,0\n", "id 'a' labeled 1 at line 2 and 0 here"),
+        ("id,label,annotator\na,1,alice\na,0,\n", "id 'a' labeled 1 at line 2 and 0 here"),
+        ("id,label,annotator\nd,1,alice\nd,0,bob\n", "id 'd' is not in the open batch"),
+    ],
+)
+def test_one_annotator_twice_or_no_annotator_is_no_vote(text, expected):
+    """Two different labels for an item by one person, or by nobody named, is a contradiction, as
+    before; a tie on an item the file may not label is refused all the same."""
+    assert any(expected in message for _, message in problems("x.csv", text))

@@ -126,6 +126,14 @@ def parse_label(value: object, concept: str) -> int | None:
     return None
 
 
+def majority(votes: list[int]) -> int | None:
+    """The label most annotators chose; None with no vote or a tie."""
+    positives = sum(votes)
+    if 2 * positives == len(votes):
+        return None
+    return int(2 * positives > len(votes))
+
+
 def answer_of(
     item_id: object,
     value: object,

@@ -29,6 +29,7 @@ from seals_al.labelformats.answers import (
     Problems,
     RepeatedKey,
     answer_of,
+    majority,
     unique_keys,
 )
 from seals_al.labelformats.labelstudio import read_export
@@ -190,6 +191,8 @@ def check_label_file(
     for container in (known, in_u):
         if isinstance(container, Prefetching) and outside:
             container.prefetch(outside)
+    answers, tied = _votes_of_annotators(answers)
+    pending += len(tied)
     seen: dict[str, Answer] = {}
     for answer in answers:
         earlier = seen.get(answer.item_id)
@@ -202,6 +205,7 @@ def check_label_file(
                 )
             )
         seen.setdefault(answer.item_id, answer)
+    for answer in answers + tied:
         if answer.item_id not in open_batch and answer.item_id not in labeled:
             if answer.item_id not in known:
                 what = "is not an item of this campaign"
@@ -224,3 +228,32 @@ def check_label_file(
         else:
             checked.unchanged += 1
     return checked
+
+
+def _votes_of_annotators(answers: list[Answer]) -> tuple[list[Answer], list[Answer]]:
+    """A file that names its annotators may label an item once per annotator: several people's
+    answers are votes, and the majority is the label (with their agreement); a tie leaves the
+    item unlabeled (pending, carried over). Returns the answers with each such item's votes made
+    one answer, and the first answer of each item that tied. Two answers for one item by one
+    annotator, or by nobody named, stay as they are (checked as any repeated id)."""
+    by_item: dict[str, list[Answer]] = {}
+    for answer in answers:
+        by_item.setdefault(answer.item_id, []).append(answer)
+    out: list[Answer] = []
+    tied: list[Answer] = []
+    for item, given in by_item.items():
+        names = [by[0] if len(by := a.provenance.get("by") or []) == 1 else None for a in given]
+        if len(given) == 1 or None in names or len(set(names)) < len(given):
+            out += given
+            continue
+        votes = [a.label for a in given]
+        decided = majority(votes)
+        if decided is None:
+            tied.append(given[0])
+            continue
+        times = [a.provenance["labeled_at"] for a in given if "labeled_at" in a.provenance]
+        provenance = {"by": names, "agreement": round(sum(v == decided for v in votes) / len(votes), 4)}
+        if times:
+            provenance["labeled_at"] = max(times)
+        out.append(Answer(item, decided, given[0].where, provenance))
+    return out, tied

@@ -24,6 +24,7 @@ from seals_al.labelformats.answers import (
     Problems,
     RepeatedKey,
     answer_of,
+    majority,
     parse_label,
     unique_keys,
 )
@@ -99,14 +100,6 @@ def _annotator(completed_by: object) -> str | None:
     if isinstance(completed_by, int) and not isinstance(completed_by, bool):
         return f"label-studio user {completed_by}"
     return None
-
-
-def majority(votes: list[int]) -> int | None:
-    """The label most annotators chose; None with no vote or a tie."""
-    positives = sum(votes)
-    if 2 * positives == len(votes):
-        return None
-    return int(2 * positives > len(votes))
 
 
 def _task_name(task: dict, number: int) -> str:

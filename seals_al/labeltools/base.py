@@ -94,6 +94,17 @@ class Progress:
         return self.items > 0 and self.answered >= max(1, math.ceil(fraction * self.items - 1e-9))
 
 
+class BoundTool:
+    """A tool that needs nothing but its campaign (no server, no setting)."""
+
+    def __init__(self, campaign: Campaign):
+        self.campaign = campaign
+
+    @classmethod
+    def of(cls, campaign: Campaign) -> BoundTool:
+        return cls(campaign)
+
+
 class LabelTool(Protocol):
     """A labeling tool bound to one campaign (made by ``Tool.of(campaign)``)."""
 

@@ -11,7 +11,7 @@ from seals_al.campaign import Campaign, CampaignConfig
 from seals_al.campaign.layout import CONFIG, oracle_labels
 from seals_al.errors import SealsError
 from seals_al.items import Items, draw_seeds
-from seals_al.labeltools.base import Note, Progress, open_round
+from seals_al.labeltools.base import BoundTool, Note, Progress, open_round
 from seals_al.settings import SEED_NEGATIVES, SEED_POSITIVES
 
 
@@ -45,18 +45,11 @@ def label_open_batch(campaign: Campaign) -> str | None:
     return key
 
 
-class Oracle:
+class Oracle(BoundTool):
     """Answers every pending item of the open batch from the truth column, at once."""
 
     name = "oracle"
     title = "the oracle"
-
-    def __init__(self, campaign: Campaign):
-        self.campaign = campaign
-
-    @classmethod
-    def of(cls, campaign: Campaign) -> Oracle:
-        return cls(campaign)
 
     def push(self) -> Note:
         open_round(self.campaign)

@@ -16,7 +16,7 @@ from rich.text import Text
 from seals_al.campaign import Campaign
 from seals_al.campaign.layout import terminal_labels
 from seals_al.errors import SealsError
-from seals_al.labeltools.base import Note, Progress, open_round
+from seals_al.labeltools.base import BoundTool, Note, Progress, open_round
 from seals_al.storage.base import Storage
 
 
@@ -112,18 +112,11 @@ def _panel(row: dict, at: int, total: int) -> Panel:
     )
 
 
-class Terminal:
+class Terminal(BoundTool):
     """A person answers in a terminal (``seals-al label CAMPAIGN``), saved into the inbox as they go."""
 
     name = "terminal"
     title = "the terminal"
-
-    def __init__(self, campaign: Campaign):
-        self.campaign = campaign
-
-    @classmethod
-    def of(cls, campaign: Campaign) -> Terminal:
-        return cls(campaign)
 
     def push(self) -> Note:
         open_round(self.campaign)
