@@ -326,3 +326,60 @@ def test_annotating_in_label_studio_commits_the_next_round_with_nothing_polling(
         service.stop()
     assert any("round 1 committed" in line for line in lines), lines
     assert not any(SECRET in line for line in lines), "the secret is never logged"
+
+
+# -- the command ----------------------------------------------------------------------------------------
+def test_the_command_refuses_without_a_secret_or_what_its_continuation_needs(monkeypatch, capsys):
+    from seals_al.cli import main
+
+    monkeypatch.delenv("SEALS_LISTEN_SECRET", raising=False)
+    assert main(["listen", "gs://b/c"]) == 2
+    assert "set SEALS_LISTEN_SECRET to a shared secret of at least 16 characters" in capsys.readouterr().err
+    monkeypatch.setenv("SEALS_LISTEN_SECRET", SECRET)
+    assert main(["listen", "gs://b/c", "--then", "kfp", "--kfp-host", "http://k"]) == 2
+    assert "listen --then kfp: give --kfp-pipeline-id, --kfp-version-id" in capsys.readouterr().err
+    assert main(["listen", "gs://b/c", "--then", "argo"]) == 2
+    assert "listen --then argo: give --argo-host" in capsys.readouterr().err
+
+
+def test_the_service_catches_up_at_start_with_no_event(oracle_campaign, tmp_path):
+    """An event sent while the service was down is not lost: at start it looks at every campaign
+    once, and a batch answered meanwhile (here, by the oracle) is continued."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .labelstudio_server import free_port
+
+    port = free_port()
+    env = {**os.environ, "SEALS_LISTEN_SECRET": SECRET, "LABEL_TOOL": ""}
+    log = (tmp_path / "listen.log").open("w")
+    command = [
+        sys.executable,
+        "-m",
+        "seals_al.cli",
+        "listen",
+        oracle_campaign.storage.uri,
+        "--port",
+        str(port),
+    ]
+    service = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while Campaign(oracle_campaign.storage.uri, progress=False).state().round < 1:
+            assert service.poll() is None, (tmp_path / "listen.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "listen.log").read_text()
+            time.sleep(0.5)
+        health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        assert health.json() == {"campaigns": 1}
+        hook = f"http://127.0.0.1:{port}/hooks/{campaign_id(oracle_campaign.storage.uri)}"
+        assert post(hook, secret="wrong-secret-of-some-length").status_code == 401
+    finally:
+        service.send_signal(signal.SIGINT)
+        service.wait(30)
+        log.close()
+    out = (tmp_path / "listen.log").read_text()
+    assert f"hook http://127.0.0.1:{port}/hooks/{campaign_id(oracle_campaign.storage.uri)}" in out
+    assert "round 1 committed" in out
+    assert SECRET not in out
