@@ -376,9 +376,15 @@ def test_the_service_catches_up_at_start_with_no_event(oracle_campaign, tmp_path
         hook = f"http://127.0.0.1:{port}/hooks/{campaign_id(oracle_campaign.storage.uri)}"
         assert post(hook, secret="wrong-secret-of-some-length").status_code == 401
     finally:
-        service.send_signal(signal.SIGINT)
-        service.wait(30)
-        log.close()
+        service.send_signal(signal.SIGTERM)  # a pod stopping
+        try:
+            service.wait(60)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            pytest.fail(f"not stopped 60 s after SIGTERM: {(tmp_path / 'listen.log').read_text()}")
+        finally:
+            log.close()
+    assert service.returncode == 0
     out = (tmp_path / "listen.log").read_text()
     assert f"hook http://127.0.0.1:{port}/hooks/{campaign_id(oracle_campaign.storage.uri)}" in out
     assert "round 1 committed" in out

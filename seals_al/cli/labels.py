@@ -4,6 +4,7 @@ wait, the listener, and the labeled set as a file."""
 from __future__ import annotations
 
 import argparse
+import signal
 
 from rich.console import Console
 
@@ -227,10 +228,16 @@ def _listen(args: argparse.Namespace, console: Console) -> int:
         console.print(line, highlight=False)
     console.print(f"listening at {listener.url}; continuing with: {how.name}", highlight=False)
     listener.catch_up()
+
+    def stopped(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM (a pod stopping) ends the service as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, stopped)
     try:
         listener.server.serve_forever()
     except KeyboardInterrupt:
-        pass
+        console.print("stopping", highlight=False)
     finally:
         listener.stop()
     return 0
+

@@ -25,6 +25,7 @@ from seals_al.errors import SealsError
 SECRET_HEADER = "X-Seals-Secret"
 ENV_SECRET = "SEALS_LISTEN_SECRET"
 MAX_BODY_BYTES = 4 * 2**20  # a webhook with a task's payload is a few kB
+STOP_SECONDS = 20.0  # how long a stop waits for a look under way (Kubernetes allows 30 s)
 
 
 def campaign_id(uri: str) -> str:
@@ -55,10 +56,14 @@ class _Campaign:
     def poke(self) -> None:
         self._event.set()
 
-    def stop(self) -> None:
+    def stop(self, wait_seconds: float) -> bool:
+        """Stop after the look under way, if any, waiting for it at most ``wait_seconds``;
+        whether the worker is done (a round left running is claimed: the claim is taken over
+        later, and an interrupted round leaves the previous one whole)."""
         self._stopped = True
         self._event.set()
-        self.thread.join(timeout=60)
+        self.thread.join(timeout=wait_seconds)
+        return not self.thread.is_alive()
 
     def _run(self) -> None:
         while True:
@@ -163,8 +168,12 @@ class Listener:
         self.catch_up()
         return self
 
-    def stop(self) -> None:
-        self.server.shutdown()
+    def stop(self, wait_seconds: float = STOP_SECONDS) -> None:
+        """Stop serving (``serve_forever`` ends, in whichever thread it runs), then stop each
+        campaign's worker after its look under way (logged when it does not end in time)."""
+        if self._thread is not None:
+            self.server.shutdown()  # from another thread than serve_forever's, as it must be
         self.server.server_close()
         for campaign in self.campaigns.values():
-            campaign.stop()
+            if not campaign.stop(wait_seconds):
+                self.log(f"{campaign.uri}: stopped during a look; its round is claimed until taken over")
