@@ -179,12 +179,18 @@ def round_report(
     annotators = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{n}</td><td>{pos}</td></tr>" for name, n, pos in who
     )
+    taken = campaign.intake(r)  # the files this round took in, relabels, carried-over examples
+    found = sum(1 for row in state.labeled.values() if row.get("outside_batch"))
+    if found:
+        taken.append(f"{found} label(s) so far found by people outside the batches")
+    intake = "".join(f"<li>{html.escape(line)}</li>" for line in taken)
     page = (
         f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
         f"<h2>{html.escape(title)}</h2><p>{html.escape(st.uri)} &middot; strategy {learning.strategy}, "
         f"mode {learning.mode}, k {learning.k}, batch {learning.batch_size}, budget {cfg.budget}</p>"
         f"<table border='1' cellpadding='3'>{scalars}</table>"
         f"<div>{plot}</div>"
+        f"<h3>Taken in this round</h3><ul>{intake}</ul>"
         "<h3>Who labeled</h3><table border='1' cellpadding='3'><tr><th>annotator</th><th>labels</th>"
         f"<th>positives</th></tr>{annotators}</table>"
         f"<h3>Batch to label ({len(batch)} examples, first {min(len(batch), batch_rows)})</h3>"
@@ -200,6 +206,7 @@ def round_report(
         "|---|---|",
         *(f"| {k} | {_fmt(v)} |" for k, v in metrics.items()),
     ]
+    lines += ["", "Taken in this round:", "", *(f"- {line}" for line in taken)]
     lines += ["", "| annotator | labels | positives |", "|---|---|---|"]
     lines += [f"| {name} | {n} | {pos} |" for name, n, pos in who]
     keep_going, reason = campaign.next_step(target_metric, target_value, state)

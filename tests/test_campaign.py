@@ -283,7 +283,6 @@ def test_labels_that_arrive_after_their_round_committed_are_taken_in(campaign, c
 
 BAD_FILES = [
     ("unknown.csv", "id,label\nnobody-0001,1\n", "line 2: id 'nobody-0001' is not an item of this campaign"),
-    ("elsewhere.csv", "id,label\n{other},1\n", "line 2: id '{other}' is not in the open batch"),
     ("held_out.csv", "id,label\n{held_out},1\n", "id '{held_out}' is in the evaluation split, held out"),
     (
         "conflict.csv",
@@ -298,6 +297,38 @@ BAD_FILES = [
     ("notes.txt", "id,label\n", "unsupported label file type"),
     ("studio.json", '{{"tasks": []}}', "expected a Label Studio export"),
 ]
+
+
+def test_a_label_found_outside_the_batch_is_taken_in_and_its_neighbours_join_the_pool(campaign, clinc_slice):
+    """A person who finds the concept elsewhere labels it: any item of U may be labeled, not only
+    the open batch; it is recorded as found outside the batch, and it expands the pool as a
+    labeled batch item does (its neighbours become candidates)."""
+    import io
+
+    campaign.round()
+    state, truth = campaign.state(), truth_of(clinc_slice)
+    items = campaign.dataset().items()
+    batch = {row["id"] for row in state.batch}
+    elsewhere = [
+        i for i, held in zip(items.ids, items.is_eval, strict=True)
+        if not held and i not in batch and i not in state.labeled and truth[i] == 1
+    ]  # fmt: skip
+    found = elsewhere[0]
+    rows = "".join(f"{i},{truth[i]}\n" for i in sorted(batch)) + f"{found},1\n"
+    campaign.storage.write_text("inbox/000/labels.csv", "id,label\n" + rows)
+    assert campaign.round()["labeled"] == 100 + BATCH + 1
+    labeled = campaign.state().labeled
+    assert labeled[found]["outside_batch"] is True
+    assert not any(labeled[i].get("outside_batch") for i in batch)
+    assert "1 found outside the batch" in campaign.intake(1)[0]
+    pool = np.load(io.BytesIO(campaign.storage.read_bytes("rounds/001/pool/pool.npz")))
+    row = campaign.dataset().row_ids_of([found])[0]
+    assert row in set(pool["expanded"].tolist()), "its neighbours joined the pool"
+    from seals_al.report import round_report
+
+    report = round_report(campaign)
+    assert "1 found outside the batch" in report.html
+    assert "- 1 label(s) so far found by people outside the batches" in report.markdown
 
 
 @pytest.mark.hostile

@@ -197,10 +197,12 @@ class Campaign(StateReader):
         dataset = self.dataset()
         if not self._same_data(state):
             self._check_items_kept(state)
-        # Seeds may be any item of U (never of the evaluation split); later labels, the open batch.
+        # Seeds may be any item of U (never of the evaluation split); later labels, the open batch,
+        # and any other item of U a person found outside it (recorded as found outside the batch).
         in_u = dataset.id_set(in_u=True)
         # After round 0, the open batch; and a tombstoned id, whose late label is kept in the history.
         open_batch = in_u if state.round < 0 else state.batch_ids | dataset.removed_ids
+        found_in = None if state.round < 0 else in_u
         known = dataset.id_set()
         labeled = {i: dict(row) for i, row in state.labeled.items()}
         relabels, ingested = [], list(state.ingested)
@@ -217,6 +219,7 @@ class Campaign(StateReader):
                     labeled={i: row["label"] for i, row in labeled.items()},
                     known=known,
                     in_u=in_u,
+                    found_in=found_in,
                 )
                 # Two files of one round that disagree: neither wins by its name's order.
                 clashes = [
@@ -237,6 +240,8 @@ class Campaign(StateReader):
                 raise SealsError(f"{self.storage.where(key)}: {e.detail}") from e
             # Where each label came from: the file (and its sha256), and who gave it, how and when.
             given = result.provenance()
+            for item_id in result.found:  # its neighbours join the pool once it is labeled
+                given[item_id] = {**given.get(item_id, {}), "outside_batch": True}
             origin = {"round": r, "source": key, "sha256": result.sha256}
             for item_id, label in result.new.items():
                 labeled[item_id] = {"id": item_id, "label": label, **origin, **given.get(item_id, {})}

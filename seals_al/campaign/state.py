@@ -128,6 +128,8 @@ class StateReader:
                 f"{row['file']}: {report['new']} new, {len(report['relabels'])} relabeled, "
                 f"{report['unchanged']} unchanged"
             )
+            if report.get("found_outside_batch"):
+                line += f", {report['found_outside_batch']} found outside the batch"
             if report.get("pending_tasks"):
                 line += f", {report['pending_tasks']} Label Studio task(s) not annotated yet"
             if answered is not None and answered < r - 1:

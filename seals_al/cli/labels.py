@@ -74,6 +74,19 @@ def add_label_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("campaign")
     p.add_argument("--out", required=True, help="the file to write (.csv or .jsonl; local or gs://)")
     p.set_defaults(handler=_labeled)
+    p = sub.add_parser(
+        "search",
+        help="the items nearest to words, in the campaign's index and model: where a new concept starts",
+        description="Embeds the texts with the campaign's model, finds the nearest items of U in its "
+        "index (each item once, at its best similarity) and shows them with whether each is labeled "
+        "or out for labeling; --out writes them as a CSV to label (fill in label, delete the rows "
+        "left unanswered, and drop it into the inbox).",
+    )
+    p.add_argument("campaign")
+    p.add_argument("texts", nargs="+", metavar="TEXT", help="one or more phrasings of the concept")
+    p.add_argument("--k", type=int, default=20, help="how many items (default 20)")
+    p.add_argument("--out", help="a CSV to write them to (local or gs://, outside the campaign)")
+    p.set_defaults(handler=_search)
 
 
 def _labeled(args: argparse.Namespace, console: Console) -> int:
@@ -241,3 +254,34 @@ def _listen(args: argparse.Namespace, console: Console) -> int:
         listener.stop()
     return 0
 
+
+def _search(args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
+    from seals_al.campaign import Campaign
+    from seals_al.search import is_search_file, label_file, nearest
+    from seals_al.storage import check_output_file, open_storage
+    from seals_al.storage.uris import split_uri
+
+    campaign = Campaign(args.campaign, progress=False)
+    if args.out:
+        if not args.out.lower().endswith(".csv"):
+            raise SealsError(f"{args.out}: write the items found as .csv")
+        where = check_output_file(args.out, campaign.storage.uri, "search result", is_search_file)
+    found = nearest(campaign, args.texts, args.k)
+    table = Table("#", "similarity", "id", "now", "text", title=f"nearest to {' | '.join(args.texts)}")
+    for n, row in enumerate(found, 1):
+        now = (
+            "in the batch"
+            if row["in_batch"]
+            else ""
+            if row["labeled"] is None
+            else f"labeled {row['labeled']}"
+        )
+        table.add_row(str(n), f"{row['similarity']:.3f}", row["id"], now, row["text"][:100])
+    console.print(table)
+    if args.out:
+        parent, name = split_uri(args.out)
+        open_storage(parent).write_bytes(name, label_file(found))
+        console.print(f"{len(found)} item(s) to label: {where}", highlight=False)
+    return 0

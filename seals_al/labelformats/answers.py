@@ -84,6 +84,7 @@ class CheckedLabels:
     relabels: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (old, new)
     unchanged: int = 0
     pending_tasks: int = 0  # Label Studio tasks with no annotation yet
+    found: set[str] = field(default_factory=set)  # ids labeled outside the open batch (found by a person)
 
     def provenance(self) -> dict[str, dict]:
         """id -> who labeled it and how; every annotator a file names for an id (the same label
@@ -113,6 +114,7 @@ class CheckedLabels:
             "relabels": [{"id": i, "old": o, "new": n} for i, (o, n) in sorted(self.relabels.items())],
             "unchanged": self.unchanged,
             "pending_tasks": self.pending_tasks,
+            "found_outside_batch": len(self.found),
         }
 
 

@@ -167,6 +167,7 @@ def check_label_file(
     labeled: dict[str, int],
     known: Container[str],
     in_u: Container[str] | None = None,
+    found_in: Container[str] | None = None,
 ) -> CheckedLabels:
     """Parse and validate a label file against the campaign; raise :class:`LabelFileError` on any
     hard error, else return what it adds (new labels and relabels).
@@ -179,6 +180,8 @@ def check_label_file(
         labeled: the labels known so far (a file may repeat or change them).
         known: every item id of the campaign.
         in_u: the ids of U, when given: an item outside it is named as held out for evaluation.
+        found_in: ids a file may label outside the open batch (U: what a person found elsewhere);
+            they are returned in ``found``. None: the open batch only.
     """
     check_size(name, len(data))
     fmt, answers, pending, problems = read_label_file(name, data, concept)
@@ -188,9 +191,10 @@ def check_label_file(
     if isinstance(open_batch, Prefetching):
         open_batch.prefetch(asked)
     outside = [i for i in asked if i not in open_batch and i not in labeled]
-    for container in (known, in_u):
+    for container in (known, in_u, found_in):
         if isinstance(container, Prefetching) and outside:
             container.prefetch(outside)
+    found: set[str] = set()
     answers, tied = _votes_of_annotators(answers)
     pending += len(tied)
     seen: dict[str, Answer] = {}
@@ -207,6 +211,9 @@ def check_label_file(
         seen.setdefault(answer.item_id, answer)
     for answer in answers + tied:
         if answer.item_id not in open_batch and answer.item_id not in labeled:
+            if found_in is not None and answer.item_id in found_in:
+                found.add(answer.item_id)
+                continue
             if answer.item_id not in known:
                 what = "is not an item of this campaign"
             elif in_u is not None and answer.item_id not in in_u:
@@ -218,7 +225,9 @@ def check_label_file(
         problems.append(Problem("file", "no labels in the file"))
     if problems:
         raise LabelFileError(name, problems)
-    checked = CheckedLabels(name, hashlib.sha256(data).hexdigest(), fmt, answers, pending_tasks=pending)
+    checked = CheckedLabels(
+        name, hashlib.sha256(data).hexdigest(), fmt, answers, pending_tasks=pending, found=found
+    )
     for item_id, answer in seen.items():
         old = labeled.get(item_id)
         if old is None:
