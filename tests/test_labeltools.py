@@ -77,9 +77,11 @@ def test_the_tool_is_the_setting_else_the_environment_else_none(
     with pytest.raises(SealsError, match=r"\$LABEL_TOOL: label_tool 'nope' is not a known labeling tool"):
         tool_of(campaign)
     monkeypatch.delenv("LABEL_TOOL")
-    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")
-    with pytest.raises(SealsError, match="set LABEL_STUDIO_API_KEY"):  # Label Studio, as before
-        tool_of(campaign)
+    for variable in ("LABEL_STUDIO_URL", "LABEL_TOOL_URL"):  # a URL alone: Label Studio, as before
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+        with pytest.raises(SealsError, match="set LABEL_STUDIO_API_KEY"):
+            tool_of(campaign)
+        monkeypatch.delenv(variable)
 
 
 # -- the oracle and the terminal, through the protocol ------------------------------------------------

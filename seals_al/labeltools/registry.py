@@ -12,7 +12,7 @@ import os
 from typing import TYPE_CHECKING
 
 from seals_al.errors import SealsError, shown
-from seals_al.labeltools.base import ENV_TOOL, LabelTool
+from seals_al.labeltools.base import ENV_TOOL, ENV_URL, LabelTool
 
 if TYPE_CHECKING:
     from seals_al.campaign import Campaign
@@ -23,7 +23,8 @@ TOOLS = {
     "terminal": "seals_al.labeltools.terminal:Terminal",
     "oracle": "seals_al.labeltools.oracle:Oracle",
 }
-LABEL_STUDIO_URL = "LABEL_STUDIO_URL"  # set alone (before label_tool existed), it means Label Studio
+# A URL set with no tool named means Label Studio (the one tool before label_tool existed).
+URL_VARIABLES = ("LABEL_STUDIO_URL", ENV_URL)
 
 
 def check_tool_name(name: str | None, where: str) -> None:
@@ -37,9 +38,10 @@ def check_tool_name(name: str | None, where: str) -> None:
 
 def tool_name(campaign: Campaign) -> str | None:
     """The campaign's tool: its ``label_tool`` setting, else ``$LABEL_TOOL``, else Label Studio when
-    ``$LABEL_STUDIO_URL`` is set (how Label Studio was chosen before), else None: label files only."""
+    a URL is set with no tool named (``$LABEL_STUDIO_URL``, how it was chosen before, or
+    ``$LABEL_TOOL_URL``), else None: label files only."""
     name = campaign.config.label_tool or os.environ.get(ENV_TOOL, "").strip() or None
-    if name is None and os.environ.get(LABEL_STUDIO_URL, "").strip():
+    if name is None and any(os.environ.get(v, "").strip() for v in URL_VARIABLES):
         name = "label_studio"
     check_tool_name(
         name, campaign.storage.where("campaign.json") if campaign.config.label_tool else f"${ENV_TOOL}"
