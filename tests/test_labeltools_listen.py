@@ -132,6 +132,12 @@ def test_a_round_continues_once_and_a_failed_or_dead_claim_is_taken_again(oracle
     line = continue_if_answered(campaign, RunHere())
     assert "already continued (or continuing) by another event" in line
     assert campaign.state().round == 0
+    # A claim that is not one (a hand edit, a truncated write) is taken over, never a crash.
+    for broken in ('{"by": "x"}', "[1, 2]", '{"at": "yesterday"}', "not json"):
+        campaign.storage.write_text(key, broken)
+        with pytest.raises(SealsError, match="the API said no"):
+            continue_if_answered(campaign, Refused())
+        assert not campaign.storage.exists(key)
     # ... which died long ago: its claim is taken over, and the round runs here.
     old = (datetime.now(UTC) - timedelta(seconds=STALE_SECONDS + 60)).isoformat()
     campaign.storage.write_json(key, {**claim, "at": old})

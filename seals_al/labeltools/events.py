@@ -202,10 +202,11 @@ def _claim(campaign: Campaign, r: int, how: str) -> str | None:
     data, token = st.read_versioned(key)
     try:
         claim = json.loads(data)
-        at = datetime.fromisoformat(claim["at"])
-    except (ValueError, KeyError, TypeError):
-        claim, at = {"done": None}, datetime.min.replace(tzinfo=UTC)  # unreadable: taken over
-    if claim["done"] is not None or (_now() - at).total_seconds() < STALE_SECONDS:
+        done, at = claim.get("done"), datetime.fromisoformat(claim["at"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        done, at = None, datetime.min  # unreadable: taken over
+    at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    if done is not None or (_now() - at).total_seconds() < STALE_SECONDS:
         return None
     try:
         return st.replace_if(key, mine, token)
