@@ -53,8 +53,7 @@ def listener():
     looks = Looks(delay=0.3)
     service = Listener(["gs://b/one", "gs://b/two"], looks, SECRET, port=0, log=lambda line: None)
     service.looks = looks
-    service.server_thread = threading.Thread(target=service.server.serve_forever, daemon=True)
-    service.server_thread.start()  # without catch_up: only events make it look
+    service.start(catch_up=False)  # only events make it look
     yield service
     service.stop()
 
@@ -83,6 +82,29 @@ def test_a_webhook_without_the_secret_or_for_no_campaign_does_nothing(listener):
     time.sleep(0.5)
     assert listener.looks.seen == [], "nothing looked at"
     assert requests.get(f"{listener.url}/healthz", timeout=5).json() == {"campaigns": 2}
+
+
+@pytest.mark.hostile
+def test_a_client_that_stops_sending_is_dropped_and_changes_nothing():
+    import socket
+
+    looks = Looks()
+    service = Listener(["gs://b/one"], looks, SECRET, port=0, log=lambda line: None, request_seconds=0.5)
+    service.start(catch_up=False)
+    try:
+        with socket.create_connection(service.server.server_address[:2], timeout=10) as stalled:
+            head = (
+                f"POST /hooks/{campaign_id('gs://b/one')} HTTP/1.1\r\nHost: x\r\n"
+                f"{SECRET_HEADER}: {SECRET}\r\nContent-Length: 100\r\n\r\n" + "{" * 10
+            )
+            stalled.sendall(head.encode())  # 10 of the 100 bytes announced, then nothing
+            started = time.monotonic()
+            assert stalled.recv(1024) == b"", "closed by the server"
+            assert time.monotonic() - started < 5
+        assert requests.get(f"{service.url}/healthz", timeout=5).status_code == 200, "still serving"
+        assert looks.seen == []
+    finally:
+        service.stop()
 
 
 def test_a_burst_of_events_is_answered_at_once_and_looked_at_a_few_times(listener):
@@ -295,8 +317,7 @@ def test_annotating_in_label_studio_commits_the_next_round_with_nothing_polling(
         return continue_if_answered(Campaign(u, progress=False), RunHere())
 
     service = Listener([uri], look, SECRET, port=0, log=lines.append)
-    service.server_thread = threading.Thread(target=service.server.serve_forever, daemon=True)
-    service.server_thread.start()
+    service.start(catch_up=False)
     try:
         said = tool.subscribe(service.hook_url(uri), {SECRET_HEADER: SECRET})
         assert "sends its annotation events to" in said

@@ -25,6 +25,7 @@ from seals_al.errors import SealsError
 SECRET_HEADER = "X-Seals-Secret"
 ENV_SECRET = "SEALS_LISTEN_SECRET"
 MAX_BODY_BYTES = 4 * 2**20  # a webhook with a task's payload is a few kB
+REQUEST_SECONDS = 30.0  # a request's socket timeout
 STOP_SECONDS = 20.0  # how long a stop waits for a look under way (Kubernetes allows 30 s)
 
 
@@ -89,6 +90,7 @@ class Listener:
         host: str = "127.0.0.1",
         port: int = 8080,
         log: Callable[[str], None] | None = None,
+        request_seconds: float = REQUEST_SECONDS,
     ):
         if not campaigns:
             raise SealsError("listen: give at least one campaign")
@@ -98,6 +100,8 @@ class Listener:
         listener = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = request_seconds  # a client that stops sending does not hold a thread forever
+
             def log_message(self, format: str, *args: object) -> None:
                 pass  # one line per event is logged by the listener itself
 
@@ -162,10 +166,13 @@ class Listener:
         for campaign in self.campaigns.values():
             campaign.poke()
 
-    def start(self) -> Listener:
+    def start(self, catch_up: bool = True) -> Listener:
+        """Serve in a thread of its own (``stop()`` ends it); ``catch_up``: look at every campaign
+        once now."""
         self._thread = threading.Thread(target=self.server.serve_forever, name="listen", daemon=True)
         self._thread.start()
-        self.catch_up()
+        if catch_up:
+            self.catch_up()
         return self
 
     def stop(self, wait_seconds: float = STOP_SECONDS) -> None:
