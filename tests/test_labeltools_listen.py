@@ -336,10 +336,16 @@ def test_annotating_in_label_studio_commits_the_next_round_with_nothing_polling(
         item, task = sorted(tasks.items())[-1]
         person.annotate(task["id"], CONCEPT if truth[item] else f"not {CONCEPT}")
         deadline = time.monotonic() + 180
-        while Campaign(uri, progress=False).state().round < 1:
+
+        def continued() -> dict | None:  # the claim, once its continuation is done (after the push)
+            st = campaign.storage
+            claim = st.read_json(continued_key(0)) if st.exists(continued_key(0)) else None
+            return claim if claim and claim["done"] is not None else None
+
+        while continued() is None:
             assert time.monotonic() < deadline, f"round 1 did not commit: {lines}"
             time.sleep(0.5)
-        done = campaign.storage.read_json(continued_key(0))
+        done = continued()
         assert done["by"] == "here"
         assert done["done"].startswith("round 1 committed"), done
         assert Campaign(uri, progress=False).status()["labeled"] == 100 + BATCH
@@ -393,8 +399,9 @@ def test_the_service_catches_up_at_start_with_no_event(oracle_campaign, tmp_path
     ]
     service = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while Campaign(oracle_campaign.storage.uri, progress=False).state().round < 1:
+        deadline, st = time.monotonic() + 120, oracle_campaign.storage
+        # Done: the claim of round 0 records what its continuation did (after the commit and push).
+        while not (st.exists(continued_key(0)) and st.read_json(continued_key(0))["done"]):
             assert service.poll() is None, (tmp_path / "listen.log").read_text()
             assert time.monotonic() < deadline, (tmp_path / "listen.log").read_text()
             time.sleep(0.5)
