@@ -51,7 +51,9 @@ def nearest(campaign: Campaign, texts: Sequence[str], k: int = 20) -> list[dict]
     dataset = campaign.dataset()
     vectors = query_vectors(texts, dataset.store.model, dataset.store.dim)
     removed = set(dataset.removed_rows().tolist())
-    D, I = knn(dataset.index, vectors, k + len(removed))
+    # Tombstoned rows are still in the index: asked for enough more to fill k without them (up to
+    # 10k more; past that, fewer than k may come back near a crowd of removed items).
+    D, I = knn(dataset.index, vectors, k + min(len(removed), 10 * k))
     best: dict[int, float] = {}
     for sims, rows in zip(D, I, strict=True):
         for sim, row in zip(sims.tolist(), rows.tolist(), strict=True):
