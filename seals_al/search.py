@@ -14,6 +14,7 @@ import numpy as np
 
 from seals_al.errors import SealsError
 from seals_al.index.build import search as knn
+from seals_al.store import l2_normalize
 
 if TYPE_CHECKING:
     from seals_al.campaign import Campaign
@@ -39,7 +40,7 @@ def query_vectors(texts: Sequence[str], store_model: str, dim: int) -> np.ndarra
     vectors = np.asarray(MiniLMEncoder().encode(list(texts)), dtype=np.float32)
     if vectors.shape[1] != dim:
         raise SealsError(f"the query vectors have dimension {vectors.shape[1]}; the items' have {dim}")
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return l2_normalize(vectors, texts, "the query")
 
 
 def nearest(campaign: Campaign, texts: Sequence[str], k: int = 20) -> list[dict]:

@@ -15,7 +15,7 @@ from seals_al.campaign import Campaign, CampaignConfig, init
 from seals_al.cli import main
 from seals_al.errors import SealsError
 from seals_al.labeltools import registry
-from seals_al.labeltools.base import Note, Progress, open_round
+from seals_al.labeltools.base import Note, Progress, open_state
 from seals_al.labeltools.loop import sync_before_ingest, wait_for_labels
 from seals_al.labeltools.registry import tool_of
 
@@ -139,13 +139,11 @@ class Spreadsheet:
             return json.load(f)
 
     def push(self) -> Note:
-        open_round(self.campaign)
-        batch = self.campaign.state().batch
+        batch = open_state(self.campaign).batch
         return Note(f"sheet: {len(batch)} row(s)", self.sheet, len(batch))
 
     def pull(self) -> Note:
-        r = open_round(self.campaign)
-        key = f"inbox/{r:03d}/sheet.csv"
+        key = f"inbox/{open_state(self.campaign).round:03d}/sheet.csv"
         rows = "".join(f"{i},{label}\n" for i, label in sorted(self._answers().items()))
         self.campaign.storage.write_text(key, "id,label\n" + rows)
         return Note(f"sheet: written to {key}", written=key)

@@ -129,9 +129,7 @@ def _label_tool(args: argparse.Namespace, console: Console) -> int:
         console.print(f"{message}; nothing to {args.action}", highlight=False)
         return 0
     if args.action == "progress":
-        progress = tool.progress()
-        line = f"{progress.answered}/{progress.items} item(s) answered in {tool.title}{progress.note}"
-        console.print(line, highlight=False)
+        console.print(tool.progress().line(tool.title), highlight=False)
         return 0
     done = tool.push() if args.action == "push" else tool.pull()
     console.print(done.summary(), highlight=False)

@@ -136,6 +136,11 @@ def majority(votes: list[int]) -> int | None:
     return int(2 * positives > len(votes))
 
 
+def agreement(votes: list[int], decided: int) -> float:
+    """The share of the votes that chose the label decided (4 decimals)."""
+    return round(sum(v == decided for v in votes) / len(votes), 4)
+
+
 def answer_of(
     item_id: object,
     value: object,

@@ -28,6 +28,7 @@ from seals_al.labelformats.answers import (
     Problem,
     Problems,
     RepeatedKey,
+    agreement,
     answer_of,
     majority,
     unique_keys,
@@ -261,7 +262,7 @@ def _votes_of_annotators(answers: list[Answer]) -> tuple[list[Answer], list[Answ
             tied.append(given[0])
             continue
         times = [a.provenance["labeled_at"] for a in given if "labeled_at" in a.provenance]
-        provenance = {"by": names, "agreement": round(sum(v == decided for v in votes) / len(votes), 4)}
+        provenance = {"by": names, "agreement": agreement(votes, decided)}
         if times:
             provenance["labeled_at"] = max(times)
         out.append(Answer(item, decided, given[0].where, provenance))

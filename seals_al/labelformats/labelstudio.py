@@ -23,6 +23,7 @@ from seals_al.labelformats.answers import (
     Problem,
     Problems,
     RepeatedKey,
+    agreement,
     answer_of,
     majority,
     parse_label,
@@ -85,7 +86,7 @@ def _annotated(task: dict, voters: list[dict], votes: list[int], decided: int) -
         "task": task.get("id"),
         "annotations": [a.get("id") for a in voters],
         "by": [b for b in dict.fromkeys(by) if b],
-        "agreement": round(sum(v == decided for v in votes) / len(votes), 4),
+        "agreement": agreement(votes, decided),
     }
     if times:
         out["labeled_at"] = max(times)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from seals_al.errors import SealsError
 
 if TYPE_CHECKING:
-    from seals_al.campaign import Campaign
+    from seals_al.campaign import Campaign, State
 
 ENV_TOOL = "LABEL_TOOL"  # the tool's name, when the campaign names none
 ENV_URL = "LABEL_TOOL_URL"
@@ -89,6 +89,10 @@ class Progress:
     items: int  # items waited on
     note: str = ""  # anything else to say (deleted tasks, skips), as "; ..." clauses
 
+    def line(self, title: str) -> str:
+        """How far along, as one line: "3/10 item(s) answered in Label Studio; ..." """
+        return f"{self.answered}/{self.items} item(s) answered in {title}{self.note}"
+
     def reached(self, fraction: float) -> bool:
         """Whether ``fraction`` of the items waited on are answered (at least one)."""
         return self.items > 0 and self.answered >= max(1, math.ceil(fraction * self.items - 1e-9))
@@ -123,11 +127,11 @@ def check_fraction(fraction: float) -> None:
         raise SealsError(f"the fraction of the batch to wait for must be in (0, 1], got {fraction:g}")
 
 
-def open_round(campaign: Campaign) -> int:
-    """The open round, or an error saying how to open one."""
-    r = campaign.state().round
-    if r < 0:
+def open_state(campaign: Campaign) -> State:
+    """The campaign's state (read once) with a batch open, or an error saying how to open one."""
+    state = campaign.state()
+    if state.round < 0:
         raise SealsError(
             f"{campaign.storage.uri}: no batch yet; run `seals-al round` to publish the first one"
         )
-    return r
+    return state

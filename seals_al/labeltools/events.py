@@ -31,7 +31,7 @@ import requests
 from seals_al.campaign.layout import continued_key
 from seals_al.errors import SealsError, cut
 from seals_al.labeltools.base import check_fraction
-from seals_al.labeltools.loop import push_if_configured, sync_before_ingest
+from seals_al.labeltools.loop import push_if_configured
 from seals_al.labeltools.registry import tool_of
 from seals_al.storage.base import AlreadyExistsError, ChangedError
 
@@ -54,13 +54,12 @@ class Continuation(Protocol):
 
 
 class RunHere:
-    """The next round, in this process: ingest (after pulling), train, select, push the new batch."""
+    """The next round, in this process: ingest (what :func:`continue_if_answered` just pulled),
+    train, select, push the new batch."""
 
     name = "here"
 
     def __call__(self, campaign: Campaign, r: int) -> str:
-        for line in sync_before_ingest(campaign):
-            print(line, flush=True)
         metrics = campaign.round()
         if metrics is None:
             return f"round {r}: nothing new to ingest"
@@ -225,7 +224,7 @@ def continue_if_answered(campaign: Campaign, how: Continuation, fraction: float 
     if r < 0:
         return f"{campaign.storage.uri}: no batch yet; nothing to continue"
     progress = tool.progress()
-    line = f"round {r}: {progress.answered}/{progress.items} item(s) answered in {tool.title}{progress.note}"
+    line = f"round {r}: {progress.line(tool.title)}"
     if not progress.reached(fraction):
         return line + "; waiting"
     token = _claim(campaign, r, how.name)

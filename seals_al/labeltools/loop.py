@@ -27,11 +27,10 @@ def watcher(tool: LabelTool, fraction: float) -> Callable[[], str]:
                 print(tool.push().summary(), flush=True)
                 pushed = True
             progress = tool.progress()
-            line = f"{progress.answered}/{progress.items} item(s) answered in {tool.title}"
+            line = progress.line(tool.title)
             if progress.reached(fraction):
-                pulled = tool.pull()
-                line += f"; pulled: {pulled.summary()}"
-            return line + progress.note
+                line += f"; pulled: {tool.pull().summary()}"
+            return line
         except LabelToolUnreachable as e:
             return f"{e}; asking again at the next poll"
 

@@ -11,7 +11,7 @@ from seals_al.campaign import Campaign, CampaignConfig
 from seals_al.campaign.layout import CONFIG, oracle_labels
 from seals_al.errors import SealsError
 from seals_al.items import Items, draw_seeds
-from seals_al.labeltools.base import BoundTool, Note, Progress, open_round
+from seals_al.labeltools.base import BoundTool, Note, Progress, open_state
 from seals_al.settings import SEED_NEGATIVES, SEED_POSITIVES
 
 
@@ -52,18 +52,16 @@ class Oracle(BoundTool):
     title = "the oracle"
 
     def push(self) -> Note:
-        open_round(self.campaign)
-        batch = len(self.campaign.state().batch)
+        batch = len(open_state(self.campaign).batch)
         column = self.campaign.config.dataset.truth_column
         return Note(f"oracle: {batch} item(s) answered from the truth column {column!r}", "oracle", batch)
 
     def pull(self) -> Note:
-        open_round(self.campaign)
+        open_state(self.campaign)  # an error before any batch, as every tool gives
         key = label_open_batch(self.campaign)
         where = self.campaign.storage.where(key) if key else None
         return Note(f"oracle: {'answers written to ' + where if where else 'nothing pending'}", written=key)
 
     def progress(self) -> Progress:
-        open_round(self.campaign)
-        pending = len(self.campaign.state().pending)
+        pending = len(open_state(self.campaign).pending)
         return Progress(pending, pending)  # every pending item has its answer, in the truth column

@@ -16,7 +16,7 @@ from rich.text import Text
 from seals_al.campaign import Campaign
 from seals_al.campaign.layout import terminal_labels
 from seals_al.errors import SealsError
-from seals_al.labeltools.base import BoundTool, Note, Progress, open_round
+from seals_al.labeltools.base import BoundTool, Note, Progress, open_state
 from seals_al.storage.base import Storage
 
 
@@ -31,8 +31,7 @@ def run_labeler(campaign: Campaign, console: Console, ask: Callable[[str], str] 
     Returns:
         Counts: answered (in the inbox file), skipped and pending.
     """
-    open_round(campaign)
-    state = campaign.state()
+    state = open_state(campaign)
     key = terminal_labels(state.round)
     storage = campaign.storage
     answers = _saved_answers(storage, key)
@@ -119,19 +118,17 @@ class Terminal(BoundTool):
     title = "the terminal"
 
     def push(self) -> Note:
-        open_round(self.campaign)
-        batch = len(self.campaign.state().batch)
+        batch = len(open_state(self.campaign).batch)
         command = f"seals-al label {self.campaign.storage.uri}"
         return Note(f"terminal: label the open batch ({batch} item(s)) with `{command}`", command, batch)
 
     def pull(self) -> Note:
-        r = open_round(self.campaign)
-        key = terminal_labels(r)
+        key = terminal_labels(open_state(self.campaign).round)
         saved = len(_saved_answers(self.campaign.storage, key))
         return Note(f"terminal: {saved} answer(s) saved in {self.campaign.storage.where(key)} as given")
 
     def progress(self) -> Progress:
-        r = open_round(self.campaign)
-        pending = {row["id"] for row in self.campaign.state().pending}
-        saved = _saved_answers(self.campaign.storage, terminal_labels(r))
+        state = open_state(self.campaign)
+        pending = {row["id"] for row in state.pending}
+        saved = _saved_answers(self.campaign.storage, terminal_labels(state.round))
         return Progress(len(pending & saved.keys()), len(pending))

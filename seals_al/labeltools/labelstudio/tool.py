@@ -38,7 +38,7 @@ from seals_al.errors import SealsError
 from seals_al.labelformats.answers import LabelFileError
 from seals_al.labelformats.files import check_label_file, read_label_file
 from seals_al.labelformats.labelstudio import Interface, interface_of, label_config, task_of
-from seals_al.labeltools.base import open_round
+from seals_al.labeltools.base import open_state
 from seals_al.labeltools.labelstudio.client import (
     ENV_KEY,
     ENV_URL,
@@ -151,10 +151,6 @@ class LabelStudio:
             ours[data["seals_id"]] = t
         return ours
 
-    def _open_state(self) -> State:
-        open_round(self.campaign)
-        return self.campaign.state()
-
     def _configured_project(self) -> int | None:
         """``label_tool_project``: the id of an existing project to use, if given."""
         given = self.campaign.config.label_tool_project
@@ -185,7 +181,7 @@ class LabelStudio:
         """Import the open batch's items that have no task yet (every push after the first for a
         batch imports nothing), and record the task ids."""
         with self._syncing():
-            state = self._open_state()
+            state = open_state(self.campaign)
             record = self.record()
             project_id, ui = self._project(record)
             known, imported, uri = record["tasks"], 0, self.campaign.storage.uri
@@ -265,7 +261,7 @@ class LabelStudio:
         A task carried over from an earlier batch whose annotations are all cancelled was looked
         at and skipped; it is not waited on again (else one skip would stall every later wait
         that waits for the whole batch). It stays in the batch and counts once annotated."""
-        state, record = self._open_state(), self._pushed_record()
+        state, record = open_state(self.campaign), self._pushed_record()
         tasks = self._ours(self.client.tasks(record["project"]), record)
         found, deleted = self._batch_tasks(state, record, tasks)
         carried = {row["id"] for row in state.batch if row.get("carried_over")}
@@ -294,7 +290,7 @@ class LabelStudio:
         and a file that lands in an inbox whose round has just committed is taken in by the next
         round, as any label file is."""
         with self._syncing():
-            state, record = self._open_state(), self._pushed_record()
+            state, record = open_state(self.campaign), self._pushed_record()
             listed = self._ours(self.client.tasks(record["project"]), record)
             found, deleted = self._batch_tasks(state, record, listed)
             since = self._relisted_since(record, state.round)
