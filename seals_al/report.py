@@ -154,7 +154,7 @@ def round_report(
     state = campaign.state(
         also=lambda last: [
             *(campaign.keys(i).metrics for i in range(last + 1)),
-            *([campaign.keys(last).evaluation] if last >= 0 else []),
+            *([campaign.keys(last).evaluation, campaign.keys(last).relabels] if last >= 0 else []),
         ]
     )
     if state.round < 0:
